@@ -1,0 +1,69 @@
+"""Users and API keys. Keys look like `sd_<prefix8><secret32>`; only their sha256 is stored."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from storage.models import ApiKey, User, utcnow
+
+logger = logging.getLogger(__name__)
+
+KEY_PREFIX = "sd_"
+_PREFIX_LEN = 8
+_SECRET_LEN = 32
+KEY_LEN = len(KEY_PREFIX) + _PREFIX_LEN + _SECRET_LEN
+
+
+def hash_key(plaintext: str) -> str:
+    return hashlib.sha256(plaintext.encode()).hexdigest()
+
+
+def create_user(session: Session, name: str, *, is_admin: bool = False) -> User:
+    user = User(name=name, is_admin=is_admin, disabled=False)
+    session.add(user)
+    session.flush()
+    logger.info("created user %s (%s) admin=%s", user.id, name, is_admin)
+    return user
+
+
+def create_api_key(session: Session, user_id: str) -> tuple[ApiKey, str]:
+    """A new key for `user_id`: the row, and the plaintext shown to the user exactly once."""
+    prefix = secrets.token_hex(_PREFIX_LEN // 2)
+    plaintext = f"{KEY_PREFIX}{prefix}{secrets.token_hex(_SECRET_LEN // 2)}"
+    row = ApiKey(user_id=user_id, prefix=prefix, key_hash=hash_key(plaintext))
+    session.add(row)
+    session.flush()
+    return row, plaintext
+
+
+def revoke_api_key(session: Session, key_id: str) -> None:
+    row = session.get(ApiKey, key_id)
+    if row is not None and row.revoked_at is None:
+        row.revoked_at = utcnow()
+        session.flush()
+
+
+def authenticate_key(session: Session, plaintext: str) -> User | None:
+    """The enabled user owning an unrevoked key, or None. Updates `last_used_at` (caller commits)."""
+    if len(plaintext) != KEY_LEN or not plaintext.startswith(KEY_PREFIX):
+        return None
+    prefix = plaintext[len(KEY_PREFIX) : len(KEY_PREFIX) + _PREFIX_LEN]
+    digest = hash_key(plaintext)
+    candidates = session.scalars(
+        select(ApiKey).where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None))
+    ).all()
+    for key in candidates:
+        if hmac.compare_digest(key.key_hash, digest):
+            user = session.get(User, key.user_id)
+            if user is None or user.disabled:
+                return None
+            key.last_used_at = utcnow()
+            session.flush()
+            return user
+    return None

@@ -1,0 +1,223 @@
+"""The conditional state machine, events, queue positions, users/keys and concurrent generation claims."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage import jobs
+from storage.db import make_engine, make_sessionmaker
+from storage.models import Generation, JobEvent, Style, TrainingJob, User, utcnow
+from storage.users import authenticate_key, create_api_key, create_user
+
+DB_KINDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.integration)]
+
+
+@pytest.fixture(params=DB_KINDS)
+def db(request: pytest.FixtureRequest) -> Iterator[sessionmaker[Session]]:
+    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+    engine = make_engine(url)
+    try:
+        yield make_sessionmaker(engine)
+    finally:
+        engine.dispose()
+
+
+def _user(session: Session, name: str = "alice") -> User:
+    return create_user(session, name)
+
+
+def _job(session: Session, user: User, **kw: object) -> TrainingJob:
+    style = Style(
+        owner_id=user.id,
+        image_key="styles/ab/abc.png",
+        image_sha256="0" * 64,
+        image_bytes=10,
+        width=256,
+        height=256,
+        descriptor="watercolor painting",
+    )
+    session.add(style)
+    session.flush()
+    job = TrainingJob(style_id=style.id, owner_id=user.id, total_steps=100, params={"seed": 0}, **kw)
+    session.add(job)
+    session.flush()
+    return job
+
+
+def _generation(session: Session, user: User, **kw: object) -> Generation:
+    gen = Generation(owner_id=user.id, prompt="a cat", guidance_scale=4.0, steps=12, seed=1, **kw)
+    session.add(gen)
+    session.flush()
+    return gen
+
+
+def test_transition_changes_once_and_writes_one_event(db: sessionmaker[Session]) -> None:
+    with db() as s:
+        job = _job(s, _user(s))
+        s.commit()
+        now = utcnow()
+        assert jobs.transition(s, job.id, expected="queued", new="running", started_at=now, worker_host="w1")
+        assert job.state == "running" and job.worker_host == "w1"
+        s.commit()
+        # A second claimer still believing the job is queued loses, and writes nothing.
+        assert not jobs.transition(s, job.id, expected="queued", new="running", worker_host="w2")
+        s.commit()
+    with db() as s:
+        row = s.get(TrainingJob, job.id)
+        assert row is not None and row.state == "running" and row.worker_host == "w1"
+        assert row.started_at is not None and row.started_at.tzinfo is not None
+        events = jobs.events_after(s, job.id, 0, 10)
+        assert [(e.kind, e.payload) for e in events] == [("state", {"from": "queued", "to": "running"})]
+        # Several possible sources: the event records the actual one.
+        assert jobs.transition(s, job.id, expected=("running", "cancelling"), new="failed", error_code="oom")
+        assert not jobs.transition(s, job.id, expected=jobs.ACTIVE, new="succeeded")
+        s.commit()
+        events = jobs.events_after(s, job.id, events[0].id, 10)
+        assert [e.payload for e in events] == [{"from": "running", "to": "failed"}]
+
+
+def test_transition_rejects_unknown_states_and_columns(db: sessionmaker[Session]) -> None:
+    with db() as s:
+        job = _job(s, _user(s))
+        with pytest.raises(ValueError):
+            jobs.transition(s, job.id, expected="queued", new="exploded")
+        with pytest.raises(ValueError):
+            jobs.transition(s, job.id, expected="succeeded", new="running")
+        with pytest.raises(ValueError):
+            jobs.transition(s, job.id, expected="queued", new="running", no_such_column=1)
+        assert s.scalar(select(func.count()).select_from(JobEvent)) == 0
+
+
+def test_events_after_is_a_cursor(db: sessionmaker[Session]) -> None:
+    with db() as s:
+        job = _job(s, _user(s))
+        ids = [jobs.add_event(s, job.id, "progress", {"step": i}).id for i in range(5)]
+        s.commit()
+        assert ids == sorted(ids)
+        page = jobs.events_after(s, job.id, ids[1], limit=2)
+        assert [e.payload["step"] for e in page] == [2, 3]
+        with pytest.raises(ValueError):
+            jobs.add_event(s, job.id, "nonsense", {})
+
+
+def test_queue_position_and_reconciler_queries(db: sessionmaker[Session]) -> None:
+    with db() as s:
+        user = _user(s)
+        t0 = utcnow() - timedelta(hours=1)
+        a = _job(s, user, queued_at=t0)
+        b = _job(s, user, queued_at=t0 + timedelta(seconds=1))
+        c = _job(s, user, queued_at=t0 + timedelta(seconds=2), sent_at=utcnow())
+        s.commit()
+        assert [jobs.queue_position(s, j) for j in (a, b, c)] == [1, 2, 3]
+        assert jobs.transition(s, a.id, expected="queued", new="running", started_at=t0, heartbeat_at=t0)
+        s.commit()
+        assert [jobs.queue_position(s, j) for j in (a, b, c)] == [0, 1, 2]
+        assert [j.id for j in jobs.stale_running_jobs(s, timedelta(minutes=5))] == [a.id]
+        assert jobs.stale_running_jobs(s, timedelta(hours=2)) == []
+        assert [j.id for j in jobs.queued_jobs_without_recent_send(s, timedelta(minutes=5))] == [b.id]
+        jobs.mark_job_sent(s, b.id, "task-1")
+        s.commit()
+        assert jobs.queued_jobs_without_recent_send(s, timedelta(minutes=5)) == []
+
+
+def test_idempotency_key_unique_per_owner(db: sessionmaker[Session]) -> None:
+    with db() as s:
+        alice, bob = _user(s, "alice"), _user(s, "bob")
+        _job(s, alice, idempotency_key="k1")
+        _job(s, bob, idempotency_key="k1")
+        _job(s, alice)
+        _job(s, alice)  # NULL keys never collide
+        s.commit()
+        with pytest.raises(IntegrityError):
+            _job(s, alice, idempotency_key="k1")
+
+
+def test_generation_transition_and_claim(db: sessionmaker[Session]) -> None:
+    with db() as s:
+        user = _user(s)
+        t0 = utcnow() - timedelta(minutes=1)
+        gens = [_generation(s, user, queued_at=t0 + timedelta(seconds=i)) for i in range(5)]
+        s.commit()
+        claimed = jobs.claim_generations(s, first_id=gens[3].id, limit=3, worker_host="w1")
+        s.commit()
+        assert [g.id for g in claimed] == [gens[3].id, gens[0].id, gens[1].id]
+        assert all(g.state == "running" and g.attempts == 1 and g.worker_host == "w1" for g in claimed)
+        assert jobs.claim_generations(s, first_id=gens[3].id, limit=1, worker_host="w2") == [
+            s.get(Generation, gens[2].id)
+        ]
+        assert jobs.transition_generation(
+            s, gens[3].id, expected="running", new="succeeded", image_keys=["x"]
+        )
+        assert not jobs.transition_generation(s, gens[3].id, expected="running", new="failed")
+        s.commit()
+        assert s.get(Generation, gens[3].id).state == "succeeded"  # type: ignore[union-attr]
+
+
+def test_api_keys(db: sessionmaker[Session]) -> None:
+    with db() as s:
+        user = _user(s)
+        row, plaintext = create_api_key(s, user.id)
+        s.commit()
+        assert plaintext.startswith("sd_") and len(plaintext) == 43 and plaintext[3:11] == row.prefix
+        assert row.key_hash != plaintext
+        found = authenticate_key(s, plaintext)
+        assert found is not None and found.id == user.id
+        assert row.last_used_at is not None
+        assert authenticate_key(s, plaintext[:-1] + ("0" if plaintext[-1] != "0" else "1")) is None
+        assert authenticate_key(s, "nonsense") is None
+        user.disabled = True
+        s.commit()
+        assert authenticate_key(s, plaintext) is None
+
+
+@pytest.mark.integration
+def test_concurrent_claims_never_share_a_row_on_postgres(pg_url: str) -> None:
+    engine = make_engine(pg_url, pool_size=10)
+    maker = make_sessionmaker(engine)
+    try:
+        with maker() as s:
+            user = _user(s)
+            t0 = utcnow() - timedelta(minutes=1)
+            ids = [_generation(s, user, queued_at=t0 + timedelta(milliseconds=i)).id for i in range(60)]
+            s.commit()
+
+        n_threads = 6
+        barrier = threading.Barrier(n_threads)
+        results: dict[int, list[str]] = {i: [] for i in range(n_threads)}
+        errors: list[BaseException] = []
+
+        def claimer(i: int) -> None:
+            try:
+                barrier.wait()
+                for round_ in range(40):
+                    with maker() as s:
+                        got = jobs.claim_generations(
+                            s, first_id=ids[(i * 7 + round_) % len(ids)], limit=4, worker_host=f"w{i}"
+                        )
+                        s.commit()
+                        results[i].extend(g.id for g in got)
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=claimer, args=(i,)) for i in range(n_threads)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not errors
+        everything = [gid for got in results.values() for gid in got]
+        assert len(everything) == len(set(everything)) == len(ids)
+        with maker() as s:
+            rows = s.scalars(select(Generation)).all()
+            assert all(r.state == "running" and r.attempts == 1 for r in rows)
+            owner = {gid: i for i, got in results.items() for gid in got}
+            assert all(r.worker_host == f"w{owner[r.id]}" for r in rows)
+    finally:
+        engine.dispose()
