@@ -1,0 +1,139 @@
+"""Upload checking and normalisation: decode by content, bound bytes and pixels, re-encode as a clean PNG.
+
+The file name and Content-Type are never consulted. Only PNG, JPEG, WEBP and GIF are opened; the pixel count
+is checked from the header before any pixel is decoded; truncated files are rejected; EXIF orientation is
+applied; every mode is turned into 8-bit RGB (transparency composited on white); animations keep their first
+frame; and the result is written as a new PNG with no metadata (EXIF, ICC, text chunks) at all.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from storage.blobs import sha256_hex
+
+logger = logging.getLogger(__name__)
+
+ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF")
+DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+
+
+class ImageRejected(ValueError):
+    """The upload is not an acceptable image; `reason` is safe to show to the user."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class NormalizedImage:
+    png_bytes: bytes
+    width: int
+    height: int
+    sha256: str
+
+
+def _decode(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
+    """Open, bound and fully decode the first frame, exif-transposed. Raises ImageRejected."""
+    if not data:
+        raise ImageRejected("the file is empty")
+    if len(data) > max_bytes:
+        raise ImageRejected(f"the file is larger than {max_bytes} bytes")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            opened = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
+        except UnidentifiedImageError as exc:
+            raise ImageRejected("not a PNG, JPEG, WebP or GIF image") from exc
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageRejected("the image has more pixels than can be decoded safely") from exc
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ImageRejected("the image file is corrupt") from exc
+        width, height = opened.size
+        if width <= 0 or height <= 0:
+            raise ImageRejected("the image has no pixels")
+        if width * height > max_pixels:
+            raise ImageRejected(f"the image has more than {max_pixels} pixels ({width}x{height})")
+        try:
+            if getattr(opened, "n_frames", 1) > 1:
+                opened.seek(0)
+            opened.load()
+            im = ImageOps.exif_transpose(opened)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageRejected("the image has more pixels than can be decoded safely") from exc
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise ImageRejected("the image file is truncated or corrupt") from exc
+    return im
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    mode = im.mode
+    if mode.startswith("I;16") or mode == "I":
+        # 16-bit grayscale: scale 0..65535 to 0..255 (a plain convert would clip nearly everything to white).
+        im = im.convert("I").point(lambda v: v / 256).convert("L")
+        mode = "L"
+    elif mode == "F":
+        im = im.convert("L")
+        mode = "L"
+    has_alpha = mode in {"RGBA", "LA", "La", "RGBa", "PA"} or (mode == "P" and "transparency" in im.info)
+    if mode in {"L", "1"} and "transparency" in im.info:
+        has_alpha = True
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def _clean_png(im: Image.Image) -> bytes:
+    # A fresh image from raw pixels carries no info dict: no EXIF, ICC profile, text chunks or dpi.
+    clean = Image.frombytes(im.mode, im.size, im.tobytes())
+    buf = io.BytesIO()
+    clean.save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def normalize_upload(
+    data: bytes, *, max_pixels: int, min_side: int, max_bytes: int = DEFAULT_MAX_BYTES
+) -> NormalizedImage:
+    """Check an uploaded image by content and return it as an upright RGB PNG without metadata."""
+    im = _decode(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    rgb = _to_rgb(im)
+    width, height = rgb.size
+    if min(width, height) < min_side:
+        raise ImageRejected(
+            f"the image is too small ({width}x{height}); the shorter side must be ≥ {min_side}"
+        )
+    png = _clean_png(rgb)
+    return NormalizedImage(png_bytes=png, width=width, height=height, sha256=sha256_hex(png))
+
+
+def load_mask(
+    data: bytes,
+    *,
+    max_pixels: int,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    size: tuple[int, int] | None = None,
+    threshold: int | None = 128,
+) -> Image.Image:
+    """An inpainting mask as an "L" image (white = repaint). Transparent pixels count as black (keep).
+
+    `size` resizes (nearest) to the init image's size; `threshold` binarises to 0/255 (None: grey levels).
+    """
+    im = _decode(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    if im.mode.startswith("I;16") or im.mode == "I":
+        im = im.convert("I").point(lambda v: v / 256).convert("L")
+    rgba = im.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+    mask = Image.alpha_composite(background, rgba).convert("L")
+    if size is not None and mask.size != size:
+        mask = mask.resize(size, Image.Resampling.NEAREST)
+    if threshold is not None:
+        mask = mask.point(lambda v: 255 if v >= threshold else 0)
+    return Image.frombytes("L", mask.size, mask.tobytes())
