@@ -1,0 +1,109 @@
+"""The one typed settings object shared by api/, worker/ and storage/.
+
+Every field reads the environment variable `STYLEDROP_<FIELD>` (case-insensitive), except the three that
+deployments conventionally name without a prefix: `DATABASE_URL`, `BROKER_URL` and the `S3_*` settings. With no
+environment at all the service runs embedded: SQLite file, local blob directory and a file-system broker, all
+under `data_dir`. `trainer/` never reads this: the worker turns it into the engine's dataclass configs.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STYLEDROP_", extra="ignore")
+
+    # --- where things live -----------------------------------------------------------------------------------
+    data_dir: Path = Field(default=Path(".styledrop"), description="Root of every embedded default below.")
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "STYLEDROP_DATABASE_URL"),
+        description="SQLAlchemy URL; default sqlite:///<data_dir>/styledrop.db.",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("BROKER_URL", "STYLEDROP_BROKER_URL"),
+        description="Celery broker (redis://...); default an embedded file-system broker under data_dir.",
+    )
+    blob_backend: Literal["local", "s3"] = "local"
+    blob_dir: Path | None = Field(default=None, description="Local blob directory; default <data_dir>/blobs.")
+    s3_bucket: str | None = Field(default=None, validation_alias=AliasChoices("S3_BUCKET", "STYLEDROP_S3_BUCKET"))
+    s3_endpoint_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("S3_ENDPOINT_URL", "STYLEDROP_S3_ENDPOINT_URL")
+    )
+    s3_region: str = Field(default="us-east-1", validation_alias=AliasChoices("S3_REGION", "STYLEDROP_S3_REGION"))
+    s3_access_key_id: str | None = Field(
+        default=None, validation_alias=AliasChoices("S3_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID")
+    )
+    s3_secret_access_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("S3_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY")
+    )
+    s3_prefix: str = Field(default="", validation_alias=AliasChoices("S3_PREFIX", "STYLEDROP_S3_PREFIX"))
+
+    # --- the model ---------------------------------------------------------------------------------------------
+    model: str = Field(default="amused-256", description="amused-256, amused-512, tiny, a hub id or a local dir.")
+    model_revision: str | None = None
+    model_variant: str | None = Field(default=None, description="'fp16' to load the half-size hub files.")
+    device: str = Field(default="auto", description="auto (cuda if available), cpu, cuda, cuda:1 ...")
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+    # --- training ----------------------------------------------------------------------------------------------
+    train_steps: int | None = Field(default=None, description="Default steps; None = the recipe's 1500.")
+    max_train_steps: int = 4000
+    checkpoint_every: int = 100
+    progress_every: int = 5
+    preview_prompts: list[str] = Field(default_factory=lambda: ["a cat", "a house by the sea"])
+    max_job_attempts: int = 3
+    max_concurrent_jobs_per_user: int = 2
+
+    # --- generation --------------------------------------------------------------------------------------------
+    generate_batch_size: int = 8
+    max_images_per_request: int = 4
+    max_wait_seconds: float = 60.0
+    adapter_gpu_slots: int = 8
+    adapter_cpu_cache: int = 64
+
+    # --- uploads -----------------------------------------------------------------------------------------------
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    min_image_side: int = 64
+
+    # --- delivery ----------------------------------------------------------------------------------------------
+    visibility_timeout: int = Field(default=6 * 3600, description="Seconds; above the longest job (Celery #5935).")
+    heartbeat_stale_seconds: int = 120
+    reconcile_every: float = 30.0
+
+    # --- HTTP --------------------------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8000
+    secret_key: str | None = Field(default=None, description="Signs session cookies; default a file in data_dir.")
+    rate_limit_per_minute: int = 120
+
+    # --- derived -----------------------------------------------------------------------------------------------
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'styledrop.db').resolve()}"
+
+    @property
+    def resolved_blob_dir(self) -> Path:
+        return (self.blob_dir or self.data_dir / "blobs").resolve()
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker_url is None
+
+    @property
+    def broker_dir(self) -> Path:
+        return (self.data_dir / "broker").resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings. Tests call `get_settings.cache_clear()` after changing the environment."""
+    return Settings()

@@ -1,0 +1,292 @@
+"""StyleDrop adapters: LoRA on the U-ViT's attention Q/K/V, the adapter file, and resident adapter slots.
+
+File format (safetensors, never pickle):
+- tensors `transformer.<module>.lora_A.weight` / `.lora_B.weight`, the layout diffusers' aMUSEd LoRA loader reads;
+- header metadata `lora_adapter_metadata`: JSON `{"transformer.r": .., "transformer.lora_alpha": ..,
+  "transformer.target_modules": [..]}`, so that plain diffusers rebuilds the exact LoraConfig (alpha included:
+  train_amused.py's files drop it and reload at the wrong strength, amused-notes.md §2);
+- header metadata `styledrop`: JSON of `AdapterMeta` (base model, fingerprint, rank, alpha, prompt, steps, ...).
+
+A plain diffusers user loads one with
+`UVit2DModel.load_lora_adapter(dir, weight_name="adapter.safetensors", use_safetensors=True)`.
+
+Serving: `AdapterSlots` adds a fixed number of same-shaped LoRA slots to the U-ViT once; an adapter is loaded
+by copying its tensors into a slot (no module surgery, so no growing cost with the number of adapters ever seen),
+and `route` picks an adapter per batch row through peft's `adapter_names` (mixed-adapter batches).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+from peft.tuners.lora import LoraLayer
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+ENGINE_VERSION = "0.1.0"
+TARGET_MODULES: tuple[str, ...] = ("to_q", "to_k", "to_v")
+BASE_ROW = "__base__"  # peft's name for "no adapter on this row"
+PREFIX = "transformer"
+META_KEY = "styledrop"
+DIFFUSERS_META_KEY = "lora_adapter_metadata"  # diffusers.loaders.lora_base.LORA_ADAPTER_METADATA_KEY
+ADAPTER_FILENAME = "adapter.safetensors"
+
+
+class AdapterError(ValueError):
+    """An adapter file is unreadable, or made for another base model, rank or target set."""
+
+
+@dataclass(frozen=True)
+class AdapterMeta:
+    base_model: str
+    base_fingerprint: str
+    rank: int
+    alpha: float
+    targets: tuple[str, ...] = TARGET_MODULES
+    base_revision: str | None = None
+    descriptor: str = ""
+    train_prompt: str = ""
+    steps: int = 0
+    seed: int = 0
+    engine_version: str = ENGINE_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> AdapterMeta:
+        data = json.loads(text)
+        data["targets"] = tuple(data.get("targets", TARGET_MODULES))
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class Adapter:
+    """LoRA tensors keyed `<module>.lora_A.weight` (no prefix) plus their metadata."""
+
+    tensors: dict[str, torch.Tensor]
+    meta: AdapterMeta
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(t.numel() for t in self.tensors.values())
+
+    def to(self, dtype: torch.dtype) -> Adapter:
+        return Adapter({k: v.to(dtype) for k, v in self.tensors.items()}, self.meta, dict(self.extra))
+
+
+def lora_config(rank: int, alpha: float, targets: Sequence[str] = TARGET_MODULES) -> LoraConfig:
+    """The StyleDrop adapter of the aMUSEd port: LoRA on every attention Q/K/V (168 linears on the real U-ViT)."""
+    return LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, bias="none")
+
+
+def base_fingerprint(transformer: torch.nn.Module) -> str:
+    """A short hash of the U-ViT config: 256 and 512 have LoRA layers of identical shapes, so shapes can't tell."""
+    config = dict(transformer.config)  # type: ignore[attr-defined]
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def extract_adapter(transformer: torch.nn.Module, adapter_name: str, meta: AdapterMeta) -> Adapter:
+    """Copy one named adapter's LoRA weights out of a model (detached, on CPU, float32)."""
+    state = get_peft_model_state_dict(transformer, adapter_name=adapter_name)
+    tensors = {k: v.detach().to("cpu", torch.float32).clone().contiguous() for k, v in state.items()}
+    return Adapter(tensors, meta)
+
+
+# --- the file ------------------------------------------------------------------------------------------------
+
+
+def adapter_to_bytes(adapter: Adapter, dtype: torch.dtype | None = None) -> bytes:
+    tensors = {f"{PREFIX}.{k}": (v.to(dtype) if dtype else v).contiguous() for k, v in adapter.tensors.items()}
+    peft_meta = {
+        f"{PREFIX}.r": adapter.meta.rank,
+        f"{PREFIX}.lora_alpha": adapter.meta.alpha,
+        f"{PREFIX}.target_modules": list(adapter.meta.targets),
+        f"{PREFIX}.lora_dropout": 0.0,
+        f"{PREFIX}.bias": "none",
+    }
+    metadata = {
+        "format": "pt",
+        DIFFUSERS_META_KEY: json.dumps(peft_meta, sort_keys=True),
+        META_KEY: adapter.meta.to_json(),
+        **adapter.extra,
+    }
+    return st_save(tensors, metadata=metadata)
+
+
+def save_adapter(adapter: Adapter, path: str | os.PathLike[str], dtype: torch.dtype | None = None) -> Path:
+    """Write the adapter file atomically. A directory path gets `adapter.safetensors` inside it."""
+    p = Path(path)
+    if p.is_dir() or p.suffix != ".safetensors":
+        p.mkdir(parents=True, exist_ok=True)
+        p = p / ADAPTER_FILENAME
+    data = adapter_to_bytes(adapter, dtype)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp-", suffix=".safetensors")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return p
+
+
+def _read_header_metadata(data: bytes) -> dict[str, str]:
+    if len(data) < 8:
+        raise AdapterError("not a safetensors file: too short")
+    n = int.from_bytes(data[:8], "little")
+    if n <= 0 or 8 + n > len(data):
+        raise AdapterError("not a safetensors file: bad header length")
+    try:
+        header = json.loads(data[8 : 8 + n])
+    except ValueError as exc:
+        raise AdapterError("not a safetensors file: unreadable header") from exc
+    meta = header.get("__metadata__") or {}
+    return {str(k): str(v) for k, v in meta.items()}
+
+
+def adapter_from_bytes(data: bytes) -> Adapter:
+    """Parse an adapter file (safetensors only; pickle is never an option)."""
+    meta_text = _read_header_metadata(data)
+    if META_KEY not in meta_text:
+        raise AdapterError("not a Styledrop adapter: the file has no 'styledrop' metadata")
+    try:
+        meta = AdapterMeta.from_json(meta_text[META_KEY])
+        raw = st_load(data)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise AdapterError(f"unreadable adapter file: {exc}") from exc
+    prefix = PREFIX + "."
+    tensors = {k.removeprefix(prefix): v for k, v in raw.items() if k.startswith(prefix)}
+    if not tensors or len(tensors) != len(raw):
+        raise AdapterError("unexpected tensor names in adapter file (expected 'transformer.*.lora_A/B.weight')")
+    extra = {k: v for k, v in meta_text.items() if k not in {"format", META_KEY, DIFFUSERS_META_KEY}}
+    return Adapter(tensors, meta, extra)
+
+
+def load_adapter(path: str | os.PathLike[str]) -> Adapter:
+    p = Path(path)
+    if p.is_dir():
+        p = p / ADAPTER_FILENAME
+    if not p.is_file():
+        raise AdapterError(f"adapter file not found: {p}")
+    return adapter_from_bytes(p.read_bytes())
+
+
+def check_compatible(adapter: Adapter, transformer: torch.nn.Module, *, rank: int | None = None,
+                     targets: Sequence[str] | None = None) -> None:
+    """Raise AdapterError unless `adapter` was made for this base model (and this slot layout, if given)."""
+    meta = adapter.meta
+    fp = base_fingerprint(transformer)
+    if meta.base_fingerprint != fp:
+        raise AdapterError(
+            f"adapter was trained for base model '{meta.base_model}' (fingerprint {meta.base_fingerprint}), "
+            f"but the loaded base model has fingerprint {fp}"
+        )
+    if rank is not None and meta.rank != rank:
+        raise AdapterError(f"adapter has LoRA rank {meta.rank}, but the slots hold rank {rank}")
+    if targets is not None and tuple(sorted(meta.targets)) != tuple(sorted(targets)):
+        raise AdapterError(f"adapter targets {list(meta.targets)}, but the slots target {list(targets)}")
+
+
+# --- resident slots and per-row routing ------------------------------------------------------------------------
+
+
+def lora_layers(transformer: torch.nn.Module) -> dict[str, LoraLayer]:
+    return {name: m for name, m in transformer.named_modules() if isinstance(m, LoraLayer)}
+
+
+class AdapterSlots:
+    """`num_slots` inert LoRA slots (`slot0`, `slot1`, ...) of one rank and target set, added to a U-ViT once.
+
+    `load(slot, adapter)` copies weights into a slot in place (milliseconds, no new modules, no recompiles);
+    `route(names)` makes the next forward passes apply `names[i]` (a slot or None) to batch row i.
+    """
+
+    def __init__(self, transformer: torch.nn.Module, num_slots: int, *, rank: int = 16,
+                 targets: Sequence[str] = TARGET_MODULES) -> None:
+        if num_slots < 1:
+            raise ValueError(f"num_slots must be >= 1, got {num_slots}")
+        self.transformer = transformer
+        self.rank = rank
+        self.targets = tuple(targets)
+        self.names = [f"slot{i}" for i in range(num_slots)]
+        for name in self.names:
+            transformer.add_adapter(lora_config(rank, rank, targets), adapter_name=name)  # type: ignore[operator]
+        self.layers = lora_layers(transformer)
+        self._param_by_key: dict[str, dict[str, torch.nn.Parameter]] = {name: {} for name in self.names}
+        for module_name, layer in self.layers.items():
+            for name in self.names:
+                self._param_by_key[name][f"{module_name}.lora_A.weight"] = layer.lora_A[name].weight
+                self._param_by_key[name][f"{module_name}.lora_B.weight"] = layer.lora_B[name].weight
+                layer.lora_B[name].weight.data.zero_()  # an empty slot changes nothing
+        transformer.requires_grad_(False)
+        transformer.eval()  # peft refuses adapter_names in training mode
+        self.fingerprint = base_fingerprint(transformer)
+
+    def load(self, slot: str, adapter: Adapter) -> None:
+        check_compatible(adapter, self.transformer, rank=self.rank, targets=self.targets)
+        params = self._param_by_key[slot]
+        if set(params) != set(adapter.tensors):
+            missing = sorted(set(params) - set(adapter.tensors))[:3]
+            raise AdapterError(f"adapter does not match the model's LoRA layers (missing e.g. {missing})")
+        with torch.no_grad():
+            for key, param in params.items():
+                src = adapter.tensors[key]
+                if src.shape != param.shape:
+                    raise AdapterError(f"adapter tensor {key} has shape {tuple(src.shape)}, expected "
+                                       f"{tuple(param.shape)}")
+                param.copy_(src, non_blocking=True)
+        scaling = adapter.meta.alpha / adapter.meta.rank
+        for layer in self.layers.values():
+            layer.scaling[slot] = scaling
+
+    def clear(self, slot: str) -> None:
+        with torch.no_grad():
+            for key, param in self._param_by_key[slot].items():
+                if key.endswith("lora_B.weight"):
+                    param.zero_()
+
+    @contextlib.contextmanager
+    def route(self, names: Sequence[str | None]) -> Iterator[None]:
+        with route_rows(self.transformer, names):
+            yield
+
+
+@contextlib.contextmanager
+def route_rows(transformer: torch.nn.Module, names: Sequence[str | None]) -> Iterator[None]:
+    """Apply adapter `names[i]` (None = base model) to batch row i in every LoRA layer.
+
+    `UVit2DModel.forward` does not pass peft's `adapter_names` keyword down, so a forward pre-hook on each LoRA
+    layer injects it (amused-notes.md §2). Rows are split per adapter inside peft, so each row sees only its own.
+    """
+    row_names = [n if n is not None else BASE_ROW for n in names]
+    handles = []
+
+    def hook(_module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        kwargs["adapter_names"] = row_names
+        return args, kwargs
+
+    try:
+        for layer in lora_layers(transformer).values():
+            handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))  # type: ignore[arg-type]
+        yield
+    finally:
+        for h in handles:
+            h.remove()

@@ -1,0 +1,268 @@
+"""Loading aMUSEd: the four parts (U-ViT, VQ-GAN, CLIP text tower, tokenizer), from the hub or a local directory.
+
+There is exactly one loading path, `load_base`. The `tiny` preset is a randomly initialised model built in code
+with the same classes; `ensure_tiny` saves it with `save_pretrained` into a directory laid out like the hub repo,
+and then it is loaded back through `load_base` like the real weights. That keeps the real path under test.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AmusedScheduler, UVit2DModel, VQModel
+from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+
+logger = logging.getLogger(__name__)
+
+# Preset name -> hub id. Anything else is a hub id or a local directory.
+PRESETS = {"amused-256": "amused/amused-256", "amused-512": "amused/amused-512"}
+TINY = "tiny"
+TINY_VERSION = "1"  # bump when build_tiny changes, so cached copies are rebuilt
+
+
+class ModelLoadError(RuntimeError):
+    """The base model could not be loaded; the message names the model and how to use a local copy."""
+
+
+@dataclass
+class AmusedParts:
+    """Everything the trainer and the sampler need from a base model."""
+
+    transformer: UVit2DModel
+    vqvae: VQModel
+    text_encoder: CLIPTextModelWithProjection
+    tokenizer: CLIPTokenizer
+    mask_token_id: int
+    model_id: str  # what the caller asked for: a preset, hub id or path (recorded in adapter metadata)
+    revision: str | None = None
+
+    @property
+    def codebook_size(self) -> int:
+        return int(self.transformer.config.codebook_size)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        # 2 ** (number of down blocks - 1): 16 for aMUSEd, a 256 px image becomes 16x16 tokens.
+        return int(2 ** (len(self.vqvae.config.block_out_channels) - 1))
+
+    @property
+    def resolution(self) -> int:
+        """Native image side in pixels: 256 for amused-256 (and tiny), 512 for amused-512."""
+        sample = int(self.transformer.config.sample_size)
+        return sample * self.vae_scale_factor
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.transformer.parameters()).dtype
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
+        """Write the hub layout: transformer/, vqvae/, text_encoder/, tokenizer/, scheduler/."""
+        d = Path(directory)
+        self.transformer.save_pretrained(d / "transformer")
+        self.vqvae.save_pretrained(d / "vqvae")
+        self.text_encoder.save_pretrained(d / "text_encoder")
+        self.tokenizer.save_pretrained(d / "tokenizer")
+        AmusedScheduler(mask_token_id=self.mask_token_id).save_pretrained(d / "scheduler")
+
+
+def resolve_source(model: str, *, tiny_dir: str | os.PathLike[str] | None = None) -> str:
+    """Map a preset name to what `from_pretrained` takes: a hub id or a local directory."""
+    if model == TINY:
+        return str(ensure_tiny(tiny_dir))
+    return PRESETS.get(model, model)
+
+
+def load_base(
+    model: str = "amused-256",
+    *,
+    revision: str | None = None,
+    variant: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    tiny_dir: str | os.PathLike[str] | None = None,
+    local_files_only: bool | None = None,
+) -> AmusedParts:
+    """Load aMUSEd from a preset (`amused-256`, `amused-512`, `tiny`), a hub id or a local directory.
+
+    The VQ-GAN always stays in float32: its config says `force_upcast` and it produces NaNs in fp16.
+    """
+    source = resolve_source(model, tiny_dir=tiny_dir)
+    is_local = Path(source).is_dir()
+    kwargs: dict[str, object] = {"revision": revision}
+    if local_files_only is not None or is_local:
+        kwargs["local_files_only"] = bool(local_files_only) or is_local
+    try:
+        transformer = UVit2DModel.from_pretrained(
+            source, subfolder="transformer", variant=variant, torch_dtype=dtype, **kwargs
+        )
+        vqvae = VQModel.from_pretrained(source, subfolder="vqvae", torch_dtype=torch.float32, **kwargs)
+        text_encoder = CLIPTextModelWithProjection.from_pretrained(
+            source, subfolder="text_encoder", variant=variant, dtype=dtype, **kwargs
+        )
+        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kwargs)
+        scheduler = AmusedScheduler.from_pretrained(source, subfolder="scheduler", **kwargs)
+    except (OSError, ValueError) as exc:  # hub errors derive from OSError; bad configs raise ValueError
+        raise ModelLoadError(
+            f"could not load aMUSEd weights for model '{model}' (source '{source}'): {exc}. "
+            "If this machine cannot reach the Hugging Face hub, download the repository elsewhere "
+            "(`hf download amused/amused-256 --local-dir DIR`) and pass that directory as the model "
+            "(CLI: --model DIR; service: STYLEDROP_MODEL=DIR), or use --model tiny for an offline test model."
+        ) from exc
+    for module in (transformer, vqvae, text_encoder):
+        module.requires_grad_(False)
+        module.eval()
+    transformer.to(device)
+    vqvae.to(device)
+    text_encoder.to(device)
+    logger.info("loaded aMUSEd %s from %s on %s (%s)", model, source, device, dtype)
+    return AmusedParts(
+        transformer=transformer,
+        vqvae=vqvae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        mask_token_id=int(scheduler.config.mask_token_id),
+        model_id=model,
+        revision=revision,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The tiny preset: same classes, random weights, seconds on a CPU.
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable character table (the byte-level BPE alphabet)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs], strict=True))
+
+
+def _tiny_tokenizer() -> CLIPTokenizer:
+    """A CLIP byte-level BPE tokenizer with only the 512 single-character tokens and no merges.
+
+    It needs no download, splits text the way CLIP does (lower-cased words, byte-level characters), and its ids
+    (< 514) stay below the tiny text encoder's vocabulary.
+    """
+    chars = list(_bytes_to_unicode().values())
+    vocab_list = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(vocab_list)}
+    tok = CLIPTokenizer(vocab=vocab, merges=[])
+    tok.model_max_length = 77
+    return tok
+
+
+def build_tiny(seed: int = 0) -> AmusedParts:
+    """A random aMUSEd with the real classes and the real token grid (256 px -> 16x16 tokens), tiny widths."""
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        tokenizer = _tiny_tokenizer()
+        eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        bos = tokenizer.convert_tokens_to_ids("<|startoftext|>")
+        text_encoder = CLIPTextModelWithProjection(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                max_position_embeddings=77,
+                projection_dim=32,
+                bos_token_id=bos,
+                eos_token_id=eos,
+                pad_token_id=eos,
+            )
+        )
+        # The real VQ-GAN has 5 resolution levels (16x down-sampling) and 8192 codes; tiny keeps the levels.
+        vqvae = VQModel(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 5,
+            up_block_types=("UpDecoderBlock2D",) * 5,
+            block_out_channels=(8, 8, 16, 16, 16),
+            layers_per_block=1,
+            latent_channels=8,
+            num_vq_embeddings=64,
+            norm_num_groups=4,
+            vq_embed_dim=8,
+            mid_block_add_attention=False,
+            lookup_from_codebook=True,
+            force_upcast=True,
+            sample_size=256,
+        )
+        codebook = 64
+        # vocab = codebook + mask, padded like the real 8192 + 64 = 8256; the mask id is the last one (8255).
+        transformer = UVit2DModel(
+            hidden_size=32,
+            use_bias=False,
+            hidden_dropout=0.0,
+            cond_embed_dim=32,
+            micro_cond_encode_dim=4,
+            micro_cond_embed_dim=20,  # must be 5 x micro_cond_encode_dim (5 micro-conditions)
+            encoder_hidden_size=32,
+            vocab_size=codebook + 8,
+            codebook_size=codebook,
+            in_channels=16,
+            block_out_channels=32,
+            num_res_blocks=1,
+            downsample=False,
+            upsample=False,
+            block_num_heads=2,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            attention_dropout=0.0,
+            intermediate_size=64,
+            layer_norm_eps=1e-6,
+            ln_elementwise_affine=True,
+            sample_size=16,
+        )
+    finally:
+        torch.random.set_rng_state(generator_state)
+    for module in (transformer, vqvae, text_encoder):
+        module.requires_grad_(False)
+        module.eval()
+    return AmusedParts(
+        transformer=transformer,
+        vqvae=vqvae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        mask_token_id=codebook + 8 - 1,
+        model_id=TINY,
+    )
+
+
+def default_tiny_dir() -> Path:
+    return Path.home() / ".cache" / "styledrop" / f"tiny-v{TINY_VERSION}"
+
+
+def ensure_tiny(directory: str | os.PathLike[str] | None = None) -> Path:
+    """Build the tiny preset and save it with `save_pretrained`, once; return its directory."""
+    d = Path(directory) if directory is not None else default_tiny_dir()
+    marker = d / ".complete"
+    if not marker.exists():
+        tmp = d.with_name(d.name + f".tmp-{os.getpid()}")
+        build_tiny().save_pretrained(tmp)
+        (tmp / ".complete").write_text(TINY_VERSION)
+        d.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(tmp, d)  # atomic: two processes building at once both end with a complete copy
+        except OSError:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
+    return d
