@@ -214,3 +214,22 @@ class Generation(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     image_keys: Mapped[list[str]] = mapped_column(JSON, default=list)
     celery_task_id: Mapped[str | None] = mapped_column(String(255))
+
+
+WORKER_KINDS: tuple[str, ...] = ("train", "generate")
+
+
+class Worker(Base):
+    """One worker process; upserted by the worker every few seconds (id = "<hostname>:<pid>:<kind>")."""
+
+    __tablename__ = "workers"
+    __table_args__ = (CheckConstraint(_in("kind", WORKER_KINDS), name="kind"),)
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    current_id: Mapped[str | None] = mapped_column(String(32))  # job or generation id being run
+    stats: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
