@@ -1,0 +1,149 @@
+"""Admin operations: every user's jobs, the overview (queues, workers, failures), users and keys."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import timedelta
+
+from sqlalchemy import or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api import service
+from api.errors import Conflict, NotFound
+from api.schemas import (
+    AdminJobPublic,
+    ApiKeyCreatedPublic,
+    ErrorInfo,
+    FailurePublic,
+    OverviewPublic,
+    UserCreatedPublic,
+    UserPublic,
+    WorkerPublic,
+)
+from storage import broker
+from storage.models import ApiKey, TrainingJob, User, Worker, utcnow
+from storage.settings import Settings
+from storage.users import create_api_key, create_user, revoke_api_key
+
+logger = logging.getLogger(__name__)
+
+WORKER_ONLINE_SECONDS = 60
+
+
+def list_jobs(
+    *, session: Session, state: str | None, user: str | None, limit: int, offset: int
+) -> list[AdminJobPublic]:
+    query = select(TrainingJob, User.name).join(User, User.id == TrainingJob.owner_id)
+    if state is not None:
+        query = query.where(TrainingJob.state == state)
+    if user is not None:
+        query = query.where(or_(User.name == user, User.id == user))
+    rows = session.execute(
+        query.order_by(TrainingJob.queued_at.desc(), TrainingJob.id.desc()).limit(limit).offset(offset)
+    ).all()
+    return [service.admin_job_public(session, job, name) for job, name in rows]
+
+
+def overview(*, session: Session, settings: Settings) -> OverviewPublic:
+    depths: dict[str, int] | None
+    queue_error: str | None = None
+    try:
+        depths = broker.queue_depths(settings)
+    except Exception as exc:  # the overview must render while the broker is down
+        logger.warning("queue depths unavailable: %s", exc)
+        depths, queue_error = None, f"broker unreachable: {exc}"
+    now = utcnow()
+    workers = session.scalars(
+        select(Worker).where(Worker.heartbeat_at >= now - timedelta(seconds=WORKER_ONLINE_SECONDS))
+        .order_by(Worker.kind, Worker.id)
+    ).all()
+    failures = session.execute(
+        select(TrainingJob, User.name).join(User, User.id == TrainingJob.owner_id)
+        .where(TrainingJob.state == "failed", TrainingJob.finished_at >= now - timedelta(hours=24))
+        .order_by(TrainingJob.finished_at.desc()).limit(100)
+    ).all()
+    return OverviewPublic(
+        queue_depths=depths,
+        queue_error=queue_error,
+        workers_online=[
+            WorkerPublic(id=w.id, host=w.host, pid=w.pid, kind=w.kind, started_at=w.started_at,
+                         heartbeat_at=w.heartbeat_at, current_id=w.current_id, stats=w.stats or {})
+            for w in workers
+        ],
+        running_jobs=_active_jobs(session),
+        failures_24h=[
+            FailurePublic(
+                job_id=job.id, owner_name=name, attempts=job.attempts, finished_at=job.finished_at,
+                error=ErrorInfo(code=job.error_code or "error", message=job.error_message or "")
+                if job.error_code or job.error_message else None,
+            )
+            for job, name in failures
+        ],
+        job_counts=service.job_counts(session),
+        generation_counts=service.generation_counts(session),
+    )
+
+
+def _active_jobs(session: Session) -> list[AdminJobPublic]:
+    rows = session.execute(
+        select(TrainingJob, User.name).join(User, User.id == TrainingJob.owner_id)
+        .where(TrainingJob.state.in_(("running", "cancelling"))).order_by(TrainingJob.started_at)
+    ).all()
+    return [service.admin_job_public(session, job, name) for job, name in rows]
+
+
+def get_job(*, session: Session, job_id: str) -> TrainingJob:
+    job = session.get(TrainingJob, job_id)
+    if job is None:
+        raise NotFound("job not found")
+    return job
+
+
+def list_users(*, session: Session) -> Sequence[User]:
+    return session.scalars(select(User).order_by(User.created_at, User.name)).all()
+
+
+def _key_public(key: ApiKey, plaintext: str) -> ApiKeyCreatedPublic:
+    return ApiKeyCreatedPublic(id=key.id, user_id=key.user_id, key=plaintext, created_at=key.created_at)
+
+
+def user_public(user: User) -> UserPublic:
+    return UserPublic(id=user.id, name=user.name, is_admin=user.is_admin, disabled=user.disabled,
+                      created_at=user.created_at)
+
+
+def add_user(*, session: Session, name: str, is_admin: bool) -> UserCreatedPublic:
+    if session.scalar(select(User.id).where(User.name == name)) is not None:
+        raise Conflict(f"a user named {name!r} exists", code="user_exists")
+    try:
+        user = create_user(session, name, is_admin=is_admin)
+        key, plaintext = create_api_key(session, user.id)
+        session.commit()
+    except IntegrityError as exc:
+        session.rollback()
+        raise Conflict(f"a user named {name!r} exists", code="user_exists") from exc
+    return UserCreatedPublic(user=user_public(user), key=_key_public(key, plaintext))
+
+
+def add_key(*, session: Session, user_id: str) -> ApiKeyCreatedPublic:
+    if session.get(User, user_id) is None:
+        raise NotFound("user not found")
+    key, plaintext = create_api_key(session, user_id)
+    session.commit()
+    logger.info("new API key %s for user %s", key.id, user_id)
+    return _key_public(key, plaintext)
+
+
+def revoke_key(*, session: Session, key_id: str) -> None:
+    if session.get(ApiKey, key_id) is None:
+        raise NotFound("key not found")
+    revoke_api_key(session, key_id)
+    session.commit()
+    logger.info("revoked API key %s", key_id)
+
+
+def list_jobs_one(*, session: Session, job: TrainingJob) -> AdminJobPublic:
+    owner = session.get(User, job.owner_id)
+    return service.admin_job_public(session, job, owner.name if owner is not None else "")

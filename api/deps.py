@@ -1,0 +1,116 @@
+"""Request dependencies as `Annotated` aliases: settings, the DB session, the blob store and the caller."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.errors import RateLimited, ServiceError
+from api.security import SESSION_COOKIE, RateLimiter, unsign_session
+from storage.blobs import BlobStore
+from storage.models import ApiKey, User
+from storage.settings import Settings
+from storage.users import authenticate_key
+
+logger = logging.getLogger(__name__)
+
+_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer sd_...`")
+
+
+class Unauthorized(ServiceError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(ServiceError):
+    status_code = 403
+    code = "forbidden"
+
+
+def get_settings_dep(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_sessionmaker(request: Request) -> sessionmaker[Session]:
+    factory: sessionmaker[Session] = request.app.state.sessionmaker
+    return factory
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with request.app.state.sessionmaker() as session:
+        yield session
+
+
+def get_blobs(request: Request) -> BlobStore:
+    blobs: BlobStore = request.app.state.blobs
+    return blobs
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+SessionDep = Annotated[Session, Depends(get_session)]
+SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_sessionmaker)]
+BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def _user_from_cookie(request: Request, session: Session) -> User | None:
+    value = request.cookies.get(SESSION_COOKIE)
+    if not value:
+        return None
+    key_id = unsign_session(request.app.state.secret, value)
+    if key_id is None:
+        return None
+    key = session.get(ApiKey, key_id)
+    if key is None or key.revoked_at is not None:
+        return None
+    user = session.get(User, key.user_id)
+    return None if user is None or user.disabled else user
+
+
+def get_current_user(request: Request, session: SessionDep, bearer: BearerDep) -> User:
+    """The caller, from `Authorization: Bearer <key>` or else the signed `styledrop_session` cookie."""
+    user: User | None = None
+    if bearer is not None:
+        user = authenticate_key(session, bearer.credentials)
+        if user is not None:
+            session.commit()  # last_used_at
+    elif request.cookies.get(SESSION_COOKIE):
+        user = _user_from_cookie(request, session)
+    if user is None:
+        reason = "invalid, revoked or disabled API key" if bearer or request.cookies else "missing API key"
+        raise Unauthorized(reason, headers={"WWW-Authenticate": "Bearer"})
+    return user
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+def get_admin_user(user: CurrentUser) -> User:
+    if not user.is_admin:
+        raise Forbidden("this needs an admin key")
+    return user
+
+
+AdminUser = Annotated[User, Depends(get_admin_user)]
+
+
+def get_rate_limited_user(request: Request, user: CurrentUser) -> User:
+    """The caller, after counting this request against its per-minute budget (429 with Retry-After)."""
+    limiter: RateLimiter = request.app.state.rate_limiter
+    wait = limiter.hit(user.id)
+    if wait is not None:
+        retry = max(1, math.ceil(wait))
+        raise RateLimited(
+            f"more than {limiter.limit} requests per minute; retry in {retry} s", headers={"Retry-After": str(retry)}
+        )
+    return user
+
+
+RateLimitedUser = Annotated[User, Depends(get_rate_limited_user)]

@@ -1,0 +1,63 @@
+"""The FastAPI application factory: `uvicorn api.main:create_app --factory`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from api.errors import install_handlers
+from api.metrics import make_registry
+from api.routes import adapters, admin, generations, health, jobs, styles
+from api.security import RateLimiter, load_secret
+from storage.blobs import blob_store_from_settings
+from storage.db import make_engine, make_sessionmaker, upgrade_to_head
+from storage.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+MULTIPART_OVERHEAD = 1024 * 1024  # form fields and part headers on top of the files
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app for `settings` (default: the process settings). One engine per app; the schema is
+    migrated to head on start-up (a database that is down then is migrated by the first /readyz that reaches
+    it)."""
+    settings = settings or get_settings()
+    url = settings.resolved_database_url
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            await run_in_threadpool(upgrade_to_head, url)
+            app.state.migrated = True
+        except Exception as exc:  # stay up so /healthz and /readyz can say why
+            logger.error("database migration failed at start-up: %s", exc)
+        yield
+        app.state.engine.dispose()
+
+    app = FastAPI(
+        title="Styledrop",
+        summary="Train a StyleDrop adapter for aMUSEd from one style image, and generate images in that style.",
+        version="0.1.0",
+        lifespan=lifespan,
+        # Bounds the whole request body (style image, or init image + mask, plus fields); each file is then
+        # read in chunks against max_upload_bytes.
+        max_body_size=2 * settings.max_upload_bytes + MULTIPART_OVERHEAD,
+    )
+    engine = make_engine(url)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessionmaker = make_sessionmaker(engine)
+    app.state.migrated = False
+    app.state.blobs = blob_store_from_settings(settings)
+    app.state.secret = load_secret(settings)
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+    app.state.metrics_registry = make_registry(app.state.sessionmaker, settings)
+    install_handlers(app)
+    for module in (styles, jobs, adapters, generations, admin, health):
+        app.include_router(module.router)
+    return app

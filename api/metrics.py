@@ -1,0 +1,107 @@
+"""Prometheus metrics computed from the database (and the broker) at scrape time, so every API process reports
+the same numbers and nothing is lost on restart."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import timedelta
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from api import service
+from storage import broker
+from storage.models import Generation, TrainingJob, Worker, utcnow
+from storage.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+LATENCY_BUCKETS: tuple[float, ...] = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+LATENCY_WINDOW = timedelta(hours=1)
+CACHE_STATS: tuple[str, ...] = ("hits", "misses", "evictions", "loads")
+
+
+class StyledropCollector(Collector):
+    def __init__(self, factory: sessionmaker[Session], settings: Settings) -> None:
+        self.factory = factory
+        self.settings = settings
+
+    def collect(self) -> Iterator[Metric]:
+        with self.factory() as session:
+            jobs = GaugeMetricFamily("styledrop_jobs", "Training jobs by state", labels=["state"])
+            for state, count in service.job_counts(session).items():
+                jobs.add_metric([state], count)
+            yield jobs
+            gens = GaugeMetricFamily("styledrop_generations", "Generations by state", labels=["state"])
+            for state, count in service.generation_counts(session).items():
+                gens.add_metric([state], count)
+            yield gens
+            yield self._latency(session)
+            yield self._step_time(session)
+            yield from self._cache(session)
+        yield self._queues()
+
+    def _latency(self, session: Session) -> Metric:
+        rows = session.execute(
+            select(Generation.queued_at, Generation.finished_at)
+            .where(Generation.state == "succeeded", Generation.finished_at >= utcnow() - LATENCY_WINDOW)
+            .limit(100_000)
+        ).all()
+        seconds = [(finished - queued).total_seconds() for queued, finished in rows if finished and queued]
+        buckets = [(str(b), sum(1 for s in seconds if s <= b)) for b in LATENCY_BUCKETS]
+        buckets.append(("+Inf", len(seconds)))
+        hist = HistogramMetricFamily(
+            "styledrop_generation_latency_seconds",
+            "Queue-to-done latency of generations that succeeded in the last hour",
+        )
+        hist.add_metric([], buckets=buckets, sum_value=sum(seconds))
+        return hist
+
+    def _step_time(self, session: Session) -> Metric:
+        gauge = GaugeMetricFamily(
+            "styledrop_train_step_seconds", "Seconds per training step of running jobs", labels=["job_id"]
+        )
+        for job_id, sps in session.execute(
+            select(TrainingJob.id, TrainingJob.steps_per_second).where(TrainingJob.state == "running")
+        ):
+            if sps:
+                gauge.add_metric([job_id], 1.0 / sps)
+        return gauge
+
+    def _cache(self, session: Session) -> Iterator[Metric]:
+        cutoff = utcnow() - timedelta(seconds=60)
+        totals = dict.fromkeys(CACHE_STATS, 0.0)
+        online = 0
+        for (stats,) in session.execute(select(Worker.stats).where(Worker.heartbeat_at >= cutoff)):
+            online += 1
+            cache = (stats or {}).get("adapter_cache", stats or {})
+            for name in CACHE_STATS:
+                value = cache.get(name) if isinstance(cache, dict) else None
+                if isinstance(value, int | float):
+                    totals[name] += value
+        for name, value in totals.items():
+            counter = CounterMetricFamily(
+                f"styledrop_adapter_cache_{name}", f"Adapter cache {name}, summed over online workers"
+            )
+            counter.add_metric([], value)
+            yield counter
+        yield GaugeMetricFamily("styledrop_workers_online", "Workers with a heartbeat in the last 60 s", online)
+
+    def _queues(self) -> Metric:
+        gauge = GaugeMetricFamily("styledrop_queue_depth", "Messages waiting in each broker queue", labels=["queue"])
+        try:
+            for name, depth in broker.queue_depths(self.settings).items():
+                gauge.add_metric([name], depth)
+        except Exception as exc:
+            logger.warning("queue depth unavailable for /metrics: %s", exc)
+        return gauge
+
+
+def make_registry(factory: sessionmaker[Session], settings: Settings) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StyledropCollector(factory, settings))
+    return registry

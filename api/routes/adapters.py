@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+
+from api import service
+from api.deps import BlobsDep, CurrentUser, SessionDep
+from api.schemas import AdapterPublic
+
+router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
+
+
+@router.get("", response_model=list[AdapterPublic])
+def list_adapters(
+    user: CurrentUser,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[AdapterPublic]:
+    return [service.adapter_public(a) for a in service.list_adapters(session=session, owner=user, limit=limit,
+                                                                      offset=offset)]
+
+
+@router.get("/{adapter_id}", response_model=AdapterPublic)
+def get_adapter(adapter_id: str, user: CurrentUser, session: SessionDep) -> AdapterPublic:
+    return service.adapter_public(service.get_adapter(session=session, owner=user, adapter_id=adapter_id))
+
+
+@router.get(
+    "/{adapter_id}/file",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "The safetensors file."}},
+)
+def download_adapter(adapter_id: str, user: CurrentUser, session: SessionDep, blobs: BlobsDep) -> Response:
+    """The adapter's safetensors file, verified against its recorded sha256 before it is sent."""
+    adapter = service.get_adapter(session=session, owner=user, adapter_id=adapter_id)
+    data = service.adapter_bytes(blobs=blobs, adapter=adapter)
+    return Response(
+        data,
+        media_type="application/octet-stream",
+        headers={
+            "Content-Disposition": f'attachment; filename="{service.adapter_filename(adapter)}"',
+            "X-Content-SHA256": adapter.sha256,
+        },
+    )
+
+
+@router.delete("/{adapter_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_adapter(adapter_id: str, user: CurrentUser, session: SessionDep) -> None:
+    service.delete_adapter(session=session, owner=user, adapter_id=adapter_id)

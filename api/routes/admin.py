@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from api import admin, service
+from api.deps import AdminUser, SessionDep, SettingsDep
+from api.routes.jobs import StateFilter
+from api.schemas import AdminJobPublic, ApiKeyCreatedPublic, OverviewPublic, UserCreate, UserCreatedPublic, UserPublic
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+
+@router.get("/jobs", response_model=list[AdminJobPublic])
+def list_jobs(
+    _: AdminUser,
+    session: SessionDep,
+    state: StateFilter = None,
+    user: Annotated[str | None, Query(description="A user name or id.")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[AdminJobPublic]:
+    """Every user's jobs, newest first."""
+    return admin.list_jobs(session=session, state=state, user=user, limit=limit, offset=offset)
+
+
+@router.get("/overview", response_model=OverviewPublic)
+def overview(_: AdminUser, session: SessionDep, settings: SettingsDep) -> OverviewPublic:
+    """Queue depths, workers online (heartbeat in the last 60 s) with their cache stats, running jobs,
+    failures in the last 24 h and job counts by state."""
+    return admin.overview(session=session, settings=settings)
+
+
+@router.post("/jobs/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=AdminJobPublic)
+def cancel_job(job_id: str, _: AdminUser, session: SessionDep) -> AdminJobPublic:
+    job = service.cancel_job(session=session, job=admin.get_job(session=session, job_id=job_id))
+    return admin.list_jobs_one(session=session, job=job)
+
+
+@router.post("/jobs/{job_id}/retry", status_code=status.HTTP_202_ACCEPTED, response_model=AdminJobPublic)
+def retry_job(job_id: str, _: AdminUser, session: SessionDep, settings: SettingsDep) -> AdminJobPublic:
+    """failed or cancelled → queued (error cleared, attempts reset, resumes from its checkpoint), sent again."""
+    job = service.retry_job(session=session, settings=settings, job_id=job_id)
+    return admin.list_jobs_one(session=session, job=job)
+
+
+@router.get("/users", response_model=list[UserPublic])
+def list_users(_: AdminUser, session: SessionDep) -> list[UserPublic]:
+    return [admin.user_public(u) for u in admin.list_users(session=session)]
+
+
+@router.post("/users", status_code=status.HTTP_201_CREATED, response_model=UserCreatedPublic)
+def create_user(body: UserCreate, _: AdminUser, session: SessionDep) -> UserCreatedPublic:
+    """Create a user and its first API key (the key is shown only in this response)."""
+    return admin.add_user(session=session, name=body.name, is_admin=body.is_admin)
+
+
+@router.post("/users/{user_id}/keys", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreatedPublic)
+def create_key(user_id: str, _: AdminUser, session: SessionDep) -> ApiKeyCreatedPublic:
+    return admin.add_key(session=session, user_id=user_id)
+
+
+@router.delete("/keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
+def revoke_key(key_id: str, _: AdminUser, session: SessionDep) -> None:
+    admin.revoke_key(session=session, key_id=key_id)

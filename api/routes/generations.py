@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from api import service
+from api.deps import BlobsDep, CurrentUser, RateLimitedUser, SessionDep, SessionFactoryDep, SettingsDep
+from api.errors import Invalid, UnsupportedMedia
+from api.schemas import GenerationCreate, GenerationPublic
+from storage.blobs import BlobStore
+from storage.models import Generation, User
+from storage.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1/generations", tags=["generations"])
+
+WAIT_POLL_SECONDS = 0.25
+FINAL = frozenset({"succeeded", "failed"})
+
+_create_schema = GenerationCreate.model_json_schema()
+_multipart_schema: dict[str, Any] = {
+    "type": "object",
+    "required": ["prompt"],
+    "properties": {
+        **{name: {**prop, "type": prop.get("type", "string")} for name, prop in _create_schema["properties"].items()},
+        "init_image": {"type": "string", "format": "binary", "description": "Image-to-image / inpainting source."},
+        "mask": {"type": "string", "format": "binary", "description": "Inpainting mask (white = repaint)."},
+    },
+}
+_OPENAPI_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": _create_schema},
+            "multipart/form-data": {"schema": _multipart_schema},
+        },
+    }
+}
+
+
+def _validate(fields: dict[str, Any]) -> GenerationCreate:
+    try:
+        return GenerationCreate.model_validate(fields)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from exc
+
+
+async def _read_file(upload: Any, *, what: str, max_bytes: int) -> bytes | None:
+    if upload is None or upload == "":
+        return None
+    if not isinstance(upload, UploadFile):
+        raise Invalid(f"{what} must be a file part", code="bad_field")
+    return await run_in_threadpool(service.read_bounded, upload.file, max_bytes=max_bytes, what=what)
+
+
+async def _parse(request: Request, settings: Settings) -> tuple[GenerationCreate, bytes | None, bytes | None]:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json":
+        try:
+            body = await request.json()
+        except ValueError as exc:
+            raise Invalid("the body is not valid JSON", code="bad_json") from exc
+        if not isinstance(body, dict):
+            raise Invalid("the body must be a JSON object", code="bad_json")
+        return _validate(body), None, None
+    if content_type == "multipart/form-data":
+        form = await request.form(max_files=2, max_fields=20)
+        fields: dict[str, Any] = {}
+        for name, value in form.multi_items():
+            if name in ("init_image", "mask"):
+                continue
+            if isinstance(value, UploadFile):
+                raise Invalid(f"{name} must be a plain field", code="bad_field")
+            if value != "" or name in ("prompt",):
+                fields[name] = value
+        parsed = _validate(fields)
+        init = await _read_file(form.get("init_image"), what="init_image", max_bytes=settings.max_upload_bytes)
+        mask = await _read_file(form.get("mask"), what="mask", max_bytes=settings.max_upload_bytes)
+        return parsed, init, mask
+    raise UnsupportedMedia("send application/json, or multipart/form-data with init_image", code="bad_content_type")
+
+
+def _create(
+    factory: sessionmaker[Session], blobs: BlobStore, settings: Settings, owner: User, request: GenerationCreate,
+    init: bytes | None, mask: bytes | None,
+) -> GenerationPublic:
+    with factory() as session:
+        gen = service.create_generation(
+            session=session, blobs=blobs, settings=settings, owner=owner, request=request, init_image=init, mask=mask
+        )
+        return service.generation_public(gen)
+
+
+def _load(factory: sessionmaker[Session], generation_id: str) -> GenerationPublic | None:
+    with factory() as session:
+        gen = session.get(Generation, generation_id)
+        return service.generation_public(gen) if gen is not None else None
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=GenerationPublic, openapi_extra=_OPENAPI_BODY)
+async def create_generation(
+    request: Request,
+    response: Response,
+    user: RateLimitedUser,
+    settings: SettingsDep,
+    blobs: BlobsDep,
+    factory: SessionFactoryDep,
+    wait: Annotated[float, Query(ge=0, description="Block up to this many seconds for the result.")] = 0,
+) -> GenerationPublic:
+    """Queue a generation: JSON `GenerationCreate`, or multipart with the same fields plus `init_image` (and
+    `strength`) for image-to-image, or `init_image` + `mask` for inpainting. `?wait=SECONDS` (at most
+    max_wait_seconds) answers 200 with the finished generation when it ends in time, else 202."""
+    if wait > settings.max_wait_seconds:
+        raise Invalid(f"wait must be at most {settings.max_wait_seconds} seconds", code="bad_wait")
+    parsed, init, mask = await _parse(request, settings)
+    gen = await run_in_threadpool(_create, factory, blobs, settings, user, parsed, init, mask)
+    if wait > 0:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while gen.state not in FINAL and loop.time() < deadline:
+            await asyncio.sleep(min(WAIT_POLL_SECONDS, max(deadline - loop.time(), 0)))
+            if await request.is_disconnected():
+                break
+            current = await run_in_threadpool(_load, factory, gen.id)
+            if current is not None:
+                gen = current
+        if gen.state in FINAL:
+            response.status_code = status.HTTP_200_OK
+    return gen
+
+
+@router.get("", response_model=list[GenerationPublic])
+def list_generations(
+    user: CurrentUser,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[GenerationPublic]:
+    gens = service.list_generations(session=session, owner=user, limit=limit, offset=offset)
+    return [service.generation_public(g) for g in gens]
+
+
+@router.get("/{generation_id}", response_model=GenerationPublic)
+def get_generation(generation_id: str, user: CurrentUser, session: SessionDep) -> GenerationPublic:
+    return service.generation_public(service.get_generation(session=session, owner=user, generation_id=generation_id))
+
+
+@router.get("/{generation_id}/images/{n}", response_class=Response,
+            responses={200: {"content": {"image/png": {}}, "description": "A generated PNG."}})
+def get_generation_image(
+    generation_id: str, n: int, user: CurrentUser, session: SessionDep, blobs: BlobsDep
+) -> Response:
+    """The n-th (0-based) image of a generation."""
+    gen = service.get_generation(session=session, owner=user, generation_id=generation_id)
+    key = service.generation_image_key(gen, n)
+    return Response(service.read_blob(blobs, key, what="image"), media_type="image/png")

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import SettingsDep
+from storage import broker
+from storage.db import upgrade_to_head
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(tags=["ops"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+def _check_db(request: Request) -> None:
+    with request.app.state.engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    if not request.app.state.migrated:  # the database was down at start-up: migrate now that it is back
+        upgrade_to_head(request.app.state.settings.resolved_database_url)
+        request.app.state.migrated = True
+
+
+@router.get("/readyz", responses={503: {"description": "Not ready, with the reason."}})
+async def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
+    """The database answers `SELECT 1` (and is migrated) and the broker is reachable."""
+    checks: dict[str, str] = {}
+    try:
+        await run_in_threadpool(_check_db, request)
+        checks["database"] = "ok"
+    except Exception as exc:
+        logger.warning("readyz: database: %s", exc)
+        checks["database"] = f"unreachable: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    try:
+        await run_in_threadpool(broker.ping, settings)
+        checks["broker"] = "ok"
+    except Exception as exc:
+        logger.warning("readyz: broker: %s", exc)
+        checks["broker"] = f"unreachable: {type(exc).__name__}: {str(exc)[:200]}"
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
+                        status_code=200 if ready else 503)
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics (computed from the database at scrape time)."""
+    body = await run_in_threadpool(generate_latest, request.app.state.metrics_registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

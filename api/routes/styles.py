@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile, status
+
+from api import service
+from api.deps import BlobsDep, CurrentUser, RateLimitedUser, SessionDep, SettingsDep
+from api.schemas import StyleCreatedPublic, StylePublic
+
+router = APIRouter(prefix="/v1/styles", tags=["styles"])
+
+PNG: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}, "description": "A PNG image."}}
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=StyleCreatedPublic)
+def create_style(
+    user: RateLimitedUser,
+    session: SessionDep,
+    blobs: BlobsDep,
+    settings: SettingsDep,
+    response: Response,
+    image: Annotated[UploadFile, File(description="The style image: PNG, JPEG, WebP or GIF.")],
+    descriptor: Annotated[str, Form(description='The style in words, e.g. "watercolor painting" (1..200).')],
+    content: Annotated[str | None, Form(description="What the image shows (optional).")] = None,
+    steps: Annotated[int | None, Form(description="Training steps (1..max_train_steps).")] = None,
+    seed: Annotated[int | None, Form()] = None,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> StyleCreatedPublic:
+    """Upload one style image and queue its training job. A repeated `Idempotency-Key` with the same request
+    returns the same style and job (200); with a different request it is refused (409)."""
+    data = service.read_bounded(image.file, max_bytes=settings.max_upload_bytes, what="image")
+    created = service.create_style(
+        session=session, blobs=blobs, settings=settings, owner=user, image=data, descriptor=descriptor,
+        content=content, steps=steps, seed=seed, idempotency_key=idempotency_key,
+    )
+    if not created.created:
+        response.status_code = status.HTTP_200_OK
+    return StyleCreatedPublic(
+        style=service.style_public(created.style, created.job.id), job=service.job_public(session, created.job)
+    )
+
+
+@router.get("", response_model=list[StylePublic])
+def list_styles(
+    user: CurrentUser,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[StylePublic]:
+    rows = service.list_styles(session=session, owner=user, limit=limit, offset=offset)
+    return [service.style_public(style, job_id) for style, job_id in rows]
+
+
+@router.get("/{style_id}", response_model=StylePublic)
+def get_style(style_id: str, user: CurrentUser, session: SessionDep) -> StylePublic:
+    style = service.get_style(session=session, owner=user, style_id=style_id)
+    return service.style_public(style, service.latest_job_id(session, style.id))
+
+
+@router.get("/{style_id}/image", response_class=Response, responses=PNG)
+def get_style_image(style_id: str, user: CurrentUser, session: SessionDep, blobs: BlobsDep) -> Response:
+    style = service.get_style(session=session, owner=user, style_id=style_id)
+    return Response(service.read_blob(blobs, style.image_key, what="style image"), media_type="image/png")
+
+
+@router.delete("/{style_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_style(style_id: str, user: CurrentUser, session: SessionDep) -> None:
+    """Soft-delete the style; its queued or running job is cancelled."""
+    service.delete_style(session=session, owner=user, style_id=style_id)

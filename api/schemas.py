@@ -1,0 +1,187 @@
+"""Request and response models, named by direction: `*Create` comes in, `*Public` goes out."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_SEED = 2**31 - 1
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+
+
+class StylePublic(BaseModel):
+    id: str
+    descriptor: str
+    content: str | None
+    width: int
+    height: int
+    image_bytes: int
+    image_sha256: str
+    created_at: datetime
+    image_url: str
+    latest_job_id: str | None = None
+
+
+class JobPublic(BaseModel):
+    id: str
+    style_id: str
+    state: str
+    step: int
+    total_steps: int
+    progress: float = Field(description="step / total_steps, 0..1")
+    last_loss: float | None
+    eta_seconds: float | None
+    steps_per_second: float | None
+    queue_position: int = Field(description="1 = next to run; 0 when not queued")
+    attempts: int
+    max_attempts: int
+    params: dict[str, Any]
+    queued_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    cancel_requested_at: datetime | None
+    gpu_seconds: float
+    error: ErrorInfo | None
+    adapter_id: str | None = None
+
+
+class StyleCreatedPublic(BaseModel):
+    style: StylePublic
+    job: JobPublic
+
+
+class JobEventPublic(BaseModel):
+    id: int
+    job_id: str
+    kind: str
+    created_at: datetime
+    payload: dict[str, Any]
+
+
+class AdapterPublic(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    id: str
+    style_id: str
+    job_id: str
+    descriptor: str
+    train_prompt: str
+    sha256: str
+    bytes: int
+    base_model: str
+    base_revision: str | None
+    rank: int
+    alpha: float
+    targets: list[str]
+    steps: int
+    seed: int
+    engine_version: str
+    created_at: datetime
+    file_url: str
+
+
+class GenerationCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=500)
+    negative_prompt: str | None = Field(default=None, max_length=500)
+    adapter_id: str | None = None
+    style_strength: float = Field(default=1.0, ge=-1.0, le=10.0)
+    guidance_scale: float = Field(default=10.0, ge=0.0, le=50.0)
+    steps: int = Field(default=12, ge=1, le=100)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Default: random.")
+    num_images: int = Field(default=1, ge=1, description="At most settings.max_images_per_request.")
+    strength: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="Image-to-image only (multipart with init_image)."
+    )
+
+
+class GenerationPublic(BaseModel):
+    id: str
+    state: str
+    adapter_id: str | None
+    prompt: str
+    negative_prompt: str | None
+    style_strength: float
+    guidance_scale: float
+    steps: int
+    seed: int
+    num_images: int
+    mode: Literal["text", "image", "inpaint"]
+    strength: float | None
+    attempts: int
+    queued_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    image_urls: list[str]
+    error: ErrorInfo | None
+
+
+# --- admin ---------------------------------------------------------------------------------------------------
+
+
+class AdminJobPublic(JobPublic):
+    owner_id: str
+    owner_name: str
+    worker_host: str | None
+    heartbeat_at: datetime | None
+
+
+class WorkerPublic(BaseModel):
+    id: str
+    host: str
+    pid: int
+    kind: str
+    started_at: datetime
+    heartbeat_at: datetime
+    current_id: str | None
+    stats: dict[str, Any]
+
+
+class FailurePublic(BaseModel):
+    job_id: str
+    owner_name: str
+    error: ErrorInfo | None
+    attempts: int
+    finished_at: datetime | None
+
+
+class OverviewPublic(BaseModel):
+    queue_depths: dict[str, int] | None
+    queue_error: str | None = None
+    workers_online: list[WorkerPublic]
+    running_jobs: list[AdminJobPublic]
+    failures_24h: list[FailurePublic]
+    job_counts: dict[str, int]
+    generation_counts: dict[str, int]
+
+
+class UserCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
+    is_admin: bool = False
+
+
+class UserPublic(BaseModel):
+    id: str
+    name: str
+    is_admin: bool
+    disabled: bool
+    created_at: datetime
+
+
+class ApiKeyCreatedPublic(BaseModel):
+    id: str
+    user_id: str
+    key: str = Field(description="The plaintext key; shown only in this response.")
+    created_at: datetime
+
+
+class UserCreatedPublic(BaseModel):
+    user: UserPublic
+    key: ApiKeyCreatedPublic

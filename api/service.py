@@ -1,0 +1,538 @@
+"""The API's operations as plain keyword-only functions: the routes validate, call these, and map errors.
+
+Functions that create work commit the row FIRST, then send the task, then record the send. A failed send is
+logged and leaves the row queued for the reconciler; the caller still answers 202.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, BinaryIO, Literal
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api import queue
+from api.errors import Conflict, Gone, Invalid, NotFound, TooLarge, UnsupportedMedia
+from api.schemas import (
+    MAX_SEED,
+    AdapterPublic,
+    AdminJobPublic,
+    ErrorInfo,
+    GenerationCreate,
+    GenerationPublic,
+    JobPublic,
+    StylePublic,
+)
+from storage import jobs as jobstore
+from storage.blobs import BlobIntegrityError, BlobNotFound, BlobStore, content_key, get_verified
+from storage.images import ImageRejected, NormalizedImage, load_mask, normalize_upload
+from storage.models import Adapter, Generation, JobEvent, Style, TrainingJob, User, utcnow
+from storage.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TRAIN_STEPS = 1500
+DEFAULT_IMG2IMG_STRENGTH = 0.75
+_CHUNK = 64 * 1024
+
+
+# --- uploads -------------------------------------------------------------------------------------------------
+
+
+def read_bounded(stream: BinaryIO, *, max_bytes: int, what: str = "upload") -> bytes:
+    """Read `stream` in chunks, refusing (413) as soon as it exceeds `max_bytes`."""
+    buf = bytearray()
+    while chunk := stream.read(_CHUNK):
+        buf += chunk
+        if len(buf) > max_bytes:
+            raise TooLarge(f"the {what} is larger than the limit of {max_bytes} bytes")
+    return bytes(buf)
+
+
+def _image_error(exc: ImageRejected, what: str) -> Exception:
+    message = f"{what}: {exc.reason}"
+    if exc.reason.startswith("not a "):
+        return UnsupportedMedia(message, code="unsupported_image")
+    return Invalid(message, code="bad_image")
+
+
+def _normalize(data: bytes, *, settings: Settings, what: str) -> NormalizedImage:
+    try:
+        return normalize_upload(
+            data, max_pixels=settings.max_image_pixels, min_side=settings.min_image_side,
+            max_bytes=settings.max_upload_bytes,
+        )
+    except ImageRejected as exc:
+        raise _image_error(exc, what) from exc
+
+
+# --- presenters ----------------------------------------------------------------------------------------------
+
+
+def _error(code: str | None, message: str | None) -> ErrorInfo | None:
+    if code is None and message is None:
+        return None
+    return ErrorInfo(code=code or "error", message=message or "")
+
+
+def style_public(style: Style, latest_job_id: str | None = None) -> StylePublic:
+    return StylePublic(
+        id=style.id, descriptor=style.descriptor, content=style.content, width=style.width, height=style.height,
+        image_bytes=style.image_bytes, image_sha256=style.image_sha256, created_at=style.created_at,
+        image_url=f"/v1/styles/{style.id}/image", latest_job_id=latest_job_id,
+    )
+
+
+def _job_fields(session: Session, job: TrainingJob) -> dict[str, Any]:
+    adapter_id = session.scalar(select(Adapter.id).where(Adapter.job_id == job.id, Adapter.deleted_at.is_(None)))
+    total = max(job.total_steps, 1)
+    return {
+        "id": job.id, "style_id": job.style_id, "state": job.state, "step": job.step,
+        "total_steps": job.total_steps, "progress": 1.0 if job.state == "succeeded" else min(job.step / total, 1.0),
+        "last_loss": job.last_loss, "eta_seconds": job.eta_seconds, "steps_per_second": job.steps_per_second,
+        "queue_position": jobstore.queue_position(session, job), "attempts": job.attempts,
+        "max_attempts": job.max_attempts, "params": job.params or {}, "queued_at": job.queued_at,
+        "started_at": job.started_at, "finished_at": job.finished_at,
+        "cancel_requested_at": job.cancel_requested_at, "gpu_seconds": job.gpu_seconds,
+        "error": _error(job.error_code, job.error_message), "adapter_id": adapter_id,
+    }
+
+
+def job_public(session: Session, job: TrainingJob) -> JobPublic:
+    return JobPublic(**_job_fields(session, job))
+
+
+def admin_job_public(session: Session, job: TrainingJob, owner_name: str) -> AdminJobPublic:
+    return AdminJobPublic(
+        **_job_fields(session, job), owner_id=job.owner_id, owner_name=owner_name,
+        worker_host=job.worker_host, heartbeat_at=job.heartbeat_at,
+    )
+
+
+def adapter_public(adapter: Adapter) -> AdapterPublic:
+    return AdapterPublic(
+        id=adapter.id, style_id=adapter.style_id, job_id=adapter.job_id, descriptor=adapter.descriptor,
+        train_prompt=adapter.train_prompt, sha256=adapter.sha256, bytes=adapter.bytes,
+        base_model=adapter.base_model, base_revision=adapter.base_revision, rank=adapter.rank,
+        alpha=adapter.alpha, targets=list(adapter.targets or []), steps=adapter.steps, seed=adapter.seed,
+        engine_version=adapter.engine_version, created_at=adapter.created_at,
+        file_url=f"/v1/adapters/{adapter.id}/file",
+    )
+
+
+def generation_public(gen: Generation) -> GenerationPublic:
+    mode: Literal["text", "image", "inpaint"] = "inpaint" if gen.mask_key else "image" if gen.init_image_key else "text"
+    return GenerationPublic(
+        id=gen.id, state=gen.state, adapter_id=gen.adapter_id, prompt=gen.prompt,
+        negative_prompt=gen.negative_prompt, style_strength=gen.style_strength, guidance_scale=gen.guidance_scale,
+        steps=gen.steps, seed=gen.seed, num_images=gen.num_images, mode=mode, strength=gen.strength,
+        attempts=gen.attempts, queued_at=gen.queued_at, started_at=gen.started_at, finished_at=gen.finished_at,
+        image_urls=[f"/v1/generations/{gen.id}/images/{n}" for n in range(len(gen.image_keys or []))],
+        error=_error(gen.error_code, gen.error_message),
+    )
+
+
+# --- blobs ---------------------------------------------------------------------------------------------------
+
+
+def read_blob(blobs: BlobStore, key: str | None, *, what: str) -> bytes:
+    if key is None:
+        raise NotFound(f"{what} not found")
+    try:
+        return blobs.get_bytes(key)
+    except BlobNotFound as exc:
+        logger.error("blob %s (%s) is missing from the store", key, what)
+        raise Gone(f"the stored {what} is missing", code="blob_missing") from exc
+
+
+# --- styles and training jobs --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StyleCreated:
+    style: Style
+    job: TrainingJob
+    created: bool  # False: an idempotent replay of an earlier request
+
+
+def _request_hash(image: bytes, fields: dict[str, Any]) -> str:
+    digest = hashlib.sha256(image)
+    digest.update(json.dumps(fields, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _send_job(session: Session, job_id: str, settings: Settings) -> None:
+    try:
+        task_id = queue.send_train(job_id, settings=settings)
+    except Exception as exc:  # broker down: the row stays queued; the reconciler re-sends it
+        logger.warning("could not send train job %s (the reconciler will re-send): %s", job_id, exc)
+        return
+    jobstore.mark_job_sent(session, job_id, task_id)
+    session.commit()
+
+
+def create_style(
+    *,
+    session: Session,
+    blobs: BlobStore,
+    settings: Settings,
+    owner: User,
+    image: bytes,
+    descriptor: str,
+    content: str | None,
+    steps: int | None,
+    seed: int | None,
+    idempotency_key: str | None,
+) -> StyleCreated:
+    descriptor = descriptor.strip()
+    content = content.strip() if content and content.strip() else None
+    if not descriptor or len(descriptor) > 200:
+        raise Invalid("descriptor must be 1..200 characters", code="bad_descriptor")
+    if content is not None and len(content) > 500:
+        raise Invalid("content must be at most 500 characters", code="bad_content")
+    if steps is not None and not 1 <= steps <= settings.max_train_steps:
+        raise Invalid(f"steps must be between 1 and {settings.max_train_steps}", code="bad_steps")
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise Invalid(f"seed must be between 0 and {MAX_SEED}", code="bad_seed")
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
+        raise Invalid("Idempotency-Key must be 1..255 characters", code="bad_idempotency_key")
+
+    request_hash = _request_hash(image, {"descriptor": descriptor, "content": content, "steps": steps, "seed": seed})
+    if idempotency_key is not None:
+        replay = _idempotent_replay(session, owner.id, idempotency_key, request_hash)
+        if replay is not None:
+            return replay
+
+    normalized = _normalize(image, settings=settings, what="image")
+    key = content_key("styles", normalized.sha256, "png")
+    if not blobs.exists(key):
+        blobs.put_bytes(key, normalized.png_bytes)
+
+    total = steps or min(settings.train_steps or DEFAULT_TRAIN_STEPS, settings.max_train_steps)
+    style = Style(
+        owner_id=owner.id, image_key=key, image_sha256=normalized.sha256, image_bytes=len(normalized.png_bytes),
+        width=normalized.width, height=normalized.height, descriptor=descriptor, content=content,
+    )
+    session.add(style)
+    session.flush()
+    job = TrainingJob(
+        style_id=style.id, owner_id=owner.id, state="queued", total_steps=total,
+        max_attempts=settings.max_job_attempts,
+        params={"steps": total, "seed": seed if seed is not None else secrets.randbelow(MAX_SEED + 1),
+                "descriptor": descriptor, "content": content},
+        idempotency_key=idempotency_key, request_hash=request_hash,
+    )
+    session.add(job)
+    try:
+        session.flush()
+        jobstore.add_event(session, job.id, "state", {"from": None, "to": "queued"})
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        if idempotency_key is None:
+            raise
+        replay = _idempotent_replay(session, owner.id, idempotency_key, request_hash)
+        if replay is None:
+            raise
+        return replay
+    logger.info("user %s: style %s, job %s queued (%d steps)", owner.id, style.id, job.id, total)
+    _send_job(session, job.id, settings)
+    return StyleCreated(style=style, job=job, created=True)
+
+
+def _idempotent_replay(session: Session, owner_id: str, key: str, request_hash: str) -> StyleCreated | None:
+    job = session.scalar(
+        select(TrainingJob).where(TrainingJob.owner_id == owner_id, TrainingJob.idempotency_key == key)
+    )
+    if job is None:
+        return None
+    if job.request_hash != request_hash:
+        raise Conflict("this Idempotency-Key was used with a different request", code="idempotency_mismatch")
+    style = session.get(Style, job.style_id)
+    assert style is not None
+    return StyleCreated(style=style, job=job, created=False)
+
+
+def list_styles(*, session: Session, owner: User, limit: int, offset: int) -> list[tuple[Style, str | None]]:
+    styles = session.scalars(
+        select(Style).where(Style.owner_id == owner.id, Style.deleted_at.is_(None))
+        .order_by(Style.created_at.desc(), Style.id.desc()).limit(limit).offset(offset)
+    ).all()
+    return [(s, latest_job_id(session, s.id)) for s in styles]
+
+
+def latest_job_id(session: Session, style_id: str) -> str | None:
+    return session.scalar(
+        select(TrainingJob.id).where(TrainingJob.style_id == style_id)
+        .order_by(TrainingJob.queued_at.desc()).limit(1)
+    )
+
+
+def get_style(*, session: Session, owner: User, style_id: str) -> Style:
+    style = session.get(Style, style_id)
+    if style is None or style.owner_id != owner.id or style.deleted_at is not None:
+        raise NotFound("style not found")
+    return style
+
+
+def delete_style(*, session: Session, owner: User, style_id: str) -> None:
+    style = get_style(session=session, owner=owner, style_id=style_id)
+    style.deleted_at = utcnow()
+    for job in session.scalars(
+        select(TrainingJob).where(TrainingJob.style_id == style.id, TrainingJob.state.in_(("queued", "running")))
+    ):
+        _request_cancel(session, job)
+    session.commit()
+    logger.info("user %s deleted style %s", owner.id, style.id)
+
+
+def list_jobs(*, session: Session, owner: User, state: str | None, limit: int, offset: int) -> Sequence[TrainingJob]:
+    query = select(TrainingJob).where(TrainingJob.owner_id == owner.id)
+    if state is not None:
+        query = query.where(TrainingJob.state == state)
+    return session.scalars(
+        query.order_by(TrainingJob.queued_at.desc(), TrainingJob.id.desc()).limit(limit).offset(offset)
+    ).all()
+
+
+def get_job(*, session: Session, owner: User, job_id: str) -> TrainingJob:
+    job = session.get(TrainingJob, job_id)
+    if job is None or job.owner_id != owner.id:
+        raise NotFound("job not found")
+    return job
+
+
+def _request_cancel(session: Session, job: TrainingJob) -> bool:
+    """queued → cancelled or running → cancelling (conditional); False when the job is already final."""
+    for _ in range(3):  # the state may move under us; each try is one conditional UPDATE
+        now = utcnow()
+        if job.state == "cancelling":
+            return True
+        if job.state == "queued" and jobstore.transition(
+            session, job.id, expected="queued", new="cancelled", cancel_requested_at=now, finished_at=now
+        ):
+            return True
+        if job.state == "running" and jobstore.transition(
+            session, job.id, expected="running", new="cancelling", cancel_requested_at=now
+        ):
+            return True
+        if job.state in jobstore.TERMINAL:
+            return False
+        session.refresh(job)
+    return job.state in ("cancelling", "cancelled")
+
+
+def cancel_job(*, session: Session, job: TrainingJob) -> TrainingJob:
+    """Cancel `job` (already authorised). Raises Conflict when it is final."""
+    if not _request_cancel(session, job):
+        session.rollback()
+        raise Conflict(f"the job is already {job.state}", code="job_final")
+    session.commit()
+    session.refresh(job)
+    logger.info("job %s: cancel requested (now %s)", job.id, job.state)
+    return job
+
+
+def retry_job(*, session: Session, settings: Settings, job_id: str) -> TrainingJob:
+    """Admin retry: failed|cancelled → queued, error cleared, attempts reset (the history stays in events)."""
+    job = session.get(TrainingJob, job_id)
+    if job is None:
+        raise NotFound("job not found")
+    previous_attempts = job.attempts
+    if not jobstore.transition(
+        session, job.id, expected=("failed", "cancelled"), new="queued", error_code=None, error_message=None,
+        cancel_requested_at=None, finished_at=None, heartbeat_at=None, attempts=0, queued_at=utcnow(),
+        sent_at=None,
+    ):
+        session.rollback()
+        raise Conflict(f"only failed or cancelled jobs can be retried; this one is {job.state}", code="not_retryable")
+    jobstore.add_event(
+        session, job.id, "log", {"message": "retried by an admin", "previous_attempts": previous_attempts}
+    )
+    session.commit()
+    _send_job(session, job.id, settings)
+    session.refresh(job)
+    return job
+
+
+def job_events(*, session: Session, job_id: str, after: int, limit: int) -> Sequence[JobEvent]:
+    return jobstore.events_after(session, job_id, after, limit)
+
+
+def preview_key(*, session: Session, job_id: str, n: int) -> str:
+    event = session.scalars(
+        select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == "preview")
+        .order_by(JobEvent.id).offset(n).limit(1)
+    ).first()
+    key = (event.payload or {}).get("image_key") if event is not None else None
+    if not isinstance(key, str):
+        raise NotFound("preview not found")
+    return key
+
+
+# --- adapters ------------------------------------------------------------------------------------------------
+
+
+def list_adapters(*, session: Session, owner: User, limit: int, offset: int) -> Sequence[Adapter]:
+    return session.scalars(
+        select(Adapter).where(Adapter.owner_id == owner.id, Adapter.deleted_at.is_(None))
+        .order_by(Adapter.created_at.desc(), Adapter.id.desc()).limit(limit).offset(offset)
+    ).all()
+
+
+def get_adapter(*, session: Session, owner: User, adapter_id: str) -> Adapter:
+    adapter = session.get(Adapter, adapter_id)
+    if adapter is None or adapter.owner_id != owner.id or adapter.deleted_at is not None:
+        raise NotFound("adapter not found")
+    return adapter
+
+
+def adapter_filename(adapter: Adapter) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", adapter.descriptor.lower()).strip("-")[:48].strip("-") or "adapter"
+    return f"{slug}-{adapter.id[:8]}.safetensors"
+
+
+def adapter_bytes(*, blobs: BlobStore, adapter: Adapter) -> bytes:
+    try:
+        return get_verified(blobs, adapter.blob_key, adapter.sha256)
+    except BlobNotFound as exc:
+        logger.error("adapter %s: blob %s is missing", adapter.id, adapter.blob_key)
+        raise Gone("the adapter file is missing from the store", code="blob_missing") from exc
+    except BlobIntegrityError as exc:
+        raise Conflict(
+            "the stored adapter file does not match its recorded sha256; it was not sent", code="adapter_corrupt"
+        ) from exc
+
+
+def delete_adapter(*, session: Session, owner: User, adapter_id: str) -> None:
+    adapter = get_adapter(session=session, owner=owner, adapter_id=adapter_id)
+    adapter.deleted_at = utcnow()
+    session.commit()
+    logger.info("user %s deleted adapter %s", owner.id, adapter.id)
+
+
+# --- generations ---------------------------------------------------------------------------------------------
+
+
+def create_generation(
+    *,
+    session: Session,
+    blobs: BlobStore,
+    settings: Settings,
+    owner: User,
+    request: GenerationCreate,
+    init_image: bytes | None = None,
+    mask: bytes | None = None,
+) -> Generation:
+    if request.num_images > settings.max_images_per_request:
+        raise Invalid(f"num_images must be at most {settings.max_images_per_request}", code="bad_num_images")
+    if request.adapter_id is not None:
+        get_adapter(session=session, owner=owner, adapter_id=request.adapter_id)
+    if mask is not None and init_image is None:
+        raise Invalid("a mask needs an init_image", code="mask_without_image")
+    if request.strength is not None and init_image is None:
+        raise Invalid("strength applies to image-to-image only; send an init_image", code="strength_without_image")
+
+    init_key = mask_key = None
+    strength: float | None = None
+    if init_image is not None:
+        init = _normalize(init_image, settings=settings, what="init_image")
+        mask_png: bytes | None = None
+        if mask is not None:
+            try:
+                mask_im = load_mask(mask, max_pixels=settings.max_image_pixels, max_bytes=settings.max_upload_bytes)
+            except ImageRejected as exc:
+                raise _image_error(exc, "mask") from exc
+            if mask_im.size != (init.width, init.height):
+                raise Invalid(
+                    f"mask is {mask_im.size[0]}x{mask_im.size[1]} but init_image is {init.width}x{init.height}; "
+                    "they must be the same size", code="mask_size_mismatch",
+                )
+            buf = io.BytesIO()
+            mask_im.save(buf, format="PNG")
+            mask_png = buf.getvalue()
+        else:
+            strength = request.strength if request.strength is not None else DEFAULT_IMG2IMG_STRENGTH
+        init_key = content_key("inits", init.sha256, "png")
+        if not blobs.exists(init_key):
+            blobs.put_bytes(init_key, init.png_bytes)
+        if mask_png is not None:
+            mask_key = content_key("masks", hashlib.sha256(mask_png).hexdigest(), "png")
+            if not blobs.exists(mask_key):
+                blobs.put_bytes(mask_key, mask_png)
+
+    gen = Generation(
+        owner_id=owner.id, adapter_id=request.adapter_id, prompt=request.prompt,
+        negative_prompt=request.negative_prompt or None, style_strength=request.style_strength,
+        guidance_scale=request.guidance_scale, steps=request.steps,
+        seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
+        num_images=request.num_images, init_image_key=init_key, mask_key=mask_key, strength=strength,
+        state="queued", image_keys=[],
+    )
+    session.add(gen)
+    session.commit()
+    logger.info("user %s: generation %s queued", owner.id, gen.id)
+    try:
+        task_id = queue.send_generate(gen.id, settings=settings)
+    except Exception as exc:
+        logger.warning("could not send generation %s (the reconciler will re-send): %s", gen.id, exc)
+        return gen
+    jobstore.mark_generation_sent(session, gen.id, task_id)
+    session.commit()
+    session.refresh(gen)
+    return gen
+
+
+def list_generations(*, session: Session, owner: User, limit: int, offset: int) -> Sequence[Generation]:
+    return session.scalars(
+        select(Generation).where(Generation.owner_id == owner.id)
+        .order_by(Generation.queued_at.desc(), Generation.id.desc()).limit(limit).offset(offset)
+    ).all()
+
+
+def get_generation(*, session: Session, owner: User, generation_id: str) -> Generation:
+    gen = session.get(Generation, generation_id)
+    if gen is None or gen.owner_id != owner.id:
+        raise NotFound("generation not found")
+    return gen
+
+
+def generation_image_key(gen: Generation, n: int) -> str:
+    keys = gen.image_keys or []
+    if not 0 <= n < len(keys):
+        raise NotFound("image not found")
+    return keys[n]
+
+
+# --- counts shared by admin and metrics ----------------------------------------------------------------------
+
+
+def job_counts(session: Session) -> dict[str, int]:
+    from storage.models import JOB_STATES
+
+    counts = dict.fromkeys(JOB_STATES, 0)
+    for state, count in session.execute(select(TrainingJob.state, func.count()).group_by(TrainingJob.state)):
+        counts[state] = int(count)
+    return counts
+
+
+def generation_counts(session: Session) -> dict[str, int]:
+    from storage.models import GENERATION_STATES
+
+    counts = dict.fromkeys(GENERATION_STATES, 0)
+    for state, count in session.execute(select(Generation.state, func.count()).group_by(Generation.state)):
+        counts[state] = int(count)
+    return counts
+
+
+ONLINE_WINDOW = timedelta(seconds=60)
