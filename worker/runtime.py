@@ -1,0 +1,193 @@
+"""What one worker process keeps resident: settings, a session factory, the blob store, and (lazily) the model.
+
+Nothing here touches CUDA at import time. The model is loaded on first use inside the worker process (with
+`--pool solo` that is the process running the tasks; never a prefork parent). Tests build a `Runtime` directly
+with their own settings and session factory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage.blobs import BlobStore, blob_store_from_settings
+from storage.db import make_engine, make_sessionmaker
+from storage.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    import torch
+
+    from trainer import AmusedParts
+    from worker.adapter_cache import AdapterCache
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+
+
+def resolve_device(name: str) -> str:
+    """'auto' → 'cuda' when a CUDA device is visible, else 'cpu'. Called only inside the worker process."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    return getattr(torch, _DTYPES[name])  # type: ignore[no-any-return]
+
+
+def worker_host() -> str:
+    """`<hostname>:<pid>`: recorded on the jobs and generations this process runs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Runtime:
+    """One per worker process: DB sessions, the blob store, the resident base model and the adapter cache."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        session_factory: sessionmaker[Session] | None = None,
+        store: BlobStore | None = None,
+        *,
+        kind: str = "generate",
+    ) -> None:
+        self.settings = settings
+        self.kind = kind
+        self.session_factory = session_factory or make_sessionmaker(make_engine(settings.resolved_database_url))
+        self.store = store or blob_store_from_settings(settings)
+        self.host = worker_host()
+        self.current_id: str | None = None  # job or generation id being run (reported by the heartbeat)
+        self.started_at = time.time()
+        self._parts: AmusedParts | None = None
+        self._cache: AdapterCache | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def worker_id(self) -> str:
+        return f"{self.host}:{self.kind}"
+
+    def parts(self) -> AmusedParts:
+        """The base model, loaded once per process on first use."""
+        with self._lock:
+            if self._parts is None:
+                import trainer
+
+                s = self.settings
+                device = resolve_device(s.device)
+                t0 = time.perf_counter()
+                self._parts = trainer.load_base(
+                    s.model,
+                    revision=s.model_revision,
+                    variant=s.model_variant,
+                    device=device,
+                    dtype=torch_dtype(s.dtype),
+                    tiny_dir=s.data_dir / "models" / "tiny",
+                )
+                logger.info("model %s loaded on %s in %.1f s", s.model, device, time.perf_counter() - t0)
+            return self._parts
+
+    def cache(self) -> AdapterCache:
+        """The adapter cache over GPU slots added to the resident model once (1 slot in a train worker)."""
+        parts = self.parts()
+        with self._lock:
+            if self._cache is None:
+                import trainer
+                from worker.adapter_cache import AdapterCache, adapter_fetcher
+
+                n = self.settings.adapter_gpu_slots if self.kind == "generate" else 1
+                slots = trainer.AdapterSlots(parts.transformer, n, rank=16)  # type: ignore[arg-type]
+                self._cache = AdapterCache(
+                    slots,
+                    cpu_capacity=self.settings.adapter_cpu_cache,
+                    fetch=adapter_fetcher(self.session_factory, self.store),
+                )
+            return self._cache
+
+    def cache_stats(self) -> dict[str, Any]:
+        return self._cache.stats() if self._cache is not None else {}
+
+
+_runtimes: dict[str, Runtime] = {}
+_runtimes_lock = threading.Lock()
+
+
+def get_runtime(kind: str) -> Runtime:
+    """The process-wide runtime for a worker kind ('train' or 'generate'), created on first use."""
+    with _runtimes_lock:
+        rt = _runtimes.get(kind)
+        if rt is None:
+            rt = _runtimes[kind] = Runtime(get_settings(), kind=kind)
+        return rt
+
+
+def set_runtime(kind: str, runtime: Runtime | None) -> None:
+    """Install (or with None, forget) the runtime of a kind; for tests and embedding."""
+    with _runtimes_lock:
+        if runtime is None:
+            _runtimes.pop(kind, None)
+        else:
+            _runtimes[kind] = runtime
+
+
+def runtimes() -> list[Runtime]:
+    with _runtimes_lock:
+        return list(_runtimes.values())
+
+
+# --- the worker heartbeat ----------------------------------------------------------------------------------------
+
+
+def beat_once(rt: Runtime) -> None:
+    """Upsert this process's `workers` row; bump the heartbeat of the training job it runs."""
+    from sqlalchemy import update
+
+    from storage.models import TrainingJob, Worker, utcnow
+
+    now = utcnow()
+    with rt.session_factory() as s:
+        row = s.get(Worker, rt.worker_id)
+        if row is None:
+            host, pid = rt.host.rsplit(":", 1)
+            row = Worker(id=rt.worker_id, host=host, pid=int(pid), kind=rt.kind, started_at=now)
+            s.add(row)
+        row.heartbeat_at = now
+        row.current_id = rt.current_id
+        row.stats = rt.cache_stats()
+        current = rt.current_id
+        if current is not None and rt.kind == "train":
+            s.execute(
+                update(TrainingJob)
+                .where(TrainingJob.id == current, TrainingJob.worker_host == rt.host,
+                       TrainingJob.state.in_(("running", "cancelling")))
+                .values(heartbeat_at=now)
+            )
+        s.commit()
+
+
+def start_heartbeat(rt: Runtime, every: float = 5.0) -> tuple[threading.Event, threading.Thread]:
+    """Beat now, then every `every` seconds from a daemon thread until the returned event is set."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while True:
+            try:
+                beat_once(rt)
+            except Exception:  # the DB may be down for a moment; keep beating
+                logger.warning("worker heartbeat failed", exc_info=True)
+            if stop.wait(every):
+                return
+
+    thread = threading.Thread(target=loop, name=f"heartbeat-{rt.kind}", daemon=True)
+    thread.start()
+    return stop, thread
