@@ -96,3 +96,78 @@ def s3_bucket(s3_endpoint: str) -> str:
         aws_secret_access_key="test",
     ).create_bucket(Bucket=name)
     return name
+
+
+# ============================================================================================================
+# --- api fixtures --- the FastAPI app over SQLite and PostgreSQL with Redis as the broker (api_*)
+# ============================================================================================================
+
+API_REDIS_URL = "redis://127.0.0.1:6379/5"
+
+
+@pytest.fixture
+def api_redis() -> Iterator[object]:
+    """A Redis client on db 5, flushed before and after the test."""
+    import redis
+
+    client = redis.Redis.from_url(API_REDIS_URL)
+    try:
+        client.ping()
+    except Exception as exc:  # pragma: no cover - environment problem
+        pytest.fail(f"Redis at {API_REDIS_URL} is not usable (run ./scripts/services): {exc}")
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def api_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each kind; the app migrates it at start-up."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'api.db'}"
+    return str(request.getfixturevalue("pg_empty_url"))
+
+
+@pytest.fixture
+def api_settings(tmp_path: Path, api_db_url: str, api_redis: object):  # type: ignore[no-untyped-def]
+    from storage.settings import Settings
+
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=api_db_url,
+        broker_url=API_REDIS_URL,
+        secret_key="test-secret",
+        max_upload_bytes=256 * 1024,
+        rate_limit_per_minute=1000,
+    )
+
+
+@pytest.fixture
+def api_client(api_settings):  # type: ignore[no-untyped-def]
+    """A TestClient over the app (start-up migration included); `client.app.state` has engine and settings."""
+    from fastapi.testclient import TestClient
+
+    from api import queue
+    from api.main import create_app
+
+    queue.reset()
+    app = create_app(api_settings)
+    with TestClient(app) as client:
+        yield client
+    queue.reset()
+
+
+@pytest.fixture
+def api_keys(api_client) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """Bearer headers for an admin, "alice" and "bob"."""
+    from storage.users import create_api_key, create_user
+
+    headers: dict[str, str] = {}
+    with api_client.app.state.sessionmaker() as session:
+        for name, admin in (("admin", True), ("alice", False), ("bob", False)):
+            user = create_user(session, name, is_admin=admin)
+            _, key = create_api_key(session, user.id)
+            headers[name] = key
+        session.commit()
+    return headers
