@@ -167,3 +167,16 @@ def test_adapter_download_verified(api_client, api_keys, alice_objects) -> None:
     assert api_client.get(f"/v1/adapters/{alice_objects['adapter']}", headers=key).status_code == 404
     gen = api_client.post("/v1/generations", headers=key, json={"prompt": "x", "adapter_id": alice_objects["adapter"]})
     assert gen.status_code == 404
+
+
+def test_api_never_imports_torch_trainer_or_worker() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from api.main import create_app; import api.queue, api.metrics; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'trainer', 'worker', 'diffusers')); "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
