@@ -79,10 +79,14 @@ class StyledropCollector(Collector):
         for (stats,) in session.execute(select(Worker.stats).where(Worker.heartbeat_at >= cutoff)):
             online += 1
             cache = (stats or {}).get("adapter_cache", stats or {})
+            if not isinstance(cache, dict):
+                continue
             for name in CACHE_STATS:
-                value = cache.get(name) if isinstance(cache, dict) else None
-                if isinstance(value, int | float):
-                    totals[name] += value
+                # the worker's cache reports hits per tier (hits_gpu, hits_cpu); a flat "hits" is summed too
+                for field in (name, f"{name}_gpu", f"{name}_cpu"):
+                    value = cache.get(field)
+                    if isinstance(value, int | float) and not isinstance(value, bool):
+                        totals[name] += value
         for name, value in totals.items():
             counter = CounterMetricFamily(
                 f"styledrop_adapter_cache_{name}", f"Adapter cache {name}, summed over online workers"

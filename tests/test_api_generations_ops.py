@@ -134,7 +134,7 @@ def test_healthz_readyz_metrics_overview(api_client, api_keys) -> None:
                     files={"image": ("s.png", png_bytes(), "image/png")})
     with api_client.app.state.sessionmaker() as session:
         session.add(Worker(id="h:1:generate", host="h", pid=1, kind="generate", current_id=None,
-                           stats={"adapter_cache": {"hits": 3, "misses": 1, "evictions": 0, "loads": 1}}))
+                           stats={"hits_gpu": 2, "hits_cpu": 1, "misses": 1, "evictions": 0, "loads": 1}))
         session.add(Worker(id="h:2:train", host="h", pid=2, kind="train", heartbeat_at=utcnow().replace(year=2000),
                            started_at=utcnow().replace(year=2000), stats={}))
         session.commit()
