@@ -1,0 +1,57 @@
+"""The Celery app of the workers: `celery -A worker.celery_app worker --pool solo -Q train` (or `-Q generate`).
+
+Configuration comes from `storage.broker.celery_config(get_settings())`, applied lazily when Celery first reads
+its config, so importing this module creates no folders and opens no connections. A worker process also runs a
+heartbeat thread that upserts its `workers` row every few seconds (kind, current job, adapter cache stats).
+No CUDA here: the model is loaded lazily by the first task, inside the worker process (`--pool solo`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_ready, worker_shutdown
+
+from storage.broker import GENERATE_QUEUE, TRAIN_QUEUE, celery_config
+from storage.settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+app = Celery("styledrop", include=["worker.tasks"])
+
+
+@app.on_configure.connect
+def _configure(sender: Celery, **_: Any) -> None:
+    sender.conf.update(celery_config(get_settings()))
+
+
+_heartbeats: list[tuple[threading.Event, threading.Thread]] = []
+
+
+def _consumed_queues(consumer: Any) -> list[str]:
+    try:
+        return [q.name for q in consumer.task_consumer.queues]
+    except AttributeError:
+        return list(app.amqp.queues.consume_from or [])
+
+
+@worker_ready.connect
+def _on_worker_ready(sender: Any = None, **_: Any) -> None:
+    from worker.runtime import get_runtime, start_heartbeat
+
+    queues = _consumed_queues(sender)
+    kinds = [k for k in (TRAIN_QUEUE, GENERATE_QUEUE) if k in queues] or [GENERATE_QUEUE]
+    for kind in kinds:
+        _heartbeats.append(start_heartbeat(get_runtime(kind)))
+    logger.info("worker ready: queues %s", ", ".join(queues))
+
+
+@worker_shutdown.connect
+def _on_worker_shutdown(**_: Any) -> None:
+    for stop, thread in _heartbeats:
+        stop.set()
+        thread.join(timeout=2)
+    _heartbeats.clear()

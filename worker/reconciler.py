@@ -1,0 +1,161 @@
+"""The reconciler: the database is the record, so it repairs what the broker lost.
+
+- `queued` jobs/generations whose message was never sent (enqueue failed after commit), or sent so long ago that
+  it must be lost, are sent again (a duplicate message is harmless: the task finds the row taken and returns);
+- `running` jobs/generations whose heartbeat is stale (worker killed) go back to `queued` and are re-sent; the
+  train task then resumes from the last checkpoint;
+- those already at `max_attempts` end `failed` instead of looping; a stale `cancelling` job ends `cancelled`.
+
+Run it in a thread inside `styledrop up`, or as `styledrop reconcile [--once]`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage import jobs
+from storage.models import utcnow
+from storage.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+Sender = Callable[[str], str | None]  # id -> Celery task id (or None); raises when the broker is unreachable
+
+GENERATION_RESEND_MIN_SECONDS = 300.0
+
+
+@dataclass
+class ReconcileReport:
+    sent_jobs: list[str] = field(default_factory=list)
+    sent_generations: list[str] = field(default_factory=list)
+    requeued_jobs: list[str] = field(default_factory=list)
+    requeued_generations: list[str] = field(default_factory=list)
+    failed_jobs: list[str] = field(default_factory=list)
+    failed_generations: list[str] = field(default_factory=list)
+    cancelled_jobs: list[str] = field(default_factory=list)
+    send_errors: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return any((self.sent_jobs, self.sent_generations, self.requeued_jobs, self.requeued_generations,
+                    self.failed_jobs, self.failed_generations, self.cancelled_jobs, self.send_errors))
+
+
+def _repair_stale(session: Session, settings: Settings, report: ReconcileReport) -> tuple[list[str], list[str]]:
+    stale = timedelta(seconds=settings.heartbeat_stale_seconds)
+    now = utcnow()
+    resend_jobs: list[str] = []
+    for job in jobs.stale_running_jobs(session, stale):
+        if job.state == "cancelling":
+            if jobs.transition(session, job.id, expected="cancelling", new="cancelled", finished_at=now):
+                report.cancelled_jobs.append(job.id)
+        elif job.attempts >= job.max_attempts:
+            if jobs.transition(
+                session, job.id, expected="running", new="failed", finished_at=now, error_code="too_many_attempts",
+                error_message=f"The worker running this job stopped responding {job.attempts} times "
+                f"(the limit is {job.max_attempts}); giving up. Retry the job to start it again.",
+            ):
+                report.failed_jobs.append(job.id)
+        elif jobs.transition(session, job.id, expected="running", new="queued"):
+            logger.warning("job %s: heartbeat stale on %s; requeued", job.id, job.worker_host)
+            report.requeued_jobs.append(job.id)
+            resend_jobs.append(job.id)
+    resend_gens: list[str] = []
+    for gen in jobs.stale_running_generations(session, stale):
+        if gen.attempts >= settings.max_job_attempts:
+            if jobs.transition_generation(
+                session, gen.id, expected="running", new="failed", finished_at=now, error_code="too_many_attempts",
+                error_message="The worker running this generation stopped responding too often; giving up.",
+            ):
+                report.failed_generations.append(gen.id)
+        elif jobs.transition_generation(session, gen.id, expected="running", new="queued"):
+            logger.warning("generation %s: heartbeat stale on %s; requeued", gen.id, gen.worker_host)
+            report.requeued_generations.append(gen.id)
+            resend_gens.append(gen.id)
+    session.commit()
+    return resend_jobs, resend_gens
+
+
+def reconcile_once(
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+    send_train: Sender,
+    send_generate: Sender,
+    *,
+    unsent_grace: timedelta | None = None,
+) -> ReconcileReport:
+    """One pass. `unsent_grace`: how long a queued row may wait for its first send (default reconcile_every)."""
+    report = ReconcileReport()
+    grace = unsent_grace if unsent_grace is not None else timedelta(seconds=max(settings.reconcile_every, 1.0))
+    job_resend = timedelta(seconds=settings.visibility_timeout)
+    gen_resend = timedelta(seconds=max(GENERATION_RESEND_MIN_SECONDS, settings.heartbeat_stale_seconds))
+    now = utcnow()
+    with session_factory() as session:
+        resend_jobs, resend_gens = _repair_stale(session, settings, report)
+        for job in jobs.queued_jobs_without_recent_send(session, grace):
+            if job.id not in resend_jobs and (job.sent_at is None or job.sent_at < now - job_resend):
+                resend_jobs.append(job.id)
+        for gen in jobs.queued_generations_without_recent_send(session, grace):
+            if gen.id not in resend_gens and (gen.sent_at is None or gen.sent_at < now - gen_resend):
+                resend_gens.append(gen.id)
+        for ids, send, mark, sent in (
+            (resend_jobs, send_train, jobs.mark_job_sent, report.sent_jobs),
+            (resend_gens, send_generate, jobs.mark_generation_sent, report.sent_generations),
+        ):
+            for row_id in ids:
+                try:
+                    task_id = send(row_id)
+                except Exception as exc:
+                    logger.warning("could not send %s: %s", row_id, exc)
+                    report.send_errors += 1
+                    continue
+                mark(session, row_id, task_id)
+                session.commit()
+                sent.append(row_id)
+    if report.changed:
+        logger.info("reconciled: %s", report)
+    return report
+
+
+def celery_senders() -> tuple[Sender, Sender]:
+    """Senders through the worker's Celery app (by task name, to the right queue)."""
+    from storage.broker import GENERATE_QUEUE, GENERATE_TASK, TRAIN_QUEUE, TRAIN_TASK
+    from worker.celery_app import app
+
+    def send_train(job_id: str) -> str | None:
+        return str(app.send_task(TRAIN_TASK, args=[job_id], queue=TRAIN_QUEUE).id)
+
+    def send_generate(generation_id: str) -> str | None:
+        return str(app.send_task(GENERATE_TASK, args=[generation_id], queue=GENERATE_QUEUE).id)
+
+    return send_train, send_generate
+
+
+def run_forever(
+    session_factory: sessionmaker[Session], settings: Settings, stop: threading.Event,
+    senders: tuple[Sender, Sender] | None = None,
+) -> None:
+    """Reconcile every `settings.reconcile_every` seconds until `stop` is set; errors are logged, not raised."""
+    send_train, send_generate = senders or celery_senders()
+    while not stop.is_set():
+        try:
+            reconcile_once(session_factory, settings, send_train, send_generate)
+        except Exception:
+            logger.exception("reconcile pass failed")
+        stop.wait(settings.reconcile_every)
+
+
+def start_thread(
+    session_factory: sessionmaker[Session], settings: Settings
+) -> tuple[threading.Event, threading.Thread]:
+    stop = threading.Event()
+    thread = threading.Thread(target=run_forever, args=(session_factory, settings, stop), name="reconciler",
+                              daemon=True)
+    thread.start()
+    return stop, thread
