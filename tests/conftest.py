@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# The model hub is outside the project and unreachable here and on CI: fail fast instead of retrying downloads.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # ============================================================================================================
 # storage: databases (pg_*, sqlite_*) and an S3 server (s3_*)
@@ -99,6 +103,41 @@ def s3_bucket(s3_endpoint: str) -> str:
 
 
 # ============================================================================================================
+# engine: the tiny aMUSEd preset, saved once and loaded through the real loading path (engine_*)
+# ============================================================================================================
+
+
+@pytest.fixture(scope="session")
+def engine_tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny preset written with save_pretrained, once per test session."""
+    from trainer.model import ensure_tiny
+
+    return ensure_tiny(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture
+def engine_parts(engine_tiny_dir: Path):  # type: ignore[no-untyped-def]
+    """A fresh tiny model per test (0.2 s), loaded by `load_base` exactly like amused/amused-256."""
+    from trainer.model import load_base
+
+    return load_base(str(engine_tiny_dir))
+
+
+@pytest.fixture(scope="session")
+def engine_style_image():  # type: ignore[no-untyped-def]
+    """A synthetic 'style': coloured stripes and a grid, whose VQ tokens differ clearly from random images."""
+    import numpy as np
+    from PIL import Image
+
+    a = np.zeros((256, 256, 3), dtype=np.uint8)
+    a[:, ::32] = [255, 0, 0]
+    a[::2] = [0, 0, 255]
+    for i in range(0, 256, 16):
+        a[i : i + 8, :, 1] = 200
+    return Image.fromarray(a)
+
+
+# ============================================================================================================
 # --- api fixtures --- the FastAPI app over SQLite and PostgreSQL with Redis as the broker (api_*)
 # ============================================================================================================
 
@@ -171,3 +210,59 @@ def api_keys(api_client) -> dict[str, str]:  # type: ignore[no-untyped-def]
             headers[name] = key
         session.commit()
     return headers
+
+
+# ============================================================================================================
+# --- worker fixtures ---: a worker Runtime on a migrated SQLite file with the tiny model (worker_*)
+# ============================================================================================================
+
+
+@pytest.fixture(scope="session")
+def worker_tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from trainer.model import ensure_tiny
+
+    return ensure_tiny(tmp_path_factory.mktemp("worker-models") / "tiny")
+
+
+@pytest.fixture
+def worker_settings(tmp_path: Path, sqlite_url: str, worker_tiny_dir: Path):  # type: ignore[no-untyped-def]
+    """Settings for in-process task runs: tiny model, 12-step jobs checkpointing every 4 steps."""
+    from storage.settings import Settings
+
+    return Settings(
+        data_dir=tmp_path / "data", database_url=sqlite_url, model=str(worker_tiny_dir), device="cpu",
+        checkpoint_every=4, progress_every=2, adapter_gpu_slots=2, adapter_cpu_cache=4, generate_batch_size=8,
+    )
+
+
+@pytest.fixture
+def worker_runtime(worker_settings):  # type: ignore[no-untyped-def]
+    from storage.db import make_engine, make_sessionmaker
+    from worker.runtime import Runtime
+
+    engine = make_engine(worker_settings.resolved_database_url)
+    try:
+        yield Runtime(worker_settings, make_sessionmaker(engine), kind="generate")
+    finally:
+        engine.dispose()
+
+
+def worker_style_png(color: tuple[int, int, int] = (200, 40, 40), size: int = 256) -> bytes:
+    """A small striped PNG to train on (Pillow)."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (size, size), color)
+    draw = ImageDraw.Draw(image)
+    for x in range(0, size, 32):
+        draw.rectangle([x, 0, x + 12, size], fill=(color[2], color[0], color[1]))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def worker_free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -21,7 +21,10 @@ logger = logging.getLogger(__name__)
 # Preset name -> hub id. Anything else is a hub id or a local directory.
 PRESETS = {"amused-256": "amused/amused-256", "amused-512": "amused/amused-512"}
 TINY = "tiny"
-TINY_VERSION = "1"  # bump when build_tiny changes, so cached copies are rebuilt
+TINY_VERSION = "2"  # bump when build_tiny changes, so cached copies are rebuilt
+
+
+TINY_LOGIT_SCALE = 8.0
 
 
 class ModelLoadError(RuntimeError):
@@ -231,6 +234,11 @@ def build_tiny(seed: int = 0) -> AmusedParts:
             ln_elementwise_affine=True,
             sample_size=16,
         )
+        # A trained aMUSEd separates code logits by tens of nats; a fresh init's output layer (LayerNorm over 16
+        # channels, then a 1x1 conv at Kaiming scale) can only spread them by a few, which would cap how much any
+        # adapter could learn. Scale the random output projection so the tiny model can express a learned style.
+        with torch.no_grad():
+            transformer.mlm_layer.conv2.weight.mul_(TINY_LOGIT_SCALE)
     finally:
         torch.random.set_rng_state(generator_state)
     for module in (transformer, vqvae, text_encoder):

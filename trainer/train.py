@@ -201,7 +201,9 @@ def train_style(
     transformer = parts.transformer
     if TRAIN_ADAPTER in getattr(transformer, "peft_config", {}):
         transformer.delete_adapters(TRAIN_ADAPTER)
-    transformer.add_adapter(lora_config(cfg.rank, cfg.alpha), adapter_name=TRAIN_ADAPTER)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)  # LoRA A's Kaiming init draws from the global RNG: seed it for determinism
+        transformer.add_adapter(lora_config(cfg.rank, cfg.alpha), adapter_name=TRAIN_ADAPTER)
     transformer.set_adapter(TRAIN_ADAPTER)
     params = [p for n, p in transformer.named_parameters() if f".{TRAIN_ADAPTER}." in n]
     for p in params:

@@ -1,0 +1,151 @@
+"""Our MaskGIT sampler against diffusers' deprecated aMUSEd pipelines, and its batching guarantees."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AmusedScheduler
+from PIL import Image
+
+from trainer.encode import encode_tokens, pil_to_tensor
+from trainer.lora import AdapterSlots
+from trainer.model import AmusedParts
+from trainer.sampler import GenerationRequest, SamplingError, sample
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from diffusers import AmusedImg2ImgPipeline, AmusedInpaintPipeline, AmusedPipeline
+
+from tests.test_engine_lora import random_adapter
+
+
+def pipeline(cls, parts: AmusedParts):  # type: ignore[no-untyped-def]
+    pipe = cls(vqvae=parts.vqvae, tokenizer=parts.tokenizer, text_encoder=parts.text_encoder,
+               transformer=parts.transformer, scheduler=AmusedScheduler(mask_token_id=parts.mask_token_id))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def init_image() -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def mask() -> Image.Image:
+    m = np.zeros((256, 256), dtype=np.uint8)
+    m[64:192, 32:160] = 255
+    return Image.fromarray(m)
+
+
+def tokens(parts: AmusedParts, *reqs: GenerationRequest) -> list[torch.Tensor]:
+    return [r.tokens for r in sample(parts, list(reqs), decode=False)]
+
+
+@pytest.mark.parametrize("seed,guidance,negative", [(0, 10.0, None), (1, 4.0, "blurry"), (2, 1.0, None)])
+def test_text_to_image_tokens_equal_amused_pipeline(engine_parts: AmusedParts, seed: int, guidance: float,
+                                                    negative: str | None) -> None:
+    ref = pipeline(AmusedPipeline, engine_parts)(
+        prompt="a cat", negative_prompt=negative, guidance_scale=guidance, num_inference_steps=12,
+        generator=torch.Generator().manual_seed(seed), output_type="latent").images[0]
+    (ours,) = tokens(engine_parts, GenerationRequest("a cat", negative_prompt=negative, guidance_scale=guidance,
+                                                     seed=seed))
+    assert torch.equal(ours, ref)
+
+
+@pytest.mark.parametrize("strength", [0.5, 0.75])
+def test_image_to_image_tokens_equal_amused_img2img_pipeline(engine_parts: AmusedParts, init_image: Image.Image,
+                                                             strength: float) -> None:
+    ref = pipeline(AmusedImg2ImgPipeline, engine_parts)(
+        prompt="a cat", image=init_image, strength=strength, generator=torch.Generator().manual_seed(3),
+        output_type="latent").images[0]
+    (ours,) = tokens(engine_parts, GenerationRequest("a cat", seed=3, init_image=init_image, strength=strength))
+    assert torch.equal(ours, ref)
+
+
+def test_inpainting_tokens_equal_amused_inpaint_pipeline(engine_parts: AmusedParts, init_image: Image.Image,
+                                                         mask: Image.Image) -> None:
+    ref = pipeline(AmusedInpaintPipeline, engine_parts)(
+        prompt="a cat", image=init_image, mask_image=mask, generator=torch.Generator().manual_seed(4),
+        output_type="latent").images[0]
+    (ours,) = tokens(engine_parts, GenerationRequest("a cat", seed=4, init_image=init_image, mask=mask))
+    assert torch.equal(ours, ref)
+
+
+def test_inpainting_keeps_every_unmasked_token(engine_parts: AmusedParts, init_image: Image.Image,
+                                               mask: Image.Image) -> None:
+    original = encode_tokens(engine_parts, pil_to_tensor(init_image)[None])[0]
+    keep = ~torch.from_numpy(np.asarray(mask.resize((16, 16), Image.Resampling.LANCZOS)) >= 128)
+    (ours,) = tokens(engine_parts, GenerationRequest("a dog", seed=5, init_image=init_image, mask=mask))
+    assert torch.equal(ours[keep], original[keep])
+    assert not torch.equal(ours[~keep], original[~keep])
+
+
+def test_image_to_image_strength_one_repaints_everything(engine_parts: AmusedParts, init_image: Image.Image) -> None:
+    # Diffusers masks nothing at strength 1.0 (index wrap-around, amused-notes.md §4); we mask every token, so the
+    # init image cannot matter: two opposite init images give the same tokens.
+    other = Image.fromarray(255 - np.asarray(init_image))
+    a, b = (tokens(engine_parts, GenerationRequest("a cat", seed=6, init_image=im, strength=1.0))[0]
+            for im in (init_image, other))
+    assert torch.equal(a, b)
+    half = [tokens(engine_parts, GenerationRequest("a cat", seed=6, init_image=im, strength=0.5))[0]
+            for im in (init_image, other)]
+    assert not torch.equal(half[0], half[1])  # below 1.0 the init image does shape the result
+
+
+def test_mixed_batch_rows_equal_the_same_requests_alone(engine_parts: AmusedParts, init_image: Image.Image,
+                                                        mask: Image.Image) -> None:
+    slots = AdapterSlots(engine_parts.transformer, 2)
+    slots.load("slot0", random_adapter(engine_parts, seed=7))
+    slots.load("slot1", random_adapter(engine_parts, seed=8))
+    requests = [
+        GenerationRequest("a cat", seed=1, adapter="slot0", style_strength=1.0),
+        GenerationRequest("a house", seed=2, adapter="slot1", style_strength=2.0, negative_prompt="ugly"),
+        GenerationRequest("a tree", seed=3),
+        GenerationRequest("a boat", seed=4, adapter="slot0", init_image=init_image, strength=0.5, steps=8),
+        GenerationRequest("a dog", seed=5, adapter="slot1", init_image=init_image, mask=mask, guidance_scale=1.0),
+    ]
+    together = tokens(engine_parts, *requests)
+    alone = [tokens(engine_parts, r)[0] for r in requests]
+    for i, (t, a) in enumerate(zip(together, alone, strict=True)):
+        assert torch.equal(t, a), f"row {i} differs in a batch"
+    assert not torch.equal(together[0], tokens(engine_parts, GenerationRequest("a cat", seed=1))[0])
+
+
+def test_style_strength_changes_the_output_only_with_an_adapter(engine_parts: AmusedParts) -> None:
+    slots = AdapterSlots(engine_parts.transformer, 1)
+    slots.load("slot0", random_adapter(engine_parts, seed=9))
+    plain = [tokens(engine_parts, GenerationRequest("a cat", seed=1, style_strength=s))[0] for s in (0.0, 3.0)]
+    assert torch.equal(plain[0], plain[1])
+    styled = [tokens(engine_parts, GenerationRequest("a cat", seed=1, adapter="slot0", style_strength=s))[0]
+              for s in (0.0, 3.0)]
+    assert not torch.equal(styled[0], styled[1])
+
+
+def test_decoded_images_have_the_model_resolution(engine_parts: AmusedParts) -> None:
+    (result,) = sample(engine_parts, [GenerationRequest("a cat", steps=2)])
+    assert result.image is not None and result.image.size == (256, 256) and result.image.mode == "RGB"
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"prompt": " "}, "prompt"),
+    ({"steps": 0}, "steps"),
+    ({"guidance_scale": -1.0}, "guidance_scale"),
+    ({"strength": 0.0}, "strength"),
+    ({"mask": Image.new("L", (8, 8))}, "init_image"),
+])
+def test_bad_requests_name_the_field(engine_parts: AmusedParts, kwargs: dict, match: str) -> None:
+    req = GenerationRequest(**{"prompt": "a cat", **kwargs})
+    with pytest.raises(SamplingError, match=match):
+        sample(engine_parts, [req], decode=False)
+
+
+def test_mask_size_must_match_init_image(engine_parts: AmusedParts, init_image: Image.Image) -> None:
+    with pytest.raises(SamplingError, match="differs"):
+        sample(engine_parts, [GenerationRequest("a cat", init_image=init_image, mask=Image.new("L", (128, 128)))])
+    with pytest.raises(SamplingError, match="no region"):
+        sample(engine_parts, [GenerationRequest("a cat", init_image=init_image, mask=Image.new("L", (256, 256)))])
