@@ -22,12 +22,12 @@ GENERATE_QUEUE = "generate"
 QUEUES: tuple[str, ...] = (TRAIN_QUEUE, GENERATE_QUEUE)
 
 
-def _fs_folders(settings: Settings) -> tuple[Path, Path]:
+def _fs_folders(settings: Settings) -> tuple[Path, Path, Path]:
     root = settings.broker_dir
-    out, processed = root / "out", root / "processed"
-    out.mkdir(parents=True, exist_ok=True)
-    processed.mkdir(parents=True, exist_ok=True)
-    return out, processed
+    out, processed, control = root / "out", root / "processed", root / "control"
+    for folder in (out, processed, control):
+        folder.mkdir(parents=True, exist_ok=True)
+    return out, processed, control
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -43,13 +43,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {TRAIN_TASK: {"queue": TRAIN_QUEUE}, GENERATE_TASK: {"queue": GENERATE_QUEUE}},
     }
     if settings.broker_url is None:
-        out, processed = _fs_folders(settings)
+        out, processed, control = _fs_folders(settings)
         config["broker_url"] = "filesystem://"
         config["broker_transport_options"] = {
             "data_folder_in": str(out),
             "data_folder_out": str(out),
             "processed_folder": str(processed),
             "store_processed": False,
+            # kombu keeps its exchange bindings here; the default is "control" in the working directory
+            "control_folder": str(control),
         }
     else:
         config["broker_url"] = settings.broker_url
@@ -62,7 +64,7 @@ def queue_depths(settings: Settings) -> dict[str, int]:
     `<ts>_<uuid>.<queue>.msg` in the shared folder (kombu puts the queue name in the file name). Messages a
     worker has reserved but not yet acknowledged are not counted. Raises on an unreachable broker."""
     if settings.broker_url is None:
-        out, _ = _fs_folders(settings)
+        out, _, _ = _fs_folders(settings)
         names = [p.name for p in out.iterdir()]
         return {q: sum(1 for n in names if n.partition(".")[2] == f"{q}.msg") for q in QUEUES}
     if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
@@ -79,7 +81,7 @@ def queue_depths(settings: Settings) -> dict[str, int]:
 def ping(settings: Settings) -> None:
     """Raise if the broker cannot be reached (readiness probe)."""
     if settings.broker_url is None:
-        out, _ = _fs_folders(settings)
+        out, _, _ = _fs_folders(settings)
         if not out.is_dir():
             raise OSError(f"broker folder {out} is missing")
         return
