@@ -266,3 +266,59 @@ def worker_free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# ============================================================================================================
+# --- worker fixtures ---: a worker Runtime on a migrated SQLite file with the tiny model (worker_*)
+# ============================================================================================================
+
+
+@pytest.fixture(scope="session")
+def worker_tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from trainer.model import ensure_tiny
+
+    return ensure_tiny(tmp_path_factory.mktemp("worker-models") / "tiny")
+
+
+@pytest.fixture
+def worker_settings(tmp_path: Path, sqlite_url: str, worker_tiny_dir: Path):  # type: ignore[no-untyped-def]
+    """Settings for in-process task runs: tiny model, 12-step jobs checkpointing every 4 steps."""
+    from storage.settings import Settings
+
+    return Settings(
+        data_dir=tmp_path / "data", database_url=sqlite_url, model=str(worker_tiny_dir), device="cpu",
+        checkpoint_every=4, progress_every=2, adapter_gpu_slots=2, adapter_cpu_cache=4, generate_batch_size=8,
+    )
+
+
+@pytest.fixture
+def worker_runtime(worker_settings):  # type: ignore[no-untyped-def]
+    from storage.db import make_engine, make_sessionmaker
+    from worker.runtime import Runtime
+
+    engine = make_engine(worker_settings.resolved_database_url)
+    try:
+        yield Runtime(worker_settings, make_sessionmaker(engine), kind="generate")
+    finally:
+        engine.dispose()
+
+
+def worker_style_png(color: tuple[int, int, int] = (200, 40, 40), size: int = 256) -> bytes:
+    """A small striped PNG to train on (Pillow)."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (size, size), color)
+    draw = ImageDraw.Draw(image)
+    for x in range(0, size, 32):
+        draw.rectangle([x, 0, x + 12, size], fill=(color[2], color[0], color[1]))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def worker_free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
