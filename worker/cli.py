@@ -1,0 +1,265 @@
+"""The `styledrop` command line (also `python -m worker.cli`).
+
+    styledrop up [--model tiny] [--host H] [--port P]   API + one train worker + one generate worker + reconciler
+    styledrop worker --queue train|generate             one Celery worker (--pool solo: one process per GPU)
+    styledrop migrate                                   bring the database to the newest schema
+    styledrop reconcile [--once]                        re-send lost messages, requeue jobs of dead workers
+    styledrop users create NAME [--admin]               prints the new API key once
+    styledrop users list
+    styledrop train ... / styledrop generate ...        the engine on its own (trainer/cli.py), when present
+
+With no DATABASE_URL / BROKER_URL everything is embedded under STYLEDROP_DATA_DIR (default ./.styledrop): a SQLite
+file, a blob directory and a file-system broker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import TextIO
+
+logger = logging.getLogger("styledrop")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STOP_GRACE_SECONDS = 15.0
+
+
+def _setup_logging(stream: TextIO = sys.stdout, level: int = logging.INFO) -> None:
+    logging.basicConfig(
+        level=level, stream=stream,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _settings():  # type: ignore[no-untyped-def]
+    from storage.settings import get_settings
+
+    get_settings.cache_clear()
+    return get_settings()
+
+
+def _child_env(settings_data_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["STYLEDROP_DATA_DIR"] = str(settings_data_dir.resolve())
+    env["PYTHONUNBUFFERED"] = "1"
+    paths = [str(REPO_ROOT), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
+
+
+# --- up ----------------------------------------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    if args.model:
+        os.environ["STYLEDROP_MODEL"] = args.model
+    settings = _settings()
+    from storage.db import make_engine, make_sessionmaker, upgrade_to_head
+    from worker import reconciler
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    url = settings.resolved_database_url
+    upgrade_to_head(url)
+    env = _child_env(settings.data_dir)
+    host = args.host or settings.host
+    port = str(args.port or settings.port)
+    commands = {
+        "api": [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--host", host, "--port", port],
+        "train": [sys.executable, "-m", "worker.cli", "worker", "--queue", "train"],
+        "generate": [sys.executable, "-m", "worker.cli", "worker", "--queue", "generate"],
+    }
+    logger.info("data in %s, database %s, broker %s, model %s", settings.data_dir.resolve(),
+                "sqlite (embedded)" if settings.database_url is None else "DATABASE_URL",
+                "file system (embedded)" if settings.embedded_broker else "BROKER_URL", settings.model)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        logger.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    engine = make_engine(url)
+    rc = 0
+    try:
+        for name, cmd in commands.items():
+            children[name] = subprocess.Popen(cmd, env=env, cwd=os.getcwd())
+            logger.info("started %s (pid %d)", name, children[name].pid)
+        rec_stop = threading.Event()
+        rec_thread = threading.Thread(
+            target=reconciler.run_forever, args=(make_sessionmaker(engine), settings, rec_stop),
+            name="reconciler", daemon=True,
+        )
+        rec_thread.start()
+        logger.info("API on http://%s:%s  (Ctrl-C stops everything)", host, port)
+        while not stop.is_set():
+            for name, child in children.items():
+                code = child.poll()
+                if code is not None:
+                    logger.error("%s exited with code %s; stopping everything", name, code)
+                    rc = 1
+                    stop.set()
+            stop.wait(0.5)
+        rec_stop.set()
+    finally:
+        _stop_children(children)
+        engine.dispose()
+    return rc
+
+
+def _stop_children(children: dict[str, subprocess.Popen[bytes]]) -> None:
+    for child in children.values():
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for name, child in children.items():
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            logger.warning("%s did not stop in time; killing it (its job resumes from a checkpoint)", name)
+            child.kill()
+            child.wait()
+
+
+# --- worker, migrate, reconcile ------------------------------------------------------------------------------------
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings()
+    from worker.celery_app import app
+
+    argv = ["worker", "--pool", "solo", "-Q", args.queue, "-n", f"{args.queue}-{os.getpid()}@%h",
+            "--loglevel", args.loglevel]
+    if settings.embedded_broker:  # the file-system transport has no broadcast: no gossip/mingle
+        argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    app.worker_main(argv)
+    return 0
+
+
+def cmd_migrate(_args: argparse.Namespace) -> int:
+    settings = _settings()
+    from storage.db import upgrade_to_head
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade_to_head(settings.resolved_database_url)
+    return 0
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    settings = _settings()
+    from storage.db import make_engine, make_sessionmaker
+    from worker import reconciler
+
+    factory = make_sessionmaker(make_engine(settings.resolved_database_url))
+    if args.once:
+        send_train, send_generate = reconciler.celery_senders()
+        report = reconciler.reconcile_once(factory, settings, send_train, send_generate)
+        sys.stdout.write(f"{report}\n")
+        return 1 if report.send_errors else 0
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        reconciler.run_forever(factory, settings, stop)
+    return 0
+
+
+# --- users ---------------------------------------------------------------------------------------------------------
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    settings = _settings()
+    from sqlalchemy import select
+    from sqlalchemy.exc import IntegrityError
+
+    from storage.db import make_engine, make_sessionmaker
+    from storage.models import User
+    from storage.users import create_api_key, create_user
+
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            if args.users_command == "create":
+                try:
+                    user = create_user(session, args.name, is_admin=args.admin)
+                    _, key = create_api_key(session, user.id)
+                    session.commit()
+                except IntegrityError:
+                    sys.stderr.write(f"a user named {args.name!r} already exists\n")
+                    return 1
+                sys.stderr.write(f"created user {user.name} ({user.id}); the API key is shown once:\n")
+                sys.stdout.write(f"{key}\n")
+                return 0
+            for u in session.scalars(select(User).order_by(User.created_at)):
+                flags = ",".join(f for f, on in (("admin", u.is_admin), ("disabled", u.disabled)) if on) or "-"
+                sys.stdout.write(f"{u.id}\t{u.name}\t{flags}\t{u.created_at.isoformat()}\n")
+            return 0
+    finally:
+        engine.dispose()
+
+
+# --- the parser ----------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="styledrop", description="StyleDrop adapters for aMUSEd, as a service.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run migrations, the API, a train and a generate worker, and the reconciler")
+    up.add_argument("--model", help="base model for the workers (sets STYLEDROP_MODEL), e.g. tiny or amused-256")
+    up.add_argument("--host", help="API bind address (default STYLEDROP_HOST or 127.0.0.1)")
+    up.add_argument("--port", type=int, help="API port (default STYLEDROP_PORT or 8000)")
+    up.set_defaults(func=cmd_up)
+
+    worker = sub.add_parser("worker", help="run one Celery worker process (--pool solo)")
+    worker.add_argument("--queue", choices=["train", "generate"], required=True)
+    worker.add_argument("--loglevel", default="INFO")
+    worker.set_defaults(func=cmd_worker)
+
+    sub.add_parser("migrate", help="upgrade the database schema to the newest version").set_defaults(func=cmd_migrate)
+
+    rec = sub.add_parser("reconcile", help="re-send lost task messages and requeue jobs of dead workers")
+    rec.add_argument("--once", action="store_true", help="one pass, then exit")
+    rec.set_defaults(func=cmd_reconcile)
+
+    users = sub.add_parser("users", help="manage users and API keys")
+    users_sub = users.add_subparsers(dest="users_command", required=True)
+    create = users_sub.add_parser("create", help="create a user and print its API key once")
+    create.add_argument("name")
+    create.add_argument("--admin", action="store_true")
+    create.set_defaults(func=cmd_users)
+    users_sub.add_parser("list", help="list users").set_defaults(func=cmd_users)
+
+    try:
+        from trainer.cli import add_engine_commands  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        pass
+    else:
+        add_engine_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in {"up", "worker", "reconcile"}:
+        _setup_logging(sys.stdout)
+    elif args.command in {"train", "generate"}:  # the engine's progress lines
+        _setup_logging(sys.stderr)
+    else:
+        _setup_logging(sys.stderr, logging.WARNING)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
