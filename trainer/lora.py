@@ -25,6 +25,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig
@@ -94,7 +95,7 @@ def lora_config(rank: int, alpha: float, targets: Sequence[str] = TARGET_MODULES
 
 def base_fingerprint(transformer: torch.nn.Module) -> str:
     """A short hash of the U-ViT config: 256 and 512 have LoRA layers of identical shapes, so shapes can't tell."""
-    config = dict(transformer.config)  # type: ignore[attr-defined]
+    config: dict[str, Any] = dict(getattr(transformer, "config", {}))
     config = {k: v for k, v in config.items() if not k.startswith("_")}
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -114,7 +114,7 @@ def load_base(
         scheduler = AmusedScheduler.from_pretrained(source, subfolder="scheduler", **kwargs)
     except (OSError, ValueError) as exc:  # hub errors derive from OSError; bad configs raise ValueError
         raise ModelLoadError(
-            f"could not load aMUSEd weights for model '{model}' (source '{source}'): {exc}. "
+            f"could not load aMUSEd weights for model '{model}' (source '{source}'): {str(exc).rstrip('.')}. "
             "If this machine cannot reach the Hugging Face hub, download the repository elsewhere "
             "(`hf download amused/amused-256 --local-dir DIR`) and pass that directory as the model "
             "(CLI: --model DIR; service: STYLEDROP_MODEL=DIR), or use --model tiny for an offline test model."

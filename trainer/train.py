@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -156,7 +156,7 @@ def masked_loss(parts: AmusedParts, inputs: torch.Tensor, labels: torch.Tensor, 
 
 def _make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     assert cfg.learning_rate is not None
-    kwargs = {"lr": cfg.learning_rate, "betas": (cfg.beta1, cfg.beta2), "weight_decay": cfg.weight_decay}
+    kwargs: dict[str, Any] = {"lr": cfg.learning_rate, "betas": (cfg.beta1, cfg.beta2), "weight_decay": cfg.weight_decay}
     if cfg.optimizer == "adamw8bit":
         if device.type != "cuda":
             raise ValueError("optimizer 'adamw8bit' needs a CUDA device (bitsandbytes); use 'adamw' on CPU")

@@ -1,0 +1,63 @@
+"""`styledrop train` / `styledrop generate`: they work end to end on the tiny model and refuse bad input clearly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from trainer.cli import main
+from trainer.lora import load_adapter
+
+
+@pytest.fixture
+def style_png(tmp_path: Path, engine_style_image: Image.Image) -> Path:
+    path = tmp_path / "style.png"
+    engine_style_image.resize((320, 256)).save(path)
+    return path
+
+
+def test_train_then_generate_with_the_adapter(tmp_path: Path, style_png: Path, engine_tiny_dir: Path) -> None:
+    out = tmp_path / "adapter"
+    assert main(["train", str(style_png), "--descriptor", "stripes", "--content", "a grid", "--model",
+                 str(engine_tiny_dir), "--steps", "6", "--checkpoint-every", "2", "--out", str(out)]) == 0
+    adapter = load_adapter(out)
+    assert adapter.meta.train_prompt == "a grid in stripes style" and adapter.meta.steps == 6
+    assert not (out / "checkpoint.safetensors").exists()  # removed once the adapter is written
+
+    images = tmp_path / "images"
+    assert main(["generate", "a cat in stripes style", "--adapter", str(out), "--model", str(engine_tiny_dir),
+                 "--num-images", "2", "--steps", "3", "--seed", "7", "--out", str(images)]) == 0
+    files = sorted(p.name for p in images.iterdir())
+    assert files == ["000007.png", "000008.png"]
+    with Image.open(images / files[0]) as im:
+        assert im.size == (256, 256)
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path: Path, style_png: Path, engine_tiny_dir: Path) -> None:
+    out = tmp_path / "a"
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", str(style_png), "--descriptor", "x", "--model", str(engine_tiny_dir), "--resume",
+              "--out", str(out)])
+    assert exit_.value.code == 2
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["generate", "a cat", "--style-strength", "20", "--out", "o"], "--style-strength: must be between -1 and 10"),
+    (["generate", "a cat", "--steps", "abc", "--out", "o"], "expected a int, got 'abc'"),
+    (["generate", "a cat", "--mask", "{png}", "--out", "o"], "--mask needs --init-image"),
+    (["train", "{txt}", "--descriptor", "x", "--out", "o"], "cannot read style image '{txt}'"),
+    (["train", "missing.png", "--descriptor", "x", "--out", "o"], "cannot read style image 'missing.png': no such"),
+    (["generate", "a cat", "--adapter", "{txt}", "--out", "o"], "--adapter {txt}"),
+])
+def test_bad_arguments_name_the_bad_value(tmp_path: Path, style_png: Path, capsys: pytest.CaptureFixture[str],
+                                          argv: list[str], message: str) -> None:
+    txt = tmp_path / "notes.png"
+    txt.write_text("not an image")  # a text file named .png
+    fill = {"png": str(style_png), "txt": str(txt)}
+    argv = [a.format(**fill) for a in argv]
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv[:-1], str(tmp_path / argv[-1])])
+    assert exit_.value.code == 2
+    assert message.format(**fill) in capsys.readouterr().err
