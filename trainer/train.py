@@ -156,7 +156,9 @@ def masked_loss(parts: AmusedParts, inputs: torch.Tensor, labels: torch.Tensor, 
 
 def _make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     assert cfg.learning_rate is not None
-    kwargs: dict[str, Any] = {"lr": cfg.learning_rate, "betas": (cfg.beta1, cfg.beta2), "weight_decay": cfg.weight_decay}
+    kwargs: dict[str, Any] = {
+        "lr": cfg.learning_rate, "betas": (cfg.beta1, cfg.beta2), "weight_decay": cfg.weight_decay,
+    }
     if cfg.optimizer == "adamw8bit":
         if device.type != "cuda":
             raise ValueError("optimizer 'adamw8bit' needs a CUDA device (bitsandbytes); use 'adamw' on CPU")
