@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     checkpoint_every: int = 100
     progress_every: int = 5
     preview_prompts: list[str] = Field(default_factory=lambda: ["a cat", "a house by the sea"])
+    preview_steps: int = Field(default=12, description="MaskGIT steps for the preview images of a new adapter.")
     max_job_attempts: int = 3
     max_concurrent_jobs_per_user: int = 2
 

@@ -239,6 +239,7 @@ class AdapterSlots:
                 layer.lora_B[name].weight.data.zero_()  # an empty slot changes nothing
         transformer.requires_grad_(False)
         transformer.eval()  # peft refuses adapter_names in training mode
+        install_router(transformer)
         self.fingerprint = base_fingerprint(transformer)
 
     def load(self, slot: str, adapter: Adapter) -> None:
@@ -270,24 +271,52 @@ class AdapterSlots:
             yield
 
 
+class _Router:
+    """Persistent forward pre-hooks on every LoRA layer that inject peft's `adapter_names` while a route is set.
+
+    Installed once per model, so switching a batch to other adapters costs setting a list, not re-walking the
+    module tree and re-registering 168 hooks. One model serves one batch at a time (one worker process per GPU).
+    """
+
+    def __init__(self, transformer: torch.nn.Module) -> None:
+        self.names: list[str] | None = None
+        self.handles = [
+            layer.register_forward_pre_hook(self._hook, with_kwargs=True)  # type: ignore[attr-defined]
+            for layer in lora_layers(transformer).values()
+        ]
+
+    def _hook(self, _module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if self.names is None:
+            return None  # no route: peft applies its active adapters (training)
+        kwargs["adapter_names"] = self.names
+        return args, kwargs
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def install_router(transformer: torch.nn.Module) -> _Router:
+    """(Re)install the routing hooks; call after LoRA layers are added to a model (AdapterSlots does)."""
+    old = transformer.__dict__.get("_styledrop_router")
+    if old is not None:
+        old.remove()
+    router = _Router(transformer)
+    transformer.__dict__["_styledrop_router"] = router
+    return router
+
+
 @contextlib.contextmanager
 def route_rows(transformer: torch.nn.Module, names: Sequence[str | None]) -> Iterator[None]:
     """Apply adapter `names[i]` (None = base model) to batch row i in every LoRA layer.
 
     `UVit2DModel.forward` does not pass peft's `adapter_names` keyword down, so a forward pre-hook on each LoRA
-    layer injects it (amused-notes.md §2). Rows are split per adapter inside peft, so each row sees only its own.
+    layer injects it (amused-notes.md §2). Rows are split per adapter inside peft: each row sees only its own.
     """
-    row_names = [n if n is not None else BASE_ROW for n in names]
-    handles = []
-
-    def hook(_module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        kwargs["adapter_names"] = row_names
-        return args, kwargs
-
+    router = transformer.__dict__.get("_styledrop_router") or install_router(transformer)
+    previous = router.names
+    router.names = [n if n is not None else BASE_ROW for n in names]
     try:
-        for layer in lora_layers(transformer).values():
-            handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))  # type: ignore[arg-type]
         yield
     finally:
-        for h in handles:
-            h.remove()
+        router.names = previous

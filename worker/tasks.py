@@ -39,7 +39,6 @@ try:  # redis is installed with celery[redis]; keep the worker importable withou
 except ImportError:  # pragma: no cover
     TRANSIENT = (OperationalError,)
 
-PREVIEW_STEPS = 12  # MaskGIT steps of the preview images; `settings.preview_steps` wins when it exists
 
 
 class IdLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -319,7 +318,7 @@ def _render_previews(rt: Runtime, job_id: str, adapter_id: str, adapter: trainer
     cache = rt.cache()
     cache.put(adapter_id, adapter)
     with cache.batch([adapter_id]) as slots:
-        steps = int(getattr(rt.settings, "preview_steps", PREVIEW_STEPS))
+        steps = rt.settings.preview_steps
         requests = [GenerationRequest(prompt=p, seed=seed + i, adapter=slots[adapter_id], steps=steps)
                     for i, p in enumerate(prompts)]
         results = trainer.sample(rt.parts(), requests)
