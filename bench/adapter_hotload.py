@@ -26,10 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffusers import UVit2DModel  # noqa: E402
+from diffusers import UVit2DModel
 
-from storage.blobs import LocalBlobStore, sha256_hex  # noqa: E402
-from trainer.lora import (  # noqa: E402
+from storage.blobs import LocalBlobStore, sha256_hex
+from trainer.lora import (
     ADAPTER_FILENAME,
     Adapter,
     AdapterMeta,
@@ -39,7 +39,7 @@ from trainer.lora import (  # noqa: E402
     base_fingerprint,
     lora_layers,
 )
-from worker.adapter_cache import AdapterCache  # noqa: E402
+from worker.adapter_cache import AdapterCache
 
 AMUSED_256 = dict(
     hidden_size=1024, num_hidden_layers=22, num_attention_heads=16, intermediate_size=2816, block_out_channels=768,
@@ -147,7 +147,8 @@ def main() -> None:
             base_model.set_adapter(name)
             base_warm.append(time.perf_counter() - t)
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
                platform.processor())
     print(f"# {cpu}, {os.cpu_count()} cores, torch {torch.__version__}; adapter file {size_mb:.1f} MB (fp16)")
     print("| operation | ours (median ms) | diffusers baseline (median ms) | speed-up | goal |")
