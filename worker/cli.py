@@ -6,7 +6,7 @@
     styledrop reconcile [--once]                        re-send lost messages, requeue jobs of dead workers
     styledrop users create NAME [--admin]               prints the new API key once
     styledrop users list
-    styledrop train ... / styledrop generate ...        the engine on its own (trainer/cli.py), when present
+    styledrop train ... / styledrop generate ...        the engine on its own (trainer/cli.py)
 
 With no DATABASE_URL / BROKER_URL everything is embedded under STYLEDROP_DATA_DIR (default ./.styledrop): a SQLite
 file, a blob directory and a file-system broker.
@@ -240,12 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.set_defaults(func=cmd_users)
     users_sub.add_parser("list", help="list users").set_defaults(func=cmd_users)
 
-    try:
-        from trainer.cli import add_engine_commands  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        pass
-    else:
-        add_engine_commands(sub)
+    from trainer.cli import add_engine_commands
+
+    add_engine_commands(sub)
     return parser
 
 
@@ -254,8 +251,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command in {"up", "worker", "reconcile"}:
         _setup_logging(sys.stdout)
-    elif args.command in {"train", "generate"}:  # the engine's progress lines
+    elif args.command in {"train", "generate"}:  # the engine's progress lines and its user-facing errors
+        from trainer.cli import run
+
         _setup_logging(sys.stderr)
+        return run(args, parser)
     else:
         _setup_logging(sys.stderr, logging.WARNING)
     return int(args.func(args) or 0)
