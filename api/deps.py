@@ -12,7 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import RateLimited, ServiceError
-from api.security import SESSION_COOKIE, RateLimiter, unsign_session
+from api.security import CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE, RateLimiter, check_csrf, unsign_session
 from storage.blobs import BlobStore
 from storage.models import ApiKey, User
 from storage.settings import Settings
@@ -74,6 +74,19 @@ def _user_from_cookie(request: Request, session: Session) -> User | None:
     return None if user is None or user.disabled else user
 
 
+def _require_csrf(request: Request) -> None:
+    """Cookie-authenticated state changes must carry the session's CSRF token in `X-CSRF-Token` (a cross-site
+    form or script cannot read it). Bearer-key requests need none: browsers never attach those by themselves."""
+    if not check_csrf(request.app.state.secret, request.cookies[SESSION_COOKIE], request.headers.get(CSRF_HEADER)):
+        logger.warning("refused %s %s: missing or wrong CSRF token", request.method, request.url.path)
+        raise Forbidden(f"missing or invalid {CSRF_HEADER} header (reload the page and try again)", code="csrf_failed")
+
+
+def current_user_from_cookie(request: Request, session: Session) -> User | None:
+    """The signed-in user of a page request (cookie only), or None."""
+    return _user_from_cookie(request, session)
+
+
 def get_current_user(request: Request, session: SessionDep, bearer: BearerDep) -> User:
     """The caller, from `Authorization: Bearer <key>` or else the signed `styledrop_session` cookie."""
     user: User | None = None
@@ -83,6 +96,8 @@ def get_current_user(request: Request, session: SessionDep, bearer: BearerDep) -
             session.commit()  # last_used_at
     elif request.cookies.get(SESSION_COOKIE):
         user = _user_from_cookie(request, session)
+        if user is not None and request.method not in SAFE_METHODS:
+            _require_csrf(request)
     if user is None:
         reason = "invalid, revoked or disabled API key" if bearer or request.cookies else "missing API key"
         raise Unauthorized(reason, headers={"WWW-Authenticate": "Bearer"})

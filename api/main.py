@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import install_handlers
 from api.metrics import make_registry
-from api.routes import adapters, admin, generations, health, jobs, styles
+from api.routes import adapters, admin, generations, health, jobs, pages, styles
 from api.security import RateLimiter, load_secret
 from storage.blobs import blob_store_from_settings
 from storage.db import make_engine, make_sessionmaker, upgrade_to_head
@@ -20,6 +22,7 @@ from storage.settings import Settings, get_settings
 logger = logging.getLogger(__name__)
 
 MULTIPART_OVERHEAD = 1024 * 1024  # form fields and part headers on top of the files
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -58,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
     app.state.metrics_registry = make_registry(app.state.sessionmaker, settings)
     install_handlers(app)
-    for module in (styles, jobs, adapters, generations, admin, health):
+    for module in (styles, jobs, adapters, generations, admin, health, pages):
         app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

@@ -1,4 +1,4 @@
-"""Session cookies (an HMAC-signed API key id) and the per-user request rate limiter."""
+"""Session cookies (an HMAC-signed API key id), their CSRF tokens, and the per-user request rate limiter."""
 
 from __future__ import annotations
 
@@ -36,21 +36,40 @@ def load_secret(settings: Settings) -> bytes:
     return secret
 
 
-def _mac(secret: bytes, key_id: str) -> str:
-    return hmac.new(secret, f"session:{key_id}".encode(), hashlib.sha256).hexdigest()
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_FIELD = "csrf_token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def sign_session(secret: bytes, key_id: str) -> str:
-    """The `styledrop_session` cookie value for API key `key_id`."""
-    return f"{key_id}.{_mac(secret, key_id)}"
+def _mac(secret: bytes, message: str) -> str:
+    return hmac.new(secret, message.encode(), hashlib.sha256).hexdigest()
+
+
+def sign_session(secret: bytes, key_id: str, nonce: str | None = None) -> str:
+    """The `styledrop_session` cookie value for API key `key_id`: `key_id.nonce.mac`. The random nonce makes
+    every sign-in a distinct session, so its CSRF token (derived from the whole value) differs too."""
+    nonce = nonce or secrets.token_urlsafe(12).replace(".", "_")
+    return f"{key_id}.{nonce}.{_mac(secret, f'session:{key_id}:{nonce}')}"
 
 
 def unsign_session(secret: bytes, value: str) -> str | None:
     """The API key id in a cookie value, or None when the signature does not match."""
-    key_id, _, mac = value.partition(".")
-    if not key_id or not mac or not hmac.compare_digest(mac, _mac(secret, key_id)):
+    rest, _, mac = value.rpartition(".")
+    key_id, _, nonce = rest.partition(".")
+    if not key_id or not nonce or not mac or not hmac.compare_digest(mac, _mac(secret, f"session:{key_id}:{nonce}")):
         return None
     return key_id
+
+
+def csrf_token(secret: bytes, session_value: str) -> str:
+    """The CSRF token of one session: an HMAC of its (HttpOnly, so unreadable to scripts) cookie value. Pages
+    render it into `<meta name="csrf-token">` and forms; scripts send it back as `X-CSRF-Token`."""
+    return _mac(secret, f"csrf:{session_value}")
+
+
+def check_csrf(secret: bytes, session_value: str, token: str | None) -> bool:
+    """True when `token` is the CSRF token of the session whose cookie value is `session_value`."""
+    return bool(token) and hmac.compare_digest(str(token), csrf_token(secret, session_value))
 
 
 class RateLimiter:

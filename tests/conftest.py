@@ -266,3 +266,39 @@ def worker_free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# ============================================================================================================
+# --- pages fixtures ---: the app on embedded defaults for page tests (pages_*), and the browser stack (browser_*)
+# ============================================================================================================
+
+
+@pytest.fixture
+def pages_client(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A TestClient over the app on a SQLite file and the embedded broker (no Redis, no PostgreSQL)."""
+    from fastapi.testclient import TestClient
+
+    from api import queue
+    from api.main import create_app
+    from storage.settings import Settings
+
+    queue.reset()
+    settings = Settings(data_dir=tmp_path / "data", secret_key="pages-secret", rate_limit_per_minute=1000,
+                        max_upload_bytes=256 * 1024)
+    with TestClient(create_app(settings), base_url="http://testserver") as client:
+        yield client
+    queue.reset()
+
+
+@pytest.fixture
+def pages_keys(pages_client) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """Plaintext API keys for an admin and "alice"."""
+    from storage.users import create_api_key, create_user
+
+    keys: dict[str, str] = {}
+    with pages_client.app.state.sessionmaker() as session:
+        for name, admin in (("admin", True), ("alice", False)):
+            user = create_user(session, name, is_admin=admin)
+            _, keys[name] = create_api_key(session, user.id)
+        session.commit()
+    return keys

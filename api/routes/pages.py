@@ -1,0 +1,177 @@
+"""The web pages: server-rendered Jinja2 templates over the same data as the JSON API.
+
+Page routes only read (for the first paint) and render; every change (upload, cancel, generate, delete, admin
+actions) is made by the page's JavaScript through the JSON API with the session cookie and the CSRF token.
+Sign-in and sign-out are the only page forms that change state here.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote, urlsplit
+
+from fastapi import APIRouter, Form, Request, status
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api import service
+from api.deps import SessionDep, current_user_from_cookie
+from api.errors import NotFound
+from api.schemas import JobPublic
+from api.security import CSRF_FIELD, SESSION_COOKIE, check_csrf, csrf_token, sign_session
+from storage.models import ApiKey, User
+from storage.users import hash_key
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
+
+SESSION_MAX_AGE = 14 * 24 * 3600
+GALLERY_LIMIT = 200
+
+
+def _safe_next(target: str | None, default: str = "/styles") -> str:
+    """Only same-site paths: never an absolute or scheme-relative URL (open redirect)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return default
+    return target
+
+
+def _signin_redirect(request: Request) -> RedirectResponse:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/signin?next={quote(target, safe='/')}", status_code=status.HTTP_303_SEE_OTHER)
+
+
+def _render(request: Request, name: str, user: User | None, status_code: int = 200, **context: Any) -> HTMLResponse:
+    cookie = request.cookies.get(SESSION_COOKIE)
+    token = csrf_token(request.app.state.secret, cookie) if user is not None and cookie else ""
+    response = templates.TemplateResponse(
+        request, name, {"user": user, "csrf_token": token, "settings": request.app.state.settings, **context},
+        status_code=status_code,
+    )
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Referrer-Policy"] = "same-origin"
+    return response
+
+
+def _job(session: Session, user: User, job_id: str | None) -> JobPublic | None:
+    if job_id is None:
+        return None
+    return service.job_public(session, service.get_job(session=session, owner=user, job_id=job_id))
+
+
+def _same_origin(request: Request) -> bool:
+    """A form POST whose Origin (when the browser sends one) is this site."""
+    origin = request.headers.get("origin")
+    if not origin or origin == "null":
+        return origin is None
+    return urlsplit(origin).netloc == request.headers.get("host", "")
+
+
+@router.get("/")
+def home(request: Request, session: SessionDep) -> Response:
+    user = current_user_from_cookie(request, session)
+    return RedirectResponse("/styles" if user else "/signin", status_code=status.HTTP_303_SEE_OTHER)
+
+
+@router.get("/signin")
+def signin_page(request: Request, session: SessionDep, next: str | None = None) -> Response:
+    if current_user_from_cookie(request, session) is not None:
+        return RedirectResponse(_safe_next(next), status_code=status.HTTP_303_SEE_OTHER)
+    return _render(request, "signin.html", None, next=_safe_next(next))
+
+
+@router.post("/signin")
+def signin(
+    request: Request,
+    session: SessionDep,
+    api_key: Annotated[str, Form()] = "",
+    next: Annotated[str, Form()] = "/styles",
+) -> Response:
+    """Exchange an API key for a session cookie (HttpOnly, SameSite=Lax; Secure over HTTPS)."""
+    if not _same_origin(request):
+        return _render(request, "signin.html", None, status_code=403, next=_safe_next(next),
+                       error="This sign-in form was sent from another site.")
+    key_text = api_key.strip()
+    row = session.scalar(
+        select(ApiKey).where(ApiKey.key_hash == hash_key(key_text), ApiKey.revoked_at.is_(None))
+    ) if key_text else None
+    user = session.get(User, row.user_id) if row is not None else None
+    if row is None or user is None or user.disabled:
+        return _render(request, "signin.html", None, status_code=401, next=_safe_next(next),
+                       error="That API key is not valid, or it was revoked. Check it and try again.")
+    logger.info("user %s signed in with key %s", user.id, row.id)
+    response = RedirectResponse(_safe_next(next), status_code=status.HTTP_303_SEE_OTHER)
+    response.set_cookie(
+        SESSION_COOKIE, sign_session(request.app.state.secret, row.id), max_age=SESSION_MAX_AGE, path="/",
+        httponly=True, samesite="lax", secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@router.post("/signout")
+def signout(request: Request, csrf: Annotated[str, Form(alias=CSRF_FIELD)] = "") -> Response:
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie and not check_csrf(request.app.state.secret, cookie, csrf):
+        return Response("Missing or invalid CSRF token; go back, reload the page and sign out again.",
+                        status_code=403, media_type="text/plain")
+    response = RedirectResponse("/signin", status_code=status.HTTP_303_SEE_OTHER)
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax")
+    return response
+
+
+@router.get("/styles")
+def styles_page(request: Request, session: SessionDep) -> Response:
+    user = current_user_from_cookie(request, session)
+    if user is None:
+        return _signin_redirect(request)
+    rows = service.list_styles(session=session, owner=user, limit=200, offset=0)
+    items = [(service.style_public(style, job_id), _job(session, user, job_id)) for style, job_id in rows]
+    return _render(request, "styles.html", user, items=items)
+
+
+@router.get("/styles/new")
+def new_style_page(request: Request, session: SessionDep) -> Response:
+    user = current_user_from_cookie(request, session)
+    if user is None:
+        return _signin_redirect(request)
+    return _render(request, "new_style.html", user)
+
+
+@router.get("/styles/{style_id}")
+def style_page(style_id: str, request: Request, session: SessionDep) -> Response:
+    user = current_user_from_cookie(request, session)
+    if user is None:
+        return _signin_redirect(request)
+    try:
+        style = service.get_style(session=session, owner=user, style_id=style_id)
+    except NotFound:
+        return _render(request, "error.html", user, status_code=404, title="Style not found",
+                       message="This style does not exist, was deleted, or belongs to someone else.")
+    job = _job(session, user, service.latest_job_id(session, style.id))
+    generations = []
+    if job is not None and job.adapter_id is not None:
+        generations = [
+            service.generation_public(g)
+            for g in service.list_generations(session=session, owner=user, limit=GALLERY_LIMIT, offset=0)
+            if g.adapter_id == job.adapter_id
+        ]
+    return _render(request, "style.html", user, style=service.style_public(style, job.id if job else None),
+                   job=job, generations=generations)
+
+
+@router.get("/admin")
+def admin_page(request: Request, session: SessionDep) -> Response:
+    user = current_user_from_cookie(request, session)
+    if user is None:
+        return _signin_redirect(request)
+    if not user.is_admin:
+        return _render(request, "error.html", user, status_code=403, title="Admins only",
+                       message="The admin pages need an admin account. Sign in with an admin API key to see them.")
+    return _render(request, "admin.html", user)

@@ -1,0 +1,609 @@
+/* Styledrop pages: plain JavaScript over the JSON API (same origin, session cookie + X-CSRF-Token). */
+"use strict";
+
+(function () {
+  const FINAL = new Set(["succeeded", "failed", "cancelled"]);
+  const STATE_WORDS = {
+    queued: "Queued", running: "Training", cancelling: "Stopping…", succeeded: "Done",
+    failed: "Failed", cancelled: "Cancelled",
+  };
+  // Error codes the worker or API can report, in words a user understands; anything else shows its message.
+  const ERROR_WORDS = {
+    too_many_attempts: "Training was interrupted too many times (the worker stopped or restarted) and was given up. Try again later.",
+    style_missing: "The style of this job was deleted.",
+    bad_image: "The style image could not be read. Upload it again as PNG, JPEG or WebP.",
+    model_unavailable: "The service could not load its image model. An operator has to fix this; please try later.",
+    training_error: "Training failed because of an error in the service.",
+    csrf_failed: "Your session token is missing or out of date. Reload the page and try again.",
+    unauthorized: "You are signed out. Sign in again.",
+    rate_limited: "Too many requests. Wait a moment and try again.",
+  };
+
+  function $(sel, root) { return (root || document).querySelector(sel); }
+  function $all(sel, root) { return Array.from((root || document).querySelectorAll(sel)); }
+  function csrfToken() { const m = $('meta[name="csrf-token"]'); return m ? m.content : ""; }
+
+  function errorText(body, status) {
+    const d = body && body.detail;
+    if (d && typeof d === "object" && !Array.isArray(d) && d.message) {
+      return ERROR_WORDS[d.code] && d.code !== "bad_image" ? ERROR_WORDS[d.code] : d.message;
+    }
+    if (Array.isArray(d)) {
+      return d.map((e) => `${(e.loc || []).filter((p) => p !== "body").join(".") || "request"}: ${e.msg}`).join("; ");
+    }
+    if (typeof d === "string") return d;
+    if (status === 413) return "The file is too large.";
+    return `The request failed (HTTP ${status}).`;
+  }
+
+  async function api(method, url, body) {
+    const headers = { Accept: "application/json" };
+    if (method !== "GET") headers["X-CSRF-Token"] = csrfToken();
+    if (body && !(body instanceof FormData)) {
+      headers["Content-Type"] = "application/json";
+      body = JSON.stringify(body);
+    }
+    let resp;
+    try {
+      resp = await fetch(url, { method, headers, body, credentials: "same-origin" });
+    } catch (err) {
+      throw new Error("The service cannot be reached. Check your connection and try again.");
+    }
+    if (resp.status === 204) return null;
+    let data = null;
+    try { data = await resp.json(); } catch (err) { data = null; }
+    if (!resp.ok) {
+      const e = new Error(errorText(data, resp.status));
+      e.status = resp.status;
+      throw e;
+    }
+    return data;
+  }
+
+  function showError(el, message) {
+    if (!el) return;
+    el.textContent = message || "";
+    el.hidden = !message;
+  }
+
+  function fmtSeconds(s) {
+    if (s === null || s === undefined || !isFinite(s)) return "—";
+    s = Math.max(0, Math.round(s));
+    if (s < 60) return `${s} s`;
+    const m = Math.floor(s / 60);
+    if (m < 60) return `${m} min ${s % 60} s`;
+    return `${Math.floor(m / 60)} h ${m % 60} min`;
+  }
+
+  function fmtBytes(n) {
+    if (n < 1024) return `${n} B`;
+    if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KB`;
+    return `${(n / 1048576).toFixed(2)} MB`;
+  }
+
+  function fmtTime(iso) {
+    if (!iso) return "—";
+    const d = new Date(iso);
+    return d.toLocaleString(undefined, { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  }
+
+  // --- one training job: progress bar, ETA, loss curve, previews, error, cancel ---------------------------
+
+  class JobPanel {
+    constructor(el) {
+      this.el = el;
+      this.id = el.dataset.jobId;
+      this.state = el.dataset.state;
+      this.total = Number(el.dataset.total) || 1;
+      this.losses = [];
+      this.previewCount = 0;
+      this.source = null;
+      this.cancelBtn = $('[data-action="cancel-job"]', el);
+      this.cancelBtn.addEventListener("click", () => this.cancel());
+      this.setState(this.state, Number(el.dataset.queuePosition) || 0);
+      if (el.dataset.errorCode || el.dataset.errorMessage) {
+        this.setError({ code: el.dataset.errorCode, message: el.dataset.errorMessage });
+      }
+      if (FINAL.has(this.state)) this.loadHistory(); else this.listen();
+    }
+
+    part(role) { return $(`[data-role="${role}"]`, this.el); }
+
+    setState(state, queuePosition) {
+      this.state = state;
+      this.el.dataset.state = state;
+      const badge = this.part("state");
+      badge.textContent = STATE_WORDS[state] || state;
+      badge.dataset.state = state;
+      let detail = "";
+      if (state === "queued") detail = queuePosition ? `position ${queuePosition} in the queue` : "waiting for a worker";
+      this.part("detail").textContent = detail;
+      this.cancelBtn.hidden = FINAL.has(state) || state === "cancelling";
+      if (state === "succeeded") this.setProgress(this.total, this.total);
+      if (FINAL.has(state)) this.part("eta").textContent = "—";
+    }
+
+    setProgress(step, total) {
+      if (total) this.total = total;
+      const frac = Math.min(1, Math.max(0, step / this.total));
+      const bar = this.part("bar");
+      bar.value = frac;
+      bar.setAttribute("aria-valuetext", `${Math.round(frac * 100)}%, step ${step} of ${this.total}`);
+      this.part("pct").textContent = `${Math.round(frac * 100)}%`;
+      this.part("step").textContent = String(step);
+      this.part("total").textContent = String(this.total);
+    }
+
+    setError(error) {
+      if (!error) { showError(this.part("error"), ""); return; }
+      showError(this.part("error"), ERROR_WORDS[error.code] || error.message || "The training failed.");
+    }
+
+    addLoss(step, loss) {
+      if (typeof loss !== "number" || !isFinite(loss)) return;
+      this.losses.push([step, loss]);
+      this.part("loss-last").textContent = loss.toFixed(3);
+      this.drawLoss();
+    }
+
+    drawLoss() {
+      const pts = this.losses;
+      const line = $("polyline", this.part("loss"));
+      if (!pts.length) return;
+      let lo = Infinity, hi = -Infinity;
+      for (const [, l] of pts) { lo = Math.min(lo, l); hi = Math.max(hi, l); }
+      const span = hi - lo || 1;
+      const stride = Math.max(1, Math.ceil(pts.length / 300));
+      const out = [];
+      for (let i = 0; i < pts.length; i += stride) {
+        const [s, l] = pts[i];
+        out.push(`${((s / this.total) * 300).toFixed(1)},${(66 - ((l - lo) / span) * 62).toFixed(1)}`);
+      }
+      line.setAttribute("points", out.join(" "));
+      this.part("loss").setAttribute("aria-label", `Training loss over steps: from ${pts[0][1].toFixed(3)} to ${pts[pts.length - 1][1].toFixed(3)}`);
+    }
+
+    addPreview(payload) {
+      const n = this.previewCount++;
+      const img = document.createElement("img");
+      img.src = `/v1/jobs/${this.id}/previews/${n}`;
+      img.alt = `Preview: ${payload.prompt || "sample"}`;
+      img.loading = "lazy";
+      const fig = document.createElement("figure");
+      fig.append(img);
+      const cap = document.createElement("figcaption");
+      cap.textContent = payload.prompt || "";
+      fig.append(cap);
+      this.part("previews").append(fig);
+    }
+
+    apply(event) {
+      const p = event.payload || {};
+      if (event.kind === "progress") {
+        this.setProgress(p.step, p.total);
+        this.part("eta").textContent = fmtSeconds(p.eta_seconds);
+        this.addLoss(p.step, p.loss);
+      } else if (event.kind === "state") {
+        this.setState(p.to, 0);
+      } else if (event.kind === "preview") {
+        this.addPreview(p);
+      }
+    }
+
+    async loadHistory() {
+      try {
+        const events = await api("GET", `/v1/jobs/${this.id}/events?limit=1000`);
+        const state = this.state;
+        for (const ev of events) this.apply(ev);
+        this.setState(state, 0);
+      } catch (err) {
+        showError(this.part("error"), err.message);
+      }
+    }
+
+    listen() {
+      this.source = new EventSource(`/v1/jobs/${this.id}/events`);
+      for (const kind of ["progress", "state", "preview"]) {
+        this.source.addEventListener(kind, (msg) => this.apply(JSON.parse(msg.data)));
+      }
+      this.source.addEventListener("end", () => { this.source.close(); this.refresh(); });
+    }
+
+    async refresh() {
+      try {
+        const job = await api("GET", `/v1/jobs/${this.id}`);
+        this.setState(job.state, job.queue_position);
+        if (job.state !== "succeeded") this.setProgress(job.step, job.total_steps);
+        this.setError(job.error);
+        this.el.dataset.adapterId = job.adapter_id || "";
+        this.el.dispatchEvent(new CustomEvent("job-final", { bubbles: true, detail: job }));
+      } catch (err) {
+        showError(this.part("error"), err.message);
+      }
+    }
+
+    async cancel() {
+      this.cancelBtn.disabled = true;
+      try {
+        const job = await api("POST", `/v1/jobs/${this.id}/cancel`);
+        this.setState(job.state, job.queue_position);
+        if (FINAL.has(job.state)) this.refresh();
+      } catch (err) {
+        showError(this.part("error"), err.message);
+      } finally {
+        this.cancelBtn.disabled = false;
+      }
+    }
+  }
+
+  // --- new style: drag and drop, preview, upload --------------------------------------------------------
+
+  function initNewStyle() {
+    const form = $("#style-form");
+    const input = $("#image");
+    const zone = $("#dropzone");
+    const errorEl = $("#form-error");
+    const maxBytes = Number(form.dataset.maxBytes);
+    let file = null;
+
+    function choose(f) {
+      file = f || null;
+      showError(errorEl, "");
+      const box = $("#file-preview");
+      const img = $("#preview-img");
+      const info = $("#file-info");
+      if (!file) { box.hidden = true; return; }
+      box.hidden = false;
+      info.textContent = `${file.name} · ${fmtBytes(file.size)}`;
+      if (file.size > maxBytes) {
+        showError(errorEl, `This file is ${fmtBytes(file.size)}; the limit is ${fmtBytes(maxBytes)}. Choose a smaller image.`);
+      }
+      const url = URL.createObjectURL(file);
+      img.hidden = false;
+      img.onload = () => {
+        info.textContent = `${file.name} · ${fmtBytes(file.size)} · ${img.naturalWidth}×${img.naturalHeight} px`;
+      };
+      img.onerror = () => {
+        img.hidden = true;
+        info.textContent = `${file.name} · ${fmtBytes(file.size)} · this browser cannot preview it`;
+      };
+      img.src = url;
+    }
+
+    input.addEventListener("change", () => choose(input.files[0]));
+    for (const kind of ["dragenter", "dragover"]) {
+      zone.addEventListener(kind, (e) => { e.preventDefault(); zone.classList.add("over"); });
+    }
+    for (const kind of ["dragleave", "drop"]) {
+      zone.addEventListener(kind, () => zone.classList.remove("over"));
+    }
+    zone.addEventListener("drop", (e) => {
+      e.preventDefault();
+      const files = e.dataTransfer && e.dataTransfer.files;
+      if (!files || !files.length) return;
+      choose(files[0]);
+      if (files.length > 1) showError(errorEl, "Drop one image only; the first one is used.");
+    });
+
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      showError(errorEl, "");
+      if (!file) { showError(errorEl, "Choose a style image first."); input.focus(); return; }
+      const descriptor = $("#descriptor").value.trim();
+      if (!descriptor) { showError(errorEl, "Describe the style in a few words, e.g. “watercolor painting”."); $("#descriptor").focus(); return; }
+      const data = new FormData();
+      data.append("image", file, file.name);
+      data.append("descriptor", descriptor);
+      const content = $("#content").value.trim();
+      if (content) data.append("content", content);
+      for (const name of ["steps", "seed"]) {
+        const v = $(`#${name}`).value.trim();
+        if (v) data.append(name, v);
+      }
+      const button = $("#submit-style");
+      button.disabled = true;
+      button.textContent = "Uploading…";
+      try {
+        const created = await api("POST", "/v1/styles", data);
+        window.location.assign(`/styles/${created.style.id}`);
+      } catch (err) {
+        showError(errorEl, `The image was refused: ${err.message}`);
+        button.disabled = false;
+        button.textContent = "Upload and train";
+      }
+    });
+  }
+
+  // --- style page: generate, gallery, delete --------------------------------------------------------------
+
+  function addShot(gallery, gen, url) {
+    const li = document.createElement("li");
+    li.className = "shot";
+    li.dataset.generationId = gen.id;
+    const a = document.createElement("a");
+    a.href = url; a.target = "_blank"; a.rel = "noopener";
+    const img = document.createElement("img");
+    img.src = url; img.alt = gen.prompt;
+    a.append(img);
+    const p = document.createElement("p");
+    p.className = "small";
+    p.textContent = `${gen.prompt} · strength ${gen.style_strength} · seed ${gen.seed}`;
+    li.append(a, p);
+    return li;
+  }
+
+  function initStylePage() {
+    const root = $(".style-layout");
+    const form = $("#gen-form");
+    const fieldset = $("fieldset", form);
+    const gallery = $("#gallery");
+    const genError = $("#gen-error");
+    for (const [id, out] of [["style_strength", "style_strength_out"], ["strength", "strength_out"]]) {
+      const input = $(`#${id}`);
+      const show = () => { $(`#${out}`).textContent = Number(input.value).toFixed(2).replace(/0$/, ""); };
+      input.addEventListener("input", show);
+      show();
+    }
+
+    root.addEventListener("job-final", (e) => {
+      const job = e.detail;
+      if (job.state === "succeeded" && job.adapter_id) {
+        form.dataset.adapterId = job.adapter_id;
+        fieldset.disabled = false;
+        $("#gen-wait").hidden = true;
+        const dl = $("#download-adapter");
+        dl.href = `/v1/adapters/${job.adapter_id}/file`;
+        dl.hidden = false;
+      }
+    });
+
+    async function follow(gen, placeholder) {
+      let current = gen;
+      while (current.state === "queued" || current.state === "running") {
+        await new Promise((r) => setTimeout(r, 1000));
+        try { current = await api("GET", `/v1/generations/${gen.id}`); } catch (err) {
+          placeholder.querySelector("p").textContent = `${gen.prompt}: ${err.message}`;
+          return;
+        }
+      }
+      if (current.state === "succeeded") {
+        const shots = current.image_urls.map((url) => addShot(gallery, current, url));
+        placeholder.replaceWith(...shots);
+      } else {
+        placeholder.classList.remove("pending");
+        placeholder.classList.add("failed");
+        placeholder.querySelector("p").textContent =
+          `${current.prompt}: failed — ${(current.error && current.error.message) || "unknown error"}`;
+      }
+    }
+
+    function pendingCard(gen) {
+      const li = document.createElement("li");
+      li.className = "shot pending";
+      li.dataset.generationId = gen.id;
+      const p = document.createElement("p");
+      p.className = "small";
+      p.textContent = `${gen.prompt}: generating…`;
+      li.append(p);
+      return li;
+    }
+
+    for (const li of $all('.shot[data-pending="1"]', gallery)) {
+      follow({ id: li.dataset.generationId, state: "queued", prompt: "" }, li);
+    }
+
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      showError(genError, "");
+      const prompt = $("#prompt").value.trim();
+      if (!prompt) { showError(genError, "Write a prompt first, e.g. “a cat sitting on a chair”."); $("#prompt").focus(); return; }
+      const data = new FormData();
+      data.append("prompt", prompt);
+      data.append("adapter_id", form.dataset.adapterId);
+      data.append("style_strength", $("#style_strength").value);
+      for (const [id, name] of [["guidance_scale", "guidance_scale"], ["gen_seed", "seed"], ["num_images", "num_images"]]) {
+        const v = $(`#${id}`).value.trim();
+        if (v) data.append(name, v);
+      }
+      const init = $("#init_image").files[0];
+      const mask = $("#mask").files[0];
+      if (mask && !init) { showError(genError, "A mask needs an init image too."); return; }
+      if (init) {
+        data.append("init_image", init, init.name);
+        if (mask) data.append("mask", mask, mask.name); else data.append("strength", $("#strength").value);
+      }
+      const button = $("#generate");
+      button.disabled = true;
+      try {
+        const gen = await api("POST", "/v1/generations", data);
+        $("#gallery-empty").hidden = true;
+        const card = pendingCard(gen);
+        gallery.prepend(card);
+        follow(gen, card);
+      } catch (err) {
+        showError(genError, err.message);
+      } finally {
+        button.disabled = false;
+      }
+    });
+
+    $("#delete-style").addEventListener("click", async () => {
+      if (!window.confirm("Delete this style? Its training is cancelled and it disappears from your list.")) return;
+      try {
+        await api("DELETE", `/v1/styles/${root.dataset.styleId}`);
+        window.location.assign("/styles");
+      } catch (err) {
+        showError($("#style-error"), err.message);
+      }
+    });
+  }
+
+  // --- admin: jobs table, overview, filters, cancel/retry; polls every few seconds ------------------------
+
+  const ADMIN_POLL_MS = 3000;
+
+  function cell(tr, text, cls) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    if (cls) td.className = cls;
+    tr.append(td);
+    return td;
+  }
+
+  function kv(dl, entries) {
+    dl.replaceChildren();
+    for (const [k, v] of entries) {
+      const dt = document.createElement("dt"); dt.textContent = k;
+      const dd = document.createElement("dd"); dd.textContent = String(v);
+      dl.append(dt, dd);
+    }
+  }
+
+  function initAdmin() {
+    const stateSel = $("#filter-state");
+    const userSel = $("#filter-user");
+    const errorEl = $("#admin-error");
+    const tbody = $("#admin-jobs tbody");
+    let timer = null;
+
+    async function loadUsers() {
+      try {
+        const users = await api("GET", "/v1/admin/users");
+        for (const u of users) {
+          const opt = document.createElement("option");
+          opt.value = u.name; opt.textContent = u.name + (u.is_admin ? " (admin)" : "");
+          userSel.append(opt);
+        }
+      } catch (err) { showError(errorEl, err.message); }
+    }
+
+    async function act(job, action, button) {
+      button.disabled = true;
+      try {
+        await api("POST", `/v1/admin/jobs/${job.id}/${action}`);
+        showError(errorEl, "");
+      } catch (err) {
+        showError(errorEl, `Could not ${action} job ${job.id.slice(0, 8)}: ${err.message}`);
+      }
+      refresh();
+    }
+
+    function renderJobs(jobs) {
+      const focusedId = document.activeElement && document.activeElement.dataset
+        ? document.activeElement.dataset.focusKey : null;
+      tbody.replaceChildren();
+      if (!jobs.length) {
+        const tr = document.createElement("tr");
+        const td = cell(tr, "No jobs match these filters.", "muted");
+        td.colSpan = 12;
+        tbody.append(tr);
+      }
+      for (const job of jobs) {
+        const tr = document.createElement("tr");
+        tr.dataset.jobId = job.id;
+        tr.dataset.state = job.state;
+        cell(tr, job.id.slice(0, 8), "mono").title = job.id;
+        cell(tr, job.owner_name);
+        const st = cell(tr, "");
+        const badge = document.createElement("span");
+        badge.className = "badge"; badge.dataset.state = job.state; badge.textContent = job.state;
+        st.append(badge);
+        const prog = cell(tr, "");
+        const bar = document.createElement("progress");
+        bar.max = 1; bar.value = job.progress;
+        bar.setAttribute("aria-label", `Progress of job ${job.id.slice(0, 8)}`);
+        prog.append(bar, ` ${job.step}/${job.total_steps}`);
+        cell(tr, fmtTime(job.queued_at));
+        cell(tr, fmtTime(job.started_at));
+        cell(tr, fmtTime(job.finished_at));
+        let duration = null;
+        if (job.started_at) {
+          const end = job.finished_at ? new Date(job.finished_at) : new Date();
+          duration = (end - new Date(job.started_at)) / 1000;
+        }
+        cell(tr, fmtSeconds(duration));
+        cell(tr, `${job.attempts}/${job.max_attempts}`);
+        cell(tr, job.worker_host || "—");
+        cell(tr, job.error ? `${job.error.code}: ${job.error.message}` : "—", "err");
+        const actions = cell(tr, "");
+        if (["queued", "running"].includes(job.state)) {
+          const b = document.createElement("button");
+          b.type = "button"; b.className = "danger small"; b.textContent = "Cancel";
+          b.dataset.action = "cancel"; b.dataset.focusKey = `cancel-${job.id}`;
+          b.setAttribute("aria-label", `Cancel job ${job.id.slice(0, 8)} of ${job.owner_name}`);
+          b.addEventListener("click", () => act(job, "cancel", b));
+          actions.append(b);
+        }
+        if (["failed", "cancelled"].includes(job.state)) {
+          const b = document.createElement("button");
+          b.type = "button"; b.className = "secondary small"; b.textContent = "Retry";
+          b.dataset.action = "retry"; b.dataset.focusKey = `retry-${job.id}`;
+          b.setAttribute("aria-label", `Retry job ${job.id.slice(0, 8)} of ${job.owner_name}`);
+          b.addEventListener("click", () => act(job, "retry", b));
+          actions.append(b);
+        }
+        tbody.append(tr);
+      }
+      if (focusedId) {
+        const again = $(`[data-focus-key="${focusedId}"]`, tbody);
+        if (again) again.focus();
+      }
+    }
+
+    function renderOverview(ov) {
+      if (ov.queue_depths) kv($("#queue-depths"), Object.entries(ov.queue_depths));
+      showError($("#queue-error"), ov.queue_error || "");
+      kv($("#job-counts"), Object.entries(ov.job_counts));
+      const wb = $("#workers tbody");
+      wb.replaceChildren();
+      if (!ov.workers_online.length) {
+        const tr = document.createElement("tr");
+        cell(tr, "No workers online.", "muted").colSpan = 5;
+        wb.append(tr);
+      }
+      for (const w of ov.workers_online) {
+        const tr = document.createElement("tr");
+        cell(tr, w.kind);
+        cell(tr, `${w.host} / ${w.pid}`);
+        cell(tr, w.current_id ? w.current_id.slice(0, 8) : "idle", "mono");
+        cell(tr, fmtTime(w.heartbeat_at));
+        const s = w.stats || {};
+        const parts = Object.entries(s).filter(([, v]) => typeof v !== "object").map(([k, v]) => `${k} ${v}`);
+        cell(tr, parts.join(" · ") || "—", "small");
+        wb.append(tr);
+      }
+    }
+
+    async function refresh() {
+      clearTimeout(timer);
+      const params = new URLSearchParams({ limit: "200" });
+      if (stateSel.value) params.set("state", stateSel.value);
+      if (userSel.value) params.set("user", userSel.value);
+      try {
+        const [jobs, ov] = await Promise.all([
+          api("GET", `/v1/admin/jobs?${params}`), api("GET", "/v1/admin/overview"),
+        ]);
+        renderJobs(jobs);
+        renderOverview(ov);
+        $("#admin-updated").textContent = new Date().toLocaleTimeString();
+      } catch (err) {
+        showError(errorEl, err.message);
+      }
+      timer = setTimeout(refresh, ADMIN_POLL_MS);
+    }
+
+    stateSel.addEventListener("change", refresh);
+    userSel.addEventListener("change", refresh);
+    $("#admin-filters").addEventListener("submit", (e) => { e.preventDefault(); refresh(); });
+    loadUsers();
+    refresh();
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    for (const el of $all(".job[data-job-id]")) el.jobPanel = new JobPanel(el);
+    const page = document.body.dataset.page;
+    if (page === "new-style") initNewStyle();
+    if (page === "style") initStylePage();
+    if (page === "admin") initAdmin();
+  });
+})();
