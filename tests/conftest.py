@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -232,6 +235,7 @@ def worker_settings(tmp_path: Path, sqlite_url: str, worker_tiny_dir: Path):  # 
     return Settings(
         data_dir=tmp_path / "data", database_url=sqlite_url, model=str(worker_tiny_dir), device="cpu",
         checkpoint_every=4, progress_every=2, adapter_gpu_slots=2, adapter_cpu_cache=4, generate_batch_size=8,
+        preview_steps=2,
     )
 
 
@@ -302,3 +306,108 @@ def pages_keys(pages_client) -> dict[str, str]:  # type: ignore[no-untyped-def]
             _, keys[name] = create_api_key(session, user.id)
         session.commit()
     return keys
+
+
+BROWSER_CHROMIUM = "/usr/bin/chromium"
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+BROWSER_ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+class BrowserStack:
+    """`python -m worker.cli up --model tiny` in a temp data dir, with users made by `worker.cli users create`."""
+
+    def __init__(self, tmp: Path) -> None:
+        import sys
+
+        self.tmp = tmp
+        self.port = worker_free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.python = sys.executable
+        self.log = tmp / "up.log"
+        repo = str(Path(__file__).resolve().parent.parent)
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith("STYLEDROP_") and k not in {"DATABASE_URL", "BROKER_URL"}}
+        self.env.update({
+            "PYTHONPATH": repo, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
+            "STYLEDROP_DATA_DIR": str(tmp / "data"), "STYLEDROP_DEVICE": "cpu", "STYLEDROP_PROGRESS_EVERY": "2",
+            "STYLEDROP_CHECKPOINT_EVERY": "50", "STYLEDROP_PREVIEW_STEPS": "2", "STYLEDROP_RECONCILE_EVERY": "2",
+            "STYLEDROP_RATE_LIMIT_PER_MINUTE": "10000",
+        })
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        import httpx
+
+        self.proc = subprocess.Popen(
+            [self.python, "-m", "worker.cli", "up", "--model", "tiny", "--port", str(self.port)], cwd=self.tmp,
+            env=self.env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"`worker.cli up` exited early:\n{self.logs()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        pytest.fail(f"the service did not come up:\n{self.logs()}")
+
+    def create_user(self, name: str, *, admin: bool = False) -> str:
+        flags = ["--admin"] if admin else []
+        out = subprocess.run([self.python, "-m", "worker.cli", "users", "create", name, *flags],
+                             cwd=self.tmp, env=self.env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip().splitlines()[-1]
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")[-6000:] if self.log.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def browser_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserStack]:
+    """The real service (API + train and generate workers, tiny model, embedded SQLite and broker)."""
+    stack = BrowserStack(tmp_path_factory.mktemp("browser-stack"))
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def browser_keys(browser_stack: BrowserStack) -> dict[str, str]:
+    return {name: browser_stack.create_user(name, admin=name == "admin") for name in ("admin", "alice", "bob")}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Debian's Chromium, headless, driven by Playwright. Fails (never skips) when it cannot be started."""
+    if not Path(BROWSER_CHROMIUM).exists():
+        pytest.fail(f"{BROWSER_CHROMIUM} is missing: run ./scripts/setup (apt-get install chromium); "
+                    "never `playwright install`")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:  # pragma: no cover - environment problem
+        pytest.fail("the playwright package is missing: pip install -e '.[test]'")
+    with sync_playwright() as p:
+        try:
+            chromium = p.chromium.launch(executable_path=BROWSER_CHROMIUM, args=BROWSER_ARGS)
+        except Exception as exc:  # pragma: no cover - environment problem
+            pytest.fail(f"Chromium at {BROWSER_CHROMIUM} did not start: {exc}")
+        try:
+            yield chromium
+        finally:
+            chromium.close()
