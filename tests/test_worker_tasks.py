@@ -18,11 +18,6 @@ from worker.reconciler import reconcile_once
 from worker.runtime import Runtime, beat_once
 
 
-@pytest.fixture(autouse=True)
-def _short_previews(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tasks, "PREVIEW_STEPS", 2)
-
-
 def _job(rt: Runtime, *, steps: int = 12, seed: int = 3, color: tuple[int, int, int] = (200, 40, 40),
          owner: str | None = None, **kw: Any) -> str:
     data = worker_style_png(color)
