@@ -98,7 +98,7 @@ class _Row:
 
     def __post_init__(self) -> None:
         t0, t1 = self.req.temperature
-        self.temperatures = torch.linspace(t0, t1, self.req.steps)
+        self.temperatures = torch.linspace(t0, t1, self.req.steps, device=self.tokens.device)
 
     @property
     def done(self) -> bool:
@@ -115,21 +115,24 @@ def _prepare_rows(parts: AmusedParts, requests: Sequence[GenerationRequest], hei
     f = parts.vae_scale_factor
     h, w = height // f, width // f
     mask_id = parts.mask_token_id
+    # Row state and random numbers live on the model's device: on a GPU, sampling 8192-way categoricals on the CPU
+    # would copy every row's probabilities (8 MB at 256 px) back each step. On the CPU this is diffusers' setup.
+    dev = parts.device
     rows: list[_Row] = []
     for req in requests:
         req.validate()
-        g = torch.Generator().manual_seed(int(req.seed))
+        g = torch.Generator(device=dev).manual_seed(int(req.seed))
         n = req.steps
         start = n - int(n * req.strength) if req.init_image is not None else 0
         if req.init_image is None:
-            rows.append(_Row(req, g, torch.full((1, h * w), mask_id, dtype=torch.long), 0, "cosine", 1.0))
+            rows.append(_Row(req, g, torch.full((1, h * w), mask_id, dtype=torch.long, device=dev), 0, "cosine", 1.0))
             continue
         pixels = pil_to_tensor(resize_exact(req.init_image.convert("RGB"), (width, height)))[None]
-        codes = encode_tokens(parts, pixels).reshape(1, h * w).cpu()  # (1, h, w) -> (1, seq)
+        codes = encode_tokens(parts, pixels).reshape(1, h * w).to(dev)  # (1, h, w) -> (1, seq)
         if req.mask is not None:
             # Inpainting: the mask is resized to the token grid (Lanczos) and binarised at 0.5, as diffusers does.
             m = resize_exact(req.mask.convert("L"), (w, h))
-            mask = (pil_to_tensor(m.convert("RGB"))[0] >= 0.5).reshape(1, h * w)
+            mask = (pil_to_tensor(m.convert("RGB"))[0] >= 0.5).reshape(1, h * w).to(dev)
             if not bool(mask.any()):
                 raise SamplingError("mask selects no region to repaint (it is black at token resolution)")
             codes[mask] = mask_id
@@ -137,8 +140,8 @@ def _prepare_rows(parts: AmusedParts, requests: Sequence[GenerationRequest], hei
             rows.append(_Row(req, g, codes, start, "linear", start_ratio))
         else:
             # Image-to-image: mask each token with probability cos(start/N · π/2): 1.0 at strength 1.
-            ratio = torch.tensor([[start]]) / n
-            noise_mask = torch.rand((1, h, w), generator=g) < _mask_ratio("cosine", ratio)
+            ratio = torch.tensor([[start]], device=dev) / n
+            noise_mask = torch.rand((1, h, w), generator=g, device=dev) < _mask_ratio("cosine", ratio)
             codes = codes.reshape(1, h, w).clone()  # (1, seq) -> (1, h, w)
             codes[noise_mask] = mask_id
             rows.append(_Row(req, g, codes.reshape(1, h * w), start, "cosine", 1.0))
@@ -154,7 +157,7 @@ def _step_row(row: _Row, logits: torch.Tensor, mask_id: int) -> None:
     unknown = sample == mask_id
     probs = logits.softmax(dim=-1)
     probs_ = probs.float() if probs.dtype != torch.float32 else probs  # multinomial has no CPU half kernel
-    chosen = torch.multinomial(probs_.cpu().reshape(-1, c), 1, generator=row.generator).to(probs.device)
+    chosen = torch.multinomial(probs_.reshape(-1, c), 1, generator=row.generator)
     chosen = chosen[:, 0].view(*probs.shape[:-1])
     chosen = torch.where(unknown, chosen, sample)
     n = row.req.steps
@@ -162,10 +165,11 @@ def _step_row(row: _Row, logits: torch.Tensor, mask_id: int) -> None:
         row.tokens = chosen
         return
     seq_len = sample.shape[1]
-    ratio = torch.tensor([[row.step]]) .add(1) / n  # float32, like the scheduler's (step_idx + 1) / N
+    dev = sample.device
+    ratio = torch.tensor([[row.step]], device=dev).add(1) / n  # float32, like the scheduler's (step_idx + 1) / N
     mask_len = (seq_len * (row.start_ratio * _mask_ratio(row.schedule, ratio))).floor()
     mask_len = torch.min(unknown.sum(dim=-1, keepdim=True) - 1, mask_len)  # never re-mask more than before
-    mask_len = torch.max(torch.tensor([1]), mask_len)  # always mask at least one
+    mask_len = torch.max(torch.tensor([1], device=dev), mask_len)  # always mask at least one
     selected = torch.gather(probs, -1, chosen[:, :, None])[:, :, 0]
     selected = torch.where(unknown, selected, torch.finfo(selected.dtype).max)  # known tokens stay
     temperature = row.temperatures[row.step].reshape(1, 1)
