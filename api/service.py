@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api import queue
-from api.errors import Conflict, Gone, Invalid, NotFound, TooLarge, UnsupportedMedia
+from api.errors import Conflict, Gone, Invalid, NotFound, RateLimited, TooLarge, UnsupportedMedia
 from api.schemas import (
     MAX_SEED,
     AdapterPublic,
@@ -181,6 +181,33 @@ def _send_job(session: Session, job_id: str, settings: Settings) -> None:
     session.commit()
 
 
+ACTIVE_JOB_STATES = ("queued", "running", "cancelling")
+DEFAULT_JOB_RETRY_AFTER = 30
+
+
+def _check_job_cap(session: Session, settings: Settings, owner: User, *, lock: bool) -> None:
+    """429 with Retry-After when `owner` already has `max_concurrent_jobs_per_user` unfinished training jobs.
+
+    `lock=True` takes the owner's row lock first (PostgreSQL `SELECT ... FOR UPDATE`; a no-op on SQLite, whose
+    writers are serialised anyway), so two concurrent uploads of one user cannot both pass the count.
+    """
+    if lock:
+        session.execute(select(User.id).where(User.id == owner.id).with_for_update())
+    active = session.execute(
+        select(func.count(), func.min(TrainingJob.eta_seconds))
+        .where(TrainingJob.owner_id == owner.id, TrainingJob.state.in_(ACTIVE_JOB_STATES))
+    ).one()
+    cap = settings.max_concurrent_jobs_per_user
+    if int(active[0]) >= cap:
+        eta = active[1]
+        retry = int(min(max(eta if eta is not None else DEFAULT_JOB_RETRY_AFTER, 5), 3600))
+        raise RateLimited(
+            f"you already have {int(active[0])} unfinished training jobs (the limit is {cap}); "
+            f"retry when one finishes (about {retry} s), or cancel one",
+            code="too_many_jobs", headers={"Retry-After": str(retry)},
+        )
+
+
 def create_style(
     *,
     session: Session,
@@ -212,6 +239,7 @@ def create_style(
         replay = _idempotent_replay(session, owner.id, idempotency_key, request_hash)
         if replay is not None:
             return replay
+    _check_job_cap(session, settings, owner, lock=False)  # cheap early answer: nothing decoded or stored yet
 
     normalized = _normalize(image, settings=settings, what="image")
     key = content_key("styles", normalized.sha256, "png")
@@ -223,6 +251,7 @@ def create_style(
         owner_id=owner.id, image_key=key, image_sha256=normalized.sha256, image_bytes=len(normalized.png_bytes),
         width=normalized.width, height=normalized.height, descriptor=descriptor, content=content,
     )
+    _check_job_cap(session, settings, owner, lock=True)  # again under the owner's row lock, just before insert
     session.add(style)
     session.flush()
     job = TrainingJob(
