@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query, Response, status
 
 from api import service
 from api.deps import BlobsDep, CurrentUser, SessionDep
-from api.schemas import AdapterPublic
+from api.schemas import MAX_OFFSET, AdapterPublic
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 
@@ -16,7 +16,7 @@ def list_adapters(
     user: CurrentUser,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[AdapterPublic]:
     return [service.adapter_public(a) for a in service.list_adapters(session=session, owner=user, limit=limit,
                                                                       offset=offset)]

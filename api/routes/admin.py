@@ -7,7 +7,15 @@ from fastapi import APIRouter, Query, status
 from api import admin, service
 from api.deps import AdminUser, SessionDep, SettingsDep
 from api.routes.jobs import StateFilter
-from api.schemas import AdminJobPublic, ApiKeyCreatedPublic, OverviewPublic, UserCreate, UserCreatedPublic, UserPublic
+from api.schemas import (
+    MAX_OFFSET,
+    AdminJobPublic,
+    ApiKeyCreatedPublic,
+    OverviewPublic,
+    UserCreate,
+    UserCreatedPublic,
+    UserPublic,
+)
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
@@ -19,7 +27,7 @@ def list_jobs(
     state: StateFilter = None,
     user: Annotated[str | None, Query(description="A user name or id.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[AdminJobPublic]:
     """Every user's jobs, newest first."""
     return admin.list_jobs(session=session, state=state, user=user, limit=limit, offset=offset)

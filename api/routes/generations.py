@@ -14,7 +14,7 @@ from starlette.datastructures import UploadFile
 from api import service
 from api.deps import BlobsDep, CurrentUser, RateLimitedUser, SessionDep, SessionFactoryDep, SettingsDep
 from api.errors import Invalid, UnsupportedMedia
-from api.schemas import GenerationCreate, GenerationPublic
+from api.schemas import MAX_OFFSET, GenerationCreate, GenerationPublic
 from storage.blobs import BlobStore
 from storage.models import Generation, User
 from storage.settings import Settings
@@ -143,7 +143,7 @@ def list_generations(
     user: CurrentUser,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[GenerationPublic]:
     gens = service.list_generations(session=session, owner=user, limit=limit, offset=offset)
     return [service.generation_public(g) for g in gens]

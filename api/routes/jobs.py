@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api import service
 from api.deps import BlobsDep, CurrentUser, SessionDep, SessionFactoryDep
-from api.schemas import JobEventPublic, JobPublic
+from api.schemas import MAX_OFFSET, JobEventPublic, JobPublic
 from storage import jobs as jobstore
 from storage.models import JOB_STATES, JobEvent, TrainingJob
 
@@ -39,7 +39,7 @@ def list_jobs(
     session: SessionDep,
     state: StateFilter = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[JobPublic]:
     """Your jobs, newest first."""
     jobs = service.list_jobs(session=session, owner=user, state=state, limit=limit, offset=offset)
@@ -98,7 +98,7 @@ def job_events(
     user: CurrentUser,
     session: SessionDep,
     factory: SessionFactoryDep,
-    after: Annotated[int, Query(ge=0, description="Only events with a larger id.")] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Only events with a larger id.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> list[JobEventPublic] | StreamingResponse:
@@ -107,7 +107,7 @@ def job_events(
     event once the job is final."""
     service.get_job(session=session, owner=user, job_id=job_id)
     if last_event_id is not None and last_event_id.strip().isdigit():
-        after = max(after, int(last_event_id.strip()))
+        after = max(after, min(int(last_event_id.strip()), MAX_OFFSET))
     if "text/event-stream" in request.headers.get("accept", ""):
         return StreamingResponse(
             _stream(factory, request, job_id, after),

@@ -6,7 +6,7 @@ from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile, 
 
 from api import service
 from api.deps import BlobsDep, CurrentUser, RateLimitedUser, SessionDep, SettingsDep
-from api.schemas import StyleCreatedPublic, StylePublic
+from api.schemas import MAX_OFFSET, StyleCreatedPublic, StylePublic
 
 router = APIRouter(prefix="/v1/styles", tags=["styles"])
 
@@ -46,7 +46,7 @@ def list_styles(
     user: CurrentUser,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[StylePublic]:
     rows = service.list_styles(session=session, owner=user, limit=limit, offset=offset)
     return [service.style_public(style, job_id) for style, job_id in rows]
