@@ -149,10 +149,11 @@ def runtimes() -> list[Runtime]:
 
 
 def beat_once(rt: Runtime) -> None:
-    """Upsert this process's `workers` row; bump the heartbeat of the training job it runs."""
+    """Upsert this process's `workers` row; bump the heartbeat of the training job or generations it runs (else
+    the reconciler would take a batch that runs longer than heartbeat_stale_seconds away from a live worker)."""
     from sqlalchemy import update
 
-    from storage.models import TrainingJob, Worker, utcnow
+    from storage.models import Generation, TrainingJob, Worker, utcnow
 
     now = utcnow()
     with rt.session_factory() as s:
@@ -172,11 +173,20 @@ def beat_once(rt: Runtime) -> None:
                        TrainingJob.state.in_(("running", "cancelling")))
                 .values(heartbeat_at=now)
             )
+        if current is not None and rt.kind == "generate":
+            s.execute(
+                update(Generation)
+                .where(Generation.worker_host == rt.host, Generation.state == "running")
+                .values(heartbeat_at=now)
+            )
         s.commit()
 
 
-def start_heartbeat(rt: Runtime, every: float = 5.0) -> tuple[threading.Event, threading.Thread]:
-    """Beat now, then every `every` seconds from a daemon thread until the returned event is set."""
+def start_heartbeat(rt: Runtime, every: float | None = None) -> tuple[threading.Event, threading.Thread]:
+    """Beat now, then every `every` seconds (default: 5 s, or a third of heartbeat_stale_seconds when that is
+    shorter) from a daemon thread until the returned event is set."""
+    if every is None:
+        every = min(5.0, max(0.5, rt.settings.heartbeat_stale_seconds / 3))
     stop = threading.Event()
 
     def loop() -> None:
