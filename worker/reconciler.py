@@ -4,7 +4,10 @@
   it must be lost, are sent again (a duplicate message is harmless: the task finds the row taken and returns);
 - `running` jobs/generations whose heartbeat is stale (worker killed) go back to `queued` and are re-sent; the
   train task then resumes from the last checkpoint;
-- those already at `max_attempts` end `failed` instead of looping; a stale `cancelling` job ends `cancelled`.
+- those already at `max_attempts` end `failed` instead of looping; a stale `cancelling` job ends `cancelled`;
+- when the broker holds fewer messages in a queue than the database has rows waiting on it (a Redis restart
+  without persistence, a flushed queue), every waiting row sent before the grace period is sent again at once,
+  instead of after `visibility_timeout`.
 
 Run it in a thread inside `styledrop up`, or as `styledrop reconcile [--once]`.
 """
@@ -16,16 +19,19 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import jobs
+from storage.broker import GENERATE_QUEUE, TRAIN_QUEUE
 from storage.models import utcnow
 from storage.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 Sender = Callable[[str], str | None]  # id -> Celery task id (or None); raises when the broker is unreachable
+Depths = Callable[[], dict[str, int]]  # messages waiting per queue in the broker; raises when unreachable
 
 GENERATION_RESEND_MIN_SECONDS = 300.0
 
@@ -89,8 +95,10 @@ def reconcile_once(
     send_generate: Sender,
     *,
     unsent_grace: timedelta | None = None,
+    depths: Depths | None = None,
 ) -> ReconcileReport:
-    """One pass. `unsent_grace`: how long a queued row may wait for its first send (default reconcile_every)."""
+    """One pass. `unsent_grace`: how long a queued row may wait for its first send (default reconcile_every).
+    `depths`: the broker's queue lengths, to notice lost messages (None: only the time-based re-send)."""
     report = ReconcileReport()
     grace = unsent_grace if unsent_grace is not None else timedelta(seconds=max(settings.reconcile_every, 1.0))
     job_resend = timedelta(seconds=settings.visibility_timeout)
@@ -98,11 +106,16 @@ def reconcile_once(
     now = utcnow()
     with session_factory() as session:
         resend_jobs, resend_gens = _repair_stale(session, settings, report)
-        for job in jobs.queued_jobs_without_recent_send(session, grace):
-            if job.id not in resend_jobs and (job.sent_at is None or job.sent_at < now - job_resend):
+        waiting_jobs = list(jobs.queued_jobs_without_recent_send(session, grace, limit=1000))
+        waiting_gens = list(jobs.queued_generations_without_recent_send(session, grace, limit=1000))
+        lost = _lost_queues(depths, {TRAIN_QUEUE: waiting_jobs, GENERATE_QUEUE: waiting_gens})
+        for job in waiting_jobs:
+            if job.id not in resend_jobs and (job.sent_at is None or job.sent_at < now - job_resend
+                                              or TRAIN_QUEUE in lost):
                 resend_jobs.append(job.id)
-        for gen in jobs.queued_generations_without_recent_send(session, grace):
-            if gen.id not in resend_gens and (gen.sent_at is None or gen.sent_at < now - gen_resend):
+        for gen in waiting_gens:
+            if gen.id not in resend_gens and (gen.sent_at is None or gen.sent_at < now - gen_resend
+                                              or GENERATE_QUEUE in lost):
                 resend_gens.append(gen.id)
         for ids, send, mark, sent in (
             (resend_jobs, send_train, jobs.mark_job_sent, report.sent_jobs),
@@ -121,6 +134,31 @@ def reconcile_once(
     if report.changed:
         logger.info("reconciled: %s", report)
     return report
+
+
+def _lost_queues(depths: Depths | None, waiting: dict[str, list[Any]]) -> set[str]:
+    """Queues whose broker holds fewer messages than there are rows that were sent and still wait on them."""
+    if depths is None:
+        return set()
+    try:
+        in_broker = depths()
+    except Exception as exc:
+        logger.warning("could not read queue depths: %s", exc)
+        return set()
+    lost = set()
+    for queue, rows in waiting.items():
+        sent = sum(1 for row in rows if row.sent_at is not None)
+        if sent and in_broker.get(queue, 0) < sent:
+            logger.warning("queue %s holds %d messages but %d sent rows wait on it: re-sending them",
+                           queue, in_broker.get(queue, 0), sent)
+            lost.add(queue)
+    return lost
+
+
+def broker_depths(settings: Settings) -> Depths:
+    from storage.broker import queue_depths
+
+    return lambda: queue_depths(settings)
 
 
 def celery_senders() -> tuple[Sender, Sender]:
@@ -145,7 +183,7 @@ def run_forever(
     send_train, send_generate = senders or celery_senders()
     while not stop.is_set():
         try:
-            reconcile_once(session_factory, settings, send_train, send_generate)
+            reconcile_once(session_factory, settings, send_train, send_generate, depths=broker_depths(settings))
         except Exception:
             logger.exception("reconcile pass failed")
         stop.wait(settings.reconcile_every)
