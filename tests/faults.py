@@ -1,0 +1,170 @@
+"""Helpers for the fault tests (tests/test_faults_*.py): a private redis-server, the real stack as processes,
+and direct reads of the job tables. Not a test module."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import create_engine, text
+
+from tests.conftest import worker_free_port, worker_style_png
+from tests.test_e2e_service import Stack, _env, _wait_http
+
+FINAL = {"succeeded", "failed", "cancelled"}
+
+
+class RedisServer:
+    """Our own throwaway redis-server (never the shared one on 6379): stop and start it at will."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = worker_free_port()
+        self.tmp = tmp
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import redis
+
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            cwd=self.tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                redis.Redis(port=self.port, socket_connect_timeout=0.5).ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+def fault_env(tmp: Path, db_url: str, broker_url: str, **extra: str) -> dict[str, str]:
+    settings = {
+        "DATABASE_URL": db_url, "BROKER_URL": broker_url, "STYLEDROP_HEARTBEAT_STALE_SECONDS": "4",
+        "STYLEDROP_RECONCILE_EVERY": "1", "STYLEDROP_CHECKPOINT_EVERY": "2", "STYLEDROP_PROGRESS_EVERY": "1",
+        "STYLEDROP_MAX_JOB_ATTEMPTS": "3", "STYLEDROP_MAX_CONCURRENT_JOBS_PER_USER": "20",
+        "STYLEDROP_PREVIEW_PROMPTS": '["a cat"]',
+    }
+    return _env(tmp / "data", **{**settings, **extra})
+
+
+@contextmanager
+def running_stack(tmp: Path, env: dict[str, str], *, api: bool = True) -> Iterator[tuple[Stack, httpx.Client]]:
+    stack = Stack(tmp, env)
+    port = worker_free_port()
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    try:
+        if api:
+            stack.spawn("api", "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port))
+            _wait_http(client, stack)
+        yield stack, client
+    finally:
+        client.close()
+        for proc, _ in stack.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def spawn_worker(stack: Stack, queue: str, n: int = 0) -> subprocess.Popen[bytes]:
+    return stack.spawn(f"{queue}{n}", "-m", "worker.cli", "worker", "--queue", queue)
+
+
+def spawn_reconciler(stack: Stack, n: int = 0) -> subprocess.Popen[bytes]:
+    return stack.spawn(f"reconcile{n}", "-m", "worker.cli", "reconcile")
+
+
+def kill(proc: subprocess.Popen[bytes]) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+class Db:
+    def __init__(self, url: str) -> None:
+        self.engine = create_engine(url, pool_pre_ping=True)
+
+    def rows(self, sql: str, **params: Any) -> list[Any]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(text(sql), params))
+
+    def one(self, sql: str, **params: Any) -> Any:
+        (row,) = self.rows(sql, **params)
+        return row
+
+    def job(self, job_id: str) -> Any:
+        return self.one("SELECT * FROM training_jobs WHERE id = :i", i=job_id)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def wait_for(what: str, predicate: Callable[[], Any], stack: Stack, timeout: float = 120,
+             every: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}\n{stack.logs()}")
+
+
+def post_style(client: httpx.Client, key: str, steps: int, color: tuple[int, int, int] = (200, 40, 40),
+               **headers: str) -> httpx.Response:
+    return client.post("/v1/styles", headers={"Authorization": f"Bearer {key}", **headers},
+                       files={"image": ("s.png", worker_style_png(color), "image/png")},
+                       data={"descriptor": "stripes", "steps": str(steps), "seed": "1"})
+
+
+def make_user(stack: Stack, name: str) -> str:
+    return stack.cli("users", "create", name).strip().splitlines()[-1]
+
+
+def assert_all_final_one_adapter_each(db: Db) -> None:
+    """Every job and generation is final; every succeeded job has exactly one adapter, the others none."""
+    assert db.rows("SELECT id, state FROM training_jobs WHERE state NOT IN "
+                   "('succeeded','failed','cancelled')") == []
+    assert db.rows("SELECT id, state FROM generations WHERE state NOT IN ('succeeded','failed')") == []
+    for job_id, state, n in db.rows(
+        "SELECT j.id, j.state, count(a.id) FROM training_jobs j LEFT JOIN adapters a ON a.job_id = j.id "
+        "GROUP BY j.id, j.state"
+    ):
+        assert n == (1 if state == "succeeded" else 0), (job_id, state, n)
+
+
+def progress_steps(db: Db, job_id: str) -> list[tuple[int, str]]:
+    """(event id, 'state:<to>' or 'progress:<step>') for the job, oldest first."""
+    import json
+
+    out = []
+    for eid, kind, payload in db.rows(
+        "SELECT id, kind, payload FROM job_events WHERE job_id = :i ORDER BY id", i=job_id
+    ):
+        p = payload if isinstance(payload, dict) else json.loads(payload)
+        if kind == "state":
+            out.append((eid, f"state:{p['to']}"))
+        elif kind == "progress":
+            out.append((eid, f"progress:{p['step']}"))
+    return out
+
+
+__all__ = ["sys"]
