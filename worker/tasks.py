@@ -15,6 +15,7 @@ from collections.abc import MutableMapping
 from datetime import timedelta
 from typing import Any
 
+import torch
 from PIL import Image, UnidentifiedImageError
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -258,12 +259,15 @@ def _train(rt: Runtime, job: TrainingJob, log: IdLogger) -> str:
         log.info("stopped at step %d (%s)", result.step, "cancelled" if ok else "no longer ours")
         return "cancelled" if ok else "stopped"
 
-    adapter_id = _store_adapter(rt, job, result.adapter, log)
+    # Stored in fp16 (10.5 MB instead of 21 MB at amused-256 size); previews use the stored copy, so they show
+    # exactly what later generations with this adapter will produce.
+    stored = trainer.adapter_from_bytes(trainer.adapter_to_bytes(result.adapter, dtype=torch.float16))
+    adapter_id = _store_adapter(rt, job, stored, log)
     with rt.session_factory() as s:
         s.execute(update(TrainingJob).where(*mine).values(step=result.step, heartbeat_at=utcnow()))
         s.commit()
     try:
-        _render_previews(rt, job_id, adapter_id, result.adapter, descriptor, config.seed, log)
+        _render_previews(rt, job_id, adapter_id, stored, descriptor, config.seed, log)
     except TRANSIENT:
         raise
     except Exception:  # previews are a courtesy; never fail a trained job over them
@@ -281,7 +285,7 @@ def _train(rt: Runtime, job: TrainingJob, log: IdLogger) -> str:
 
 def _store_adapter(rt: Runtime, job: TrainingJob, adapter: trainer.Adapter, log: IdLogger) -> str:
     """Write the adapter file and its row; exactly one row per job (a rerun reuses the existing one)."""
-    data = trainer.adapter_to_bytes(adapter)
+    data = trainer.adapter_to_bytes(adapter)  # keeps the tensors' dtype (fp16 from run_train)
     sha = sha256_hex(data)
     key = content_key("adapters", sha, "safetensors")
     with rt.session_factory() as s:
