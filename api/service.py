@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, BinaryIO, Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -188,11 +188,11 @@ DEFAULT_JOB_RETRY_AFTER = 30
 def _check_job_cap(session: Session, settings: Settings, owner: User, *, lock: bool) -> None:
     """429 with Retry-After when `owner` already has `max_concurrent_jobs_per_user` unfinished training jobs.
 
-    `lock=True` takes the owner's row lock first (PostgreSQL `SELECT ... FOR UPDATE`; a no-op on SQLite, whose
-    writers are serialised anyway), so two concurrent uploads of one user cannot both pass the count.
+    `lock=True` first writes the owner's row (a no-op UPDATE): PostgreSQL then holds that row's lock, SQLite its
+    write lock, until the commit, so two concurrent uploads of one user cannot both pass the count.
     """
     if lock:
-        session.execute(select(User.id).where(User.id == owner.id).with_for_update())
+        session.execute(update(User).where(User.id == owner.id).values(name=User.name))
     active = session.execute(
         select(func.count(), func.min(TrainingJob.eta_seconds))
         .where(TrainingJob.owner_id == owner.id, TrainingJob.state.in_(ACTIVE_JOB_STATES))
