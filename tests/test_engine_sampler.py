@@ -149,3 +149,14 @@ def test_mask_size_must_match_init_image(engine_parts: AmusedParts, init_image: 
         sample(engine_parts, [GenerationRequest("a cat", init_image=init_image, mask=Image.new("L", (128, 128)))])
     with pytest.raises(SamplingError, match="no region"):
         sample(engine_parts, [GenerationRequest("a cat", init_image=init_image, mask=Image.new("L", (256, 256)))])
+
+
+def test_512_layout_tokens_equal_amused_pipeline(engine_tiny_dir) -> None:  # type: ignore[no-untyped-def]
+    from trainer.model import load_base
+
+    parts = load_base("tiny-512", tiny_dir=engine_tiny_dir)  # amused-512's layout: 32x32 tokens, U-ViT down/up
+    assert parts.resolution == 512
+    ref = pipeline(AmusedPipeline, parts)(prompt="a cat", generator=torch.Generator().manual_seed(0),
+                                           num_inference_steps=6, output_type="latent").images[0]
+    (ours,) = tokens(parts, GenerationRequest("a cat", seed=0, steps=6))
+    assert ours.shape == (32, 32) and torch.equal(ours, ref)

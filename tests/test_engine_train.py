@@ -124,3 +124,16 @@ def test_gpu_only_options_and_bad_steps_are_clear_errors_on_cpu(engine_parts: Am
 def test_corrupt_checkpoint_is_refused() -> None:
     with pytest.raises(CheckpointError):
         Checkpoint.from_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
+
+
+def test_512_recipe_uses_lr_1e3_and_alpha_1(engine_tiny_dir, engine_style_image: Image.Image) -> None:  # type: ignore[no-untyped-def]
+    from trainer.model import load_base
+
+    parts = load_base("tiny-512", tiny_dir=engine_tiny_dir)
+    seen: list[Progress] = []
+    result = train_style(parts, [engine_style_image], descriptor="stripes", config=TrainConfig(steps=2),
+                         on_progress=seen.append)
+    assert result.adapter is not None
+    assert (result.adapter.meta.rank, result.adapter.meta.alpha) == (16, 1.0)
+    assert seen[-1].learning_rate == 1e-3
+    assert result.adapter.meta.base_model == "tiny-512"

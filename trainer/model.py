@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 # Preset name -> hub id. Anything else is a hub id or a local directory.
 PRESETS = {"amused-256": "amused/amused-256", "amused-512": "amused/amused-512"}
 TINY = "tiny"
+TINY_512 = "tiny-512"  # the tiny preset with amused-512's layout: 512 px -> 32x32 tokens, U-ViT down/up-samples
 TINY_VERSION = "2"  # bump when build_tiny changes, so cached copies are rebuilt
 
 
@@ -80,6 +81,9 @@ def resolve_source(model: str, *, tiny_dir: str | os.PathLike[str] | None = None
     """Map a preset name to what `from_pretrained` takes: a hub id or a local directory."""
     if model == TINY:
         return str(ensure_tiny(tiny_dir))
+    if model == TINY_512:
+        d = Path(tiny_dir).with_name(Path(tiny_dir).name + "-512") if tiny_dir is not None else None
+        return str(ensure_tiny(d, resolution=512))
     return PRESETS.get(model, model)
 
 
@@ -169,8 +173,15 @@ def _tiny_tokenizer() -> CLIPTokenizer:
     return tok
 
 
-def build_tiny(seed: int = 0) -> AmusedParts:
-    """A random aMUSEd with the real classes and the real token grid (256 px -> 16x16 tokens), tiny widths."""
+def build_tiny(seed: int = 0, resolution: int = 256) -> AmusedParts:
+    """A random aMUSEd with the real classes and the real token grids, tiny widths.
+
+    resolution 256 mirrors amused-256 (256 px -> 16x16 tokens); 512 mirrors amused-512 (512 px -> 32x32 tokens,
+    which the U-ViT down-samples to 16x16 and up-samples back).
+    """
+    if resolution not in (256, 512):
+        raise ValueError(f"tiny resolution must be 256 or 512, got {resolution}")
+    is_512 = resolution == 512
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
@@ -206,7 +217,7 @@ def build_tiny(seed: int = 0) -> AmusedParts:
             mid_block_add_attention=False,
             lookup_from_codebook=True,
             force_upcast=True,
-            sample_size=256,
+            sample_size=resolution,
         )
         codebook = 64
         # vocab = codebook + mask, padded like the real 8192 + 64 = 8256; the mask id is the last one (8255).
@@ -223,8 +234,8 @@ def build_tiny(seed: int = 0) -> AmusedParts:
             in_channels=16,
             block_out_channels=32,
             num_res_blocks=1,
-            downsample=False,
-            upsample=False,
+            downsample=is_512,
+            upsample=is_512,
             block_num_heads=2,
             num_hidden_layers=2,
             num_attention_heads=2,
@@ -232,7 +243,7 @@ def build_tiny(seed: int = 0) -> AmusedParts:
             intermediate_size=64,
             layer_norm_eps=1e-6,
             ln_elementwise_affine=True,
-            sample_size=16,
+            sample_size=resolution // 16,
         )
         # A trained aMUSEd separates code logits by tens of nats; a fresh init's output layer (LayerNorm over 16
         # channels, then a 1x1 conv at Kaiming scale) can only spread them by a few, which would cap how much any
@@ -250,21 +261,22 @@ def build_tiny(seed: int = 0) -> AmusedParts:
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         mask_token_id=codebook + 8 - 1,
-        model_id=TINY,
+        model_id=TINY if not is_512 else TINY_512,
     )
 
 
-def default_tiny_dir() -> Path:
-    return Path.home() / ".cache" / "styledrop" / f"tiny-v{TINY_VERSION}"
+def default_tiny_dir(resolution: int = 256) -> Path:
+    suffix = "" if resolution == 256 else f"-{resolution}"
+    return Path.home() / ".cache" / "styledrop" / f"tiny{suffix}-v{TINY_VERSION}"
 
 
-def ensure_tiny(directory: str | os.PathLike[str] | None = None) -> Path:
+def ensure_tiny(directory: str | os.PathLike[str] | None = None, resolution: int = 256) -> Path:
     """Build the tiny preset and save it with `save_pretrained`, once; return its directory."""
-    d = Path(directory) if directory is not None else default_tiny_dir()
+    d = Path(directory) if directory is not None else default_tiny_dir(resolution)
     marker = d / ".complete"
     if not marker.exists():
         tmp = d.with_name(d.name + f".tmp-{os.getpid()}")
-        build_tiny().save_pretrained(tmp)
+        build_tiny(resolution=resolution).save_pretrained(tmp)
         (tmp / ".complete").write_text(TINY_VERSION)
         d.parent.mkdir(parents=True, exist_ok=True)
         try:
