@@ -516,9 +516,8 @@ def create_generation(
     except Exception as exc:
         logger.warning("could not send generation %s (the reconciler will re-send): %s", gen.id, exc)
         return gen
-    jobstore.mark_generation_sent(session, gen.id, task_id)
+    jobstore.mark_generation_sent(session, gen.id, task_id)  # also updates `gen` in place: no re-read
     session.commit()
-    session.refresh(gen)
     return gen
 
 

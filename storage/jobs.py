@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import CursorResult, and_, case, func, or_, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
 from storage.models import (
@@ -70,6 +71,15 @@ def _check_fields(fields: dict[str, Any], allowed: frozenset[str]) -> None:
     unknown = set(fields) - allowed
     if unknown:
         raise ValueError(f"unknown columns {sorted(unknown)}")
+
+
+def _set_loaded(session: Session, model: type[TrainingJob] | type[Generation], row_id: str,
+                values: dict[str, Any]) -> None:
+    """Mirror an UPDATE that bypassed the ORM into a loaded copy of the row, without a re-read."""
+    obj = session.identity_map.get(identity_key(model, row_id))
+    if obj is not None:
+        for key, value in values.items():
+            set_committed_value(obj, key, value)
 
 
 def _expire(session: Session, model: type[TrainingJob] | type[Generation], row_id: str) -> None:
@@ -294,7 +304,7 @@ def mark_job_sent(session: Session, job_id: str, celery_task_id: str | None = No
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    _expire(session, TrainingJob, job_id)
+    _set_loaded(session, TrainingJob, job_id, values)
 
 
 def mark_generation_sent(session: Session, generation_id: str, celery_task_id: str | None = None) -> None:
@@ -307,4 +317,4 @@ def mark_generation_sent(session: Session, generation_id: str, celery_task_id: s
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    _expire(session, Generation, generation_id)
+    _set_loaded(session, Generation, generation_id, values)

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -18,6 +19,9 @@ KEY_PREFIX = "sd_"
 _PREFIX_LEN = 8
 _SECRET_LEN = 32
 KEY_LEN = len(KEY_PREFIX) + _PREFIX_LEN + _SECRET_LEN
+
+
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 def hash_key(plaintext: str) -> str:
@@ -50,20 +54,26 @@ def revoke_api_key(session: Session, key_id: str) -> None:
 
 
 def authenticate_key(session: Session, plaintext: str) -> User | None:
-    """The enabled user owning an unrevoked key, or None. Updates `last_used_at` (caller commits)."""
+    """The enabled user owning an unrevoked key, or None. Refreshes `last_used_at` (caller commits).
+
+    One query fetches key and user together, and `last_used_at` is written at most once a minute per key: a write
+    per request would cost a commit on every API call and serialise concurrent requests on the key's row.
+    """
     if len(plaintext) != KEY_LEN or not plaintext.startswith(KEY_PREFIX):
         return None
     prefix = plaintext[len(KEY_PREFIX) : len(KEY_PREFIX) + _PREFIX_LEN]
     digest = hash_key(plaintext)
-    candidates = session.scalars(
-        select(ApiKey).where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None))
+    candidates = session.execute(
+        select(ApiKey, User).join(User, User.id == ApiKey.user_id)
+        .where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None))
     ).all()
-    for key in candidates:
+    for key, user in candidates:
         if hmac.compare_digest(key.key_hash, digest):
-            user = session.get(User, key.user_id)
-            if user is None or user.disabled:
+            if user.disabled:
                 return None
-            key.last_used_at = utcnow()
-            session.flush()
+            now = utcnow()
+            if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
+                key.last_used_at = now
+                session.flush()
             return user
     return None
