@@ -23,9 +23,24 @@ logger = logging.getLogger(__name__)
 app = Celery("styledrop", include=["worker.tasks"])
 
 
+_configuring = False
+
+
 @app.on_configure.connect
 def _configure(sender: Celery, **_: Any) -> None:
-    sender.conf.update(celery_config(get_settings()))
+    # Re-entrance guard. When `app.amqp` exists before the configuration is loaded (the standalone reconciler's
+    # first `send_task`), `conf.update` calls amqp's observer, which reads `conf.task_routes`, which loads the
+    # configuration again and fires this signal again: endless recursion (RecursionError tracebacks logged on
+    # every reconciler start). The update has already landed in the pending settings when the observer runs,
+    # so the nested call has nothing to add.
+    global _configuring
+    if _configuring:
+        return
+    _configuring = True
+    try:
+        sender.conf.update(celery_config(get_settings()))
+    finally:
+        _configuring = False
 
 
 _heartbeats: list[tuple[threading.Event, threading.Thread]] = []
