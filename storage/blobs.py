@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, cast, runtime_checkable
@@ -26,6 +27,9 @@ logger = logging.getLogger(__name__)
 KEY_RE = re.compile(r"^[a-z0-9][a-z0-9/_.-]{0,200}$")
 _PART_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
 _CHUNK = 1024 * 1024
+
+
+TEMP_MAX_AGE_SECONDS = 3600.0  # a blob write takes seconds; a temp file this old was abandoned
 
 
 class BlobIntegrityError(Exception):
@@ -79,6 +83,8 @@ class BlobStore(Protocol):
     def download_to(self, key: str, path: str | os.PathLike[str]) -> None: ...
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> None: ...
+
+    def sweep_temp_files(self, older_than: float = ...) -> int: ...
     def size(self, key: str) -> int: ...
 
 
@@ -171,6 +177,22 @@ class LocalBlobStore:
         except FileNotFoundError as exc:
             raise BlobNotFound(key) from exc
 
+    def sweep_temp_files(self, older_than: float = TEMP_MAX_AGE_SECONDS) -> int:
+        """Delete temp files left by a process killed between creating and renaming them; returns the count.
+
+        Only files older than `older_than` seconds go, so writes in progress in other processes are untouched.
+        """
+        cutoff = time.time() - older_than
+        removed = 0
+        for tmp in self.root.rglob(".tmp-*"):
+            with contextlib.suppress(FileNotFoundError):
+                if tmp.is_file() and tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+                    removed += 1
+        if removed:
+            logger.warning("removed %d abandoned temp file(s) from %s", removed, self.root)
+        return removed
+
 
 class S3BlobStore:
     """Blobs in an S3-compatible bucket (AWS, MinIO, R2, moto). Each write is a single PUT."""
@@ -261,6 +283,10 @@ class S3BlobStore:
         if head is None:
             raise BlobNotFound(key)
         return int(head["ContentLength"])
+
+    def sweep_temp_files(self, older_than: float = TEMP_MAX_AGE_SECONDS) -> int:
+        """Nothing to sweep: every S3 write is a single PUT, never a partial object."""
+        return 0
 
 
 def blob_store_from_settings(settings: Settings) -> BlobStore:

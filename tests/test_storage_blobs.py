@@ -129,3 +129,22 @@ def test_store_from_settings(tmp_path: Path, s3_endpoint: str, s3_bucket: str) -
     assert isinstance(s3, S3BlobStore)
     s3.put_bytes("x/y.bin", b"1")
     assert s3.get_bytes("x/y.bin") == b"1"
+
+
+def test_sweep_removes_only_abandoned_temp_files(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from storage.blobs import LocalBlobStore
+
+    store = LocalBlobStore(tmp_path / "blobs")
+    store.put_bytes("styles/ab/abc.png", b"done")
+    folder = tmp_path / "blobs" / "styles" / "ab"
+    old, fresh = folder / ".tmp-killed", folder / ".tmp-in-progress"
+    old.write_bytes(b"half")
+    fresh.write_bytes(b"half")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    assert store.sweep_temp_files() == 1
+    assert not old.exists() and fresh.exists()  # a write still in progress elsewhere is left alone
+    assert store.get_bytes("styles/ab/abc.png") == b"done"

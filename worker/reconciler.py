@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -24,6 +25,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import jobs
+from storage.blobs import blob_store_from_settings
 from storage.broker import GENERATE_QUEUE, TRAIN_QUEUE
 from storage.models import utcnow
 from storage.settings import Settings
@@ -34,6 +36,7 @@ Sender = Callable[[str], str | None]  # id -> Celery task id (or None); raises w
 Depths = Callable[[], dict[str, int]]  # messages waiting per queue in the broker; raises when unreachable
 
 GENERATION_RESEND_MIN_SECONDS = 300.0
+TEMP_SWEEP_EVERY_SECONDS = 3600.0
 
 
 @dataclass
@@ -181,11 +184,19 @@ def run_forever(
 ) -> None:
     """Reconcile every `settings.reconcile_every` seconds until `stop` is set; errors are logged, not raised."""
     send_train, send_generate = senders or celery_senders()
+    store = blob_store_from_settings(settings)
+    next_sweep = 0.0
     while not stop.is_set():
         try:
             reconcile_once(session_factory, settings, send_train, send_generate, depths=broker_depths(settings))
         except Exception:
             logger.exception("reconcile pass failed")
+        if time.monotonic() >= next_sweep:  # temp files of blob writes killed before their rename; hourly
+            try:
+                store.sweep_temp_files()
+            except OSError:
+                logger.exception("temp-file sweep failed")
+            next_sweep = time.monotonic() + TEMP_SWEEP_EVERY_SECONDS
         stop.wait(settings.reconcile_every)
 
 
