@@ -11,7 +11,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.errors import RateLimited, ServiceError
+from api.errors import Forbidden, RateLimited, Unauthorized
 from api.security import CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE, RateLimiter, check_csrf, unsign_session
 from storage.blobs import BlobStore
 from storage.models import ApiKey, User
@@ -21,16 +21,6 @@ from storage.users import authenticate_key
 logger = logging.getLogger(__name__)
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer sd_...`")
-
-
-class Unauthorized(ServiceError):
-    status_code = 401
-    code = "unauthorized"
-
-
-class Forbidden(ServiceError):
-    status_code = 403
-    code = "forbidden"
 
 
 def get_settings_dep(request: Request) -> Settings:
