@@ -39,7 +39,7 @@ def prepare_image(image: Image.Image, resolution: int) -> PreparedImage:
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float32 in [0, 1], the same arithmetic as diffusers' VaeImageProcessor."""
     arr = np.asarray(image.convert("RGB")).astype(np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()  # (H, W, 3) -> (3, H, W)
 
 
 def resize_exact(image: Image.Image, size: tuple[int, int]) -> Image.Image:
@@ -57,7 +57,7 @@ def encode_tokens(parts: AmusedParts, pixels: torch.Tensor) -> torch.Tensor:
     latents = vq.encode(x).latents  # (B, C, h, w)
     b, _, h, w = latents.shape
     codes = vq.quantize(latents)[2][2]  # flat (B*h*w,)
-    return codes.reshape(b, h, w)
+    return codes.reshape(b, h, w)  # (B*h*w,) -> (B, h, w)
 
 
 @torch.no_grad()
@@ -73,7 +73,7 @@ def decode_tokens(parts: AmusedParts, tokens: torch.Tensor) -> torch.Tensor:
 
 def tensor_to_pil(pixels: torch.Tensor) -> list[Image.Image]:
     """(B, 3, H, W) in [0, 1] -> PIL images (round like diffusers' numpy_to_pil)."""
-    arr = (pixels.detach().float().cpu().permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
+    arr = (pixels.detach().float().cpu().permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")  # -> (B, H, W, 3)
     return [Image.fromarray(a) for a in arr]
 
 

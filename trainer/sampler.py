@@ -132,7 +132,7 @@ def _prepare_rows(parts: AmusedParts, requests: Sequence[GenerationRequest], hei
         if req.mask is not None:
             # Inpainting: the mask is resized to the token grid (Lanczos) and binarised at 0.5, as diffusers does.
             m = resize_exact(req.mask.convert("L"), (w, h))
-            mask = (pil_to_tensor(m.convert("RGB"))[0] >= 0.5).reshape(1, h * w).to(dev)
+            mask = (pil_to_tensor(m.convert("RGB"))[0] >= 0.5).reshape(1, h * w).to(dev)  # (h, w) -> (1, seq)
             if not bool(mask.any()):
                 raise SamplingError("mask selects no region to repaint (it is black at token resolution)")
             codes[mask] = mask_id
@@ -144,7 +144,7 @@ def _prepare_rows(parts: AmusedParts, requests: Sequence[GenerationRequest], hei
             noise_mask = torch.rand((1, h, w), generator=g, device=dev) < _mask_ratio("cosine", ratio)
             codes = codes.reshape(1, h, w).clone()  # (1, seq) -> (1, h, w)
             codes[noise_mask] = mask_id
-            rows.append(_Row(req, g, codes.reshape(1, h * w), start, "cosine", 1.0))
+            rows.append(_Row(req, g, codes.reshape(1, h * w), start, "cosine", 1.0))  # (1, h, w) -> (1, seq)
     return rows
 
 
@@ -157,8 +157,8 @@ def _step_row(row: _Row, logits: torch.Tensor, mask_id: int) -> None:
     unknown = sample == mask_id
     probs = logits.softmax(dim=-1)
     probs_ = probs.float() if probs.dtype != torch.float32 else probs  # multinomial has no CPU half kernel
-    chosen = torch.multinomial(probs_.reshape(-1, c), 1, generator=row.generator)
-    chosen = chosen[:, 0].view(*probs.shape[:-1])
+    chosen = torch.multinomial(probs_.reshape(-1, c), 1, generator=row.generator)  # (seq, C) -> (seq, 1)
+    chosen = chosen[:, 0].view(*probs.shape[:-1])  # (seq,) -> (1, seq)
     chosen = torch.where(unknown, chosen, sample)
     n = row.req.steps
     if row.step == n - 1:
@@ -172,7 +172,7 @@ def _step_row(row: _Row, logits: torch.Tensor, mask_id: int) -> None:
     mask_len = torch.max(torch.tensor([1], device=dev), mask_len)  # always mask at least one
     selected = torch.gather(probs, -1, chosen[:, :, None])[:, :, 0]
     selected = torch.where(unknown, selected, torch.finfo(selected.dtype).max)  # known tokens stay
-    temperature = row.temperatures[row.step].reshape(1, 1)
+    temperature = row.temperatures[row.step].reshape(1, 1)  # () -> (1, 1), as the scheduler indexes it
     noise = torch.zeros_like(selected).uniform_(0, 1, generator=row.generator)
     gumbel = -torch.log((-torch.log(noise.clamp(1e-20))).clamp(1e-20))
     confidence = torch.log(selected.clamp(1e-20)) + temperature * gumbel

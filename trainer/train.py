@@ -117,7 +117,8 @@ def prepare_style(parts: AmusedParts, images: Sequence[Image.Image], prompt: str
         [micro_conds(p.orig_width, p.orig_height, p.crop_top, p.crop_left, aesthetic_score) for p in prepared]
     )
     text = encode_text(parts, [prompt])
-    return StyleData(codes.reshape(n, h * w).cpu(), conds, text.hidden.cpu(), text.pooled.cpu(), (h, w), prompt)
+    tokens = codes.reshape(n, h * w).cpu()  # (N, h, w) -> (N, seq)
+    return StyleData(tokens, conds, text.hidden.cpu(), text.pooled.cpu(), (h, w), prompt)
 
 
 def mask_tokens(tokens: torch.Tensor, mask_id: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,7 +152,7 @@ def masked_loss(parts: AmusedParts, inputs: torch.Tensor, labels: torch.Tensor, 
     )  # (B, C, h, w)
     c = logits.shape[1]
     logits = logits.reshape(b, c, h * w).permute(0, 2, 1).reshape(b * h * w, c)  # (B·seq, C)
-    return F.cross_entropy(logits.float(), labels.reshape(-1).to(device), ignore_index=-100)
+    return F.cross_entropy(logits.float(), labels.reshape(-1).to(device), ignore_index=-100)  # labels (B·seq,)
 
 
 def _make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
