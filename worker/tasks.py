@@ -261,8 +261,9 @@ def _train(rt: Runtime, job: TrainingJob, log: IdLogger) -> str:
 
     # Stored in fp16 (10.5 MB instead of 21 MB at amused-256 size); previews use the stored copy, so they show
     # exactly what later generations with this adapter will produce.
-    stored = trainer.adapter_from_bytes(trainer.adapter_to_bytes(result.adapter, dtype=torch.float16))
-    adapter_id = _store_adapter(rt, job, stored, log)
+    data = trainer.adapter_to_bytes(result.adapter, dtype=torch.float16)
+    stored = trainer.adapter_from_bytes(data)
+    adapter_id = _store_adapter(rt, job, stored, data, log)
     with rt.session_factory() as s:
         s.execute(update(TrainingJob).where(*mine).values(step=result.step, heartbeat_at=utcnow()))
         s.commit()
@@ -283,9 +284,9 @@ def _train(rt: Runtime, job: TrainingJob, log: IdLogger) -> str:
     return "succeeded" if ok else "lost"
 
 
-def _store_adapter(rt: Runtime, job: TrainingJob, adapter: trainer.Adapter, log: IdLogger) -> str:
-    """Write the adapter file and its row; exactly one row per job (a rerun reuses the existing one)."""
-    data = trainer.adapter_to_bytes(adapter)  # keeps the tensors' dtype (fp16 from run_train)
+def _store_adapter(rt: Runtime, job: TrainingJob, adapter: trainer.Adapter, data: bytes, log: IdLogger) -> str:
+    """Write the adapter file (`data`, the serialised `adapter`) and its row; exactly one row per job (a rerun
+    reuses the existing one)."""
     sha = sha256_hex(data)
     key = content_key("adapters", sha, "safetensors")
     with rt.session_factory() as s:
