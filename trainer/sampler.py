@@ -18,6 +18,7 @@ wrap-around masks none), and the inpainting schedule is per row instead of mutat
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -213,7 +214,10 @@ def sample(
     hidden = torch.cat([e.hidden for e in embs]).to(device, dtype)  # (T, 77, D)
     pooled = torch.cat([e.pooled for e in embs]).to(device, dtype)  # (T, P)
     index = {t: i for i, t in enumerate(texts)}
-    mc = torch.tensor(micro_conds(width, height, 0, 0, 6.0))
+    # Micro-conditions per row, built once: original size = output size, no crop, the row's aesthetic score.
+    row_conds = {id(r): torch.tensor(micro_conds(width, height, 0, 0, r.req.aesthetic_score), device=device,
+                                     dtype=dtype) for r in rows}
+    route = any(r.req.adapter is not None for r in rows) or bool(getattr(parts.transformer, "peft_config", None))
 
     rounds = 0
     total_rounds = max(r.req.steps - r.step for r in rows)
@@ -232,12 +236,9 @@ def sample(
         )
         ids = torch.cat([r.tokens for r, _, _ in passes]).reshape(len(passes), h, w).to(device)  # (P, h, w)
         text_idx = torch.tensor([index[t] for _, t, _ in passes], device=device)
-        conds = torch.stack([
-            torch.tensor(micro_conds(width, height, 0, 0, r.req.aesthetic_score)) if r.req.aesthetic_score != 6.0
-            else mc for r, _, _ in passes
-        ]).to(device, dtype)
+        conds = torch.stack([row_conds[id(r)] for r, _, _ in passes])  # (P, 5)
         names = [a for _, _, a in passes]
-        with route_rows(parts.transformer, names) if any(names) or _has_lora(parts) else _nullcontext():
+        with route_rows(parts.transformer, names) if route else contextlib.nullcontext():
             out = parts.transformer(
                 ids, encoder_hidden_states=hidden[text_idx], pooled_text_emb=pooled[text_idx], micro_conds=conds
             )  # (P, C, h, w)
@@ -268,15 +269,3 @@ def sample(
     if decode:
         images = list(tensor_to_pil(decode_tokens(parts, tokens)))
     return [SampleResult(tokens=tokens[i].cpu(), image=images[i]) for i in range(len(rows))]
-
-
-def _has_lora(parts: AmusedParts) -> bool:
-    return bool(getattr(parts.transformer, "peft_config", None))
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

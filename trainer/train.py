@@ -11,6 +11,7 @@ train_amused.py, and why:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -24,7 +25,7 @@ from PIL import Image
 
 from .checkpoint import Checkpoint
 from .encode import encode_text, encode_tokens, micro_conds, prepare_image
-from .lora import ENGINE_VERSION, Adapter, AdapterMeta, base_fingerprint, extract_adapter, lora_config
+from .lora import ENGINE_VERSION, Adapter, AdapterMeta, base_fingerprint, extract_adapter, lora_config, route_rows
 from .model import AmusedParts
 
 logger = logging.getLogger(__name__)
@@ -290,16 +291,12 @@ def train_style(
 def evaluation_loss(parts: AmusedParts, data: StyleData, *, adapter: str | None = None, seed: int = 1234,
                     samples: int = 16) -> float:
     """Mean masked-token loss on the style tokens over fixed random masks: the measure that training lowers."""
-    from .lora import route_rows
-
     g = torch.Generator().manual_seed(seed)
+    has_lora = bool(getattr(parts.transformer, "peft_config", None))
     total = 0.0
     for k in range(samples):
         i = k % len(data.tokens)
         inputs, labels = mask_tokens(data.tokens[i : i + 1], parts.mask_token_id, g)
-        if getattr(parts.transformer, "peft_config", None):
-            with route_rows(parts.transformer, [adapter]):
-                total += float(masked_loss(parts, inputs, labels, data, data.conds[i : i + 1]))
-        else:
+        with route_rows(parts.transformer, [adapter]) if has_lora else contextlib.nullcontext():
             total += float(masked_loss(parts, inputs, labels, data, data.conds[i : i + 1]))
     return total / samples
