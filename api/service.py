@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, TypeVar
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -307,11 +307,19 @@ def latest_job_id(session: Session, style_id: str) -> str | None:
     )
 
 
+_Owned = TypeVar("_Owned", Style, TrainingJob, Adapter, Generation)
+
+
+def _get_owned(session: Session, model: type[_Owned], row_id: str, owner: User, what: str) -> _Owned:
+    """The row if it exists, belongs to `owner` and is not deleted; else NotFound (another user's id is a 404)."""
+    row = session.get(model, row_id)
+    if row is None or row.owner_id != owner.id or getattr(row, "deleted_at", None) is not None:
+        raise NotFound(f"{what} not found")
+    return row
+
+
 def get_style(*, session: Session, owner: User, style_id: str) -> Style:
-    style = session.get(Style, style_id)
-    if style is None or style.owner_id != owner.id or style.deleted_at is not None:
-        raise NotFound("style not found")
-    return style
+    return _get_owned(session, Style, style_id, owner, "style")
 
 
 def delete_style(*, session: Session, owner: User, style_id: str) -> None:
@@ -335,10 +343,7 @@ def list_jobs(*, session: Session, owner: User, state: str | None, limit: int, o
 
 
 def get_job(*, session: Session, owner: User, job_id: str) -> TrainingJob:
-    job = session.get(TrainingJob, job_id)
-    if job is None or job.owner_id != owner.id:
-        raise NotFound("job not found")
-    return job
+    return _get_owned(session, TrainingJob, job_id, owner, "job")
 
 
 def _request_cancel(session: Session, job: TrainingJob) -> bool:
@@ -420,10 +425,7 @@ def list_adapters(*, session: Session, owner: User, limit: int, offset: int) -> 
 
 
 def get_adapter(*, session: Session, owner: User, adapter_id: str) -> Adapter:
-    adapter = session.get(Adapter, adapter_id)
-    if adapter is None or adapter.owner_id != owner.id or adapter.deleted_at is not None:
-        raise NotFound("adapter not found")
-    return adapter
+    return _get_owned(session, Adapter, adapter_id, owner, "adapter")
 
 
 def adapter_filename(adapter: Adapter) -> str:
@@ -529,10 +531,7 @@ def list_generations(*, session: Session, owner: User, limit: int, offset: int) 
 
 
 def get_generation(*, session: Session, owner: User, generation_id: str) -> Generation:
-    gen = session.get(Generation, generation_id)
-    if gen is None or gen.owner_id != owner.id:
-        raise NotFound("generation not found")
-    return gen
+    return _get_owned(session, Generation, generation_id, owner, "generation")
 
 
 def generation_image_key(gen: Generation, n: int) -> str:
