@@ -526,22 +526,16 @@
         cell(tr, job.worker_host || "—");
         cell(tr, job.error ? `${job.error.code}: ${job.error.message}` : "—", "err");
         const actions = cell(tr, "");
-        if (["queued", "running"].includes(job.state)) {
+        const actionButton = (action, label, className) => {
           const b = document.createElement("button");
-          b.type = "button"; b.className = "danger small"; b.textContent = "Cancel";
-          b.dataset.action = "cancel"; b.dataset.focusKey = `cancel-${job.id}`;
-          b.setAttribute("aria-label", `Cancel job ${job.id.slice(0, 8)} of ${job.owner_name}`);
-          b.addEventListener("click", () => act(job, "cancel", b));
+          b.type = "button"; b.className = `${className} small`; b.textContent = label;
+          b.dataset.action = action; b.dataset.focusKey = `${action}-${job.id}`;
+          b.setAttribute("aria-label", `${label} job ${job.id.slice(0, 8)} of ${job.owner_name}`);
+          b.addEventListener("click", () => act(job, action, b));
           actions.append(b);
-        }
-        if (["failed", "cancelled"].includes(job.state)) {
-          const b = document.createElement("button");
-          b.type = "button"; b.className = "secondary small"; b.textContent = "Retry";
-          b.dataset.action = "retry"; b.dataset.focusKey = `retry-${job.id}`;
-          b.setAttribute("aria-label", `Retry job ${job.id.slice(0, 8)} of ${job.owner_name}`);
-          b.addEventListener("click", () => act(job, "retry", b));
-          actions.append(b);
-        }
+        };
+        if (["queued", "running"].includes(job.state)) actionButton("cancel", "Cancel", "danger");
+        if (["failed", "cancelled"].includes(job.state)) actionButton("retry", "Retry", "secondary");
         tbody.append(tr);
       }
       if (focusedId) {
