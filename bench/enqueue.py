@@ -18,30 +18,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 import httpx
-from sqlalchemy import create_engine, text
+from service_stack import api_stack, pct
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from tests.conftest import worker_style_png
 
-from tests.conftest import worker_free_port, worker_style_png  # noqa: E402
-from tests.test_e2e_service import Stack, _env, _wait_http  # noqa: E402
-
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 REDIS = "redis://127.0.0.1:6379/12"
-
-
-def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))] * 1000
 
 
 def drive(call: Callable[[int], int], *, clients: int, seconds: float,
@@ -90,25 +76,10 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=15.0, help="per measurement")
     args = ap.parse_args()
 
-    import redis
-
-    redis.Redis.from_url(REDIS).flushdb()
-    name = f"styledrop_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    db_url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    tmp = Path(tempfile.mkdtemp(prefix="styledrop-enqueue-"))
-    env = _env(tmp / "data", DATABASE_URL=db_url, BROKER_URL=REDIS, STYLEDROP_RATE_LIMIT_PER_MINUTE="1000000",
-               STYLEDROP_MAX_CONCURRENT_JOBS_PER_USER="1000000")
-    stack = Stack(tmp, env)
-    port = worker_free_port()
-    stack.spawn("api", "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port),
-                "--log-level", "warning", "--no-access-log", "--workers", str(args.api_workers))
-    base = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=base, timeout=60) as probe:
-            _wait_http(probe, stack)
+    with api_stack("enqueue", REDIS, api_args=["--log-level", "warning", "--no-access-log", "--workers",
+                                               str(args.api_workers)],
+                   STYLEDROP_RATE_LIMIT_PER_MINUTE="1000000", STYLEDROP_MAX_CONCURRENT_JOBS_PER_USER="1000000",
+                   ) as (stack, base, _db_url):
         keys = [stack.cli("users", "create", f"user{i}").strip().splitlines()[-1] for i in range(args.clients)]
         image = worker_style_png()
         limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
@@ -151,12 +122,6 @@ def main() -> int:
             print(f"| {label} | {load} | {len(lat) / args.seconds:.0f} | {pct(lat, 50):.1f} | {p99:.1f} "
                   f"| {p99 / base_p99[shape]:.1f}x | {errors} |")
         print(f"# mean ms: {[round(statistics.mean(r[2]) * 1000, 1) for r in rows]}")
-    finally:
-        stack.stop()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-        redis.Redis.from_url(REDIS).flushdb()
     return 0
 
 

@@ -12,31 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
-import tempfile
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
+from service_stack import api_stack, pct
 from sqlalchemy import create_engine, text
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from tests.conftest import worker_style_png
 
-from tests.conftest import worker_free_port, worker_style_png  # noqa: E402
-from tests.test_e2e_service import Stack, _env, _wait_http  # noqa: E402
-
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 REDIS = "redis://127.0.0.1:6379/13"
-
-
-def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))] * 1000
 
 
 def main() -> int:
@@ -47,25 +33,9 @@ def main() -> int:
     ap.add_argument("--users", type=int, default=25, help="jobs are spread over this many users (cap 2 each)")
     args = ap.parse_args()
 
-    import redis
-
-    redis.Redis.from_url(REDIS).flushdb()
-    name = f"styledrop_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    db_url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    tmp = Path(tempfile.mkdtemp(prefix="styledrop-load-"))
-    env = _env(tmp / "data", DATABASE_URL=db_url, BROKER_URL=REDIS, STYLEDROP_CHECKPOINT_EVERY="4",
-               STYLEDROP_PREVIEW_PROMPTS='["a cat"]', STYLEDROP_RATE_LIMIT_PER_MINUTE="100000")
-    stack = Stack(tmp, env)
-    port = worker_free_port()
-    stack.spawn("api", "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port),
-                "--log-level", "warning")
-    base = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=base, timeout=60) as probe:
-            _wait_http(probe, stack)
+    with api_stack("load", REDIS, api_args=["--log-level", "warning"], STYLEDROP_CHECKPOINT_EVERY="4",
+                   STYLEDROP_PREVIEW_PROMPTS='["a cat"]', STYLEDROP_RATE_LIMIT_PER_MINUTE="100000",
+                   ) as (stack, base, db_url):
         keys = [stack.cli("users", "create", f"user{i}").strip().splitlines()[-1] for i in range(args.users)]
         stack.spawn("train", "-m", "worker.cli", "worker", "--queue", "train")
         stack.spawn("generate", "-m", "worker.cli", "worker", "--queue", "generate")
@@ -144,13 +114,6 @@ def main() -> int:
         }
         print(json.dumps(report, indent=2))
         return 0 if not pending and not dup_adapters and not bad_images else 1
-    finally:
-        stack.stop()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-        redis.Redis.from_url(REDIS).flushdb()
-        os.system(f"rm -rf {tmp}")
 
 
 if __name__ == "__main__":
