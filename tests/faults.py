@@ -219,11 +219,16 @@ def make_user(stack: Stack, name: str) -> str:
     return stack.cli("users", "create", name).strip().splitlines()[-1]
 
 
+def unfinished(db: Db) -> list[tuple]:
+    """(table, id, state) of every job and generation not yet in a final state."""
+    return db.rows("SELECT 'training_jobs', id, state FROM training_jobs WHERE state NOT IN "
+                   "('succeeded','failed','cancelled') UNION ALL "
+                   "SELECT 'generations', id, state FROM generations WHERE state NOT IN ('succeeded','failed')")
+
+
 def assert_all_final_one_adapter_each(db: Db) -> None:
     """Every job and generation is final; every succeeded job has exactly one adapter, the others none."""
-    assert db.rows("SELECT id, state FROM training_jobs WHERE state NOT IN "
-                   "('succeeded','failed','cancelled')") == []
-    assert db.rows("SELECT id, state FROM generations WHERE state NOT IN ('succeeded','failed')") == []
+    assert unfinished(db) == []
     for job_id, state, n in db.rows(
         "SELECT j.id, j.state, count(a.id) FROM training_jobs j LEFT JOIN adapters a ON a.job_id = j.id "
         "GROUP BY j.id, j.state"

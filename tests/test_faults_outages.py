@@ -38,6 +38,7 @@ from tests.faults import (
     running_stack,
     spawn_reconciler,
     spawn_worker,
+    unfinished,
     wait_for,
 )
 from tests.test_e2e_service import _wait_http
@@ -46,8 +47,7 @@ pytestmark = pytest.mark.integration
 
 
 def _all_final(db: Db) -> bool:
-    return not db.rows("SELECT id FROM training_jobs WHERE state NOT IN ('succeeded','failed','cancelled') "
-                       "UNION ALL SELECT id FROM generations WHERE state NOT IN ('succeeded','failed')")
+    return not unfinished(db)
 
 
 def _assert_generations_once(db: Db) -> None:
