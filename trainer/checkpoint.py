@@ -15,6 +15,8 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from .lora import read_safetensors_metadata
+
 FORMAT = "styledrop-checkpoint-1"
 
 
@@ -57,8 +59,7 @@ class Checkpoint:
     @classmethod
     def from_bytes(cls, data: bytes) -> Checkpoint:
         try:
-            n = int.from_bytes(data[:8], "little")
-            header = json.loads(data[8 : 8 + n]).get("__metadata__") or {}
+            header = read_safetensors_metadata(data)
             if header.get("format") != FORMAT:
                 raise CheckpointError("not a Styledrop training checkpoint")
             raw = st_load(data)

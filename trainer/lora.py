@@ -149,23 +149,30 @@ def save_adapter(adapter: Adapter, path: str | os.PathLike[str], dtype: torch.dt
     return p
 
 
-def _read_header_metadata(data: bytes) -> dict[str, str]:
+def read_safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The `__metadata__` of a safetensors file, read from its JSON header without loading any tensor.
+
+    Raises ValueError when `data` is not a safetensors file.
+    """
     if len(data) < 8:
-        raise AdapterError("not a safetensors file: too short")
+        raise ValueError("not a safetensors file: too short")
     n = int.from_bytes(data[:8], "little")
     if n <= 0 or 8 + n > len(data):
-        raise AdapterError("not a safetensors file: bad header length")
+        raise ValueError("not a safetensors file: bad header length")
     try:
         header = json.loads(data[8 : 8 + n])
     except ValueError as exc:
-        raise AdapterError("not a safetensors file: unreadable header") from exc
-    meta = header.get("__metadata__") or {}
+        raise ValueError("not a safetensors file: unreadable header") from exc
+    meta = header.get("__metadata__") or {} if isinstance(header, dict) else {}
     return {str(k): str(v) for k, v in meta.items()}
 
 
 def adapter_from_bytes(data: bytes) -> Adapter:
     """Parse an adapter file (safetensors only; pickle is never an option)."""
-    meta_text = _read_header_metadata(data)
+    try:
+        meta_text = read_safetensors_metadata(data)
+    except ValueError as exc:
+        raise AdapterError(str(exc)) from exc
     if META_KEY not in meta_text:
         raise AdapterError("not a Styledrop adapter: the file has no 'styledrop' metadata")
     try:
