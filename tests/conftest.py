@@ -144,12 +144,54 @@ def engine_style_image():  # type: ignore[no-untyped-def]
 # --- api fixtures --- the FastAPI app over SQLite and PostgreSQL with Redis as the broker (api_*)
 # ============================================================================================================
 
-API_REDIS_URL = "redis://127.0.0.1:6379/5"
+REDIS_HOST_URL = "redis://127.0.0.1:6379"
+# Databases 1..11 are for test runs (12 and 13 belong to bench/); each run claims one with a lock key in db 0, so
+# two runs on one host (CI and a developer, or parallel checkouts) never flush each other's queues.
+_TEST_REDIS_DBS = range(1, 12)
+
+
+def _claim_redis_db() -> int:
+    import redis
+
+    override = os.environ.get("STYLEDROP_TEST_REDIS_DB")
+    if override:
+        return int(override)
+    lock = redis.Redis.from_url(f"{REDIS_HOST_URL}/0")
+    try:
+        for db in _TEST_REDIS_DBS:
+            # Expires on its own: a run killed without clean-up frees its database within two hours.
+            if lock.set(f"styledrop:test-run-db:{db}", os.getpid(), nx=True, ex=7200):
+                return db
+    except Exception as exc:  # pragma: no cover - environment problem, not a test result
+        raise RuntimeError(f"Redis at {REDIS_HOST_URL} is not usable (run ./scripts/services): {exc}") from exc
+    finally:
+        lock.close()
+    raise RuntimeError(f"every test Redis database {list(_TEST_REDIS_DBS)} is claimed by another run")
+
+
+def _release_redis_db(db: int) -> None:
+    import redis
+
+    lock = redis.Redis.from_url(f"{REDIS_HOST_URL}/0")
+    if lock.get(f"styledrop:test-run-db:{db}") == str(os.getpid()).encode():
+        lock.delete(f"styledrop:test-run-db:{db}")
+    lock.close()
+
+
+def _redis_url_for_run() -> str:
+    db = _claim_redis_db()
+    import atexit
+
+    atexit.register(_release_redis_db, db)
+    return f"{REDIS_HOST_URL}/{db}"
+
+
+API_REDIS_URL = _redis_url_for_run()
 
 
 @pytest.fixture
 def api_redis() -> Iterator[object]:
-    """A Redis client on db 5, flushed before and after the test."""
+    """A Redis client on this run's database, flushed before and after the test."""
     import redis
 
     client = redis.Redis.from_url(API_REDIS_URL)

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import worker_free_port, worker_style_png
+from tests.conftest import API_REDIS_URL, worker_free_port, worker_style_png
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -150,12 +149,8 @@ def test_embedded_up_train_download_generate_and_hot_load(embedded_stack: tuple[
 
 
 @pytest.mark.integration
-def test_postgres_redis_separate_processes(tmp_path: Path, pg_url: str) -> None:
-    import redis
-
-    db = 15 - uuid.uuid4().int % 8  # one of 8..15, flushed before and after
-    broker = f"redis://127.0.0.1:6379/{db}"
-    redis.Redis.from_url(broker).flushdb()
+def test_postgres_redis_separate_processes(tmp_path: Path, pg_url: str, api_redis: Any) -> None:
+    broker = API_REDIS_URL  # this run's own database, flushed before and after by api_redis
     port = worker_free_port()
     stack = Stack(tmp_path, _env(tmp_path / "data", DATABASE_URL=pg_url, BROKER_URL=broker))
     stack.spawn("api", "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port))
@@ -179,4 +174,3 @@ def test_postgres_redis_separate_processes(tmp_path: Path, pg_url: str) -> None:
     finally:
         client.close()
         stack.stop()
-        redis.Redis.from_url(broker).flushdb()
