@@ -14,8 +14,10 @@ from starlette.concurrency import run_in_threadpool
 
 from api.errors import install_handlers
 from api.metrics import make_registry
+from api.request_guard import RequestGuard
 from api.routes import adapters, admin, generations, health, jobs, pages, styles
 from api.security import RateLimiter, load_secret
+from api.streams import StreamHub
 from storage.blobs import blob_store_from_settings
 from storage.db import make_engine, make_sessionmaker, upgrade_to_head
 from storage.settings import Settings, get_settings
@@ -32,12 +34,23 @@ def _strict_form_decode(src: bytes | bytearray, codec: str) -> str:
     into a 400 with the message."""
     codec = codec or "utf-8"
     try:
-        return bytes(src).decode(codec)
+        text = bytes(src).decode(codec)
     except (UnicodeDecodeError, LookupError):
         raise formparsers.MultiPartException(f"a form field or file name is not valid {codec} text") from None
+    if "\x00" in text:  # PostgreSQL text cannot hold NUL, and no field of ours needs one
+        raise formparsers.MultiPartException("a form field or file name contains a NUL character")
+    return text
 
 
 formparsers._user_safe_decode = _strict_form_decode  # type: ignore[attr-defined]
+
+
+def _pool_args(settings: Settings) -> dict[str, float]:
+    # A bounded wait for a pooled connection: past it the request is a 503 with Retry-After (api/errors.py).
+    if settings.resolved_database_url.startswith("sqlite:///:memory:"):
+        return {}
+    return {"pool_size": settings.db_pool_size, "max_overflow": settings.db_max_overflow,
+            "pool_timeout": settings.db_pool_timeout}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -66,16 +79,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # read in chunks against max_upload_bytes.
         max_body_size=2 * settings.max_upload_bytes + MULTIPART_OVERHEAD,
     )
-    engine = make_engine(url)
+    engine = make_engine(url, **_pool_args(settings))
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.migrated = False
     app.state.blobs = blob_store_from_settings(settings)
     app.state.secret = load_secret(settings)
+    app.state.streams = StreamHub(app.state.sessionmaker, per_user=settings.max_streams_per_user,
+                                  total=settings.max_streams_total)
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
     app.state.metrics_registry = make_registry(app.state.sessionmaker, settings)
     install_handlers(app)
+    app.add_middleware(RequestGuard, max_json_bytes=settings.max_json_bytes)
     for module in (styles, jobs, adapters, generations, admin, health, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -185,14 +185,19 @@ ACTIVE_JOB_STATES = ("queued", "running", "cancelling")
 DEFAULT_JOB_RETRY_AFTER = 30
 
 
+def _lock_owner(session: Session, owner: User) -> None:
+    """Write the owner's row (a no-op UPDATE): PostgreSQL then holds that row's lock, SQLite its write lock, until
+    the commit, so concurrent requests of one user (cap checks, idempotent retries) run one after another."""
+    session.execute(update(User).where(User.id == owner.id).values(name=User.name))
+
+
 def _check_job_cap(session: Session, settings: Settings, owner: User, *, lock: bool) -> None:
     """429 with Retry-After when `owner` already has `max_concurrent_jobs_per_user` unfinished training jobs.
 
-    `lock=True` first writes the owner's row (a no-op UPDATE): PostgreSQL then holds that row's lock, SQLite its
-    write lock, until the commit, so two concurrent uploads of one user cannot both pass the count.
+    `lock=True` first takes the owner's lock (`_lock_owner`).
     """
     if lock:
-        session.execute(update(User).where(User.id == owner.id).values(name=User.name))
+        _lock_owner(session, owner)
     active = session.execute(
         select(func.count(), func.min(TrainingJob.eta_seconds))
         .where(TrainingJob.owner_id == owner.id, TrainingJob.state.in_(ACTIVE_JOB_STATES))
@@ -251,7 +256,13 @@ def create_style(
         owner_id=owner.id, image_key=key, image_sha256=normalized.sha256, image_bytes=len(normalized.png_bytes),
         width=normalized.width, height=normalized.height, descriptor=descriptor, content=content,
     )
-    _check_job_cap(session, settings, owner, lock=True)  # again under the owner's row lock, just before insert
+    _lock_owner(session, owner)
+    if idempotency_key is not None:  # a concurrent retry may have committed meanwhile: it is this request's job
+        replay = _idempotent_replay(session, owner.id, idempotency_key, request_hash)
+        if replay is not None:
+            session.rollback()
+            return replay
+    _check_job_cap(session, settings, owner, lock=False)  # again under the owner's lock, just before insert
     session.add(style)
     session.flush()
     job = TrainingJob(
@@ -464,7 +475,18 @@ def create_generation(
     request: GenerationCreate,
     init_image: bytes | None = None,
     mask: bytes | None = None,
-) -> Generation:
+    idempotency_key: str | None = None,
+) -> GenerationCreated:
+    """Queue a generation. A repeated `idempotency_key` with the same request (fields and files) returns the
+    first generation (`created=False`); with a different request it is a 409."""
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
+        raise Invalid("Idempotency-Key must be 1..255 characters", code="bad_idempotency_key")
+    request_hash = _request_hash(
+        (init_image or b"") + b"\0mask\0" + (mask or b""), request.model_dump(mode="json"))
+    if idempotency_key is not None:
+        replay = _generation_replay(session, owner.id, idempotency_key, request_hash)
+        if replay is not None:
+            return GenerationCreated(replay, created=False)
     if request.num_images > settings.max_images_per_request:
         raise Invalid(f"num_images must be at most {settings.max_images_per_request}", code="bad_num_images")
     if request.adapter_id is not None:
@@ -508,18 +530,38 @@ def create_generation(
         guidance_scale=request.guidance_scale, steps=request.steps,
         seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
         num_images=request.num_images, init_image_key=init_key, mask_key=mask_key, strength=strength,
-        state="queued", image_keys=[],
+        state="queued", image_keys=[], idempotency_key=idempotency_key, request_hash=request_hash,
     )
     session.add(gen)
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent retry with the same key committed first: answer with its generation
+        session.rollback()
+        replay = _generation_replay(session, owner.id, idempotency_key, request_hash) if idempotency_key else None
+        if replay is None:
+            raise
+        return GenerationCreated(replay, created=False)
     logger.info("user %s: generation %s queued", owner.id, gen.id)
     try:
         task_id = queue.send_generate(gen.id, settings=settings)
     except Exception as exc:
         logger.warning("could not send generation %s (the reconciler will re-send): %s", gen.id, exc)
-        return gen
+        return GenerationCreated(gen, created=True)
     jobstore.mark_generation_sent(session, gen.id, task_id)  # also updates `gen` in place: no re-read
     session.commit()
+    return GenerationCreated(gen, created=True)
+
+
+@dataclass(frozen=True)
+class GenerationCreated:
+    generation: Generation
+    created: bool  # False: an idempotent replay of an earlier request
+
+
+def _generation_replay(session: Session, owner_id: str, key: str, request_hash: str) -> Generation | None:
+    gen = session.scalar(select(Generation).where(Generation.owner_id == owner_id, Generation.idempotency_key == key))
+    if gen is not None and gen.request_hash != request_hash:
+        raise Conflict("this Idempotency-Key was used with a different request", code="idempotency_mismatch")
     return gen
 
 

@@ -185,6 +185,7 @@ class Generation(Base):
     __tablename__ = "generations"
     __table_args__ = (
         CheckConstraint(_in("state", GENERATION_STATES), name="state"),
+        UniqueConstraint("owner_id", "idempotency_key"),  # NULL keys never collide
         Index("ix_generations_state_queued_at", "state", "queued_at"),
         Index("ix_generations_owner_queued_at", "owner_id", "queued_at"),
     )
@@ -214,6 +215,8 @@ class Generation(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     image_keys: Mapped[list[str]] = mapped_column(JSON, default=list)
     celery_task_id: Mapped[str | None] = mapped_column(String(255))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
 
 
 WORKER_KINDS: tuple[str, ...] = ("train", "generate")

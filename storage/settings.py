@@ -72,8 +72,15 @@ class Settings(BaseSettings):
 
     # --- uploads -----------------------------------------------------------------------------------------------
     max_upload_bytes: int = 20 * 1024 * 1024
-    max_image_pixels: int = 40_000_000
+    max_image_pixels: int = Field(default=40_000_000, description="Largest image header accepted at all.")
+    max_decode_pixels: int = Field(
+        default=16_777_216,
+        description="Pixels actually decoded per image (the model trains at 256/512 px): larger JPEGs are decoded "
+        "reduced, larger PNG/WebP/GIF refused before decoding.",
+    )
+    max_concurrent_decodes: int = Field(default=2, description="Image decodes at once per API process.")
     min_image_side: int = 64
+    max_json_bytes: int = Field(default=64 * 1024, description="Largest JSON request body (413 beyond).")
 
     # --- delivery ----------------------------------------------------------------------------------------------
     visibility_timeout: int = Field(default=6 * 3600, description="Seconds; above the longest job (Celery #5935).")
@@ -85,6 +92,11 @@ class Settings(BaseSettings):
     port: int = 8000
     secret_key: str | None = Field(default=None, description="Signs session cookies; default a file in data_dir.")
     rate_limit_per_minute: int = 120
+    max_streams_per_user: int = Field(default=10, description="Open event streams per user (429 beyond).")
+    max_streams_total: int = Field(default=1000, description="Open event streams per API process (429 beyond).")
+    db_pool_size: int = 5
+    db_max_overflow: int = 10
+    db_pool_timeout: float = Field(default=10.0, description="Seconds to wait for a pooled connection (then 503).")
 
     # --- derived -----------------------------------------------------------------------------------------------
     @property

@@ -4,7 +4,7 @@ import asyncio
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
@@ -67,7 +67,7 @@ async def _parse(request: Request, settings: Settings) -> tuple[GenerationCreate
     if content_type == "application/json":
         try:
             body = await request.json()
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise Invalid("the body is not valid JSON", code="bad_json") from exc
         if not isinstance(body, dict):
             raise Invalid("the body must be a JSON object", code="bad_json")
@@ -91,13 +91,14 @@ async def _parse(request: Request, settings: Settings) -> tuple[GenerationCreate
 
 def _create(
     factory: sessionmaker[Session], blobs: BlobStore, settings: Settings, owner: User, request: GenerationCreate,
-    init: bytes | None, mask: bytes | None,
-) -> GenerationPublic:
+    init: bytes | None, mask: bytes | None, idempotency_key: str | None,
+) -> tuple[GenerationPublic, bool]:
     with factory() as session:
-        gen = service.create_generation(
-            session=session, blobs=blobs, settings=settings, owner=owner, request=request, init_image=init, mask=mask
+        created = service.create_generation(
+            session=session, blobs=blobs, settings=settings, owner=owner, request=request, init_image=init, mask=mask,
+            idempotency_key=idempotency_key,
         )
-        return service.generation_public(gen)
+        return service.generation_public(created.generation), created.created
 
 
 def _load(factory: sessionmaker[Session], generation_id: str) -> GenerationPublic | None:
@@ -115,14 +116,18 @@ async def create_generation(
     blobs: BlobsDep,
     factory: SessionFactoryDep,
     wait: Annotated[float, Query(ge=0, description="Block up to this many seconds for the result.")] = 0,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> GenerationPublic:
     """Queue a generation: JSON `GenerationCreate`, or multipart with the same fields plus `init_image` (and
     `strength`) for image-to-image, or `init_image` + `mask` for inpainting. `?wait=SECONDS` (at most
-    max_wait_seconds) answers 200 with the finished generation when it ends in time, else 202."""
+    max_wait_seconds) answers 200 with the finished generation when it ends in time, else 202. A repeated
+    `Idempotency-Key` with the same request answers the same generation (200); with another request, 409."""
     if wait > settings.max_wait_seconds:
         raise Invalid(f"wait must be at most {settings.max_wait_seconds} seconds", code="bad_wait")
     parsed, init, mask = await _parse(request, settings)
-    gen = await run_in_threadpool(_create, factory, blobs, settings, user, parsed, init, mask)
+    gen, created = await run_in_threadpool(_create, factory, blobs, settings, user, parsed, init, mask, idempotency_key)
+    if not created:
+        response.status_code = status.HTTP_200_OK
     if wait > 0:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait

@@ -1,36 +1,45 @@
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
 from typing import Annotated, Literal, get_args
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from sqlalchemy.orm import Session, sessionmaker
-from starlette.concurrency import run_in_threadpool
 
 from api import service
-from api.deps import BlobsDep, CurrentUser, SessionDep, SessionFactoryDep
+from api.deps import BlobsDep, CurrentUser, SessionDep
+from api.errors import Invalid, RateLimited
 from api.schemas import MAX_OFFSET, JobEventPublic, JobPublic
-from storage import jobs as jobstore
-from storage.models import JOB_STATES, JobEvent, TrainingJob
+from api.streams import StreamHub, StreamLimit
+from storage.models import JOB_STATES, JobEvent
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-SSE_POLL_SECONDS = 0.5
-SSE_KEEPALIVE_SECONDS = 15.0
 JobState = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 assert set(get_args(JobState)) == set(JOB_STATES)
 StateFilter = Annotated[JobState | None, Query(description="Only jobs in this state.")]
+PreviewIndex = Annotated[int, Path(ge=0, le=MAX_OFFSET, description="0-based preview number.")]
 
 
 def event_public(event: JobEvent) -> JobEventPublic:
     return JobEventPublic(id=event.id, job_id=event.job_id, kind=event.kind, created_at=event.created_at,
                           payload=event.payload or {})
+
+
+def _render(event: JobEvent) -> str:
+    return json.dumps(event_public(event).model_dump(mode="json"))
+
+
+def _event_cursor(value: str) -> int:
+    """A Last-Event-ID as an event id: ASCII digits only (int() also takes '²'-like digits and refuses 5,000 of
+    them with ValueError), clamped to the largest cursor."""
+    value = value.strip()
+    if not (value.isascii() and value.isdigit()) or len(value) > 20:
+        raise Invalid("Last-Event-ID must be an event id (up to 20 ASCII digits)", code="bad_last_event_id")
+    return min(int(value), MAX_OFFSET)
 
 
 @router.get("", response_model=list[JobPublic])
@@ -58,35 +67,6 @@ def cancel_job(job_id: str, user: CurrentUser, session: SessionDep) -> JobPublic
     return service.job_public(session, service.cancel_job(session=session, job=job))
 
 
-def _poll(factory: sessionmaker[Session], job_id: str, after: int) -> tuple[list[JobEvent], str | None]:
-    with factory() as session:
-        events = list(jobstore.events_after(session, job_id, after, 500))
-        state = session.get(TrainingJob, job_id)
-        return events, state.state if state is not None else None
-
-
-async def _stream(factory: sessionmaker[Session], request: Request, job_id: str, after: int) -> AsyncIterator[str]:
-    loop = asyncio.get_running_loop()
-    last_sent = loop.time()
-    yield "retry: 2000\n\n"
-    while True:
-        events, state = await run_in_threadpool(_poll, factory, job_id, after)
-        for event in events:
-            after = event.id
-            data = json.dumps(event_public(event).model_dump(mode="json"))
-            yield f"id: {event.id}\nevent: {event.kind}\ndata: {data}\n\n"
-            last_sent = loop.time()
-        if state is None or (state in jobstore.TERMINAL and not events):
-            yield f"event: end\ndata: {json.dumps({'state': state})}\n\n"
-            return
-        if await request.is_disconnected():
-            return
-        if loop.time() - last_sent > SSE_KEEPALIVE_SECONDS:
-            yield ": keep-alive\n\n"
-            last_sent = loop.time()
-        await asyncio.sleep(SSE_POLL_SECONDS)
-
-
 @router.get(
     "/{job_id}/events",
     response_model=list[JobEventPublic],
@@ -97,20 +77,25 @@ def job_events(
     request: Request,
     user: CurrentUser,
     session: SessionDep,
-    factory: SessionFactoryDep,
     after: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Only events with a larger id.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> list[JobEventPublic] | StreamingResponse:
     """Progress, state, log and preview events, oldest first. With `Accept: text/event-stream`: a server-sent
     event stream (`id:` = event id, `event:` = kind) that honours `Last-Event-ID` and ends with an `end`
-    event once the job is final."""
+    event once the job is final. Open streams are limited per user and per server (429)."""
     service.get_job(session=session, owner=user, job_id=job_id)
-    if last_event_id is not None and last_event_id.strip().isdigit():
-        after = max(after, min(int(last_event_id.strip()), MAX_OFFSET))
+    if last_event_id is not None and last_event_id.strip():
+        after = max(after, _event_cursor(last_event_id))
     if "text/event-stream" in request.headers.get("accept", ""):
+        hub: StreamHub = request.app.state.streams
+        try:
+            release = hub.admit(user.id)
+        except StreamLimit as exc:
+            raise RateLimited(exc.message, code="too_many_streams", headers={"Retry-After": "10"}) from exc
+        session.close()  # the stream must not keep the request's pooled connection for its whole life
         return StreamingResponse(
-            _stream(factory, request, job_id, after),
+            hub.stream(job_id, after, release, _render),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -119,7 +104,7 @@ def job_events(
 
 @router.get("/{job_id}/previews/{n}", response_class=Response,
             responses={200: {"content": {"image/png": {}}, "description": "A preview PNG."}})
-def job_preview(job_id: str, n: int, user: CurrentUser, session: SessionDep, blobs: BlobsDep) -> Response:
+def job_preview(job_id: str, n: PreviewIndex, user: CurrentUser, session: SessionDep, blobs: BlobsDep) -> Response:
     """The n-th (0-based) preview image the training job rendered."""
     service.get_job(session=session, owner=user, job_id=job_id)
     key = service.preview_key(session=session, job_id=job_id, n=n)

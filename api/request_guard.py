@@ -1,0 +1,157 @@
+"""ASGI middleware that refuses hostile requests before any route, dependency or parser sees them.
+
+- A NUL character in the path is a 404 (no id contains one; PostgreSQL cannot even compare with one) and in the
+  query string a 422.
+- A JSON body (or one without a Content-Type, which FastAPI parses as JSON) is bounded: a Content-Length over
+  `max_json_bytes` is a 413 before one byte is read, and a chunked body is counted while it streams and cut off
+  with a 413 as soon as it passes the limit. A big body would otherwise freeze the event loop while it is parsed
+  and validated, and its 422 echoed it back whole.
+- A bounded JSON body is then checked once: NaN/Infinity, numbers that overflow to infinity (1e400), NUL
+  characters and nesting deeper than `MAX_JSON_DEPTH` are a 422 (they made the error handler fail with a 500, or
+  recursed until RecursionError, or cannot be stored by PostgreSQL). Syntax errors are left to the route, which
+  answers them itself. The body is then replayed to the app unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from typing import Any
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import error_body
+
+logger = logging.getLogger(__name__)
+
+MAX_JSON_DEPTH = 64
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class JsonRejected(ValueError):
+    pass
+
+
+def _is_json(content_type: str | None) -> bool:
+    if content_type is None:
+        return True  # FastAPI parses a body without a Content-Type as JSON
+    media = content_type.split(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _reject_constant(name: str) -> Any:
+    raise JsonRejected(f"{name} is not a number JSON allows")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise JsonRejected(f"the number {text[:20]}… is out of range")
+    return value
+
+
+def _check_tree(value: Any) -> None:
+    """Depth and NUL check without recursion (the parser has already bounded the depth to Python's limit)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise JsonRejected(f"the JSON is nested deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise JsonRejected("a string contains a NUL character")
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if "\x00" in key:
+                    raise JsonRejected("a key contains a NUL character")
+                stack.append((child, depth + 1))
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+
+
+def check_json(body: bytes) -> None:
+    """Raise JsonRejected for JSON the service refuses; return for valid JSON and for text that is not JSON at all
+    (the route answers that with its own 422)."""
+    try:
+        parsed = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise JsonRejected(f"the JSON is nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except JsonRejected:
+        raise
+    except ValueError:  # syntax or encoding: the route's own parser reports it
+        return
+    _check_tree(parsed)
+
+
+class RequestGuard:
+    def __init__(self, app: ASGIApp, *, max_json_bytes: int) -> None:
+        self.app = app
+        self.max_json_bytes = max_json_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if "\x00" in scope["path"]:
+            await _answer(scope, receive, send, 404, "not_found", "not found")
+            return
+        query: bytes = scope.get("query_string", b"")
+        if b"\x00" in query or b"%00" in query:
+            await _answer(scope, receive, send, 422, "bad_query", "the query string contains a NUL character")
+            return
+        headers = {k.lower(): v for k, v in scope["headers"]}
+        if scope["method"] not in _BODY_METHODS or not _is_json(_header(headers, b"content-type")):
+            await self.app(scope, receive, send)
+            return
+        declared = _header(headers, b"content-length")
+        if declared is not None and declared.strip().isascii() and declared.strip().isdigit() and \
+                len(declared.strip()) < 20 and int(declared) > self.max_json_bytes:
+            await self._too_large(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_json_bytes:
+                await self._too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        try:
+            check_json(body)
+        except JsonRejected as exc:
+            await _answer(scope, receive, send, 422, "bad_json", str(exc))
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        logger.info("refused a JSON body over %d bytes on %s", self.max_json_bytes, scope["path"])
+        await _answer(scope, receive, send, 413, "body_too_large",
+                      f"the JSON body is larger than the limit of {self.max_json_bytes} bytes")
+
+
+def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:
+    value = headers.get(name)
+    return value.decode("latin-1") if value is not None else None
+
+
+async def _answer(scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str) -> None:
+    headers = {"Connection": "close"} if status == 413 else None
+    await JSONResponse(error_body(code, message), status_code=status, headers=headers)(scope, receive, send)
