@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api import queue
+from api.decoding import decode_slot
 from api.errors import Conflict, Gone, Invalid, NotFound, RateLimited, TooLarge, UnsupportedMedia
 from api.schemas import (
     MAX_SEED,
@@ -68,10 +69,11 @@ def _image_error(exc: ImageRejected, what: str) -> Exception:
 
 def _normalize(data: bytes, *, settings: Settings, what: str) -> NormalizedImage:
     try:
-        return normalize_upload(
-            data, max_pixels=settings.max_image_pixels, min_side=settings.min_image_side,
-            max_bytes=settings.max_upload_bytes,
-        )
+        with decode_slot(settings.max_concurrent_decodes):
+            return normalize_upload(
+                data, max_pixels=settings.max_image_pixels, min_side=settings.min_image_side,
+                max_bytes=settings.max_upload_bytes, max_decode_pixels=settings.max_decode_pixels,
+            )
     except ImageRejected as exc:
         raise _image_error(exc, what) from exc
 
@@ -244,7 +246,14 @@ def create_style(
         replay = _idempotent_replay(session, owner.id, idempotency_key, request_hash)
         if replay is not None:
             return replay
-    _check_job_cap(session, settings, owner, lock=False)  # cheap early answer: nothing decoded or stored yet
+    try:
+        _check_job_cap(session, settings, owner, lock=False)  # cheap early answer: nothing decoded or stored yet
+    except RateLimited:
+        # A concurrent retry with this key may have committed since the replay check: that is our job, not a 429.
+        replay = _idempotent_replay(session, owner.id, idempotency_key, request_hash) if idempotency_key else None
+        if replay is None:
+            raise
+        return replay
 
     normalized = _normalize(image, settings=settings, what="image")
     key = content_key("styles", normalized.sha256, "png")
@@ -503,7 +512,9 @@ def create_generation(
         mask_png: bytes | None = None
         if mask is not None:
             try:
-                mask_im = load_mask(mask, max_pixels=settings.max_image_pixels, max_bytes=settings.max_upload_bytes)
+                with decode_slot(settings.max_concurrent_decodes):
+                    mask_im = load_mask(mask, max_pixels=settings.max_image_pixels, max_bytes=settings.max_upload_bytes,
+                                        max_decode_pixels=settings.max_decode_pixels)
             except ImageRejected as exc:
                 raise _image_error(exc, "mask") from exc
             if mask_im.size != (init.width, init.height):

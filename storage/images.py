@@ -21,6 +21,9 @@ logger = logging.getLogger(__name__)
 
 ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF")
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+# Pillow warns past this many header pixels and refuses past twice it; `_decode` turns the warning into a
+# refusal. Above the largest `max_image_pixels` a deployment should need, far below Pillow's 89 M default.
+Image.MAX_IMAGE_PIXELS = 64_000_000
 
 
 class ImageRejected(ValueError):
@@ -39,8 +42,31 @@ class NormalizedImage:
     sha256: str
 
 
-def _decode(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
-    """Open, bound and fully decode the first frame, exif-transposed. Raises ImageRejected."""
+def _reduce_or_refuse(opened: Image.Image, budget: int) -> None:
+    """Make `opened` decode to at most `budget` pixels, or refuse it, before one pixel is decoded.
+
+    A small file can claim a huge image (a 150 KB single-colour PNG of 6000x6000 decodes to 108 MB, and the
+    conversions after it several times that). JPEG can decode at 1/2, 1/4 or 1/8 scale (`draft`), which costs
+    nothing in quality for a model that trains at 256 or 512 px; other formats cannot, so they are refused.
+    """
+    width, height = opened.size
+    if opened.format == "JPEG":
+        for scale in (2, 4, 8):
+            if (width // scale) * (height // scale) <= budget:
+                opened.draft("RGB", (width // scale, height // scale))
+                if opened.size[0] * opened.size[1] <= budget:
+                    return
+                break
+    raise ImageRejected(
+        f"the image is {width}x{height}; at most {budget} pixels are decoded (the model trains at 256 or 512 px): "
+        "scale it down and upload it again"
+    )
+
+
+def _decode(data: bytes, *, max_bytes: int, max_pixels: int, max_decode_pixels: int | None = None) -> Image.Image:
+    """Open, bound and fully decode the first frame, exif-transposed. Raises ImageRejected.
+
+    `max_pixels` bounds the header; `max_decode_pixels` what is actually decoded (`_reduce_or_refuse`)."""
     if not data:
         raise ImageRejected("the file is empty")
     if len(data) > max_bytes:
@@ -60,6 +86,8 @@ def _decode(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
             raise ImageRejected("the image has no pixels")
         if width * height > max_pixels:
             raise ImageRejected(f"the image has more than {max_pixels} pixels ({width}x{height})")
+        if max_decode_pixels is not None and width * height > max_decode_pixels:
+            _reduce_or_refuse(opened, max_decode_pixels)
         try:
             if getattr(opened, "n_frames", 1) > 1:
                 opened.seek(0)
@@ -100,10 +128,11 @@ def _clean_png(im: Image.Image) -> bytes:
 
 
 def normalize_upload(
-    data: bytes, *, max_pixels: int, min_side: int, max_bytes: int = DEFAULT_MAX_BYTES
+    data: bytes, *, max_pixels: int, min_side: int, max_bytes: int = DEFAULT_MAX_BYTES,
+    max_decode_pixels: int | None = None,
 ) -> NormalizedImage:
     """Check an uploaded image by content and return it as an upright RGB PNG without metadata."""
-    im = _decode(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    im = _decode(data, max_bytes=max_bytes, max_pixels=max_pixels, max_decode_pixels=max_decode_pixels)
     rgb = _to_rgb(im)
     width, height = rgb.size
     if min(width, height) < min_side:
@@ -121,12 +150,13 @@ def load_mask(
     max_bytes: int = DEFAULT_MAX_BYTES,
     size: tuple[int, int] | None = None,
     threshold: int | None = 128,
+    max_decode_pixels: int | None = None,
 ) -> Image.Image:
     """An inpainting mask as an "L" image (white = repaint). Transparent pixels count as black (keep).
 
     `size` resizes (nearest) to the init image's size; `threshold` binarises to 0/255 (None: grey levels).
     """
-    im = _decode(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    im = _decode(data, max_bytes=max_bytes, max_pixels=max_pixels, max_decode_pixels=max_decode_pixels)
     if im.mode.startswith("I;16") or im.mode == "I":
         im = im.convert("I").point(lambda v: v / 256).convert("L")
     rgba = im.convert("RGBA")
