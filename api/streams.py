@@ -146,7 +146,13 @@ class StreamHub:
                     yield ": keep-alive\n\n"
                     continue
                 watcher.wake.clear()
-                events, state = await run_in_threadpool(self._read, job_id, watcher.after)
+                try:
+                    events, state = await run_in_threadpool(self._read, job_id, watcher.after)
+                except Exception as exc:  # database down or pool busy: the headers are sent, so keep waiting
+                    logger.warning("event stream for job %s: %s", job_id, str(exc).splitlines()[0][:200])
+                    await asyncio.sleep(POLL_SECONDS)
+                    watcher.wake.set()
+                    continue
                 for event in events:
                     watcher.after = event.id
                     yield f"id: {event.id}\nevent: {event.kind}\ndata: {render(event)}\n\n"

@@ -229,3 +229,43 @@ def test_pool_exhaustion_is_503_with_retry_after(api_client, api_keys) -> None:
     finally:
         state.engine, state.sessionmaker = old
         tiny.dispose()
+
+
+def _raw_post(app: Any, key: str, chunks: int, content_length: int | None) -> tuple[int, int]:
+    """POST /v1/generations through raw ASGI with a JSON body of `chunks` x 64 KiB; (status, chunks pulled)."""
+    import asyncio
+
+    chunk = b"a" * 65536
+    pulled = 0
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal pulled
+        if pulled < chunks:
+            pulled += 1
+            body = b'{"prompt": "' + chunk if pulled == 1 else chunk
+            return {"type": "http.request", "body": body, "more_body": pulled < chunks}
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    headers = [(b"host", b"testserver"), (b"authorization", f"Bearer {key}".encode()),
+               (b"content-type", b"application/json")]
+    if content_length is not None:
+        headers.append((b"content-length", str(content_length).encode()))
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/generations", "raw_path": b"/v1/generations", "query_string": b"", "root_path": "",
+             "headers": headers, "client": ("127.0.0.1", 1), "server": ("testserver", 80), "state": {}}
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), timeout=60))
+    return next(m for m in sent if m["type"] == "http.response.start")["status"], pulled
+
+
+def test_json_body_is_refused_before_it_is_read(api_client, api_keys) -> None:
+    limit = api_client.app.state.settings.max_json_bytes
+    # a declared 64 MiB: refused from the header, not one chunk read
+    assert _raw_post(api_client.app, api_keys["alice"], 1024, 1024 * 65536) == (413, 0)
+    # chunked, no length: refused as soon as the count passes the limit
+    status, pulled = _raw_post(api_client.app, api_keys["alice"], 1024, None)
+    assert status == 413 and pulled <= limit // 65536 + 1, pulled
