@@ -61,3 +61,24 @@ def test_bad_arguments_name_the_bad_value(tmp_path: Path, style_png: Path, capsy
         main([*argv[:-1], str(tmp_path / argv[-1])])
     assert exit_.value.code == 2
     assert message.format(**fill) in capsys.readouterr().err
+
+
+def test_a_mistyped_model_fails_at_once_listing_the_presets(tmp_path: Path, style_png: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", str(style_png), "--descriptor", "x", "--model", "tinyy", "--out", str(out)])
+    assert exit_.value.code == 1  # the model-load failure status, as for an unreachable hub
+    err = capsys.readouterr().err
+    assert "unknown model 'tinyy'" in err and "amused-256" in err and "tiny-512" in err
+    assert not out.exists()  # a failed model load leaves no empty --out directory
+
+
+def test_progress_is_plain_lines_with_one_rate_when_not_a_terminal(tmp_path: Path, style_png: Path,
+                                                                   engine_tiny_dir: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", str(style_png), "--descriptor", "x", "--model", str(engine_tiny_dir), "--steps", "10",
+                 "--out", str(tmp_path / "a")]) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("train: ")]
+    assert lines and lines[-1].startswith("train: 10/10 steps,")
+    assert all("\r" not in ln and ln.count("steps/s") == 1 for ln in lines)

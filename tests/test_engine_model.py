@@ -66,3 +66,9 @@ def test_real_config_gets_168_lora_layers_and_5_2m_parameters() -> None:
     assert sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n) == 603_537_664
     assert len(lora_layers(model)) == 168
     assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) == 5_210_112
+
+
+@pytest.mark.parametrize("name", ["tinyy", "amused256", "no/such/dir/x"])
+def test_a_name_that_is_no_preset_hub_id_or_directory_fails_at_once(name: str) -> None:
+    with pytest.raises(ModelLoadError, match=f"unknown model '{name}'.*amused-256.*tiny"):
+        load_base(name)

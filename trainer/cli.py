@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -118,10 +119,38 @@ def add_engine_commands(sub: argparse._SubParsersAction) -> None:  # type: ignor
     g.set_defaults(func=cmd_generate)
 
 
+class _PlainProgress:
+    """Progress for logs and pipes: a plain line every ~10% with one rate, instead of tqdm's carriage returns."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        self.total, self.desc, self.n = total, desc, 0
+        self._start = time.perf_counter()
+        self._next = max(total // 10, 1)
+        self.postfix = ""
+
+    def update(self, k: int = 1) -> None:
+        self.n += k
+        if self.n >= self._next or self.n >= self.total:
+            elapsed = time.perf_counter() - self._start
+            rate = self.n / elapsed if elapsed > 0 else 0.0
+            sys.stderr.write(f"{self.desc}: {self.n}/{self.total} steps, {rate:.2f} steps/s{self.postfix}\n")
+            while self._next <= self.n:
+                self._next += max(self.total // 10, 1)
+
+    def set_postfix(self, **values: str) -> None:
+        self.postfix = "".join(f", {k} {v}" for k, v in values.items())
+
+    def close(self) -> None:
+        pass
+
+
 def _progress(total: int, desc: str):  # type: ignore[no-untyped-def]
+    """A tqdm bar on a terminal; plain progress lines when stderr goes to a file or pipe."""
+    if not sys.stderr.isatty():
+        return _PlainProgress(total, desc)
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, disable=None)
+    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -129,7 +158,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.descriptor.strip():
         raise CliError("--descriptor must not be empty")
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / CHECKPOINT_FILENAME
     if args.resume and not ckpt_path.exists():
         raise CliError(f"--resume: no checkpoint at '{ckpt_path}'")
@@ -141,6 +169,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     parts = load_base(args.model, revision=args.revision, variant=args.variant, device=_device(args.device),
                       dtype=_dtype(args.dtype))
+    out.mkdir(parents=True, exist_ok=True)  # only once the model loaded: a failed load leaves no empty --out
     config = TrainConfig(steps=args.steps, learning_rate=args.lr, rank=args.rank, alpha=args.alpha, seed=args.seed,
                          optimizer=args.optimizer, mixed_precision=args.mixed_precision,
                          checkpoint_every=args.checkpoint_every)
@@ -150,7 +179,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     def on_progress(p) -> None:  # type: ignore[no-untyped-def]
         bar.update(p.step - bar.n)
-        bar.set_postfix(loss=f"{p.loss:.3f}", it_s=f"{p.steps_per_second:.2f}")
+        bar.set_postfix(loss=f"{p.loss:.3f}")  # the bar shows the rate; one rate, not two
 
     def on_checkpoint(c: Checkpoint) -> None:
         tmp = ckpt_path.with_suffix(".tmp")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,8 +78,21 @@ class AmusedParts:
         AmusedScheduler(mask_token_id=self.mask_token_id).save_pretrained(d / "scheduler")
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # `org/name`, the only shape a hub repository id has
+
+
 def resolve_source(model: str, *, tiny_dir: str | os.PathLike[str] | None = None) -> str:
-    """Map a preset name to what `from_pretrained` takes: a hub id or a local directory."""
+    """Map a preset name to what `from_pretrained` takes: a hub id or a local directory.
+
+    A name that is none of a preset, an existing directory or an `org/name` hub id fails at once, listing the
+    presets: a typo such as `tinyy` would otherwise spend most of a minute on hub retries before failing.
+    """
+    if model not in (TINY, TINY_512, *PRESETS) and not Path(model).is_dir() and not _HUB_ID.fullmatch(model):
+        presets = ", ".join([*PRESETS, TINY, TINY_512])
+        raise ModelLoadError(
+            f"unknown model '{model}': not a preset ({presets}), not an existing directory, and not a hub id "
+            "of the form org/name"
+        )
     if model == TINY:
         return str(ensure_tiny(tiny_dir))
     if model == TINY_512:
