@@ -12,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette import formparsers
 from starlette.concurrency import run_in_threadpool
 
+from api.docs import install_docs
 from api.errors import install_handlers
 from api.metrics import make_registry
 from api.request_guard import RequestGuard
@@ -75,6 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Train a StyleDrop adapter for aMUSEd from one style image, and generate images in that style.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc are served with local assets by install_docs (no CDN)
+        redoc_url=None,
         # Bounds the whole request body (style image, or init image + mask, plus fields); each file is then
         # read in chunks against max_upload_bytes.
         max_body_size=2 * settings.max_upload_bytes + MULTIPART_OVERHEAD,
@@ -95,4 +98,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (styles, jobs, adapters, generations, admin, health, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    install_docs(app)
     return app

@@ -108,6 +108,12 @@ class Settings(BaseSettings):
         return (self.blob_dir or self.data_dir / "blobs").resolve()
 
     @property
+    def is_demo_model(self) -> bool:
+        """The random-weight `tiny` preset (by name, or a directory the engine built it in: it carries the
+        `.complete` marker that only the tiny preset's builder writes). Its images are noise; the pages say so."""
+        return self.model in ("tiny", "tiny-512") or (Path(self.model) / ".complete").is_file()
+
+    @property
     def embedded_broker(self) -> bool:
         return self.broker_url is None
 

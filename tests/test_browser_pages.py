@@ -240,3 +240,24 @@ def test_c_admin_cancels_another_users_running_job(browser: Any, browser_stack: 
         assert row.get_by_role("button", name=f"Retry job {job_id[:8]} of bob").is_visible()
         screenshots(page, "c-admin")
         page.context.close()
+
+
+def test_e_api_docs_render_offline_with_the_demo_banner_on_pages(browser: Any, browser_stack: BrowserStack) -> None:
+    page = new_page(browser)
+    outside: list[str] = []
+
+    def only_this_service(route: Any) -> None:
+        if route.request.url.startswith(browser_stack.url):
+            route.continue_()
+        else:  # what a machine without internet access would see: nothing from a CDN arrives
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_this_service)
+    page.goto(browser_stack.url + "/docs")
+    page.locator(".opblock-summary-path", has_text="/v1/styles").first.wait_for()
+    assert page.locator(".opblock").count() >= 10
+    assert outside == []
+    page.goto(browser_stack.url + "/signin")
+    assert page.get_by_role("note").filter(has_text="Demo model.").is_visible()  # `up --model tiny`
+    page.context.close()
