@@ -12,9 +12,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import Forbidden, RateLimited, Unauthorized
-from api.security import CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE, RateLimiter, check_csrf, unsign_session
+from api.ratelimit import Limiter
+from api.security import CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE, check_csrf
 from storage.blobs import BlobStore
-from storage.models import ApiKey, User
+from storage.models import User
+from storage.sessions import session_user
 from storage.settings import Settings
 from storage.users import authenticate_key
 
@@ -54,14 +56,7 @@ def _user_from_cookie(request: Request, session: Session) -> User | None:
     value = request.cookies.get(SESSION_COOKIE)
     if not value:
         return None
-    key_id = unsign_session(request.app.state.secret, value)
-    if key_id is None:
-        return None
-    key = session.get(ApiKey, key_id)
-    if key is None or key.revoked_at is not None:
-        return None
-    user = session.get(User, key.user_id)
-    return None if user is None or user.disabled else user
+    return session_user(session, value)
 
 
 def _require_csrf(request: Request) -> None:
@@ -78,7 +73,7 @@ def current_user_from_cookie(request: Request, session: Session) -> User | None:
 
 
 def get_current_user(request: Request, session: SessionDep, bearer: BearerDep) -> User:
-    """The caller, from `Authorization: Bearer <key>` or else the signed `styledrop_session` cookie."""
+    """The caller, from `Authorization: Bearer <key>` or else a live `styledrop_session` cookie."""
     user: User | None = None
     if bearer is not None:
         user = authenticate_key(session, bearer.credentials)
@@ -108,7 +103,7 @@ AdminUser = Annotated[User, Depends(get_admin_user)]
 
 def get_rate_limited_user(request: Request, user: CurrentUser) -> User:
     """The caller, after counting this request against its per-minute budget (429 with Retry-After)."""
-    limiter: RateLimiter = request.app.state.rate_limiter
+    limiter: Limiter = request.app.state.rate_limiter
     wait = limiter.hit(user.id)
     if wait is not None:
         retry = max(1, math.ceil(wait))
@@ -119,3 +114,13 @@ def get_rate_limited_user(request: Request, user: CurrentUser) -> User:
 
 
 RateLimitedUser = Annotated[User, Depends(get_rate_limited_user)]
+
+
+def get_metrics_access(request: Request, session: SessionDep, bearer: BearerDep, settings: SettingsDep) -> None:
+    """/metrics needs an admin key (or an admin's session) unless `metrics_public` says the port is private:
+    the numbers name job ids and queue depths, and each scrape runs queries."""
+    if not settings.metrics_public:
+        get_admin_user(get_current_user(request, session, bearer))
+
+
+MetricsAccess = Annotated[None, Depends(get_metrics_access)]

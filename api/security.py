@@ -1,4 +1,5 @@
-"""Session cookies (an HMAC-signed API key id), their CSRF tokens, and the per-user request rate limiter."""
+"""The session cookie name and CSRF tokens (the session itself is a `sessions` row: storage/sessions.py), the
+secret that derives them, and the in-process request rate limiter."""
 
 from __future__ import annotations
 
@@ -43,22 +44,6 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 def _mac(secret: bytes, message: str) -> str:
     return hmac.new(secret, message.encode(), hashlib.sha256).hexdigest()
-
-
-def sign_session(secret: bytes, key_id: str, nonce: str | None = None) -> str:
-    """The `styledrop_session` cookie value for API key `key_id`: `key_id.nonce.mac`. The random nonce makes
-    every sign-in a distinct session, so its CSRF token (derived from the whole value) differs too."""
-    nonce = nonce or secrets.token_urlsafe(12).replace(".", "_")
-    return f"{key_id}.{nonce}.{_mac(secret, f'session:{key_id}:{nonce}')}"
-
-
-def unsign_session(secret: bytes, value: str) -> str | None:
-    """The API key id in a cookie value, or None when the signature does not match."""
-    rest, _, mac = value.rpartition(".")
-    key_id, _, nonce = rest.partition(".")
-    if not key_id or not nonce or not mac or not hmac.compare_digest(mac, _mac(secret, f"session:{key_id}:{nonce}")):
-        return None
-    return key_id
 
 
 def csrf_token(secret: bytes, session_value: str) -> str:

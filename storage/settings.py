@@ -91,7 +91,20 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     secret_key: str | None = Field(default=None, description="Signs session cookies; default a file in data_dir.")
-    rate_limit_per_minute: int = 120
+    rate_limit_per_minute: int = Field(
+        default=120, description="Per user; shared by every API process through Redis when BROKER_URL is Redis."
+    )
+    session_max_age_seconds: int = Field(default=14 * 24 * 3600, description="Browser sessions end after this.")
+    cookie_secure: bool = Field(
+        default=False,
+        description="Always mark the session cookie Secure (set it behind a TLS-terminating proxy whose "
+        "X-Forwarded-Proto uvicorn does not trust); without it the cookie is Secure when the request is https.",
+    )
+    metrics_public: bool = Field(
+        default=False,
+        description="Serve /metrics without authentication (only when the API port is not reachable from "
+        "outside); by default /metrics needs an admin API key (Prometheus: `authorization: credentials`).",
+    )
     max_streams_per_user: int = Field(default=10, description="Open event streams per user (429 beyond).")
     max_streams_total: int = Field(default=1000, description="Open event streams per API process (429 beyond).")
     db_pool_size: int = 5

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from api.security import SESSION_COOKIE, sign_session
+from api.security import SESSION_COOKIE
 from storage.models import Adapter, ApiKey, Generation, utcnow
 
 
@@ -137,17 +137,20 @@ def test_admin_users_and_keys(api_client, api_keys) -> None:
 
 
 def test_session_cookie_authenticates(api_client, api_keys) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from storage.sessions import open_session
+    from storage.users import hash_key
+
     with api_client.app.state.sessionmaker() as session:
-        from sqlalchemy import select
-
-        from storage.users import hash_key
-
-        key_id = session.scalar(select(ApiKey.id).where(ApiKey.key_hash == hash_key(api_keys["alice"])))
-    assert key_id
-    secret = api_client.app.state.secret
-    api_client.cookies.set(SESSION_COOKIE, sign_session(secret, key_id))
+        key = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(api_keys["alice"]))).one()
+        token = open_session(session, user_id=key.user_id, api_key_id=key.id, max_age=timedelta(hours=1))
+        session.commit()
+    api_client.cookies.set(SESSION_COOKIE, token)
     assert api_client.get("/v1/styles").status_code == 200
-    api_client.cookies.set(SESSION_COOKIE, key_id + ".forged")
+    api_client.cookies.set(SESSION_COOKIE, token[:-1] + ("A" if token[-1] != "A" else "B"))
     assert api_client.get("/v1/styles").status_code == 401
     api_client.cookies.clear()
 

@@ -15,7 +15,8 @@ from sqlalchemy import inspect
 from storage.db import Base, downgrade_to_base, make_engine, upgrade_to_head
 from storage.models import JOB_STATES  # noqa: F401 - registers the tables
 
-TABLES = {"users", "api_keys", "styles", "training_jobs", "job_events", "adapters", "generations", "workers"}
+TABLES = {"users", "api_keys", "sessions", "styles", "training_jobs", "job_events", "adapters", "generations",
+          "workers"}
 
 
 def _diff(url: str) -> list[object]:

@@ -8,6 +8,7 @@ Sign-in and sign-out are the only page forms that change state here.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
@@ -22,8 +23,9 @@ from api import service
 from api.deps import SessionDep, current_user_from_cookie
 from api.errors import NotFound
 from api.schemas import JobPublic
-from api.security import CSRF_FIELD, SESSION_COOKIE, check_csrf, csrf_token, sign_session
+from api.security import CSRF_FIELD, SESSION_COOKIE, check_csrf, csrf_token
 from storage.models import ApiKey, User
+from storage.sessions import close_session, open_session
 from storage.users import hash_key
 
 logger = logging.getLogger(__name__)
@@ -31,7 +33,6 @@ logger = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
 
-SESSION_MAX_AGE = 14 * 24 * 3600
 GALLERY_LIMIT = 200
 
 
@@ -55,8 +56,7 @@ def _render(request: Request, name: str, user: User | None, status_code: int = 2
         status_code=status_code,
     )
     response.headers["Cache-Control"] = "no-store"
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Referrer-Policy"] = "same-origin"
+    # CSP, nosniff, framing and Referrer-Policy: api/headers.py, on every HTML response
     return response
 
 
@@ -106,21 +106,28 @@ def signin(
     if row is None or user is None or user.disabled:
         return _render(request, "signin.html", None, status_code=401, next=_safe_next(next),
                        error="That API key is not valid, or it was revoked. Check it and try again.")
+    settings = request.app.state.settings
+    max_age = settings.session_max_age_seconds
+    token = open_session(session, user_id=user.id, api_key_id=row.id, max_age=timedelta(seconds=max_age))
+    session.commit()
     logger.info("user %s signed in with key %s", user.id, row.id)
     response = RedirectResponse(_safe_next(next), status_code=status.HTTP_303_SEE_OTHER)
     response.set_cookie(
-        SESSION_COOKIE, sign_session(request.app.state.secret, row.id), max_age=SESSION_MAX_AGE, path="/",
-        httponly=True, samesite="lax", secure=request.url.scheme == "https",
+        SESSION_COOKIE, token, max_age=max_age, path="/", httponly=True, samesite="lax",
+        secure=settings.cookie_secure or request.url.scheme == "https",
     )
     return response
 
 
 @router.post("/signout")
-def signout(request: Request, csrf: Annotated[str, Form(alias=CSRF_FIELD)] = "") -> Response:
+def signout(request: Request, session: SessionDep, csrf: Annotated[str, Form(alias=CSRF_FIELD)] = "") -> Response:
+    """End the session server-side (a copy of the cookie stops working too), then drop the cookie."""
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie and not check_csrf(request.app.state.secret, cookie, csrf):
         return Response("Missing or invalid CSRF token; go back, reload the page and sign out again.",
                         status_code=403, media_type="text/plain")
+    if cookie and close_session(session, cookie):
+        session.commit()
     response = RedirectResponse("/signin", status_code=status.HTTP_303_SEE_OTHER)
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax")
     return response
