@@ -1,20 +1,22 @@
-"""Admin operations: every user's jobs, the overview (queues, workers, failures), users and keys."""
+"""Admin operations: every user's jobs, the overview (queues, workers, failures), users and keys (the account
+operations themselves are storage.accounts, shared with `styledrop users`)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 
 from sqlalchemy import or_, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api import service
-from api.errors import Conflict, NotFound
+from api.errors import Conflict, Invalid, NotFound
 from api.schemas import (
     AdminJobPublic,
     ApiKeyCreatedPublic,
+    ApiKeyPublic,
     ErrorInfo,
     FailurePublic,
     OverviewPublic,
@@ -22,10 +24,9 @@ from api.schemas import (
     UserPublic,
     WorkerPublic,
 )
-from storage import broker
+from storage import accounts, broker
 from storage.models import ApiKey, TrainingJob, User, Worker, utcnow
 from storage.settings import Settings
-from storage.users import create_api_key, create_user, revoke_api_key
 
 logger = logging.getLogger(__name__)
 
@@ -102,11 +103,31 @@ def get_job(*, session: Session, job_id: str) -> TrainingJob:
 
 
 def list_users(*, session: Session) -> Sequence[User]:
-    return session.scalars(select(User).order_by(User.created_at, User.name)).all()
+    return accounts.list_users(session)
+
+
+@contextmanager
+def _account_errors() -> Iterator[None]:
+    """storage.accounts errors as HTTP errors (the CLI prints the same messages)."""
+    try:
+        yield
+    except (accounts.UserNotFound, accounts.KeyNotFound) as exc:
+        raise NotFound(str(exc)) from exc
+    except accounts.UserExists as exc:
+        raise Conflict(str(exc), code="user_exists") from exc
+    except accounts.KeyRevoked as exc:
+        raise Conflict(str(exc), code="key_revoked") from exc
+    except accounts.BadUserName as exc:
+        raise Invalid(str(exc), code="bad_user_name") from exc
 
 
 def _key_public(key: ApiKey, plaintext: str) -> ApiKeyCreatedPublic:
     return ApiKeyCreatedPublic(id=key.id, user_id=key.user_id, key=plaintext, created_at=key.created_at)
+
+
+def key_public(key: ApiKey) -> ApiKeyPublic:
+    return ApiKeyPublic(id=key.id, user_id=key.user_id, prefix=key.prefix, created_at=key.created_at,
+                        last_used_at=key.last_used_at, revoked_at=key.revoked_at)
 
 
 def user_public(user: User) -> UserPublic:
@@ -115,33 +136,37 @@ def user_public(user: User) -> UserPublic:
 
 
 def add_user(*, session: Session, name: str, is_admin: bool) -> UserCreatedPublic:
-    if session.scalar(select(User.id).where(User.name == name)) is not None:
-        raise Conflict(f"a user named {name!r} exists", code="user_exists")
-    try:
-        user = create_user(session, name, is_admin=is_admin)
-        key, plaintext = create_api_key(session, user.id)
-        session.commit()
-    except IntegrityError as exc:
-        session.rollback()
-        raise Conflict(f"a user named {name!r} exists", code="user_exists") from exc
+    with _account_errors():
+        user, key, plaintext = accounts.add_user(session, name=name, is_admin=is_admin)
     return UserCreatedPublic(user=user_public(user), key=_key_public(key, plaintext))
 
 
+def list_keys(*, session: Session, user: str | None) -> list[ApiKeyPublic]:
+    with _account_errors():
+        user_id = accounts.find_user(session, user).id if user is not None else None
+        return [key_public(k) for k in accounts.list_keys(session, user_id=user_id)]
+
+
 def add_key(*, session: Session, user_id: str) -> ApiKeyCreatedPublic:
-    if session.get(User, user_id) is None:
-        raise NotFound("user not found")
-    key, plaintext = create_api_key(session, user_id)
-    session.commit()
-    logger.info("new API key %s for user %s", key.id, user_id)
+    with _account_errors():
+        key, plaintext = accounts.add_key(session, user_id=user_id)
     return _key_public(key, plaintext)
 
 
 def revoke_key(*, session: Session, key_id: str) -> None:
-    if session.get(ApiKey, key_id) is None:
-        raise NotFound("key not found")
-    revoke_api_key(session, key_id)
-    session.commit()
-    logger.info("revoked API key %s", key_id)
+    with _account_errors():
+        accounts.revoke_key(session, key_id=key_id)
+
+
+def rotate_key(*, session: Session, key_id: str) -> ApiKeyCreatedPublic:
+    with _account_errors():
+        key, plaintext = accounts.rotate_key(session, key_id=key_id)
+    return _key_public(key, plaintext)
+
+
+def set_disabled(*, session: Session, user_id: str, disabled: bool) -> UserPublic:
+    with _account_errors():
+        return user_public(accounts.set_disabled(session, user_id=user_id, disabled=disabled))
 
 
 def list_jobs_one(*, session: Session, job: TrainingJob) -> AdminJobPublic:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from storage.users import BadUserName, validate_user_name
 
 MAX_SEED = 2**31 - 1
 MAX_OFFSET = 2**31 - 1  # list offsets and event cursors: larger ones overflow SQLite/PostgreSQL integers
@@ -164,8 +166,16 @@ class OverviewPublic(BaseModel):
 
 
 class UserCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
+    name: str = Field(description="1..64 ASCII letters, digits and _ . @ - (the CLI applies the same rule).")
     is_admin: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        try:
+            return validate_user_name(value)
+        except BadUserName as exc:
+            raise ValueError(str(exc)) from None
 
 
 class UserPublic(BaseModel):
@@ -181,6 +191,17 @@ class ApiKeyCreatedPublic(BaseModel):
     user_id: str
     key: str = Field(description="The plaintext key; shown only in this response.")
     created_at: datetime
+
+
+class ApiKeyPublic(BaseModel):
+    """A key without its secret: `prefix` is the 8 characters after `sd_` (enough to recognise it)."""
+
+    id: str
+    user_id: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
 
 
 class UserCreatedPublic(BaseModel):

@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from storage.models import ApiKey, User, utcnow
+from storage.models import ApiKey, User, WebSession, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -24,12 +25,30 @@ KEY_LEN = len(KEY_PREFIX) + _PREFIX_LEN + _SECRET_LEN
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
+USER_NAME_MAX = 64
+_USER_NAME = re.compile(r"[A-Za-z0-9_.@-]+")
+
+
+class BadUserName(ValueError):
+    """A user name the service refuses; the message names the value and the rule."""
+
+
+def validate_user_name(name: str) -> str:
+    """The one rule for user names, used by the admin API's schema, `styledrop users create` and create_user:
+    1..64 of ASCII letters, digits and `_ . @ -` (no spaces, no look-alike or invisible characters)."""
+    if not 1 <= len(name) <= USER_NAME_MAX or not _USER_NAME.fullmatch(name):
+        raise BadUserName(
+            f"user name {name!r} is not allowed: use 1..{USER_NAME_MAX} ASCII letters, digits and _ . @ -"
+        )
+    return name
+
+
 def hash_key(plaintext: str) -> str:
     return hashlib.sha256(plaintext.encode()).hexdigest()
 
 
 def create_user(session: Session, name: str, *, is_admin: bool = False) -> User:
-    user = User(name=name, is_admin=is_admin, disabled=False)
+    user = User(name=validate_user_name(name), is_admin=is_admin, disabled=False)
     session.add(user)
     session.flush()
     logger.info("created user %s (%s) admin=%s", user.id, name, is_admin)
@@ -47,9 +66,15 @@ def create_api_key(session: Session, user_id: str) -> tuple[ApiKey, str]:
 
 
 def revoke_api_key(session: Session, key_id: str) -> None:
+    """Revoke the key and end every browser session that was opened by signing in with it."""
     row = session.get(ApiKey, key_id)
     if row is not None and row.revoked_at is None:
-        row.revoked_at = utcnow()
+        now = utcnow()
+        row.revoked_at = now
+        session.execute(
+            update(WebSession).where(WebSession.api_key_id == key_id, WebSession.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
         session.flush()
 
 

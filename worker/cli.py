@@ -5,7 +5,7 @@
     styledrop migrate                                   bring the database to the newest schema
     styledrop reconcile [--once]                        re-send lost messages, requeue jobs of dead workers
     styledrop users create NAME [--admin]               prints the new API key once
-    styledrop users list
+    styledrop users list | keys | add-key | revoke-key | rotate-key | disable | enable   (worker/users_cli.py)
     styledrop train ... / styledrop generate ...        the engine on its own (trainer/cli.py)
 
 With no DATABASE_URL / BROKER_URL everything is embedded under STYLEDROP_DATA_DIR (default ./.styledrop): a SQLite
@@ -175,40 +175,6 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- users ---------------------------------------------------------------------------------------------------------
-
-
-def cmd_users(args: argparse.Namespace) -> int:
-    settings = _settings()
-    from sqlalchemy import select
-    from sqlalchemy.exc import IntegrityError
-
-    from storage.db import make_engine, make_sessionmaker
-    from storage.models import User
-    from storage.users import create_api_key, create_user
-
-    engine = make_engine(settings.resolved_database_url)
-    try:
-        with make_sessionmaker(engine)() as session:
-            if args.users_command == "create":
-                try:
-                    user = create_user(session, args.name, is_admin=args.admin)
-                    _, key = create_api_key(session, user.id)
-                    session.commit()
-                except IntegrityError:
-                    sys.stderr.write(f"a user named {args.name!r} already exists\n")
-                    return 1
-                sys.stderr.write(f"created user {user.name} ({user.id}); the API key is shown once:\n")
-                sys.stdout.write(f"{key}\n")
-                return 0
-            for u in session.scalars(select(User).order_by(User.created_at)):
-                flags = ",".join(f for f, on in (("admin", u.is_admin), ("disabled", u.disabled)) if on) or "-"
-                sys.stdout.write(f"{u.id}\t{u.name}\t{flags}\t{u.created_at.isoformat()}\n")
-            return 0
-    finally:
-        engine.dispose()
-
-
 # --- the parser ----------------------------------------------------------------------------------------------------
 
 
@@ -233,15 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--once", action="store_true", help="one pass, then exit")
     rec.set_defaults(func=cmd_reconcile)
 
-    users = sub.add_parser("users", help="manage users and API keys")
-    users_sub = users.add_subparsers(dest="users_command", required=True)
-    create = users_sub.add_parser("create", help="create a user and print its API key once")
-    create.add_argument("name")
-    create.add_argument("--admin", action="store_true")
-    create.set_defaults(func=cmd_users)
-    users_sub.add_parser("list", help="list users").set_defaults(func=cmd_users)
-
     from trainer.cli import add_engine_commands
+    from worker.users_cli import add_users_commands
+
+    add_users_commands(sub)
 
     add_engine_commands(sub)
     return parser

@@ -11,6 +11,7 @@ from api.schemas import (
     MAX_OFFSET,
     AdminJobPublic,
     ApiKeyCreatedPublic,
+    ApiKeyPublic,
     OverviewPublic,
     UserCreate,
     UserCreatedPublic,
@@ -69,6 +70,33 @@ def create_key(user_id: str, _: AdminUser, session: SessionDep) -> ApiKeyCreated
     return admin.add_key(session=session, user_id=user_id)
 
 
+@router.post("/users/{user_id}/disable", response_model=UserPublic)
+def disable_user(user_id: str, _: AdminUser, session: SessionDep) -> UserPublic:
+    """Its keys stop working and its browser sessions end at once; its data stays."""
+    return admin.set_disabled(session=session, user_id=user_id, disabled=True)
+
+
+@router.post("/users/{user_id}/enable", response_model=UserPublic)
+def enable_user(user_id: str, _: AdminUser, session: SessionDep) -> UserPublic:
+    return admin.set_disabled(session=session, user_id=user_id, disabled=False)
+
+
+@router.get("/keys", response_model=list[ApiKeyPublic])
+def list_keys(
+    _: AdminUser, session: SessionDep,
+    user: Annotated[str | None, Query(description="A user name or id.")] = None,
+) -> list[ApiKeyPublic]:
+    """Every key (never its secret), oldest first."""
+    return admin.list_keys(session=session, user=user)
+
+
 @router.delete("/keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
 def revoke_key(key_id: str, _: AdminUser, session: SessionDep) -> None:
+    """The key stops working, and so do the browser sessions signed in with it."""
     admin.revoke_key(session=session, key_id=key_id)
+
+
+@router.post("/keys/{key_id}/rotate", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreatedPublic)
+def rotate_key(key_id: str, _: AdminUser, session: SessionDep) -> ApiKeyCreatedPublic:
+    """A new key for the same user (shown only in this response); the old one is revoked."""
+    return admin.rotate_key(session=session, key_id=key_id)
