@@ -41,3 +41,61 @@ def test_parser_knows_every_command() -> None:
     assert parser.parse_args(["reconcile", "--once"]).once
     with pytest.raises(SystemExit):
         parser.parse_args(["worker", "--queue", "bogus"])
+
+
+def test_users_keys_revoke_rotate_disable(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The admin operations of the API, from the CLI (storage.accounts): a leaked key is revoked without SQL."""
+    from storage.db import make_engine, make_sessionmaker
+    from storage.users import authenticate_key
+
+    assert cli.main(["migrate"]) == 0
+    assert cli.main(["users", "create", "dora"]) == 0
+    first = capsys.readouterr().out.strip()
+    assert cli.main(["users", "add-key", "dora"]) == 0
+    second = capsys.readouterr().out.strip()
+    assert cli.main(["users", "keys", "dora"]) == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
+    assert [(row[1], row[2], row[5]) for row in lines] == [("dora", f"sd_{first[3:11]}…", "-"),
+                                                           ("dora", f"sd_{second[3:11]}…", "-")]
+    assert first not in str(lines) and second not in str(lines)  # never the secret
+    first_id, second_id = lines[0][0], lines[1][0]
+
+    assert cli.main(["users", "revoke-key", first_id]) == 0
+    assert cli.main(["users", "rotate-key", second_id]) == 0
+    third = capsys.readouterr().out.strip()
+    assert third.startswith("sd_") and third not in (first, second)
+    assert cli.main(["users", "rotate-key", second_id]) == 1  # already revoked
+    assert "already revoked" in capsys.readouterr().err
+
+    engine = make_engine(f"sqlite:///{data_dir / 'styledrop.db'}")
+    try:
+        with make_sessionmaker(engine)() as session:
+            assert authenticate_key(session, first) is None and authenticate_key(session, second) is None
+            assert authenticate_key(session, third) is not None
+        assert cli.main(["users", "disable", "dora"]) == 0
+        with make_sessionmaker(engine)() as session:
+            assert authenticate_key(session, third) is None
+        assert cli.main(["users", "list"]) == 0
+        assert capsys.readouterr().out.split("\t")[2] == "disabled"
+        assert cli.main(["users", "enable", "dora"]) == 0
+        with make_sessionmaker(engine)() as session:
+            assert authenticate_key(session, third) is not None
+    finally:
+        engine.dispose()
+    for args in (["disable", "nobody"], ["revoke-key", "nope"], ["keys", "nobody"]):
+        assert cli.main(["users", *args]) == 1
+        assert args[1] in capsys.readouterr().err  # names the bad value
+
+
+@pytest.mark.parametrize("name", ["a b", "x" * 65, "ädmin", "admin\u200b", "a/b", ""])
+def test_users_create_refuses_names_the_api_refuses(data_dir: Path, name: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from api.schemas import UserCreate
+
+    with pytest.raises(ValueError):
+        UserCreate(name=name)
+    assert cli.main(["migrate"]) == 0
+    assert cli.main(["users", "create", name]) == 1
+    assert f"user name {name!r} is not allowed" in capsys.readouterr().err
+    assert cli.main(["users", "list"]) == 0
+    assert capsys.readouterr().out == ""
