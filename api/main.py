@@ -14,10 +14,12 @@ from starlette.concurrency import run_in_threadpool
 
 from api.docs import install_docs
 from api.errors import install_handlers
+from api.headers import SecurityHeadersMiddleware
 from api.metrics import make_registry
+from api.ratelimit import make_rate_limiter
 from api.request_guard import RequestGuard
 from api.routes import adapters, admin, generations, health, jobs, pages, styles
-from api.security import RateLimiter, load_secret
+from api.security import load_secret
 from api.streams import StreamHub
 from storage.blobs import blob_store_from_settings
 from storage.db import make_engine, make_sessionmaker, upgrade_to_head
@@ -91,7 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.secret = load_secret(settings)
     app.state.streams = StreamHub(app.state.sessionmaker, per_user=settings.max_streams_per_user,
                                   total=settings.max_streams_total)
-    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+    app.state.rate_limiter = make_rate_limiter(settings)
     app.state.metrics_registry = make_registry(app.state.sessionmaker, settings)
     install_handlers(app)
     app.add_middleware(RequestGuard, max_json_bytes=settings.max_json_bytes)
@@ -99,4 +101,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     install_docs(app)
+    app.add_middleware(SecurityHeadersMiddleware)
     return app
