@@ -138,7 +138,10 @@ def test_healthz_readyz_metrics_overview(api_client, api_keys) -> None:
         session.add(Worker(id="h:2:train", host="h", pid=2, kind="train", heartbeat_at=utcnow().replace(year=2000),
                            started_at=utcnow().replace(year=2000), stats={}))
         session.commit()
-    text = api_client.get("/metrics").text
+    # /metrics is admin-only by default (job ids, queue depths; each scrape runs queries)
+    assert api_client.get("/metrics").status_code == 401
+    assert api_client.get("/metrics", headers=key).status_code == 403
+    text = api_client.get("/metrics", headers=bearer(api_keys["admin"])).text
     assert 'styledrop_jobs{state="queued"} 1.0' in text
     assert 'styledrop_queue_depth{queue="train"} 1.0' in text
     assert "styledrop_adapter_cache_hits_total 3.0" in text

@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import SettingsDep
+from api.deps import MetricsAccess, SettingsDep
 from storage import broker
 from storage.db import upgrade_to_head
 
@@ -53,7 +53,8 @@ async def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=Response)
-async def metrics(request: Request) -> Response:
-    """Prometheus metrics (computed from the database at scrape time)."""
+async def metrics(request: Request, _: MetricsAccess) -> Response:
+    """Prometheus metrics (computed from the database at scrape time). Needs an admin key unless
+    `STYLEDROP_METRICS_PUBLIC=true`."""
     body = await run_in_threadpool(generate_latest, request.app.state.metrics_registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
