@@ -34,6 +34,7 @@ from api.schemas import (
     JobPublic,
     StylePublic,
 )
+from api.text import is_invisible
 from storage import jobs as jobstore
 from storage.blobs import BlobIntegrityError, BlobNotFound, BlobStore, content_key, get_verified
 from storage.images import ImageRejected, NormalizedImage, load_mask, normalize_upload
@@ -232,6 +233,9 @@ def create_style(
     content = content.strip() if content and content.strip() else None
     if not descriptor or len(descriptor) > 200:
         raise Invalid("descriptor must be 1..200 characters", code="bad_descriptor")
+    if is_invisible(descriptor):
+        raise Invalid("descriptor has no visible characters (only spaces, control or zero-width ones)",
+                      code="bad_descriptor")
     if content is not None and len(content) > 500:
         raise Invalid("content must be at most 500 characters", code="bad_content")
     if steps is not None and not 1 <= steps <= settings.max_train_steps:
