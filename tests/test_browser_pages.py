@@ -43,7 +43,12 @@ def new_page(browser: Any, width: str = "desktop") -> Any:
     w, h = WIDTHS[width]
     context = browser.new_context(viewport={"width": w, "height": h}, accept_downloads=True)
     context.set_default_timeout(30_000)
-    return context.new_page()
+    page = context.new_page()
+    # The pages run under a strict Content-Security-Policy: anything it blocks is a bug (checked in screenshots()).
+    page.csp_violations = []
+    page.on("console", lambda msg: page.csp_violations.append(msg.text)
+            if "Content Security Policy" in msg.text else None)
+    return page
 
 
 def sign_in(page: Any, stack: BrowserStack, key: str, path: str = "/signin") -> None:
@@ -54,7 +59,8 @@ def sign_in(page: Any, stack: BrowserStack, key: str, path: str = "/signin") -> 
 
 
 def screenshots(page: Any, name: str) -> None:
-    """The last page at phone and desktop width."""
+    """The last page at phone and desktop width; and nothing the page did was blocked by its CSP."""
+    assert not page.csp_violations, page.csp_violations
     BROWSER_ARTIFACTS.mkdir(exist_ok=True)
     for label, (w, h) in WIDTHS.items():
         page.set_viewport_size({"width": w, "height": h})
@@ -261,3 +267,35 @@ def test_e_api_docs_render_offline_with_the_demo_banner_on_pages(browser: Any, b
     page.goto(browser_stack.url + "/signin")
     assert page.get_by_role("note").filter(has_text="Demo model.").is_visible()  # `up --model tiny`
     page.context.close()
+
+
+def test_f_admin_rotates_a_key_and_disables_a_user_from_the_page(browser: Any, browser_stack: BrowserStack,
+                                                                 browser_keys: dict[str, str]) -> None:
+    with api(browser_stack, browser_keys["admin"]) as admin:
+        made = admin.post("/v1/admin/users", json={"name": "erin"})
+        assert made.status_code == 201, made.text
+        erin_key, erin_key_id = made.json()["key"]["key"], made.json()["key"]["id"]
+    erin = new_page(browser, "phone")
+    sign_in(erin, browser_stack, erin_key)
+    assert erin.url == browser_stack.url + "/styles"
+
+    page = new_page(browser)
+    page.on("dialog", lambda dialog: dialog.accept())  # the confirm() before rotate and disable
+    sign_in(page, browser_stack, browser_keys["admin"], path="/signin?next=/admin")
+    label = f"sd_{erin_key[3:11]}…"
+    page.get_by_role("button", name=f"Rotate key {label} of erin").click()
+    page.wait_for_selector(f'#admin-keys tr[data-key-id="{erin_key_id}"][data-state="revoked"]')
+    new_key = page.locator("#new-key-value").inner_text().strip()
+    assert new_key.startswith("sd_") and new_key != erin_key
+
+    erin.reload()  # the session opened with the rotated key has ended
+    assert erin.url.startswith(browser_stack.url + "/signin")
+    with api(browser_stack, new_key) as client:
+        assert client.get("/v1/styles").status_code == 200
+        page.get_by_role("button", name="Disable erin").click()
+        page.get_by_role("button", name="Enable erin").wait_for()
+        assert client.get("/v1/styles").status_code == 401
+    screenshots(page, "e-admin-accounts")
+    screenshots(erin, "e-signed-out")
+    page.context.close()
+    erin.context.close()

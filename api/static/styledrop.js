@@ -586,11 +586,104 @@
       timer = setTimeout(refresh, ADMIN_POLL_MS);
     }
 
+    initAccounts();
     stateSel.addEventListener("change", refresh);
     userSel.addEventListener("change", refresh);
     $("#admin-filters").addEventListener("submit", (e) => { e.preventDefault(); refresh(); });
     loadUsers();
     refresh();
+  }
+
+  // --- admin: users and API keys (disable/enable, new key, rotate, revoke); reloaded after each action ----------
+
+  function initAccounts() {
+    const errorEl = $("#accounts-error");
+    const usersBody = $("#admin-users tbody");
+    const keysBody = $("#admin-keys tbody");
+
+    function showKey(created, what) {
+      $("#new-key-label").textContent = `${what} It is shown only now; copy it:`;
+      $("#new-key-value").textContent = created.key;
+      $("#new-key").hidden = false;
+    }
+
+    async function act(button, question, run) {
+      if (question && !window.confirm(question)) return;
+      button.disabled = true;
+      try {
+        await run();
+        showError(errorEl, "");
+      } catch (err) {
+        showError(errorEl, err.message);
+      }
+      load();
+    }
+
+    function button(parent, label, aria, className, onClick) {
+      const b = document.createElement("button");
+      b.type = "button"; b.className = `${className} small`; b.textContent = label;
+      b.setAttribute("aria-label", aria);
+      b.addEventListener("click", () => onClick(b));
+      parent.append(b);
+    }
+
+    function render(users, keys) {
+      const names = new Map(users.map((u) => [u.id, u.name]));
+      usersBody.replaceChildren();
+      for (const u of users) {
+        const tr = document.createElement("tr");
+        tr.dataset.userId = u.id;
+        cell(tr, u.name);
+        cell(tr, u.is_admin ? "admin" : "user");
+        cell(tr, u.disabled ? "disabled" : "active");
+        const actions = cell(tr, "");
+        if (u.disabled) {
+          button(actions, "Enable", `Enable ${u.name}`, "secondary",
+            (b) => act(b, null, () => api("POST", `/v1/admin/users/${u.id}/enable`)));
+        } else {
+          button(actions, "Disable", `Disable ${u.name}`, "danger",
+            (b) => act(b, `Disable ${u.name}? Its keys and sessions stop working at once.`,
+              () => api("POST", `/v1/admin/users/${u.id}/disable`)));
+        }
+        button(actions, "New key", `New key for ${u.name}`, "secondary", (b) => act(b, null, async () => {
+          showKey(await api("POST", `/v1/admin/users/${u.id}/keys`), `New key for ${u.name}.`);
+        }));
+        usersBody.append(tr);
+      }
+      keysBody.replaceChildren();
+      for (const k of keys) {
+        const tr = document.createElement("tr");
+        const label = `sd_${k.prefix}…`;
+        const owner = names.get(k.user_id) || k.user_id;
+        tr.dataset.keyId = k.id;
+        tr.dataset.state = k.revoked_at ? "revoked" : "active";
+        cell(tr, label, "mono");
+        cell(tr, owner);
+        cell(tr, fmtTime(k.created_at));
+        cell(tr, fmtTime(k.last_used_at));
+        cell(tr, k.revoked_at ? `revoked ${fmtTime(k.revoked_at)}` : "active");
+        const actions = cell(tr, "");
+        if (!k.revoked_at) {
+          button(actions, "Rotate", `Rotate key ${label} of ${owner}`, "secondary",
+            (b) => act(b, `Replace key ${label} of ${owner}? The old key and its sessions stop working.`, async () => {
+              showKey(await api("POST", `/v1/admin/keys/${k.id}/rotate`), `New key for ${owner} (replaces ${label}).`);
+            }));
+          button(actions, "Revoke", `Revoke key ${label} of ${owner}`, "danger",
+            (b) => act(b, `Revoke key ${label} of ${owner}? It and its sessions stop working.`,
+              () => api("DELETE", `/v1/admin/keys/${k.id}`)));
+        }
+        keysBody.append(tr);
+      }
+    }
+
+    async function load() {
+      try {
+        const [users, keys] = await Promise.all([api("GET", "/v1/admin/users"), api("GET", "/v1/admin/keys")]);
+        render(users, keys);
+      } catch (err) { showError(errorEl, err.message); }
+    }
+
+    load();
   }
 
   document.addEventListener("DOMContentLoaded", () => {
