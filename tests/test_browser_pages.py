@@ -86,7 +86,9 @@ def test_a_upload_watch_training_generate_and_download(
     style_png = tmp_path / "stripes.png"
     style_png.write_bytes(worker_style_png((30, 120, 200)))
     page.set_input_files("#image", str(style_png))
-    page.wait_for_function("document.querySelector('#file-info').textContent.includes('256×256 px')")
+    # Arrow functions, not expression strings: Playwright polls an expression with eval(), which the pages' CSP
+    # (rightly) forbids; a function is compiled once through the DevTools protocol.
+    page.wait_for_function("() => document.querySelector('#file-info').textContent.includes('256×256 px')")
     assert page.locator("#preview-img").is_visible()
     assert re.search(r"stripes\.png · \d+(\.\d)? K?B · 256×256 px", page.locator("#file-info").inner_text())
     page.get_by_label("Style descriptor").fill("blue stripes poster")
@@ -118,7 +120,7 @@ def test_a_upload_watch_training_generate_and_download(
     previews.first.wait_for()
     assert previews.count() == 2
     page.wait_for_function(
-        "[...document.querySelectorAll('.previews img')].every((i) => i.complete && i.naturalWidth > 0)"
+        "() => [...document.querySelectorAll('.previews img')].every((i) => i.complete && i.naturalWidth > 0)"
     )
     assert job.get_by_role("button", name="Cancel training").is_hidden()
 
@@ -137,7 +139,9 @@ def test_a_upload_watch_training_generate_and_download(
     assert generated["style_strength"] == 2.5 and generated["seed"] == 7
     shot = page.locator(f'.gallery .shot[data-generation-id="{generated["id"]}"] img')
     shot.wait_for(timeout=120_000)
-    page.wait_for_function("[...document.querySelectorAll('.gallery img')].every((i) => i.complete && i.naturalWidth)")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.gallery img')].every((i) => i.complete && i.naturalWidth)"
+    )
     assert "strength 2.5" in page.locator(".gallery .shot").first.inner_text()
     assert navigations == []
 
@@ -170,7 +174,7 @@ def test_b_refused_upload_shows_the_reason(browser: Any, browser_stack: BrowserS
     page.goto(browser_stack.url + "/styles/new")
     page.set_input_files("#image", files=[{"name": "notes.png", "mimeType": "image/png",
                                            "buffer": b"these are my notes, not a picture\n"}])
-    page.wait_for_function("document.querySelector('#file-info').textContent.includes('cannot preview')")
+    page.wait_for_function("() => document.querySelector('#file-info').textContent.includes('cannot preview')")
     page.get_by_label("Style descriptor").fill("anything")
     page.get_by_role("button", name="Upload and train").click()
     error = page.locator("#form-error")
@@ -203,7 +207,7 @@ def test_d_admin_page_needs_an_admin_and_a_signed_in_visitor(browser: Any, brows
     page.goto(browser_stack.url + "/admin")
     sign_in(page, browser_stack, browser_keys["admin"], path="/signin?next=/admin")
     assert page.url == browser_stack.url + "/admin"
-    page.wait_for_function("document.querySelector('#admin-updated').textContent !== '—'")
+    page.wait_for_function("() => document.querySelector('#admin-updated').textContent !== '—'")
     page.goto(browser_stack.url + "/signin")  # a signed-in visitor is sent on
     assert page.url == browser_stack.url + "/styles"
     page.goto(browser_stack.url + "/admin")
