@@ -11,7 +11,7 @@ import logging
 import secrets
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from storage.models import ApiKey, User, WebSession, utcnow
@@ -27,7 +27,9 @@ def _token_hash(token: str) -> str:
 
 
 def open_session(session: Session, *, user_id: str, api_key_id: str | None, max_age: timedelta) -> str:
-    """A new session row; returns the cookie token (shown to the browser only). The caller commits."""
+    """A new session row; returns the cookie token (shown to the browser only). The caller commits. The user's
+    expired rows go at the same time, so the table stays about as big as the sessions that can still be used."""
+    session.execute(delete(WebSession).where(WebSession.user_id == user_id, WebSession.expires_at < utcnow()))
     token = secrets.token_urlsafe(TOKEN_BYTES)
     session.add(WebSession(id=_token_hash(token), user_id=user_id, api_key_id=api_key_id,
                            expires_at=utcnow() + max_age))

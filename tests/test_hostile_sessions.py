@@ -141,6 +141,9 @@ def test_sessions_expire(api_client, api_keys) -> None:
         session.execute(update(WebSession).values(expires_at=utcnow()))
         session.commit()
     assert api_client.get("/v1/styles").status_code == 401
+    api_client.post("/signin", data={"api_key": api_keys["alice"]}, follow_redirects=False)
+    with api_client.app.state.sessionmaker() as session:  # the expired row went with the next sign-in
+        assert session.scalars(select(WebSession)).one().expires_at > utcnow()
     api_client.cookies.clear()
 
 
