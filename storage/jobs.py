@@ -140,22 +140,84 @@ def events_after(session: Session, job_id: str, after_id: int = 0, limit: int = 
     ).all()
 
 
+def _train_queue() -> Any:
+    """Claimable queued jobs with their claim order: the database's, never the broker's.
+
+    Fair across users: a job's `load` is its owner's running jobs plus the owner's queued jobs ahead of it, so the
+    user with the fewest running jobs goes first, then the oldest job. Sorting every claimable job by (load,
+    queued_at, id) gives exactly the order of claiming one job at a time with that rule, so a batch claim
+    (`limit` > 1) and `queue_position` agree with single claims.
+    """
+    running = (
+        select(TrainingJob.owner_id, func.count().label("n"))
+        .where(TrainingJob.state.in_(ACTIVE))
+        .group_by(TrainingJob.owner_id)
+        .subquery()
+    )
+    ahead = func.row_number().over(partition_by=TrainingJob.owner_id, order_by=(TrainingJob.queued_at, TrainingJob.id))
+    return (
+        select(TrainingJob.id, TrainingJob.queued_at, (func.coalesce(running.c.n, 0) + ahead - 1).label("load"))
+        .outerjoin(running, running.c.owner_id == TrainingJob.owner_id)
+        .where(TrainingJob.state == "queued", TrainingJob.cancel_requested_at.is_(None),
+               TrainingJob.attempts < TrainingJob.max_attempts)
+        .subquery()
+    )
+
+
 def queue_position(session: Session, job: TrainingJob) -> int:
-    """1 for the next queued job to run; 0 when `job` is not queued."""
+    """1 for the next job `claim_train_jobs` will claim; 0 when `job` is not waiting to be claimed."""
     if job.state != "queued":
         return 0
+    q = _train_queue()
+    mine = session.execute(select(q.c.load, q.c.queued_at).where(q.c.id == job.id)).one_or_none()
+    if mine is None:
+        return 0
     ahead = session.scalar(
-        select(func.count())
-        .select_from(TrainingJob)
-        .where(
-            TrainingJob.state == "queued",
-            or_(
-                TrainingJob.queued_at < job.queued_at,
-                and_(TrainingJob.queued_at == job.queued_at, TrainingJob.id < job.id),
-            ),
-        )
+        select(func.count()).select_from(q).where(or_(
+            q.c.load < mine.load,
+            and_(q.c.load == mine.load, q.c.queued_at < mine.queued_at),
+            and_(q.c.load == mine.load, q.c.queued_at == mine.queued_at, q.c.id < job.id),
+        ))
     )
     return int(ahead or 0) + 1
+
+
+def claim_train_jobs(session: Session, *, limit: int, worker: str) -> list[TrainingJob]:
+    """Move up to `limit` queued jobs to running for `worker` (a worker_host), in queue order (`_train_queue`).
+
+    Each job is taken by one conditional UPDATE (`... WHERE state = 'queued'`) that also counts the attempt and
+    writes the "state" event, so two claimers never get the same job: on PostgreSQL the candidates are first
+    locked `FOR UPDATE SKIP LOCKED` (a concurrent claimer takes the next ones instead of waiting), on SQLite the
+    write lock serialises claimers. Returns the claimed rows in claim order; the caller commits.
+    """
+    if limit < 1:
+        return []
+    q = _train_queue()
+    # A few spare candidates: on PostgreSQL some may be locked by a concurrent claimer.
+    candidates = list(session.scalars(
+        select(q.c.id).order_by(q.c.load, q.c.queued_at, q.c.id).limit(limit * 4 + 8)
+    ))
+    if candidates and session.get_bind().dialect.name == "postgresql":
+        free = set(session.scalars(
+            select(TrainingJob.id).where(TrainingJob.id.in_(candidates), TrainingJob.state == "queued")
+            .with_for_update(skip_locked=True)
+        ))
+        candidates = [c for c in candidates if c in free]
+    now = utcnow()
+    claimed: list[str] = []
+    for job_id in candidates:
+        if len(claimed) == limit:
+            break
+        if transition(session, job_id, expected="queued", new="running", attempts=TrainingJob.attempts + 1,
+                      worker_host=worker, started_at=func.coalesce(TrainingJob.started_at, now), heartbeat_at=now,
+                      error_code=None, error_message=None):
+            claimed.append(job_id)
+    if not claimed:
+        return []
+    rows = {j.id: j for j in session.scalars(
+        select(TrainingJob).where(TrainingJob.id.in_(claimed)).execution_options(populate_existing=True)
+    )}
+    return [rows[i] for i in claimed]
 
 
 def transition_generation(

@@ -221,3 +221,79 @@ def test_concurrent_claims_never_share_a_row_on_postgres(pg_url: str) -> None:
             assert all(r.worker_host == f"w{owner[r.id]}" for r in rows)
     finally:
         engine.dispose()
+
+
+def test_claim_train_jobs_oldest_first_fair_across_users_and_matches_queue_position(
+    db: sessionmaker[Session],
+) -> None:
+    with db() as s:
+        alice, bob, carol = _user(s, "alice"), _user(s, "bob"), _user(s, "carol")
+        t0 = utcnow() - timedelta(hours=1)
+        at = [t0 + timedelta(seconds=i) for i in range(10)]
+        a1, a2, a3 = (_job(s, alice, queued_at=at[i]) for i in (1, 2, 3))
+        b1, b2 = (_job(s, bob, queued_at=at[i]) for i in (4, 5))
+        _job(s, carol, state="running", queued_at=at[0], worker_host="w0", attempts=1)
+        c1 = _job(s, carol, queued_at=at[0])  # oldest queued, but carol already has one running
+        _job(s, alice, queued_at=at[0], cancel_requested_at=utcnow())  # never claimable
+        worn = _job(s, bob, queued_at=at[0], attempts=3, max_attempts=3)  # left for its own message to fail
+        s.commit()
+        expected = [a1, b1, c1, a2, b2, a3]
+        assert [jobs.queue_position(s, j) for j in expected] == [1, 2, 3, 4, 5, 6]
+        assert jobs.queue_position(s, worn) == 0
+
+        first = jobs.claim_train_jobs(s, limit=4, worker="w1")
+        s.commit()
+        assert [j.id for j in first] == [j.id for j in expected[:4]]
+        assert all(j.state == "running" and j.attempts == 1 and j.worker_host == "w1" for j in first)
+        assert [jobs.queue_position(s, j) for j in (b2, a3)] == [1, 2]
+        rest = jobs.claim_train_jobs(s, limit=10, worker="w2")
+        s.commit()
+        assert [j.id for j in rest] == [b2.id, a3.id]
+        assert jobs.claim_train_jobs(s, limit=1, worker="w3") == []
+        assert jobs.claim_train_jobs(s, limit=0, worker="w3") == []
+        events = s.scalars(select(JobEvent).where(JobEvent.job_id == a1.id, JobEvent.kind == "state")).all()
+        assert [e.payload for e in events] == [{"from": "queued", "to": "running"}]
+
+
+@pytest.mark.integration
+def test_concurrent_train_claims_never_share_a_job_on_postgres(pg_url: str) -> None:
+    engine = make_engine(pg_url, pool_size=10)
+    maker = make_sessionmaker(engine)
+    try:
+        with maker() as s:
+            users = [_user(s, f"u{i}") for i in range(3)]
+            t0 = utcnow() - timedelta(minutes=1)
+            ids = [_job(s, users[i % 3], queued_at=t0 + timedelta(milliseconds=i)).id for i in range(45)]
+            s.commit()
+        n_threads = 5
+        barrier = threading.Barrier(n_threads)
+        results: dict[int, list[str]] = {i: [] for i in range(n_threads)}
+        errors: list[BaseException] = []
+
+        def claimer(i: int) -> None:
+            try:
+                barrier.wait()
+                for _ in range(20):
+                    with maker() as s:
+                        got = jobs.claim_train_jobs(s, limit=3, worker=f"w{i}")
+                        s.commit()
+                        results[i].extend(j.id for j in got)
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=claimer, args=(i,)) for i in range(n_threads)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not errors
+        everything = [jid for got in results.values() for jid in got]
+        assert sorted(everything) == sorted(ids)  # each job claimed exactly once
+        with maker() as s:
+            rows = s.scalars(select(TrainingJob)).all()
+            owner = {jid: i for i, got in results.items() for jid in got}
+            assert all(r.state == "running" and r.attempts == 1 and r.worker_host == f"w{owner[r.id]}" for r in rows)
+            n_events = s.scalar(select(func.count()).select_from(JobEvent).where(JobEvent.kind == "state"))
+            assert n_events == len(ids)
+    finally:
+        engine.dispose()

@@ -271,3 +271,19 @@ def test_reconciler_requeues_stale_and_resends_unsent(worker_runtime: Runtime) -
     assert _get(rt, TrainingJob, fresh_sent).celery_task_id is None
     with rt.session_factory() as s:
         assert s.scalar(select(func.count()).select_from(Adapter)) == 0
+
+
+def test_messages_out_of_order_still_run_jobs_in_database_order(worker_runtime: Runtime) -> None:
+    """The embedded broker may deliver the newest job's message first: the database decides which job runs."""
+    rt = worker_runtime
+    t0 = utcnow() - timedelta(minutes=5)
+    ids = [_job(rt, steps=2, queued_at=t0 + timedelta(seconds=i), color=(40 * i, 90, 90)) for i in range(3)]
+    for message in reversed(ids):  # wake-ups arrive newest first
+        assert tasks.run_train(rt, message) == "succeeded"
+    rows = [_get(rt, TrainingJob, i) for i in ids]
+    assert all(r.state == "succeeded" and r.attempts == 1 for r in rows)
+    assert [r.started_at for r in rows] == sorted(r.started_at for r in rows)
+    assert rows[0].finished_at <= rows[1].started_at and rows[1].finished_at <= rows[2].started_at
+    assert tasks.run_train(rt, ids[0]) == "skipped"  # a duplicate message of a finished job changes nothing
+    assert [_get(rt, TrainingJob, i).attempts for i in ids] == [1, 1, 1]
+    assert all(len(_adapters_for(rt, i)) == 1 for i in ids)

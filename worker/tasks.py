@@ -81,34 +81,35 @@ def _fail_job(rt: Runtime, job_id: str, expected: tuple[str, ...], code: str, me
     return ok
 
 
-def _claim_job(rt: Runtime, job_id: str, log: IdLogger) -> TrainingJob | None:
-    """Move the job to running for this process, or return None when there is nothing to do."""
+def _settle_message_job(rt: Runtime, job_id: str, log: IdLogger) -> None:
+    """Deal with what only the message's own job can need: a takeover from a dead worker (or from this process,
+    after a crash it survived), a cancel or an attempt limit reached while it waited. Which job then runs is
+    decided by `claim_train_jobs`: every message is a wake-up (one may have been spent on another job)."""
     stale = timedelta(seconds=rt.settings.heartbeat_stale_seconds)
     with rt.session_factory() as s:
         job = s.get(TrainingJob, job_id)
         if job is None:
-            log.warning("no such job; dropping the message")
-            return None
-        if job.state in jobs.TERMINAL:
-            log.info("already %s; nothing to do", job.state)
-            return None
+            log.warning("no such job; the message only wakes the worker")
+            return
         now = utcnow()
         if job.state in jobs.ACTIVE:
             seen = job.heartbeat_at or job.started_at or job.queued_at
-            ours = job.worker_host == rt.host
-            if not ours and seen > now - stale:
-                log.info("%s on %s (heartbeat %s); duplicate delivery ignored", job.state, job.worker_host, seen)
-                return None
+            if job.worker_host != rt.host and seen > now - stale:
+                log.info("%s on %s (heartbeat %s); duplicate delivery", job.state, job.worker_host, seen)
+                return
             if job.state == "cancelling":
                 jobs.transition(s, job_id, expected="cancelling", new="cancelled", finished_at=now)
                 s.commit()
-                return None
+                return
             log.warning("taking over from %s (last heartbeat %s)", job.worker_host, seen)
             jobs.transition(s, job_id, expected="running", new="queued")
+            s.commit()
+        if job.state != "queued":
+            return
         if job.cancel_requested_at is not None:
             jobs.transition(s, job_id, expected="queued", new="cancelled", finished_at=now)
             s.commit()
-            return None
+            return
         if job.attempts >= job.max_attempts:
             jobs.transition(
                 s, job_id, expected="queued", new="failed", error_code="too_many_attempts", finished_at=now,
@@ -117,29 +118,32 @@ def _claim_job(rt: Runtime, job_id: str, log: IdLogger) -> TrainingJob | None:
             )
             s.commit()
             log.error("failed after %d attempts", job.attempts)
-            return None
-        ok = jobs.transition(
-            s, job_id, expected="queued", new="running", attempts=TrainingJob.attempts + 1,
-            worker_host=rt.host, started_at=job.started_at or now, heartbeat_at=now,
-            error_code=None, error_message=None,
-        )
+
+
+def _claim_job(rt: Runtime, job_id: str, log: IdLogger) -> TrainingJob | None:
+    """Claim the job the database says is next (oldest first, fair across users), whatever job the message
+    named: the embedded broker delivers messages out of order. None when nothing is claimable."""
+    _settle_message_job(rt, job_id, log)
+    with rt.session_factory() as s:
+        claimed = jobs.claim_train_jobs(s, limit=1, worker=rt.host)
         s.commit()
-        if not ok:
-            log.info("another worker claimed it first")
-            return None
-        s.refresh(job)
-        return job
+    if not claimed:
+        log.info("no queued job to claim; nothing to do")
+        return None
+    if claimed[0].id != job_id:
+        log.info("woke up; the next job in the queue is %s", claimed[0].id)
+    return claimed[0]
 
 
 def run_train(rt: Runtime, job_id: str) -> str:
-    """Run (or resume) training job `job_id` to a final state. Returns a short outcome for logs and tests."""
-    log = IdLogger(logger, {"kind": "job", "id": job_id})
-    job = _claim_job(rt, job_id, log)
+    """Wake up for `job_id`: run (or resume) the next queued job to a final state (or, on a warm shutdown, back
+    to queued). Returns a short outcome for logs and tests."""
+    job = _claim_job(rt, job_id, IdLogger(logger, {"kind": "job", "id": job_id}))
     if job is None:
         return "skipped"
-    rt.current_id = job_id
+    rt.current_id = job.id
     try:
-        return _train(rt, job, log)
+        return _train(rt, job, IdLogger(logger, {"kind": "job", "id": job.id}))
     finally:
         rt.current_id = None
 
