@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(default=6 * 3600, description="Seconds; above the longest job (Celery #5935).")
     heartbeat_stale_seconds: int = 120
     reconcile_every: float = 30.0
+    restart_max_crashes: int = Field(default=5, description="`styledrop up` gives up on a child that exits this "
+                                     "many times within restart_window_seconds.")
+    restart_window_seconds: float = 120.0
 
     # --- HTTP --------------------------------------------------------------------------------------------------
     host: str = "127.0.0.1"

@@ -137,3 +137,19 @@ def test_512_recipe_uses_lr_1e3_and_alpha_1(engine_tiny_dir, engine_style_image:
     assert (result.adapter.meta.rank, result.adapter.meta.alpha) == (16, 1.0)
     assert seen[-1].learning_rate == 1e-3
     assert result.adapter.meta.base_model == "tiny-512"
+
+
+def test_stop_hands_a_last_checkpoint_at_the_stop_step(engine_parts: AmusedParts,
+                                                       engine_style_image: Image.Image) -> None:
+    checkpoints: list[Checkpoint] = []
+    result = train_style(engine_parts, [engine_style_image], descriptor="stripes",
+                         config=TrainConfig(steps=50, checkpoint_every=2, **FAST), on_checkpoint=checkpoints.append,
+                         should_stop=lambda: len(checkpoints) >= 1 and checkpoints[-1].step >= 2)
+    # Step 2 was checkpointed on schedule and the stop came right after it: no second copy of step 2.
+    assert result.stopped and result.step == 2 and [c.step for c in checkpoints] == [2]
+    checkpoints.clear()
+    steps = iter(range(1, 100))
+    result = train_style(engine_parts, [engine_style_image], descriptor="stripes",
+                         config=TrainConfig(steps=50, checkpoint_every=4, **FAST), on_checkpoint=checkpoints.append,
+                         should_stop=lambda: next(steps) >= 3)
+    assert result.stopped and result.step == 3 and [c.step for c in checkpoints] == [3]

@@ -260,12 +260,18 @@ def train_style(
                 sps = (step - first_step) / elapsed if elapsed > 0 else 0.0
                 on_progress(Progress(step, cfg.steps, losses[-1], cfg.learning_rate, sps,
                                      (cfg.steps - step) / sps if sps > 0 else float("inf")))
+            checkpointed = False
             if on_checkpoint is not None and cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 \
                     and step < cfg.steps:
                 named = {n: p for n, p in transformer.named_parameters() if f".{TRAIN_ADAPTER}." in n}
                 on_checkpoint(Checkpoint.capture(step, named, optimizer, generator, TRAIN_ADAPTER))
+                checkpointed = True
             if should_stop is not None and step < cfg.steps and should_stop():
                 stopped = True
+                # A last checkpoint where we stopped, so a job stopped for a shutdown loses no steps.
+                if on_checkpoint is not None and cfg.checkpoint_every > 0 and not checkpointed:
+                    named = {n: p for n, p in transformer.named_parameters() if f".{TRAIN_ADAPTER}." in n}
+                    on_checkpoint(Checkpoint.capture(step, named, optimizer, generator, TRAIN_ADAPTER))
                 break
     finally:
         transformer.eval()

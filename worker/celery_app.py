@@ -13,7 +13,7 @@ import threading
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from storage.broker import GENERATE_QUEUE, TRAIN_QUEUE, celery_config
 from storage.settings import get_settings
@@ -62,6 +62,14 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     for kind in kinds:
         _heartbeats.append(start_heartbeat(get_runtime(kind)))
     logger.info("worker ready: queues %s", ", ".join(queues))
+
+
+@worker_shutting_down.connect
+def _on_worker_shutting_down(**_: Any) -> None:
+    # Runs in the signal handler, between two training steps of the solo pool's task: only set a flag.
+    from worker.runtime import SHUTDOWN
+
+    SHUTDOWN.set()
 
 
 @worker_shutdown.connect

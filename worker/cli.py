@@ -19,10 +19,9 @@ import contextlib
 import logging
 import os
 import signal
-import subprocess
+import socket
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -66,15 +65,17 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = _settings()
     from storage.db import make_engine, make_sessionmaker, upgrade_to_head
     from worker import reconciler
+    from worker.supervisor import Supervisor
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     url = settings.resolved_database_url
     upgrade_to_head(url)
-    env = _child_env(settings.data_dir)
     host = args.host or settings.host
     port = str(args.port or settings.port)
     commands = {
-        "api": [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--host", host, "--port", port],
+        # a bounded graceful shutdown: open event streams must not keep the port after a stop
+        "api": [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--host", host, "--port", port,
+                "--timeout-graceful-shutdown", "5"],
         "train": [sys.executable, "-m", "worker.cli", "worker", "--queue", "train"],
         "generate": [sys.executable, "-m", "worker.cli", "worker", "--queue", "generate"],
     }
@@ -89,47 +90,27 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    children: dict[str, subprocess.Popen[bytes]] = {}
     engine = make_engine(url)
-    rc = 0
+    factory = make_sessionmaker(engine)
+    senders = reconciler.celery_senders()
+
+    def on_exit(name: str, pid: int) -> None:
+        if name in ("train", "generate"):  # we saw it die: no need to wait for its heartbeat to go stale
+            reconciler.requeue_dead_worker(factory, settings, f"{socket.gethostname()}:{pid}", *senders)
+
+    supervisor = Supervisor(commands, env=_child_env(settings.data_dir), on_exit=on_exit,
+                            max_crashes=settings.restart_max_crashes, window=settings.restart_window_seconds,
+                            stop_grace=STOP_GRACE_SECONDS)
+    rec_stop = threading.Event()
+    rec_thread = threading.Thread(target=reconciler.run_forever, args=(factory, settings, rec_stop, senders),
+                                  name="reconciler", daemon=True)
+    rec_thread.start()
+    logger.info("API on http://%s:%s  (Ctrl-C stops everything)", host, port)
     try:
-        for name, cmd in commands.items():
-            children[name] = subprocess.Popen(cmd, env=env, cwd=os.getcwd())
-            logger.info("started %s (pid %d)", name, children[name].pid)
-        rec_stop = threading.Event()
-        rec_thread = threading.Thread(
-            target=reconciler.run_forever, args=(make_sessionmaker(engine), settings, rec_stop),
-            name="reconciler", daemon=True,
-        )
-        rec_thread.start()
-        logger.info("API on http://%s:%s  (Ctrl-C stops everything)", host, port)
-        while not stop.is_set():
-            for name, child in children.items():
-                code = child.poll()
-                if code is not None:
-                    logger.error("%s exited with code %s; stopping everything", name, code)
-                    rc = 1
-                    stop.set()
-            stop.wait(0.5)
-        rec_stop.set()
+        return supervisor.run(stop)
     finally:
-        _stop_children(children)
+        rec_stop.set()
         engine.dispose()
-    return rc
-
-
-def _stop_children(children: dict[str, subprocess.Popen[bytes]]) -> None:
-    for child in children.values():
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
-    for name, child in children.items():
-        try:
-            child.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            logger.warning("%s did not stop in time; killing it (its job resumes from a checkpoint)", name)
-            child.kill()
-            child.wait()
 
 
 # --- worker, migrate, reconcile ------------------------------------------------------------------------------------

@@ -17,17 +17,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import jobs
 from storage.blobs import blob_store_from_settings
 from storage.broker import GENERATE_QUEUE, TRAIN_QUEUE
-from storage.models import utcnow
+from storage.models import Generation, TrainingJob, utcnow
 from storage.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -56,11 +57,13 @@ class ReconcileReport:
                     self.failed_jobs, self.failed_generations, self.cancelled_jobs, self.send_errors))
 
 
-def _repair_stale(session: Session, settings: Settings, report: ReconcileReport) -> tuple[list[str], list[str]]:
-    stale = timedelta(seconds=settings.heartbeat_stale_seconds)
+def _requeue(session: Session, settings: Settings, report: ReconcileReport, dead_jobs: Sequence[TrainingJob],
+             dead_gens: Sequence[Generation], why: str) -> tuple[list[str], list[str]]:
+    """Jobs and generations whose worker is gone: back to queued (or final when out of attempts). Commits.
+    Returns the ids to send again."""
     now = utcnow()
     resend_jobs: list[str] = []
-    for job in jobs.stale_running_jobs(session, stale):
+    for job in dead_jobs:
         if job.state == "cancelling":
             if jobs.transition(session, job.id, expected="cancelling", new="cancelled", finished_at=now):
                 report.cancelled_jobs.append(job.id)
@@ -72,11 +75,11 @@ def _repair_stale(session: Session, settings: Settings, report: ReconcileReport)
             ):
                 report.failed_jobs.append(job.id)
         elif jobs.transition(session, job.id, expected="running", new="queued"):
-            logger.warning("job %s: heartbeat stale on %s; requeued", job.id, job.worker_host)
+            logger.warning("job %s: %s on %s; requeued", job.id, why, job.worker_host)
             report.requeued_jobs.append(job.id)
             resend_jobs.append(job.id)
     resend_gens: list[str] = []
-    for gen in jobs.stale_running_generations(session, stale):
+    for gen in dead_gens:
         if gen.attempts >= settings.max_job_attempts:
             if jobs.transition_generation(
                 session, gen.id, expected="running", new="failed", finished_at=now, error_code="too_many_attempts",
@@ -84,11 +87,54 @@ def _repair_stale(session: Session, settings: Settings, report: ReconcileReport)
             ):
                 report.failed_generations.append(gen.id)
         elif jobs.transition_generation(session, gen.id, expected="running", new="queued"):
-            logger.warning("generation %s: heartbeat stale on %s; requeued", gen.id, gen.worker_host)
+            logger.warning("generation %s: %s on %s; requeued", gen.id, why, gen.worker_host)
             report.requeued_generations.append(gen.id)
             resend_gens.append(gen.id)
     session.commit()
     return resend_jobs, resend_gens
+
+
+def _repair_stale(session: Session, settings: Settings, report: ReconcileReport) -> tuple[list[str], list[str]]:
+    stale = timedelta(seconds=settings.heartbeat_stale_seconds)
+    return _requeue(session, settings, report, jobs.stale_running_jobs(session, stale),
+                    jobs.stale_running_generations(session, stale), "heartbeat stale")
+
+
+def _send_all(session: Session, report: ReconcileReport, send_train: Sender, send_generate: Sender,
+              resend_jobs: list[str], resend_gens: list[str]) -> None:
+    for ids, send, mark, sent in (
+        (resend_jobs, send_train, jobs.mark_job_sent, report.sent_jobs),
+        (resend_gens, send_generate, jobs.mark_generation_sent, report.sent_generations),
+    ):
+        for row_id in ids:
+            try:
+                task_id = send(row_id)
+            except Exception as exc:
+                logger.warning("could not send %s: %s", row_id, exc)
+                report.send_errors += 1
+                continue
+            mark(session, row_id, task_id)
+            session.commit()
+            sent.append(row_id)
+
+
+def requeue_dead_worker(
+    session_factory: sessionmaker[Session], settings: Settings, worker_host: str, send_train: Sender,
+    send_generate: Sender,
+) -> ReconcileReport:
+    """The process `worker_host` (`<hostname>:<pid>`) is known dead (its supervisor saw it exit): requeue and
+    re-send its running jobs and generations now, instead of after the heartbeat window."""
+    report = ReconcileReport()
+    with session_factory() as session:
+        dead_jobs = session.scalars(select(TrainingJob).where(
+            TrainingJob.worker_host == worker_host, TrainingJob.state.in_(jobs.ACTIVE))).all()
+        dead_gens = session.scalars(select(Generation).where(
+            Generation.worker_host == worker_host, Generation.state == "running")).all()
+        resend_jobs, resend_gens = _requeue(session, settings, report, dead_jobs, dead_gens, "worker exited")
+        _send_all(session, report, send_train, send_generate, resend_jobs, resend_gens)
+    if report.changed:
+        logger.info("requeued the work of %s: %s", worker_host, report)
+    return report
 
 
 def reconcile_once(
@@ -120,20 +166,7 @@ def reconcile_once(
             if gen.id not in resend_gens and (gen.sent_at is None or gen.sent_at < now - gen_resend
                                               or GENERATE_QUEUE in lost):
                 resend_gens.append(gen.id)
-        for ids, send, mark, sent in (
-            (resend_jobs, send_train, jobs.mark_job_sent, report.sent_jobs),
-            (resend_gens, send_generate, jobs.mark_generation_sent, report.sent_generations),
-        ):
-            for row_id in ids:
-                try:
-                    task_id = send(row_id)
-                except Exception as exc:
-                    logger.warning("could not send %s: %s", row_id, exc)
-                    report.send_errors += 1
-                    continue
-                mark(session, row_id, task_id)
-                session.commit()
-                sent.append(row_id)
+        _send_all(session, report, send_train, send_generate, resend_jobs, resend_gens)
     if report.changed:
         logger.info("reconciled: %s", report)
     return report

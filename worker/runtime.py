@@ -118,6 +118,10 @@ class Runtime:
         return self._cache.stats() if self._cache is not None else {}
 
 
+# Set when the worker process begins a warm shutdown (SIGTERM/SIGINT): a running training job then stops at the
+# next step, writes a last checkpoint and goes back to the queue without spending an attempt.
+SHUTDOWN = threading.Event()
+
 _runtimes: dict[str, Runtime] = {}
 _runtimes_lock = threading.Lock()
 

@@ -29,7 +29,7 @@ from storage.models import Generation, Style, TrainingJob, utcnow
 from trainer import Checkpoint, CheckpointError, GenerationRequest, train_style
 from worker.adapter_cache import AdapterMissing, split_by_slots
 from worker.celery_app import app
-from worker.runtime import Runtime, get_runtime
+from worker.runtime import SHUTDOWN, Runtime, get_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +205,13 @@ def _train(rt: Runtime, job: TrainingJob, log: IdLogger) -> str:
             })
             s.commit()
 
+    stop_reason: list[str] = []
+
     def should_stop() -> bool:
+        if SHUTDOWN.is_set():
+            log.info("worker shutting down; stopping with a last checkpoint")
+            stop_reason.append("shutdown")
+            return True
         with rt.session_factory() as s:
             row = s.execute(
                 select(TrainingJob.cancel_requested_at, TrainingJob.state, TrainingJob.worker_host)
@@ -213,13 +219,17 @@ def _train(rt: Runtime, job: TrainingJob, log: IdLogger) -> str:
             ).one()
         if row.cancel_requested_at is not None or row.state == "cancelling":
             log.info("cancel requested; stopping")
+            stop_reason.append("cancel")
             return True
         if row.state not in jobs.ACTIVE or row.worker_host != rt.host:
             log.warning("job is no longer ours (%s on %s); stopping", row.state, row.worker_host)
+            stop_reason.append("lost")
             return True
         return False
 
     def on_checkpoint(ckpt: Checkpoint) -> None:
+        if stop_reason and stop_reason != ["shutdown"]:  # cancelled or taken over: nobody resumes from it
+            return
         key = new_key("checkpoints", "safetensors")
         store.put_bytes(key, ckpt.to_bytes())
         with rt.session_factory() as s:
@@ -251,6 +261,8 @@ def _train(rt: Runtime, job: TrainingJob, log: IdLogger) -> str:
                   f"Training could not run: {exc}", gpu_seconds=elapsed())
         return "failed"
 
+    if result.stopped and stop_reason == ["shutdown"]:
+        return _requeue_on_shutdown(rt, job_id, elapsed(), log)
     if result.stopped or result.adapter is None:
         with rt.session_factory() as s:
             row = s.execute(select(TrainingJob.cancel_requested_at, TrainingJob.state)
@@ -286,6 +298,26 @@ def _train(rt: Runtime, job: TrainingJob, log: IdLogger) -> str:
         store.delete(old_ckpt)
     log.info("succeeded in %.1f s: adapter %s", time.perf_counter() - t0, adapter_id)
     return "succeeded" if ok else "lost"
+
+
+def _requeue_on_shutdown(rt: Runtime, job_id: str, gpu_seconds: float, log: IdLogger) -> str:
+    """A clean stop is not the job's fault: back to queued with the attempt given back, and a new wake-up sent
+    (if the broker is unreachable now, sent_at stays empty and the reconciler sends it)."""
+    with rt.session_factory() as s:
+        ok = jobs.transition(s, job_id, expected="running", new="queued", attempts=TrainingJob.attempts - 1,
+                             heartbeat_at=None, sent_at=None, eta_seconds=None, gpu_seconds=gpu_seconds)
+        s.commit()
+    if not ok:  # cancelled meanwhile, or taken over: whoever moved it owns it now
+        return "stopped"
+    try:
+        task_id = app.send_task(TRAIN_TASK, args=[job_id], queue=TRAIN_QUEUE).id
+        with rt.session_factory() as s:
+            jobs.mark_job_sent(s, job_id, str(task_id))
+            s.commit()
+    except Exception as exc:
+        log.warning("could not send the wake-up for the requeued job (the reconciler will): %s", exc)
+    log.info("requeued for the next worker (attempt not counted)")
+    return "requeued"
 
 
 def _store_adapter(rt: Runtime, job: TrainingJob, adapter: trainer.Adapter, data: bytes, log: IdLogger) -> str:
