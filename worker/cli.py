@@ -82,10 +82,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     logger.info("data in %s, database %s, broker %s, model %s", settings.data_dir.resolve(),
                 "sqlite (embedded)" if settings.database_url is None else "DATABASE_URL",
                 "file system (embedded)" if settings.embedded_broker else "BROKER_URL", settings.model)
-    stop = threading.Event()
+    stop, rec_stop = threading.Event(), threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         logger.info("signal %d: stopping", signum)
+        rec_stop.set()  # no more wake-ups for workers that are draining; the next `up` sends them
         stop.set()
 
     signal.signal(signal.SIGINT, on_signal)
@@ -101,7 +102,6 @@ def cmd_up(args: argparse.Namespace) -> int:
     supervisor = Supervisor(commands, env=_child_env(settings.data_dir), on_exit=on_exit,
                             max_crashes=settings.restart_max_crashes, window=settings.restart_window_seconds,
                             stop_grace=STOP_GRACE_SECONDS)
-    rec_stop = threading.Event()
     rec_thread = threading.Thread(target=reconciler.run_forever, args=(factory, settings, rec_stop, senders),
                                   name="reconciler", daemon=True)
     rec_thread.start()

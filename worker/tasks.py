@@ -138,6 +138,8 @@ def _claim_job(rt: Runtime, job_id: str, log: IdLogger) -> TrainingJob | None:
 def run_train(rt: Runtime, job_id: str) -> str:
     """Wake up for `job_id`: run (or resume) the next queued job to a final state (or, on a warm shutdown, back
     to queued). Returns a short outcome for logs and tests."""
+    if SHUTDOWN.is_set():  # a warm shutdown drains what was prefetched: claim nothing new
+        return "skipped"
     job = _claim_job(rt, job_id, IdLogger(logger, {"kind": "job", "id": job_id}))
     if job is None:
         return "skipped"
@@ -301,21 +303,14 @@ def _train(rt: Runtime, job: TrainingJob, log: IdLogger) -> str:
 
 
 def _requeue_on_shutdown(rt: Runtime, job_id: str, gpu_seconds: float, log: IdLogger) -> str:
-    """A clean stop is not the job's fault: back to queued with the attempt given back, and a new wake-up sent
-    (if the broker is unreachable now, sent_at stays empty and the reconciler sends it)."""
+    """A clean stop is not the job's fault: back to queued with the attempt given back. No wake-up is sent from
+    here (this worker, still draining, would take it): with sent_at empty the reconciler sends one."""
     with rt.session_factory() as s:
         ok = jobs.transition(s, job_id, expected="running", new="queued", attempts=TrainingJob.attempts - 1,
                              heartbeat_at=None, sent_at=None, eta_seconds=None, gpu_seconds=gpu_seconds)
         s.commit()
     if not ok:  # cancelled meanwhile, or taken over: whoever moved it owns it now
         return "stopped"
-    try:
-        task_id = app.send_task(TRAIN_TASK, args=[job_id], queue=TRAIN_QUEUE).id
-        with rt.session_factory() as s:
-            jobs.mark_job_sent(s, job_id, str(task_id))
-            s.commit()
-    except Exception as exc:
-        log.warning("could not send the wake-up for the requeued job (the reconciler will): %s", exc)
     log.info("requeued for the next worker (attempt not counted)")
     return "requeued"
 
