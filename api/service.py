@@ -39,6 +39,7 @@ from storage import jobs as jobstore
 from storage.blobs import BlobIntegrityError, BlobNotFound, BlobStore, content_key, get_verified
 from storage.images import ImageRejected, NormalizedImage, load_mask, normalize_upload
 from storage.models import Adapter, Generation, JobEvent, Style, TrainingJob, User, utcnow
+from storage.reclaim import user_storage_bytes
 from storage.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -216,6 +217,15 @@ def _check_job_cap(session: Session, settings: Settings, owner: User, *, lock: b
         )
 
 
+def _check_storage_cap(session: Session, settings: Settings, owner: User, adding: int) -> None:
+    cap = settings.max_storage_bytes_per_user
+    used = user_storage_bytes(session, owner.id) if cap else 0
+    if cap and used + adding > cap:
+        raise TooLarge(f"storage limit reached: you keep {used} bytes of styles and adapters and this image adds "
+                       f"{adding} (the limit is {cap}); delete styles or adapters you no longer need",
+                       code="storage_quota_exceeded")
+
+
 def create_style(
     *,
     session: Session,
@@ -260,9 +270,9 @@ def create_style(
         return replay
 
     normalized = _normalize(image, settings=settings, what="image")
+    _check_storage_cap(session, settings, owner, len(normalized.png_bytes))
     key = content_key("styles", normalized.sha256, "png")
-    if not blobs.exists(key):
-        blobs.put_bytes(key, normalized.png_bytes)
+    blobs.put_bytes(key, normalized.png_bytes)  # rewritten even when present: a fresh blob is safe from the reclaimer
 
     total = steps or min(settings.train_steps or DEFAULT_TRAIN_STEPS, settings.max_train_steps)
     style = Style(
@@ -532,12 +542,10 @@ def create_generation(
         else:
             strength = request.strength if request.strength is not None else DEFAULT_IMG2IMG_STRENGTH
         init_key = content_key("inits", init.sha256, "png")
-        if not blobs.exists(init_key):
-            blobs.put_bytes(init_key, init.png_bytes)
+        blobs.put_bytes(init_key, init.png_bytes)  # rewritten even when present (see create_style)
         if mask_png is not None:
             mask_key = content_key("masks", hashlib.sha256(mask_png).hexdigest(), "png")
-            if not blobs.exists(mask_key):
-                blobs.put_bytes(mask_key, mask_png)
+            blobs.put_bytes(mask_key, mask_png)
 
     gen = Generation(
         owner_id=owner.id, adapter_id=request.adapter_id, prompt=request.prompt,

@@ -16,6 +16,8 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, cast, runtime_checkable
 
@@ -30,6 +32,13 @@ _CHUNK = 1024 * 1024
 
 
 TEMP_MAX_AGE_SECONDS = 3600.0  # a blob write takes seconds; a temp file this old was abandoned
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    key: str
+    size: int
+    modified: float  # seconds since the epoch: file mtime, or the S3 object's LastModified
 
 
 class BlobIntegrityError(Exception):
@@ -86,6 +95,8 @@ class BlobStore(Protocol):
 
     def sweep_temp_files(self, older_than: float = ...) -> int: ...
     def size(self, key: str) -> int: ...
+    def list_blobs(self) -> Iterator[BlobInfo]: ...
+    def modified(self, key: str) -> float | None: ...
 
 
 def get_verified(store: BlobStore, key: str, expected_sha256: str) -> bytes:
@@ -176,6 +187,22 @@ class LocalBlobStore:
             return self.path(key).stat().st_size
         except FileNotFoundError as exc:
             raise BlobNotFound(key) from exc
+
+    def list_blobs(self) -> Iterator[BlobInfo]:
+        """Every stored blob (temp files of writes in progress excluded)."""
+        for path in self.root.rglob("*"):
+            if path.name.startswith(".tmp-"):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                st = path.stat()
+                if path.is_file():
+                    yield BlobInfo(path.relative_to(self.root).as_posix(), st.st_size, st.st_mtime)
+
+    def modified(self, key: str) -> float | None:
+        try:
+            return self.path(key).stat().st_mtime
+        except FileNotFoundError:
+            return None
 
     def sweep_temp_files(self, older_than: float = TEMP_MAX_AGE_SECONDS) -> int:
         """Delete temp files left by a process killed between creating and renaming them; returns the count.
@@ -283,6 +310,16 @@ class S3BlobStore:
         if head is None:
             raise BlobNotFound(key)
         return int(head["ContentLength"])
+
+    def list_blobs(self) -> Iterator[BlobInfo]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for obj in page.get("Contents", []):
+                yield BlobInfo(obj["Key"][len(self.prefix):], int(obj["Size"]), obj["LastModified"].timestamp())
+
+    def modified(self, key: str) -> float | None:
+        head = self._head(key)
+        return None if head is None else float(head["LastModified"].timestamp())
 
     def sweep_temp_files(self, older_than: float = TEMP_MAX_AGE_SECONDS) -> int:
         """Nothing to sweep: every S3 write is a single PUT, never a partial object."""

@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     max_concurrent_decodes: int = Field(default=2, description="Image decodes at once per API process.")
     min_image_side: int = 64
     max_json_bytes: int = Field(default=64 * 1024, description="Largest JSON request body (413 beyond).")
+    max_storage_bytes_per_user: int = Field(default=2 * 1024**3, description="Styles' images plus adapters' "
+                                            "files one user may keep; 0 = no limit.")
+    blob_grace_seconds: float = Field(default=3600.0, description="Unreferenced blobs younger than this are kept.")
+    reclaim_every: float = Field(default=600.0, description="Seconds between reclaimer passes (in the reconciler).")
 
     # --- delivery ----------------------------------------------------------------------------------------------
     visibility_timeout: int = Field(default=6 * 3600, description="Seconds; above the longest job (Celery #5935).")

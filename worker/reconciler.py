@@ -29,6 +29,7 @@ from storage import jobs
 from storage.blobs import blob_store_from_settings
 from storage.broker import GENERATE_QUEUE, TRAIN_QUEUE
 from storage.models import Generation, TrainingJob, utcnow
+from storage.reclaim import reclaim
 from storage.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -218,12 +219,18 @@ def run_forever(
     """Reconcile every `settings.reconcile_every` seconds until `stop` is set; errors are logged, not raised."""
     send_train, send_generate = senders or celery_senders()
     store = blob_store_from_settings(settings)
-    next_sweep = 0.0
+    next_sweep = next_reclaim = 0.0
     while not stop.is_set():
         try:
             reconcile_once(session_factory, settings, send_train, send_generate, depths=broker_depths(settings))
         except Exception:
             logger.exception("reconcile pass failed")
+        if time.monotonic() >= next_reclaim:  # unreferenced blobs: refused uploads, deleted rows, checkpoints
+            try:
+                reclaim(session_factory, store, grace_seconds=settings.blob_grace_seconds)
+            except Exception:
+                logger.exception("reclaim pass failed")
+            next_reclaim = time.monotonic() + settings.reclaim_every
         if time.monotonic() >= next_sweep:  # temp files of blob writes killed before their rename; hourly
             try:
                 store.sweep_temp_files()
