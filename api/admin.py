@@ -25,8 +25,10 @@ from api.schemas import (
     WorkerPublic,
 )
 from storage import accounts, broker
-from storage.models import ApiKey, TrainingJob, User, Worker, utcnow
+from storage import jobs as jobstore
+from storage.models import ApiKey, Generation, TrainingJob, User, Worker, utcnow
 from storage.settings import Settings
+from storage.states import JOB_ACTIVE, JobState
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ def overview(*, session: Session, settings: Settings) -> OverviewPublic:
     ).all()
     failures = session.execute(
         select(TrainingJob, User.name).join(User, User.id == TrainingJob.owner_id)
-        .where(TrainingJob.state == "failed", TrainingJob.finished_at >= now - timedelta(hours=24))
+        .where(TrainingJob.state == JobState.FAILED, TrainingJob.finished_at >= now - timedelta(hours=24))
         .order_by(TrainingJob.finished_at.desc()).limit(100)
     ).all()
     return OverviewPublic(
@@ -82,15 +84,15 @@ def overview(*, session: Session, settings: Settings) -> OverviewPublic:
             )
             for job, name in failures
         ],
-        job_counts=service.job_counts(session),
-        generation_counts=service.generation_counts(session),
+        job_counts=jobstore.count_by_state(session, TrainingJob),
+        generation_counts=jobstore.count_by_state(session, Generation),
     )
 
 
 def _active_jobs(session: Session) -> list[AdminJobPublic]:
     rows = session.execute(
         select(TrainingJob, User.name).join(User, User.id == TrainingJob.owner_id)
-        .where(TrainingJob.state.in_(("running", "cancelling"))).order_by(TrainingJob.started_at)
+        .where(TrainingJob.state.in_(JOB_ACTIVE)).order_by(TrainingJob.started_at)
     ).all()
     return [service.admin_job_public(session, job, name) for job, name in rows]
 

@@ -13,10 +13,11 @@ from prometheus_client.registry import Collector
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import service
 from storage import broker
+from storage import jobs as jobstore
 from storage.models import Generation, TrainingJob, Worker, utcnow
 from storage.settings import Settings
+from storage.states import GenerationState, JobState
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +34,11 @@ class StyledropCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         with self.factory() as session:
             jobs = GaugeMetricFamily("styledrop_jobs", "Training jobs by state", labels=["state"])
-            for state, count in service.job_counts(session).items():
+            for state, count in jobstore.count_by_state(session, TrainingJob).items():
                 jobs.add_metric([state], count)
             yield jobs
             gens = GaugeMetricFamily("styledrop_generations", "Generations by state", labels=["state"])
-            for state, count in service.generation_counts(session).items():
+            for state, count in jobstore.count_by_state(session, Generation).items():
                 gens.add_metric([state], count)
             yield gens
             yield self._latency(session)
@@ -48,7 +49,7 @@ class StyledropCollector(Collector):
     def _latency(self, session: Session) -> Metric:
         rows = session.execute(
             select(Generation.queued_at, Generation.finished_at)
-            .where(Generation.state == "succeeded", Generation.finished_at >= utcnow() - LATENCY_WINDOW)
+            .where(Generation.state == GenerationState.SUCCEEDED, Generation.finished_at >= utcnow() - LATENCY_WINDOW)
             .limit(100_000)
         ).all()
         seconds = [(finished - queued).total_seconds() for queued, finished in rows if finished and queued]
@@ -66,7 +67,7 @@ class StyledropCollector(Collector):
             "styledrop_train_step_seconds", "Seconds per training step of running jobs", labels=["job_id"]
         )
         for job_id, sps in session.execute(
-            select(TrainingJob.id, TrainingJob.steps_per_second).where(TrainingJob.state == "running")
+            select(TrainingJob.id, TrainingJob.steps_per_second).where(TrainingJob.state == JobState.RUNNING)
         ):
             if sps:
                 gauge.add_metric([job_id], 1.0 / sps)

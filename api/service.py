@@ -40,6 +40,7 @@ from storage.blobs import BlobIntegrityError, BlobNotFound, BlobStore, content_k
 from storage.images import ImageRejected, NormalizedImage, load_mask, normalize_upload
 from storage.models import Adapter, Generation, JobEvent, Style, TrainingJob, User, utcnow
 from storage.settings import Settings
+from storage.states import JOB_FINAL, JOB_UNFINISHED, EventKind, GenerationState, JobState
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +102,8 @@ def _job_fields(session: Session, job: TrainingJob) -> dict[str, Any]:
     total = max(job.total_steps, 1)
     return {
         "id": job.id, "style_id": job.style_id, "state": job.state, "step": job.step,
-        "total_steps": job.total_steps, "progress": 1.0 if job.state == "succeeded" else min(job.step / total, 1.0),
+        "total_steps": job.total_steps,
+        "progress": 1.0 if job.state == JobState.SUCCEEDED else min(job.step / total, 1.0),
         "last_loss": job.last_loss, "eta_seconds": job.eta_seconds, "steps_per_second": job.steps_per_second,
         "queue_position": jobstore.queue_position(session, job), "attempts": job.attempts,
         "max_attempts": job.max_attempts, "params": job.params or {}, "queued_at": job.queued_at,
@@ -180,11 +182,10 @@ def _send_job(session: Session, job_id: str, settings: Settings) -> None:
     except Exception as exc:  # broker down: the row stays queued; the reconciler re-sends it
         logger.warning("could not send train job %s (the reconciler will re-send): %s", job_id, exc)
         return
-    jobstore.mark_job_sent(session, job_id, task_id)
+    jobstore.mark_sent(session, TrainingJob, job_id, task_id)
     session.commit()
 
 
-ACTIVE_JOB_STATES = ("queued", "running", "cancelling")
 DEFAULT_JOB_RETRY_AFTER = 30
 
 
@@ -203,7 +204,7 @@ def _check_job_cap(session: Session, settings: Settings, owner: User, *, lock: b
         _lock_owner(session, owner)
     active = session.execute(
         select(func.count(), func.min(TrainingJob.eta_seconds))
-        .where(TrainingJob.owner_id == owner.id, TrainingJob.state.in_(ACTIVE_JOB_STATES))
+        .where(TrainingJob.owner_id == owner.id, TrainingJob.state.in_(JOB_UNFINISHED))
     ).one()
     cap = settings.max_concurrent_jobs_per_user
     if int(active[0]) >= cap:
@@ -279,7 +280,7 @@ def create_style(
     session.add(style)
     session.flush()
     job = TrainingJob(
-        style_id=style.id, owner_id=owner.id, state="queued", total_steps=total,
+        style_id=style.id, owner_id=owner.id, state=JobState.QUEUED, total_steps=total,
         max_attempts=settings.max_job_attempts,
         params={"steps": total, "seed": seed if seed is not None else secrets.randbelow(MAX_SEED + 1),
                 "descriptor": descriptor, "content": content},
@@ -288,7 +289,7 @@ def create_style(
     session.add(job)
     try:
         session.flush()
-        jobstore.add_event(session, job.id, "state", {"from": None, "to": "queued"})
+        jobstore.add_event(session, job.id, EventKind.STATE, {"from": None, "to": JobState.QUEUED})
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -350,7 +351,7 @@ def delete_style(*, session: Session, owner: User, style_id: str) -> None:
     style = get_style(session=session, owner=owner, style_id=style_id)
     style.deleted_at = utcnow()
     for job in session.scalars(
-        select(TrainingJob).where(TrainingJob.style_id == style.id, TrainingJob.state.in_(("queued", "running")))
+        select(TrainingJob).where(TrainingJob.style_id == style.id, TrainingJob.state.in_(JOB_UNFINISHED))
     ):
         _request_cancel(session, job)
     session.commit()
@@ -374,20 +375,21 @@ def _request_cancel(session: Session, job: TrainingJob) -> bool:
     """queued → cancelled or running → cancelling (conditional); False when the job is already final."""
     for _ in range(3):  # the state may move under us; each try is one conditional UPDATE
         now = utcnow()
-        if job.state == "cancelling":
+        if job.state == JobState.CANCELLING:
             return True
-        if job.state == "queued" and jobstore.transition(
-            session, job.id, expected="queued", new="cancelled", cancel_requested_at=now, finished_at=now
+        if job.state == JobState.QUEUED and jobstore.transition(
+            session, job.id, expected=JobState.QUEUED, new=JobState.CANCELLED, cancel_requested_at=now,
+            finished_at=now,
         ):
             return True
-        if job.state == "running" and jobstore.transition(
-            session, job.id, expected="running", new="cancelling", cancel_requested_at=now
+        if job.state == JobState.RUNNING and jobstore.transition(
+            session, job.id, expected=JobState.RUNNING, new=JobState.CANCELLING, cancel_requested_at=now
         ):
             return True
-        if job.state in jobstore.TERMINAL:
+        if job.state in JOB_FINAL:
             return False
         session.refresh(job)
-    return job.state in ("cancelling", "cancelled")
+    return job.state in (JobState.CANCELLING, JobState.CANCELLED)
 
 
 def cancel_job(*, session: Session, job: TrainingJob) -> TrainingJob:
@@ -408,14 +410,14 @@ def retry_job(*, session: Session, settings: Settings, job_id: str) -> TrainingJ
         raise NotFound("job not found")
     previous_attempts = job.attempts
     if not jobstore.transition(
-        session, job.id, expected=("failed", "cancelled"), new="queued", error_code=None, error_message=None,
-        cancel_requested_at=None, finished_at=None, heartbeat_at=None, attempts=0, queued_at=utcnow(),
-        sent_at=None,
+        session, job.id, expected=(JobState.FAILED, JobState.CANCELLED), new=JobState.QUEUED, error_code=None,
+        error_message=None, cancel_requested_at=None, finished_at=None, heartbeat_at=None, attempts=0,
+        queued_at=utcnow(), sent_at=None,
     ):
         session.rollback()
         raise Conflict(f"only failed or cancelled jobs can be retried; this one is {job.state}", code="not_retryable")
     jobstore.add_event(
-        session, job.id, "log", {"message": "retried by an admin", "previous_attempts": previous_attempts}
+        session, job.id, EventKind.LOG, {"message": "retried by an admin", "previous_attempts": previous_attempts}
     )
     session.commit()
     _send_job(session, job.id, settings)
@@ -429,7 +431,7 @@ def job_events(*, session: Session, job_id: str, after: int, limit: int) -> Sequ
 
 def preview_key(*, session: Session, job_id: str, n: int) -> str:
     event = session.scalars(
-        select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == "preview")
+        select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == EventKind.PREVIEW)
         .order_by(JobEvent.id).offset(n).limit(1)
     ).first()
     key = (event.payload or {}).get("image_key") if event is not None else None
@@ -545,7 +547,7 @@ def create_generation(
         guidance_scale=request.guidance_scale, steps=request.steps,
         seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
         num_images=request.num_images, init_image_key=init_key, mask_key=mask_key, strength=strength,
-        state="queued", image_keys=[], idempotency_key=idempotency_key, request_hash=request_hash,
+        state=GenerationState.QUEUED, image_keys=[], idempotency_key=idempotency_key, request_hash=request_hash,
     )
     session.add(gen)
     try:
@@ -562,7 +564,7 @@ def create_generation(
     except Exception as exc:
         logger.warning("could not send generation %s (the reconciler will re-send): %s", gen.id, exc)
         return GenerationCreated(gen, created=True)
-    jobstore.mark_generation_sent(session, gen.id, task_id)  # also updates `gen` in place: no re-read
+    jobstore.mark_sent(session, Generation, gen.id, task_id)  # also updates `gen` in place: no re-read
     session.commit()
     return GenerationCreated(gen, created=True)
 
@@ -596,27 +598,6 @@ def generation_image_key(gen: Generation, n: int) -> str:
     if not 0 <= n < len(keys):
         raise NotFound("image not found")
     return keys[n]
-
-
-# --- counts shared by admin and metrics ----------------------------------------------------------------------
-
-
-def job_counts(session: Session) -> dict[str, int]:
-    from storage.models import JOB_STATES
-
-    counts = dict.fromkeys(JOB_STATES, 0)
-    for state, count in session.execute(select(TrainingJob.state, func.count()).group_by(TrainingJob.state)):
-        counts[state] = int(count)
-    return counts
-
-
-def generation_counts(session: Session) -> dict[str, int]:
-    from storage.models import GENERATION_STATES
-
-    counts = dict.fromkeys(GENERATION_STATES, 0)
-    for state, count in session.execute(select(Generation.state, func.count()).group_by(Generation.state)):
-        counts[state] = int(count)
-    return counts
 
 
 ONLINE_WINDOW = timedelta(seconds=60)

@@ -19,10 +19,11 @@ from typing import Any
 import httpx
 from sqlalchemy import create_engine, text
 
+from storage.states import JOB_FINAL
 from tests.conftest import worker_free_port, worker_style_png
 from tests.test_e2e_service import Stack, _env, _wait_http
 
-FINAL = {"succeeded", "failed", "cancelled"}
+FINAL = JOB_FINAL
 
 
 class RedisServer:

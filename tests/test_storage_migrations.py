@@ -12,8 +12,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
+from storage import models  # noqa: F401 - registers the tables
 from storage.db import Base, downgrade_to_base, make_engine, upgrade_to_head
-from storage.models import JOB_STATES  # noqa: F401 - registers the tables
 
 TABLES = {"users", "api_keys", "sessions", "styles", "training_jobs", "job_events", "adapters", "generations",
           "workers"}

@@ -27,8 +27,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from storage import jobs
 from storage.blobs import blob_store_from_settings
 from storage.broker import GENERATE_QUEUE, TRAIN_QUEUE
-from storage.models import utcnow
+from storage.models import Generation, TrainingJob, utcnow
 from storage.settings import Settings
+from storage.states import GenerationState, JobState
 
 logger = logging.getLogger(__name__)
 
@@ -60,30 +61,34 @@ def _repair_stale(session: Session, settings: Settings, report: ReconcileReport)
     stale = timedelta(seconds=settings.heartbeat_stale_seconds)
     now = utcnow()
     resend_jobs: list[str] = []
-    for job in jobs.stale_running_jobs(session, stale):
-        if job.state == "cancelling":
-            if jobs.transition(session, job.id, expected="cancelling", new="cancelled", finished_at=now):
+    for job in jobs.stale_rows(session, TrainingJob, stale):
+        if job.state == JobState.CANCELLING:
+            if jobs.transition(session, job.id, expected=JobState.CANCELLING, new=JobState.CANCELLED,
+                               finished_at=now):
                 report.cancelled_jobs.append(job.id)
         elif job.attempts >= job.max_attempts:
             if jobs.transition(
-                session, job.id, expected="running", new="failed", finished_at=now, error_code="too_many_attempts",
+                session, job.id, expected=JobState.RUNNING, new=JobState.FAILED, finished_at=now,
+                error_code="too_many_attempts",
                 error_message=f"The worker running this job stopped responding {job.attempts} times "
                 f"(the limit is {job.max_attempts}); giving up. Retry the job to start it again.",
             ):
                 report.failed_jobs.append(job.id)
-        elif jobs.transition(session, job.id, expected="running", new="queued"):
+        elif jobs.transition(session, job.id, expected=JobState.RUNNING, new=JobState.QUEUED):
             logger.warning("job %s: heartbeat stale on %s; requeued", job.id, job.worker_host)
             report.requeued_jobs.append(job.id)
             resend_jobs.append(job.id)
     resend_gens: list[str] = []
-    for gen in jobs.stale_running_generations(session, stale):
+    for gen in jobs.stale_rows(session, Generation, stale):
         if gen.attempts >= settings.max_job_attempts:
             if jobs.transition_generation(
-                session, gen.id, expected="running", new="failed", finished_at=now, error_code="too_many_attempts",
+                session, gen.id, expected=GenerationState.RUNNING, new=GenerationState.FAILED, finished_at=now,
+                error_code="too_many_attempts",
                 error_message="The worker running this generation stopped responding too often; giving up.",
             ):
                 report.failed_generations.append(gen.id)
-        elif jobs.transition_generation(session, gen.id, expected="running", new="queued"):
+        elif jobs.transition_generation(session, gen.id, expected=GenerationState.RUNNING,
+                                        new=GenerationState.QUEUED):
             logger.warning("generation %s: heartbeat stale on %s; requeued", gen.id, gen.worker_host)
             report.requeued_generations.append(gen.id)
             resend_gens.append(gen.id)
@@ -109,8 +114,8 @@ def reconcile_once(
     now = utcnow()
     with session_factory() as session:
         resend_jobs, resend_gens = _repair_stale(session, settings, report)
-        waiting_jobs = list(jobs.queued_jobs_without_recent_send(session, grace, limit=1000))
-        waiting_gens = list(jobs.queued_generations_without_recent_send(session, grace, limit=1000))
+        waiting_jobs = list(jobs.unsent_rows(session, TrainingJob, grace, limit=1000))
+        waiting_gens = list(jobs.unsent_rows(session, Generation, grace, limit=1000))
         lost = _lost_queues(depths, {TRAIN_QUEUE: waiting_jobs, GENERATE_QUEUE: waiting_gens})
         for job in waiting_jobs:
             if job.id not in resend_jobs and (job.sent_at is None or job.sent_at < now - job_resend
@@ -120,9 +125,9 @@ def reconcile_once(
             if gen.id not in resend_gens and (gen.sent_at is None or gen.sent_at < now - gen_resend
                                               or GENERATE_QUEUE in lost):
                 resend_gens.append(gen.id)
-        for ids, send, mark, sent in (
-            (resend_jobs, send_train, jobs.mark_job_sent, report.sent_jobs),
-            (resend_gens, send_generate, jobs.mark_generation_sent, report.sent_generations),
+        for ids, send, model, sent in (
+            (resend_jobs, send_train, TrainingJob, report.sent_jobs),
+            (resend_gens, send_generate, Generation, report.sent_generations),
         ):
             for row_id in ids:
                 try:
@@ -131,7 +136,7 @@ def reconcile_once(
                     logger.warning("could not send %s: %s", row_id, exc)
                     report.send_errors += 1
                     continue
-                mark(session, row_id, task_id)
+                jobs.mark_sent(session, model, row_id, task_id)
                 session.commit()
                 sent.append(row_id)
     if report.changed:

@@ -154,6 +154,7 @@ def beat_once(rt: Runtime) -> None:
     from sqlalchemy import update
 
     from storage.models import Generation, TrainingJob, Worker, utcnow
+    from storage.states import GENERATION_ACTIVE, JOB_ACTIVE
 
     now = utcnow()
     with rt.session_factory() as s:
@@ -170,13 +171,13 @@ def beat_once(rt: Runtime) -> None:
             s.execute(
                 update(TrainingJob)
                 .where(TrainingJob.id == current, TrainingJob.worker_host == rt.host,
-                       TrainingJob.state.in_(("running", "cancelling")))
+                       TrainingJob.state.in_(JOB_ACTIVE))
                 .values(heartbeat_at=now)
             )
         if current is not None and rt.kind == "generate":
             s.execute(
                 update(Generation)
-                .where(Generation.worker_host == rt.host, Generation.state == "running")
+                .where(Generation.worker_host == rt.host, Generation.state.in_(GENERATION_ACTIVE))
                 .values(heartbeat_at=now)
             )
         s.commit()

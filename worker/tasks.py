@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import MutableMapping
+from collections.abc import Collection, MutableMapping
 from datetime import timedelta
 from typing import Any
 
@@ -26,6 +26,7 @@ from storage.blobs import BlobIntegrityError, BlobNotFound, content_key, new_key
 from storage.broker import GENERATE_QUEUE, GENERATE_TASK, TRAIN_QUEUE, TRAIN_TASK
 from storage.models import Adapter as AdapterRow
 from storage.models import Generation, Style, TrainingJob, utcnow
+from storage.states import JOB_ACTIVE, JOB_FINAL, EventKind, GenerationState, JobState
 from trainer import Checkpoint, CheckpointError, GenerationRequest, train_style
 from worker.adapter_cache import AdapterMissing, split_by_slots
 from worker.celery_app import app
@@ -71,10 +72,10 @@ class _Stop(Exception):
     pass
 
 
-def _fail_job(rt: Runtime, job_id: str, expected: tuple[str, ...], code: str, message: str, **fields: Any) -> bool:
+def _fail_job(rt: Runtime, job_id: str, expected: Collection[str], code: str, message: str, **fields: Any) -> bool:
     with rt.session_factory() as s:
         ok = jobs.transition(
-            s, job_id, expected=expected, new="failed", error_code=code, error_message=message,
+            s, job_id, expected=expected, new=JobState.FAILED, error_code=code, error_message=message,
             finished_at=utcnow(), eta_seconds=None, **fields,
         )
         s.commit()
@@ -89,29 +90,30 @@ def _claim_job(rt: Runtime, job_id: str, log: IdLogger) -> TrainingJob | None:
         if job is None:
             log.warning("no such job; dropping the message")
             return None
-        if job.state in jobs.TERMINAL:
+        if job.state in JOB_FINAL:
             log.info("already %s; nothing to do", job.state)
             return None
         now = utcnow()
-        if job.state in jobs.ACTIVE:
+        if job.state in JOB_ACTIVE:
             seen = job.heartbeat_at or job.started_at or job.queued_at
             ours = job.worker_host == rt.host
             if not ours and seen > now - stale:
                 log.info("%s on %s (heartbeat %s); duplicate delivery ignored", job.state, job.worker_host, seen)
                 return None
-            if job.state == "cancelling":
-                jobs.transition(s, job_id, expected="cancelling", new="cancelled", finished_at=now)
+            if job.state == JobState.CANCELLING:
+                jobs.transition(s, job_id, expected=JobState.CANCELLING, new=JobState.CANCELLED, finished_at=now)
                 s.commit()
                 return None
             log.warning("taking over from %s (last heartbeat %s)", job.worker_host, seen)
-            jobs.transition(s, job_id, expected="running", new="queued")
+            jobs.transition(s, job_id, expected=JobState.RUNNING, new=JobState.QUEUED)
         if job.cancel_requested_at is not None:
-            jobs.transition(s, job_id, expected="queued", new="cancelled", finished_at=now)
+            jobs.transition(s, job_id, expected=JobState.QUEUED, new=JobState.CANCELLED, finished_at=now)
             s.commit()
             return None
         if job.attempts >= job.max_attempts:
             jobs.transition(
-                s, job_id, expected="queued", new="failed", error_code="too_many_attempts", finished_at=now,
+                s, job_id, expected=JobState.QUEUED, new=JobState.FAILED, error_code="too_many_attempts",
+                finished_at=now,
                 error_message=f"Training was interrupted {job.attempts} times (the limit is {job.max_attempts}); "
                 "giving up. Retry the job to start it again.",
             )
@@ -119,7 +121,7 @@ def _claim_job(rt: Runtime, job_id: str, log: IdLogger) -> TrainingJob | None:
             log.error("failed after %d attempts", job.attempts)
             return None
         ok = jobs.transition(
-            s, job_id, expected="queued", new="running", attempts=TrainingJob.attempts + 1,
+            s, job_id, expected=JobState.QUEUED, new=JobState.RUNNING, attempts=TrainingJob.attempts + 1,
             worker_host=rt.host, started_at=job.started_at or now, heartbeat_at=now,
             error_code=None, error_message=None,
         )
@@ -149,7 +151,7 @@ def _train(rt: Runtime, job: TrainingJob, log: IdLogger) -> str:
     job_id = job.id
     t0 = time.perf_counter()
     gpu_before = job.gpu_seconds or 0.0
-    mine = (TrainingJob.id == job_id, TrainingJob.worker_host == rt.host, TrainingJob.state.in_(jobs.ACTIVE))
+    mine = (TrainingJob.id == job_id, TrainingJob.worker_host == rt.host, TrainingJob.state.in_(JOB_ACTIVE))
 
     def elapsed() -> float:
         return gpu_before + time.perf_counter() - t0
@@ -157,14 +159,14 @@ def _train(rt: Runtime, job: TrainingJob, log: IdLogger) -> str:
     with rt.session_factory() as s:
         style = s.get(Style, job.style_id)
         if style is None or style.deleted_at is not None:
-            _fail_job(rt, job_id, ("running", "cancelling"), "style_missing", "The style of this job was deleted.")
+            _fail_job(rt, job_id, JOB_ACTIVE, "style_missing", "The style of this job was deleted.")
             return "failed"
         image_key, descriptor, content = style.image_key, style.descriptor, style.content
     try:
         image = _open_image(store.get_bytes(image_key)).convert("RGB")
     except (BlobNotFound, UnidentifiedImageError, OSError, ValueError) as exc:
         log.error("style image unreadable: %s", exc)
-        _fail_job(rt, job_id, ("running", "cancelling"), "bad_image",
+        _fail_job(rt, job_id, JOB_ACTIVE, "bad_image",
                   "The style image could not be read; upload it again as PNG, JPEG or WebP.")
         return "failed"
 
@@ -195,7 +197,7 @@ def _train(rt: Runtime, job: TrainingJob, log: IdLogger) -> str:
                     heartbeat_at=utcnow(), gpu_seconds=elapsed(),
                 )
             )
-            jobs.add_event(s, job_id, "progress", {
+            jobs.add_event(s, job_id, EventKind.PROGRESS, {
                 "step": p.step, "total": p.total, "loss": p.loss, "lr": p.learning_rate,
                 "steps_per_second": p.steps_per_second, "eta_seconds": eta,
             })
@@ -207,10 +209,10 @@ def _train(rt: Runtime, job: TrainingJob, log: IdLogger) -> str:
                 select(TrainingJob.cancel_requested_at, TrainingJob.state, TrainingJob.worker_host)
                 .where(TrainingJob.id == job_id)
             ).one()
-        if row.cancel_requested_at is not None or row.state == "cancelling":
+        if row.cancel_requested_at is not None or row.state == JobState.CANCELLING:
             log.info("cancel requested; stopping")
             return True
-        if row.state not in jobs.ACTIVE or row.worker_host != rt.host:
+        if row.state not in JOB_ACTIVE or row.worker_host != rt.host:
             log.warning("job is no longer ours (%s on %s); stopping", row.state, row.worker_host)
             return True
         return False
@@ -237,13 +239,13 @@ def _train(rt: Runtime, job: TrainingJob, log: IdLogger) -> str:
         raise
     except trainer.ModelLoadError as exc:
         log.error("%s", exc)
-        _fail_job(rt, job_id, ("running", "cancelling"), "model_unavailable",
+        _fail_job(rt, job_id, JOB_ACTIVE, "model_unavailable",
                   "The worker could not load the base model; an operator has to fix its configuration.",
                   gpu_seconds=elapsed())
         return "failed"
     except (ValueError, CheckpointError) as exc:
         log.error("training failed: %s", exc)
-        _fail_job(rt, job_id, ("running", "cancelling"), "training_error",
+        _fail_job(rt, job_id, JOB_ACTIVE, "training_error",
                   f"Training could not run: {exc}", gpu_seconds=elapsed())
         return "failed"
 
@@ -252,8 +254,8 @@ def _train(rt: Runtime, job: TrainingJob, log: IdLogger) -> str:
             row = s.execute(select(TrainingJob.cancel_requested_at, TrainingJob.state)
                             .where(TrainingJob.id == job_id)).one()
             ok = False
-            if row.cancel_requested_at is not None or row.state == "cancelling":
-                ok = jobs.transition(s, job_id, expected=("running", "cancelling"), new="cancelled",
+            if row.cancel_requested_at is not None or row.state == JobState.CANCELLING:
+                ok = jobs.transition(s, job_id, expected=JOB_ACTIVE, new=JobState.CANCELLED,
                                      finished_at=utcnow(), eta_seconds=None, gpu_seconds=elapsed())
             s.commit()
         log.info("stopped at step %d (%s)", result.step, "cancelled" if ok else "no longer ours")
@@ -274,7 +276,7 @@ def _train(rt: Runtime, job: TrainingJob, log: IdLogger) -> str:
     except Exception:  # previews are a courtesy; never fail a trained job over them
         log.exception("preview rendering failed")
     with rt.session_factory() as s:
-        ok = jobs.transition(s, job_id, expected=("running", "cancelling"), new="succeeded",
+        ok = jobs.transition(s, job_id, expected=JOB_ACTIVE, new=JobState.SUCCEEDED,
                              finished_at=utcnow(), eta_seconds=0.0, gpu_seconds=elapsed(), step=result.step)
         old_ckpt = s.scalar(select(TrainingJob.checkpoint_key).where(TrainingJob.id == job_id))
         s.commit()
@@ -333,7 +335,7 @@ def _render_previews(rt: Runtime, job_id: str, adapter_id: str, adapter: trainer
         key = new_key("previews", "png")
         rt.store.put_bytes(key, _png(res.image))
         with rt.session_factory() as s:
-            jobs.add_event(s, job_id, "preview", {"image_key": key, "prompt": prompt})
+            jobs.add_event(s, job_id, EventKind.PREVIEW, {"image_key": key, "prompt": prompt})
             s.commit()
     log.info("rendered %d previews", len(results))
 
@@ -359,7 +361,8 @@ def _adapter_error(exc: Exception) -> tuple[str, str]:
 
 def _finish_generation(rt: Runtime, gen_id: str, new: str, **fields: Any) -> None:
     with rt.session_factory() as s:
-        jobs.transition_generation(s, gen_id, expected="running", new=new, finished_at=utcnow(), **fields)
+        jobs.transition_generation(s, gen_id, expected=GenerationState.RUNNING, new=new, finished_at=utcnow(),
+                                   **fields)
         s.commit()
 
 
@@ -370,11 +373,12 @@ def _claim_batch(rt: Runtime, generation_id: str, log: IdLogger) -> list[Generat
         if gen is None:
             log.warning("no such generation; dropping the message")
             return []
-        if gen.state == "running":
+        if gen.state == GenerationState.RUNNING:
             seen = gen.heartbeat_at or gen.started_at or gen.queued_at
             if gen.worker_host == rt.host or seen < utcnow() - stale:
                 log.warning("requeueing (was running on %s, last seen %s)", gen.worker_host, seen)
-                jobs.transition_generation(s, generation_id, expected="running", new="queued")
+                jobs.transition_generation(s, generation_id, expected=GenerationState.RUNNING,
+                                           new=GenerationState.QUEUED)
                 s.commit()
         claimed = jobs.claim_generations(
             s, first_id=generation_id, limit=max(1, rt.settings.generate_batch_size), worker_host=rt.host
@@ -404,7 +408,7 @@ def _generate(rt: Runtime, claimed: list[Generation], log: IdLogger) -> None:
     rows: list[Generation] = []
     for gen in claimed:
         if gen.attempts > max_attempts:
-            _finish_generation(rt, gen.id, "failed", error_code="too_many_attempts",
+            _finish_generation(rt, gen.id, GenerationState.FAILED, error_code="too_many_attempts",
                                error_message=f"The generation was interrupted {gen.attempts - 1} times; giving up.")
         else:
             rows.append(gen)
@@ -443,13 +447,13 @@ def _generate_chunk(rt: Runtime, rows: list[Generation], log: IdLogger) -> None:
             if gen.adapter_id is not None and gen.adapter_id in errors:
                 code, message = _adapter_error(errors[gen.adapter_id])
                 log.warning("generation %s failed: %s", gen.id, code)
-                _finish_generation(rt, gen.id, "failed", error_code=code, error_message=message)
+                _finish_generation(rt, gen.id, GenerationState.FAILED, error_code=code, error_message=message)
                 continue
             try:
                 reqs = _requests_for(rt, gen, slots.get(gen.adapter_id) if gen.adapter_id else None)
             except (trainer.SamplingError, BlobNotFound, UnidentifiedImageError, OSError) as exc:
                 log.warning("generation %s is invalid: %s", gen.id, exc)
-                _finish_generation(rt, gen.id, "failed", error_code="invalid_request",
+                _finish_generation(rt, gen.id, GenerationState.FAILED, error_code="invalid_request",
                                    error_message=f"The request cannot be run: {exc}")
                 continue
             requests.extend(reqs)
@@ -463,7 +467,7 @@ def _generate_chunk(rt: Runtime, rows: list[Generation], log: IdLogger) -> None:
             raise
         except trainer.SamplingError as exc:
             for gen in dict.fromkeys(owners):
-                _finish_generation(rt, gen.id, "failed", error_code="invalid_request",
+                _finish_generation(rt, gen.id, GenerationState.FAILED, error_code="invalid_request",
                                    error_message=f"The request cannot be run: {exc}")
             return
         log.info("sampled %d images for %d generations in %.2f s", len(results), len(set(map(id, owners))),
@@ -475,7 +479,8 @@ def _generate_chunk(rt: Runtime, rows: list[Generation], log: IdLogger) -> None:
         rt.store.put_bytes(key, _png(res.image))
         keys.setdefault(gen.id, []).append(key)
     for gen_id, image_keys in keys.items():
-        _finish_generation(rt, gen_id, "succeeded", image_keys=image_keys, error_code=None, error_message=None)
+        _finish_generation(rt, gen_id, GenerationState.SUCCEEDED, image_keys=image_keys, error_code=None,
+                           error_message=None)
 
 
 # ==============================================================================================================

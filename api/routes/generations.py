@@ -18,13 +18,13 @@ from api.schemas import MAX_OFFSET, GenerationCreate, GenerationPublic
 from storage.blobs import BlobStore
 from storage.models import Generation, User
 from storage.settings import Settings
+from storage.states import GENERATION_FINAL
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/generations", tags=["generations"])
 
 WAIT_POLL_SECONDS = 0.25
-FINAL = frozenset({"succeeded", "failed"})
 
 _create_schema = GenerationCreate.model_json_schema()
 _multipart_schema: dict[str, Any] = {
@@ -131,14 +131,14 @@ async def create_generation(
     if wait > 0:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        while gen.state not in FINAL and loop.time() < deadline:
+        while gen.state not in GENERATION_FINAL and loop.time() < deadline:
             await asyncio.sleep(min(WAIT_POLL_SECONDS, max(deadline - loop.time(), 0)))
             if await request.is_disconnected():
                 break
             current = await run_in_threadpool(_load, factory, gen.id)
             if current is not None:
                 gen = current
-        if gen.state in FINAL:
+        if gen.state in GENERATION_FINAL:
             response.status_code = status.HTTP_200_OK
     return gen
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Annotated, Literal, get_args
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -12,14 +12,13 @@ from api.deps import BlobsDep, CurrentUser, SessionDep
 from api.errors import Invalid, RateLimited
 from api.schemas import MAX_OFFSET, JobEventPublic, JobPublic
 from api.streams import StreamHub, StreamLimit
-from storage.models import JOB_STATES, JobEvent
+from storage.models import JobEvent
+from storage.states import JobState
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-JobState = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
-assert set(get_args(JobState)) == set(JOB_STATES)
 StateFilter = Annotated[JobState | None, Query(description="Only jobs in this state.")]
 PreviewIndex = Annotated[int, Path(ge=0, le=MAX_OFFSET, description="0-based preview number.")]
 
