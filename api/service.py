@@ -1,7 +1,7 @@
 """The API's operations as plain keyword-only functions: the routes validate, call these, and map errors.
 
-Functions that create work commit the row FIRST, then send the task, then record the send. A failed send is
-logged and leaves the row queued for the reconciler; the caller still answers 202.
+Functions that create work commit the row FIRST, then `storage.dispatch.dispatch` sends the task and records the
+send. A failed send is logged and leaves the row queued for the reconciler; the caller still answers 202.
 """
 
 from __future__ import annotations
@@ -37,10 +37,11 @@ from api.schemas import (
 from api.text import is_invisible
 from storage import jobs as jobstore
 from storage.blobs import BlobIntegrityError, BlobNotFound, BlobStore, content_key, get_verified
+from storage.dispatch import dispatch
 from storage.images import ImageRejected, NormalizedImage, load_mask, normalize_upload
 from storage.models import Adapter, Generation, JobEvent, Style, TrainingJob, User, utcnow
 from storage.settings import Settings
-from storage.states import JOB_FINAL, JOB_UNFINISHED, EventKind, GenerationState, JobState
+from storage.states import JOB_FINAL, JOB_UNFINISHED, EventKind, GenerationState, JobState, WorkKind
 
 logger = logging.getLogger(__name__)
 
@@ -176,16 +177,6 @@ def _request_hash(image: bytes, fields: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def _send_job(session: Session, job_id: str, settings: Settings) -> None:
-    try:
-        task_id = queue.send_train(job_id, settings=settings)
-    except Exception as exc:  # broker down: the row stays queued; the reconciler re-sends it
-        logger.warning("could not send train job %s (the reconciler will re-send): %s", job_id, exc)
-        return
-    jobstore.mark_sent(session, TrainingJob, job_id, task_id)
-    session.commit()
-
-
 DEFAULT_JOB_RETRY_AFTER = 30
 
 
@@ -300,7 +291,7 @@ def create_style(
             raise
         return replay
     logger.info("user %s: style %s, job %s queued (%d steps)", owner.id, style.id, job.id, total)
-    _send_job(session, job.id, settings)
+    dispatch(session, WorkKind.TRAIN, job.id, queue.sender(settings))
     return StyleCreated(style=style, job=job, created=True)
 
 
@@ -420,7 +411,7 @@ def retry_job(*, session: Session, settings: Settings, job_id: str) -> TrainingJ
         session, job.id, EventKind.LOG, {"message": "retried by an admin", "previous_attempts": previous_attempts}
     )
     session.commit()
-    _send_job(session, job.id, settings)
+    dispatch(session, WorkKind.TRAIN, job.id, queue.sender(settings))
     session.refresh(job)
     return job
 
@@ -559,13 +550,7 @@ def create_generation(
             raise
         return GenerationCreated(replay, created=False)
     logger.info("user %s: generation %s queued", owner.id, gen.id)
-    try:
-        task_id = queue.send_generate(gen.id, settings=settings)
-    except Exception as exc:
-        logger.warning("could not send generation %s (the reconciler will re-send): %s", gen.id, exc)
-        return GenerationCreated(gen, created=True)
-    jobstore.mark_sent(session, Generation, gen.id, task_id)  # also updates `gen` in place: no re-read
-    session.commit()
+    dispatch(session, WorkKind.GENERATE, gen.id, queue.sender(settings))  # also updates `gen`: no re-read
     return GenerationCreated(gen, created=True)
 
 

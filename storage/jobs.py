@@ -34,7 +34,7 @@ from storage.states import (
 
 logger = logging.getLogger(__name__)
 
-Stateful = TypeVar("Stateful", TrainingJob, Generation)
+Stateful = TypeVar("Stateful", bound=TrainingJob | Generation)
 _QUEUED = JobState.QUEUED  # the same word in both machines (GenerationState.QUEUED == "queued")
 
 
@@ -248,9 +248,7 @@ def unsent_rows(
     ).all()
 
 
-def mark_sent(
-    session: Session, model: type[TrainingJob] | type[Generation], row_id: str, celery_task_id: str | None = None
-) -> None:
+def mark_sent(session: Session, model: type[Stateful], row_id: str, celery_task_id: str | None = None) -> None:
     """Record that a task message for the row was just handed to the broker (also on a loaded copy of it, so
     the caller needs no re-read)."""
     values: dict[str, Any] = {"sent_at": utcnow()}

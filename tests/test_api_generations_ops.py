@@ -15,9 +15,10 @@ from PIL import Image
 
 from api.main import create_app
 from storage import jobs as jobstore
-from storage.broker import GENERATE_TASK
+from storage.broker import ROUTES
 from storage.models import Generation, Worker, utcnow
 from storage.settings import Settings
+from storage.states import WorkKind
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -46,7 +47,7 @@ def test_json_generation_queues_and_sends(api_client, api_keys, api_redis) -> No
     assert body["style_strength"] == 1.0 and body["guidance_scale"] == 10.0 and body["steps"] == 12
     assert _generation(api_client, body["id"]).sent_at is not None
     message = json.loads(api_redis.lrange("generate", 0, -1)[0])
-    assert message["headers"]["task"] == GENERATE_TASK
+    assert message["headers"]["task"] == ROUTES[WorkKind.GENERATE].task
     assert json.loads(base64.b64decode(message["body"]))[0] == [body["id"]]
 
 

@@ -12,6 +12,7 @@ import trainer
 import worker.tasks as tasks
 from storage.blobs import content_key, sha256_hex
 from storage.models import Adapter, Generation, JobEvent, Style, TrainingJob, Worker, utcnow
+from storage.states import WorkKind
 from storage.users import create_user
 from tests.conftest import worker_style_png
 from worker.reconciler import reconcile_once
@@ -255,14 +256,11 @@ def test_reconciler_requeues_stale_and_resends_unsent(worker_runtime: Runtime) -
     gen = _generation(rt, owner, None, queued_at=old)
     sent: list[tuple[str, str]] = []
 
-    def sender(kind: str) -> Any:
-        def send(row_id: str) -> str:
-            sent.append((kind, row_id))
-            return f"{kind}id"
+    def send(kind: WorkKind, row_id: str) -> str:  # stands in for the broker
+        sent.append((kind[0], row_id))
+        return f"{kind[0]}id"
 
-        return send
-
-    report = reconcile_once(rt.session_factory, rt.settings, sender("t"), sender("g"))
+    report = reconcile_once(rt.session_factory, rt.settings, send)
     assert sorted(sent) == sorted([("t", stale), ("t", unsent), ("g", gen)])
     assert report.requeued_jobs == [stale] and report.failed_jobs == [worn]
     assert _get(rt, TrainingJob, stale).state == "queued"

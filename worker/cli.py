@@ -163,8 +163,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
     factory = make_sessionmaker(make_engine(settings.resolved_database_url))
     if args.once:
-        send_train, send_generate = reconciler.celery_senders()
-        report = reconciler.reconcile_once(factory, settings, send_train, send_generate,
+        report = reconciler.reconcile_once(factory, settings, reconciler.celery_sender(),
                                            depths=reconciler.broker_depths(settings))
         sys.stdout.write(f"{report}\n")
         return 1 if report.send_errors else 0

@@ -26,14 +26,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from storage import jobs
 from storage.blobs import blob_store_from_settings
-from storage.broker import GENERATE_QUEUE, TRAIN_QUEUE
+from storage.broker import ROUTES
+from storage.dispatch import MODELS, Send, celery_send, dispatch
 from storage.models import Generation, TrainingJob, utcnow
 from storage.settings import Settings
-from storage.states import GenerationState, JobState
+from storage.states import GenerationState, JobState, WorkKind
 
 logger = logging.getLogger(__name__)
 
-Sender = Callable[[str], str | None]  # id -> Celery task id (or None); raises when the broker is unreachable
 Depths = Callable[[], dict[str, int]]  # messages waiting per queue in the broker; raises when unreachable
 
 GENERATION_RESEND_MIN_SECONDS = 300.0
@@ -57,7 +57,8 @@ class ReconcileReport:
                     self.failed_jobs, self.failed_generations, self.cancelled_jobs, self.send_errors))
 
 
-def _repair_stale(session: Session, settings: Settings, report: ReconcileReport) -> tuple[list[str], list[str]]:
+def _repair_stale(session: Session, settings: Settings, report: ReconcileReport) -> dict[WorkKind, list[str]]:
+    """Requeue (or end) rows whose worker stopped beating; returns the requeued ids to send again."""
     stale = timedelta(seconds=settings.heartbeat_stale_seconds)
     now = utcnow()
     resend_jobs: list[str] = []
@@ -93,14 +94,13 @@ def _repair_stale(session: Session, settings: Settings, report: ReconcileReport)
             report.requeued_generations.append(gen.id)
             resend_gens.append(gen.id)
     session.commit()
-    return resend_jobs, resend_gens
+    return {WorkKind.TRAIN: resend_jobs, WorkKind.GENERATE: resend_gens}
 
 
 def reconcile_once(
     session_factory: sessionmaker[Session],
     settings: Settings,
-    send_train: Sender,
-    send_generate: Sender,
+    send: Send,
     *,
     unsent_grace: timedelta | None = None,
     depths: Depths | None = None,
@@ -109,43 +109,35 @@ def reconcile_once(
     `depths`: the broker's queue lengths, to notice lost messages (None: only the time-based re-send)."""
     report = ReconcileReport()
     grace = unsent_grace if unsent_grace is not None else timedelta(seconds=max(settings.reconcile_every, 1.0))
-    job_resend = timedelta(seconds=settings.visibility_timeout)
-    gen_resend = timedelta(seconds=max(GENERATION_RESEND_MIN_SECONDS, settings.heartbeat_stale_seconds))
+    # A message sent this long ago and still not taken is presumed lost.
+    resend_after = {
+        WorkKind.TRAIN: timedelta(seconds=settings.visibility_timeout),
+        WorkKind.GENERATE: timedelta(seconds=max(GENERATION_RESEND_MIN_SECONDS, settings.heartbeat_stale_seconds)),
+    }
+    sent = {WorkKind.TRAIN: report.sent_jobs, WorkKind.GENERATE: report.sent_generations}
     now = utcnow()
     with session_factory() as session:
-        resend_jobs, resend_gens = _repair_stale(session, settings, report)
-        waiting_jobs = list(jobs.unsent_rows(session, TrainingJob, grace, limit=1000))
-        waiting_gens = list(jobs.unsent_rows(session, Generation, grace, limit=1000))
-        lost = _lost_queues(depths, {TRAIN_QUEUE: waiting_jobs, GENERATE_QUEUE: waiting_gens})
-        for job in waiting_jobs:
-            if job.id not in resend_jobs and (job.sent_at is None or job.sent_at < now - job_resend
-                                              or TRAIN_QUEUE in lost):
-                resend_jobs.append(job.id)
-        for gen in waiting_gens:
-            if gen.id not in resend_gens and (gen.sent_at is None or gen.sent_at < now - gen_resend
-                                              or GENERATE_QUEUE in lost):
-                resend_gens.append(gen.id)
-        for ids, send, model, sent in (
-            (resend_jobs, send_train, TrainingJob, report.sent_jobs),
-            (resend_gens, send_generate, Generation, report.sent_generations),
-        ):
+        resend = _repair_stale(session, settings, report)
+        waiting = {kind: list(jobs.unsent_rows(session, MODELS[kind], grace, limit=1000)) for kind in WorkKind}
+        lost = _lost_queues(depths, waiting)
+        for kind, rows in waiting.items():
+            for row in rows:
+                if row.id not in resend[kind] and (row.sent_at is None or row.sent_at < now - resend_after[kind]
+                                                   or kind in lost):
+                    resend[kind].append(row.id)
+        for kind, ids in resend.items():
             for row_id in ids:
-                try:
-                    task_id = send(row_id)
-                except Exception as exc:
-                    logger.warning("could not send %s: %s", row_id, exc)
+                if dispatch(session, kind, row_id, send):
+                    sent[kind].append(row_id)
+                else:
                     report.send_errors += 1
-                    continue
-                jobs.mark_sent(session, model, row_id, task_id)
-                session.commit()
-                sent.append(row_id)
     if report.changed:
         logger.info("reconciled: %s", report)
     return report
 
 
-def _lost_queues(depths: Depths | None, waiting: dict[str, list[Any]]) -> set[str]:
-    """Queues whose broker holds fewer messages than there are rows that were sent and still wait on them."""
+def _lost_queues(depths: Depths | None, waiting: dict[WorkKind, list[Any]]) -> set[WorkKind]:
+    """Kinds whose queue holds fewer messages in the broker than there are rows that were sent and still wait."""
     if depths is None:
         return set()
     try:
@@ -154,12 +146,13 @@ def _lost_queues(depths: Depths | None, waiting: dict[str, list[Any]]) -> set[st
         logger.warning("could not read queue depths: %s", exc)
         return set()
     lost = set()
-    for queue, rows in waiting.items():
+    for kind, rows in waiting.items():
+        queue = ROUTES[kind].queue
         sent = sum(1 for row in rows if row.sent_at is not None)
         if sent and in_broker.get(queue, 0) < sent:
             logger.warning("queue %s holds %d messages but %d sent rows wait on it: re-sending them",
                            queue, in_broker.get(queue, 0), sent)
-            lost.add(queue)
+            lost.add(kind)
     return lost
 
 
@@ -169,31 +162,24 @@ def broker_depths(settings: Settings) -> Depths:
     return lambda: queue_depths(settings)
 
 
-def celery_senders() -> tuple[Sender, Sender]:
-    """Senders through the worker's Celery app (by task name, to the right queue)."""
-    from storage.broker import GENERATE_QUEUE, GENERATE_TASK, TRAIN_QUEUE, TRAIN_TASK
+def celery_sender() -> Send:
+    """Sends through the worker's Celery app (by task name; `task_routes` picks the queue)."""
     from worker.celery_app import app
 
-    def send_train(job_id: str) -> str | None:
-        return str(app.send_task(TRAIN_TASK, args=[job_id], queue=TRAIN_QUEUE).id)
-
-    def send_generate(generation_id: str) -> str | None:
-        return str(app.send_task(GENERATE_TASK, args=[generation_id], queue=GENERATE_QUEUE).id)
-
-    return send_train, send_generate
+    return celery_send(app)
 
 
 def run_forever(
     session_factory: sessionmaker[Session], settings: Settings, stop: threading.Event,
-    senders: tuple[Sender, Sender] | None = None,
+    send: Send | None = None,
 ) -> None:
     """Reconcile every `settings.reconcile_every` seconds until `stop` is set; errors are logged, not raised."""
-    send_train, send_generate = senders or celery_senders()
+    send = send or celery_sender()
     store = blob_store_from_settings(settings)
     next_sweep = 0.0
     while not stop.is_set():
         try:
-            reconcile_once(session_factory, settings, send_train, send_generate, depths=broker_depths(settings))
+            reconcile_once(session_factory, settings, send, depths=broker_depths(settings))
         except Exception:
             logger.exception("reconcile pass failed")
         if time.monotonic() >= next_sweep:  # temp files of blob writes killed before their rename; hourly

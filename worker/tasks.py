@@ -23,10 +23,10 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 import trainer
 from storage import jobs
 from storage.blobs import BlobIntegrityError, BlobNotFound, content_key, new_key, sha256_hex
-from storage.broker import GENERATE_QUEUE, GENERATE_TASK, TRAIN_QUEUE, TRAIN_TASK
+from storage.broker import ROUTES
 from storage.models import Adapter as AdapterRow
 from storage.models import Generation, Style, TrainingJob, utcnow
-from storage.states import JOB_ACTIVE, JOB_FINAL, EventKind, GenerationState, JobState
+from storage.states import JOB_ACTIVE, JOB_FINAL, EventKind, GenerationState, JobState, WorkKind
 from trainer import Checkpoint, CheckpointError, GenerationRequest, train_style
 from worker.adapter_cache import AdapterMissing, split_by_slots
 from worker.celery_app import app
@@ -488,13 +488,19 @@ def _generate_chunk(rt: Runtime, rows: list[Generation], log: IdLogger) -> None:
 # ==============================================================================================================
 
 
-@app.task(name=TRAIN_TASK, queue=TRAIN_QUEUE, autoretry_for=TRANSIENT, retry_backoff=True, retry_backoff_max=60,
-          max_retries=5, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+# Names from storage.broker.ROUTES (the queue comes from there too, through `task_routes`). Only named transient
+# errors are retried; everything else ends the row in a final state inside run_train / run_generate.
+_TASK_OPTIONS: dict[str, Any] = {
+    "autoretry_for": TRANSIENT, "retry_backoff": True, "max_retries": 5, "acks_late": True,
+    "reject_on_worker_lost": True, "ignore_result": True,
+}
+
+
+@app.task(name=ROUTES[WorkKind.TRAIN].task, retry_backoff_max=60, **_TASK_OPTIONS)
 def train(job_id: str) -> str:
-    return run_train(get_runtime("train"), job_id)
+    return run_train(get_runtime(WorkKind.TRAIN), job_id)
 
 
-@app.task(name=GENERATE_TASK, queue=GENERATE_QUEUE, autoretry_for=TRANSIENT, retry_backoff=True,
-          retry_backoff_max=30, max_retries=5, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+@app.task(name=ROUTES[WorkKind.GENERATE].task, retry_backoff_max=30, **_TASK_OPTIONS)
 def generate(generation_id: str) -> str:
-    return run_generate(get_runtime("generate"), generation_id)
+    return run_generate(get_runtime(WorkKind.GENERATE), generation_id)
