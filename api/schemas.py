@@ -90,6 +90,9 @@ class AdapterPublic(BaseModel):
 
 
 class GenerationCreate(BaseModel):
+    """The bounds and defaults are the engine's (trainer/limits.py, which api/ cannot import); a test keeps the
+    two in step."""
+
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(min_length=1, max_length=500)

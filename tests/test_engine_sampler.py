@@ -160,3 +160,24 @@ def test_512_layout_tokens_equal_amused_pipeline(engine_tiny_dir) -> None:  # ty
                                            num_inference_steps=6, output_type="latent").images[0]
     (ours,) = tokens(parts, GenerationRequest("a cat", seed=0, steps=6))
     assert ours.shape == (32, 32) and torch.equal(ours, ref)
+
+
+def test_api_and_settings_agree_with_the_engine_limits() -> None:
+    """The API restates the engine's request limits (it cannot import trainer/): a request the API accepts must be
+    one the sampler runs, with the same defaults."""
+    from api.schemas import GenerationCreate
+    from storage.settings import Settings
+    from trainer import limits
+
+    props = GenerationCreate.model_json_schema()["properties"]
+    for name, lo, hi, default in (
+        ("steps", limits.MIN_STEPS, limits.MAX_STEPS, limits.DEFAULT_STEPS),
+        ("guidance_scale", limits.MIN_GUIDANCE_SCALE, limits.MAX_GUIDANCE_SCALE, limits.DEFAULT_GUIDANCE_SCALE),
+        ("style_strength", limits.MIN_STYLE_STRENGTH, limits.MAX_STYLE_STRENGTH, limits.DEFAULT_STYLE_STRENGTH),
+    ):
+        assert (props[name]["minimum"], props[name]["maximum"], props[name]["default"]) == (lo, hi, default), name
+        GenerationRequest("a cat", **{name: lo}).validate()
+        GenerationRequest("a cat", **{name: hi}).validate()
+        with pytest.raises(SamplingError, match=name):
+            GenerationRequest("a cat", **{name: hi + 1}).validate()
+    assert Settings.model_fields["preview_steps"].default == limits.DEFAULT_STEPS

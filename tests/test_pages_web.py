@@ -73,6 +73,29 @@ def test_sign_in_refuses_bad_keys_foreign_origins_and_open_redirects(pages_clien
         assert resp.headers["location"] == "/styles", target
 
 
+def test_sign_in_is_the_api_key_check(pages_client: TestClient, pages_keys, monkeypatch) -> None:
+    """Sign-in compares hashes in constant time like the API, and refuses a disabled user's key."""
+    import storage.users
+    from storage.models import User
+
+    compared: list[str] = []
+    real = storage.users.hmac.compare_digest
+
+    def spy(a: str, b: str) -> bool:
+        compared.append(b)
+        return real(a, b)
+
+    monkeypatch.setattr(storage.users.hmac, "compare_digest", spy)
+    signed_in = pages_client.post("/signin", data={"api_key": pages_keys["alice"]}, follow_redirects=False)
+    assert signed_in.status_code == 303 and len(compared) == 1
+    pages_client.cookies.clear()
+    with pages_client.app.state.sessionmaker() as session:
+        session.query(User).filter_by(name="alice").update({"disabled": True})
+        session.commit()
+    refused = pages_client.post("/signin", data={"api_key": pages_keys["alice"]}, follow_redirects=False)
+    assert refused.status_code == 401 and "set-cookie" not in refused.headers
+
+
 def test_admin_page_is_403_for_non_admins_and_renders_for_admins(pages_client: TestClient, pages_keys) -> None:
     sign_in(pages_client, pages_keys["alice"])
     resp = pages_client.get("/admin")

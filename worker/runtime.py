@@ -21,30 +21,10 @@ from storage.db import make_engine, make_sessionmaker
 from storage.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    import torch
-
     from trainer import AmusedParts
     from worker.adapter_cache import AdapterCache
 
 logger = logging.getLogger(__name__)
-
-_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
-
-
-def resolve_device(name: str) -> str:
-    """'auto' → 'cuda' when a CUDA device is visible, else 'cpu'. Called only inside the worker process."""
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    import torch
-
-    return getattr(torch, _DTYPES[name])  # type: ignore[no-any-return]
-
 
 def worker_host() -> str:
     """`<hostname>:<pid>`: recorded on the jobs and generations this process runs."""
@@ -84,14 +64,17 @@ class Runtime:
                 import trainer
 
                 s = self.settings
-                device = resolve_device(s.device)
+                try:
+                    device, dtype = trainer.resolve_device(s.device), trainer.resolve_dtype(s.dtype)
+                except ValueError as exc:  # a configuration an operator has to fix, like a missing model
+                    raise trainer.ModelLoadError(f"STYLEDROP_DEVICE / STYLEDROP_DTYPE: {exc}") from exc
                 t0 = time.perf_counter()
                 self._parts = trainer.load_base(
                     s.model,
                     revision=s.model_revision,
                     variant=s.model_variant,
                     device=device,
-                    dtype=torch_dtype(s.dtype),
+                    dtype=dtype,
                     tiny_dir=s.data_dir / "models" / "tiny",
                 )
                 logger.info("model %s loaded on %s in %.1f s", s.model, device, time.perf_counter() - t0)

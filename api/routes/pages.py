@@ -16,7 +16,6 @@ from urllib.parse import quote, urlsplit
 from fastapi import APIRouter, Form, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api import service
@@ -24,9 +23,9 @@ from api.deps import SessionDep, current_user_from_cookie
 from api.errors import NotFound
 from api.schemas import JobPublic
 from api.security import CSRF_FIELD, SESSION_COOKIE, check_csrf, csrf_token
-from storage.models import ApiKey, User
+from storage.models import User
 from storage.sessions import close_session, open_session
-from storage.users import hash_key
+from storage.users import find_key
 
 logger = logging.getLogger(__name__)
 
@@ -98,14 +97,11 @@ def signin(
     if not _same_origin(request):
         return _render(request, "signin.html", None, status_code=403, next=_safe_next(next),
                        error="This sign-in form was sent from another site.")
-    key_text = api_key.strip()
-    row = session.scalar(
-        select(ApiKey).where(ApiKey.key_hash == hash_key(key_text), ApiKey.revoked_at.is_(None))
-    ) if key_text else None
-    user = session.get(User, row.user_id) if row is not None else None
-    if row is None or user is None or user.disabled:
+    found = find_key(session, api_key.strip())  # the API's own check: constant-time, revoked and disabled refused
+    if found is None:
         return _render(request, "signin.html", None, status_code=401, next=_safe_next(next),
                        error="That API key is not valid, or it was revoked. Check it and try again.")
+    row, user = found
     settings = request.app.state.settings
     max_age = settings.session_max_age_seconds
     token = open_session(session, user_id=user.id, api_key_id=row.id, max_age=timedelta(seconds=max_age))
