@@ -26,14 +26,11 @@ from api.schemas import (
 )
 from storage import accounts, broker
 from storage import jobs as jobstore
-from storage.models import ApiKey, Generation, TrainingJob, User, Worker, utcnow
+from storage.models import WORKER_ONLINE_WINDOW, ApiKey, Generation, TrainingJob, User, Worker, utcnow
 from storage.settings import Settings
 from storage.states import JOB_ACTIVE, JobState
 
 logger = logging.getLogger(__name__)
-
-WORKER_ONLINE_SECONDS = 60
-
 
 def list_jobs(
     *, session: Session, state: str | None, user: str | None, limit: int, offset: int
@@ -59,7 +56,7 @@ def overview(*, session: Session, settings: Settings) -> OverviewPublic:
         depths, queue_error = None, f"broker unreachable: {exc}"
     now = utcnow()
     workers = session.scalars(
-        select(Worker).where(Worker.heartbeat_at >= now - timedelta(seconds=WORKER_ONLINE_SECONDS))
+        select(Worker).where(Worker.heartbeat_at >= now - WORKER_ONLINE_WINDOW)
         .order_by(Worker.kind, Worker.id)
     ).all()
     failures = session.execute(
@@ -171,6 +168,7 @@ def set_disabled(*, session: Session, user_id: str, disabled: bool) -> UserPubli
         return user_public(accounts.set_disabled(session, user_id=user_id, disabled=disabled))
 
 
-def list_jobs_one(*, session: Session, job: TrainingJob) -> AdminJobPublic:
+def admin_job(*, session: Session, job: TrainingJob) -> AdminJobPublic:
+    """One job as the admin views show it (with its owner's name)."""
     owner = session.get(User, job.owner_id)
     return service.admin_job_public(session, job, owner.name if owner is not None else "")

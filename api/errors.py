@@ -77,11 +77,6 @@ class RateLimited(ServiceError):
     code = "rate_limited"
 
 
-class Unavailable(ServiceError):
-    status_code = 503
-    code = "unavailable"
-
-
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
     return {"detail": {"code": code, "message": message}}
 

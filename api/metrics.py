@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from storage import broker
 from storage import jobs as jobstore
-from storage.models import Generation, TrainingJob, Worker, utcnow
+from storage.models import WORKER_ONLINE_WINDOW, Generation, TrainingJob, Worker, utcnow
 from storage.settings import Settings
 from storage.states import GenerationState, JobState
 
@@ -23,7 +23,10 @@ logger = logging.getLogger(__name__)
 
 LATENCY_BUCKETS: tuple[float, ...] = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 LATENCY_WINDOW = timedelta(hours=1)
-CACHE_STATS: tuple[str, ...] = ("hits", "misses", "evictions", "loads")
+# Each counter and the keys of the adapter cache's stats (worker.adapter_cache.AdapterCache.stats) it sums.
+CACHE_STATS: dict[str, tuple[str, ...]] = {
+    "hits": ("hits_gpu", "hits_cpu"), "misses": ("misses",), "evictions": ("evictions",), "loads": ("loads",),
+}
 
 
 class StyledropCollector(Collector):
@@ -74,18 +77,14 @@ class StyledropCollector(Collector):
         return gauge
 
     def _cache(self, session: Session) -> Iterator[Metric]:
-        cutoff = utcnow() - timedelta(seconds=60)
+        cutoff = utcnow() - WORKER_ONLINE_WINDOW
         totals = dict.fromkeys(CACHE_STATS, 0.0)
         online = 0
         for (stats,) in session.execute(select(Worker.stats).where(Worker.heartbeat_at >= cutoff)):
             online += 1
-            cache = (stats or {}).get("adapter_cache", stats or {})
-            if not isinstance(cache, dict):
-                continue
-            for name in CACHE_STATS:
-                # the worker's cache reports hits per tier (hits_gpu, hits_cpu); a flat "hits" is summed too
-                for field in (name, f"{name}_gpu", f"{name}_cpu"):
-                    value = cache.get(field)
+            for name, keys in CACHE_STATS.items():
+                for key in keys:
+                    value = (stats or {}).get(key)
                     if isinstance(value, int | float) and not isinstance(value, bool):
                         totals[name] += value
         for name, value in totals.items():

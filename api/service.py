@@ -14,7 +14,6 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any, BinaryIO, Literal, TypeVar
 
 from sqlalchemy import func, select, update
@@ -272,7 +271,7 @@ def create_style(
     session.flush()
     job = TrainingJob(
         style_id=style.id, owner_id=owner.id, state=JobState.QUEUED, total_steps=total,
-        max_attempts=settings.max_job_attempts,
+        max_attempts=settings.max_attempts,
         params={"steps": total, "seed": seed if seed is not None else secrets.randbelow(MAX_SEED + 1),
                 "descriptor": descriptor, "content": content},
         idempotency_key=idempotency_key, request_hash=request_hash,
@@ -584,5 +583,3 @@ def generation_image_key(gen: Generation, n: int) -> str:
         raise NotFound("image not found")
     return keys[n]
 
-
-ONLINE_WINDOW = timedelta(seconds=60)

@@ -12,12 +12,11 @@ import hashlib
 import logging
 import os
 import re
-import shutil
 import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, cast, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 if TYPE_CHECKING:
     from storage.settings import Settings
@@ -26,7 +25,6 @@ logger = logging.getLogger(__name__)
 
 KEY_RE = re.compile(r"^[a-z0-9][a-z0-9/_.-]{0,200}$")
 _PART_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
-_CHUNK = 1024 * 1024
 
 
 TEMP_MAX_AGE_SECONDS = 3600.0  # a blob write takes seconds; a temp file this old was abandoned
@@ -77,15 +75,10 @@ def content_key(kind: str, sha256: str, ext: str) -> str:
 @runtime_checkable
 class BlobStore(Protocol):
     def put_bytes(self, key: str, data: bytes) -> None: ...
-    def put_file(self, key: str, path: str | os.PathLike[str]) -> None: ...
     def get_bytes(self, key: str) -> bytes: ...
-    def open(self, key: str) -> BinaryIO: ...
-    def download_to(self, key: str, path: str | os.PathLike[str]) -> None: ...
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> None: ...
-
     def sweep_temp_files(self, older_than: float = ...) -> int: ...
-    def size(self, key: str) -> int: ...
 
 
 def get_verified(store: BlobStore, key: str, expected_sha256: str) -> bytes:
@@ -141,28 +134,11 @@ class LocalBlobStore:
     def put_bytes(self, key: str, data: bytes) -> None:
         _atomic_write(self.path(key), lambda fh: fh.write(data))
 
-    def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
-        def copy(fh: BinaryIO) -> None:
-            with open(path, "rb") as src:
-                shutil.copyfileobj(src, fh, _CHUNK)
-
-        _atomic_write(self.path(key), copy)
-
     def get_bytes(self, key: str) -> bytes:
         try:
             return self.path(key).read_bytes()
         except FileNotFoundError as exc:
             raise BlobNotFound(key) from exc
-
-    def open(self, key: str) -> BinaryIO:
-        try:
-            return open(self.path(key), "rb")  # the caller closes it
-        except FileNotFoundError as exc:
-            raise BlobNotFound(key) from exc
-
-    def download_to(self, key: str, path: str | os.PathLike[str]) -> None:
-        with self.open(key) as src:
-            _atomic_write(Path(path), lambda fh: shutil.copyfileobj(src, fh, _CHUNK))
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
@@ -170,12 +146,6 @@ class LocalBlobStore:
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path(key).unlink()
-
-    def size(self, key: str) -> int:
-        try:
-            return self.path(key).stat().st_size
-        except FileNotFoundError as exc:
-            raise BlobNotFound(key) from exc
 
     def sweep_temp_files(self, older_than: float = TEMP_MAX_AGE_SECONDS) -> int:
         """Delete temp files left by a process killed between creating and renaming them; returns the count.
@@ -231,10 +201,6 @@ class S3BlobStore:
     def put_bytes(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
-    def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
-        with open(path, "rb") as fh:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=fh)
-
     def _get(self, key: str) -> Any:
         from botocore.exceptions import ClientError
 
@@ -249,16 +215,6 @@ class S3BlobStore:
         body = self._get(key)["Body"]
         try:
             return cast(bytes, body.read())
-        finally:
-            body.close()
-
-    def open(self, key: str) -> BinaryIO:
-        return cast(BinaryIO, self._get(key)["Body"])
-
-    def download_to(self, key: str, path: str | os.PathLike[str]) -> None:
-        body = self._get(key)["Body"]
-        try:
-            _atomic_write(Path(path), lambda fh: shutil.copyfileobj(body, fh, _CHUNK))
         finally:
             body.close()
 
@@ -277,12 +233,6 @@ class S3BlobStore:
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
-
-    def size(self, key: str) -> int:
-        head = self._head(key)
-        if head is None:
-            raise BlobNotFound(key)
-        return int(head["ContentLength"])
 
     def sweep_temp_files(self, older_than: float = TEMP_MAX_AGE_SECONDS) -> int:
         """Nothing to sweep: every S3 write is a single PUT, never a partial object."""

@@ -7,7 +7,7 @@ Changing anything here needs a new Alembic migration (`alembic revision --autoge
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -230,6 +230,10 @@ class Generation(Base):
     celery_task_id: Mapped[str | None] = mapped_column(String(255))
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))
+
+
+# A worker whose heartbeat is older than this is not listed as online (admin overview, /metrics).
+WORKER_ONLINE_WINDOW = timedelta(seconds=60)
 
 
 class Worker(Base):

@@ -142,7 +142,7 @@ def fault_env(tmp: Path, db_url: str, broker_url: str, **extra: str) -> dict[str
     settings = {
         "DATABASE_URL": db_url, "BROKER_URL": broker_url, "STYLEDROP_HEARTBEAT_STALE_SECONDS": "4",
         "STYLEDROP_RECONCILE_EVERY": "1", "STYLEDROP_CHECKPOINT_EVERY": "2", "STYLEDROP_PROGRESS_EVERY": "1",
-        "STYLEDROP_MAX_JOB_ATTEMPTS": "3", "STYLEDROP_MAX_CONCURRENT_JOBS_PER_USER": "20",
+        "STYLEDROP_MAX_ATTEMPTS": "3", "STYLEDROP_MAX_CONCURRENT_JOBS_PER_USER": "20",
         "STYLEDROP_PREVIEW_PROMPTS": '["a cat"]',
     }
     return _env(tmp / "data", **{**settings, **extra})

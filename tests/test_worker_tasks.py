@@ -60,7 +60,7 @@ def test_train_succeeds_with_progress_adapter_and_previews(worker_runtime: Runti
     assert tasks.run_train(rt, job_id) == "succeeded"
     job = _get(rt, TrainingJob, job_id)
     assert job.state == "succeeded" and job.step == 12 and job.attempts == 1 and job.gpu_seconds > 0
-    assert job.finished_at is not None and job.worker_host == rt.host
+    assert job.finished_at is not None and job.worker_host == rt.worker_host
     progress = _events(rt, job_id, "progress")
     assert [e.payload["step"] for e in progress] == [2, 4, 6, 8, 10, 12]
     assert set(progress[0].payload) == {"step", "total", "loss", "lr", "steps_per_second", "eta_seconds"}
@@ -118,7 +118,7 @@ def test_resume_from_checkpoint_after_crash(worker_runtime: Runtime, monkeypatch
 
     monkeypatch.setattr(tasks, "train_style", spy)
     rt2 = Runtime(rt.settings, rt.session_factory, rt.store, kind="train")
-    rt2.host = "other-host:4242"
+    rt2.worker_host = "other-host:4242"
     assert tasks.run_train(rt2, job_id) == "succeeded"
     assert resumed_at == [None, 4]
     job = _get(rt, TrainingJob, job_id)

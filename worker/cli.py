@@ -96,12 +96,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         for name, cmd in commands.items():
             children[name] = subprocess.Popen(cmd, env=env, cwd=os.getcwd())
             logger.info("started %s (pid %d)", name, children[name].pid)
-        rec_stop = threading.Event()
-        rec_thread = threading.Thread(
-            target=reconciler.run_forever, args=(make_sessionmaker(engine), settings, rec_stop),
-            name="reconciler", daemon=True,
-        )
-        rec_thread.start()
+        rec_stop, _ = reconciler.start_thread(make_sessionmaker(engine), settings)
         logger.info("API on http://%s:%s  (Ctrl-C stops everything)", host, port)
         while not stop.is_set():
             for name, child in children.items():

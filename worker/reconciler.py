@@ -81,7 +81,7 @@ def _repair_stale(session: Session, settings: Settings, report: ReconcileReport)
             resend_jobs.append(job.id)
     resend_gens: list[str] = []
     for gen in jobs.stale_rows(session, Generation, stale):
-        if gen.attempts >= settings.max_job_attempts:
+        if gen.attempts >= settings.max_attempts:
             if jobs.transition_generation(
                 session, gen.id, expected=GenerationState.RUNNING, new=GenerationState.FAILED, finished_at=now,
                 error_code="too_many_attempts",
@@ -194,6 +194,7 @@ def run_forever(
 def start_thread(
     session_factory: sessionmaker[Session], settings: Settings
 ) -> tuple[threading.Event, threading.Thread]:
+    """`run_forever` in a daemon thread (inside `styledrop up`); set the returned event to stop it."""
     stop = threading.Event()
     thread = threading.Thread(target=run_forever, args=(session_factory, settings, stop), name="reconciler",
                               daemon=True)

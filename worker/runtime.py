@@ -46,7 +46,7 @@ class Runtime:
         self.kind = kind
         self.session_factory = session_factory or make_sessionmaker(make_engine(settings.resolved_database_url))
         self.store = store or blob_store_from_settings(settings)
-        self.host = worker_host()
+        self.worker_host = worker_host()  # "<hostname>:<pid>", written to the rows this process runs
         self.current_id: str | None = None  # job or generation id being run (reported by the heartbeat)
         self.started_at = time.time()
         self._parts: AmusedParts | None = None
@@ -55,7 +55,7 @@ class Runtime:
 
     @property
     def worker_id(self) -> str:
-        return f"{self.host}:{self.kind}"
+        return f"{self.worker_host}:{self.kind}"
 
     def parts(self) -> AmusedParts:
         """The base model, loaded once per process on first use."""
@@ -114,20 +114,6 @@ def get_runtime(kind: str) -> Runtime:
         return rt
 
 
-def set_runtime(kind: str, runtime: Runtime | None) -> None:
-    """Install (or with None, forget) the runtime of a kind; for tests and embedding."""
-    with _runtimes_lock:
-        if runtime is None:
-            _runtimes.pop(kind, None)
-        else:
-            _runtimes[kind] = runtime
-
-
-def runtimes() -> list[Runtime]:
-    with _runtimes_lock:
-        return list(_runtimes.values())
-
-
 # --- the worker heartbeat ----------------------------------------------------------------------------------------
 
 
@@ -143,7 +129,7 @@ def beat_once(rt: Runtime) -> None:
     with rt.session_factory() as s:
         row = s.get(Worker, rt.worker_id)
         if row is None:
-            host, pid = rt.host.rsplit(":", 1)
+            host, pid = rt.worker_host.rsplit(":", 1)
             row = Worker(id=rt.worker_id, host=host, pid=int(pid), kind=rt.kind, started_at=now)
             s.add(row)
         row.heartbeat_at = now
@@ -153,14 +139,14 @@ def beat_once(rt: Runtime) -> None:
         if current is not None and rt.kind == "train":
             s.execute(
                 update(TrainingJob)
-                .where(TrainingJob.id == current, TrainingJob.worker_host == rt.host,
+                .where(TrainingJob.id == current, TrainingJob.worker_host == rt.worker_host,
                        TrainingJob.state.in_(JOB_ACTIVE))
                 .values(heartbeat_at=now)
             )
         if current is not None and rt.kind == "generate":
             s.execute(
                 update(Generation)
-                .where(Generation.worker_host == rt.host, Generation.state.in_(GENERATION_ACTIVE))
+                .where(Generation.worker_host == rt.worker_host, Generation.state.in_(GENERATION_ACTIVE))
                 .values(heartbeat_at=now)
             )
         s.commit()

@@ -96,7 +96,7 @@ def _claim_job(rt: Runtime, job_id: str, log: IdLogger) -> TrainingJob | None:
         now = utcnow()
         if job.state in JOB_ACTIVE:
             seen = job.heartbeat_at or job.started_at or job.queued_at
-            ours = job.worker_host == rt.host
+            ours = job.worker_host == rt.worker_host
             if not ours and seen > now - stale:
                 log.info("%s on %s (heartbeat %s); duplicate delivery ignored", job.state, job.worker_host, seen)
                 return None
@@ -122,7 +122,7 @@ def _claim_job(rt: Runtime, job_id: str, log: IdLogger) -> TrainingJob | None:
             return None
         ok = jobs.transition(
             s, job_id, expected=JobState.QUEUED, new=JobState.RUNNING, attempts=TrainingJob.attempts + 1,
-            worker_host=rt.host, started_at=job.started_at or now, heartbeat_at=now,
+            worker_host=rt.worker_host, started_at=job.started_at or now, heartbeat_at=now,
             error_code=None, error_message=None,
         )
         s.commit()
@@ -151,7 +151,7 @@ def _train(rt: Runtime, job: TrainingJob, log: IdLogger) -> str:
     job_id = job.id
     t0 = time.perf_counter()
     gpu_before = job.gpu_seconds or 0.0
-    mine = (TrainingJob.id == job_id, TrainingJob.worker_host == rt.host, TrainingJob.state.in_(JOB_ACTIVE))
+    mine = (TrainingJob.id == job_id, TrainingJob.worker_host == rt.worker_host, TrainingJob.state.in_(JOB_ACTIVE))
 
     def elapsed() -> float:
         return gpu_before + time.perf_counter() - t0
@@ -212,7 +212,7 @@ def _train(rt: Runtime, job: TrainingJob, log: IdLogger) -> str:
         if row.cancel_requested_at is not None or row.state == JobState.CANCELLING:
             log.info("cancel requested; stopping")
             return True
-        if row.state not in JOB_ACTIVE or row.worker_host != rt.host:
+        if row.state not in JOB_ACTIVE or row.worker_host != rt.worker_host:
             log.warning("job is no longer ours (%s on %s); stopping", row.state, row.worker_host)
             return True
         return False
@@ -375,13 +375,13 @@ def _claim_batch(rt: Runtime, generation_id: str, log: IdLogger) -> list[Generat
             return []
         if gen.state == GenerationState.RUNNING:
             seen = gen.heartbeat_at or gen.started_at or gen.queued_at
-            if gen.worker_host == rt.host or seen < utcnow() - stale:
+            if gen.worker_host == rt.worker_host or seen < utcnow() - stale:
                 log.warning("requeueing (was running on %s, last seen %s)", gen.worker_host, seen)
                 jobs.transition_generation(s, generation_id, expected=GenerationState.RUNNING,
                                            new=GenerationState.QUEUED)
                 s.commit()
         claimed = jobs.claim_generations(
-            s, first_id=generation_id, limit=max(1, rt.settings.generate_batch_size), worker_host=rt.host
+            s, first_id=generation_id, limit=max(1, rt.settings.generate_batch_size), worker_host=rt.worker_host
         )
         s.commit()
     if not claimed:
@@ -404,7 +404,7 @@ def run_generate(rt: Runtime, generation_id: str) -> str:
 
 
 def _generate(rt: Runtime, claimed: list[Generation], log: IdLogger) -> None:
-    max_attempts = rt.settings.max_job_attempts
+    max_attempts = rt.settings.max_attempts
     rows: list[Generation] = []
     for gen in claimed:
         if gen.attempts > max_attempts:

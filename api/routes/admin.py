@@ -44,14 +44,14 @@ def overview(_: AdminUser, session: SessionDep, settings: SettingsDep) -> Overvi
 @router.post("/jobs/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=AdminJobPublic)
 def cancel_job(job_id: str, _: AdminUser, session: SessionDep) -> AdminJobPublic:
     job = service.cancel_job(session=session, job=admin.get_job(session=session, job_id=job_id))
-    return admin.list_jobs_one(session=session, job=job)
+    return admin.admin_job(session=session, job=job)
 
 
 @router.post("/jobs/{job_id}/retry", status_code=status.HTTP_202_ACCEPTED, response_model=AdminJobPublic)
 def retry_job(job_id: str, _: AdminUser, session: SessionDep, settings: SettingsDep) -> AdminJobPublic:
     """failed or cancelled → queued (error cleared, attempts reset, resumes from its checkpoint), sent again."""
     job = service.retry_job(session=session, settings=settings, job_id=job_id)
-    return admin.list_jobs_one(session=session, job=job)
+    return admin.admin_job(session=session, job=job)
 
 
 @router.get("/users", response_model=list[UserPublic])
