@@ -16,10 +16,7 @@ from storage import jobs as jobstore
 from storage.broker import ROUTES
 from storage.models import Style, TrainingJob
 from storage.states import WorkKind
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
+from tests.helpers.app import bearer
 
 
 def png_bytes(size: tuple[int, int] = (96, 80), color: tuple[int, int, int] = (200, 30, 30)) -> bytes:

@@ -19,7 +19,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from diffusers import AmusedImg2ImgPipeline, AmusedInpaintPipeline, AmusedPipeline
 
-from tests.test_engine_lora import random_adapter
+from tests.helpers.engine import random_adapter
 
 
 def pipeline(cls, parts: AmusedParts):  # type: ignore[no-untyped-def]
@@ -86,7 +86,7 @@ def test_inpainting_keeps_every_unmasked_token(engine_parts: AmusedParts, init_i
 
 
 def test_image_to_image_strength_one_repaints_everything(engine_parts: AmusedParts, init_image: Image.Image) -> None:
-    # Diffusers masks nothing at strength 1.0 (index wrap-around, amused-notes.md §4); we mask every token, so the
+    # Diffusers masks nothing at strength 1.0 (index wrap-around, docs/amused-notes.md §4); we mask every token, so the
     # init image cannot matter: two opposite init images give the same tokens.
     other = Image.fromarray(255 - np.asarray(init_image))
     a, b = (tokens(engine_parts, GenerationRequest("a cat", seed=6, init_image=im, strength=1.0))[0]

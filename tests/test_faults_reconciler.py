@@ -10,7 +10,7 @@ from sqlalchemy import update
 
 from storage.models import TrainingJob, utcnow
 from storage.states import WorkKind
-from tests.test_worker_tasks import _get, _job
+from tests.helpers.db import get_row, make_job
 from worker.reconciler import reconcile_once
 from worker.runtime import Runtime
 
@@ -18,7 +18,7 @@ from worker.runtime import Runtime
 def test_lost_messages_are_resent_when_the_queue_is_short(worker_runtime: Runtime) -> None:
     rt = worker_runtime
     old = utcnow() - timedelta(minutes=10)  # sent long after the grace, long before visibility_timeout (6 h)
-    waiting = [_job(rt, queued_at=old, sent_at=old) for _ in range(2)]
+    waiting = [make_job(rt, queued_at=old, sent_at=old) for _ in range(2)]
     sent: list[str] = []
 
     def send(kind: WorkKind, row_id: str) -> str:  # stands in for the broker; only training jobs wait here
@@ -36,7 +36,7 @@ def test_lost_messages_are_resent_when_the_queue_is_short(worker_runtime: Runtim
     report = reconcile_once(rt.session_factory, rt.settings, send,
                             depths=lambda: {"train": 0, "generate": 0})
     assert sorted(sent) == sorted(waiting) and sorted(report.sent_jobs) == sorted(waiting)
-    assert all(_get(rt, TrainingJob, j).sent_at > old for j in waiting)
+    assert all(get_row(rt, TrainingJob, j).sent_at > old for j in waiting)
     # an unreachable broker is not a reason to re-send
     sent.clear()
     with rt.session_factory() as session:

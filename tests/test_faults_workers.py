@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults import (
+from tests.helpers.faults import (
     Db,
     RedisServer,
     assert_all_final_one_adapter_each,

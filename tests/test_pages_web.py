@@ -7,7 +7,7 @@ import re
 from fastapi.testclient import TestClient
 
 from api.security import SESSION_COOKIE
-from tests.conftest import worker_style_png
+from tests.helpers.images import style_png
 
 META = re.compile(r'<meta name="csrf-token" content="([0-9a-f]{64})">')
 
@@ -143,7 +143,7 @@ def test_tokens_differ_per_session(pages_client: TestClient, pages_keys) -> None
 def test_pages_render_styles_and_style_page(pages_client: TestClient, pages_keys) -> None:
     bearer = {"Authorization": f"Bearer {pages_keys['alice']}"}
     created = pages_client.post(
-        "/v1/styles", headers=bearer, files={"image": ("s.png", worker_style_png(), "image/png")},
+        "/v1/styles", headers=bearer, files={"image": ("s.png", style_png(), "image/png")},
         data={"descriptor": "ink <b>wash</b>", "content": "a cat", "steps": "20"},
     )
     assert created.status_code == 202, created.text
