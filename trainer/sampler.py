@@ -12,7 +12,7 @@ with Ĝ the adapted U-ViT, G the base, t the prompt, n the negative prompt (empt
 strength and λB = guidance_scale − 1. It is evaluated as `G(n) + g·(G(t) − G(n)) + (1 + λA)·(Ĝ(t) − G(t))`,
 whose first part is diffusers' CFG expression operation for operation, so without an adapter our tokens equal
 `AmusedPipeline`'s. The token update mirrors `AmusedScheduler.step` (same random draws in the same order), with
-two deliberate fixes from amused-notes.md §4: img2img at strength 1.0 masks every token (diffusers' index
+two deliberate fixes from docs/amused-notes.md §4: img2img at strength 1.0 masks every token (diffusers' index
 wrap-around masks none), and the inpainting schedule is per row instead of mutating a shared scheduler.
 """
 
