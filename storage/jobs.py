@@ -220,6 +220,35 @@ def claim_generations(session: Session, *, first_id: str, limit: int, worker_hos
     return list(rows)
 
 
+def last_seen(row: TrainingJob | Generation) -> datetime:
+    """When the row's worker last showed life: its heartbeat, else its start, else its queueing (the Python twin
+    of the expression `stale_rows` filters on)."""
+    return row.heartbeat_at or row.started_at or row.queued_at
+
+
+def is_abandoned(row: TrainingJob | Generation, *, worker_host: str, older_than: timedelta) -> bool:
+    """A row a worker holds that nobody is running any more: its worker is `worker_host` (this process, which
+    crashed out of it and lives on) or stopped beating more than `older_than` ago. Such a row may be taken over."""
+    if row.state not in _MACHINES[type(row)].active:
+        return False
+    return row.worker_host == worker_host or last_seen(row) < utcnow() - older_than
+
+
+def claim_generation_batch(
+    session: Session, *, first_id: str, limit: int, worker_host: str, older_than: timedelta
+) -> list[Generation]:
+    """The generate task's claim: `first_id` (requeued first when it was abandoned, see `is_abandoned`) and up to
+    `limit - 1` other queued generations, oldest first, moved to running for `worker_host`. The caller commits."""
+    gen = session.get(Generation, first_id)
+    if gen is None:
+        return []
+    if is_abandoned(gen, worker_host=worker_host, older_than=older_than):
+        logger.warning("generation %s: requeued (was running on %s, last seen %s)", gen.id, gen.worker_host,
+                       last_seen(gen))
+        transition_generation(session, first_id, expected=GenerationState.RUNNING, new=GenerationState.QUEUED)
+    return claim_generations(session, first_id=first_id, limit=limit, worker_host=worker_host)
+
+
 def _cutoff(older_than: timedelta | datetime) -> datetime:
     return utcnow() - older_than if isinstance(older_than, timedelta) else older_than
 

@@ -147,6 +147,28 @@ def test_reconciler_queries_treat_generations_like_jobs(db: sessionmaker[Session
             jobs.transition_generation(s, running.id, expected="running", new="cancelled")
 
 
+def test_abandoned_generations_are_taken_over_live_ones_are_not(db: sessionmaker[Session]) -> None:
+    with db() as s:
+        user = _user(s)
+        now, old = utcnow(), utcnow() - timedelta(minutes=10)
+        live = _generation(s, user, state="running", worker_host="w1", heartbeat_at=now, attempts=1)
+        dead = _generation(s, user, state="running", worker_host="w1", heartbeat_at=old, attempts=1)
+        mine = _generation(s, user, state="running", worker_host="w2", heartbeat_at=now, attempts=1)
+        s.commit()
+        stale = timedelta(minutes=2)
+        assert [jobs.is_abandoned(g, worker_host="w2", older_than=stale) for g in (live, dead, mine)] == [
+            False, True, True]
+        assert jobs.claim_generation_batch(s, first_id=live.id, limit=1, worker_host="w2", older_than=stale) == []
+        s.commit()
+        for gen in (dead, mine):
+            (claimed,) = jobs.claim_generation_batch(s, first_id=gen.id, limit=1, worker_host="w2",
+                                                     older_than=stale)
+            s.commit()
+            assert (claimed.id, claimed.worker_host, claimed.attempts) == (gen.id, "w2", 2)
+        assert s.get(Generation, live.id).worker_host == "w1"  # type: ignore[union-attr]
+        assert jobs.claim_generation_batch(s, first_id="nope", limit=1, worker_host="w2", older_than=stale) == []
+
+
 def test_idempotency_key_unique_per_owner(db: sessionmaker[Session]) -> None:
     with db() as s:
         alice, bob = _user(s, "alice"), _user(s, "bob")

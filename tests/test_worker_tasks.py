@@ -14,6 +14,7 @@ from storage.blobs import sha256_hex
 from storage.models import Adapter, Generation, JobEvent, Style, TrainingJob, Worker, utcnow
 from storage.states import WorkKind
 from tests.helpers.db import get_row, make_generation, make_job
+from worker import generation
 from worker.reconciler import reconcile_once
 from worker.runtime import Runtime, beat_once
 
@@ -177,7 +178,7 @@ def test_generate_batches_different_adapters_in_one_sample_call(
         return real(parts, requests, **kw)
 
     monkeypatch.setattr(trainer, "sample", spy)
-    assert tasks.run_generate(rt2, g1) == "done"
+    assert generation.run_generate(rt2, g1) == "done"
     assert len(calls) == 1 and len(calls[0]) == 4
     assert [r.seed for r in calls[0]] == [7, 8, 7, 7]
     assert len({r.adapter for r in calls[0]}) == 3  # two slots and the base model
@@ -188,7 +189,7 @@ def test_generate_batches_different_adapters_in_one_sample_call(
     assert rt2.store.get_bytes(gens[0].image_keys[0]).startswith(b"\x89PNG")
     assert rt2.cache().stats()["misses"] == 2
     # the other generations' own messages find them done
-    assert tasks.run_generate(rt2, g2) == "skipped" and len(calls) == 1
+    assert generation.run_generate(rt2, g2) == "skipped" and len(calls) == 1
     # the heartbeat reports the cache
     beat_once(rt2)
     row = get_row(rt2, Worker, rt2.worker_id)
@@ -205,7 +206,7 @@ def test_corrupt_adapter_fails_only_its_generation(worker_runtime: Runtime) -> N
     rt2 = Runtime(rt.settings, rt.session_factory, rt.store, kind="generate")
     bad = make_generation(rt2, owner, a1)
     good = make_generation(rt2, owner, a2)
-    tasks.run_generate(rt2, bad)
+    generation.run_generate(rt2, bad)
     b, g = get_row(rt2, Generation, bad), get_row(rt2, Generation, good)
     assert (b.state, b.error_code) == ("failed", "adapter_corrupt")
     assert g.state == "succeeded" and len(g.image_keys) == 1

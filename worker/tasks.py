@@ -1,4 +1,5 @@
-"""The train and generate tasks: thin Celery shells over `run_train` / `run_generate`.
+"""The train and generate tasks: thin Celery shells over `run_train` (the training run, below) and
+`worker.generation.run_generate` (the generation batch).
 
 Both take an id and re-fetch the row; the database is the record and Celery only the delivery, so each is safe
 to run twice: a task finding its job final (or already run by a live worker) returns without work. Attempts are
@@ -8,60 +9,31 @@ counted in the DB; a job past `max_attempts` ends `failed` instead of looping. O
 
 from __future__ import annotations
 
-import io
 import logging
 import time
-from collections.abc import Collection, MutableMapping
+from collections.abc import Collection
 from datetime import timedelta
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 
 import trainer
 from storage import jobs
-from storage.blobs import BlobIntegrityError, BlobNotFound, content_key, new_key, sha256_hex
+from storage.blobs import BlobNotFound, content_key, new_key, sha256_hex
 from storage.broker import ROUTES
 from storage.models import Adapter as AdapterRow
-from storage.models import Generation, Style, TrainingJob, utcnow
-from storage.states import JOB_ACTIVE, JOB_FINAL, EventKind, GenerationState, JobState, WorkKind
+from storage.models import Style, TrainingJob, utcnow
+from storage.states import JOB_ACTIVE, JOB_FINAL, EventKind, JobState, WorkKind
 from trainer import Checkpoint, CheckpointError, GenerationRequest, train_style
-from worker.adapter_cache import AdapterMissing, split_by_slots
 from worker.celery_app import app
+from worker.generation import run_generate
 from worker.runtime import Runtime, get_runtime
+from worker.shared import TRANSIENT, IdLogger, open_image, png
 
 logger = logging.getLogger(__name__)
-
-try:  # redis is installed with celery[redis]; keep the worker importable without it
-    from redis.exceptions import ConnectionError as RedisConnectionError
-
-    TRANSIENT: tuple[type[Exception], ...] = (OperationalError, RedisConnectionError)
-except ImportError:  # pragma: no cover
-    TRANSIENT = (OperationalError,)
-
-
-
-class IdLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """Prefixes every message with the job or generation id it is about."""
-
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
-        extra = self.extra or {}
-        return f"[{extra.get('kind', 'job')} {extra.get('id')}] {msg}", kwargs
-
-
-def _png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _open_image(data: bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return image
-
 
 # ==============================================================================================================
 # training
@@ -163,7 +135,7 @@ def _train(rt: Runtime, job: TrainingJob, log: IdLogger) -> str:
             return "failed"
         image_key, descriptor, content = style.image_key, style.descriptor, style.content
     try:
-        image = _open_image(store.get_bytes(image_key)).convert("RGB")
+        image = open_image(store.get_bytes(image_key)).convert("RGB")
     except (BlobNotFound, UnidentifiedImageError, OSError, ValueError) as exc:
         log.error("style image unreadable: %s", exc)
         _fail_job(rt, job_id, JOB_ACTIVE, "bad_image",
@@ -333,154 +305,11 @@ def _render_previews(rt: Runtime, job_id: str, adapter_id: str, adapter: trainer
         if res.image is None:
             continue
         key = new_key("previews", "png")
-        rt.store.put_bytes(key, _png(res.image))
+        rt.store.put_bytes(key, png(res.image))
         with rt.session_factory() as s:
             jobs.add_event(s, job_id, EventKind.PREVIEW, {"image_key": key, "prompt": prompt})
             s.commit()
     log.info("rendered %d previews", len(results))
-
-
-# ==============================================================================================================
-# generation
-# ==============================================================================================================
-
-ADAPTER_ERRORS: dict[type[Exception], tuple[str, str]] = {
-    BlobIntegrityError: ("adapter_corrupt", "The adapter file is damaged (its checksum does not match); "
-                         "train the style again."),
-    trainer.AdapterError: ("adapter_incompatible", "The adapter does not fit the model this server runs: {exc}"),
-    AdapterMissing: ("adapter_missing", "The adapter no longer exists."),
-}
-
-
-def _adapter_error(exc: Exception) -> tuple[str, str]:
-    for cls, (code, message) in ADAPTER_ERRORS.items():
-        if isinstance(exc, cls):
-            return code, message.format(exc=exc)
-    return "adapter_error", f"The adapter could not be loaded: {exc}"
-
-
-def _finish_generation(rt: Runtime, gen_id: str, new: str, **fields: Any) -> None:
-    with rt.session_factory() as s:
-        jobs.transition_generation(s, gen_id, expected=GenerationState.RUNNING, new=new, finished_at=utcnow(),
-                                   **fields)
-        s.commit()
-
-
-def _claim_batch(rt: Runtime, generation_id: str, log: IdLogger) -> list[Generation]:
-    stale = timedelta(seconds=rt.settings.heartbeat_stale_seconds)
-    with rt.session_factory() as s:
-        gen = s.get(Generation, generation_id)
-        if gen is None:
-            log.warning("no such generation; dropping the message")
-            return []
-        if gen.state == GenerationState.RUNNING:
-            seen = gen.heartbeat_at or gen.started_at or gen.queued_at
-            if gen.worker_host == rt.worker_host or seen < utcnow() - stale:
-                log.warning("requeueing (was running on %s, last seen %s)", gen.worker_host, seen)
-                jobs.transition_generation(s, generation_id, expected=GenerationState.RUNNING,
-                                           new=GenerationState.QUEUED)
-                s.commit()
-        claimed = jobs.claim_generations(
-            s, first_id=generation_id, limit=max(1, rt.settings.generate_batch_size), worker_host=rt.worker_host
-        )
-        s.commit()
-    if not claimed:
-        log.info("nothing queued for it (already %s); nothing to do", gen.state)
-    return claimed
-
-
-def run_generate(rt: Runtime, generation_id: str) -> str:
-    """Claim `generation_id` and other queued generations, and render them in shared batches."""
-    log = IdLogger(logger, {"kind": "generation", "id": generation_id})
-    claimed = _claim_batch(rt, generation_id, log)
-    if not claimed:
-        return "skipped"
-    rt.current_id = generation_id
-    try:
-        _generate(rt, claimed, log)
-    finally:
-        rt.current_id = None
-    return "done"
-
-
-def _generate(rt: Runtime, claimed: list[Generation], log: IdLogger) -> None:
-    max_attempts = rt.settings.max_attempts
-    rows: list[Generation] = []
-    for gen in claimed:
-        if gen.attempts > max_attempts:
-            _finish_generation(rt, gen.id, GenerationState.FAILED, error_code="too_many_attempts",
-                               error_message=f"The generation was interrupted {gen.attempts - 1} times; giving up.")
-        else:
-            rows.append(gen)
-    if not rows:
-        return
-    log.info("batch of %d generations (%s)", len(rows), ", ".join(g.id for g in rows))
-    cache = rt.cache()
-    for chunk in split_by_slots([g.adapter_id for g in rows], cache.num_slots):
-        _generate_chunk(rt, [rows[i] for i in chunk], log)
-
-
-def _requests_for(rt: Runtime, gen: Generation, slot: str | None) -> list[GenerationRequest]:
-    init = _open_image(rt.store.get_bytes(gen.init_image_key)).convert("RGB") if gen.init_image_key else None
-    mask = _open_image(rt.store.get_bytes(gen.mask_key)).convert("L") if gen.mask_key else None
-    reqs = [
-        GenerationRequest(
-            prompt=gen.prompt, negative_prompt=gen.negative_prompt, seed=gen.seed + i, adapter=slot,
-            style_strength=gen.style_strength, guidance_scale=gen.guidance_scale, steps=gen.steps,
-            init_image=init, mask=mask, strength=gen.strength if gen.strength is not None else 1.0,
-        )
-        for i in range(max(1, gen.num_images))
-    ]
-    for req in reqs:
-        req.validate()
-    return reqs
-
-
-def _generate_chunk(rt: Runtime, rows: list[Generation], log: IdLogger) -> None:
-    cache = rt.cache()
-    errors: dict[str, Exception] = {}
-    adapter_ids = [g.adapter_id for g in rows if g.adapter_id is not None]
-    with cache.batch(adapter_ids, errors) as slots:
-        requests: list[GenerationRequest] = []
-        owners: list[Generation] = []
-        for gen in rows:
-            if gen.adapter_id is not None and gen.adapter_id in errors:
-                code, message = _adapter_error(errors[gen.adapter_id])
-                log.warning("generation %s failed: %s", gen.id, code)
-                _finish_generation(rt, gen.id, GenerationState.FAILED, error_code=code, error_message=message)
-                continue
-            try:
-                reqs = _requests_for(rt, gen, slots.get(gen.adapter_id) if gen.adapter_id else None)
-            except (trainer.SamplingError, BlobNotFound, UnidentifiedImageError, OSError) as exc:
-                log.warning("generation %s is invalid: %s", gen.id, exc)
-                _finish_generation(rt, gen.id, GenerationState.FAILED, error_code="invalid_request",
-                                   error_message=f"The request cannot be run: {exc}")
-                continue
-            requests.extend(reqs)
-            owners.extend([gen] * len(reqs))
-        if not requests:
-            return
-        t0 = time.perf_counter()
-        try:
-            results = trainer.sample(rt.parts(), requests)
-        except TRANSIENT:
-            raise
-        except trainer.SamplingError as exc:
-            for gen in dict.fromkeys(owners):
-                _finish_generation(rt, gen.id, GenerationState.FAILED, error_code="invalid_request",
-                                   error_message=f"The request cannot be run: {exc}")
-            return
-        log.info("sampled %d images for %d generations in %.2f s", len(results), len(set(map(id, owners))),
-                 time.perf_counter() - t0)
-    keys: dict[str, list[str]] = {}
-    for gen, res in zip(owners, results, strict=True):
-        assert res.image is not None
-        key = new_key("images", "png")
-        rt.store.put_bytes(key, _png(res.image))
-        keys.setdefault(gen.id, []).append(key)
-    for gen_id, image_keys in keys.items():
-        _finish_generation(rt, gen_id, GenerationState.SUCCEEDED, image_keys=image_keys, error_code=None,
-                           error_message=None)
 
 
 # ==============================================================================================================
