@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 from sqlalchemy import or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, contains_eager, joinedload
 
 from api import service
 from api.errors import Conflict, Invalid, NotFound
@@ -35,15 +35,15 @@ logger = logging.getLogger(__name__)
 def list_jobs(
     *, session: Session, state: str | None, user: str | None, limit: int, offset: int
 ) -> list[AdminJobPublic]:
-    query = select(TrainingJob, User.name).join(User, User.id == TrainingJob.owner_id)
+    query = select(TrainingJob).join(TrainingJob.owner).options(contains_eager(TrainingJob.owner))
     if state is not None:
         query = query.where(TrainingJob.state == state)
     if user is not None:
         query = query.where(or_(User.name == user, User.id == user))
-    rows = session.execute(
+    jobs = session.scalars(
         query.order_by(TrainingJob.queued_at.desc(), TrainingJob.id.desc()).limit(limit).offset(offset)
     ).all()
-    return [service.admin_job_public(session, job, name) for job, name in rows]
+    return service.job_views(session, jobs, AdminJobPublic)
 
 
 def overview(*, session: Session, settings: Settings) -> OverviewPublic:
@@ -59,39 +59,28 @@ def overview(*, session: Session, settings: Settings) -> OverviewPublic:
         select(Worker).where(Worker.heartbeat_at >= now - WORKER_ONLINE_WINDOW)
         .order_by(Worker.kind, Worker.id)
     ).all()
-    failures = session.execute(
-        select(TrainingJob, User.name).join(User, User.id == TrainingJob.owner_id)
+    failures = session.scalars(
+        select(TrainingJob).options(joinedload(TrainingJob.owner))
         .where(TrainingJob.state == JobState.FAILED, TrainingJob.finished_at >= now - timedelta(hours=24))
         .order_by(TrainingJob.finished_at.desc()).limit(100)
     ).all()
     return OverviewPublic(
         queue_depths=depths,
         queue_error=queue_error,
-        workers_online=[
-            WorkerPublic(id=w.id, host=w.host, pid=w.pid, kind=w.kind, started_at=w.started_at,
-                         heartbeat_at=w.heartbeat_at, current_id=w.current_id, stats=w.stats or {})
-            for w in workers
-        ],
+        workers_online=[WorkerPublic.model_validate(w) for w in workers],
         running_jobs=_active_jobs(session),
-        failures_24h=[
-            FailurePublic(
-                job_id=job.id, owner_name=name, attempts=job.attempts, finished_at=job.finished_at,
-                error=ErrorInfo(code=job.error_code or "error", message=job.error_message or "")
-                if job.error_code or job.error_message else None,
-            )
-            for job, name in failures
-        ],
+        failures_24h=[FailurePublic.model_validate(job) for job in failures],
         job_counts=jobstore.count_by_state(session, TrainingJob),
         generation_counts=jobstore.count_by_state(session, Generation),
     )
 
 
 def _active_jobs(session: Session) -> list[AdminJobPublic]:
-    rows = session.execute(
-        select(TrainingJob, User.name).join(User, User.id == TrainingJob.owner_id)
+    jobs = session.scalars(
+        select(TrainingJob).options(joinedload(TrainingJob.owner))
         .where(TrainingJob.state.in_(JOB_ACTIVE)).order_by(TrainingJob.started_at)
     ).all()
-    return [service.admin_job_public(session, job, name) for job, name in rows]
+    return service.job_views(session, jobs, AdminJobPublic)
 
 
 def get_job(*, session: Session, job_id: str) -> TrainingJob:
@@ -170,5 +159,8 @@ def set_disabled(*, session: Session, user_id: str, disabled: bool) -> UserPubli
 
 def admin_job(*, session: Session, job: TrainingJob) -> AdminJobPublic:
     """One job as the admin views show it (with its owner's name)."""
-    owner = session.get(User, job.owner_id)
-    return service.admin_job_public(session, job, owner.name if owner is not None else "")
+    job = session.scalars(
+        select(TrainingJob).options(joinedload(TrainingJob.owner)).where(TrainingJob.id == job.id)
+        .execution_options(populate_existing=True)
+    ).one()
+    return service.job_views(session, [job], AdminJobPublic)[0]

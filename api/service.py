@@ -14,7 +14,7 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Literal, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -25,11 +25,8 @@ from api.decoding import decode_slot
 from api.errors import Conflict, Gone, Invalid, NotFound, RateLimited, TooLarge, UnsupportedMedia
 from api.schemas import (
     MAX_SEED,
-    AdapterPublic,
     AdminJobPublic,
-    ErrorInfo,
     GenerationCreate,
-    GenerationPublic,
     JobPublic,
     StylePublic,
 )
@@ -80,71 +77,55 @@ def _normalize(data: bytes, *, settings: Settings, what: str) -> NormalizedImage
         raise _image_error(exc, what) from exc
 
 
-# --- presenters ----------------------------------------------------------------------------------------------
+# --- views: rows as the API shows them, in a fixed number of queries per page ---------------------------------
 
 
-def _error(code: str | None, message: str | None) -> ErrorInfo | None:
-    if code is None and message is None:
-        return None
-    return ErrorInfo(code=code or "error", message=message or "")
+JobView = TypeVar("JobView", JobPublic, AdminJobPublic)
 
 
-def style_public(style: Style, latest_job_id: str | None = None) -> StylePublic:
-    return StylePublic(
-        id=style.id, descriptor=style.descriptor, content=style.content, width=style.width, height=style.height,
-        image_bytes=style.image_bytes, image_sha256=style.image_sha256, created_at=style.created_at,
-        image_url=f"/v1/styles/{style.id}/image", latest_job_id=latest_job_id,
-    )
-
-
-def _job_fields(session: Session, job: TrainingJob) -> dict[str, Any]:
-    adapter_id = session.scalar(select(Adapter.id).where(Adapter.job_id == job.id, Adapter.deleted_at.is_(None)))
-    total = max(job.total_steps, 1)
-    return {
-        "id": job.id, "style_id": job.style_id, "state": job.state, "step": job.step,
-        "total_steps": job.total_steps,
-        "progress": 1.0 if job.state == JobState.SUCCEEDED else min(job.step / total, 1.0),
-        "last_loss": job.last_loss, "eta_seconds": job.eta_seconds, "steps_per_second": job.steps_per_second,
-        "queue_position": jobstore.queue_position(session, job), "attempts": job.attempts,
-        "max_attempts": job.max_attempts, "params": job.params or {}, "queued_at": job.queued_at,
-        "started_at": job.started_at, "finished_at": job.finished_at,
-        "cancel_requested_at": job.cancel_requested_at, "gpu_seconds": job.gpu_seconds,
-        "error": _error(job.error_code, job.error_message), "adapter_id": adapter_id,
-    }
+def job_views(session: Session, jobs: Sequence[TrainingJob], schema: type[JobView] = JobPublic) -> list[JobView]:  # type: ignore[assignment]
+    """`jobs` validated as `schema`, with the two values a row does not hold found for the whole page at once: the
+    queue positions (one query) and the live adapters (one query). AdminJobPublic needs `owner` loaded."""
+    positions = jobstore.queue_positions(session, [j.id for j in jobs if j.state == JobState.QUEUED])
+    adapters = dict(session.execute(
+        select(Adapter.job_id, Adapter.id).where(Adapter.job_id.in_([j.id for j in jobs]), Adapter.deleted_at.is_(None))
+    ).tuples().all()) if jobs else {}
+    return [
+        schema.model_validate(job).model_copy(
+            update={"queue_position": positions.get(job.id, 0), "adapter_id": adapters.get(job.id)}
+        )
+        for job in jobs
+    ]
 
 
 def job_public(session: Session, job: TrainingJob) -> JobPublic:
-    return JobPublic(**_job_fields(session, job))
+    return job_views(session, [job])[0]
 
 
-def admin_job_public(session: Session, job: TrainingJob, owner_name: str) -> AdminJobPublic:
-    return AdminJobPublic(
-        **_job_fields(session, job), owner_id=job.owner_id, owner_name=owner_name,
-        worker_host=job.worker_host, heartbeat_at=job.heartbeat_at,
-    )
+def style_views(session: Session, styles: Sequence[Style]) -> list[StylePublic]:
+    """`styles` validated, each with its newest training job's id (one query for the page)."""
+    latest: dict[str, str] = {}
+    if styles:
+        for style_id, job_id in session.execute(
+            select(TrainingJob.style_id, TrainingJob.id).where(TrainingJob.style_id.in_([s.id for s in styles]))
+            .order_by(TrainingJob.queued_at, TrainingJob.id)
+        ):
+            latest[style_id] = job_id  # ordered oldest first: the last one written wins
+    return [StylePublic.model_validate(s).model_copy(update={"latest_job_id": latest.get(s.id)}) for s in styles]
 
 
-def adapter_public(adapter: Adapter) -> AdapterPublic:
-    return AdapterPublic(
-        id=adapter.id, style_id=adapter.style_id, job_id=adapter.job_id, descriptor=adapter.descriptor,
-        train_prompt=adapter.train_prompt, sha256=adapter.sha256, bytes=adapter.bytes,
-        base_model=adapter.base_model, base_revision=adapter.base_revision, rank=adapter.rank,
-        alpha=adapter.alpha, targets=list(adapter.targets or []), steps=adapter.steps, seed=adapter.seed,
-        engine_version=adapter.engine_version, created_at=adapter.created_at,
-        file_url=f"/v1/adapters/{adapter.id}/file",
-    )
+def style_public(session: Session, style: Style) -> StylePublic:
+    return style_views(session, [style])[0]
 
 
-def generation_public(gen: Generation) -> GenerationPublic:
-    mode: Literal["text", "image", "inpaint"] = "inpaint" if gen.mask_key else "image" if gen.init_image_key else "text"
-    return GenerationPublic(
-        id=gen.id, state=gen.state, adapter_id=gen.adapter_id, prompt=gen.prompt,
-        negative_prompt=gen.negative_prompt, style_strength=gen.style_strength, guidance_scale=gen.guidance_scale,
-        steps=gen.steps, seed=gen.seed, num_images=gen.num_images, mode=mode, strength=gen.strength,
-        attempts=gen.attempts, queued_at=gen.queued_at, started_at=gen.started_at, finished_at=gen.finished_at,
-        image_urls=[f"/v1/generations/{gen.id}/images/{n}" for n in range(len(gen.image_keys or []))],
-        error=_error(gen.error_code, gen.error_message),
-    )
+def styles_with_jobs(
+    session: Session, styles: Sequence[StylePublic]
+) -> list[tuple[StylePublic, JobPublic | None]]:
+    """Each style with its newest job (the pages show both), in two more queries for the whole list."""
+    ids = [s.latest_job_id for s in styles if s.latest_job_id is not None]
+    jobs = job_views(session, session.scalars(select(TrainingJob).where(TrainingJob.id.in_(ids))).all()) if ids else []
+    by_id = {job.id: job for job in jobs}
+    return [(s, by_id.get(s.latest_job_id) if s.latest_job_id else None) for s in styles]
 
 
 # --- blobs ---------------------------------------------------------------------------------------------------
@@ -307,19 +288,12 @@ def _idempotent_replay(session: Session, owner_id: str, key: str, request_hash: 
     return StyleCreated(style=style, job=job, created=False)
 
 
-def list_styles(*, session: Session, owner: User, limit: int, offset: int) -> list[tuple[Style, str | None]]:
+def list_styles(*, session: Session, owner: User, limit: int, offset: int) -> list[StylePublic]:
     styles = session.scalars(
         select(Style).where(Style.owner_id == owner.id, Style.deleted_at.is_(None))
         .order_by(Style.created_at.desc(), Style.id.desc()).limit(limit).offset(offset)
     ).all()
-    return [(s, latest_job_id(session, s.id)) for s in styles]
-
-
-def latest_job_id(session: Session, style_id: str) -> str | None:
-    return session.scalar(
-        select(TrainingJob.id).where(TrainingJob.style_id == style_id)
-        .order_by(TrainingJob.queued_at.desc()).limit(1)
-    )
+    return style_views(session, styles)
 
 
 _Owned = TypeVar("_Owned", Style, TrainingJob, Adapter, Generation)
@@ -348,13 +322,13 @@ def delete_style(*, session: Session, owner: User, style_id: str) -> None:
     logger.info("user %s deleted style %s", owner.id, style.id)
 
 
-def list_jobs(*, session: Session, owner: User, state: str | None, limit: int, offset: int) -> Sequence[TrainingJob]:
+def list_jobs(*, session: Session, owner: User, state: str | None, limit: int, offset: int) -> list[JobPublic]:
     query = select(TrainingJob).where(TrainingJob.owner_id == owner.id)
     if state is not None:
         query = query.where(TrainingJob.state == state)
-    return session.scalars(
+    return job_views(session, session.scalars(
         query.order_by(TrainingJob.queued_at.desc(), TrainingJob.id.desc()).limit(limit).offset(offset)
-    ).all()
+    ).all())
 
 
 def get_job(*, session: Session, owner: User, job_id: str) -> TrainingJob:
@@ -566,10 +540,15 @@ def _generation_replay(session: Session, owner_id: str, key: str, request_hash: 
     return gen
 
 
-def list_generations(*, session: Session, owner: User, limit: int, offset: int) -> Sequence[Generation]:
+def list_generations(
+    *, session: Session, owner: User, limit: int, offset: int, adapter_id: str | None = None
+) -> Sequence[Generation]:
+    """`owner`'s generations, newest first; with `adapter_id`, only those made with that adapter."""
+    query = select(Generation).where(Generation.owner_id == owner.id)
+    if adapter_id is not None:
+        query = query.where(Generation.adapter_id == adapter_id)
     return session.scalars(
-        select(Generation).where(Generation.owner_id == owner.id)
-        .order_by(Generation.queued_at.desc(), Generation.id.desc()).limit(limit).offset(offset)
+        query.order_by(Generation.queued_at.desc(), Generation.id.desc()).limit(limit).offset(offset)
     ).all()
 
 

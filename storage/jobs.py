@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from sqlalchemy import CursorResult, and_, case, func, or_, select, update
+from sqlalchemy import CursorResult, case, func, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
@@ -142,22 +142,23 @@ def events_after(session: Session, job_id: str, after_id: int = 0, limit: int = 
     ).all()
 
 
+def queue_positions(session: Session, job_ids: Collection[str]) -> dict[str, int]:
+    """The queue position of each of `job_ids` that is queued (1 = the next to run), in one query whatever their
+    number; jobs that are not queued are left out."""
+    if not job_ids:
+        return {}
+    queue = (
+        select(TrainingJob.id, func.row_number().over(order_by=(TrainingJob.queued_at, TrainingJob.id)).label("n"))
+        .where(TrainingJob.state == JobState.QUEUED)
+        .subquery()
+    )
+    rows = session.execute(select(queue.c.id, queue.c.n).where(queue.c.id.in_(list(job_ids)))).tuples()
+    return {job_id: int(n) for job_id, n in rows}
+
+
 def queue_position(session: Session, job: TrainingJob) -> int:
     """1 for the next queued job to run; 0 when `job` is not queued."""
-    if job.state != JobState.QUEUED:
-        return 0
-    ahead = session.scalar(
-        select(func.count())
-        .select_from(TrainingJob)
-        .where(
-            TrainingJob.state == JobState.QUEUED,
-            or_(
-                TrainingJob.queued_at < job.queued_at,
-                and_(TrainingJob.queued_at == job.queued_at, TrainingJob.id < job.id),
-            ),
-        )
-    )
-    return int(ahead or 0) + 1
+    return queue_positions(session, [job.id]).get(job.id, 0) if job.state == JobState.QUEUED else 0
 
 
 def claim_generations(session: Session, *, first_id: str, limit: int, worker_host: str) -> list[Generation]:

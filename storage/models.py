@@ -26,7 +26,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from storage.db import Base
 from storage.states import EventKind, GenerationState, JobState, WorkKind
@@ -156,6 +156,9 @@ class TrainingJob(Base):
     celery_task_id: Mapped[str | None] = mapped_column(String(255))
     checkpoint_key: Mapped[str | None] = mapped_column(String(255))
     checkpoint_step: Mapped[int | None] = mapped_column(Integer)
+
+    # Read-only, and loaded only when a query asks for it (`joinedload`): the admin listings show the owner's name.
+    owner: Mapped[User] = relationship(User, viewonly=True, lazy="raise_on_sql")
 
 
 class JobEvent(Base):

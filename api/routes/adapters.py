@@ -18,13 +18,13 @@ def list_adapters(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[AdapterPublic]:
-    return [service.adapter_public(a) for a in service.list_adapters(session=session, owner=user, limit=limit,
+    return [AdapterPublic.model_validate(a) for a in service.list_adapters(session=session, owner=user, limit=limit,
                                                                       offset=offset)]
 
 
 @router.get("/{adapter_id}", response_model=AdapterPublic)
 def get_adapter(adapter_id: str, user: CurrentUser, session: SessionDep) -> AdapterPublic:
-    return service.adapter_public(service.get_adapter(session=session, owner=user, adapter_id=adapter_id))
+    return AdapterPublic.model_validate(service.get_adapter(session=session, owner=user, adapter_id=adapter_id))
 
 
 @router.get(

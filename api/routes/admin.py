@@ -56,7 +56,7 @@ def retry_job(job_id: str, _: AdminUser, session: SessionDep, settings: Settings
 
 @router.get("/users", response_model=list[UserPublic])
 def list_users(_: AdminUser, session: SessionDep) -> list[UserPublic]:
-    return [admin.user_public(u) for u in admin.list_users(session=session)]
+    return [UserPublic.model_validate(u) for u in admin.list_users(session=session)]
 
 
 @router.post("/users", status_code=status.HTTP_201_CREATED, response_model=UserCreatedPublic)

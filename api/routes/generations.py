@@ -98,13 +98,13 @@ def _create(
             session=session, blobs=blobs, settings=settings, owner=owner, request=request, init_image=init, mask=mask,
             idempotency_key=idempotency_key,
         )
-        return service.generation_public(created.generation), created.created
+        return GenerationPublic.model_validate(created.generation), created.created
 
 
 def _load(factory: sessionmaker[Session], generation_id: str) -> GenerationPublic | None:
     with factory() as session:
         gen = session.get(Generation, generation_id)
-        return service.generation_public(gen) if gen is not None else None
+        return GenerationPublic.model_validate(gen) if gen is not None else None
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=GenerationPublic, openapi_extra=_OPENAPI_BODY)
@@ -151,12 +151,13 @@ def list_generations(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[GenerationPublic]:
     gens = service.list_generations(session=session, owner=user, limit=limit, offset=offset)
-    return [service.generation_public(g) for g in gens]
+    return [GenerationPublic.model_validate(g) for g in gens]
 
 
 @router.get("/{generation_id}", response_model=GenerationPublic)
 def get_generation(generation_id: str, user: CurrentUser, session: SessionDep) -> GenerationPublic:
-    return service.generation_public(service.get_generation(session=session, owner=user, generation_id=generation_id))
+    gen = service.get_generation(session=session, owner=user, generation_id=generation_id)
+    return GenerationPublic.model_validate(gen)
 
 
 @router.get("/{generation_id}/images/{n}", response_class=Response,

@@ -24,8 +24,7 @@ PreviewIndex = Annotated[int, Path(ge=0, le=MAX_OFFSET, description="0-based pre
 
 
 def event_public(event: JobEvent) -> JobEventPublic:
-    return JobEventPublic(id=event.id, job_id=event.job_id, kind=event.kind, created_at=event.created_at,
-                          payload=event.payload or {})
+    return JobEventPublic.model_validate(event)
 
 
 def _render(event: JobEvent) -> str:
@@ -50,8 +49,7 @@ def list_jobs(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[JobPublic]:
     """Your jobs, newest first."""
-    jobs = service.list_jobs(session=session, owner=user, state=state, limit=limit, offset=offset)
-    return [service.job_public(session, job) for job in jobs]
+    return service.list_jobs(session=session, owner=user, state=state, limit=limit, offset=offset)
 
 
 @router.get("/{job_id}", response_model=JobPublic)

@@ -37,7 +37,7 @@ def create_style(
     if not created.created:
         response.status_code = status.HTTP_200_OK
     return StyleCreatedPublic(
-        style=service.style_public(created.style, created.job.id), job=service.job_public(session, created.job)
+        style=service.style_public(session, created.style), job=service.job_public(session, created.job)
     )
 
 
@@ -48,14 +48,12 @@ def list_styles(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[StylePublic]:
-    rows = service.list_styles(session=session, owner=user, limit=limit, offset=offset)
-    return [service.style_public(style, job_id) for style, job_id in rows]
+    return service.list_styles(session=session, owner=user, limit=limit, offset=offset)
 
 
 @router.get("/{style_id}", response_model=StylePublic)
 def get_style(style_id: str, user: CurrentUser, session: SessionDep) -> StylePublic:
-    style = service.get_style(session=session, owner=user, style_id=style_id)
-    return service.style_public(style, service.latest_job_id(session, style.id))
+    return service.style_public(session, service.get_style(session=session, owner=user, style_id=style_id))
 
 
 @router.get("/{style_id}/image", response_class=Response, responses=PNG)

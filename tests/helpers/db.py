@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import atexit
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine
@@ -102,3 +104,21 @@ def get_row(rt: Any, model: Any, row_id: str) -> Any:
     """The row as committed now (a fresh session)."""
     with rt.session_factory() as s:
         return s.get(model, row_id)
+
+
+@contextmanager
+def count_queries(engine: Engine) -> Iterator[list[str]]:
+    """The SQL statements `engine` runs inside the block (SQLAlchemy's `before_cursor_execute` hook), to prove
+    that a listing costs the same number of queries whatever its page size."""
+    from sqlalchemy import event
+
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
