@@ -77,6 +77,11 @@ class RateLimited(ServiceError):
     code = "rate_limited"
 
 
+class Unavailable(ServiceError):
+    status_code = 503
+    code = "unavailable"
+
+
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
     return {"detail": {"code": code, "message": message}}
 
