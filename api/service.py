@@ -87,9 +87,9 @@ def job_views(session: Session, jobs: Sequence[TrainingJob], schema: type[JobVie
     """`jobs` validated as `schema`, with the two values a row does not hold found for the whole page at once: the
     queue positions (one query) and the live adapters (one query). AdminJobPublic needs `owner` loaded."""
     positions = jobstore.queue_positions(session, [j.id for j in jobs if j.state == JobState.QUEUED])
-    adapters = dict(session.execute(
+    adapters: dict[str, str] = {job_id: adapter_id for job_id, adapter_id in session.execute(
         select(Adapter.job_id, Adapter.id).where(Adapter.job_id.in_([j.id for j in jobs]), Adapter.deleted_at.is_(None))
-    ).tuples().all()) if jobs else {}
+    )} if jobs else {}
     return [
         schema.model_validate(job).model_copy(
             update={"queue_position": positions.get(job.id, 0), "adapter_id": adapters.get(job.id)}

@@ -152,7 +152,7 @@ def queue_positions(session: Session, job_ids: Collection[str]) -> dict[str, int
         .where(TrainingJob.state == JobState.QUEUED)
         .subquery()
     )
-    rows = session.execute(select(queue.c.id, queue.c.n).where(queue.c.id.in_(list(job_ids)))).tuples()
+    rows = session.execute(select(queue.c.id, queue.c.n).where(queue.c.id.in_(list(job_ids))))
     return {job_id: int(n) for job_id, n in rows}
 
 
