@@ -2,7 +2,7 @@
 
 `*Public` models are validated straight from ORM rows (`from_attributes`); what a row does not hold as a column
 is a computed field (URLs, progress, the error object) or, for the two values a listing computes in one query
-for the whole page (`queue_position`, `adapter_id`), set by the service (`api.service.job_views`).
+for the whole page (`queue_position`, `adapter_id`), set by the service (`api.services.jobs.job_views`).
 """
 
 from __future__ import annotations
@@ -252,7 +252,7 @@ class ApiKeyCreatedPublic(BaseModel):
     created_at: datetime
 
 
-class ApiKeyPublic(BaseModel):
+class ApiKeyPublic(_FromRow):
     """A key without its secret: `prefix` is the 8 characters after `sd_` (enough to recognise it)."""
 
     id: str

@@ -11,10 +11,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from api import service
 from api.deps import BlobsDep, CurrentUser, RateLimitedUser, SessionDep, SessionFactoryDep, SettingsDep
 from api.errors import Invalid, UnsupportedMedia
 from api.schemas import MAX_OFFSET, GenerationCreate, GenerationPublic
+from api.services import generations, lookup, uploads
 from storage.blobs import BlobStore
 from storage.models import Generation, User
 from storage.settings import Settings
@@ -59,7 +59,7 @@ async def _read_file(upload: Any, *, what: str, max_bytes: int) -> bytes | None:
         return None
     if not isinstance(upload, UploadFile):
         raise Invalid(f"{what} must be a file part", code="bad_field")
-    return await run_in_threadpool(service.read_bounded, upload.file, max_bytes=max_bytes, what=what)
+    return await run_in_threadpool(uploads.read_bounded, upload.file, max_bytes=max_bytes, what=what)
 
 
 async def _parse(request: Request, settings: Settings) -> tuple[GenerationCreate, bytes | None, bytes | None]:
@@ -94,7 +94,7 @@ def _create(
     init: bytes | None, mask: bytes | None, idempotency_key: str | None,
 ) -> tuple[GenerationPublic, bool]:
     with factory() as session:
-        created = service.create_generation(
+        created = generations.create_generation(
             session=session, blobs=blobs, settings=settings, owner=owner, request=request, init_image=init, mask=mask,
             idempotency_key=idempotency_key,
         )
@@ -150,13 +150,13 @@ def list_generations(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[GenerationPublic]:
-    gens = service.list_generations(session=session, owner=user, limit=limit, offset=offset)
+    gens = generations.list_generations(session=session, owner=user, limit=limit, offset=offset)
     return [GenerationPublic.model_validate(g) for g in gens]
 
 
 @router.get("/{generation_id}", response_model=GenerationPublic)
 def get_generation(generation_id: str, user: CurrentUser, session: SessionDep) -> GenerationPublic:
-    gen = service.get_generation(session=session, owner=user, generation_id=generation_id)
+    gen = generations.get_generation(session=session, owner=user, generation_id=generation_id)
     return GenerationPublic.model_validate(gen)
 
 
@@ -166,6 +166,6 @@ def get_generation_image(
     generation_id: str, n: int, user: CurrentUser, session: SessionDep, blobs: BlobsDep
 ) -> Response:
     """The n-th (0-based) image of a generation."""
-    gen = service.get_generation(session=session, owner=user, generation_id=generation_id)
-    key = service.generation_image_key(gen, n)
-    return Response(service.read_blob(blobs, key, what="image"), media_type="image/png")
+    gen = generations.get_generation(session=session, owner=user, generation_id=generation_id)
+    key = generations.generation_image_key(gen, n)
+    return Response(lookup.read_blob(blobs, key, what="image"), media_type="image/png")

@@ -17,11 +17,11 @@ from fastapi import APIRouter, Form, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from api import service
 from api.deps import SessionDep, current_user_from_cookie
 from api.errors import NotFound
 from api.schemas import GenerationPublic
 from api.security import CSRF_FIELD, SESSION_COOKIE, check_csrf, csrf_token
+from api.services import generations, styles
 from storage.models import User
 from storage.sessions import close_session, open_session
 from storage.users import find_key
@@ -128,8 +128,8 @@ def styles_page(request: Request, session: SessionDep) -> Response:
     user = current_user_from_cookie(request, session)
     if user is None:
         return _signin_redirect(request)
-    styles = service.list_styles(session=session, owner=user, limit=STYLES_PAGE_LIMIT, offset=0)
-    return _render(request, "styles.html", user, items=service.styles_with_jobs(session, styles))
+    listed = styles.list_styles(session=session, owner=user, limit=STYLES_PAGE_LIMIT, offset=0)
+    return _render(request, "styles.html", user, items=styles.styles_with_jobs(session, listed))
 
 
 @router.get("/styles/new")
@@ -146,19 +146,19 @@ def style_page(style_id: str, request: Request, session: SessionDep) -> Response
     if user is None:
         return _signin_redirect(request)
     try:
-        style = service.get_style(session=session, owner=user, style_id=style_id)
+        style = styles.get_style(session=session, owner=user, style_id=style_id)
     except NotFound:
         return _render(request, "error.html", user, status_code=404, title="Style not found",
                        message="This style does not exist, was deleted, or belongs to someone else.")
-    ((style_view, job),) = service.styles_with_jobs(session, [service.style_public(session, style)])
-    generations = []
-    if job is not None and job.adapter_id is not None:  # the gallery: this style's adapter's images only
-        generations = [
+    ((style_view, job),) = styles.styles_with_jobs(session, [styles.style_public(session, style)])
+    gallery: list[GenerationPublic] = []
+    if job is not None and job.adapter_id is not None:  # this style's adapter's images only
+        gallery = [
             GenerationPublic.model_validate(g)
-            for g in service.list_generations(session=session, owner=user, limit=GALLERY_LIMIT, offset=0,
-                                              adapter_id=job.adapter_id)
+            for g in generations.list_generations(session=session, owner=user, limit=GALLERY_LIMIT, offset=0,
+                                                  adapter_id=job.adapter_id)
         ]
-    return _render(request, "style.html", user, style=style_view, job=job, generations=generations)
+    return _render(request, "style.html", user, style=style_view, job=job, generations=gallery)
 
 
 @router.get("/admin")
