@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import AliasPath, BaseModel, ConfigDict, Field, computed_field, field_validator
 
+from storage.states import JobState
 from storage.users import BadUserName, validate_user_name
 
 MAX_SEED = 2**31 - 1
@@ -23,14 +24,22 @@ class ErrorInfo(BaseModel):
     message: str
 
 
-def _error(code: str | None, message: str | None) -> ErrorInfo | None:
-    if code is None and message is None:
-        return None
-    return ErrorInfo(code=code or "error", message=message or "")
-
-
 class _FromRow(BaseModel):
     model_config = ConfigDict(from_attributes=True)
+
+
+class _WithError(_FromRow):
+    """A row that may have failed: its `error_code`/`error_message` columns shown as one `error` object."""
+
+    error_code: str | None = Field(default=None, exclude=True)
+    error_message: str | None = Field(default=None, exclude=True)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def error(self) -> ErrorInfo | None:
+        if self.error_code is None and self.error_message is None:
+            return None
+        return ErrorInfo(code=self.error_code or "error", message=self.error_message or "")
 
 
 class StylePublic(_FromRow):
@@ -50,7 +59,7 @@ class StylePublic(_FromRow):
         return f"/v1/styles/{self.id}/image"
 
 
-class JobPublic(_FromRow):
+class JobPublic(_WithError):
     id: str
     style_id: str
     state: str
@@ -69,18 +78,11 @@ class JobPublic(_FromRow):
     cancel_requested_at: datetime | None
     gpu_seconds: float
     adapter_id: str | None = None
-    error_code: str | None = Field(default=None, exclude=True)
-    error_message: str | None = Field(default=None, exclude=True)
 
     @computed_field(description="step / total_steps, 0..1")  # type: ignore[prop-decorator]
     @property
     def progress(self) -> float:
-        return 1.0 if self.state == "succeeded" else min(self.step / max(self.total_steps, 1), 1.0)
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def error(self) -> ErrorInfo | None:
-        return _error(self.error_code, self.error_message)
+        return 1.0 if self.state == JobState.SUCCEEDED else min(self.step / max(self.total_steps, 1), 1.0)
 
 
 class StyleCreatedPublic(BaseModel):
@@ -141,7 +143,7 @@ class GenerationCreate(BaseModel):
     )
 
 
-class GenerationPublic(_FromRow):
+class GenerationPublic(_WithError):
     id: str
     state: str
     adapter_id: str | None
@@ -160,8 +162,6 @@ class GenerationPublic(_FromRow):
     init_image_key: str | None = Field(default=None, exclude=True)
     mask_key: str | None = Field(default=None, exclude=True)
     image_keys: list[str] | None = Field(default=None, exclude=True)
-    error_code: str | None = Field(default=None, exclude=True)
-    error_message: str | None = Field(default=None, exclude=True)
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -172,11 +172,6 @@ class GenerationPublic(_FromRow):
     @property
     def image_urls(self) -> list[str]:
         return [f"/v1/generations/{self.id}/images/{n}" for n in range(len(self.image_keys or []))]
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def error(self) -> ErrorInfo | None:
-        return _error(self.error_code, self.error_message)
 
 
 # --- admin ---------------------------------------------------------------------------------------------------
@@ -200,18 +195,11 @@ class WorkerPublic(_FromRow):
     stats: dict[str, Any]
 
 
-class FailurePublic(_FromRow):
+class FailurePublic(_WithError):
     job_id: str = Field(validation_alias="id")
     owner_name: str = Field(validation_alias=AliasPath("owner", "name"))
     attempts: int
     finished_at: datetime | None
-    error_code: str | None = Field(default=None, exclude=True)
-    error_message: str | None = Field(default=None, exclude=True)
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def error(self) -> ErrorInfo | None:
-        return _error(self.error_code, self.error_message)
 
 
 class OverviewPublic(BaseModel):
