@@ -7,14 +7,13 @@ WORKDIR /app
 # torch first and pinned: the Linux wheel of torch 2.13.0 carries its CUDA runtime for the GPU workers.
 RUN pip install "torch==2.13.0"
 
-COPY pyproject.toml README.md alembic.ini ./
+COPY pyproject.toml README.md ./
 COPY trainer ./trainer
 COPY storage ./storage
 COPY api ./api
 COPY worker ./worker
-COPY alembic ./alembic
-# Editable install: the migrations in alembic/ are found relative to the source tree.
-RUN pip install -e ".[gpu]"
+# A plain install: the migrations (storage/migrations/) ship inside the package.
+RUN pip install ".[gpu]"
 
 RUN useradd --create-home --uid 1000 styledrop && mkdir -p /data /models && chown styledrop /data /models
 USER styledrop

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -21,8 +22,14 @@ logger = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):
+    """An error a service function raises for the caller to see; each kind below fixes its status and code."""
+
     status_code = 400
     code = "bad_request"
+
+    def __init_subclass__(cls, *, status: int, code: str, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.status_code, cls.code = status, code
 
     def __init__(self, message: str, *, code: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -32,54 +39,16 @@ class ServiceError(Exception):
         self.headers = headers
 
 
-class Unauthorized(ServiceError):
-    status_code = 401
-    code = "unauthorized"
-
-
-class Forbidden(ServiceError):
-    status_code = 403
-    code = "forbidden"
-
-
-class NotFound(ServiceError):
-    status_code = 404
-    code = "not_found"
-
-
-class Conflict(ServiceError):
-    status_code = 409
-    code = "conflict"
-
-
-class Invalid(ServiceError):
-    status_code = 422
-    code = "invalid"
-
-
-class TooLarge(ServiceError):
-    status_code = 413
-    code = "too_large"
-
-
-class UnsupportedMedia(ServiceError):
-    status_code = 415
-    code = "unsupported_media_type"
-
-
-class Gone(ServiceError):
-    status_code = 410
-    code = "gone"
-
-
-class RateLimited(ServiceError):
-    status_code = 429
-    code = "rate_limited"
-
-
-class Unavailable(ServiceError):
-    status_code = 503
-    code = "unavailable"
+class Unauthorized(ServiceError, status=401, code="unauthorized"): ...
+class Forbidden(ServiceError, status=403, code="forbidden"): ...
+class NotFound(ServiceError, status=404, code="not_found"): ...
+class Conflict(ServiceError, status=409, code="conflict"): ...
+class Gone(ServiceError, status=410, code="gone"): ...
+class TooLarge(ServiceError, status=413, code="too_large"): ...
+class UnsupportedMedia(ServiceError, status=415, code="unsupported_media_type"): ...
+class Invalid(ServiceError, status=422, code="invalid"): ...
+class RateLimited(ServiceError, status=429, code="rate_limited"): ...
+class Unavailable(ServiceError, status=503, code="unavailable"): ...
 
 
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
@@ -91,30 +60,30 @@ async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status_code, headers=exc.headers)
 
 
-async def _db_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
-    return JSONResponse(
-        error_body("database_unavailable", "the database cannot be reached; try again shortly"),
-        status_code=503,
-        headers={"Retry-After": "5"},
-    )
+Handler = Callable[[Request, Exception], Awaitable[JSONResponse]]
 
 
-async def _db_busy(request: Request, exc: Exception) -> JSONResponse:
+def _database_error(status: int, code: str, message: str, *, retry_after: str | None, what: str) -> Handler:
+    """A handler answering one database failure the same way every time (and logging its first line)."""
+
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        logger.warning("%s on %s %s: %s", what, request.method, request.url.path, str(exc).splitlines()[0][:200])
+        headers = {"Retry-After": retry_after} if retry_after else None
+        return JSONResponse(error_body(code, message), status_code=status, headers=headers)
+
+    return handle
+
+
+DATABASE_ERRORS: dict[type[Exception], Handler] = {
+    OperationalError: _database_error(503, "database_unavailable", "the database cannot be reached; try again shortly",
+                                      retry_after="5", what="database unavailable"),
     # Every pooled connection is in use (QueuePool timeout): the service is overloaded, not broken.
-    logger.warning("database pool exhausted on %s %s: %s", request.method, request.url.path, exc)
-    return JSONResponse(
-        error_body("database_busy", "the service is busy; try again shortly"),
-        status_code=503,
-        headers={"Retry-After": "2"},
-    )
-
-
-async def _db_data_error(request: Request, exc: Exception) -> JSONResponse:
+    PoolTimeout: _database_error(503, "database_busy", "the service is busy; try again shortly", retry_after="2",
+                                 what="database pool exhausted"),
     # A value the database refuses (a NUL character, an out-of-range number) that no validator caught.
-    logger.warning("database refused a value on %s %s: %s", request.method, request.url.path,
-                   str(exc).splitlines()[0][:200])
-    return JSONResponse(error_body("bad_value", "a value in the request cannot be stored"), status_code=422)
+    DataError: _database_error(422, "bad_value", "a value in the request cannot be stored", retry_after=None,
+                               what="database refused a value"),
+}
 
 
 MAX_ECHO_CHARS = 80
@@ -146,7 +115,6 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
-    app.add_exception_handler(OperationalError, _db_unavailable)
-    app.add_exception_handler(PoolTimeout, _db_busy)
-    app.add_exception_handler(DataError, _db_data_error)
+    for exc_class, handler in DATABASE_ERRORS.items():
+        app.add_exception_handler(exc_class, handler)
     app.add_exception_handler(RequestValidationError, _validation_error)

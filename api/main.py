@@ -22,7 +22,7 @@ from api.routes import adapters, admin, generations, health, jobs, pages, styles
 from api.security import load_secret
 from api.streams import StreamHub
 from storage.blobs import blob_store_from_settings
-from storage.db import make_engine, make_sessionmaker, upgrade_to_head
+from storage.db import make_engine, make_sessionmaker, schema_problem
 from storage.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -57,19 +57,24 @@ def _pool_args(settings: Settings) -> dict[str, float]:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app for `settings` (default: the process settings). One engine per app; the schema is
-    migrated to head on start-up (a database that is down then is migrated by the first /readyz that reaches
-    it)."""
+    """Build the app for `settings` (default: the process settings). One engine per app.
+
+    The API never migrates (`styledrop migrate` does): it refuses to start against a reachable database whose
+    schema is not at the newest migration. A database that is down at start-up does not stop it; `/readyz`
+    answers 503 until the database answers and is at head.
+    """
     settings = settings or get_settings()
     url = settings.resolved_database_url
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
-            await run_in_threadpool(upgrade_to_head, url)
-            app.state.migrated = True
+            problem = await run_in_threadpool(schema_problem, app.state.engine)
         except Exception as exc:  # stay up so /healthz and /readyz can say why
-            logger.error("database migration failed at start-up: %s", exc)
+            logger.error("database unreachable at start-up: %s", exc)
+        else:
+            if problem is not None:
+                raise RuntimeError(problem)
         yield
         app.state.engine.dispose()
 
@@ -88,7 +93,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
-    app.state.migrated = False
     app.state.blobs = blob_store_from_settings(settings)
     app.state.secret = load_secret(settings)
     app.state.streams = StreamHub(app.state.sessionmaker, per_user=settings.max_streams_per_user,

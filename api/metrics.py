@@ -13,16 +13,20 @@ from prometheus_client.registry import Collector
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import service
 from storage import broker
-from storage.models import Generation, TrainingJob, Worker, utcnow
+from storage import jobs as jobstore
+from storage.models import WORKER_ONLINE_WINDOW, Generation, TrainingJob, Worker, utcnow
 from storage.settings import Settings
+from storage.states import GenerationState, JobState
 
 logger = logging.getLogger(__name__)
 
 LATENCY_BUCKETS: tuple[float, ...] = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 LATENCY_WINDOW = timedelta(hours=1)
-CACHE_STATS: tuple[str, ...] = ("hits", "misses", "evictions", "loads")
+# Each counter and the keys of the adapter cache's stats (worker.adapter_cache.AdapterCache.stats) it sums.
+CACHE_STATS: dict[str, tuple[str, ...]] = {
+    "hits": ("hits_gpu", "hits_cpu"), "misses": ("misses",), "evictions": ("evictions",), "loads": ("loads",),
+}
 
 
 class StyledropCollector(Collector):
@@ -33,11 +37,11 @@ class StyledropCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         with self.factory() as session:
             jobs = GaugeMetricFamily("styledrop_jobs", "Training jobs by state", labels=["state"])
-            for state, count in service.job_counts(session).items():
+            for state, count in jobstore.count_by_state(session, TrainingJob).items():
                 jobs.add_metric([state], count)
             yield jobs
             gens = GaugeMetricFamily("styledrop_generations", "Generations by state", labels=["state"])
-            for state, count in service.generation_counts(session).items():
+            for state, count in jobstore.count_by_state(session, Generation).items():
                 gens.add_metric([state], count)
             yield gens
             yield self._latency(session)
@@ -48,7 +52,7 @@ class StyledropCollector(Collector):
     def _latency(self, session: Session) -> Metric:
         rows = session.execute(
             select(Generation.queued_at, Generation.finished_at)
-            .where(Generation.state == "succeeded", Generation.finished_at >= utcnow() - LATENCY_WINDOW)
+            .where(Generation.state == GenerationState.SUCCEEDED, Generation.finished_at >= utcnow() - LATENCY_WINDOW)
             .limit(100_000)
         ).all()
         seconds = [(finished - queued).total_seconds() for queued, finished in rows if finished and queued]
@@ -66,25 +70,21 @@ class StyledropCollector(Collector):
             "styledrop_train_step_seconds", "Seconds per training step of running jobs", labels=["job_id"]
         )
         for job_id, sps in session.execute(
-            select(TrainingJob.id, TrainingJob.steps_per_second).where(TrainingJob.state == "running")
+            select(TrainingJob.id, TrainingJob.steps_per_second).where(TrainingJob.state == JobState.RUNNING)
         ):
             if sps:
                 gauge.add_metric([job_id], 1.0 / sps)
         return gauge
 
     def _cache(self, session: Session) -> Iterator[Metric]:
-        cutoff = utcnow() - timedelta(seconds=60)
+        cutoff = utcnow() - WORKER_ONLINE_WINDOW
         totals = dict.fromkeys(CACHE_STATS, 0.0)
         online = 0
         for (stats,) in session.execute(select(Worker.stats).where(Worker.heartbeat_at >= cutoff)):
             online += 1
-            cache = (stats or {}).get("adapter_cache", stats or {})
-            if not isinstance(cache, dict):
-                continue
-            for name in CACHE_STATS:
-                # the worker's cache reports hits per tier (hits_gpu, hits_cpu); a flat "hits" is summed too
-                for field in (name, f"{name}_gpu", f"{name}_cpu"):
-                    value = cache.get(field)
+            for name, keys in CACHE_STATS.items():
+                for key in keys:
+                    value = (stats or {}).get(key)
                     if isinstance(value, int | float) and not isinstance(value, bool):
                         totals[name] += value
         for name, value in totals.items():

@@ -1,7 +1,7 @@
-"""Sending tasks by name. The API never imports the worker: it only knows the task names and queues.
+"""The API's Celery producer. The API never imports the worker: `storage.dispatch` sends by task name.
 
-The caller commits the row first, then calls `send_*`, then records the send with `storage.jobs.mark_*_sent`.
-A send that fails (broker down) leaves the row queued; the worker's reconciler re-sends it later.
+`sender(settings)` is the `Send` the service functions hand to `storage.dispatch.dispatch`, which commits the
+row first, then sends, then records the send; a failed send leaves the row queued for the reconciler.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
-from storage.broker import GENERATE_QUEUE, GENERATE_TASK, TRAIN_QUEUE, TRAIN_TASK, celery_config
+from storage.broker import celery_config
+from storage.dispatch import Send, celery_send
 from storage.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -43,17 +44,9 @@ def get_celery(settings: Settings | None = None) -> Celery:
         return app
 
 
-def send_train(job_id: str, *, settings: Settings | None = None) -> str:
-    """Send `styledrop.train(job_id)` to the train queue; returns the Celery task id. Raises when it fails."""
-    result = get_celery(settings).send_task(TRAIN_TASK, args=[job_id], queue=TRAIN_QUEUE)
-    logger.info("sent %s(%s) as %s", TRAIN_TASK, job_id, result.id)
-    return str(result.id)
-
-
-def send_generate(generation_id: str, *, settings: Settings | None = None) -> str:
-    result = get_celery(settings).send_task(GENERATE_TASK, args=[generation_id], queue=GENERATE_QUEUE)
-    logger.info("sent %s(%s) as %s", GENERATE_TASK, generation_id, result.id)
-    return str(result.id)
+def sender(settings: Settings | None = None) -> Send:
+    """Send tasks through the producer for `settings`' broker."""
+    return celery_send(get_celery(settings))
 
 
 def reset() -> None:

@@ -1,12 +1,18 @@
-"""Request and response models, named by direction: `*Create` comes in, `*Public` goes out."""
+"""Request and response models, named by direction: `*Create` comes in, `*Public` goes out.
+
+`*Public` models are validated straight from ORM rows (`from_attributes`); what a row does not hold as a column
+is a computed field (URLs, progress, the error object) or, for the two values a listing computes in one query
+for the whole page (`queue_position`, `adapter_id`), set by the service (`api.services.jobs.job_views`).
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasPath, BaseModel, ConfigDict, Field, computed_field, field_validator
 
+from storage.states import JobState
 from storage.users import BadUserName, validate_user_name
 
 MAX_SEED = 2**31 - 1
@@ -18,7 +24,25 @@ class ErrorInfo(BaseModel):
     message: str
 
 
-class StylePublic(BaseModel):
+class _FromRow(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class _WithError(_FromRow):
+    """A row that may have failed: its `error_code`/`error_message` columns shown as one `error` object."""
+
+    error_code: str | None = Field(default=None, exclude=True)
+    error_message: str | None = Field(default=None, exclude=True)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def error(self) -> ErrorInfo | None:
+        if self.error_code is None and self.error_message is None:
+            return None
+        return ErrorInfo(code=self.error_code or "error", message=self.error_message or "")
+
+
+class StylePublic(_FromRow):
     id: str
     descriptor: str
     content: str | None
@@ -27,21 +51,24 @@ class StylePublic(BaseModel):
     image_bytes: int
     image_sha256: str
     created_at: datetime
-    image_url: str
     latest_job_id: str | None = None
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def image_url(self) -> str:
+        return f"/v1/styles/{self.id}/image"
 
-class JobPublic(BaseModel):
+
+class JobPublic(_WithError):
     id: str
     style_id: str
     state: str
     step: int
     total_steps: int
-    progress: float = Field(description="step / total_steps, 0..1")
     last_loss: float | None
     eta_seconds: float | None
     steps_per_second: float | None
-    queue_position: int = Field(description="1 = next to run; 0 when not queued")
+    queue_position: int = Field(default=0, description="1 = next to run; 0 when not queued")
     attempts: int
     max_attempts: int
     params: dict[str, Any]
@@ -50,8 +77,12 @@ class JobPublic(BaseModel):
     finished_at: datetime | None
     cancel_requested_at: datetime | None
     gpu_seconds: float
-    error: ErrorInfo | None
     adapter_id: str | None = None
+
+    @computed_field(description="step / total_steps, 0..1")  # type: ignore[prop-decorator]
+    @property
+    def progress(self) -> float:
+        return 1.0 if self.state == JobState.SUCCEEDED else min(self.step / max(self.total_steps, 1), 1.0)
 
 
 class StyleCreatedPublic(BaseModel):
@@ -59,7 +90,7 @@ class StyleCreatedPublic(BaseModel):
     job: JobPublic
 
 
-class JobEventPublic(BaseModel):
+class JobEventPublic(_FromRow):
     id: int
     job_id: str
     kind: str
@@ -67,8 +98,8 @@ class JobEventPublic(BaseModel):
     payload: dict[str, Any]
 
 
-class AdapterPublic(BaseModel):
-    model_config = ConfigDict(protected_namespaces=())
+class AdapterPublic(_FromRow):
+    model_config = ConfigDict(from_attributes=True, protected_namespaces=())
 
     id: str
     style_id: str
@@ -86,10 +117,17 @@ class AdapterPublic(BaseModel):
     seed: int
     engine_version: str
     created_at: datetime
-    file_url: str
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def file_url(self) -> str:
+        return f"/v1/adapters/{self.id}/file"
 
 
 class GenerationCreate(BaseModel):
+    """The bounds and defaults are the engine's (trainer/limits.py, which api/ cannot import); a test keeps the
+    two in step."""
+
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(min_length=1, max_length=500)
@@ -105,7 +143,7 @@ class GenerationCreate(BaseModel):
     )
 
 
-class GenerationPublic(BaseModel):
+class GenerationPublic(_WithError):
     id: str
     state: str
     adapter_id: str | None
@@ -116,14 +154,24 @@ class GenerationPublic(BaseModel):
     steps: int
     seed: int
     num_images: int
-    mode: Literal["text", "image", "inpaint"]
     strength: float | None
     attempts: int
     queued_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    image_urls: list[str]
-    error: ErrorInfo | None
+    init_image_key: str | None = Field(default=None, exclude=True)
+    mask_key: str | None = Field(default=None, exclude=True)
+    image_keys: list[str] | None = Field(default=None, exclude=True)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def mode(self) -> Literal["text", "image", "inpaint"]:
+        return "inpaint" if self.mask_key else "image" if self.init_image_key else "text"
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def image_urls(self) -> list[str]:
+        return [f"/v1/generations/{self.id}/images/{n}" for n in range(len(self.image_keys or []))]
 
 
 # --- admin ---------------------------------------------------------------------------------------------------
@@ -131,12 +179,12 @@ class GenerationPublic(BaseModel):
 
 class AdminJobPublic(JobPublic):
     owner_id: str
-    owner_name: str
+    owner_name: str = Field(validation_alias=AliasPath("owner", "name"))  # joined in the listing's one query
     worker_host: str | None
     heartbeat_at: datetime | None
 
 
-class WorkerPublic(BaseModel):
+class WorkerPublic(_FromRow):
     id: str
     host: str
     pid: int
@@ -147,10 +195,9 @@ class WorkerPublic(BaseModel):
     stats: dict[str, Any]
 
 
-class FailurePublic(BaseModel):
-    job_id: str
-    owner_name: str
-    error: ErrorInfo | None
+class FailurePublic(_WithError):
+    job_id: str = Field(validation_alias="id")
+    owner_name: str = Field(validation_alias=AliasPath("owner", "name"))
     attempts: int
     finished_at: datetime | None
 
@@ -178,7 +225,7 @@ class UserCreate(BaseModel):
             raise ValueError(str(exc)) from None
 
 
-class UserPublic(BaseModel):
+class UserPublic(_FromRow):
     id: str
     name: str
     is_admin: bool
@@ -193,7 +240,7 @@ class ApiKeyCreatedPublic(BaseModel):
     created_at: datetime
 
 
-class ApiKeyPublic(BaseModel):
+class ApiKeyPublic(_FromRow):
     """A key without its secret: `prefix` is the 8 characters after `sd_` (enough to recognise it)."""
 
     id: str

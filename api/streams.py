@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from storage import jobs as jobstore
 from storage.models import JobEvent, TrainingJob
+from storage.states import JOB_FINAL
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class StreamHub:
                 latest = {}
             for w in watchers:
                 newest, state = latest.get(w.job_id, (0, "unknown"))
-                if newest > w.after or state is None or state in jobstore.TERMINAL:
+                if newest > w.after or state is None or state in JOB_FINAL:
                     w.wake.set()
             await asyncio.sleep(POLL_SECONDS)
         self._poller = None
@@ -158,7 +159,7 @@ class StreamHub:
                     yield f"id: {event.id}\nevent: {event.kind}\ndata: {render(event)}\n\n"
                 if len(events) == EVENTS_PER_READ:
                     watcher.wake.set()  # more to read
-                elif state is None or state in jobstore.TERMINAL:
+                elif state is None or state in JOB_FINAL:
                     yield f"event: end\ndata: {json.dumps({'state': state})}\n\n"
                     return
         finally:

@@ -8,7 +8,7 @@ Configs (`--config`):
 - `tiny`: `trainer.model.build_tiny()` (smoke runs of the scripts themselves; numbers mean nothing).
 - `mid`: a "mid-size" random aMUSEd, wide enough that the U-ViT, the VQ-GAN and CLIP each cost real time on a
   CPU: U-ViT hidden 256, 4 layers, 4 heads, codebook 1024; VQ-GAN 5 levels (32, 32, 64, 64, 128); CLIP 256 wide.
-- `full`: the real amused-256 architecture (amused-notes.md §1), random weights: U-ViT 603.5 M parameters,
+- `full`: the real amused-256 architecture (docs/amused-notes.md §1), random weights: U-ViT 603.5 M parameters,
   VQ-GAN 146.2 M, CLIP-L text tower 123.7 M. The tokenizer is the tiny offline one (ids < 514 fit CLIP's 49408).
 """
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import httpx
 from service_stack import api_stack, pct
 
-from tests.conftest import worker_style_png
+from tests.helpers.images import style_png
 
 REDIS = "redis://127.0.0.1:6379/12"
 
@@ -81,7 +81,7 @@ def main() -> int:
                    STYLEDROP_RATE_LIMIT_PER_MINUTE="1000000", STYLEDROP_MAX_CONCURRENT_JOBS_PER_USER="1000000",
                    ) as (stack, base, _db_url):
         keys = [stack.cli("users", "create", f"user{i}").strip().splitlines()[-1] for i in range(args.clients)]
-        image = worker_style_png()
+        image = style_png()
         limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
         client = httpx.Client(base_url=base, timeout=60, limits=limits)
 

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 from service_stack import pct
 
-from tests.conftest import worker_style_png
+from tests.helpers.images import style_png
 from tests.test_hostile_load import _vm, bomb, open_stream, start_api
 
 
@@ -57,7 +57,7 @@ def main() -> int:
         jobs = []
         for key in keys[:users]:
             r = client.post("/v1/styles", headers={"Authorization": f"Bearer {key}"}, data={"descriptor": "ink"},
-                            files={"image": ("s.png", worker_style_png(), "image/png")})
+                            files={"image": ("s.png", style_png(), "image/png")})
             jobs.append(r.json()["job"]["id"])
 
         print("\n## 1. latency under open event streams")

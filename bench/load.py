@@ -20,7 +20,7 @@ import httpx
 from service_stack import api_stack, pct
 from sqlalchemy import create_engine, text
 
-from tests.conftest import worker_style_png
+from tests.helpers.images import style_png
 
 REDIS = "redis://127.0.0.1:6379/13"
 
@@ -39,7 +39,7 @@ def main() -> int:
         keys = [stack.cli("users", "create", f"user{i}").strip().splitlines()[-1] for i in range(args.users)]
         stack.spawn("train", "-m", "worker.cli", "worker", "--queue", "train")
         stack.spawn("generate", "-m", "worker.cli", "worker", "--queue", "generate")
-        image = worker_style_png()
+        image = style_png()
         limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
         client = httpx.Client(base_url=base, timeout=60, limits=limits)
         lat: dict[str, list[float]] = {"generations": [], "styles": []}

@@ -116,7 +116,7 @@ def main() -> None:
                     for i in range(batch)]
             return lambda: sample(parts, reqs, decode=decode)
 
-        # Same computation check: batch 1, same seed -> the same image (amused-notes.md §4 semantics).
+        # Same computation check: batch 1, same seed -> the same image (docs/amused-notes.md §4 semantics).
         ref_img = pipe_fn(1, "pil")().images[0]
         our_img = ours_fn(1, True)()[0].image
         same = ref_img.tobytes() == our_img.tobytes()

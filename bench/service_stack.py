@@ -17,8 +17,13 @@ from sqlalchemy import create_engine, text
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import worker_free_port  # noqa: E402
-from tests.test_e2e_service import Stack, _env, _wait_http  # noqa: E402
+from storage.db import upgrade_to_head  # noqa: E402
+from tests.helpers.stack import (  # noqa: E402
+    Stack,
+    free_port,
+    service_env,
+    wait_http,
+)
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
@@ -41,14 +46,15 @@ def api_stack(name: str, redis_url: str, *, api_args: Sequence[str] = (), **env:
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{db}"'))
     db_url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}"
+    upgrade_to_head(db_url)  # as `styledrop migrate` does before the API starts
     tmp = Path(tempfile.mkdtemp(prefix=f"styledrop-{name}-"))
-    stack = Stack(tmp, _env(tmp / "data", DATABASE_URL=db_url, BROKER_URL=redis_url, **env))
-    port = worker_free_port()
+    stack = Stack(tmp, service_env(tmp / "data", DATABASE_URL=db_url, BROKER_URL=redis_url, **env))
+    port = free_port()
     stack.spawn("api", "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port), *api_args)
     base = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(base_url=base, timeout=60) as probe:
-            _wait_http(probe, stack)
+            wait_http(probe, stack)
         yield stack, base, db_url
     finally:
         stack.stop()

@@ -12,14 +12,13 @@ import hashlib
 import logging
 import os
 import re
-import shutil
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, cast, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 if TYPE_CHECKING:
     from storage.settings import Settings
@@ -28,7 +27,6 @@ logger = logging.getLogger(__name__)
 
 KEY_RE = re.compile(r"^[a-z0-9][a-z0-9/_.-]{0,200}$")
 _PART_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
-_CHUNK = 1024 * 1024
 
 
 TEMP_MAX_AGE_SECONDS = 3600.0  # a blob write takes seconds; a temp file this old was abandoned
@@ -86,13 +84,9 @@ def content_key(kind: str, sha256: str, ext: str) -> str:
 @runtime_checkable
 class BlobStore(Protocol):
     def put_bytes(self, key: str, data: bytes) -> None: ...
-    def put_file(self, key: str, path: str | os.PathLike[str]) -> None: ...
     def get_bytes(self, key: str) -> bytes: ...
-    def open(self, key: str) -> BinaryIO: ...
-    def download_to(self, key: str, path: str | os.PathLike[str]) -> None: ...
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> None: ...
-
     def sweep_temp_files(self, older_than: float = ...) -> int: ...
     def size(self, key: str) -> int: ...
     def list_blobs(self) -> Iterator[BlobInfo]: ...
@@ -152,28 +146,11 @@ class LocalBlobStore:
     def put_bytes(self, key: str, data: bytes) -> None:
         _atomic_write(self.path(key), lambda fh: fh.write(data))
 
-    def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
-        def copy(fh: BinaryIO) -> None:
-            with open(path, "rb") as src:
-                shutil.copyfileobj(src, fh, _CHUNK)
-
-        _atomic_write(self.path(key), copy)
-
     def get_bytes(self, key: str) -> bytes:
         try:
             return self.path(key).read_bytes()
         except FileNotFoundError as exc:
             raise BlobNotFound(key) from exc
-
-    def open(self, key: str) -> BinaryIO:
-        try:
-            return open(self.path(key), "rb")  # the caller closes it
-        except FileNotFoundError as exc:
-            raise BlobNotFound(key) from exc
-
-    def download_to(self, key: str, path: str | os.PathLike[str]) -> None:
-        with self.open(key) as src:
-            _atomic_write(Path(path), lambda fh: shutil.copyfileobj(src, fh, _CHUNK))
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
@@ -258,10 +235,6 @@ class S3BlobStore:
     def put_bytes(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
-    def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
-        with open(path, "rb") as fh:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=fh)
-
     def _get(self, key: str) -> Any:
         from botocore.exceptions import ClientError
 
@@ -276,16 +249,6 @@ class S3BlobStore:
         body = self._get(key)["Body"]
         try:
             return cast(bytes, body.read())
-        finally:
-            body.close()
-
-    def open(self, key: str) -> BinaryIO:
-        return cast(BinaryIO, self._get(key)["Body"])
-
-    def download_to(self, key: str, path: str | os.PathLike[str]) -> None:
-        body = self._get(key)["Body"]
-        try:
-            _atomic_write(Path(path), lambda fh: shutil.copyfileobj(body, fh, _CHUNK))
         finally:
             body.close()
 

@@ -8,18 +8,32 @@ and write the same folder, so any process on this host (or sharing the volume) m
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from storage.settings import Settings
+from storage.states import WorkKind
 
 logger = logging.getLogger(__name__)
 
-TRAIN_TASK = "styledrop.train"
-GENERATE_TASK = "styledrop.generate"
-TRAIN_QUEUE = "train"
-GENERATE_QUEUE = "generate"
-QUEUES: tuple[str, ...] = (TRAIN_QUEUE, GENERATE_QUEUE)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one kind of work goes: the Celery task name and the queue its workers consume."""
+
+    task: str
+    queue: str
+
+
+# The one declaration of task names and queues: `celery_config` turns it into `task_routes`, the worker's task
+# decorators take their names from it, and `storage.dispatch` sends by it.
+ROUTES: dict[WorkKind, Route] = {
+    WorkKind.TRAIN: Route(task="styledrop.train", queue="train"),
+    WorkKind.GENERATE: Route(task="styledrop.generate", queue="generate"),
+}
+QUEUES: tuple[str, ...] = tuple(route.queue for route in ROUTES.values())
 
 
 def _fs_folders(settings: Settings) -> tuple[Path, Path, Path]:
@@ -39,8 +53,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_ignore_result": True,
         "broker_connection_retry_on_startup": True,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
-        "task_default_queue": GENERATE_QUEUE,
-        "task_routes": {TRAIN_TASK: {"queue": TRAIN_QUEUE}, GENERATE_TASK: {"queue": GENERATE_QUEUE}},
+        "task_default_queue": ROUTES[WorkKind.GENERATE].queue,
+        "task_routes": {route.task: {"queue": route.queue} for route in ROUTES.values()},
     }
     if settings.broker_url is None:
         out, processed, control = _fs_folders(settings)

@@ -1,12 +1,15 @@
-"""Engine, sessions, the declarative base and programmatic migrations.
+"""Engine, sessions, the declarative base, and migrations run from code.
 
-The schema is owned by Alembic (`alembic/versions`); the service never calls `create_all`. `upgrade_to_head`
-is how a process brings a database up to date at start-up.
+The schema is owned by Alembic; its scripts live in `storage/migrations/` and ship inside the package, so an
+installed (non-editable) copy migrates too. The service never calls `create_all` and the API never runs DDL:
+`styledrop migrate` and `styledrop up` call `upgrade_to_head`; the API checks `schema_problem` at start-up and in
+`/readyz`.
 """
 
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +29,7 @@ NAMING_CONVENTION: dict[str, str] = {
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
-# storage/ and alembic/ are siblings at the repository root (a checkout or an editable install).
-_REPO_ROOT = Path(__file__).resolve().parent.parent
-ALEMBIC_INI = _REPO_ROOT / "alembic.ini"
-ALEMBIC_DIR = _REPO_ROOT / "alembic"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
 class Base(DeclarativeBase):
@@ -70,13 +70,12 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 
 def alembic_config(url: str) -> Any:
-    """An Alembic `Config` for this repository's migrations, usable from any working directory."""
+    """An Alembic `Config` for the packaged migrations, usable from any working directory (no alembic.ini: that
+    file at the repository root is only for developers running `alembic revision`)."""
     from alembic.config import Config
 
-    if not ALEMBIC_DIR.is_dir():
-        raise RuntimeError(f"alembic migrations not found at {ALEMBIC_DIR}; install the project editable")
-    cfg = Config(str(ALEMBIC_INI)) if ALEMBIC_INI.is_file() else Config()
-    cfg.set_main_option("script_location", str(ALEMBIC_DIR))
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     # ConfigParser interpolation: a literal % (URL-encoded password) must be doubled.
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     cfg.attributes["configure_logger"] = False  # leave the host process's logging alone
@@ -89,6 +88,28 @@ def upgrade_to_head(url: str) -> None:
 
     logger.info("migrating %s to head", make_url(url).render_as_string(hide_password=True))
     command.upgrade(alembic_config(url), "head")
+
+
+@lru_cache(maxsize=1)
+def head_revision() -> str | None:
+    """The newest migration's revision id (read from the scripts once per process)."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config("")).get_current_head()
+
+
+def schema_problem(engine: Engine) -> str | None:
+    """None when the database is at the newest migration, else what is wrong and what to run. Raises when the
+    database cannot be reached."""
+    from alembic.migration import MigrationContext
+
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+    head = head_revision()
+    if current == head:
+        return None
+    return (f"the database schema is at revision {current or 'none (an empty database)'} but this code needs "
+            f"{head}; run `styledrop migrate`")
 
 
 def downgrade_to_base(url: str) -> None:

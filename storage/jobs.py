@@ -1,4 +1,6 @@
-"""The job and generation state machines and the queries api/ and worker/ share.
+"""The job and generation state machines (their vocabulary is `storage.states`) and the queries api/ and worker/
+share. `transition` (jobs) and `transition_generation` share one conditional UPDATE; the reconciler's queries
+(`stale_rows`, `unsent_rows`) and `mark_sent` take the model, so jobs and generations follow one rule.
 
 Every state change is ONE conditional UPDATE (`... WHERE id = :id AND state IN (:expected)`); the caller
 learns from the return value whether it won. A job transition that changed a row also writes one
@@ -8,85 +10,87 @@ learns from the return value whether it won. A job transition that changed a row
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 
-from sqlalchemy import CursorResult, and_, case, func, or_, select, update
+from sqlalchemy import CursorResult, case, func, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
-from storage.models import (
-    EVENT_KINDS,
-    GENERATION_STATES,
-    JOB_STATES,
-    Generation,
-    JobEvent,
-    TrainingJob,
-    utcnow,
+from storage.models import Generation, JobEvent, TrainingJob, utcnow
+from storage.states import (
+    GENERATION_ACTIVE,
+    GENERATION_TRANSITIONS,
+    JOB_ACTIVE,
+    JOB_TRANSITIONS,
+    EventKind,
+    GenerationState,
+    JobState,
 )
 
 logger = logging.getLogger(__name__)
 
-TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
-ACTIVE: frozenset[str] = frozenset({"running", "cancelling"})
+Stateful = TypeVar("Stateful", bound=TrainingJob | Generation)
+_QUEUED = JobState.QUEUED  # the same word in both machines (GenerationState.QUEUED == "queued")
 
-# The legal edges; `failed`/`cancelled` → `queued` is an admin retry.
-JOB_TRANSITIONS: dict[str, frozenset[str]] = {
-    "queued": frozenset({"running", "cancelled", "failed"}),
-    "running": frozenset({"queued", "cancelling", "succeeded", "failed", "cancelled"}),
-    "cancelling": frozenset({"cancelled", "succeeded", "failed", "queued"}),
-    "succeeded": frozenset(),
-    "failed": frozenset({"queued"}),
-    "cancelled": frozenset({"queued"}),
+
+@dataclass(frozen=True)
+class _Machine:
+    """What the generic queries need to know about one table with a `state` column."""
+
+    states: type[StrEnum]
+    edges: Mapping[Any, frozenset[Any]]
+    active: frozenset[str]  # a worker holds the row; its heartbeat says whether that worker is alive
+    columns: frozenset[str]  # settable together with a transition
+
+
+_MACHINES: dict[type, _Machine] = {
+    TrainingJob: _Machine(JobState, JOB_TRANSITIONS, JOB_ACTIVE,
+                          frozenset(TrainingJob.__table__.columns.keys()) - {"id", "state"}),
+    Generation: _Machine(GenerationState, GENERATION_TRANSITIONS, GENERATION_ACTIVE,
+                         frozenset(Generation.__table__.columns.keys()) - {"id", "state"}),
 }
-GENERATION_TRANSITIONS: dict[str, frozenset[str]] = {
-    "queued": frozenset({"running", "failed"}),
-    "running": frozenset({"queued", "succeeded", "failed"}),
-    "succeeded": frozenset(),
-    "failed": frozenset({"queued"}),
-}
-
-_JOB_COLUMNS = frozenset(TrainingJob.__table__.columns.keys()) - {"id", "state"}
-_GENERATION_COLUMNS = frozenset(Generation.__table__.columns.keys()) - {"id", "state"}
 
 
-def _as_states(
-    expected: str | Collection[str], new: str, valid: tuple[str, ...], edges: dict[str, frozenset[str]]
-) -> tuple[str, ...]:
+def _checked(model: type, expected: str | Collection[str], new: str, fields: dict[str, Any]) -> tuple[str, ...]:
+    """The expected states as a tuple, after refusing unknown states, illegal edges and unknown columns."""
+    machine = _MACHINES[model]
     states = (expected,) if isinstance(expected, str) else tuple(expected)
     if not states:
         raise ValueError("expected must name at least one state")
     for state in (*states, new):
-        if state not in valid:
+        if state not in machine.states.__members__.values():
             raise ValueError(f"unknown state {state!r}")
     for state in states:
-        if new not in edges[state]:
+        if new not in machine.edges[state]:
             raise ValueError(f"illegal transition {state} -> {new}")
+    unknown = set(fields) - machine.columns
+    if unknown:
+        raise ValueError(f"unknown columns {sorted(unknown)}")
     return states
 
 
-def _check_fields(fields: dict[str, Any], allowed: frozenset[str]) -> None:
-    unknown = set(fields) - allowed
-    if unknown:
-        raise ValueError(f"unknown columns {sorted(unknown)}")
-
-
-def _set_loaded(session: Session, model: type[TrainingJob] | type[Generation], row_id: str,
-                values: dict[str, Any]) -> None:
-    """Mirror an UPDATE that bypassed the ORM into a loaded copy of the row, without a re-read."""
-    obj = session.identity_map.get(identity_key(model, row_id))
-    if obj is not None:
-        for key, value in values.items():
-            set_committed_value(obj, key, value)
-
-
-def _expire(session: Session, model: type[TrainingJob] | type[Generation], row_id: str) -> None:
-    """Make a loaded copy of the row re-read its columns on next access (the UPDATE bypassed the ORM)."""
+def _move(session: Session, model: type[Stateful], row_id: str, states: tuple[str, ...], new: str,
+          fields: dict[str, Any]) -> bool:
+    """The conditional UPDATE every transition is; True when it changed the row."""
+    result = session.execute(
+        update(model)
+        .where(model.id == row_id, model.state.in_(states))
+        .values(state=new, **fields)
+        .execution_options(synchronize_session=False)
+    )
+    assert isinstance(result, CursorResult)
+    if result.rowcount != 1:
+        return False
+    # The UPDATE bypassed the ORM: a loaded copy of the row re-reads its columns on next access.
     obj = session.identity_map.get(identity_key(model, row_id))
     if obj is not None:
         session.expire(obj)
+    return True
 
 
 def transition(
@@ -97,8 +101,7 @@ def transition(
     Returns True when this call changed the row (and wrote one "state" event), False when the job was not in
     an expected state (someone else moved it first, or it is already final).
     """
-    states = _as_states(expected, new, JOB_STATES, JOB_TRANSITIONS)
-    _check_fields(fields, _JOB_COLUMNS)
+    states = _checked(TrainingJob, expected, new, fields)
     previous: str | None = states[0] if len(states) == 1 else None
     if previous is None:
         # Several possible sources: lock the row so the event's "from" is exact. The UPDATE below is still
@@ -106,23 +109,22 @@ def transition(
         previous = session.scalar(select(TrainingJob.state).where(TrainingJob.id == job_id).with_for_update())
         if previous not in states:
             return False
-    result = session.execute(
-        update(TrainingJob)
-        .where(TrainingJob.id == job_id, TrainingJob.state.in_(states))
-        .values(state=new, **fields)
-        .execution_options(synchronize_session=False)
-    )
-    assert isinstance(result, CursorResult)
-    if result.rowcount != 1:
+    if not _move(session, TrainingJob, job_id, states, new, fields):
         return False
-    _expire(session, TrainingJob, job_id)
-    add_event(session, job_id, "state", {"from": previous, "to": new})
+    add_event(session, job_id, EventKind.STATE, {"from": previous, "to": new})
     logger.info("job %s: %s -> %s", job_id, previous, new)
     return True
 
 
+def transition_generation(
+    session: Session, generation_id: str, *, expected: str | Collection[str], new: str, **fields: Any
+) -> bool:
+    """The generation counterpart of `transition` (generations write no event rows)."""
+    return _move(session, Generation, generation_id, _checked(Generation, expected, new, fields), new, fields)
+
+
 def add_event(session: Session, job_id: str, kind: str, payload: dict[str, Any]) -> JobEvent:
-    if kind not in EVENT_KINDS:
+    if kind not in EventKind.__members__.values():
         raise ValueError(f"unknown event kind {kind!r}")
     event = JobEvent(job_id=job_id, kind=kind, payload=payload)
     session.add(event)
@@ -150,7 +152,7 @@ def _train_queue() -> Any:
     """
     running = (
         select(TrainingJob.owner_id, func.count().label("n"))
-        .where(TrainingJob.state.in_(ACTIVE))
+        .where(TrainingJob.state.in_(JOB_ACTIVE))
         .group_by(TrainingJob.owner_id)
         .subquery()
     )
@@ -158,28 +160,26 @@ def _train_queue() -> Any:
     return (
         select(TrainingJob.id, TrainingJob.queued_at, (func.coalesce(running.c.n, 0) + ahead - 1).label("load"))
         .outerjoin(running, running.c.owner_id == TrainingJob.owner_id)
-        .where(TrainingJob.state == "queued", TrainingJob.cancel_requested_at.is_(None),
+        .where(TrainingJob.state == JobState.QUEUED, TrainingJob.cancel_requested_at.is_(None),
                TrainingJob.attempts < TrainingJob.max_attempts)
         .subquery()
     )
 
 
+def queue_positions(session: Session, job_ids: Collection[str]) -> dict[str, int]:
+    """The queue position of each of `job_ids` waiting to be claimed (1 = the next `claim_train_jobs` takes), in
+    one query whatever their number; jobs that are not waiting are left out."""
+    if not job_ids:
+        return {}
+    q = _train_queue()
+    ordered = select(q.c.id, func.row_number().over(order_by=(q.c.load, q.c.queued_at, q.c.id)).label("n")).subquery()
+    rows = session.execute(select(ordered.c.id, ordered.c.n).where(ordered.c.id.in_(list(job_ids))))
+    return {job_id: int(n) for job_id, n in rows}
+
+
 def queue_position(session: Session, job: TrainingJob) -> int:
     """1 for the next job `claim_train_jobs` will claim; 0 when `job` is not waiting to be claimed."""
-    if job.state != "queued":
-        return 0
-    q = _train_queue()
-    mine = session.execute(select(q.c.load, q.c.queued_at).where(q.c.id == job.id)).one_or_none()
-    if mine is None:
-        return 0
-    ahead = session.scalar(
-        select(func.count()).select_from(q).where(or_(
-            q.c.load < mine.load,
-            and_(q.c.load == mine.load, q.c.queued_at < mine.queued_at),
-            and_(q.c.load == mine.load, q.c.queued_at == mine.queued_at, q.c.id < job.id),
-        ))
-    )
-    return int(ahead or 0) + 1
+    return queue_positions(session, [job.id]).get(job.id, 0) if job.state == JobState.QUEUED else 0
 
 
 def claim_train_jobs(session: Session, *, limit: int, worker: str) -> list[TrainingJob]:
@@ -199,7 +199,7 @@ def claim_train_jobs(session: Session, *, limit: int, worker: str) -> list[Train
     ))
     if candidates and session.get_bind().dialect.name == "postgresql":
         free = set(session.scalars(
-            select(TrainingJob.id).where(TrainingJob.id.in_(candidates), TrainingJob.state == "queued")
+            select(TrainingJob.id).where(TrainingJob.id.in_(candidates), TrainingJob.state == JobState.QUEUED)
             .with_for_update(skip_locked=True)
         ))
         candidates = [c for c in candidates if c in free]
@@ -208,8 +208,9 @@ def claim_train_jobs(session: Session, *, limit: int, worker: str) -> list[Train
     for job_id in candidates:
         if len(claimed) == limit:
             break
-        if transition(session, job_id, expected="queued", new="running", attempts=TrainingJob.attempts + 1,
-                      worker_host=worker, started_at=func.coalesce(TrainingJob.started_at, now), heartbeat_at=now,
+        if transition(session, job_id, expected=JobState.QUEUED, new=JobState.RUNNING,
+                      attempts=TrainingJob.attempts + 1, worker_host=worker,
+                      started_at=func.coalesce(TrainingJob.started_at, now), heartbeat_at=now,
                       error_code=None, error_message=None):
             claimed.append(job_id)
     if not claimed:
@@ -220,23 +221,6 @@ def claim_train_jobs(session: Session, *, limit: int, worker: str) -> list[Train
     return [rows[i] for i in claimed]
 
 
-def transition_generation(
-    session: Session, generation_id: str, *, expected: str | Collection[str], new: str, **fields: Any
-) -> bool:
-    """The generation counterpart of `transition` (no event rows)."""
-    states = _as_states(expected, new, GENERATION_STATES, GENERATION_TRANSITIONS)
-    _check_fields(fields, _GENERATION_COLUMNS)
-    result = session.execute(
-        update(Generation)
-        .where(Generation.id == generation_id, Generation.state.in_(states))
-        .values(state=new, **fields)
-        .execution_options(synchronize_session=False)
-    )
-    assert isinstance(result, CursorResult)
-    if result.rowcount != 1:
-        return False
-    _expire(session, Generation, generation_id)
-    return True
 
 
 def claim_generations(session: Session, *, first_id: str, limit: int, worker_host: str) -> list[Generation]:
@@ -252,12 +236,12 @@ def claim_generations(session: Session, *, first_id: str, limit: int, worker_hos
     first_first = case((Generation.id == first_id, 0), else_=1)
     candidates = (
         select(Generation.id)
-        .where(Generation.state == "queued")
+        .where(Generation.state == GenerationState.QUEUED)
         .order_by(first_first, Generation.queued_at, Generation.id)
         .limit(limit)
     )
     claim_values = {
-        "state": "running",
+        "state": GenerationState.RUNNING,
         "attempts": Generation.attempts + 1,
         "started_at": now,
         "heartbeat_at": now,
@@ -270,7 +254,7 @@ def claim_generations(session: Session, *, first_id: str, limit: int, worker_hos
         if ids:
             result = session.execute(
                 update(Generation)
-                .where(Generation.id.in_(ids), Generation.state == "queued")
+                .where(Generation.id.in_(ids), Generation.state == GenerationState.QUEUED)
                 .values(**claim_values)
                 .returning(Generation.id)
                 .execution_options(synchronize_session=False)
@@ -280,7 +264,7 @@ def claim_generations(session: Session, *, first_id: str, limit: int, worker_hos
         for gen_id in session.scalars(candidates).all():
             result = session.execute(
                 update(Generation)
-                .where(Generation.id == gen_id, Generation.state == "queued")
+                .where(Generation.id == gen_id, Generation.state == GenerationState.QUEUED)
                 .values(**claim_values)
                 .execution_options(synchronize_session=False)
             )
@@ -299,84 +283,81 @@ def claim_generations(session: Session, *, first_id: str, limit: int, worker_hos
     return list(rows)
 
 
+def last_seen(row: TrainingJob | Generation) -> datetime:
+    """When the row's worker last showed life: its heartbeat, else its start, else its queueing (the Python twin
+    of the expression `stale_rows` filters on)."""
+    return row.heartbeat_at or row.started_at or row.queued_at
+
+
+def is_abandoned(row: TrainingJob | Generation, *, worker_host: str, older_than: timedelta) -> bool:
+    """A row a worker holds that nobody is running any more: its worker is `worker_host` (this process, which
+    crashed out of it and lives on) or stopped beating more than `older_than` ago. Such a row may be taken over."""
+    if row.state not in _MACHINES[type(row)].active:
+        return False
+    return row.worker_host == worker_host or last_seen(row) < utcnow() - older_than
+
+
+def claim_generation_batch(
+    session: Session, *, first_id: str, limit: int, worker_host: str, older_than: timedelta
+) -> list[Generation]:
+    """The generate task's claim: `first_id` (requeued first when it was abandoned, see `is_abandoned`) and up to
+    `limit - 1` other queued generations, oldest first, moved to running for `worker_host`. The caller commits."""
+    gen = session.get(Generation, first_id)
+    if gen is None:
+        return []
+    if is_abandoned(gen, worker_host=worker_host, older_than=older_than):
+        logger.warning("generation %s: requeued (was running on %s, last seen %s)", gen.id, gen.worker_host,
+                       last_seen(gen))
+        transition_generation(session, first_id, expected=GenerationState.RUNNING, new=GenerationState.QUEUED)
+    return claim_generations(session, first_id=first_id, limit=limit, worker_host=worker_host)
+
+
 def _cutoff(older_than: timedelta | datetime) -> datetime:
     return utcnow() - older_than if isinstance(older_than, timedelta) else older_than
 
 
-def stale_running_jobs(session: Session, older_than: timedelta | datetime) -> Sequence[TrainingJob]:
-    """Running or cancelling jobs whose last heartbeat (or start) is older than `older_than`."""
-    cutoff = _cutoff(older_than)
-    seen = func.coalesce(TrainingJob.heartbeat_at, TrainingJob.started_at, TrainingJob.queued_at)
+def stale_rows(session: Session, model: type[Stateful], older_than: timedelta | datetime) -> Sequence[Stateful]:
+    """Rows a worker holds (running, or cancelling for jobs) whose last heartbeat (or start) is older than
+    `older_than`: their worker is presumed dead."""
+    seen = func.coalesce(model.heartbeat_at, model.started_at, model.queued_at)
     return session.scalars(
-        select(TrainingJob)
-        .where(TrainingJob.state.in_(ACTIVE), seen < cutoff)
-        .order_by(TrainingJob.queued_at)
+        select(model)
+        .where(model.state.in_(_MACHINES[model].active), seen < _cutoff(older_than))
+        .order_by(model.queued_at)
     ).all()
 
 
-def queued_jobs_without_recent_send(
-    session: Session, older_than: timedelta | datetime, limit: int = 100
-) -> Sequence[TrainingJob]:
-    """Queued jobs queued before the cutoff whose task message was never sent, or last sent before it."""
+def unsent_rows(
+    session: Session, model: type[Stateful], older_than: timedelta | datetime, limit: int = 100
+) -> Sequence[Stateful]:
+    """Queued rows queued before the cutoff whose task message was never sent, or last sent before it."""
     cutoff = _cutoff(older_than)
     return session.scalars(
-        select(TrainingJob)
-        .where(
-            TrainingJob.state == "queued",
-            TrainingJob.queued_at < cutoff,
-            or_(TrainingJob.sent_at.is_(None), TrainingJob.sent_at < cutoff),
-        )
-        .order_by(TrainingJob.queued_at)
+        select(model)
+        .where(model.state == _QUEUED, model.queued_at < cutoff, or_(model.sent_at.is_(None), model.sent_at < cutoff))
+        .order_by(model.queued_at)
         .limit(limit)
     ).all()
 
 
-def stale_running_generations(session: Session, older_than: timedelta | datetime) -> Sequence[Generation]:
-    cutoff = _cutoff(older_than)
-    seen = func.coalesce(Generation.heartbeat_at, Generation.started_at, Generation.queued_at)
-    return session.scalars(
-        select(Generation).where(Generation.state == "running", seen < cutoff).order_by(Generation.queued_at)
-    ).all()
-
-
-def queued_generations_without_recent_send(
-    session: Session, older_than: timedelta | datetime, limit: int = 100
-) -> Sequence[Generation]:
-    cutoff = _cutoff(older_than)
-    return session.scalars(
-        select(Generation)
-        .where(
-            Generation.state == "queued",
-            Generation.queued_at < cutoff,
-            or_(Generation.sent_at.is_(None), Generation.sent_at < cutoff),
-        )
-        .order_by(Generation.queued_at)
-        .limit(limit)
-    ).all()
-
-
-def mark_job_sent(session: Session, job_id: str, celery_task_id: str | None = None) -> None:
-    """Record that a task message for `job_id` was just handed to the broker."""
+def mark_sent(session: Session, model: type[Stateful], row_id: str, celery_task_id: str | None = None) -> None:
+    """Record that a task message for the row was just handed to the broker (also on a loaded copy of it, so
+    the caller needs no re-read)."""
     values: dict[str, Any] = {"sent_at": utcnow()}
     if celery_task_id is not None:
         values["celery_task_id"] = celery_task_id
     session.execute(
-        update(TrainingJob)
-        .where(TrainingJob.id == job_id)
-        .values(**values)
-        .execution_options(synchronize_session=False)
+        update(model).where(model.id == row_id).values(**values).execution_options(synchronize_session=False)
     )
-    _set_loaded(session, TrainingJob, job_id, values)
+    obj = session.identity_map.get(identity_key(model, row_id))
+    if obj is not None:
+        for key, value in values.items():
+            set_committed_value(obj, key, value)
 
 
-def mark_generation_sent(session: Session, generation_id: str, celery_task_id: str | None = None) -> None:
-    values: dict[str, Any] = {"sent_at": utcnow()}
-    if celery_task_id is not None:
-        values["celery_task_id"] = celery_task_id
-    session.execute(
-        update(Generation)
-        .where(Generation.id == generation_id)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    _set_loaded(session, Generation, generation_id, values)
+def count_by_state(session: Session, model: type[TrainingJob] | type[Generation]) -> dict[str, int]:
+    """Rows per state, every state of the model present (zero when none)."""
+    counts = dict.fromkeys(map(str, _MACHINES[model].states), 0)
+    for state, count in session.execute(select(model.state, func.count()).group_by(model.state)):
+        counts[state] = int(count)
+    return counts

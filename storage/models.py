@@ -7,7 +7,8 @@ Changing anything here needs a new Alembic migration (`alembic revision --autoge
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -25,13 +26,10 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from storage.db import Base
-
-JOB_STATES: tuple[str, ...] = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
-GENERATION_STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed")
-EVENT_KINDS: tuple[str, ...] = ("state", "progress", "log", "preview")
+from storage.states import EventKind, GenerationState, JobState, WorkKind
 
 
 def new_id() -> str:
@@ -61,8 +59,8 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _in(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+def _in(column: str, values: type[StrEnum]) -> str:
+    return f"{column} IN ({', '.join(repr(str(v)) for v in values)})"
 
 
 ID = String(32)
@@ -124,7 +122,7 @@ class Style(Base):
 class TrainingJob(Base):
     __tablename__ = "training_jobs"
     __table_args__ = (
-        CheckConstraint(_in("state", JOB_STATES), name="state"),
+        CheckConstraint(_in("state", JobState), name="state"),
         # NULL keys never collide (PostgreSQL and SQLite), so this only binds rows that carry a key.
         UniqueConstraint("owner_id", "idempotency_key"),
         Index("ix_training_jobs_owner_state", "owner_id", "state"),
@@ -134,7 +132,7 @@ class TrainingJob(Base):
     id: Mapped[str] = mapped_column(ID, primary_key=True, default=new_id)
     style_id: Mapped[str] = mapped_column(ForeignKey("styles.id"), index=True)
     owner_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
-    state: Mapped[str] = mapped_column(String(16), default="queued")
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     step: Mapped[int] = mapped_column(Integer, default=0)
@@ -159,10 +157,13 @@ class TrainingJob(Base):
     checkpoint_key: Mapped[str | None] = mapped_column(String(255))
     checkpoint_step: Mapped[int | None] = mapped_column(Integer)
 
+    # Read-only, and loaded only when a query asks for it (`joinedload`): the admin listings show the owner's name.
+    owner: Mapped[User] = relationship(User, viewonly=True, lazy="raise_on_sql")
+
 
 class JobEvent(Base):
     __tablename__ = "job_events"
-    __table_args__ = (CheckConstraint(_in("kind", EVENT_KINDS), name="kind"),)
+    __table_args__ = (CheckConstraint(_in("kind", EventKind), name="kind"),)
 
     # Monotonic: the SSE cursor (Last-Event-ID).
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -199,7 +200,7 @@ class Adapter(Base):
 class Generation(Base):
     __tablename__ = "generations"
     __table_args__ = (
-        CheckConstraint(_in("state", GENERATION_STATES), name="state"),
+        CheckConstraint(_in("state", GenerationState), name="state"),
         UniqueConstraint("owner_id", "idempotency_key"),  # NULL keys never collide
         Index("ix_generations_state_queued_at", "state", "queued_at"),
         Index("ix_generations_owner_queued_at", "owner_id", "queued_at"),
@@ -218,7 +219,7 @@ class Generation(Base):
     init_image_key: Mapped[str | None] = mapped_column(String(255))
     mask_key: Mapped[str | None] = mapped_column(String(255))
     strength: Mapped[float | None] = mapped_column(Float)
-    state: Mapped[str] = mapped_column(String(16), default="queued")
+    state: Mapped[str] = mapped_column(String(16), default=GenerationState.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     queued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -234,14 +235,15 @@ class Generation(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
 
 
-WORKER_KINDS: tuple[str, ...] = ("train", "generate")
+# A worker whose heartbeat is older than this is not listed as online (admin overview, /metrics).
+WORKER_ONLINE_WINDOW = timedelta(seconds=60)
 
 
 class Worker(Base):
     """One worker process; upserted by the worker every few seconds (id = "<hostname>:<pid>:<kind>")."""
 
     __tablename__ = "workers"
-    __table_args__ = (CheckConstraint(_in("kind", WORKER_KINDS), name="kind"),)
+    __table_args__ = (CheckConstraint(_in("kind", WorkKind), name="kind"),)
 
     id: Mapped[str] = mapped_column(String(255), primary_key=True)
     host: Mapped[str] = mapped_column(String(255))

@@ -21,8 +21,8 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.blobs import BlobStore
-from storage.jobs import TERMINAL
 from storage.models import Adapter, Generation, JobEvent, Style, TrainingJob
+from storage.states import GENERATION_UNFINISHED, JOB_FINAL
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +36,9 @@ class ReclaimReport:
 
 def referenced_keys(session: Session) -> set[str]:
     """Every blob key a row still needs (see the module docstring)."""
-    unfinished = TrainingJob.state.not_in(TERMINAL)
+    unfinished = TrainingJob.state.not_in(JOB_FINAL)
     style_busy = select(TrainingJob.style_id).where(unfinished)
-    adapter_busy = select(Generation.adapter_id).where(Generation.state.in_(("queued", "running")))
+    adapter_busy = select(Generation.adapter_id).where(Generation.state.in_(GENERATION_UNFINISHED))
     keys: set[str] = set()
     keys.update(session.scalars(select(Style.image_key).where(
         or_(Style.deleted_at.is_(None), Style.id.in_(style_busy)))))
@@ -79,7 +79,7 @@ def reclaim(
             report.bytes += blob.size
         session.execute(
             update(TrainingJob)
-            .where(TrainingJob.state.in_(TERMINAL), TrainingJob.checkpoint_key.is_not(None))
+            .where(TrainingJob.state.in_(JOB_FINAL), TrainingJob.checkpoint_key.is_not(None))
             .values(checkpoint_key=None, checkpoint_step=None)
         )
         session.commit()

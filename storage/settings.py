@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="STYLEDROP_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="STYLEDROP_", extra="ignore", populate_by_name=True)
 
     # --- where things live -----------------------------------------------------------------------------------
     data_dir: Path = Field(default=Path(".styledrop"), description="Root of every embedded default below.")
@@ -60,7 +60,12 @@ class Settings(BaseSettings):
     progress_every: int = 5
     preview_prompts: list[str] = Field(default_factory=lambda: ["a cat", "a house by the sea"])
     preview_steps: int = Field(default=12, description="MaskGIT steps for the preview images of a new adapter.")
-    max_job_attempts: int = 3
+    max_attempts: int = Field(
+        default=3,
+        # the old name keeps working for existing deployments
+        validation_alias=AliasChoices("STYLEDROP_MAX_ATTEMPTS", "STYLEDROP_MAX_JOB_ATTEMPTS"),
+        description="Runs of a training job or a generation whose worker died before it ends failed.",
+    )
     max_concurrent_jobs_per_user: int = 2
 
     # --- generation --------------------------------------------------------------------------------------------

@@ -79,7 +79,14 @@ def revoke_api_key(session: Session, key_id: str) -> None:
 
 
 def authenticate_key(session: Session, plaintext: str) -> User | None:
-    """The enabled user owning an unrevoked key, or None. Refreshes `last_used_at` (caller commits).
+    """The enabled user owning an unrevoked key, or None. Refreshes `last_used_at` (caller commits)."""
+    found = find_key(session, plaintext)
+    return found[1] if found is not None else None
+
+
+def find_key(session: Session, plaintext: str) -> tuple[ApiKey, User] | None:
+    """The unrevoked key `plaintext` and its enabled user, or None; the hash comparison is constant-time.
+    Refreshes `last_used_at` (caller commits).
 
     One query fetches key and user together, and `last_used_at` is written at most once a minute per key: a write
     per request would cost a commit on every API call and serialise concurrent requests on the key's row.
@@ -100,5 +107,5 @@ def authenticate_key(session: Session, plaintext: str) -> User | None:
             if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
                 key.last_used_at = now
                 session.flush()
-            return user
+            return key, user
     return None

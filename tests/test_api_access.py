@@ -10,10 +10,7 @@ from PIL import Image
 
 from api.security import SESSION_COOKIE
 from storage.models import Adapter, ApiKey, Generation, utcnow
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
+from tests.helpers.app import bearer
 
 
 def png_bytes() -> bytes:

@@ -10,18 +10,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fastapi.testclient import TestClient
+import pytest
 from PIL import Image
 
-from api.main import create_app
 from storage import jobs as jobstore
-from storage.broker import GENERATE_TASK
+from storage.broker import ROUTES
+from storage.db import downgrade_to_base, make_engine, schema_problem
 from storage.models import Generation, Worker, utcnow
 from storage.settings import Settings
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
+from storage.states import WorkKind
+from tests.helpers.app import add_users, app_client, bearer
 
 
 def png_bytes(size: tuple[int, int] = (96, 96), mode: str = "RGB") -> bytes:
@@ -46,7 +44,7 @@ def test_json_generation_queues_and_sends(api_client, api_keys, api_redis) -> No
     assert body["style_strength"] == 1.0 and body["guidance_scale"] == 10.0 and body["steps"] == 12
     assert _generation(api_client, body["id"]).sent_at is not None
     message = json.loads(api_redis.lrange("generate", 0, -1)[0])
-    assert message["headers"]["task"] == GENERATE_TASK
+    assert message["headers"]["task"] == ROUTES[WorkKind.GENERATE].task
     assert json.loads(base64.b64decode(message["body"]))[0] == [body["id"]]
 
 
@@ -157,7 +155,7 @@ def test_healthz_readyz_metrics_overview(api_client, api_keys) -> None:
 def test_readyz_503_and_db_errors_503_when_database_is_down(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, database_url="postgresql+psycopg://postgres@127.0.0.1:1/nowhere",
                         secret_key="x")
-    with TestClient(create_app(settings)) as client:
+    with app_client(settings, migrate=False) as client:  # the database is down: nothing to migrate
         assert client.get("/healthz").status_code == 200
         ready = client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["checks"]["database"].startswith("unreachable")
@@ -165,20 +163,29 @@ def test_readyz_503_and_db_errors_503_when_database_is_down(tmp_path: Path) -> N
         assert resp.status_code == 503 and resp.json()["detail"]["code"] == "database_unavailable"
 
 
+def test_api_refuses_a_schema_behind_head_and_readyz_never_migrates(sqlite_empty_url: str, tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, database_url=sqlite_empty_url, secret_key="x")
+    with pytest.raises(RuntimeError, match="styledrop migrate"), app_client(settings, migrate=False):
+        pass  # an empty database that answers: the API does not start (and does not migrate it)
+    assert schema_problem(make_engine(sqlite_empty_url)) is not None
+    with app_client(settings) as client:
+        assert client.get("/readyz").status_code == 200
+        downgrade_to_base(sqlite_empty_url)  # the schema falls behind while the API runs
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "styledrop migrate" in ready.json()["checks"]["database"]
+        assert client.get("/readyz").status_code == 503  # asking again did not migrate it either
+
+
 def test_embedded_filesystem_broker(tmp_path: Path) -> None:
     """No BROKER_URL: the kombu file-system transport; the message file names the queue and the depth counts it."""
     from storage.broker import celery_config, queue_depths
-    from storage.users import create_api_key, create_user
 
     settings = Settings(data_dir=tmp_path, secret_key="x")
     config = celery_config(settings)
     options = config["broker_transport_options"]
     assert config["broker_url"] == "filesystem://" and options["data_folder_in"] == options["data_folder_out"]
-    with TestClient(create_app(settings)) as client:
-        with client.app.state.sessionmaker() as session:
-            user = create_user(session, "solo")
-            _, key = create_api_key(session, user.id)
-            session.commit()
+    with app_client(settings) as client:
+        key = add_users(client, "solo")["solo"]
         resp = client.post("/v1/styles", headers=bearer(key), data={"descriptor": "ink"},
                            files={"image": ("s.png", png_bytes(), "image/png")})
         assert resp.status_code == 202

@@ -13,12 +13,10 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from storage import jobs as jobstore
-from storage.broker import TRAIN_TASK
+from storage.broker import ROUTES
 from storage.models import Style, TrainingJob
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
+from storage.states import WorkKind
+from tests.helpers.app import bearer
 
 
 def png_bytes(size: tuple[int, int] = (96, 80), color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
@@ -59,7 +57,7 @@ def test_create_style_commits_row_and_sends_train_message(api_client, api_keys, 
         assert row is not None and row.state == "queued" and row.sent_at is not None and row.celery_task_id
     assert api_redis.llen("train") == 1
     message = json.loads(api_redis.lrange("train", 0, -1)[0])
-    assert message["headers"]["task"] == TRAIN_TASK
+    assert message["headers"]["task"] == ROUTES[WorkKind.TRAIN].task
     args = json.loads(base64.b64decode(message["body"]))[0]
     assert args == [job["id"]]
     got = api_client.get(f"/v1/jobs/{job['id']}", headers=bearer(api_keys["alice"]))

@@ -1,4 +1,4 @@
-"""One-way imports (DESIGN.md §1): api → storage; worker → storage, trainer; trainer → ML libraries only.
+"""One-way imports (docs/architecture.md): api → storage; worker → storage, trainer; trainer → ML libraries only.
 
 Checked statically over every module, so a stray import fails here before it couples the layers.
 """
@@ -54,12 +54,25 @@ def test_trainer_reads_no_settings_or_environment() -> None:
         assert "os.environ" not in text and "getenv" not in text, f"{path.name} reads the environment"
 
 
-def test_no_print_in_the_service() -> None:
+def test_service_modules_log_through_their_own_logger() -> None:
+    """Module loggers (`logging.getLogger(__name__)`), never the root logger (`logging.info(...)`), so each line
+    names its module and levels can be set per package. (print is ruff's T20 rule.)"""
+    root_calls = {"debug", "info", "warning", "error", "exception", "critical", "log"}
+    problems = []
     for package in ("trainer", "storage", "api", "worker"):
         for path in sorted((ROOT / package).rglob("*.py")):
-            calls = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call)
-                     and isinstance(n.func, ast.Name) and n.func.id == "print"]
-            assert not calls, f"{path.relative_to(ROOT)} calls print()"
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and isinstance(node.func.value, ast.Name) and node.func.value.id == "logging"):
+                    continue
+                if node.func.attr in root_calls:
+                    problems.append(f"{path.relative_to(ROOT)}:{node.lineno} logs on the root logger")
+                named = node.args[0] if node.args else None
+                by_module = isinstance(named, ast.Name) and named.id == "__name__"
+                alembic_env = path.relative_to(ROOT).as_posix() == "storage/migrations/env.py"  # Alembic's convention
+                if node.func.attr == "getLogger" and not by_module and not alembic_env:
+                    problems.append(f"{path.relative_to(ROOT)}:{node.lineno} names its logger by hand")
+    assert not problems, "\n".join(problems)
 
 
 def test_no_pickle_loading_anywhere() -> None:

@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import BROWSER_ARTIFACTS, BrowserStack, worker_style_png
+from tests.helpers.images import style_png
+from tests.helpers.stack import BROWSER_ARTIFACTS, BrowserStack
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def test_a_upload_watch_training_generate_and_download(
     page.get_by_role("link", name="New style").first.click()
     page.wait_for_url("**/styles/new")
     style_png = tmp_path / "stripes.png"
-    style_png.write_bytes(worker_style_png((30, 120, 200)))
+    style_png.write_bytes(style_png((30, 120, 200)))
     page.set_input_files("#image", str(style_png))
     # Arrow functions, not expression strings: Playwright polls an expression with eval(), which the pages' CSP
     # (rightly) forbids; a function is compiled once through the DevTools protocol.
@@ -221,7 +222,7 @@ def test_d_admin_page_needs_an_admin_and_a_signed_in_visitor(browser: Any, brows
 def test_c_admin_cancels_another_users_running_job(browser: Any, browser_stack: BrowserStack,
                                                    browser_keys: dict[str, str]) -> None:
     with api(browser_stack, browser_keys["bob"]) as bob:
-        created = bob.post("/v1/styles", files={"image": ("long.png", worker_style_png((90, 200, 60)), "image/png")},
+        created = bob.post("/v1/styles", files={"image": ("long.png", style_png((90, 200, 60)), "image/png")},
                            data={"descriptor": "green long run", "steps": "3000", "seed": "1"})
         assert created.status_code == 202, created.text
         job_id = created.json()["job"]["id"]

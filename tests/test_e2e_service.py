@@ -7,10 +7,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,73 +15,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import API_REDIS_URL, worker_free_port, worker_style_png
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _env(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STYLEDROP_") and k not in
-           {"DATABASE_URL", "BROKER_URL"}}
-    env.update({
-        "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
-        "STYLEDROP_DATA_DIR": str(data_dir), "STYLEDROP_MODEL": "tiny", "STYLEDROP_DEVICE": "cpu",
-        "STYLEDROP_CHECKPOINT_EVERY": "4", "STYLEDROP_PROGRESS_EVERY": "2", "STYLEDROP_RECONCILE_EVERY": "2",
-        "STYLEDROP_PREVIEW_STEPS": "2", "STYLEDROP_RATE_LIMIT_PER_MINUTE": "10000",
-    })
-    env.update(extra)
-    return env
-
-
-class Stack:
-    def __init__(self, tmp: Path, env: dict[str, str]) -> None:
-        self.tmp, self.env = tmp, env
-        self.procs: list[tuple[subprocess.Popen[bytes], Path]] = []
-
-    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        log = self.tmp / f"{name}.log"
-        proc = subprocess.Popen([sys.executable, *args], cwd=self.tmp, env=self.env, stdout=log.open("wb"),
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs.append((proc, log))
-        return proc
-
-    def cli(self, *args: str) -> str:
-        out = subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=self.tmp, env=self.env,
-                             capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stderr
-        return out.stdout
-
-    def logs(self) -> str:
-        return "\n".join(f"===== {log.name}\n{log.read_text(errors='replace')[-4000:]}" for _, log in self.procs)
-
-    def stop(self) -> None:
-        for proc, _ in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT if proc is self.procs[0][0] else signal.SIGTERM)
-        for proc, _ in self.procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-
-def _wait_http(client: httpx.Client, stack: Stack, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for proc, _ in stack.procs:
-            assert proc.poll() is None, f"a process exited early\n{stack.logs()}"
-        try:
-            if client.get("/healthz").status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"API did not come up\n{stack.logs()}")
+from tests.helpers.db import API_REDIS_URL
+from tests.helpers.images import style_png
+from tests.helpers.stack import Stack, free_port, service_env, wait_http
 
 
 def _train(client: httpx.Client, stack: Stack, color: tuple[int, int, int], descriptor: str) -> dict[str, Any]:
-    r = client.post("/v1/styles", files={"image": ("style.png", worker_style_png(color), "image/png")},
+    r = client.post("/v1/styles", files={"image": ("style.png", style_png(color), "image/png")},
                     data={"descriptor": descriptor, "steps": "12", "seed": "5"})
     assert r.status_code == 202, r.text
     job_id = r.json()["job"]["id"]
@@ -123,12 +59,12 @@ def _generate(client: httpx.Client, stack: Stack, adapter_id: str, prompt: str) 
 
 @pytest.fixture
 def embedded_stack(tmp_path: Path) -> Iterator[tuple[Stack, httpx.Client]]:
-    port = worker_free_port()
-    stack = Stack(tmp_path, _env(tmp_path / "data"))
+    port = free_port()
+    stack = Stack(tmp_path, service_env(tmp_path / "data"))
     stack.spawn("up", "-m", "worker.cli", "up", "--model", "tiny", "--port", str(port))
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     try:
-        _wait_http(client, stack)
+        wait_http(client, stack)
         yield stack, client
     finally:
         client.close()
@@ -151,14 +87,14 @@ def test_embedded_up_train_download_generate_and_hot_load(embedded_stack: tuple[
 @pytest.mark.integration
 def test_postgres_redis_separate_processes(tmp_path: Path, pg_url: str, api_redis: Any) -> None:
     broker = API_REDIS_URL  # this run's own database, flushed before and after by api_redis
-    port = worker_free_port()
-    stack = Stack(tmp_path, _env(tmp_path / "data", DATABASE_URL=pg_url, BROKER_URL=broker))
+    port = free_port()
+    stack = Stack(tmp_path, service_env(tmp_path / "data", DATABASE_URL=pg_url, BROKER_URL=broker))
     stack.spawn("api", "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port))
     stack.spawn("train", "-m", "worker.cli", "worker", "--queue", "train")
     stack.spawn("generate", "-m", "worker.cli", "worker", "--queue", "generate")
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     try:
-        _wait_http(client, stack)
+        wait_http(client, stack)
         key = stack.cli("users", "create", "bob", "--admin").strip().splitlines()[-1]
         client.headers["Authorization"] = f"Bearer {key}"
         adapter = _train(client, stack, (60, 60, 220), "blue stripes")

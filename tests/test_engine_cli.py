@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
-from trainer.cli import main
+from trainer.checkpoint import Checkpoint
+from trainer.cli import CHECKPOINT_FILENAME, main
 from trainer.lora import load_adapter
+from trainer.model import load_base
+from trainer.train import TrainConfig, train_style
 
 
 @pytest.fixture
@@ -36,10 +41,30 @@ def test_train_then_generate_with_the_adapter(tmp_path: Path, style_png: Path, e
 
 
 def test_resume_continues_from_the_checkpoint(tmp_path: Path, style_png: Path, engine_tiny_dir: Path) -> None:
-    out = tmp_path / "a"
-    with pytest.raises(SystemExit) as exit_:
-        main(["train", str(style_png), "--descriptor", "x", "--model", str(engine_tiny_dir), "--resume",
-              "--out", str(out)])
+    """`--resume` picks up OUT/checkpoint.safetensors: from step 4 it ends with the adapter of an uninterrupted run;
+    from the same weights labelled step 5 it runs one step less and ends elsewhere (so it did not start over)."""
+    train = ["train", str(style_png), "--descriptor", "stripes", "--model", str(engine_tiny_dir), "--steps", "6",
+             "--checkpoint-every", "2"]
+    assert main([*train, "--out", str(tmp_path / "whole")]) == 0
+    whole = load_adapter(tmp_path / "whole").tensors
+    # The checkpoints an interrupted run leaves: the CLI's defaults are TrainConfig's.
+    checkpoints: list[Checkpoint] = []
+    with Image.open(style_png) as im:
+        image = im.copy()
+    train_style(load_base(str(engine_tiny_dir)), [image], descriptor="stripes",
+                config=TrainConfig(steps=6, checkpoint_every=2), on_checkpoint=checkpoints.append)
+    at_4 = next(c for c in checkpoints if c.step == 4)
+    for label, step in (("from4", 4), ("from5", 5)):
+        out = tmp_path / label
+        out.mkdir()
+        (out / CHECKPOINT_FILENAME).write_bytes(replace(at_4, step=step).to_bytes())
+        assert main([*train, "--resume", "--out", str(out)]) == 0
+        assert not (out / CHECKPOINT_FILENAME).exists()  # removed once the adapter is written
+    resumed, shorter = load_adapter(tmp_path / "from4").tensors, load_adapter(tmp_path / "from5").tensors
+    assert resumed.keys() == whole.keys() and all(torch.equal(resumed[k], whole[k]) for k in whole)
+    assert not all(torch.equal(shorter[k], whole[k]) for k in whole)
+    with pytest.raises(SystemExit) as exit_:  # nothing to resume from
+        main([*train, "--resume", "--out", str(tmp_path / "empty")])
     assert exit_.value.code == 2
 
 

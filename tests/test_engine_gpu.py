@@ -45,7 +45,7 @@ def test_adamw8bit_trains(cuda_parts, engine_style_image: Image.Image) -> None: 
 
 
 def test_cuda_sampling_with_mixed_adapters(cuda_parts) -> None:  # type: ignore[no-untyped-def]
-    from tests.test_engine_lora import random_adapter
+    from tests.helpers.engine import random_adapter
     from trainer.lora import AdapterSlots
     from trainer.sampler import GenerationRequest, sample
 

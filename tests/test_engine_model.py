@@ -11,7 +11,7 @@ from diffusers import UVit2DModel
 from trainer.lora import lora_config, lora_layers
 from trainer.model import ModelLoadError, build_tiny, load_base
 
-# amused/amused-256 transformer config (amused-notes.md §1)
+# amused/amused-256 transformer config (docs/amused-notes.md §1)
 AMUSED_256 = dict(
     hidden_size=1024, num_hidden_layers=22, num_attention_heads=16, intermediate_size=2816, block_out_channels=768,
     in_channels=768, num_res_blocks=3, block_num_heads=12, vocab_size=8256, codebook_size=8192, cond_embed_dim=768,

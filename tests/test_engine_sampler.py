@@ -19,7 +19,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from diffusers import AmusedImg2ImgPipeline, AmusedInpaintPipeline, AmusedPipeline
 
-from tests.test_engine_lora import random_adapter
+from tests.helpers.engine import random_adapter
 
 
 def pipeline(cls, parts: AmusedParts):  # type: ignore[no-untyped-def]
@@ -86,7 +86,7 @@ def test_inpainting_keeps_every_unmasked_token(engine_parts: AmusedParts, init_i
 
 
 def test_image_to_image_strength_one_repaints_everything(engine_parts: AmusedParts, init_image: Image.Image) -> None:
-    # Diffusers masks nothing at strength 1.0 (index wrap-around, amused-notes.md §4); we mask every token, so the
+    # Diffusers masks nothing at strength 1.0 (index wrap-around, docs/amused-notes.md §4); we mask every token, so the
     # init image cannot matter: two opposite init images give the same tokens.
     other = Image.fromarray(255 - np.asarray(init_image))
     a, b = (tokens(engine_parts, GenerationRequest("a cat", seed=6, init_image=im, strength=1.0))[0]
@@ -160,3 +160,24 @@ def test_512_layout_tokens_equal_amused_pipeline(engine_tiny_dir) -> None:  # ty
                                            num_inference_steps=6, output_type="latent").images[0]
     (ours,) = tokens(parts, GenerationRequest("a cat", seed=0, steps=6))
     assert ours.shape == (32, 32) and torch.equal(ours, ref)
+
+
+def test_api_and_settings_agree_with_the_engine_limits() -> None:
+    """The API restates the engine's request limits (it cannot import trainer/): a request the API accepts must be
+    one the sampler runs, with the same defaults."""
+    from api.schemas import GenerationCreate
+    from storage.settings import Settings
+    from trainer import limits
+
+    props = GenerationCreate.model_json_schema()["properties"]
+    for name, lo, hi, default in (
+        ("steps", limits.MIN_STEPS, limits.MAX_STEPS, limits.DEFAULT_STEPS),
+        ("guidance_scale", limits.MIN_GUIDANCE_SCALE, limits.MAX_GUIDANCE_SCALE, limits.DEFAULT_GUIDANCE_SCALE),
+        ("style_strength", limits.MIN_STYLE_STRENGTH, limits.MAX_STYLE_STRENGTH, limits.DEFAULT_STYLE_STRENGTH),
+    ):
+        assert (props[name]["minimum"], props[name]["maximum"], props[name]["default"]) == (lo, hi, default), name
+        GenerationRequest("a cat", **{name: lo}).validate()
+        GenerationRequest("a cat", **{name: hi}).validate()
+        with pytest.raises(SamplingError, match=name):
+            GenerationRequest("a cat", **{name: hi + 1}).validate()
+    assert Settings.model_fields["preview_steps"].default == limits.DEFAULT_STEPS

@@ -23,8 +23,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import worker_style_png
-from tests.faults import (
+from tests.helpers.faults import (
     FINAL,
     Db,
     RedisServer,
@@ -41,7 +40,8 @@ from tests.faults import (
     unfinished,
     wait_for,
 )
-from tests.test_e2e_service import _wait_http
+from tests.helpers.images import style_png
+from tests.helpers.stack import wait_http
 
 pytestmark = pytest.mark.integration
 
@@ -188,7 +188,7 @@ def test_api_killed_during_uploads(tmp_path: Path, pg_url: str) -> None:
     redis = RedisServer(tmp_path)
     redis.start()
     db = Db(pg_url)
-    env = fault_env(tmp_path, pg_url, redis.url, STYLEDROP_MAX_JOB_ATTEMPTS="2")
+    env = fault_env(tmp_path, pg_url, redis.url, STYLEDROP_MAX_ATTEMPTS="2")
     blob_dir = tmp_path / "data" / "blobs"
     try:
         with running_stack(tmp_path, env) as (stack, client):
@@ -199,7 +199,7 @@ def test_api_killed_during_uploads(tmp_path: Path, pg_url: str) -> None:
             api = stack.procs[0][0]
             results: list[Any] = []
             stop = threading.Event()
-            slow = [threading.Thread(target=_slow_upload, args=(port, key, worker_style_png((i * 50, 20, 200)),
+            slow = [threading.Thread(target=_slow_upload, args=(port, key, style_png((i * 50, 20, 200)),
                                                                 results), daemon=True) for i in range(4)]
             fast = [threading.Thread(target=_fast_uploads, args=(base_url, key, i, results, stop), daemon=True)
                     for i in range(2)]
@@ -234,7 +234,7 @@ def test_api_killed_during_uploads(tmp_path: Path, pg_url: str) -> None:
             # restart the API on the same port; it serves; a worker and the reconciler finish every job
             stack.spawn("api2", "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port))
             stack.procs.insert(0, stack.procs.pop())  # keep the live API first
-            _wait_http(client, _Live(stack))  # type: ignore[arg-type]
+            wait_http(client, _Live(stack))  # type: ignore[arg-type]
             assert client.get("/readyz").status_code == 200
             listed = client.get("/v1/jobs", headers=auth)
             assert listed.status_code == 200, listed.text
@@ -253,7 +253,7 @@ def test_api_killed_during_uploads(tmp_path: Path, pg_url: str) -> None:
 
 
 class _Live:
-    """A view of a stack whose dead (killed) processes are ignored by `_wait_http`."""
+    """A view of a stack whose dead (killed) processes are ignored by `wait_http`."""
 
     def __init__(self, stack: Any) -> None:
         self.procs = [(p, log) for p, log in stack.procs if p.poll() is None]

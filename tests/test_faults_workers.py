@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults import (
+from tests.helpers.faults import (
     Db,
     RedisServer,
     assert_all_final_one_adapter_each,
@@ -35,7 +35,7 @@ def test_worker_kills_resume_crash_loop_and_cancel(tmp_path: Path, pg_url: str) 
     redis = RedisServer(tmp_path)
     redis.start()
     db = Db(pg_url)
-    env = fault_env(tmp_path, pg_url, redis.url, STYLEDROP_MAX_JOB_ATTEMPTS="2")
+    env = fault_env(tmp_path, pg_url, redis.url, STYLEDROP_MAX_ATTEMPTS="2")
     try:
         with running_stack(tmp_path, env) as (stack, client):
             key = make_user(stack, "alice")
@@ -60,7 +60,7 @@ def test_worker_kills_resume_crash_loop_and_cancel(tmp_path: Path, pg_url: str) 
             assert resumed and resumed[0] > at_kill.checkpoint_step >= 4, (at_kill.checkpoint_step, events)
             assert len(db.rows("SELECT id FROM adapters WHERE job_id = :i", i=job)) == 1
 
-            # 2. a job that keeps killing its worker: with max_job_attempts=2 it ends failed after two runs
+            # 2. a job that keeps killing its worker: with max_attempts=2 it ends failed after two runs
             looping = post_style(client, key, steps=4000, color=(10, 200, 10)).json()["job"]["id"]
             for n in (2, 3):
                 wait_for(f"looping job running (attempt {n - 1})", lambda n=n: (

@@ -12,10 +12,7 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from storage.models import ApiKey, Style, TrainingJob
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
+from tests.helpers.app import bearer
 
 
 def png(color: tuple[int, int, int]) -> bytes:

@@ -11,33 +11,24 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from tests.conftest import API_REDIS_URL
+from tests.helpers.app import add_users, app_client
+from tests.helpers.db import API_REDIS_URL
 
 EXAMPLES_PER_OPERATION = 12
 
 
 @pytest.fixture
 def fuzz_app(tmp_path: Path, api_redis: object) -> Iterator[tuple[Any, str]]:
-    from fastapi.testclient import TestClient
-
-    from api import queue
-    from api.main import create_app
     from storage.settings import Settings
-    from storage.users import create_api_key, create_user
 
-    queue.reset()
-    app = create_app(Settings(
+    settings = Settings(
         data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path / 'fuzz.db'}", broker_url=API_REDIS_URL,
         secret_key="fuzz", max_upload_bytes=256 * 1024, rate_limit_per_minute=10**6,
         max_concurrent_jobs_per_user=10**6,
-    ))
-    with TestClient(app):  # runs the start-up migration
-        with app.state.sessionmaker() as session:
-            user = create_user(session, "fuzzer", is_admin=True)  # an admin reaches every route's real code
-            _, key = create_api_key(session, user.id)
-            session.commit()
-        yield app, key
-    queue.reset()
+    )
+    with app_client(settings) as client:
+        keys = add_users(client, "fuzzer", admin=("fuzzer",))  # an admin reaches every route's real code
+        yield client.app, keys["fuzzer"]
 
 
 def test_no_request_makes_a_server_error(fuzz_app: tuple[Any, str]) -> None:

@@ -19,20 +19,19 @@ from sqlalchemy import func, select
 from api.security import SESSION_COOKIE
 from storage.models import Style
 from storage.settings import Settings
-from tests.conftest import API_REDIS_URL, worker_free_port, worker_style_png
+from tests.helpers.app import app_client, bearer
+from tests.helpers.db import API_REDIS_URL
+from tests.helpers.images import style_png
+from tests.helpers.stack import free_port
 
 INLINE_SCRIPT = re.compile(r"<script(?![^>]*\ssrc=)[^>]*>", re.I)
 INLINE_HANDLER = re.compile(r"<[^>]+\son[a-z]+\s*=", re.I)
 INLINE_STYLE = re.compile(r"<[^>]+\sstyle\s*=", re.I)
 
 
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
 def post_style(client: Any, key: str, descriptor: str = "watercolor painting") -> Any:
     return client.post("/v1/styles", headers=bearer(key), data={"descriptor": descriptor, "steps": "3"},
-                       files={"image": ("s.png", worker_style_png(size=64), "image/png")})
+                       files={"image": ("s.png", style_png(size=64), "image/png")})
 
 
 def test_pages_send_csp_nosniff_and_frame_ancestors(pages_client: TestClient, pages_keys) -> None:
@@ -63,23 +62,19 @@ def test_pages_send_csp_nosniff_and_frame_ancestors(pages_client: TestClient, pa
 
 
 def test_metrics_public_setting_opens_metrics(tmp_path: Path) -> None:
-    from api.main import create_app
-
     settings = Settings(data_dir=tmp_path / "data", secret_key="s", metrics_public=True)
-    with TestClient(create_app(settings)) as client:
+    with app_client(settings) as client:
         resp = client.get("/metrics")
     assert resp.status_code == 200 and "styledrop_jobs" in resp.text
 
 
 def test_session_cookie_secure_over_https_and_by_setting(tmp_path: Path, pages_keys, pages_client) -> None:
-    from api.main import create_app
-
     with TestClient(pages_client.app, base_url="https://testserver") as tls:
         resp = tls.post("/signin", data={"api_key": pages_keys["alice"]}, follow_redirects=False)
         assert resp.status_code == 303 and "Secure" in resp.headers["set-cookie"]
     forced = Settings(data_dir=pages_client.app.state.settings.data_dir, secret_key="pages-secret",
                       cookie_secure=True)
-    with TestClient(create_app(forced)) as plain:
+    with app_client(forced) as plain:
         resp = plain.post("/signin", data={"api_key": pages_keys["alice"]}, follow_redirects=False)
         assert resp.status_code == 303 and "Secure" in resp.headers["set-cookie"]
 
@@ -99,7 +94,7 @@ def test_secure_cookie_behind_a_tls_proxy_with_uvicorn_proxy_headers(tmp_path: P
     key = made.stdout.strip()
 
     def sign_in(trusted: str) -> str:
-        port = worker_free_port()
+        port = free_port()
         proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port),
              "--proxy-headers", "--forwarded-allow-ips", trusted],
@@ -125,14 +120,13 @@ def test_secure_cookie_behind_a_tls_proxy_with_uvicorn_proxy_headers(tmp_path: P
 
 
 def test_rate_limit_is_shared_by_two_api_processes_through_redis(tmp_path: Path, api_redis) -> None:
-    from api.main import create_app
     from api.ratelimit import RedisRateLimiter
     from storage.users import create_api_key, create_user
 
     settings = Settings(data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path / 'shared.db'}",
                         broker_url=API_REDIS_URL, secret_key="s", rate_limit_per_minute=3,
                         max_concurrent_jobs_per_user=50)
-    with TestClient(create_app(settings)) as one, TestClient(create_app(settings)) as two:
+    with app_client(settings) as one, app_client(settings, migrate=False) as two:
         assert isinstance(one.app.state.rate_limiter, RedisRateLimiter)
         with one.app.state.sessionmaker() as session:
             keys = {}

@@ -21,10 +21,7 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from storage.models import Generation, Style, TrainingJob
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
+from tests.helpers.app import app_client, bearer
 
 
 def encode(im: Image.Image, fmt: str, **kw: Any) -> bytes:
@@ -109,16 +106,8 @@ def tmpdir_watch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def client(api_settings: Any, tmpdir_watch: Path) -> Iterator[Any]:
     """The app with a roomy per-user job cap (these tests upload many good images as one user)."""
-    from fastapi.testclient import TestClient
-
-    from api import queue
-    from api.main import create_app
-
-    queue.reset()
-    settings = api_settings.model_copy(update={"max_concurrent_jobs_per_user": 100})
-    with TestClient(create_app(settings)) as c:
+    with app_client(api_settings.model_copy(update={"max_concurrent_jobs_per_user": 100})) as c:
         yield c
-    queue.reset()
 
 
 @pytest.fixture

@@ -17,8 +17,10 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import worker_free_port, worker_style_png
-from tests.test_e2e_service import Stack, _env, _wait_http
+from storage.db import upgrade_to_head
+from tests.helpers.app import bearer
+from tests.helpers.images import style_png
+from tests.helpers.stack import Stack, free_port, service_env, wait_http
 
 
 class Api:
@@ -46,14 +48,16 @@ class Api:
 
 def start_api(tmp_path: Path, **env: str) -> Iterator[Api]:
     data = tmp_path / "data"
-    stack = Stack(tmp_path, _env(data, **env))
-    port = worker_free_port()
+    data.mkdir()
+    upgrade_to_head(f"sqlite:///{data / 'styledrop.db'}")  # as `styledrop migrate` does before the API starts
+    stack = Stack(tmp_path, service_env(data, **env))
+    port = free_port()
     stack.spawn("api", "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port),
                 "--log-level", "warning")
     base = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(base_url=base, timeout=60) as probe:
-            _wait_http(probe, stack)
+            wait_http(probe, stack)
         yield Api(stack, base, f"sqlite:///{data / 'styledrop.db'}", port)
     finally:
         stack.stop()
@@ -62,10 +66,6 @@ def start_api(tmp_path: Path, **env: str) -> Iterator[Api]:
 @pytest.fixture
 def stream_api(tmp_path: Path) -> Iterator[Api]:
     yield from start_api(tmp_path, STYLEDROP_MAX_STREAMS_PER_USER="10", STYLEDROP_MAX_STREAMS_TOTAL="205")
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 def open_stream(api: Api, key: str, job_id: str) -> tuple[socket.socket, int]:
@@ -89,7 +89,7 @@ def test_200_open_streams_hold_no_connection_and_are_bounded(stream_api: Api) ->
     jobs = []
     for key in keys[:20]:
         r = client.post("/v1/styles", headers=bearer(key), data={"descriptor": "ink"},
-                        files={"image": ("s.png", worker_style_png(), "image/png")})
+                        files={"image": ("s.png", style_png(), "image/png")})
         assert r.status_code == 202, r.text
         jobs.append(r.json()["job"]["id"])
     socks = []
@@ -119,7 +119,7 @@ def test_200_open_streams_hold_no_connection_and_are_bounded(stream_api: Api) ->
     assert r.status_code == 429 and r.json()["detail"]["code"] == "too_many_streams" and r.headers["Retry-After"]
     assert "limit is 10" in r.json()["detail"]["message"]
     extra = client.post("/v1/styles", headers=bearer(keys[20]), data={"descriptor": "ink"},
-                        files={"image": ("s.png", worker_style_png(), "image/png")}).json()["job"]["id"]
+                        files={"image": ("s.png", style_png(), "image/png")}).json()["job"]["id"]
     for _ in range(5):
         s, status = open_stream(api, keys[20], extra)
         assert status == 200
@@ -175,7 +175,7 @@ def test_concurrent_decode_bombs_stay_within_a_memory_budget(bomb_api: Api) -> N
     keys = api.users(8)
     client = httpx.Client(base_url=api.base, timeout=120)
     warm = client.post("/v1/styles", headers=bearer(keys[7]), data={"descriptor": "ink"},
-                       files={"image": ("s.png", worker_style_png(), "image/png")})
+                       files={"image": ("s.png", style_png(), "image/png")})
     assert warm.status_code == 202
     png, jpeg = bomb("PNG"), bomb("JPEG")
     assert len(png) < 400_000 and len(jpeg) < 2_000_000  # small files...

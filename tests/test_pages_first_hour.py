@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.helpers.app import app_client
+
 DEMO = "Demo model."
 
 
 def _client(tmp_path: Path, model: str) -> Iterator[TestClient]:
-    from api.main import create_app
     from storage.settings import Settings
 
-    settings = Settings(data_dir=tmp_path / "data", secret_key="s", model=model)
-    with TestClient(create_app(settings)) as client:
+    with app_client(Settings(data_dir=tmp_path / "data", secret_key="s", model=model)) as client:
         yield client
 
 

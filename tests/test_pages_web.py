@@ -7,7 +7,7 @@ import re
 from fastapi.testclient import TestClient
 
 from api.security import SESSION_COOKIE
-from tests.conftest import worker_style_png
+from tests.helpers.images import style_png
 
 META = re.compile(r'<meta name="csrf-token" content="([0-9a-f]{64})">')
 
@@ -73,6 +73,29 @@ def test_sign_in_refuses_bad_keys_foreign_origins_and_open_redirects(pages_clien
         assert resp.headers["location"] == "/styles", target
 
 
+def test_sign_in_is_the_api_key_check(pages_client: TestClient, pages_keys, monkeypatch) -> None:
+    """Sign-in compares hashes in constant time like the API, and refuses a disabled user's key."""
+    import storage.users
+    from storage.models import User
+
+    compared: list[str] = []
+    real = storage.users.hmac.compare_digest
+
+    def spy(a: str, b: str) -> bool:
+        compared.append(b)
+        return real(a, b)
+
+    monkeypatch.setattr(storage.users.hmac, "compare_digest", spy)
+    signed_in = pages_client.post("/signin", data={"api_key": pages_keys["alice"]}, follow_redirects=False)
+    assert signed_in.status_code == 303 and len(compared) == 1
+    pages_client.cookies.clear()
+    with pages_client.app.state.sessionmaker() as session:
+        session.query(User).filter_by(name="alice").update({"disabled": True})
+        session.commit()
+    refused = pages_client.post("/signin", data={"api_key": pages_keys["alice"]}, follow_redirects=False)
+    assert refused.status_code == 401 and "set-cookie" not in refused.headers
+
+
 def test_admin_page_is_403_for_non_admins_and_renders_for_admins(pages_client: TestClient, pages_keys) -> None:
     sign_in(pages_client, pages_keys["alice"])
     resp = pages_client.get("/admin")
@@ -120,7 +143,7 @@ def test_tokens_differ_per_session(pages_client: TestClient, pages_keys) -> None
 def test_pages_render_styles_and_style_page(pages_client: TestClient, pages_keys) -> None:
     bearer = {"Authorization": f"Bearer {pages_keys['alice']}"}
     created = pages_client.post(
-        "/v1/styles", headers=bearer, files={"image": ("s.png", worker_style_png(), "image/png")},
+        "/v1/styles", headers=bearer, files={"image": ("s.png", style_png(), "image/png")},
         data={"descriptor": "ink <b>wash</b>", "content": "a cat", "steps": "20"},
     )
     assert created.status_code == 202, created.text

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BrowserStack, worker_style_png
+from tests.helpers.images import style_png
+from tests.helpers.stack import BrowserStack
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -39,7 +40,7 @@ def test_the_readme_walkthrough_runs_as_written(stack: BrowserStack, tmp_path: P
     block = block.replace("127.0.0.1:8000", f"127.0.0.1:{stack.port}")  # the only change: this test's free port
     work = tmp_path / "user"
     work.mkdir()
-    (work / "watercolor.png").write_bytes(worker_style_png((40, 90, 200)))
+    (work / "watercolor.png").write_bytes(style_png((40, 90, 200)))
     key = stack.create_user("reader")
     run = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=work, env={**stack.env, "KEY": key},
                          capture_output=True, text=True, timeout=420)

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from storage import jobs
 from storage.db import make_engine, make_sessionmaker
 from storage.models import Generation, JobEvent, Style, TrainingJob, User, utcnow
+from storage.states import JOB_ACTIVE
 from storage.users import authenticate_key, create_api_key, create_user
 
 DB_KINDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.integration)]
@@ -77,7 +78,7 @@ def test_transition_changes_once_and_writes_one_event(db: sessionmaker[Session])
         assert [(e.kind, e.payload) for e in events] == [("state", {"from": "queued", "to": "running"})]
         # Several possible sources: the event records the actual one.
         assert jobs.transition(s, job.id, expected=("running", "cancelling"), new="failed", error_code="oom")
-        assert not jobs.transition(s, job.id, expected=jobs.ACTIVE, new="succeeded")
+        assert not jobs.transition(s, job.id, expected=JOB_ACTIVE, new="succeeded")
         s.commit()
         events = jobs.events_after(s, job.id, events[0].id, 10)
         assert [e.payload for e in events] == [{"from": "running", "to": "failed"}]
@@ -119,12 +120,53 @@ def test_queue_position_and_reconciler_queries(db: sessionmaker[Session]) -> Non
         assert jobs.transition(s, a.id, expected="queued", new="running", started_at=t0, heartbeat_at=t0)
         s.commit()
         assert [jobs.queue_position(s, j) for j in (a, b, c)] == [0, 1, 2]
-        assert [j.id for j in jobs.stale_running_jobs(s, timedelta(minutes=5))] == [a.id]
-        assert jobs.stale_running_jobs(s, timedelta(hours=2)) == []
-        assert [j.id for j in jobs.queued_jobs_without_recent_send(s, timedelta(minutes=5))] == [b.id]
-        jobs.mark_job_sent(s, b.id, "task-1")
+        assert [j.id for j in jobs.stale_rows(s, TrainingJob, timedelta(minutes=5))] == [a.id]
+        assert jobs.stale_rows(s, TrainingJob, timedelta(hours=2)) == []
+        assert [j.id for j in jobs.unsent_rows(s, TrainingJob, timedelta(minutes=5))] == [b.id]
+        jobs.mark_sent(s, TrainingJob, b.id, "task-1")
         s.commit()
-        assert jobs.queued_jobs_without_recent_send(s, timedelta(minutes=5)) == []
+        assert jobs.unsent_rows(s, TrainingJob, timedelta(minutes=5)) == []
+
+
+def test_reconciler_queries_treat_generations_like_jobs(db: sessionmaker[Session]) -> None:
+    with db() as s:
+        user = _user(s)
+        t0 = utcnow() - timedelta(hours=1)
+        running, unsent, sent = (_generation(s, user, queued_at=t0 + timedelta(seconds=i)) for i in range(3))
+        s.commit()
+        jobs.mark_sent(s, Generation, sent.id, "task-2")
+        assert sent.sent_at is not None and sent.celery_task_id == "task-2"  # the loaded row, without a re-read
+        assert jobs.transition_generation(s, running.id, expected="queued", new="running", started_at=t0,
+                                          heartbeat_at=t0)
+        s.commit()
+        assert [g.id for g in jobs.stale_rows(s, Generation, timedelta(minutes=5))] == [running.id]
+        assert jobs.stale_rows(s, Generation, timedelta(hours=2)) == []
+        assert [g.id for g in jobs.unsent_rows(s, Generation, timedelta(minutes=5))] == [unsent.id]
+        assert jobs.count_by_state(s, Generation) == {"queued": 2, "running": 1, "succeeded": 0, "failed": 0}
+        with pytest.raises(ValueError):
+            jobs.transition_generation(s, running.id, expected="running", new="cancelled")
+
+
+def test_abandoned_generations_are_taken_over_live_ones_are_not(db: sessionmaker[Session]) -> None:
+    with db() as s:
+        user = _user(s)
+        now, old = utcnow(), utcnow() - timedelta(minutes=10)
+        live = _generation(s, user, state="running", worker_host="w1", heartbeat_at=now, attempts=1)
+        dead = _generation(s, user, state="running", worker_host="w1", heartbeat_at=old, attempts=1)
+        mine = _generation(s, user, state="running", worker_host="w2", heartbeat_at=now, attempts=1)
+        s.commit()
+        stale = timedelta(minutes=2)
+        assert [jobs.is_abandoned(g, worker_host="w2", older_than=stale) for g in (live, dead, mine)] == [
+            False, True, True]
+        assert jobs.claim_generation_batch(s, first_id=live.id, limit=1, worker_host="w2", older_than=stale) == []
+        s.commit()
+        for gen in (dead, mine):
+            (claimed,) = jobs.claim_generation_batch(s, first_id=gen.id, limit=1, worker_host="w2",
+                                                     older_than=stale)
+            s.commit()
+            assert (claimed.id, claimed.worker_host, claimed.attempts) == (gen.id, "w2", 2)
+        assert s.get(Generation, live.id).worker_host == "w1"  # type: ignore[union-attr]
+        assert jobs.claim_generation_batch(s, first_id="nope", limit=1, worker_host="w2", older_than=stale) == []
 
 
 def test_idempotency_key_unique_per_owner(db: sessionmaker[Session]) -> None:

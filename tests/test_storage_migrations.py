@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -12,8 +14,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
+from storage import models  # noqa: F401 - registers the tables
 from storage.db import Base, downgrade_to_base, make_engine, upgrade_to_head
-from storage.models import JOB_STATES  # noqa: F401 - registers the tables
 
 TABLES = {"users", "api_keys", "sessions", "styles", "training_jobs", "job_events", "adapters", "generations",
           "workers"}
@@ -67,6 +69,31 @@ def test_sqlite_engine_uses_wal_and_busy_timeout(sqlite_url: str) -> None:
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     finally:
         engine.dispose()
+
+
+def test_an_installed_wheel_migrates_without_the_source_tree(tmp_path: Path) -> None:
+    """The Alembic scripts ship inside the package: a non-editable install (here: the built wheel, unpacked as pip
+    installs a pure-Python wheel) migrates from any directory with no checkout on the path."""
+    repo = Path(__file__).resolve().parent.parent
+    src = tmp_path / "src"
+    shutil.copytree(repo, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "tests", "bench", "docs", "__pycache__", "*_cache", "*.egg-info", "build", "test-artifacts",
+        ".styledrop", "data"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "dist"), str(src)], check=True, timeout=300, capture_output=True)
+    (wheel,) = (tmp_path / "dist").glob("styledrop-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        zf.extractall(tmp_path / "site")
+    assert {"storage/migrations/env.py", "storage/migrations/script.py.mako",
+            "storage/migrations/versions/0001_initial.py"} <= names
+    url = f"sqlite:///{tmp_path / 'installed.db'}"
+    site = tmp_path / "site"
+    code = (f"import storage.db as db; assert db.__file__.startswith({str(site)!r}), db.__file__; "
+            f"db.upgrade_to_head({url!r})")
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(site)},
+                   check=True, timeout=120)
+    assert _tables(url) == TABLES
 
 
 def test_upgrade_works_from_another_directory(tmp_path: Path) -> None:

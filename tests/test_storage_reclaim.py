@@ -18,7 +18,7 @@ from storage.db import make_engine, make_sessionmaker
 from storage.models import Adapter, Generation, Style, TrainingJob, utcnow
 from storage.reclaim import reclaim, user_storage_bytes
 from storage.users import create_user
-from tests.conftest import worker_style_png
+from tests.helpers.images import style_png as worker_style_png
 
 HOUR = 3600.0
 

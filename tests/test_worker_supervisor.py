@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import worker_free_port
+from tests.helpers.stack import free_port as worker_free_port
 from worker.supervisor import Supervisor
 
 PY = sys.executable

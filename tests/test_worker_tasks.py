@@ -10,36 +10,13 @@ from sqlalchemy import func, select, update
 
 import trainer
 import worker.tasks as tasks
-from storage.blobs import content_key, sha256_hex
+from storage.blobs import sha256_hex
 from storage.models import Adapter, Generation, JobEvent, Style, TrainingJob, Worker, utcnow
-from storage.users import create_user
-from tests.conftest import worker_style_png
+from storage.states import WorkKind
+from tests.helpers.db import get_row, make_generation, make_job
+from worker import generation
 from worker.reconciler import reconcile_once
 from worker.runtime import Runtime, beat_once
-
-
-def _job(rt: Runtime, *, steps: int = 12, seed: int = 3, color: tuple[int, int, int] = (200, 40, 40),
-         owner: str | None = None, **kw: Any) -> str:
-    data = worker_style_png(color)
-    sha = sha256_hex(data)
-    key = content_key("styles", sha, "png")
-    rt.store.put_bytes(key, data)
-    with rt.session_factory() as s:
-        owner_id = owner or create_user(s, f"u{utcnow().timestamp()}").id
-        style = Style(owner_id=owner_id, image_key=key, image_sha256=sha, image_bytes=len(data), width=256,
-                      height=256, descriptor="striped poster")
-        s.add(style)
-        s.flush()
-        job = TrainingJob(style_id=style.id, owner_id=owner_id, total_steps=steps, params={"seed": seed},
-                          max_attempts=3, **kw)
-        s.add(job)
-        s.commit()
-        return job.id
-
-
-def _get(rt: Runtime, model: Any, row_id: str) -> Any:
-    with rt.session_factory() as s:
-        return s.get(model, row_id)
 
 
 def _events(rt: Runtime, job_id: str, kind: str) -> list[JobEvent]:
@@ -55,11 +32,11 @@ def _adapters_for(rt: Runtime, job_id: str) -> list[Adapter]:
 
 def test_train_succeeds_with_progress_adapter_and_previews(worker_runtime: Runtime) -> None:
     rt = worker_runtime
-    job_id = _job(rt)
+    job_id = make_job(rt)
     assert tasks.run_train(rt, job_id) == "succeeded"
-    job = _get(rt, TrainingJob, job_id)
+    job = get_row(rt, TrainingJob, job_id)
     assert job.state == "succeeded" and job.step == 12 and job.attempts == 1 and job.gpu_seconds > 0
-    assert job.finished_at is not None and job.worker_host == rt.host
+    assert job.finished_at is not None and job.worker_host == rt.worker_host
     progress = _events(rt, job_id, "progress")
     assert [e.payload["step"] for e in progress] == [2, 4, 6, 8, 10, 12]
     assert set(progress[0].payload) == {"step", "total", "loss", "lr", "steps_per_second", "eta_seconds"}
@@ -85,7 +62,7 @@ class _Crash(BaseException):
 
 def test_resume_from_checkpoint_after_crash(worker_runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
     rt = worker_runtime
-    job_id = _job(rt)
+    job_id = make_job(rt)
     real = tasks.train_style
     resumed_at: list[int | None] = []
 
@@ -103,7 +80,7 @@ def test_resume_from_checkpoint_after_crash(worker_runtime: Runtime, monkeypatch
     monkeypatch.setattr(tasks, "train_style", crashing)
     with pytest.raises(_Crash):
         tasks.run_train(rt, job_id)
-    job = _get(rt, TrainingJob, job_id)
+    job = get_row(rt, TrainingJob, job_id)
     assert (job.state, job.checkpoint_step, job.step) == ("running", 4, 6)
 
     # The worker is gone: its heartbeat goes stale. A redelivery to another worker process takes over.
@@ -117,10 +94,10 @@ def test_resume_from_checkpoint_after_crash(worker_runtime: Runtime, monkeypatch
 
     monkeypatch.setattr(tasks, "train_style", spy)
     rt2 = Runtime(rt.settings, rt.session_factory, rt.store, kind="train")
-    rt2.host = "other-host:4242"
+    rt2.worker_host = "other-host:4242"
     assert tasks.run_train(rt2, job_id) == "succeeded"
     assert resumed_at == [None, 4]
-    job = _get(rt, TrainingJob, job_id)
+    job = get_row(rt, TrainingJob, job_id)
     assert job.state == "succeeded" and job.attempts == 2 and job.worker_host == "other-host:4242"
     steps = [e.payload["step"] for e in _events(rt, job_id, "progress")]
     assert steps == [2, 4, 6, 6, 8, 10, 12]  # 2,4,6 before the crash; 6.. after resuming at 4
@@ -129,21 +106,21 @@ def test_resume_from_checkpoint_after_crash(worker_runtime: Runtime, monkeypatch
 
 def test_fresh_running_job_is_left_alone_and_attempts_are_capped(worker_runtime: Runtime) -> None:
     rt = worker_runtime
-    busy = _job(rt, state="running", worker_host="elsewhere:1", heartbeat_at=utcnow(), attempts=1)
+    busy = make_job(rt, state="running", worker_host="elsewhere:1", heartbeat_at=utcnow(), attempts=1)
     assert tasks.run_train(rt, busy) == "skipped"
-    assert _get(rt, TrainingJob, busy).state == "running"
-    worn = _job(rt, attempts=3)
+    assert get_row(rt, TrainingJob, busy).state == "running"
+    worn = make_job(rt, attempts=3)
     assert tasks.run_train(rt, worn) == "skipped"
-    job = _get(rt, TrainingJob, worn)
+    job = get_row(rt, TrainingJob, worn)
     assert (job.state, job.error_code) == ("failed", "too_many_attempts")
-    cancelled = _job(rt, cancel_requested_at=utcnow())
+    cancelled = make_job(rt, cancel_requested_at=utcnow())
     tasks.run_train(rt, cancelled)
-    assert _get(rt, TrainingJob, cancelled).state == "cancelled"
+    assert get_row(rt, TrainingJob, cancelled).state == "cancelled"
 
 
 def test_cancel_mid_run_and_bad_image(worker_runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
     rt = worker_runtime
-    job_id = _job(rt)
+    job_id = make_job(rt)
     real = tasks.train_style
 
     def cancel_at_4(*args: Any, on_progress: Any, **kw: Any) -> Any:
@@ -159,16 +136,16 @@ def test_cancel_mid_run_and_bad_image(worker_runtime: Runtime, monkeypatch: pyte
 
     monkeypatch.setattr(tasks, "train_style", cancel_at_4)
     assert tasks.run_train(rt, job_id) == "cancelled"
-    job = _get(rt, TrainingJob, job_id)
+    job = get_row(rt, TrainingJob, job_id)
     assert job.state == "cancelled" and job.step == 4 and _adapters_for(rt, job_id) == []
 
-    bad = _job(rt)
+    bad = make_job(rt)
     with rt.session_factory() as s:
-        style = s.get(Style, _get(rt, TrainingJob, bad).style_id)
+        style = s.get(Style, get_row(rt, TrainingJob, bad).style_id)
         assert style is not None
         rt.store.put_bytes(style.image_key, b"not an image at all")
     assert tasks.run_train(rt, bad) == "failed"
-    job = _get(rt, TrainingJob, bad)
+    job = get_row(rt, TrainingJob, bad)
     assert job.error_code == "bad_image" and "could not be read" in (job.error_message or "")
 
 
@@ -176,21 +153,12 @@ def _trained_adapters(rt: Runtime, n: int) -> tuple[str, list[str]]:
     owner = None
     ids = []
     for i in range(n):
-        job_id = _job(rt, steps=2, seed=i, color=(40 * (i + 1), 90, 200 - 40 * i), owner=owner)
-        owner = _get(rt, TrainingJob, job_id).owner_id
+        job_id = make_job(rt, steps=2, seed=i, color=(40 * (i + 1), 90, 200 - 40 * i), owner=owner)
+        owner = get_row(rt, TrainingJob, job_id).owner_id
         assert tasks.run_train(rt, job_id) == "succeeded"
         ids.append(_adapters_for(rt, job_id)[0].id)
     assert owner is not None
     return owner, ids
-
-
-def _generation(rt: Runtime, owner: str, adapter_id: str | None, **kw: Any) -> str:
-    with rt.session_factory() as s:
-        gen = Generation(owner_id=owner, adapter_id=adapter_id, prompt="a house", guidance_scale=3.0, steps=3,
-                         seed=7, **kw)
-        s.add(gen)
-        s.commit()
-        return gen.id
 
 
 def test_generate_batches_different_adapters_in_one_sample_call(
@@ -199,9 +167,9 @@ def test_generate_batches_different_adapters_in_one_sample_call(
     rt = worker_runtime
     owner, (a1, a2) = _trained_adapters(rt, 2)
     rt2 = Runtime(rt.settings, rt.session_factory, rt.store, kind="generate")  # a generate worker started earlier
-    g1 = _generation(rt2, owner, a1, num_images=2)
-    g2 = _generation(rt2, owner, a2)
-    g3 = _generation(rt2, owner, None)
+    g1 = make_generation(rt2, owner, a1, num_images=2)
+    g2 = make_generation(rt2, owner, a2)
+    g3 = make_generation(rt2, owner, None)
     calls: list[list[trainer.GenerationRequest]] = []
     real = trainer.sample
 
@@ -210,36 +178,36 @@ def test_generate_batches_different_adapters_in_one_sample_call(
         return real(parts, requests, **kw)
 
     monkeypatch.setattr(trainer, "sample", spy)
-    assert tasks.run_generate(rt2, g1) == "done"
+    assert generation.run_generate(rt2, g1) == "done"
     assert len(calls) == 1 and len(calls[0]) == 4
     assert [r.seed for r in calls[0]] == [7, 8, 7, 7]
     assert len({r.adapter for r in calls[0]}) == 3  # two slots and the base model
-    gens = [_get(rt2, Generation, g) for g in (g1, g2, g3)]
+    gens = [get_row(rt2, Generation, g) for g in (g1, g2, g3)]
     assert all(g.state == "succeeded" for g in gens)
     assert len({g.started_at for g in gens}) == 1  # claimed together
     assert [len(g.image_keys) for g in gens] == [2, 1, 1]
     assert rt2.store.get_bytes(gens[0].image_keys[0]).startswith(b"\x89PNG")
     assert rt2.cache().stats()["misses"] == 2
     # the other generations' own messages find them done
-    assert tasks.run_generate(rt2, g2) == "skipped" and len(calls) == 1
+    assert generation.run_generate(rt2, g2) == "skipped" and len(calls) == 1
     # the heartbeat reports the cache
     beat_once(rt2)
-    row = _get(rt2, Worker, rt2.worker_id)
+    row = get_row(rt2, Worker, rt2.worker_id)
     assert row.kind == "generate" and row.stats["misses"] == 2
 
 
 def test_corrupt_adapter_fails_only_its_generation(worker_runtime: Runtime) -> None:
     rt = worker_runtime
     owner, (a1, a2) = _trained_adapters(rt, 2)
-    key = _get(rt, Adapter, a1).blob_key
+    key = get_row(rt, Adapter, a1).blob_key
     data = bytearray(rt.store.get_bytes(key))
     data[-10] ^= 0xFF
     rt.store.put_bytes(key, bytes(data))
     rt2 = Runtime(rt.settings, rt.session_factory, rt.store, kind="generate")
-    bad = _generation(rt2, owner, a1)
-    good = _generation(rt2, owner, a2)
-    tasks.run_generate(rt2, bad)
-    b, g = _get(rt2, Generation, bad), _get(rt2, Generation, good)
+    bad = make_generation(rt2, owner, a1)
+    good = make_generation(rt2, owner, a2)
+    generation.run_generate(rt2, bad)
+    b, g = get_row(rt2, Generation, bad), get_row(rt2, Generation, good)
     assert (b.state, b.error_code) == ("failed", "adapter_corrupt")
     assert g.state == "succeeded" and len(g.image_keys) == 1
 
@@ -247,28 +215,25 @@ def test_corrupt_adapter_fails_only_its_generation(worker_runtime: Runtime) -> N
 def test_reconciler_requeues_stale_and_resends_unsent(worker_runtime: Runtime) -> None:
     rt = worker_runtime
     old = utcnow() - timedelta(hours=1)
-    stale = _job(rt, state="running", attempts=1, heartbeat_at=old, worker_host="dead:1")
-    worn = _job(rt, state="running", attempts=3, heartbeat_at=old, worker_host="dead:1")
-    unsent = _job(rt, queued_at=old)
-    fresh_sent = _job(rt, queued_at=old, sent_at=utcnow())
-    owner = _get(rt, TrainingJob, unsent).owner_id
-    gen = _generation(rt, owner, None, queued_at=old)
+    stale = make_job(rt, state="running", attempts=1, heartbeat_at=old, worker_host="dead:1")
+    worn = make_job(rt, state="running", attempts=3, heartbeat_at=old, worker_host="dead:1")
+    unsent = make_job(rt, queued_at=old)
+    fresh_sent = make_job(rt, queued_at=old, sent_at=utcnow())
+    owner = get_row(rt, TrainingJob, unsent).owner_id
+    gen = make_generation(rt, owner, None, queued_at=old)
     sent: list[tuple[str, str]] = []
 
-    def sender(kind: str) -> Any:
-        def send(row_id: str) -> str:
-            sent.append((kind, row_id))
-            return f"{kind}id"
+    def send(kind: WorkKind, row_id: str) -> str:  # stands in for the broker
+        sent.append((kind[0], row_id))
+        return f"{kind[0]}id"
 
-        return send
-
-    report = reconcile_once(rt.session_factory, rt.settings, sender("t"), sender("g"))
+    report = reconcile_once(rt.session_factory, rt.settings, send)
     assert sorted(sent) == sorted([("t", stale), ("t", unsent), ("g", gen)])
     assert report.requeued_jobs == [stale] and report.failed_jobs == [worn]
-    assert _get(rt, TrainingJob, stale).state == "queued"
-    assert _get(rt, TrainingJob, worn).error_code == "too_many_attempts"
-    assert _get(rt, TrainingJob, unsent).celery_task_id == "tid"
-    assert _get(rt, TrainingJob, fresh_sent).celery_task_id is None
+    assert get_row(rt, TrainingJob, stale).state == "queued"
+    assert get_row(rt, TrainingJob, worn).error_code == "too_many_attempts"
+    assert get_row(rt, TrainingJob, unsent).celery_task_id == "tid"
+    assert get_row(rt, TrainingJob, fresh_sent).celery_task_id is None
     with rt.session_factory() as s:
         assert s.scalar(select(func.count()).select_from(Adapter)) == 0
 
@@ -277,13 +242,13 @@ def test_messages_out_of_order_still_run_jobs_in_database_order(worker_runtime: 
     """The embedded broker may deliver the newest job's message first: the database decides which job runs."""
     rt = worker_runtime
     t0 = utcnow() - timedelta(minutes=5)
-    ids = [_job(rt, steps=2, queued_at=t0 + timedelta(seconds=i), color=(40 * i, 90, 90)) for i in range(3)]
+    ids = [make_job(rt, steps=2, queued_at=t0 + timedelta(seconds=i), color=(40 * i, 90, 90)) for i in range(3)]
     for message in reversed(ids):  # wake-ups arrive newest first
         assert tasks.run_train(rt, message) == "succeeded"
-    rows = [_get(rt, TrainingJob, i) for i in ids]
+    rows = [get_row(rt, TrainingJob, i) for i in ids]
     assert all(r.state == "succeeded" and r.attempts == 1 for r in rows)
     assert [r.started_at for r in rows] == sorted(r.started_at for r in rows)
     assert rows[0].finished_at <= rows[1].started_at and rows[1].finished_at <= rows[2].started_at
     assert tasks.run_train(rt, ids[0]) == "skipped"  # a duplicate message of a finished job changes nothing
-    assert [_get(rt, TrainingJob, i).attempts for i in ids] == [1, 1, 1]
+    assert [get_row(rt, TrainingJob, i).attempts for i in ids] == [1, 1, 1]
     assert all(len(_adapters_for(rt, i)) == 1 for i in ids)

@@ -21,7 +21,7 @@ from .lora import (
     load_adapter,
     save_adapter,
 )
-from .model import AmusedParts, ModelLoadError, build_tiny, ensure_tiny, load_base
+from .model import AmusedParts, ModelLoadError, build_tiny, ensure_tiny, load_base, resolve_device, resolve_dtype
 from .sampler import GenerationRequest, SampleResult, SamplingError, sample
 from .train import Progress, TrainConfig, TrainResult, train_style, training_prompt
 
@@ -47,6 +47,8 @@ __all__ = [
     "ensure_tiny",
     "load_adapter",
     "load_base",
+    "resolve_device",
+    "resolve_dtype",
     "sample",
     "save_adapter",
     "train_style",

@@ -14,8 +14,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
+
+from . import limits
 
 logger = logging.getLogger(__name__)
 
@@ -51,20 +54,13 @@ def _read_image(path: str, what: str = "image") -> Image.Image:
         raise CliError(f"cannot read {what} '{path}': not a readable image ({exc})") from None
 
 
-def _device(name: str) -> str:
-    import torch
+def _device_and_dtype(args: argparse.Namespace) -> tuple[str, Any]:
+    from .model import resolve_device, resolve_dtype
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CliError(f"--device {name}: CUDA is not available on this machine")
-    return name
-
-
-def _dtype(name: str):  # type: ignore[no-untyped-def]
-    import torch
-
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+    try:
+        return resolve_device(args.device), resolve_dtype(args.dtype)
+    except ValueError as exc:
+        raise CliError(f"--{exc}") from None
 
 
 def _add_model_args(p: argparse.ArgumentParser, default: str | None) -> None:
@@ -104,13 +100,17 @@ def add_engine_commands(sub: argparse._SubParsersAction) -> None:  # type: ignor
     g.add_argument("prompt", help='e.g. "a cat in watercolor painting style"')
     g.add_argument("--out", required=True, type=Path, help="directory for the PNG files")
     g.add_argument("--adapter", default=None, help="adapter.safetensors or a directory holding it")
-    g.add_argument("--style-strength", type=_ranged(float, -1, 10), default=1.0,
-                   help="StyleDrop style guidance λA (0 = adapter as trained; default 1)")
-    g.add_argument("--guidance-scale", type=_ranged(float, 0, 50), default=10.0, help="text guidance (default 10)")
+    g.add_argument("--style-strength", type=_ranged(float, limits.MIN_STYLE_STRENGTH, limits.MAX_STYLE_STRENGTH),
+                   default=limits.DEFAULT_STYLE_STRENGTH,
+                   help="StyleDrop style guidance λA (0 = adapter as trained; "
+                        f"default {limits.DEFAULT_STYLE_STRENGTH:g})")
+    g.add_argument("--guidance-scale", type=_ranged(float, limits.MIN_GUIDANCE_SCALE, limits.MAX_GUIDANCE_SCALE),
+                   default=limits.DEFAULT_GUIDANCE_SCALE,
+                   help=f"text guidance (default {limits.DEFAULT_GUIDANCE_SCALE:g})")
     g.add_argument("--negative-prompt", default=None)
     g.add_argument("--seed", type=_ranged(int, 0, 2**63 - 1), default=0)
     g.add_argument("--num-images", type=_ranged(int, 1, 64), default=1)
-    g.add_argument("--steps", type=_ranged(int, 1, 100), default=12)
+    g.add_argument("--steps", type=_ranged(int, limits.MIN_STEPS, limits.MAX_STEPS), default=limits.DEFAULT_STEPS)
     g.add_argument("--init-image", default=None, help="image-to-image / inpainting source")
     g.add_argument("--strength", type=_ranged(float, 0.01, 1.0), default=None,
                    help="image-to-image strength (default 0.75; 1.0 repaints everything)")
@@ -167,8 +167,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .model import load_base
     from .train import TrainConfig, train_style
 
-    parts = load_base(args.model, revision=args.revision, variant=args.variant, device=_device(args.device),
-                      dtype=_dtype(args.dtype))
+    device, dtype = _device_and_dtype(args)
+    parts = load_base(args.model, revision=args.revision, variant=args.variant, device=device, dtype=dtype)
     out.mkdir(parents=True, exist_ok=True)  # only once the model loaded: a failed load leaves no empty --out
     config = TrainConfig(steps=args.steps, learning_rate=args.lr, rank=args.rank, alpha=args.alpha, seed=args.seed,
                          optimizer=args.optimizer, mixed_precision=args.mixed_precision,
@@ -223,8 +223,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         except AdapterError as exc:
             raise CliError(f"--adapter {args.adapter}: {exc}") from None
     model = args.model or (adapter.meta.base_model if adapter else "amused-256")
-    parts = load_base(model, revision=args.revision, variant=args.variant, device=_device(args.device),
-                      dtype=_dtype(args.dtype))
+    device, dtype = _device_and_dtype(args)
+    parts = load_base(model, revision=args.revision, variant=args.variant, device=device, dtype=dtype)
     slot = None
     if adapter is not None:
         slots = AdapterSlots(parts.transformer, 1, rank=adapter.meta.rank, targets=adapter.meta.targets)

@@ -4,7 +4,7 @@ File format (safetensors, never pickle):
 - tensors `transformer.<module>.lora_A.weight` / `.lora_B.weight`, the layout diffusers' aMUSEd LoRA loader reads;
 - header metadata `lora_adapter_metadata`: JSON `{"transformer.r": .., "transformer.lora_alpha": ..,
   "transformer.target_modules": [..]}`, so that plain diffusers rebuilds the exact LoraConfig (alpha included:
-  train_amused.py's files drop it and reload at the wrong strength, amused-notes.md §2);
+  train_amused.py's files drop it and reload at the wrong strength, docs/amused-notes.md §2);
 - header metadata `styledrop`: JSON of `AdapterMeta` (base model, fingerprint, rank, alpha, prompt, steps, ...).
 
 A plain diffusers user loads one with
@@ -318,7 +318,7 @@ def route_rows(transformer: torch.nn.Module, names: Sequence[str | None]) -> Ite
     """Apply adapter `names[i]` (None = base model) to batch row i in every LoRA layer.
 
     `UVit2DModel.forward` does not pass peft's `adapter_names` keyword down, so a forward pre-hook on each LoRA
-    layer injects it (amused-notes.md §2). Rows are split per adapter inside peft: each row sees only its own.
+    layer injects it (docs/amused-notes.md §2). Rows are split per adapter inside peft: each row sees only its own.
     """
     router = transformer.__dict__.get("_styledrop_router") or install_router(transformer)
     previous = router.names

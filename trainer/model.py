@@ -78,6 +78,27 @@ class AmusedParts:
         AmusedScheduler(mask_token_id=self.mask_token_id).save_pretrained(d / "scheduler")
 
 
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(name: str) -> str:
+    """'auto' → 'cuda' when a CUDA device is visible, else 'cpu'; any other name as given. Raises ValueError for a
+    CUDA device on a machine without CUDA (the CLI and the worker both resolve through here)."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name}: CUDA is not available on this machine")
+    return name
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """'float32', 'float16' or 'bfloat16' as a torch dtype (ValueError for anything else)."""
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"dtype {name!r}: expected one of {', '.join(DTYPES)}") from None
+
+
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # `org/name`, the only shape a hub repository id has
 
 

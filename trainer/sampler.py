@@ -12,7 +12,7 @@ with Ĝ the adapted U-ViT, G the base, t the prompt, n the negative prompt (empt
 strength and λB = guidance_scale − 1. It is evaluated as `G(n) + g·(G(t) − G(n)) + (1 + λA)·(Ĝ(t) − G(t))`,
 whose first part is diffusers' CFG expression operation for operation, so without an adapter our tokens equal
 `AmusedPipeline`'s. The token update mirrors `AmusedScheduler.step` (same random draws in the same order), with
-two deliberate fixes from amused-notes.md §4: img2img at strength 1.0 masks every token (diffusers' index
+two deliberate fixes from docs/amused-notes.md §4: img2img at strength 1.0 masks every token (diffusers' index
 wrap-around masks none), and the inpainting schedule is per row instead of mutating a shared scheduler.
 """
 
@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
+from . import limits
 from .encode import (
     decode_tokens,
     encode_text,
@@ -49,9 +50,9 @@ class GenerationRequest:
     negative_prompt: str | None = None
     seed: int = 0
     adapter: str | None = None  # name of a resident adapter slot (see lora.AdapterSlots), None = base model
-    style_strength: float = 1.0  # λA; 0 keeps the adapter as trained, larger pushes further from the base
-    guidance_scale: float = 10.0  # CFG g (λB = g − 1); ≤ 1 disables the negative branch, like diffusers
-    steps: int = 12
+    style_strength: float = limits.DEFAULT_STYLE_STRENGTH  # λA; 0 keeps the adapter as trained, larger pushes
+    guidance_scale: float = limits.DEFAULT_GUIDANCE_SCALE  # CFG g (λB = g − 1); ≤ 1 disables the negative branch
+    steps: int = limits.DEFAULT_STEPS
     init_image: Image.Image | None = None  # image-to-image / inpainting source
     strength: float = 1.0  # share of the schedule re-run from init_image; 1.0 repaints everything
     mask: Image.Image | None = None  # inpainting: white = repaint, black = keep (binarised at 0.5)
@@ -61,12 +62,13 @@ class GenerationRequest:
     def validate(self) -> None:
         if not self.prompt or not self.prompt.strip():
             raise SamplingError("prompt must not be empty")
-        if not 1 <= self.steps <= 100:
-            raise SamplingError(f"steps must be between 1 and 100, got {self.steps}")
-        if not 0.0 <= self.guidance_scale <= 50.0:
-            raise SamplingError(f"guidance_scale must be between 0 and 50, got {self.guidance_scale}")
-        if not -1.0 <= self.style_strength <= 10.0:
-            raise SamplingError(f"style_strength must be between -1 and 10, got {self.style_strength}")
+        for name, value, lo, hi in (
+            ("steps", self.steps, limits.MIN_STEPS, limits.MAX_STEPS),
+            ("guidance_scale", self.guidance_scale, limits.MIN_GUIDANCE_SCALE, limits.MAX_GUIDANCE_SCALE),
+            ("style_strength", self.style_strength, limits.MIN_STYLE_STRENGTH, limits.MAX_STYLE_STRENGTH),
+        ):
+            if not lo <= value <= hi:
+                raise SamplingError(f"{name} must be between {lo:g} and {hi:g}, got {value}")
         if not 0.0 < self.strength <= 1.0:
             raise SamplingError(f"strength must be in (0, 1], got {self.strength}")
         if (self.init_image is not None or self.mask is not None) and int(self.steps * self.strength) < 1:

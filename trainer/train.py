@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -101,7 +101,6 @@ class StyleData:
     pooled: torch.Tensor  # (1, P) pooled prompt embedding
     grid: tuple[int, int]  # (h, w) token grid
     prompt: str
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 def prepare_style(parts: AmusedParts, images: Sequence[Image.Image], prompt: str,

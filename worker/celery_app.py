@@ -15,8 +15,9 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
-from storage.broker import GENERATE_QUEUE, TRAIN_QUEUE, celery_config
+from storage.broker import ROUTES, celery_config
 from storage.settings import get_settings
+from storage.states import WorkKind
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     from worker.runtime import get_runtime, start_heartbeat
 
     queues = _consumed_queues(sender)
-    kinds = [k for k in (TRAIN_QUEUE, GENERATE_QUEUE) if k in queues] or [GENERATE_QUEUE]
+    kinds = [kind for kind, route in ROUTES.items() if route.queue in queues] or [WorkKind.GENERATE]
     for kind in kinds:
         _heartbeats.append(start_heartbeat(get_runtime(kind)))
     logger.info("worker ready: queues %s", ", ".join(queues))

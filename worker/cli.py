@@ -27,7 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-logger = logging.getLogger("styledrop")
+logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STOP_GRACE_SECONDS = 15.0
@@ -93,16 +93,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     engine = make_engine(url)
     factory = make_sessionmaker(engine)
-    senders = reconciler.celery_senders()
+    send = reconciler.celery_sender()
 
     def on_exit(name: str, pid: int) -> None:
         if name in ("train", "generate"):  # we saw it die: no need to wait for its heartbeat to go stale
-            reconciler.requeue_dead_worker(factory, settings, f"{socket.gethostname()}:{pid}", *senders)
+            reconciler.requeue_dead_worker(factory, settings, f"{socket.gethostname()}:{pid}", send)
 
     supervisor = Supervisor(commands, env=_child_env(settings.data_dir), on_exit=on_exit,
                             max_crashes=settings.restart_max_crashes, window=settings.restart_window_seconds,
                             stop_grace=STOP_GRACE_SECONDS)
-    rec_thread = threading.Thread(target=reconciler.run_forever, args=(factory, settings, rec_stop, senders),
+    rec_thread = threading.Thread(target=reconciler.run_forever, args=(factory, settings, rec_stop, send),
                                   name="reconciler", daemon=True)
     rec_thread.start()
     logger.info("API on http://%s:%s  (Ctrl-C stops everything)", host, port)
@@ -144,8 +144,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
     factory = make_sessionmaker(make_engine(settings.resolved_database_url))
     if args.once:
-        send_train, send_generate = reconciler.celery_senders()
-        report = reconciler.reconcile_once(factory, settings, send_train, send_generate,
+        report = reconciler.reconcile_once(factory, settings, reconciler.celery_sender(),
                                            depths=reconciler.broker_depths(settings))
         sys.stdout.write(f"{report}\n")
         return 1 if report.send_errors else 0

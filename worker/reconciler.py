@@ -27,14 +27,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from storage import jobs
 from storage.blobs import blob_store_from_settings
-from storage.broker import GENERATE_QUEUE, TRAIN_QUEUE
+from storage.broker import ROUTES
+from storage.dispatch import MODELS, Send, celery_send, dispatch
 from storage.models import Generation, TrainingJob, utcnow
 from storage.reclaim import reclaim
 from storage.settings import Settings
+from storage.states import JOB_ACTIVE, GenerationState, JobState, WorkKind
 
 logger = logging.getLogger(__name__)
 
-Sender = Callable[[str], str | None]  # id -> Celery task id (or None); raises when the broker is unreachable
 Depths = Callable[[], dict[str, int]]  # messages waiting per queue in the broker; raises when unreachable
 
 GENERATION_RESEND_MIN_SECONDS = 300.0
@@ -59,80 +60,75 @@ class ReconcileReport:
 
 
 def _requeue(session: Session, settings: Settings, report: ReconcileReport, dead_jobs: Sequence[TrainingJob],
-             dead_gens: Sequence[Generation], why: str) -> tuple[list[str], list[str]]:
+             dead_gens: Sequence[Generation], why: str) -> dict[WorkKind, list[str]]:
     """Jobs and generations whose worker is gone: back to queued (or final when out of attempts). Commits.
-    Returns the ids to send again."""
+    Returns the requeued ids to send again."""
     now = utcnow()
     resend_jobs: list[str] = []
     for job in dead_jobs:
-        if job.state == "cancelling":
-            if jobs.transition(session, job.id, expected="cancelling", new="cancelled", finished_at=now):
+        if job.state == JobState.CANCELLING:
+            if jobs.transition(session, job.id, expected=JobState.CANCELLING, new=JobState.CANCELLED,
+                               finished_at=now):
                 report.cancelled_jobs.append(job.id)
         elif job.attempts >= job.max_attempts:
             if jobs.transition(
-                session, job.id, expected="running", new="failed", finished_at=now, error_code="too_many_attempts",
+                session, job.id, expected=JobState.RUNNING, new=JobState.FAILED, finished_at=now,
+                error_code="too_many_attempts",
                 error_message=f"The worker running this job stopped responding {job.attempts} times "
                 f"(the limit is {job.max_attempts}); giving up. Retry the job to start it again.",
             ):
                 report.failed_jobs.append(job.id)
-        elif jobs.transition(session, job.id, expected="running", new="queued"):
+        elif jobs.transition(session, job.id, expected=JobState.RUNNING, new=JobState.QUEUED):
             logger.warning("job %s: %s on %s; requeued", job.id, why, job.worker_host)
             report.requeued_jobs.append(job.id)
             resend_jobs.append(job.id)
     resend_gens: list[str] = []
     for gen in dead_gens:
-        if gen.attempts >= settings.max_job_attempts:
+        if gen.attempts >= settings.max_attempts:
             if jobs.transition_generation(
-                session, gen.id, expected="running", new="failed", finished_at=now, error_code="too_many_attempts",
+                session, gen.id, expected=GenerationState.RUNNING, new=GenerationState.FAILED, finished_at=now,
+                error_code="too_many_attempts",
                 error_message="The worker running this generation stopped responding too often; giving up.",
             ):
                 report.failed_generations.append(gen.id)
-        elif jobs.transition_generation(session, gen.id, expected="running", new="queued"):
+        elif jobs.transition_generation(session, gen.id, expected=GenerationState.RUNNING,
+                                        new=GenerationState.QUEUED):
             logger.warning("generation %s: %s on %s; requeued", gen.id, why, gen.worker_host)
             report.requeued_generations.append(gen.id)
             resend_gens.append(gen.id)
     session.commit()
-    return resend_jobs, resend_gens
+    return {WorkKind.TRAIN: resend_jobs, WorkKind.GENERATE: resend_gens}
 
 
-def _repair_stale(session: Session, settings: Settings, report: ReconcileReport) -> tuple[list[str], list[str]]:
+def _repair_stale(session: Session, settings: Settings, report: ReconcileReport) -> dict[WorkKind, list[str]]:
+    """Requeue (or end) rows whose worker stopped beating; returns the requeued ids to send again."""
     stale = timedelta(seconds=settings.heartbeat_stale_seconds)
-    return _requeue(session, settings, report, jobs.stale_running_jobs(session, stale),
-                    jobs.stale_running_generations(session, stale), "heartbeat stale")
+    return _requeue(session, settings, report, jobs.stale_rows(session, TrainingJob, stale),
+                    jobs.stale_rows(session, Generation, stale), "heartbeat stale")
 
 
-def _send_all(session: Session, report: ReconcileReport, send_train: Sender, send_generate: Sender,
-              resend_jobs: list[str], resend_gens: list[str]) -> None:
-    for ids, send, mark, sent in (
-        (resend_jobs, send_train, jobs.mark_job_sent, report.sent_jobs),
-        (resend_gens, send_generate, jobs.mark_generation_sent, report.sent_generations),
-    ):
+def _send_all(session: Session, report: ReconcileReport, send: Send, resend: dict[WorkKind, list[str]]) -> None:
+    sent = {WorkKind.TRAIN: report.sent_jobs, WorkKind.GENERATE: report.sent_generations}
+    for kind, ids in resend.items():
         for row_id in ids:
-            try:
-                task_id = send(row_id)
-            except Exception as exc:
-                logger.warning("could not send %s: %s", row_id, exc)
+            if dispatch(session, kind, row_id, send):
+                sent[kind].append(row_id)
+            else:
                 report.send_errors += 1
-                continue
-            mark(session, row_id, task_id)
-            session.commit()
-            sent.append(row_id)
 
 
 def requeue_dead_worker(
-    session_factory: sessionmaker[Session], settings: Settings, worker_host: str, send_train: Sender,
-    send_generate: Sender,
+    session_factory: sessionmaker[Session], settings: Settings, worker_host: str, send: Send
 ) -> ReconcileReport:
     """The process `worker_host` (`<hostname>:<pid>`) is known dead (its supervisor saw it exit): requeue and
     re-send its running jobs and generations now, instead of after the heartbeat window."""
     report = ReconcileReport()
     with session_factory() as session:
         dead_jobs = session.scalars(select(TrainingJob).where(
-            TrainingJob.worker_host == worker_host, TrainingJob.state.in_(jobs.ACTIVE))).all()
+            TrainingJob.worker_host == worker_host, TrainingJob.state.in_(JOB_ACTIVE))).all()
         dead_gens = session.scalars(select(Generation).where(
-            Generation.worker_host == worker_host, Generation.state == "running")).all()
-        resend_jobs, resend_gens = _requeue(session, settings, report, dead_jobs, dead_gens, "worker exited")
-        _send_all(session, report, send_train, send_generate, resend_jobs, resend_gens)
+            Generation.worker_host == worker_host, Generation.state == GenerationState.RUNNING)).all()
+        _send_all(session, report, send, _requeue(session, settings, report, dead_jobs, dead_gens, "worker exited"))
     if report.changed:
         logger.info("requeued the work of %s: %s", worker_host, report)
     return report
@@ -141,8 +137,7 @@ def requeue_dead_worker(
 def reconcile_once(
     session_factory: sessionmaker[Session],
     settings: Settings,
-    send_train: Sender,
-    send_generate: Sender,
+    send: Send,
     *,
     unsent_grace: timedelta | None = None,
     depths: Depths | None = None,
@@ -151,30 +146,29 @@ def reconcile_once(
     `depths`: the broker's queue lengths, to notice lost messages (None: only the time-based re-send)."""
     report = ReconcileReport()
     grace = unsent_grace if unsent_grace is not None else timedelta(seconds=max(settings.reconcile_every, 1.0))
-    job_resend = timedelta(seconds=settings.visibility_timeout)
-    gen_resend = timedelta(seconds=max(GENERATION_RESEND_MIN_SECONDS, settings.heartbeat_stale_seconds))
+    # A message sent this long ago and still not taken is presumed lost.
+    resend_after = {
+        WorkKind.TRAIN: timedelta(seconds=settings.visibility_timeout),
+        WorkKind.GENERATE: timedelta(seconds=max(GENERATION_RESEND_MIN_SECONDS, settings.heartbeat_stale_seconds)),
+    }
     now = utcnow()
     with session_factory() as session:
-        resend_jobs, resend_gens = _repair_stale(session, settings, report)
-        waiting_jobs = list(jobs.queued_jobs_without_recent_send(session, grace, limit=1000))
-        waiting_gens = list(jobs.queued_generations_without_recent_send(session, grace, limit=1000))
-        lost = _lost_queues(depths, {TRAIN_QUEUE: waiting_jobs, GENERATE_QUEUE: waiting_gens})
-        for job in waiting_jobs:
-            if job.id not in resend_jobs and (job.sent_at is None or job.sent_at < now - job_resend
-                                              or TRAIN_QUEUE in lost):
-                resend_jobs.append(job.id)
-        for gen in waiting_gens:
-            if gen.id not in resend_gens and (gen.sent_at is None or gen.sent_at < now - gen_resend
-                                              or GENERATE_QUEUE in lost):
-                resend_gens.append(gen.id)
-        _send_all(session, report, send_train, send_generate, resend_jobs, resend_gens)
+        resend = _repair_stale(session, settings, report)
+        waiting = {kind: list(jobs.unsent_rows(session, MODELS[kind], grace, limit=1000)) for kind in WorkKind}
+        lost = _lost_queues(depths, waiting)
+        for kind, rows in waiting.items():
+            for row in rows:
+                if row.id not in resend[kind] and (row.sent_at is None or row.sent_at < now - resend_after[kind]
+                                                   or kind in lost):
+                    resend[kind].append(row.id)
+        _send_all(session, report, send, resend)
     if report.changed:
         logger.info("reconciled: %s", report)
     return report
 
 
-def _lost_queues(depths: Depths | None, waiting: dict[str, list[Any]]) -> set[str]:
-    """Queues whose broker holds fewer messages than there are rows that were sent and still wait on them."""
+def _lost_queues(depths: Depths | None, waiting: dict[WorkKind, list[Any]]) -> set[WorkKind]:
+    """Kinds whose queue holds fewer messages in the broker than there are rows that were sent and still wait."""
     if depths is None:
         return set()
     try:
@@ -183,12 +177,13 @@ def _lost_queues(depths: Depths | None, waiting: dict[str, list[Any]]) -> set[st
         logger.warning("could not read queue depths: %s", exc)
         return set()
     lost = set()
-    for queue, rows in waiting.items():
+    for kind, rows in waiting.items():
+        queue = ROUTES[kind].queue
         sent = sum(1 for row in rows if row.sent_at is not None)
         if sent and in_broker.get(queue, 0) < sent:
             logger.warning("queue %s holds %d messages but %d sent rows wait on it: re-sending them",
                            queue, in_broker.get(queue, 0), sent)
-            lost.add(queue)
+            lost.add(kind)
     return lost
 
 
@@ -198,51 +193,45 @@ def broker_depths(settings: Settings) -> Depths:
     return lambda: queue_depths(settings)
 
 
-def celery_senders() -> tuple[Sender, Sender]:
-    """Senders through the worker's Celery app (by task name, to the right queue)."""
-    from storage.broker import GENERATE_QUEUE, GENERATE_TASK, TRAIN_QUEUE, TRAIN_TASK
+def celery_sender() -> Send:
+    """Sends through the worker's Celery app (by task name; `task_routes` picks the queue)."""
     from worker.celery_app import app
 
-    def send_train(job_id: str) -> str | None:
-        return str(app.send_task(TRAIN_TASK, args=[job_id], queue=TRAIN_QUEUE).id)
-
-    def send_generate(generation_id: str) -> str | None:
-        return str(app.send_task(GENERATE_TASK, args=[generation_id], queue=GENERATE_QUEUE).id)
-
-    return send_train, send_generate
+    return celery_send(app)
 
 
 def run_forever(
     session_factory: sessionmaker[Session], settings: Settings, stop: threading.Event,
-    senders: tuple[Sender, Sender] | None = None,
+    send: Send | None = None,
 ) -> None:
     """Reconcile every `settings.reconcile_every` seconds until `stop` is set; errors are logged, not raised."""
-    send_train, send_generate = senders or celery_senders()
+    send = send or celery_sender()
     store = blob_store_from_settings(settings)
     next_sweep = next_reclaim = 0.0
     while not stop.is_set():
         try:
-            reconcile_once(session_factory, settings, send_train, send_generate, depths=broker_depths(settings))
+            reconcile_once(session_factory, settings, send, depths=broker_depths(settings))
         except Exception:
             logger.exception("reconcile pass failed")
-        if time.monotonic() >= next_reclaim:  # unreferenced blobs: refused uploads, deleted rows, checkpoints
-            try:
-                reclaim(session_factory, store, grace_seconds=settings.blob_grace_seconds)
-            except Exception:
-                logger.exception("reclaim pass failed")
-            next_reclaim = time.monotonic() + settings.reclaim_every
         if time.monotonic() >= next_sweep:  # temp files of blob writes killed before their rename; hourly
             try:
                 store.sweep_temp_files()
             except OSError:
                 logger.exception("temp-file sweep failed")
             next_sweep = time.monotonic() + TEMP_SWEEP_EVERY_SECONDS
+        if time.monotonic() >= next_reclaim:  # unreferenced blobs: refused uploads, deleted rows, checkpoints
+            try:
+                reclaim(session_factory, store, grace_seconds=settings.blob_grace_seconds)
+            except Exception:
+                logger.exception("reclaim pass failed")
+            next_reclaim = time.monotonic() + settings.reclaim_every
         stop.wait(settings.reconcile_every)
 
 
 def start_thread(
     session_factory: sessionmaker[Session], settings: Settings
 ) -> tuple[threading.Event, threading.Thread]:
+    """`run_forever` in a daemon thread (inside `styledrop up`); set the returned event to stop it."""
     stop = threading.Event()
     thread = threading.Thread(target=run_forever, args=(session_factory, settings, stop), name="reconciler",
                               daemon=True)

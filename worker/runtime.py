@@ -21,30 +21,10 @@ from storage.db import make_engine, make_sessionmaker
 from storage.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    import torch
-
     from trainer import AmusedParts
     from worker.adapter_cache import AdapterCache
 
 logger = logging.getLogger(__name__)
-
-_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
-
-
-def resolve_device(name: str) -> str:
-    """'auto' → 'cuda' when a CUDA device is visible, else 'cpu'. Called only inside the worker process."""
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    import torch
-
-    return getattr(torch, _DTYPES[name])  # type: ignore[no-any-return]
-
 
 def worker_host() -> str:
     """`<hostname>:<pid>`: recorded on the jobs and generations this process runs."""
@@ -66,7 +46,7 @@ class Runtime:
         self.kind = kind
         self.session_factory = session_factory or make_sessionmaker(make_engine(settings.resolved_database_url))
         self.store = store or blob_store_from_settings(settings)
-        self.host = worker_host()
+        self.worker_host = worker_host()  # "<hostname>:<pid>", written to the rows this process runs
         self.current_id: str | None = None  # job or generation id being run (reported by the heartbeat)
         self.started_at = time.time()
         self._parts: AmusedParts | None = None
@@ -75,7 +55,7 @@ class Runtime:
 
     @property
     def worker_id(self) -> str:
-        return f"{self.host}:{self.kind}"
+        return f"{self.worker_host}:{self.kind}"
 
     def parts(self) -> AmusedParts:
         """The base model, loaded once per process on first use."""
@@ -84,14 +64,17 @@ class Runtime:
                 import trainer
 
                 s = self.settings
-                device = resolve_device(s.device)
+                try:
+                    device, dtype = trainer.resolve_device(s.device), trainer.resolve_dtype(s.dtype)
+                except ValueError as exc:  # a configuration an operator has to fix, like a missing model
+                    raise trainer.ModelLoadError(f"STYLEDROP_DEVICE / STYLEDROP_DTYPE: {exc}") from exc
                 t0 = time.perf_counter()
                 self._parts = trainer.load_base(
                     s.model,
                     revision=s.model_revision,
                     variant=s.model_variant,
                     device=device,
-                    dtype=torch_dtype(s.dtype),
+                    dtype=dtype,
                     tiny_dir=s.data_dir / "models" / "tiny",
                 )
                 logger.info("model %s loaded on %s in %.1f s", s.model, device, time.perf_counter() - t0)
@@ -135,20 +118,6 @@ def get_runtime(kind: str) -> Runtime:
         return rt
 
 
-def set_runtime(kind: str, runtime: Runtime | None) -> None:
-    """Install (or with None, forget) the runtime of a kind; for tests and embedding."""
-    with _runtimes_lock:
-        if runtime is None:
-            _runtimes.pop(kind, None)
-        else:
-            _runtimes[kind] = runtime
-
-
-def runtimes() -> list[Runtime]:
-    with _runtimes_lock:
-        return list(_runtimes.values())
-
-
 # --- the worker heartbeat ----------------------------------------------------------------------------------------
 
 
@@ -158,12 +127,13 @@ def beat_once(rt: Runtime) -> None:
     from sqlalchemy import update
 
     from storage.models import Generation, TrainingJob, Worker, utcnow
+    from storage.states import GENERATION_ACTIVE, JOB_ACTIVE
 
     now = utcnow()
     with rt.session_factory() as s:
         row = s.get(Worker, rt.worker_id)
         if row is None:
-            host, pid = rt.host.rsplit(":", 1)
+            host, pid = rt.worker_host.rsplit(":", 1)
             row = Worker(id=rt.worker_id, host=host, pid=int(pid), kind=rt.kind, started_at=now)
             s.add(row)
         row.heartbeat_at = now
@@ -173,14 +143,14 @@ def beat_once(rt: Runtime) -> None:
         if current is not None and rt.kind == "train":
             s.execute(
                 update(TrainingJob)
-                .where(TrainingJob.id == current, TrainingJob.worker_host == rt.host,
-                       TrainingJob.state.in_(("running", "cancelling")))
+                .where(TrainingJob.id == current, TrainingJob.worker_host == rt.worker_host,
+                       TrainingJob.state.in_(JOB_ACTIVE))
                 .values(heartbeat_at=now)
             )
         if current is not None and rt.kind == "generate":
             s.execute(
                 update(Generation)
-                .where(Generation.worker_host == rt.host, Generation.state == "running")
+                .where(Generation.worker_host == rt.worker_host, Generation.state.in_(GENERATION_ACTIVE))
                 .values(heartbeat_at=now)
             )
         s.commit()

@@ -1,4 +1,5 @@
-"""The train and generate tasks: thin Celery shells over `run_train` / `run_generate`.
+"""The train and generate tasks: thin Celery shells over `run_train` (the training run, below) and
+`worker.generation.run_generate` (the generation batch).
 
 Both take an id and re-fetch the row; the database is the record and Celery only the delivery, so each is safe
 to run twice: a task finding its job final (or already run by a live worker) returns without work. Attempts are
@@ -8,59 +9,31 @@ counted in the DB; a job past `max_attempts` ends `failed` instead of looping. O
 
 from __future__ import annotations
 
-import io
 import logging
 import time
-from collections.abc import MutableMapping
+from collections.abc import Collection
 from datetime import timedelta
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 
 import trainer
 from storage import jobs
-from storage.blobs import BlobIntegrityError, BlobNotFound, content_key, new_key, sha256_hex
-from storage.broker import GENERATE_QUEUE, GENERATE_TASK, TRAIN_QUEUE, TRAIN_TASK
+from storage.blobs import BlobNotFound, content_key, new_key, sha256_hex
+from storage.broker import ROUTES
 from storage.models import Adapter as AdapterRow
-from storage.models import Generation, Style, TrainingJob, utcnow
+from storage.models import Style, TrainingJob, utcnow
+from storage.states import JOB_ACTIVE, EventKind, JobState, WorkKind
 from trainer import Checkpoint, CheckpointError, GenerationRequest, train_style
-from worker.adapter_cache import AdapterMissing, split_by_slots
 from worker.celery_app import app
+from worker.generation import run_generate
 from worker.runtime import SHUTDOWN, Runtime, get_runtime
+from worker.shared import TRANSIENT, IdLogger, open_image, png
 
 logger = logging.getLogger(__name__)
-
-try:  # redis is installed with celery[redis]; keep the worker importable without it
-    from redis.exceptions import ConnectionError as RedisConnectionError
-
-    TRANSIENT: tuple[type[Exception], ...] = (OperationalError, RedisConnectionError)
-except ImportError:  # pragma: no cover
-    TRANSIENT = (OperationalError,)
-
-
-
-class IdLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """Prefixes every message with the job or generation id it is about."""
-
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
-        extra = self.extra or {}
-        return f"[{extra.get('kind', 'job')} {extra.get('id')}] {msg}", kwargs
-
-
-def _png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _open_image(data: bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return image
-
 
 # ==============================================================================================================
 # training
@@ -71,10 +44,10 @@ class _Stop(Exception):
     pass
 
 
-def _fail_job(rt: Runtime, job_id: str, expected: tuple[str, ...], code: str, message: str, **fields: Any) -> bool:
+def _fail_job(rt: Runtime, job_id: str, expected: Collection[str], code: str, message: str, **fields: Any) -> bool:
     with rt.session_factory() as s:
         ok = jobs.transition(
-            s, job_id, expected=expected, new="failed", error_code=code, error_message=message,
+            s, job_id, expected=expected, new=JobState.FAILED, error_code=code, error_message=message,
             finished_at=utcnow(), eta_seconds=None, **fields,
         )
         s.commit()
@@ -92,27 +65,28 @@ def _settle_message_job(rt: Runtime, job_id: str, log: IdLogger) -> None:
             log.warning("no such job; the message only wakes the worker")
             return
         now = utcnow()
-        if job.state in jobs.ACTIVE:
+        if job.state in JOB_ACTIVE:
             seen = job.heartbeat_at or job.started_at or job.queued_at
-            if job.worker_host != rt.host and seen > now - stale:
+            if job.worker_host != rt.worker_host and seen > now - stale:
                 log.info("%s on %s (heartbeat %s); duplicate delivery", job.state, job.worker_host, seen)
                 return
-            if job.state == "cancelling":
-                jobs.transition(s, job_id, expected="cancelling", new="cancelled", finished_at=now)
+            if job.state == JobState.CANCELLING:
+                jobs.transition(s, job_id, expected=JobState.CANCELLING, new=JobState.CANCELLED, finished_at=now)
                 s.commit()
                 return
             log.warning("taking over from %s (last heartbeat %s)", job.worker_host, seen)
-            jobs.transition(s, job_id, expected="running", new="queued")
+            jobs.transition(s, job_id, expected=JobState.RUNNING, new=JobState.QUEUED)
             s.commit()
-        if job.state != "queued":
+        if job.state != JobState.QUEUED:
             return
         if job.cancel_requested_at is not None:
-            jobs.transition(s, job_id, expected="queued", new="cancelled", finished_at=now)
+            jobs.transition(s, job_id, expected=JobState.QUEUED, new=JobState.CANCELLED, finished_at=now)
             s.commit()
             return
         if job.attempts >= job.max_attempts:
             jobs.transition(
-                s, job_id, expected="queued", new="failed", error_code="too_many_attempts", finished_at=now,
+                s, job_id, expected=JobState.QUEUED, new=JobState.FAILED, error_code="too_many_attempts",
+                finished_at=now,
                 error_message=f"Training was interrupted {job.attempts} times (the limit is {job.max_attempts}); "
                 "giving up. Retry the job to start it again.",
             )
@@ -125,7 +99,7 @@ def _claim_job(rt: Runtime, job_id: str, log: IdLogger) -> TrainingJob | None:
     named: the embedded broker delivers messages out of order. None when nothing is claimable."""
     _settle_message_job(rt, job_id, log)
     with rt.session_factory() as s:
-        claimed = jobs.claim_train_jobs(s, limit=1, worker=rt.host)
+        claimed = jobs.claim_train_jobs(s, limit=1, worker=rt.worker_host)
         s.commit()
     if not claimed:
         log.info("no queued job to claim; nothing to do")
@@ -155,7 +129,7 @@ def _train(rt: Runtime, job: TrainingJob, log: IdLogger) -> str:
     job_id = job.id
     t0 = time.perf_counter()
     gpu_before = job.gpu_seconds or 0.0
-    mine = (TrainingJob.id == job_id, TrainingJob.worker_host == rt.host, TrainingJob.state.in_(jobs.ACTIVE))
+    mine = (TrainingJob.id == job_id, TrainingJob.worker_host == rt.worker_host, TrainingJob.state.in_(JOB_ACTIVE))
 
     def elapsed() -> float:
         return gpu_before + time.perf_counter() - t0
@@ -163,14 +137,14 @@ def _train(rt: Runtime, job: TrainingJob, log: IdLogger) -> str:
     with rt.session_factory() as s:
         style = s.get(Style, job.style_id)
         if style is None or style.deleted_at is not None:
-            _fail_job(rt, job_id, ("running", "cancelling"), "style_missing", "The style of this job was deleted.")
+            _fail_job(rt, job_id, JOB_ACTIVE, "style_missing", "The style of this job was deleted.")
             return "failed"
         image_key, descriptor, content = style.image_key, style.descriptor, style.content
     try:
-        image = _open_image(store.get_bytes(image_key)).convert("RGB")
+        image = open_image(store.get_bytes(image_key)).convert("RGB")
     except (BlobNotFound, UnidentifiedImageError, OSError, ValueError) as exc:
         log.error("style image unreadable: %s", exc)
-        _fail_job(rt, job_id, ("running", "cancelling"), "bad_image",
+        _fail_job(rt, job_id, JOB_ACTIVE, "bad_image",
                   "The style image could not be read; upload it again as PNG, JPEG or WebP.")
         return "failed"
 
@@ -201,7 +175,7 @@ def _train(rt: Runtime, job: TrainingJob, log: IdLogger) -> str:
                     heartbeat_at=utcnow(), gpu_seconds=elapsed(),
                 )
             )
-            jobs.add_event(s, job_id, "progress", {
+            jobs.add_event(s, job_id, EventKind.PROGRESS, {
                 "step": p.step, "total": p.total, "loss": p.loss, "lr": p.learning_rate,
                 "steps_per_second": p.steps_per_second, "eta_seconds": eta,
             })
@@ -219,11 +193,11 @@ def _train(rt: Runtime, job: TrainingJob, log: IdLogger) -> str:
                 select(TrainingJob.cancel_requested_at, TrainingJob.state, TrainingJob.worker_host)
                 .where(TrainingJob.id == job_id)
             ).one()
-        if row.cancel_requested_at is not None or row.state == "cancelling":
+        if row.cancel_requested_at is not None or row.state == JobState.CANCELLING:
             log.info("cancel requested; stopping")
             stop_reason.append("cancel")
             return True
-        if row.state not in jobs.ACTIVE or row.worker_host != rt.host:
+        if row.state not in JOB_ACTIVE or row.worker_host != rt.worker_host:
             log.warning("job is no longer ours (%s on %s); stopping", row.state, row.worker_host)
             stop_reason.append("lost")
             return True
@@ -253,13 +227,13 @@ def _train(rt: Runtime, job: TrainingJob, log: IdLogger) -> str:
         raise
     except trainer.ModelLoadError as exc:
         log.error("%s", exc)
-        _fail_job(rt, job_id, ("running", "cancelling"), "model_unavailable",
+        _fail_job(rt, job_id, JOB_ACTIVE, "model_unavailable",
                   "The worker could not load the base model; an operator has to fix its configuration.",
                   gpu_seconds=elapsed())
         return "failed"
     except (ValueError, CheckpointError) as exc:
         log.error("training failed: %s", exc)
-        _fail_job(rt, job_id, ("running", "cancelling"), "training_error",
+        _fail_job(rt, job_id, JOB_ACTIVE, "training_error",
                   f"Training could not run: {exc}", gpu_seconds=elapsed())
         return "failed"
 
@@ -270,12 +244,12 @@ def _train(rt: Runtime, job: TrainingJob, log: IdLogger) -> str:
             row = s.execute(select(TrainingJob.cancel_requested_at, TrainingJob.state)
                             .where(TrainingJob.id == job_id)).one()
             ok = False
-            if row.cancel_requested_at is not None or row.state == "cancelling":
-                ok = jobs.transition(s, job_id, expected=("running", "cancelling"), new="cancelled",
+            if row.cancel_requested_at is not None or row.state == JobState.CANCELLING:
+                ok = jobs.transition(s, job_id, expected=JOB_ACTIVE, new=JobState.CANCELLED,
                                      finished_at=utcnow(), eta_seconds=None, gpu_seconds=elapsed())
             s.commit()
-        log.info("stopped at step %d (%s)", result.step, "cancelled" if ok else "no longer ours")
-        return "cancelled" if ok else "stopped"
+        log.info("stopped at step %d (%s)", result.step, JobState.CANCELLED if ok else "no longer ours")
+        return JobState.CANCELLED if ok else "stopped"
 
     # Stored in fp16 (10.5 MB instead of 21 MB at amused-256 size); previews use the stored copy, so they show
     # exactly what later generations with this adapter will produce.
@@ -292,7 +266,7 @@ def _train(rt: Runtime, job: TrainingJob, log: IdLogger) -> str:
     except Exception:  # previews are a courtesy; never fail a trained job over them
         log.exception("preview rendering failed")
     with rt.session_factory() as s:
-        ok = jobs.transition(s, job_id, expected=("running", "cancelling"), new="succeeded",
+        ok = jobs.transition(s, job_id, expected=JOB_ACTIVE, new=JobState.SUCCEEDED,
                              finished_at=utcnow(), eta_seconds=0.0, gpu_seconds=elapsed(), step=result.step)
         old_ckpt = s.scalar(select(TrainingJob.checkpoint_key).where(TrainingJob.id == job_id))
         s.commit()
@@ -306,8 +280,9 @@ def _requeue_on_shutdown(rt: Runtime, job_id: str, gpu_seconds: float, log: IdLo
     """A clean stop is not the job's fault: back to queued with the attempt given back. No wake-up is sent from
     here (this worker, still draining, would take it): with sent_at empty the reconciler sends one."""
     with rt.session_factory() as s:
-        ok = jobs.transition(s, job_id, expected="running", new="queued", attempts=TrainingJob.attempts - 1,
-                             heartbeat_at=None, sent_at=None, eta_seconds=None, gpu_seconds=gpu_seconds)
+        ok = jobs.transition(s, job_id, expected=JobState.RUNNING, new=JobState.QUEUED,
+                             attempts=TrainingJob.attempts - 1, heartbeat_at=None, sent_at=None, eta_seconds=None,
+                             gpu_seconds=gpu_seconds)
         s.commit()
     if not ok:  # cancelled meanwhile, or taken over: whoever moved it owns it now
         return "stopped"
@@ -362,151 +337,11 @@ def _render_previews(rt: Runtime, job_id: str, adapter_id: str, adapter: trainer
         if res.image is None:
             continue
         key = new_key("previews", "png")
-        rt.store.put_bytes(key, _png(res.image))
+        rt.store.put_bytes(key, png(res.image))
         with rt.session_factory() as s:
-            jobs.add_event(s, job_id, "preview", {"image_key": key, "prompt": prompt})
+            jobs.add_event(s, job_id, EventKind.PREVIEW, {"image_key": key, "prompt": prompt})
             s.commit()
     log.info("rendered %d previews", len(results))
-
-
-# ==============================================================================================================
-# generation
-# ==============================================================================================================
-
-ADAPTER_ERRORS: dict[type[Exception], tuple[str, str]] = {
-    BlobIntegrityError: ("adapter_corrupt", "The adapter file is damaged (its checksum does not match); "
-                         "train the style again."),
-    trainer.AdapterError: ("adapter_incompatible", "The adapter does not fit the model this server runs: {exc}"),
-    AdapterMissing: ("adapter_missing", "The adapter no longer exists."),
-}
-
-
-def _adapter_error(exc: Exception) -> tuple[str, str]:
-    for cls, (code, message) in ADAPTER_ERRORS.items():
-        if isinstance(exc, cls):
-            return code, message.format(exc=exc)
-    return "adapter_error", f"The adapter could not be loaded: {exc}"
-
-
-def _finish_generation(rt: Runtime, gen_id: str, new: str, **fields: Any) -> None:
-    with rt.session_factory() as s:
-        jobs.transition_generation(s, gen_id, expected="running", new=new, finished_at=utcnow(), **fields)
-        s.commit()
-
-
-def _claim_batch(rt: Runtime, generation_id: str, log: IdLogger) -> list[Generation]:
-    stale = timedelta(seconds=rt.settings.heartbeat_stale_seconds)
-    with rt.session_factory() as s:
-        gen = s.get(Generation, generation_id)
-        if gen is None:
-            log.warning("no such generation; dropping the message")
-            return []
-        if gen.state == "running":
-            seen = gen.heartbeat_at or gen.started_at or gen.queued_at
-            if gen.worker_host == rt.host or seen < utcnow() - stale:
-                log.warning("requeueing (was running on %s, last seen %s)", gen.worker_host, seen)
-                jobs.transition_generation(s, generation_id, expected="running", new="queued")
-                s.commit()
-        claimed = jobs.claim_generations(
-            s, first_id=generation_id, limit=max(1, rt.settings.generate_batch_size), worker_host=rt.host
-        )
-        s.commit()
-    if not claimed:
-        log.info("nothing queued for it (already %s); nothing to do", gen.state)
-    return claimed
-
-
-def run_generate(rt: Runtime, generation_id: str) -> str:
-    """Claim `generation_id` and other queued generations, and render them in shared batches."""
-    log = IdLogger(logger, {"kind": "generation", "id": generation_id})
-    claimed = _claim_batch(rt, generation_id, log)
-    if not claimed:
-        return "skipped"
-    rt.current_id = generation_id
-    try:
-        _generate(rt, claimed, log)
-    finally:
-        rt.current_id = None
-    return "done"
-
-
-def _generate(rt: Runtime, claimed: list[Generation], log: IdLogger) -> None:
-    max_attempts = rt.settings.max_job_attempts
-    rows: list[Generation] = []
-    for gen in claimed:
-        if gen.attempts > max_attempts:
-            _finish_generation(rt, gen.id, "failed", error_code="too_many_attempts",
-                               error_message=f"The generation was interrupted {gen.attempts - 1} times; giving up.")
-        else:
-            rows.append(gen)
-    if not rows:
-        return
-    log.info("batch of %d generations (%s)", len(rows), ", ".join(g.id for g in rows))
-    cache = rt.cache()
-    for chunk in split_by_slots([g.adapter_id for g in rows], cache.num_slots):
-        _generate_chunk(rt, [rows[i] for i in chunk], log)
-
-
-def _requests_for(rt: Runtime, gen: Generation, slot: str | None) -> list[GenerationRequest]:
-    init = _open_image(rt.store.get_bytes(gen.init_image_key)).convert("RGB") if gen.init_image_key else None
-    mask = _open_image(rt.store.get_bytes(gen.mask_key)).convert("L") if gen.mask_key else None
-    reqs = [
-        GenerationRequest(
-            prompt=gen.prompt, negative_prompt=gen.negative_prompt, seed=gen.seed + i, adapter=slot,
-            style_strength=gen.style_strength, guidance_scale=gen.guidance_scale, steps=gen.steps,
-            init_image=init, mask=mask, strength=gen.strength if gen.strength is not None else 1.0,
-        )
-        for i in range(max(1, gen.num_images))
-    ]
-    for req in reqs:
-        req.validate()
-    return reqs
-
-
-def _generate_chunk(rt: Runtime, rows: list[Generation], log: IdLogger) -> None:
-    cache = rt.cache()
-    errors: dict[str, Exception] = {}
-    adapter_ids = [g.adapter_id for g in rows if g.adapter_id is not None]
-    with cache.batch(adapter_ids, errors) as slots:
-        requests: list[GenerationRequest] = []
-        owners: list[Generation] = []
-        for gen in rows:
-            if gen.adapter_id is not None and gen.adapter_id in errors:
-                code, message = _adapter_error(errors[gen.adapter_id])
-                log.warning("generation %s failed: %s", gen.id, code)
-                _finish_generation(rt, gen.id, "failed", error_code=code, error_message=message)
-                continue
-            try:
-                reqs = _requests_for(rt, gen, slots.get(gen.adapter_id) if gen.adapter_id else None)
-            except (trainer.SamplingError, BlobNotFound, UnidentifiedImageError, OSError) as exc:
-                log.warning("generation %s is invalid: %s", gen.id, exc)
-                _finish_generation(rt, gen.id, "failed", error_code="invalid_request",
-                                   error_message=f"The request cannot be run: {exc}")
-                continue
-            requests.extend(reqs)
-            owners.extend([gen] * len(reqs))
-        if not requests:
-            return
-        t0 = time.perf_counter()
-        try:
-            results = trainer.sample(rt.parts(), requests)
-        except TRANSIENT:
-            raise
-        except trainer.SamplingError as exc:
-            for gen in dict.fromkeys(owners):
-                _finish_generation(rt, gen.id, "failed", error_code="invalid_request",
-                                   error_message=f"The request cannot be run: {exc}")
-            return
-        log.info("sampled %d images for %d generations in %.2f s", len(results), len(set(map(id, owners))),
-                 time.perf_counter() - t0)
-    keys: dict[str, list[str]] = {}
-    for gen, res in zip(owners, results, strict=True):
-        assert res.image is not None
-        key = new_key("images", "png")
-        rt.store.put_bytes(key, _png(res.image))
-        keys.setdefault(gen.id, []).append(key)
-    for gen_id, image_keys in keys.items():
-        _finish_generation(rt, gen_id, "succeeded", image_keys=image_keys, error_code=None, error_message=None)
 
 
 # ==============================================================================================================
@@ -514,13 +349,19 @@ def _generate_chunk(rt: Runtime, rows: list[Generation], log: IdLogger) -> None:
 # ==============================================================================================================
 
 
-@app.task(name=TRAIN_TASK, queue=TRAIN_QUEUE, autoretry_for=TRANSIENT, retry_backoff=True, retry_backoff_max=60,
-          max_retries=5, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+# Names from storage.broker.ROUTES (the queue comes from there too, through `task_routes`). Only named transient
+# errors are retried; everything else ends the row in a final state inside run_train / run_generate.
+_TASK_OPTIONS: dict[str, Any] = {
+    "autoretry_for": TRANSIENT, "retry_backoff": True, "max_retries": 5, "acks_late": True,
+    "reject_on_worker_lost": True, "ignore_result": True,
+}
+
+
+@app.task(name=ROUTES[WorkKind.TRAIN].task, retry_backoff_max=60, **_TASK_OPTIONS)
 def train(job_id: str) -> str:
-    return run_train(get_runtime("train"), job_id)
+    return run_train(get_runtime(WorkKind.TRAIN), job_id)
 
 
-@app.task(name=GENERATE_TASK, queue=GENERATE_QUEUE, autoretry_for=TRANSIENT, retry_backoff=True,
-          retry_backoff_max=30, max_retries=5, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+@app.task(name=ROUTES[WorkKind.GENERATE].task, retry_backoff_max=30, **_TASK_OPTIONS)
 def generate(generation_id: str) -> str:
-    return run_generate(get_runtime("generate"), generation_id)
+    return run_generate(get_runtime(WorkKind.GENERATE), generation_id)

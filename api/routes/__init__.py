@@ -1,1 +1,1 @@
-"""HTTP routes, one module per area. Routes validate, call api.service / api.admin, and map errors."""
+"""HTTP routes, one module per area. Routes validate, call api.services.<resource>, and map errors."""

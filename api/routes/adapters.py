@@ -4,9 +4,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from api import service
 from api.deps import BlobsDep, CurrentUser, SessionDep
 from api.schemas import MAX_OFFSET, AdapterPublic
+from api.services import adapters
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 
@@ -18,13 +18,13 @@ def list_adapters(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[AdapterPublic]:
-    return [service.adapter_public(a) for a in service.list_adapters(session=session, owner=user, limit=limit,
+    return [AdapterPublic.model_validate(a) for a in adapters.list_adapters(session=session, owner=user, limit=limit,
                                                                       offset=offset)]
 
 
 @router.get("/{adapter_id}", response_model=AdapterPublic)
 def get_adapter(adapter_id: str, user: CurrentUser, session: SessionDep) -> AdapterPublic:
-    return service.adapter_public(service.get_adapter(session=session, owner=user, adapter_id=adapter_id))
+    return AdapterPublic.model_validate(adapters.get_adapter(session=session, owner=user, adapter_id=adapter_id))
 
 
 @router.get(
@@ -34,13 +34,13 @@ def get_adapter(adapter_id: str, user: CurrentUser, session: SessionDep) -> Adap
 )
 def download_adapter(adapter_id: str, user: CurrentUser, session: SessionDep, blobs: BlobsDep) -> Response:
     """The adapter's safetensors file, verified against its recorded sha256 before it is sent."""
-    adapter = service.get_adapter(session=session, owner=user, adapter_id=adapter_id)
-    data = service.adapter_bytes(blobs=blobs, adapter=adapter)
+    adapter = adapters.get_adapter(session=session, owner=user, adapter_id=adapter_id)
+    data = adapters.adapter_bytes(blobs=blobs, adapter=adapter)
     return Response(
         data,
         media_type="application/octet-stream",
         headers={
-            "Content-Disposition": f'attachment; filename="{service.adapter_filename(adapter)}"',
+            "Content-Disposition": f'attachment; filename="{adapters.adapter_filename(adapter)}"',
             "X-Content-SHA256": adapter.sha256,
         },
     )
@@ -48,4 +48,4 @@ def download_adapter(adapter_id: str, user: CurrentUser, session: SessionDep, bl
 
 @router.delete("/{adapter_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_adapter(adapter_id: str, user: CurrentUser, session: SessionDep) -> None:
-    service.delete_adapter(session=session, owner=user, adapter_id=adapter_id)
+    adapters.delete_adapter(session=session, owner=user, adapter_id=adapter_id)

@@ -4,7 +4,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
-from api import admin, service
 from api.deps import AdminUser, SessionDep, SettingsDep
 from api.routes.jobs import StateFilter
 from api.schemas import (
@@ -17,6 +16,8 @@ from api.schemas import (
     UserCreatedPublic,
     UserPublic,
 )
+from api.services import accounts, jobs
+from api.services import admin as admin_views
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
@@ -31,54 +32,54 @@ def list_jobs(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[AdminJobPublic]:
     """Every user's jobs, newest first."""
-    return admin.list_jobs(session=session, state=state, user=user, limit=limit, offset=offset)
+    return admin_views.list_jobs(session=session, state=state, user=user, limit=limit, offset=offset)
 
 
 @router.get("/overview", response_model=OverviewPublic)
 def overview(_: AdminUser, session: SessionDep, settings: SettingsDep) -> OverviewPublic:
     """Queue depths, workers online (heartbeat in the last 60 s) with their cache stats, running jobs,
     failures in the last 24 h and job counts by state."""
-    return admin.overview(session=session, settings=settings)
+    return admin_views.overview(session=session, settings=settings)
 
 
 @router.post("/jobs/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=AdminJobPublic)
 def cancel_job(job_id: str, _: AdminUser, session: SessionDep) -> AdminJobPublic:
-    job = service.cancel_job(session=session, job=admin.get_job(session=session, job_id=job_id))
-    return admin.list_jobs_one(session=session, job=job)
+    job = jobs.cancel_job(session=session, job=admin_views.get_job(session=session, job_id=job_id))
+    return admin_views.admin_job(session=session, job=job)
 
 
 @router.post("/jobs/{job_id}/retry", status_code=status.HTTP_202_ACCEPTED, response_model=AdminJobPublic)
 def retry_job(job_id: str, _: AdminUser, session: SessionDep, settings: SettingsDep) -> AdminJobPublic:
     """failed or cancelled → queued (error cleared, attempts reset, resumes from its checkpoint), sent again."""
-    job = service.retry_job(session=session, settings=settings, job_id=job_id)
-    return admin.list_jobs_one(session=session, job=job)
+    job = jobs.retry_job(session=session, settings=settings, job_id=job_id)
+    return admin_views.admin_job(session=session, job=job)
 
 
 @router.get("/users", response_model=list[UserPublic])
 def list_users(_: AdminUser, session: SessionDep) -> list[UserPublic]:
-    return [admin.user_public(u) for u in admin.list_users(session=session)]
+    return [UserPublic.model_validate(u) for u in accounts.list_users(session=session)]
 
 
 @router.post("/users", status_code=status.HTTP_201_CREATED, response_model=UserCreatedPublic)
 def create_user(body: UserCreate, _: AdminUser, session: SessionDep) -> UserCreatedPublic:
     """Create a user and its first API key (the key is shown only in this response)."""
-    return admin.add_user(session=session, name=body.name, is_admin=body.is_admin)
+    return accounts.add_user(session=session, name=body.name, is_admin=body.is_admin)
 
 
 @router.post("/users/{user_id}/keys", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreatedPublic)
 def create_key(user_id: str, _: AdminUser, session: SessionDep) -> ApiKeyCreatedPublic:
-    return admin.add_key(session=session, user_id=user_id)
+    return accounts.add_key(session=session, user_id=user_id)
 
 
 @router.post("/users/{user_id}/disable", response_model=UserPublic)
 def disable_user(user_id: str, _: AdminUser, session: SessionDep) -> UserPublic:
     """Its keys stop working and its browser sessions end at once; its data stays."""
-    return admin.set_disabled(session=session, user_id=user_id, disabled=True)
+    return accounts.set_disabled(session=session, user_id=user_id, disabled=True)
 
 
 @router.post("/users/{user_id}/enable", response_model=UserPublic)
 def enable_user(user_id: str, _: AdminUser, session: SessionDep) -> UserPublic:
-    return admin.set_disabled(session=session, user_id=user_id, disabled=False)
+    return accounts.set_disabled(session=session, user_id=user_id, disabled=False)
 
 
 @router.get("/keys", response_model=list[ApiKeyPublic])
@@ -87,16 +88,16 @@ def list_keys(
     user: Annotated[str | None, Query(description="A user name or id.")] = None,
 ) -> list[ApiKeyPublic]:
     """Every key (never its secret), oldest first."""
-    return admin.list_keys(session=session, user=user)
+    return accounts.list_keys(session=session, user=user)
 
 
 @router.delete("/keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
 def revoke_key(key_id: str, _: AdminUser, session: SessionDep) -> None:
     """The key stops working, and so do the browser sessions signed in with it."""
-    admin.revoke_key(session=session, key_id=key_id)
+    accounts.revoke_key(session=session, key_id=key_id)
 
 
 @router.post("/keys/{key_id}/rotate", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreatedPublic)
 def rotate_key(key_id: str, _: AdminUser, session: SessionDep) -> ApiKeyCreatedPublic:
     """A new key for the same user (shown only in this response); the old one is revoked."""
-    return admin.rotate_key(session=session, key_id=key_id)
+    return accounts.rotate_key(session=session, key_id=key_id)

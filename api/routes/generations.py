@@ -11,20 +11,20 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from api import service
 from api.deps import BlobsDep, CurrentUser, RateLimitedUser, SessionDep, SessionFactoryDep, SettingsDep
 from api.errors import Invalid, UnsupportedMedia
 from api.schemas import MAX_OFFSET, GenerationCreate, GenerationPublic
+from api.services import generations, lookup, uploads
 from storage.blobs import BlobStore
 from storage.models import Generation, User
 from storage.settings import Settings
+from storage.states import GENERATION_FINAL
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/generations", tags=["generations"])
 
 WAIT_POLL_SECONDS = 0.25
-FINAL = frozenset({"succeeded", "failed"})
 
 _create_schema = GenerationCreate.model_json_schema()
 _multipart_schema: dict[str, Any] = {
@@ -59,7 +59,7 @@ async def _read_file(upload: Any, *, what: str, max_bytes: int) -> bytes | None:
         return None
     if not isinstance(upload, UploadFile):
         raise Invalid(f"{what} must be a file part", code="bad_field")
-    return await run_in_threadpool(service.read_bounded, upload.file, max_bytes=max_bytes, what=what)
+    return await run_in_threadpool(uploads.read_bounded, upload.file, max_bytes=max_bytes, what=what)
 
 
 async def _parse(request: Request, settings: Settings) -> tuple[GenerationCreate, bytes | None, bytes | None]:
@@ -94,17 +94,17 @@ def _create(
     init: bytes | None, mask: bytes | None, idempotency_key: str | None,
 ) -> tuple[GenerationPublic, bool]:
     with factory() as session:
-        created = service.create_generation(
+        created = generations.create_generation(
             session=session, blobs=blobs, settings=settings, owner=owner, request=request, init_image=init, mask=mask,
             idempotency_key=idempotency_key,
         )
-        return service.generation_public(created.generation), created.created
+        return GenerationPublic.model_validate(created.generation), created.created
 
 
 def _load(factory: sessionmaker[Session], generation_id: str) -> GenerationPublic | None:
     with factory() as session:
         gen = session.get(Generation, generation_id)
-        return service.generation_public(gen) if gen is not None else None
+        return GenerationPublic.model_validate(gen) if gen is not None else None
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=GenerationPublic, openapi_extra=_OPENAPI_BODY)
@@ -131,14 +131,14 @@ async def create_generation(
     if wait > 0:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        while gen.state not in FINAL and loop.time() < deadline:
+        while gen.state not in GENERATION_FINAL and loop.time() < deadline:
             await asyncio.sleep(min(WAIT_POLL_SECONDS, max(deadline - loop.time(), 0)))
             if await request.is_disconnected():
                 break
             current = await run_in_threadpool(_load, factory, gen.id)
             if current is not None:
                 gen = current
-        if gen.state in FINAL:
+        if gen.state in GENERATION_FINAL:
             response.status_code = status.HTTP_200_OK
     return gen
 
@@ -150,13 +150,14 @@ def list_generations(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[GenerationPublic]:
-    gens = service.list_generations(session=session, owner=user, limit=limit, offset=offset)
-    return [service.generation_public(g) for g in gens]
+    gens = generations.list_generations(session=session, owner=user, limit=limit, offset=offset)
+    return [GenerationPublic.model_validate(g) for g in gens]
 
 
 @router.get("/{generation_id}", response_model=GenerationPublic)
 def get_generation(generation_id: str, user: CurrentUser, session: SessionDep) -> GenerationPublic:
-    return service.generation_public(service.get_generation(session=session, owner=user, generation_id=generation_id))
+    gen = generations.get_generation(session=session, owner=user, generation_id=generation_id)
+    return GenerationPublic.model_validate(gen)
 
 
 @router.get("/{generation_id}/images/{n}", response_class=Response,
@@ -165,6 +166,6 @@ def get_generation_image(
     generation_id: str, n: int, user: CurrentUser, session: SessionDep, blobs: BlobsDep
 ) -> Response:
     """The n-th (0-based) image of a generation."""
-    gen = service.get_generation(session=session, owner=user, generation_id=generation_id)
-    key = service.generation_image_key(gen, n)
-    return Response(service.read_blob(blobs, key, what="image"), media_type="image/png")
+    gen = generations.get_generation(session=session, owner=user, generation_id=generation_id)
+    key = generations.generation_image_key(gen, n)
+    return Response(lookup.read_blob(blobs, key, what="image"), media_type="image/png")

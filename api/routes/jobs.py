@@ -2,31 +2,29 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Annotated, Literal, get_args
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from api import service
 from api.deps import BlobsDep, CurrentUser, SessionDep
 from api.errors import Invalid, RateLimited
 from api.schemas import MAX_OFFSET, JobEventPublic, JobPublic
+from api.services import jobs, lookup
 from api.streams import StreamHub, StreamLimit
-from storage.models import JOB_STATES, JobEvent
+from storage.models import JobEvent
+from storage.states import JobState
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-JobState = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
-assert set(get_args(JobState)) == set(JOB_STATES)
 StateFilter = Annotated[JobState | None, Query(description="Only jobs in this state.")]
 PreviewIndex = Annotated[int, Path(ge=0, le=MAX_OFFSET, description="0-based preview number.")]
 
 
 def event_public(event: JobEvent) -> JobEventPublic:
-    return JobEventPublic(id=event.id, job_id=event.job_id, kind=event.kind, created_at=event.created_at,
-                          payload=event.payload or {})
+    return JobEventPublic.model_validate(event)
 
 
 def _render(event: JobEvent) -> str:
@@ -51,20 +49,19 @@ def list_jobs(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[JobPublic]:
     """Your jobs, newest first."""
-    jobs = service.list_jobs(session=session, owner=user, state=state, limit=limit, offset=offset)
-    return [service.job_public(session, job) for job in jobs]
+    return jobs.list_jobs(session=session, owner=user, state=state, limit=limit, offset=offset)
 
 
 @router.get("/{job_id}", response_model=JobPublic)
 def get_job(job_id: str, user: CurrentUser, session: SessionDep) -> JobPublic:
-    return service.job_public(session, service.get_job(session=session, owner=user, job_id=job_id))
+    return jobs.job_public(session, jobs.get_job(session=session, owner=user, job_id=job_id))
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic)
 def cancel_job(job_id: str, user: CurrentUser, session: SessionDep) -> JobPublic:
     """queued → cancelled at once; running → cancelling until the worker stops it; final → 409."""
-    job = service.get_job(session=session, owner=user, job_id=job_id)
-    return service.job_public(session, service.cancel_job(session=session, job=job))
+    job = jobs.get_job(session=session, owner=user, job_id=job_id)
+    return jobs.job_public(session, jobs.cancel_job(session=session, job=job))
 
 
 @router.get(
@@ -84,7 +81,7 @@ def job_events(
     """Progress, state, log and preview events, oldest first. With `Accept: text/event-stream`: a server-sent
     event stream (`id:` = event id, `event:` = kind) that honours `Last-Event-ID` and ends with an `end`
     event once the job is final. Open streams are limited per user and per server (429)."""
-    service.get_job(session=session, owner=user, job_id=job_id)
+    jobs.get_job(session=session, owner=user, job_id=job_id)
     if last_event_id is not None and last_event_id.strip():
         after = max(after, _event_cursor(last_event_id))
     if "text/event-stream" in request.headers.get("accept", ""):
@@ -99,13 +96,13 @@ def job_events(
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    return [event_public(e) for e in service.job_events(session=session, job_id=job_id, after=after, limit=limit)]
+    return [event_public(e) for e in jobs.job_events(session=session, job_id=job_id, after=after, limit=limit)]
 
 
 @router.get("/{job_id}/previews/{n}", response_class=Response,
             responses={200: {"content": {"image/png": {}}, "description": "A preview PNG."}})
 def job_preview(job_id: str, n: PreviewIndex, user: CurrentUser, session: SessionDep, blobs: BlobsDep) -> Response:
     """The n-th (0-based) preview image the training job rendered."""
-    service.get_job(session=session, owner=user, job_id=job_id)
-    key = service.preview_key(session=session, job_id=job_id, n=n)
-    return Response(service.read_blob(blobs, key, what="preview"), media_type="image/png")
+    jobs.get_job(session=session, owner=user, job_id=job_id)
+    key = jobs.preview_key(session=session, job_id=job_id, n=n)
+    return Response(lookup.read_blob(blobs, key, what="preview"), media_type="image/png")

@@ -16,17 +16,15 @@ from urllib.parse import quote, urlsplit
 from fastapi import APIRouter, Form, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from api import service
 from api.deps import SessionDep, current_user_from_cookie
 from api.errors import NotFound
-from api.schemas import JobPublic
+from api.schemas import GenerationPublic
 from api.security import CSRF_FIELD, SESSION_COOKIE, check_csrf, csrf_token
-from storage.models import ApiKey, User
+from api.services import generations, styles
+from storage.models import User
 from storage.sessions import close_session, open_session
-from storage.users import hash_key
+from storage.users import find_key
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +32,7 @@ router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
 
 GALLERY_LIMIT = 200
+STYLES_PAGE_LIMIT = 200
 
 
 def _safe_next(target: str | None, default: str = "/styles") -> str:
@@ -58,12 +57,6 @@ def _render(request: Request, name: str, user: User | None, status_code: int = 2
     response.headers["Cache-Control"] = "no-store"
     # CSP, nosniff, framing and Referrer-Policy: api/headers.py, on every HTML response
     return response
-
-
-def _job(session: Session, user: User, job_id: str | None) -> JobPublic | None:
-    if job_id is None:
-        return None
-    return service.job_public(session, service.get_job(session=session, owner=user, job_id=job_id))
 
 
 def _same_origin(request: Request) -> bool:
@@ -98,14 +91,11 @@ def signin(
     if not _same_origin(request):
         return _render(request, "signin.html", None, status_code=403, next=_safe_next(next),
                        error="This sign-in form was sent from another site.")
-    key_text = api_key.strip()
-    row = session.scalar(
-        select(ApiKey).where(ApiKey.key_hash == hash_key(key_text), ApiKey.revoked_at.is_(None))
-    ) if key_text else None
-    user = session.get(User, row.user_id) if row is not None else None
-    if row is None or user is None or user.disabled:
+    found = find_key(session, api_key.strip())  # the API's own check: constant-time, revoked and disabled refused
+    if found is None:
         return _render(request, "signin.html", None, status_code=401, next=_safe_next(next),
                        error="That API key is not valid, or it was revoked. Check it and try again.")
+    row, user = found
     settings = request.app.state.settings
     max_age = settings.session_max_age_seconds
     token = open_session(session, user_id=user.id, api_key_id=row.id, max_age=timedelta(seconds=max_age))
@@ -138,9 +128,8 @@ def styles_page(request: Request, session: SessionDep) -> Response:
     user = current_user_from_cookie(request, session)
     if user is None:
         return _signin_redirect(request)
-    rows = service.list_styles(session=session, owner=user, limit=200, offset=0)
-    items = [(service.style_public(style, job_id), _job(session, user, job_id)) for style, job_id in rows]
-    return _render(request, "styles.html", user, items=items)
+    listed = styles.list_styles(session=session, owner=user, limit=STYLES_PAGE_LIMIT, offset=0)
+    return _render(request, "styles.html", user, items=styles.styles_with_jobs(session, listed))
 
 
 @router.get("/styles/new")
@@ -157,20 +146,19 @@ def style_page(style_id: str, request: Request, session: SessionDep) -> Response
     if user is None:
         return _signin_redirect(request)
     try:
-        style = service.get_style(session=session, owner=user, style_id=style_id)
+        style = styles.get_style(session=session, owner=user, style_id=style_id)
     except NotFound:
         return _render(request, "error.html", user, status_code=404, title="Style not found",
                        message="This style does not exist, was deleted, or belongs to someone else.")
-    job = _job(session, user, service.latest_job_id(session, style.id))
-    generations = []
-    if job is not None and job.adapter_id is not None:
-        generations = [
-            service.generation_public(g)
-            for g in service.list_generations(session=session, owner=user, limit=GALLERY_LIMIT, offset=0)
-            if g.adapter_id == job.adapter_id
+    ((style_view, job),) = styles.styles_with_jobs(session, [styles.style_public(session, style)])
+    gallery: list[GenerationPublic] = []
+    if job is not None and job.adapter_id is not None:  # this style's adapter's images only
+        gallery = [
+            GenerationPublic.model_validate(g)
+            for g in generations.list_generations(session=session, owner=user, limit=GALLERY_LIMIT, offset=0,
+                                                  adapter_id=job.adapter_id)
         ]
-    return _render(request, "style.html", user, style=service.style_public(style, job.id if job else None),
-                   job=job, generations=generations)
+    return _render(request, "style.html", user, style=style_view, job=job, generations=gallery)
 
 
 @router.get("/admin")

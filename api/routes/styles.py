@@ -4,9 +4,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile, status
 
-from api import service
 from api.deps import BlobsDep, CurrentUser, RateLimitedUser, SessionDep, SettingsDep
 from api.schemas import MAX_OFFSET, StyleCreatedPublic, StylePublic
+from api.services import jobs, lookup, styles, uploads
 
 router = APIRouter(prefix="/v1/styles", tags=["styles"])
 
@@ -29,15 +29,15 @@ def create_style(
 ) -> StyleCreatedPublic:
     """Upload one style image and queue its training job. A repeated `Idempotency-Key` with the same request
     returns the same style and job (200); with a different request it is refused (409)."""
-    data = service.read_bounded(image.file, max_bytes=settings.max_upload_bytes, what="image")
-    created = service.create_style(
+    data = uploads.read_bounded(image.file, max_bytes=settings.max_upload_bytes, what="image")
+    created = styles.create_style(
         session=session, blobs=blobs, settings=settings, owner=user, image=data, descriptor=descriptor,
         content=content, steps=steps, seed=seed, idempotency_key=idempotency_key,
     )
     if not created.created:
         response.status_code = status.HTTP_200_OK
     return StyleCreatedPublic(
-        style=service.style_public(created.style, created.job.id), job=service.job_public(session, created.job)
+        style=styles.style_public(session, created.style), job=jobs.job_public(session, created.job)
     )
 
 
@@ -48,23 +48,21 @@ def list_styles(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[StylePublic]:
-    rows = service.list_styles(session=session, owner=user, limit=limit, offset=offset)
-    return [service.style_public(style, job_id) for style, job_id in rows]
+    return styles.list_styles(session=session, owner=user, limit=limit, offset=offset)
 
 
 @router.get("/{style_id}", response_model=StylePublic)
 def get_style(style_id: str, user: CurrentUser, session: SessionDep) -> StylePublic:
-    style = service.get_style(session=session, owner=user, style_id=style_id)
-    return service.style_public(style, service.latest_job_id(session, style.id))
+    return styles.style_public(session, styles.get_style(session=session, owner=user, style_id=style_id))
 
 
 @router.get("/{style_id}/image", response_class=Response, responses=PNG)
 def get_style_image(style_id: str, user: CurrentUser, session: SessionDep, blobs: BlobsDep) -> Response:
-    style = service.get_style(session=session, owner=user, style_id=style_id)
-    return Response(service.read_blob(blobs, style.image_key, what="style image"), media_type="image/png")
+    style = styles.get_style(session=session, owner=user, style_id=style_id)
+    return Response(lookup.read_blob(blobs, style.image_key, what="style image"), media_type="image/png")
 
 
 @router.delete("/{style_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_style(style_id: str, user: CurrentUser, session: SessionDep) -> None:
     """Soft-delete the style; its queued or running job is cancelled."""
-    service.delete_style(session=session, owner=user, style_id=style_id)
+    styles.delete_style(session=session, owner=user, style_id=style_id)

@@ -19,17 +19,18 @@ from typing import Any
 import httpx
 from sqlalchemy import create_engine, text
 
-from tests.conftest import worker_free_port, worker_style_png
-from tests.test_e2e_service import Stack, _env, _wait_http
+from storage.states import JOB_FINAL
+from tests.helpers.images import style_png
+from tests.helpers.stack import Stack, free_port, service_env, wait_http
 
-FINAL = {"succeeded", "failed", "cancelled"}
+FINAL = JOB_FINAL
 
 
 class RedisServer:
     """Our own throwaway redis-server (never the shared one on 6379): stop and start it at will."""
 
     def __init__(self, tmp: Path) -> None:
-        self.port = worker_free_port()
+        self.port = free_port()
         self.tmp = tmp
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -70,7 +71,7 @@ class TcpProxy:
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
-        self.port = worker_free_port()
+        self.port = free_port()
         self._listener: socket.socket | None = None
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -141,21 +142,21 @@ def fault_env(tmp: Path, db_url: str, broker_url: str, **extra: str) -> dict[str
     settings = {
         "DATABASE_URL": db_url, "BROKER_URL": broker_url, "STYLEDROP_HEARTBEAT_STALE_SECONDS": "4",
         "STYLEDROP_RECONCILE_EVERY": "1", "STYLEDROP_CHECKPOINT_EVERY": "2", "STYLEDROP_PROGRESS_EVERY": "1",
-        "STYLEDROP_MAX_JOB_ATTEMPTS": "3", "STYLEDROP_MAX_CONCURRENT_JOBS_PER_USER": "20",
+        "STYLEDROP_MAX_ATTEMPTS": "3", "STYLEDROP_MAX_CONCURRENT_JOBS_PER_USER": "20",
         "STYLEDROP_PREVIEW_PROMPTS": '["a cat"]',
     }
-    return _env(tmp / "data", **{**settings, **extra})
+    return service_env(tmp / "data", **{**settings, **extra})
 
 
 @contextmanager
 def running_stack(tmp: Path, env: dict[str, str], *, api: bool = True) -> Iterator[tuple[Stack, httpx.Client]]:
     stack = Stack(tmp, env)
-    port = worker_free_port()
+    port = free_port()
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     try:
         if api:
             stack.spawn("api", "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port))
-            _wait_http(client, stack)
+            wait_http(client, stack)
         yield stack, client
     finally:
         client.close()
@@ -211,7 +212,7 @@ def wait_for(what: str, predicate: Callable[[], Any], stack: Stack, timeout: flo
 def post_style(client: httpx.Client, key: str, steps: int, color: tuple[int, int, int] = (200, 40, 40),
                **headers: str) -> httpx.Response:
     return client.post("/v1/styles", headers={"Authorization": f"Bearer {key}", **headers},
-                       files={"image": ("s.png", worker_style_png(color), "image/png")},
+                       files={"image": ("s.png", style_png(color), "image/png")},
                        data={"descriptor": "stripes", "steps": str(steps), "seed": "1"})
 
 

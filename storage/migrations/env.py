@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from logging.config import fileConfig
 
+from alembic import context
 from sqlalchemy import Connection, pool
 
-from alembic import context
 from storage import models  # noqa: F401 - registers the tables on Base.metadata
 from storage.db import Base, is_sqlite, make_engine
 

@@ -1,0 +1,158 @@
+"""Generations: creation (text, image-to-image, inpainting; idempotent with a key), listing, their images.
+
+Like uploads, the row is committed first and then dispatched; a failed send leaves it queued for the reconciler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api import queue
+from api.decoding import decode_slot
+from api.errors import Conflict, Invalid, NotFound
+from api.schemas import (
+    MAX_SEED,
+    GenerationCreate,
+)
+from api.services.adapters import get_adapter
+from api.services.lookup import get_owned
+from api.services.uploads import hash_request, image_error, normalize_image
+from storage.blobs import BlobStore, content_key
+from storage.dispatch import dispatch
+from storage.images import ImageRejected, load_mask
+from storage.models import (
+    Generation,
+    User,
+)
+from storage.settings import Settings
+from storage.states import GenerationState, WorkKind
+
+logger = logging.getLogger(__name__)
+
+
+DEFAULT_IMG2IMG_STRENGTH = 0.75
+
+
+@dataclass(frozen=True)
+class GenerationCreated:
+    generation: Generation
+    created: bool  # False: an idempotent replay of an earlier request
+
+
+def create_generation(
+    *,
+    session: Session,
+    blobs: BlobStore,
+    settings: Settings,
+    owner: User,
+    request: GenerationCreate,
+    init_image: bytes | None = None,
+    mask: bytes | None = None,
+    idempotency_key: str | None = None,
+) -> GenerationCreated:
+    """Queue a generation. A repeated `idempotency_key` with the same request (fields and files) returns the
+    first generation (`created=False`); with a different request it is a 409."""
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
+        raise Invalid("Idempotency-Key must be 1..255 characters", code="bad_idempotency_key")
+    request_hash = hash_request(
+        (init_image or b"") + b"\0mask\0" + (mask or b""), request.model_dump(mode="json"))
+    if idempotency_key is not None:
+        replay = _generation_replay(session, owner.id, idempotency_key, request_hash)
+        if replay is not None:
+            return GenerationCreated(replay, created=False)
+    if request.num_images > settings.max_images_per_request:
+        raise Invalid(f"num_images must be at most {settings.max_images_per_request}", code="bad_num_images")
+    if request.adapter_id is not None:
+        get_adapter(session=session, owner=owner, adapter_id=request.adapter_id)
+    if mask is not None and init_image is None:
+        raise Invalid("a mask needs an init_image", code="mask_without_image")
+    if request.strength is not None and init_image is None:
+        raise Invalid("strength applies to image-to-image only; send an init_image", code="strength_without_image")
+
+    init_key = mask_key = None
+    strength: float | None = None
+    if init_image is not None:
+        init = normalize_image(init_image, settings=settings, what="init_image")
+        mask_png: bytes | None = None
+        if mask is not None:
+            try:
+                with decode_slot(settings.max_concurrent_decodes):
+                    mask_im = load_mask(mask, max_pixels=settings.max_image_pixels, max_bytes=settings.max_upload_bytes,
+                                        max_decode_pixels=settings.max_decode_pixels)
+            except ImageRejected as exc:
+                raise image_error(exc, "mask") from exc
+            if mask_im.size != (init.width, init.height):
+                raise Invalid(
+                    f"mask is {mask_im.size[0]}x{mask_im.size[1]} but init_image is {init.width}x{init.height}; "
+                    "they must be the same size", code="mask_size_mismatch",
+                )
+            buf = io.BytesIO()
+            mask_im.save(buf, format="PNG")
+            mask_png = buf.getvalue()
+        else:
+            strength = request.strength if request.strength is not None else DEFAULT_IMG2IMG_STRENGTH
+        init_key = content_key("inits", init.sha256, "png")
+        blobs.put_bytes(init_key, init.png_bytes)  # rewritten even when present (see styles.create_style)
+        if mask_png is not None:
+            mask_key = content_key("masks", hashlib.sha256(mask_png).hexdigest(), "png")
+            blobs.put_bytes(mask_key, mask_png)
+
+    gen = Generation(
+        owner_id=owner.id, adapter_id=request.adapter_id, prompt=request.prompt,
+        negative_prompt=request.negative_prompt or None, style_strength=request.style_strength,
+        guidance_scale=request.guidance_scale, steps=request.steps,
+        seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
+        num_images=request.num_images, init_image_key=init_key, mask_key=mask_key, strength=strength,
+        state=GenerationState.QUEUED, image_keys=[], idempotency_key=idempotency_key, request_hash=request_hash,
+    )
+    session.add(gen)
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent retry with the same key committed first: answer with its generation
+        session.rollback()
+        replay = _generation_replay(session, owner.id, idempotency_key, request_hash) if idempotency_key else None
+        if replay is None:
+            raise
+        return GenerationCreated(replay, created=False)
+    logger.info("user %s: generation %s queued", owner.id, gen.id)
+    dispatch(session, WorkKind.GENERATE, gen.id, queue.sender(settings))  # also updates `gen`: no re-read
+    return GenerationCreated(gen, created=True)
+
+
+def _generation_replay(session: Session, owner_id: str, key: str, request_hash: str) -> Generation | None:
+    gen = session.scalar(select(Generation).where(Generation.owner_id == owner_id, Generation.idempotency_key == key))
+    if gen is not None and gen.request_hash != request_hash:
+        raise Conflict("this Idempotency-Key was used with a different request", code="idempotency_mismatch")
+    return gen
+
+
+def list_generations(
+    *, session: Session, owner: User, limit: int, offset: int, adapter_id: str | None = None
+) -> Sequence[Generation]:
+    """`owner`'s generations, newest first; with `adapter_id`, only those made with that adapter."""
+    query = select(Generation).where(Generation.owner_id == owner.id)
+    if adapter_id is not None:
+        query = query.where(Generation.adapter_id == adapter_id)
+    return session.scalars(
+        query.order_by(Generation.queued_at.desc(), Generation.id.desc()).limit(limit).offset(offset)
+    ).all()
+
+
+def get_generation(*, session: Session, owner: User, generation_id: str) -> Generation:
+    return get_owned(session, Generation, generation_id, owner, "generation")
+
+
+def generation_image_key(gen: Generation, n: int) -> str:
+    keys = gen.image_keys or []
+    if not 0 <= n < len(keys):
+        raise NotFound("image not found")
+    return keys[n]

@@ -1,0 +1,137 @@
+"""Training jobs: the views (in a fixed number of queries per page), listing, cancel, admin retry, events and
+previews.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api import queue
+from api.errors import Conflict, NotFound
+from api.schemas import (
+    AdminJobPublic,
+    JobPublic,
+)
+from api.services.lookup import get_owned
+from storage import jobs as jobstore
+from storage.dispatch import dispatch
+from storage.models import (
+    Adapter,
+    JobEvent,
+    TrainingJob,
+    User,
+    utcnow,
+)
+from storage.settings import Settings
+from storage.states import JOB_FINAL, EventKind, JobState, WorkKind
+
+logger = logging.getLogger(__name__)
+
+
+JobView = TypeVar("JobView", JobPublic, AdminJobPublic)
+
+
+def job_views(session: Session, jobs: Sequence[TrainingJob], schema: type[JobView] = JobPublic) -> list[JobView]:  # type: ignore[assignment]
+    """`jobs` validated as `schema`, with the two values a row does not hold found for the whole page at once: the
+    queue positions (one query) and the live adapters (one query). AdminJobPublic needs `owner` loaded."""
+    positions = jobstore.queue_positions(session, [j.id for j in jobs if j.state == JobState.QUEUED])
+    adapters: dict[str, str] = {job_id: adapter_id for job_id, adapter_id in session.execute(
+        select(Adapter.job_id, Adapter.id).where(Adapter.job_id.in_([j.id for j in jobs]), Adapter.deleted_at.is_(None))
+    )} if jobs else {}
+    return [
+        schema.model_validate(job).model_copy(
+            update={"queue_position": positions.get(job.id, 0), "adapter_id": adapters.get(job.id)}
+        )
+        for job in jobs
+    ]
+
+
+def job_public(session: Session, job: TrainingJob) -> JobPublic:
+    return job_views(session, [job])[0]
+
+
+def list_jobs(*, session: Session, owner: User, state: str | None, limit: int, offset: int) -> list[JobPublic]:
+    query = select(TrainingJob).where(TrainingJob.owner_id == owner.id)
+    if state is not None:
+        query = query.where(TrainingJob.state == state)
+    return job_views(session, session.scalars(
+        query.order_by(TrainingJob.queued_at.desc(), TrainingJob.id.desc()).limit(limit).offset(offset)
+    ).all())
+
+
+def get_job(*, session: Session, owner: User, job_id: str) -> TrainingJob:
+    return get_owned(session, TrainingJob, job_id, owner, "job")
+
+
+def request_cancel(session: Session, job: TrainingJob) -> bool:
+    """queued → cancelled or running → cancelling (conditional); False when the job is already final."""
+    for _ in range(3):  # the state may move under us; each try is one conditional UPDATE
+        now = utcnow()
+        if job.state == JobState.CANCELLING:
+            return True
+        if job.state == JobState.QUEUED and jobstore.transition(
+            session, job.id, expected=JobState.QUEUED, new=JobState.CANCELLED, cancel_requested_at=now,
+            finished_at=now,
+        ):
+            return True
+        if job.state == JobState.RUNNING and jobstore.transition(
+            session, job.id, expected=JobState.RUNNING, new=JobState.CANCELLING, cancel_requested_at=now
+        ):
+            return True
+        if job.state in JOB_FINAL:
+            return False
+        session.refresh(job)
+    return job.state in (JobState.CANCELLING, JobState.CANCELLED)
+
+
+def cancel_job(*, session: Session, job: TrainingJob) -> TrainingJob:
+    """Cancel `job` (already authorised). Raises Conflict when it is final."""
+    if not request_cancel(session, job):
+        session.rollback()
+        raise Conflict(f"the job is already {job.state}", code="job_final")
+    session.commit()
+    session.refresh(job)
+    logger.info("job %s: cancel requested (now %s)", job.id, job.state)
+    return job
+
+
+def retry_job(*, session: Session, settings: Settings, job_id: str) -> TrainingJob:
+    """Admin retry: failed|cancelled → queued, error cleared, attempts reset (the history stays in events)."""
+    job = session.get(TrainingJob, job_id)
+    if job is None:
+        raise NotFound("job not found")
+    previous_attempts = job.attempts
+    if not jobstore.transition(
+        session, job.id, expected=(JobState.FAILED, JobState.CANCELLED), new=JobState.QUEUED, error_code=None,
+        error_message=None, cancel_requested_at=None, finished_at=None, heartbeat_at=None, attempts=0,
+        queued_at=utcnow(), sent_at=None,
+    ):
+        session.rollback()
+        raise Conflict(f"only failed or cancelled jobs can be retried; this one is {job.state}", code="not_retryable")
+    jobstore.add_event(
+        session, job.id, EventKind.LOG, {"message": "retried by an admin", "previous_attempts": previous_attempts}
+    )
+    session.commit()
+    dispatch(session, WorkKind.TRAIN, job.id, queue.sender(settings))
+    session.refresh(job)
+    return job
+
+
+def job_events(*, session: Session, job_id: str, after: int, limit: int) -> Sequence[JobEvent]:
+    return jobstore.events_after(session, job_id, after, limit)
+
+
+def preview_key(*, session: Session, job_id: str, n: int) -> str:
+    event = session.scalars(
+        select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == EventKind.PREVIEW)
+        .order_by(JobEvent.id).offset(n).limit(1)
+    ).first()
+    key = (event.payload or {}).get("image_key") if event is not None else None
+    if not isinstance(key, str):
+        raise NotFound("preview not found")
+    return key

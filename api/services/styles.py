@@ -1,0 +1,235 @@
+"""Styles: the upload (which queues the style's training job), listing with each style's newest job, deletion.
+
+The row is committed FIRST, then `storage.dispatch.dispatch` sends the task and records the send; a failed send
+is logged and leaves the row queued for the reconciler, and the caller still answers 202.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api import queue
+from api.errors import Conflict, Invalid, RateLimited, TooLarge
+from api.schemas import (
+    MAX_SEED,
+    JobPublic,
+    StylePublic,
+)
+from api.services.jobs import job_views, request_cancel
+from api.services.lookup import get_owned
+from api.services.uploads import hash_request, lock_owner, normalize_image
+from api.text import is_invisible
+from storage import jobs as jobstore
+from storage.blobs import BlobStore, content_key
+from storage.dispatch import dispatch
+from storage.models import (
+    Style,
+    TrainingJob,
+    User,
+    utcnow,
+)
+from storage.reclaim import user_storage_bytes
+from storage.settings import Settings
+from storage.states import JOB_UNFINISHED, EventKind, JobState, WorkKind
+
+logger = logging.getLogger(__name__)
+
+
+DEFAULT_TRAIN_STEPS = 1500
+
+
+DEFAULT_JOB_RETRY_AFTER = 30
+
+
+@dataclass(frozen=True)
+class StyleCreated:
+    style: Style
+    job: TrainingJob
+    created: bool  # False: an idempotent replay of an earlier request
+
+
+def _check_job_cap(session: Session, settings: Settings, owner: User, *, lock: bool) -> None:
+    """429 with Retry-After when `owner` already has `max_concurrent_jobs_per_user` unfinished training jobs.
+
+    `lock=True` first takes the owner's lock (`lock_owner`).
+    """
+    if lock:
+        lock_owner(session, owner)
+    active = session.execute(
+        select(func.count(), func.min(TrainingJob.eta_seconds))
+        .where(TrainingJob.owner_id == owner.id, TrainingJob.state.in_(JOB_UNFINISHED))
+    ).one()
+    cap = settings.max_concurrent_jobs_per_user
+    if int(active[0]) >= cap:
+        eta = active[1]
+        retry = int(min(max(eta if eta is not None else DEFAULT_JOB_RETRY_AFTER, 5), 3600))
+        raise RateLimited(
+            f"you already have {int(active[0])} unfinished training jobs (the limit is {cap}); "
+            f"retry when one finishes (about {retry} s), or cancel one",
+            code="too_many_jobs", headers={"Retry-After": str(retry)},
+        )
+
+
+def _check_storage_cap(session: Session, settings: Settings, owner: User, adding: int) -> None:
+    cap = settings.max_storage_bytes_per_user
+    used = user_storage_bytes(session, owner.id) if cap else 0
+    if cap and used + adding > cap:
+        raise TooLarge(f"storage limit reached: you keep {used} bytes of styles and adapters and this image adds "
+                       f"{adding} (the limit is {cap}); delete styles or adapters you no longer need",
+                       code="storage_quota_exceeded")
+
+
+def create_style(
+    *,
+    session: Session,
+    blobs: BlobStore,
+    settings: Settings,
+    owner: User,
+    image: bytes,
+    descriptor: str,
+    content: str | None,
+    steps: int | None,
+    seed: int | None,
+    idempotency_key: str | None,
+) -> StyleCreated:
+    descriptor = descriptor.strip()
+    content = content.strip() if content and content.strip() else None
+    if not descriptor or len(descriptor) > 200:
+        raise Invalid("descriptor must be 1..200 characters", code="bad_descriptor")
+    if is_invisible(descriptor):
+        raise Invalid("descriptor has no visible characters (only spaces, control or zero-width ones)",
+                      code="bad_descriptor")
+    if content is not None and len(content) > 500:
+        raise Invalid("content must be at most 500 characters", code="bad_content")
+    if steps is not None and not 1 <= steps <= settings.max_train_steps:
+        raise Invalid(f"steps must be between 1 and {settings.max_train_steps}", code="bad_steps")
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise Invalid(f"seed must be between 0 and {MAX_SEED}", code="bad_seed")
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
+        raise Invalid("Idempotency-Key must be 1..255 characters", code="bad_idempotency_key")
+
+    request_hash = hash_request(image, {"descriptor": descriptor, "content": content, "steps": steps, "seed": seed})
+    if idempotency_key is not None:
+        replay = _idempotent_replay(session, owner.id, idempotency_key, request_hash)
+        if replay is not None:
+            return replay
+    try:
+        _check_job_cap(session, settings, owner, lock=False)  # cheap early answer: nothing decoded or stored yet
+    except RateLimited:
+        # A concurrent retry with this key may have committed since the replay check: that is our job, not a 429.
+        replay = _idempotent_replay(session, owner.id, idempotency_key, request_hash) if idempotency_key else None
+        if replay is None:
+            raise
+        return replay
+
+    normalized = normalize_image(image, settings=settings, what="image")
+    _check_storage_cap(session, settings, owner, len(normalized.png_bytes))
+    key = content_key("styles", normalized.sha256, "png")
+    blobs.put_bytes(key, normalized.png_bytes)  # rewritten even when present: a fresh blob is safe from the reclaimer
+
+    total = steps or min(settings.train_steps or DEFAULT_TRAIN_STEPS, settings.max_train_steps)
+    style = Style(
+        owner_id=owner.id, image_key=key, image_sha256=normalized.sha256, image_bytes=len(normalized.png_bytes),
+        width=normalized.width, height=normalized.height, descriptor=descriptor, content=content,
+    )
+    lock_owner(session, owner)
+    if idempotency_key is not None:  # a concurrent retry may have committed meanwhile: it is this request's job
+        replay = _idempotent_replay(session, owner.id, idempotency_key, request_hash)
+        if replay is not None:
+            session.rollback()
+            return replay
+    _check_job_cap(session, settings, owner, lock=False)  # again under the owner's lock, just before insert
+    session.add(style)
+    session.flush()
+    job = TrainingJob(
+        style_id=style.id, owner_id=owner.id, state=JobState.QUEUED, total_steps=total,
+        max_attempts=settings.max_attempts,
+        params={"steps": total, "seed": seed if seed is not None else secrets.randbelow(MAX_SEED + 1),
+                "descriptor": descriptor, "content": content},
+        idempotency_key=idempotency_key, request_hash=request_hash,
+    )
+    session.add(job)
+    try:
+        session.flush()
+        jobstore.add_event(session, job.id, EventKind.STATE, {"from": None, "to": JobState.QUEUED})
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        if idempotency_key is None:
+            raise
+        replay = _idempotent_replay(session, owner.id, idempotency_key, request_hash)
+        if replay is None:
+            raise
+        return replay
+    logger.info("user %s: style %s, job %s queued (%d steps)", owner.id, style.id, job.id, total)
+    dispatch(session, WorkKind.TRAIN, job.id, queue.sender(settings))
+    return StyleCreated(style=style, job=job, created=True)
+
+
+def _idempotent_replay(session: Session, owner_id: str, key: str, request_hash: str) -> StyleCreated | None:
+    job = session.scalar(
+        select(TrainingJob).where(TrainingJob.owner_id == owner_id, TrainingJob.idempotency_key == key)
+    )
+    if job is None:
+        return None
+    if job.request_hash != request_hash:
+        raise Conflict("this Idempotency-Key was used with a different request", code="idempotency_mismatch")
+    style = session.get(Style, job.style_id)
+    assert style is not None
+    return StyleCreated(style=style, job=job, created=False)
+
+
+def style_views(session: Session, styles: Sequence[Style]) -> list[StylePublic]:
+    """`styles` validated, each with its newest training job's id (one query for the page)."""
+    latest: dict[str, str] = {}
+    if styles:
+        for style_id, job_id in session.execute(
+            select(TrainingJob.style_id, TrainingJob.id).where(TrainingJob.style_id.in_([s.id for s in styles]))
+            .order_by(TrainingJob.queued_at, TrainingJob.id)
+        ):
+            latest[style_id] = job_id  # ordered oldest first: the last one written wins
+    return [StylePublic.model_validate(s).model_copy(update={"latest_job_id": latest.get(s.id)}) for s in styles]
+
+
+def style_public(session: Session, style: Style) -> StylePublic:
+    return style_views(session, [style])[0]
+
+
+def styles_with_jobs(
+    session: Session, styles: Sequence[StylePublic]
+) -> list[tuple[StylePublic, JobPublic | None]]:
+    """Each style with its newest job (the pages show both), in two more queries for the whole list."""
+    ids = [s.latest_job_id for s in styles if s.latest_job_id is not None]
+    jobs = job_views(session, session.scalars(select(TrainingJob).where(TrainingJob.id.in_(ids))).all()) if ids else []
+    by_id = {job.id: job for job in jobs}
+    return [(s, by_id.get(s.latest_job_id) if s.latest_job_id else None) for s in styles]
+
+
+def list_styles(*, session: Session, owner: User, limit: int, offset: int) -> list[StylePublic]:
+    styles = session.scalars(
+        select(Style).where(Style.owner_id == owner.id, Style.deleted_at.is_(None))
+        .order_by(Style.created_at.desc(), Style.id.desc()).limit(limit).offset(offset)
+    ).all()
+    return style_views(session, styles)
+
+
+def get_style(*, session: Session, owner: User, style_id: str) -> Style:
+    return get_owned(session, Style, style_id, owner, "style")
+
+
+def delete_style(*, session: Session, owner: User, style_id: str) -> None:
+    style = get_style(session=session, owner=owner, style_id=style_id)
+    style.deleted_at = utcnow()
+    for job in session.scalars(
+        select(TrainingJob).where(TrainingJob.style_id == style.id, TrainingJob.state.in_(JOB_UNFINISHED))
+    ):
+        request_cancel(session, job)
+    session.commit()
+    logger.info("user %s deleted style %s", owner.id, style.id)

@@ -1,0 +1,167 @@
+"""The generation batch, in named steps: claim, drop the worn out, group by adapter slots, load adapters, build
+requests, sample, store the images, finish each row.
+
+One message claims its own generation and up to `generate_batch_size - 1` other queued ones, so a busy worker
+serves several users' requests (and adapters) in one sampling loop. A generation that cannot run ends `failed`
+with a reason without failing its neighbours; only transient errors (database, broker) escape to Celery.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from PIL import UnidentifiedImageError
+
+import trainer
+from storage import jobs
+from storage.blobs import BlobIntegrityError, BlobNotFound, new_key
+from storage.models import Generation, utcnow
+from storage.states import GenerationState
+from trainer import GenerationRequest
+from worker.adapter_cache import AdapterMissing, split_by_slots
+from worker.runtime import Runtime
+from worker.shared import TRANSIENT, IdLogger, open_image, png
+
+logger = logging.getLogger(__name__)
+
+# What a user reads when the adapter of their generation cannot be used.
+ADAPTER_ERRORS: dict[type[Exception], tuple[str, str]] = {
+    BlobIntegrityError: ("adapter_corrupt", "The adapter file is damaged (its checksum does not match); "
+                         "train the style again."),
+    trainer.AdapterError: ("adapter_incompatible", "The adapter does not fit the model this server runs: {exc}"),
+    AdapterMissing: ("adapter_missing", "The adapter no longer exists."),
+}
+
+
+def run_generate(rt: Runtime, generation_id: str) -> str:
+    """Claim `generation_id` and other queued generations, and render them in shared batches."""
+    log = IdLogger(logger, {"kind": "generation", "id": generation_id})
+    claimed = claim(rt, generation_id)
+    if not claimed:
+        log.info("nothing queued for it (unknown, or already taken); nothing to do")
+        return "skipped"
+    rt.current_id = generation_id
+    try:
+        rows = drop_worn_out(rt, claimed)
+        if rows:
+            log.info("batch of %d generations (%s)", len(rows), ", ".join(g.id for g in rows))
+            for chunk in split_by_slots([g.adapter_id for g in rows], rt.cache().num_slots):
+                run_chunk(rt, [rows[i] for i in chunk], log)
+    finally:
+        rt.current_id = None
+    return "done"
+
+
+def claim(rt: Runtime, generation_id: str) -> list[Generation]:
+    """The rows this worker now runs (storage's one claim rule, `jobs.claim_generation_batch`)."""
+    with rt.session_factory() as s:
+        claimed = jobs.claim_generation_batch(
+            s, first_id=generation_id, limit=max(1, rt.settings.generate_batch_size), worker_host=rt.worker_host,
+            older_than=timedelta(seconds=rt.settings.heartbeat_stale_seconds),
+        )
+        s.commit()
+    return claimed
+
+
+def drop_worn_out(rt: Runtime, claimed: Sequence[Generation]) -> list[Generation]:
+    """End the generations whose runs kept dying (more than `max_attempts`); the others go on."""
+    rows: list[Generation] = []
+    for gen in claimed:
+        if gen.attempts > rt.settings.max_attempts:
+            finish(rt, gen.id, GenerationState.FAILED, error_code="too_many_attempts",
+                   error_message=f"The generation was interrupted {gen.attempts - 1} times; giving up.")
+        else:
+            rows.append(gen)
+    return rows
+
+
+def run_chunk(rt: Runtime, rows: list[Generation], log: IdLogger) -> None:
+    """Rows that need at most one GPU slot per distinct adapter: load those adapters, sample every image of every
+    row in one loop, store them and finish the rows."""
+    errors: dict[str, Exception] = {}
+    adapter_ids = [g.adapter_id for g in rows if g.adapter_id is not None]
+    with rt.cache().batch(adapter_ids, errors) as slots:
+        requests: list[GenerationRequest] = []
+        owners: list[Generation] = []  # the row each request belongs to
+        for gen in rows:
+            if gen.adapter_id is not None and gen.adapter_id in errors:
+                code, message = adapter_error(errors[gen.adapter_id])
+                log.warning("generation %s failed: %s", gen.id, code)
+                finish(rt, gen.id, GenerationState.FAILED, error_code=code, error_message=message)
+                continue
+            try:
+                reqs = build_requests(rt, gen, slots.get(gen.adapter_id) if gen.adapter_id else None)
+            except (trainer.SamplingError, BlobNotFound, UnidentifiedImageError, OSError) as exc:
+                log.warning("generation %s is invalid: %s", gen.id, exc)
+                fail_invalid(rt, [gen], exc)
+                continue
+            requests.extend(reqs)
+            owners.extend([gen] * len(reqs))
+        if not requests:
+            return
+        t0 = time.perf_counter()
+        try:
+            results = trainer.sample(rt.parts(), requests)
+        except TRANSIENT:
+            raise
+        except trainer.SamplingError as exc:
+            fail_invalid(rt, list(dict.fromkeys(owners)), exc)
+            return
+        log.info("sampled %d images for %d generations in %.2f s", len(results), len(set(map(id, owners))),
+                 time.perf_counter() - t0)
+    for gen_id, image_keys in store_images(rt, owners, results).items():
+        finish(rt, gen_id, GenerationState.SUCCEEDED, image_keys=image_keys, error_code=None, error_message=None)
+
+
+def build_requests(rt: Runtime, gen: Generation, slot: str | None) -> list[GenerationRequest]:
+    """The sampler requests of one generation (one per image, seeds counting up), validated."""
+    init = open_image(rt.store.get_bytes(gen.init_image_key)).convert("RGB") if gen.init_image_key else None
+    mask = open_image(rt.store.get_bytes(gen.mask_key)).convert("L") if gen.mask_key else None
+    reqs = [
+        GenerationRequest(
+            prompt=gen.prompt, negative_prompt=gen.negative_prompt, seed=gen.seed + i, adapter=slot,
+            style_strength=gen.style_strength, guidance_scale=gen.guidance_scale, steps=gen.steps,
+            init_image=init, mask=mask, strength=gen.strength if gen.strength is not None else 1.0,
+        )
+        for i in range(max(1, gen.num_images))
+    ]
+    for req in reqs:
+        req.validate()
+    return reqs
+
+
+def store_images(rt: Runtime, owners: Sequence[Generation], results: Sequence[trainer.SampleResult],
+                 ) -> dict[str, list[str]]:
+    """Each result as a PNG blob; returns generation id → its image keys, in request order."""
+    keys: dict[str, list[str]] = {}
+    for gen, res in zip(owners, results, strict=True):
+        assert res.image is not None
+        key = new_key("images", "png")
+        rt.store.put_bytes(key, png(res.image))
+        keys.setdefault(gen.id, []).append(key)
+    return keys
+
+
+def adapter_error(exc: Exception) -> tuple[str, str]:
+    for cls, (code, message) in ADAPTER_ERRORS.items():
+        if isinstance(exc, cls):
+            return code, message.format(exc=exc)
+    return "adapter_error", f"The adapter could not be loaded: {exc}"
+
+
+def fail_invalid(rt: Runtime, gens: Sequence[Generation], exc: Exception) -> None:
+    for gen in gens:
+        finish(rt, gen.id, GenerationState.FAILED, error_code="invalid_request",
+               error_message=f"The request cannot be run: {exc}")
+
+
+def finish(rt: Runtime, gen_id: str, new: GenerationState, **fields: Any) -> None:
+    """running → `new` (conditional: a row taken away meanwhile stays with whoever has it)."""
+    with rt.session_factory() as s:
+        jobs.transition_generation(s, gen_id, expected=GenerationState.RUNNING, new=new, finished_at=utcnow(),
+                                   **fields)
+        s.commit()
