@@ -67,9 +67,9 @@ class EvalReport:
         """A fixed-width table, one line per prompt and a mean line; `-` where there is no style score."""
 
         def fmt(x: float | None) -> str:
-            return f"{x:6.4f}" if x is not None else f"{'-':>6}"
+            return f"{x:7.4f}" if x is not None else f"{'-':>7}"  # 7: room for a minus sign
 
-        lines = [f"{'#':>4}  {'text':>6}  {'style':>6}  prompt"]
+        lines = [f"{'#':>4}  {'text':>7}  {'style':>7}  prompt"]
         lines += [f"{i:>4}  {fmt(r.text_score)}  {fmt(r.style_score)}  {r.prompt}" for i, r in enumerate(self.rows, 1)]
         lines.append(f"{'mean':>4}  {fmt(self.mean_text_score)}  {fmt(self.mean_style_score)}  "
                      f"({len(self.rows)} prompts)")
