@@ -124,3 +124,29 @@ def test_a_directory_without_clip_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("not a model")
     with pytest.raises(ModelLoadError, match=f"could not load CLIP weights for '{tmp_path}'"):
         load_clip(str(tmp_path))
+
+
+def test_half_precision_clip_scores_close_to_float32(engine_tiny_clip_dir: Path) -> None:
+    # The dtype path (pixels cast to the model's dtype, scores back in float32) on the CPU; the GPU test below runs it
+    # on CUDA, where bfloat16 is what the service uses.
+    images, references = _images(4, seed=4), _images(2, seed=5)
+    full = load_clip(str(engine_tiny_clip_dir))
+    half = load_clip(str(engine_tiny_clip_dir), dtype=torch.bfloat16)
+    text = clip_text_score(half, images, PROMPTS[:4])
+    assert text.dtype == torch.float32
+    torch.testing.assert_close(text, clip_text_score(full, images, PROMPTS[:4]), atol=1e-2, rtol=0)
+    torch.testing.assert_close(clip_style_score(half, images, references),
+                               clip_style_score(full, images, references), atol=1e-2, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_clip_scores_on_cuda_equal_the_cpu_ones(engine_tiny_clip_dir: Path) -> None:
+    images, references = _images(5, seed=6), _images(2, seed=7)
+    cpu = load_clip(str(engine_tiny_clip_dir))
+    cuda = load_clip(str(engine_tiny_clip_dir), device="cuda")
+    assert cuda.device.type == "cuda"
+    torch.testing.assert_close(clip_text_score(cuda, images, PROMPTS), clip_text_score(cpu, images, PROMPTS),
+                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(clip_style_score(cuda, images, references),
+                               clip_style_score(cpu, images, references), atol=1e-4, rtol=0)
