@@ -11,12 +11,12 @@ import pytest
 from PIL import Image
 
 from trainer.clip import clip_style_score, clip_text_score, load_clip
+from trainer.examples import TrainingExample
 from trainer.feedback import (
     FEEDBACK_CONTENTS,
     STYLE_WEIGHT,
     Candidate,
     ClipScorer,
-    TrainingExample,
     feedback_prompts,
     select_best,
 )

@@ -8,14 +8,16 @@ Public API:
               adapter_from_bytes, AdapterError
 - checkpoint: Checkpoint, CheckpointError
 - clip:       load_clip, ClipParts, clip_text_score, clip_style_score (the paper's two metrics)
-- feedback:   select_best, feedback_prompts, Candidate, ClipScorer, TrainingExample (round-2 selection)
+- feedback:   select_best, feedback_prompts, Candidate, ClipScorer (round-2 selection)
+- examples:   TrainingExample (image, caption) pairs to train on
 - evaluate:   evaluate, EvalSettings, EvalReport (what `styledrop eval` runs)
 """
 
 from .checkpoint import Checkpoint, CheckpointError
 from .clip import ClipParts, clip_style_score, clip_text_score, load_clip
 from .evaluate import EvalReport, EvalSettings, evaluate
-from .feedback import Candidate, ClipScorer, TrainingExample, feedback_prompts, select_best
+from .examples import TrainingExample
+from .feedback import Candidate, ClipScorer, feedback_prompts, select_best
 from .lora import (
     ENGINE_VERSION,
     Adapter,

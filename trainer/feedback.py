@@ -1,8 +1,8 @@
 """Iterative training with feedback, the engine half (StyleDrop, arXiv 2306.00983, §3.3 and Table 2).
 
 Round 2 of StyleDrop: render the round-1 adapter over a fixed prompt set, keep the best images, and train a fresh
-adapter on them, each with the prompt it was made from as its caption. This module holds the prompt set, the
-selection rule, and the (image, caption) pairs the training step takes.
+adapter on them, each with the prompt it was made from as its caption. This module holds the prompt set and the
+selection rule; the (image, caption) pairs the training step takes are `examples.TrainingExample`.
 
 Selection rule. The paper's CLIP feedback keeps, per prompt, the image with the highest CLIP *text* score: that is
 what cuts the reference's content leaking into every image (Table 2: text score 0.313 → 0.329). It costs style
@@ -27,6 +27,7 @@ from typing import Protocol
 from PIL import Image
 
 from .clip import ClipParts, image_embeddings, style_score_from_embeddings, text_embeddings
+from .examples import TrainingExample
 from .train import training_prompt
 
 STYLE_WEIGHT = 0.25
@@ -74,20 +75,6 @@ def feedback_prompts(descriptor: str, contents: Sequence[str] = FEEDBACK_CONTENT
     if not descriptor.strip():
         raise ValueError("descriptor must not be empty")
     return [training_prompt(descriptor, c) for c in contents]
-
-
-@dataclass(frozen=True)
-class TrainingExample:
-    """One training image with its own caption ("<content> in <descriptor> style"): round 2 trains on several."""
-
-    image: Image.Image
-    caption: str
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.image, Image.Image):
-            raise TypeError(f"image must be a PIL image, got {type(self.image).__name__}")
-        if not self.caption.strip():
-            raise ValueError("caption must not be empty")
 
 
 @dataclass(frozen=True)
