@@ -74,7 +74,7 @@ def resolve_clip_source(model: str, *, tiny_dir: str | os.PathLike[str] | None =
         return CLIP_PRESETS[model]
     if Path(model).is_dir():
         return model
-    if _HUB_ID.match(model) and not model.startswith((".", "~")):
+    if _HUB_ID.match(model):
         return model
     raise ModelLoadError(
         f"CLIP model '{model}' is neither a preset ({', '.join([TINY_CLIP, *CLIP_PRESETS])}), an existing local "

@@ -104,9 +104,10 @@ def evaluate(
         requests = [GenerationRequest(p, seed=s, adapter=settings.adapter, style_strength=settings.style_strength,
                                       guidance_scale=settings.guidance_scale, steps=settings.steps)
                     for p, s in zip(chunk, seeds, strict=True)]
-        images = [r.image for r in sample(parts, requests)]
-        assert all(im is not None for im in images)  # sample decodes by default
-        rendered: list[Image.Image] = [im for im in images if im is not None]
+        rendered: list[Image.Image] = []
+        for result in sample(parts, requests):
+            assert result.image is not None  # sample decodes unless told not to
+            rendered.append(result.image)
         img_emb = image_embeddings(clip, rendered)  # (n, D), used by both scores
         text = (img_emb * text_embeddings(clip, chunk)).sum(dim=-1).tolist()
         style: list[float | None] = (style_score_from_embeddings(img_emb, ref_emb).tolist() if ref_emb is not None
