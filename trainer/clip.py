@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import torch
 from PIL import Image
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
 
-from .model import ModelLoadError, _tiny_tokenizer
+from .model import _HUB_ID, ModelLoadError, _tiny_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +31,6 @@ CLIP_PRESETS = {"clip-vit-large-patch14": DEFAULT_CLIP, "vit-l-14": DEFAULT_CLIP
 TINY_CLIP = "tiny"
 TINY_CLIP_VERSION = "1"  # bump when build_tiny_clip changes, so cached copies are rebuilt
 TINY_CLIP_IMAGE_SIZE = 64
-# namespace/name, as the hub spells repository ids; a bare word is a typo, not a hub id worth a network round trip.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 # The normalisation every OpenAI CLIP checkpoint uses (its preprocessor_config.json).
 _CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 _CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -74,7 +71,7 @@ def resolve_clip_source(model: str, *, tiny_dir: str | os.PathLike[str] | None =
         return CLIP_PRESETS[model]
     if Path(model).is_dir():
         return model
-    if _HUB_ID.match(model):
+    if _HUB_ID.fullmatch(model):  # org/name, as for the base model: a bare word is a typo, not worth a hub retry
         return model
     raise ModelLoadError(
         f"CLIP model '{model}' is neither a preset ({', '.join([TINY_CLIP, *CLIP_PRESETS])}), an existing local "
