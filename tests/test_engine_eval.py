@@ -128,3 +128,21 @@ def test_eval_refuses_a_file_that_is_no_adapter(tmp_path: Path, capsys: pytest.C
         main(["eval", str(tmp_path / "fake.safetensors"), "--prompts", str(tmp_path / "prompts.txt")])
     assert exit_.value.code == 2
     assert f"adapter {tmp_path / 'fake.safetensors'}:" in capsys.readouterr().err
+
+
+def test_render_candidates_gives_each_prompt_its_images_with_consecutive_seeds(engine_tiny_dir: Path) -> None:
+    from trainer.evaluate import EvalSettings, render_candidates
+    from trainer.model import load_base
+    from trainer.sampler import GenerationRequest, sample
+
+    parts = load_base(str(engine_tiny_dir))
+    settings = EvalSettings(seed=3, steps=2, batch_size=3)  # batches of 3 cross the prompt boundary
+    candidates = render_candidates(parts, ["a cat", "a house"], per_prompt=2, settings=settings)
+    assert [c.prompt for c in candidates] == ["a cat", "a cat", "a house", "a house"]
+    # Candidate i is the image `sample` makes alone for its prompt with seed 3 + i (decoding may round by a level).
+    for i, c in enumerate(candidates):
+        alone = sample(parts, [GenerationRequest(c.prompt, seed=3 + i, steps=2)])[0].image
+        diff = np.abs(np.asarray(c.image, dtype=np.int16) - np.asarray(alone, dtype=np.int16))
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+    with pytest.raises(ValueError, match="per_prompt must be at least 1, got 0"):
+        render_candidates(parts, ["a cat"], per_prompt=0)

@@ -10,12 +10,12 @@ Public API:
 - clip:       load_clip, ClipParts, clip_text_score, clip_style_score (the paper's two metrics)
 - feedback:   select_best, feedback_prompts, Candidate, ClipScorer (round-2 selection)
 - examples:   TrainingExample (image, caption) pairs to train on
-- evaluate:   evaluate, EvalSettings, EvalReport (what `styledrop eval` runs)
+- evaluate:   evaluate, EvalSettings, EvalReport (what `styledrop eval` runs), render_candidates
 """
 
 from .checkpoint import Checkpoint, CheckpointError
 from .clip import ClipParts, clip_style_score, clip_text_score, load_clip
-from .evaluate import EvalReport, EvalSettings, evaluate
+from .evaluate import EvalReport, EvalSettings, evaluate, render_candidates
 from .examples import TrainingExample
 from .feedback import Candidate, ClipScorer, feedback_prompts, select_best
 from .lora import (
@@ -66,6 +66,7 @@ __all__ = [
     "load_adapter",
     "load_base",
     "load_clip",
+    "render_candidates",
     "sample",
     "save_adapter",
     "select_best",

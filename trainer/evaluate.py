@@ -1,7 +1,8 @@
-"""`styledrop eval`'s engine: one image per prompt with an adapter, scored with the paper's two CLIP metrics.
+"""Rendering prompt sets with an adapter: `evaluate` (what `styledrop eval` runs: one image per prompt, scored with
+the paper's two CLIP metrics) and `render_candidates` (the images a feedback round selects from).
 
-The images come from the public `sample` API (one call per batch of prompts), so this module does not depend on how
-the sampler is built inside. Each image is embedded once and used for both scores.
+The images come from the public `sample` API (one call per batch), so this module does not depend on how the sampler
+is built inside. Each image is embedded once and used for both scores.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from .clip import ClipParts, image_embeddings, style_score_from_embeddings, text_embeddings
+from .feedback import Candidate
 from .model import AmusedParts
 from .sampler import GenerationRequest, sample
 
@@ -81,6 +83,45 @@ def parse_prompts(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
+def render(
+    parts: AmusedParts, prompts: Sequence[str], seeds: Sequence[int], settings: EvalSettings
+) -> list[Image.Image]:
+    """One image per (prompt, seed) in one `sample` call, in order."""
+    requests = [GenerationRequest(p, seed=s, adapter=settings.adapter, style_strength=settings.style_strength,
+                                  guidance_scale=settings.guidance_scale, steps=settings.steps)
+                for p, s in zip(prompts, seeds, strict=True)]
+    images: list[Image.Image] = []
+    for result in sample(parts, requests):
+        assert result.image is not None  # sample decodes unless told not to
+        images.append(result.image)
+    return images
+
+
+def render_candidates(
+    parts: AmusedParts,
+    prompts: Sequence[str],
+    *,
+    per_prompt: int = 4,
+    settings: EvalSettings = EvalSettings(),
+    on_batch: Callable[[int, int], None] | None = None,
+) -> list[Candidate]:
+    """The candidates of a feedback round: `per_prompt` images of each prompt, seeds `settings.seed`, +1, ... over
+    the prompts in order, `settings.batch_size` images per `sample` call; hand them to `feedback.select_best`."""
+    if per_prompt < 1:
+        raise ValueError(f"per_prompt must be at least 1, got {per_prompt}")
+    if settings.batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {settings.batch_size}")
+    todo = [p for p in prompts for _ in range(per_prompt)]
+    out: list[Candidate] = []
+    for start in range(0, len(todo), settings.batch_size):
+        chunk = todo[start : start + settings.batch_size]
+        seeds = [settings.seed + start + i for i in range(len(chunk))]
+        out += [Candidate(im, p) for im, p in zip(render(parts, chunk, seeds, settings), chunk, strict=True)]
+        if on_batch is not None:
+            on_batch(len(out), len(todo))
+    return out
+
+
 def evaluate(
     parts: AmusedParts,
     clip: ClipParts,
@@ -101,13 +142,7 @@ def evaluate(
     for start in range(0, len(prompts), settings.batch_size):
         chunk = list(prompts[start : start + settings.batch_size])
         seeds = [settings.seed + start + i for i in range(len(chunk))]
-        requests = [GenerationRequest(p, seed=s, adapter=settings.adapter, style_strength=settings.style_strength,
-                                      guidance_scale=settings.guidance_scale, steps=settings.steps)
-                    for p, s in zip(chunk, seeds, strict=True)]
-        rendered: list[Image.Image] = []
-        for result in sample(parts, requests):
-            assert result.image is not None  # sample decodes unless told not to
-            rendered.append(result.image)
+        rendered = render(parts, chunk, seeds, settings)
         img_emb = image_embeddings(clip, rendered)  # (n, D), used by both scores
         text = (img_emb * text_embeddings(clip, chunk)).sum(dim=-1).tolist()
         style: list[float | None] = (style_score_from_embeddings(img_emb, ref_emb).tolist() if ref_emb is not None
