@@ -111,6 +111,14 @@ def engine_tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ensure_tiny(tmp_path_factory.mktemp("models") / "tiny")
 
 
+@pytest.fixture(scope="session")
+def engine_tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny CLIP written with save_pretrained, once per test session (load it with `load_clip(str(dir))`)."""
+    from trainer.clip import ensure_tiny_clip
+
+    return ensure_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip")
+
+
 @pytest.fixture
 def engine_parts(engine_tiny_dir: Path):  # type: ignore[no-untyped-def]
     """A fresh tiny model per test (0.2 s), loaded by `load_base` exactly like amused/amused-256."""

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers.stack import free_port as worker_free_port
 from tests.helpers.faults import Db, assert_all_final_one_adapter_each, post_style, progress_steps, wait_for
+from tests.helpers.stack import free_port as worker_free_port
 from tests.test_e2e_service import Stack, _env
 
 pytestmark = pytest.mark.integration

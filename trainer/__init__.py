@@ -7,9 +7,17 @@ Public API:
 - lora:       Adapter, AdapterMeta, AdapterSlots, save_adapter, load_adapter, adapter_to_bytes,
               adapter_from_bytes, AdapterError
 - checkpoint: Checkpoint, CheckpointError
+- clip:       load_clip, ClipParts, clip_text_score, clip_style_score (the paper's two metrics)
+- feedback:   select_best, feedback_prompts, Candidate, ClipScorer (round-2 selection)
+- examples:   TrainingExample (image, caption) pairs to train on
+- evaluate:   evaluate, EvalSettings, EvalReport (what `styledrop eval` runs), render_candidates
 """
 
 from .checkpoint import Checkpoint, CheckpointError
+from .clip import ClipParts, clip_style_score, clip_text_score, load_clip
+from .evaluate import EvalReport, EvalSettings, evaluate, render_candidates
+from .examples import TrainingExample
+from .feedback import Candidate, ClipScorer, feedback_prompts, select_best
 from .lora import (
     ENGINE_VERSION,
     Adapter,
@@ -32,8 +40,13 @@ __all__ = [
     "AdapterMeta",
     "AdapterSlots",
     "AmusedParts",
+    "Candidate",
     "Checkpoint",
     "CheckpointError",
+    "ClipParts",
+    "ClipScorer",
+    "EvalReport",
+    "EvalSettings",
     "GenerationRequest",
     "ModelLoadError",
     "Progress",
@@ -41,16 +54,24 @@ __all__ = [
     "SamplingError",
     "TrainConfig",
     "TrainResult",
+    "TrainingExample",
     "adapter_from_bytes",
     "adapter_to_bytes",
     "build_tiny",
+    "clip_style_score",
+    "clip_text_score",
     "ensure_tiny",
+    "evaluate",
+    "feedback_prompts",
     "load_adapter",
     "load_base",
+    "load_clip",
+    "render_candidates",
     "resolve_device",
     "resolve_dtype",
     "sample",
     "save_adapter",
+    "select_best",
     "train_style",
     "training_prompt",
 ]

@@ -1,7 +1,8 @@
-"""`styledrop train` and `styledrop generate`: the engine from a terminal, no service needed.
+"""`styledrop train`, `styledrop generate` and `styledrop eval`: the engine from a terminal, no service needed.
 
     styledrop train style.png --descriptor "watercolor painting" --content "a mushroom" --model tiny --out out/
     styledrop generate "a cat in watercolor painting style" --adapter out/ --style-strength 1.5 --out images/
+    styledrop eval out/ --prompts prompts.txt --reference style.png --clip tiny --json
 
 Bad arguments and unreadable files are reported before any model is loaded, naming the bad value.
 """
@@ -14,11 +15,15 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image, UnidentifiedImageError
 
 from . import limits
+
+if TYPE_CHECKING:
+    from .lora import Adapter
+    from .model import AmusedParts
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +79,16 @@ def _add_model_args(p: argparse.ArgumentParser, default: str | None) -> None:
                    help="U-ViT and text encoder dtype; the VQ-GAN always runs in float32")
 
 
+def _add_guidance_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--style-strength", type=_ranged(float, limits.MIN_STYLE_STRENGTH, limits.MAX_STYLE_STRENGTH),
+                   default=limits.DEFAULT_STYLE_STRENGTH,
+                   help="StyleDrop style guidance λA (0 = adapter as trained; "
+                        f"default {limits.DEFAULT_STYLE_STRENGTH:g})")
+    p.add_argument("--guidance-scale", type=_ranged(float, limits.MIN_GUIDANCE_SCALE, limits.MAX_GUIDANCE_SCALE),
+                   default=limits.DEFAULT_GUIDANCE_SCALE,
+                   help=f"text guidance (default {limits.DEFAULT_GUIDANCE_SCALE:g})")
+
+
 def add_engine_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t = sub.add_parser("train", help="train a StyleDrop adapter from style image(s)",
                        description="Train a StyleDrop LoRA adapter for aMUSEd from one (or a few) style images.")
@@ -100,13 +115,7 @@ def add_engine_commands(sub: argparse._SubParsersAction) -> None:  # type: ignor
     g.add_argument("prompt", help='e.g. "a cat in watercolor painting style"')
     g.add_argument("--out", required=True, type=Path, help="directory for the PNG files")
     g.add_argument("--adapter", default=None, help="adapter.safetensors or a directory holding it")
-    g.add_argument("--style-strength", type=_ranged(float, limits.MIN_STYLE_STRENGTH, limits.MAX_STYLE_STRENGTH),
-                   default=limits.DEFAULT_STYLE_STRENGTH,
-                   help="StyleDrop style guidance λA (0 = adapter as trained; "
-                        f"default {limits.DEFAULT_STYLE_STRENGTH:g})")
-    g.add_argument("--guidance-scale", type=_ranged(float, limits.MIN_GUIDANCE_SCALE, limits.MAX_GUIDANCE_SCALE),
-                   default=limits.DEFAULT_GUIDANCE_SCALE,
-                   help=f"text guidance (default {limits.DEFAULT_GUIDANCE_SCALE:g})")
+    _add_guidance_args(g)
     g.add_argument("--negative-prompt", default=None)
     g.add_argument("--seed", type=_ranged(int, 0, 2**63 - 1), default=0)
     g.add_argument("--num-images", type=_ranged(int, 1, 64), default=1)
@@ -118,12 +127,16 @@ def add_engine_commands(sub: argparse._SubParsersAction) -> None:  # type: ignor
     _add_model_args(g, None)
     g.set_defaults(func=cmd_generate)
 
+    from .cli_eval import add_eval_command  # its own module; it uses this module's helpers
+
+    add_eval_command(sub)
+
 
 class _PlainProgress:
     """Progress for logs and pipes: a plain line every ~10% with one rate, instead of tqdm's carriage returns."""
 
-    def __init__(self, total: int, desc: str) -> None:
-        self.total, self.desc, self.n = total, desc, 0
+    def __init__(self, total: int, desc: str, unit: str = "step") -> None:
+        self.total, self.desc, self.unit, self.n = total, desc, unit, 0
         self._start = time.perf_counter()
         self._next = max(total // 10, 1)
         self.postfix = ""
@@ -133,7 +146,8 @@ class _PlainProgress:
         if self.n >= self._next or self.n >= self.total:
             elapsed = time.perf_counter() - self._start
             rate = self.n / elapsed if elapsed > 0 else 0.0
-            sys.stderr.write(f"{self.desc}: {self.n}/{self.total} steps, {rate:.2f} steps/s{self.postfix}\n")
+            sys.stderr.write(f"{self.desc}: {self.n}/{self.total} {self.unit}s, {rate:.2f} {self.unit}s/s"
+                             f"{self.postfix}\n")
             while self._next <= self.n:
                 self._next += max(self.total // 10, 1)
 
@@ -144,13 +158,13 @@ class _PlainProgress:
         pass
 
 
-def _progress(total: int, desc: str):  # type: ignore[no-untyped-def]
+def _progress(total: int, desc: str, unit: str = "step"):  # type: ignore[no-untyped-def]
     """A tqdm bar on a terminal; plain progress lines when stderr goes to a file or pipe."""
     if not sys.stderr.isatty():
-        return _PlainProgress(total, desc)
+        return _PlainProgress(total, desc, unit)
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -212,8 +226,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if mask is not None and init is not None and mask.size != init.size:
         raise CliError(f"--mask is {mask.size[0]}x{mask.size[1]} but --init-image is {init.size[0]}x{init.size[1]}")
 
-    from .lora import AdapterError, AdapterSlots, load_adapter
-    from .model import load_base
+    from .lora import AdapterError, load_adapter
     from .sampler import GenerationRequest, SamplingError, sample
 
     adapter = None
@@ -222,17 +235,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             adapter = load_adapter(args.adapter)
         except AdapterError as exc:
             raise CliError(f"--adapter {args.adapter}: {exc}") from None
-    model = args.model or (adapter.meta.base_model if adapter else "amused-256")
-    device, dtype = _device_and_dtype(args)
-    parts = load_base(model, revision=args.revision, variant=args.variant, device=device, dtype=dtype)
-    slot = None
-    if adapter is not None:
-        slots = AdapterSlots(parts.transformer, 1, rank=adapter.meta.rank, targets=adapter.meta.targets)
-        try:
-            slots.load("slot0", adapter)
-        except AdapterError as exc:
-            raise CliError(f"--adapter {args.adapter}: {exc}") from None
-        slot = "slot0"
+    parts, slot = _load_base_with(args, adapter, f"--adapter {args.adapter}")
     requests = [
         GenerationRequest(args.prompt, negative_prompt=args.negative_prompt, seed=args.seed + i, adapter=slot,
                           style_strength=args.style_strength, guidance_scale=args.guidance_scale, steps=args.steps,
@@ -254,6 +257,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
         r.image.save(path)
         sys.stderr.write(f"{path}\n")
     return 0
+
+
+def _load_base_with(args: argparse.Namespace, adapter: Adapter | None, what: str) -> tuple[AmusedParts, str | None]:
+    """The base model (--model, else the adapter's base, else amused-256) with `adapter` resident; its name."""
+    from .lora import AdapterError, AdapterSlots
+    from .model import load_base
+
+    model = args.model or (adapter.meta.base_model if adapter else "amused-256")
+    device, dtype = _device_and_dtype(args)
+    parts = load_base(model, revision=args.revision, variant=args.variant, device=device, dtype=dtype)
+    if adapter is None:
+        return parts, None
+    slots = AdapterSlots(parts.transformer, 1, rank=adapter.meta.rank, targets=adapter.meta.targets)
+    try:
+        slots.load("slot0", adapter)
+    except AdapterError as exc:
+        raise CliError(f"{what}: {exc}") from None
+    return parts, "slot0"
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -6,7 +6,7 @@
     styledrop reconcile [--once]                        re-send lost messages, requeue jobs of dead workers
     styledrop users create NAME [--admin]               prints the new API key once
     styledrop users list | keys | add-key | revoke-key | rotate-key | disable | enable   (worker/users_cli.py)
-    styledrop train ... / styledrop generate ...        the engine on its own (trainer/cli.py)
+    styledrop train / generate / eval ...               the engine on its own (trainer/cli.py)
 
 With no DATABASE_URL / BROKER_URL everything is embedded under STYLEDROP_DATA_DIR (default ./.styledrop): a SQLite
 file, a blob directory and a file-system broker.

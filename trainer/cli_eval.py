@@ -1,0 +1,93 @@
+"""`styledrop eval ADAPTER --prompts FILE`: the StyleDrop paper's two CLIP metrics for an adapter, from a terminal.
+
+    styledrop eval out/ --prompts prompts.txt --reference style.png [--clip tiny|DIR|hub-id] [--json]
+
+One image per prompt (seeds --seed, --seed+1, ...), a progress bar with the running means on stderr, then a table
+(or JSON with --json) on stdout. Bad arguments are reported before any model is loaded, naming the bad value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .cli import CliError, _add_guidance_args, _add_model_args, _load_base_with, _progress, _ranged, _read_image
+from .clip import DEFAULT_CLIP, load_clip, resolve_clip_source
+from .evaluate import EvalReport, EvalSettings, evaluate, parse_prompts
+from .lora import AdapterError, load_adapter
+from .model import ModelLoadError
+
+
+def add_eval_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    e = sub.add_parser("eval", help="score an adapter with the StyleDrop paper's CLIP text and style scores",
+                       description="Generate one image per prompt with an adapter and print the CLIP text score "
+                                   "(image vs prompt) and CLIP style score (image vs --reference images).")
+    e.add_argument("adapter", metavar="ADAPTER", help="adapter.safetensors or a directory holding it")
+    e.add_argument("--prompts", required=True, type=Path, metavar="FILE",
+                   help="text file, one prompt per line (blank lines and # comments skipped)")
+    e.add_argument("--reference", nargs="+", default=[], metavar="IMG",
+                   help="style reference image(s); without them only the text score is computed")
+    e.add_argument("--clip", default=DEFAULT_CLIP,
+                   help=f"tiny (offline test model), a local directory or a hub id (default {DEFAULT_CLIP})")
+    e.add_argument("--clip-revision", default=None, help="hub revision of the CLIP model")
+    e.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    e.add_argument("--out", type=Path, default=None, help="also save the images in this directory")
+    _add_guidance_args(e)
+    e.add_argument("--seed", type=_ranged(int, 0, 2**63 - 1), default=0, help="seed of the first prompt (+1 each)")
+    e.add_argument("--steps", type=_ranged(int, 1, 100), default=12)
+    e.add_argument("--batch-size", type=_ranged(int, 1, 64), default=4, help="prompts per sampling batch")
+    _add_model_args(e, None)
+    e.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    # Everything a user can get wrong is checked before the (slow) model loads.
+    try:
+        prompts_text = args.prompts.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CliError(f"cannot read --prompts '{args.prompts}': no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"cannot read --prompts '{args.prompts}': {exc}") from None
+    prompts = parse_prompts(prompts_text)
+    if not prompts:
+        raise CliError(f"--prompts {args.prompts}: no prompts (one per line; blank lines and # comments skipped)")
+    references = [_read_image(p, "reference image") for p in args.reference]
+
+    try:
+        adapter = load_adapter(args.adapter)
+    except AdapterError as exc:
+        raise CliError(f"adapter {args.adapter}: {exc}") from None
+    try:
+        resolve_clip_source(args.clip)  # a --clip that names nothing fails now, not after the base model loads
+    except ModelLoadError as exc:
+        raise CliError(f"--clip {args.clip}: {exc}") from None
+    parts, slot = _load_base_with(args, adapter, f"adapter {args.adapter}")
+    clip = load_clip(args.clip, revision=args.clip_revision, device=parts.device, dtype=parts.dtype)
+    settings = EvalSettings(adapter=slot, seed=args.seed, steps=args.steps, style_strength=args.style_strength,
+                            guidance_scale=args.guidance_scale, batch_size=args.batch_size)
+    bar = _progress(len(prompts), "eval", unit="image")
+
+    def on_batch(done: int, total: int, report: EvalReport) -> None:
+        bar.update(done - bar.n)
+        style = report.mean_style_score
+        bar.set_postfix(text=f"{report.mean_text_score:.4f}", style="-" if style is None else f"{style:.4f}")
+
+    try:
+        report = evaluate(parts, clip, prompts, references=references, settings=settings, on_batch=on_batch)
+    except ValueError as exc:  # SamplingError included
+        raise CliError(str(exc)) from None
+    finally:
+        bar.close()
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        for row, image in zip(report.rows, report.images, strict=True):
+            image.save(args.out / f"{row.seed:06d}.png")
+    if args.json:
+        sys.stdout.write(report.to_json(adapter=str(args.adapter), model=parts.model_id, clip=args.clip,
+                                        references=list(args.reference), steps=args.steps, seed=args.seed,
+                                        style_strength=args.style_strength, guidance_scale=args.guidance_scale)
+                         + "\n")
+    else:
+        sys.stdout.write(report.to_table())
+    return 0

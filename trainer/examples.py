@@ -1,0 +1,26 @@
+"""Training input as (image, caption) pairs: several style images, each with its own caption.
+
+Its own module with no project imports, so `train.py` can take these without importing the feedback code (which
+imports `train.training_prompt`): round 2 of StyleDrop trains on the selected feedback images, each captioned with the
+prompt it was rendered from ("A chihuahua in watercolor painting style").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class TrainingExample:
+    """One training image with its own caption ("<content> in <descriptor> style")."""
+
+    image: Image.Image
+    caption: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.image, Image.Image):
+            raise TypeError(f"image must be a PIL image, got {type(self.image).__name__}")
+        if not self.caption.strip():
+            raise ValueError("caption must not be empty")
