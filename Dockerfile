@@ -12,7 +12,7 @@ COPY trainer ./trainer
 COPY storage ./storage
 COPY api ./api
 COPY worker ./worker
-# A plain install: the migrations (storage/migrations/) ship inside the package.
+# A plain install: the migrations (alembic/, linked as storage/migrations/) ship inside the package.
 RUN pip install ".[gpu]"
 
 RUN useradd --create-home --uid 1000 styledrop && mkdir -p /data /models && chown styledrop /data /models

@@ -1,9 +1,9 @@
 """Engine, sessions, the declarative base, and migrations run from code.
 
-The schema is owned by Alembic; its scripts live in `storage/migrations/` and ship inside the package, so an
-installed (non-editable) copy migrates too. The service never calls `create_all` and the API never runs DDL:
-`styledrop migrate` and `styledrop up` call `upgrade_to_head`; the API checks `schema_problem` at start-up and in
-`/readyz`.
+The schema is owned by Alembic; its scripts live in `alembic/` (linked as `storage/migrations/`) and ship inside
+the package, so an installed (non-editable) copy migrates too. The service never calls `create_all` and the API
+never runs DDL: `styledrop migrate` and `styledrop up` call `upgrade_to_head`; the API checks `schema_problem` at
+start-up and in `/readyz`.
 """
 
 from __future__ import annotations
