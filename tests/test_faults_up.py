@@ -15,8 +15,7 @@ import httpx
 import pytest
 
 from tests.helpers.faults import Db, assert_all_final_one_adapter_each, post_style, progress_steps, wait_for
-from tests.helpers.stack import free_port as worker_free_port
-from tests.test_e2e_service import Stack, _env
+from tests.helpers.stack import Stack, free_port, service_env
 
 pytestmark = pytest.mark.integration
 
@@ -51,9 +50,9 @@ def _runs(db: Db, job: str) -> int:
 
 
 def test_up_supervises_worker_kills_clean_stops_and_its_own_sigkill(tmp_path: Path) -> None:
-    env = _env(tmp_path / "data", STYLEDROP_HEARTBEAT_STALE_SECONDS="120", STYLEDROP_RECONCILE_EVERY="1",
+    env = service_env(tmp_path / "data", STYLEDROP_HEARTBEAT_STALE_SECONDS="120", STYLEDROP_RECONCILE_EVERY="1",
                STYLEDROP_PREVIEW_PROMPTS='["a cat"]', OMP_NUM_THREADS="1")
-    port = worker_free_port()
+    port = free_port()
     stack = Stack(tmp_path, env)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     db = Db(f"sqlite:///{(tmp_path / 'data' / 'styledrop.db').resolve()}")

@@ -18,7 +18,7 @@ from storage.db import make_engine, make_sessionmaker
 from storage.models import Adapter, Generation, Style, TrainingJob, utcnow
 from storage.reclaim import reclaim, user_storage_bytes
 from storage.users import create_user
-from tests.helpers.images import style_png as worker_style_png
+from tests.helpers.images import style_png
 
 HOUR = 3600.0
 
@@ -127,7 +127,7 @@ def test_delete_style_frees_its_file_and_the_storage_cap_is_413(api_client, api_
 
     def upload(color: tuple[int, int, int]):  # type: ignore[no-untyped-def]
         return api_client.post("/v1/styles", headers=auth, data={"descriptor": "stripes", "steps": "5"},
-                               files={"image": ("s.png", worker_style_png(color, size=128), "image/png")})
+                               files={"image": ("s.png", style_png(color, size=128), "image/png")})
 
     first = upload((200, 40, 40))
     assert first.status_code == 202, first.text

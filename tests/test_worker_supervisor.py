@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.stack import free_port as worker_free_port
+from tests.helpers.stack import free_port
 from worker.supervisor import Supervisor
 
 PY = sys.executable
@@ -98,7 +98,7 @@ def _port_free(port: int) -> bool:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
 def test_children_die_with_a_sigkilled_supervisor_and_free_the_port() -> None:
-    port = worker_free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     sup = subprocess.Popen([PY, "-c", SUPERVISED, str(port)], stdout=subprocess.PIPE, env=env,
                            start_new_session=True)
