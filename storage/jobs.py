@@ -1,6 +1,7 @@
 """The job and generation state machines (their vocabulary is `storage.states`) and the queries api/ and worker/
 share. `transition` (jobs) and `transition_generation` share one conditional UPDATE; the reconciler's queries
-(`stale_rows`, `unsent_rows`) and `mark_sent` take the model, so jobs and generations follow one rule.
+(`stale_rows`, `unsent_rows`) and `mark_sent` take the model, so jobs and generations follow one rule. Claims and
+the takeover rule are in `storage.claims`.
 
 Every state change is ONE conditional UPDATE (`... WHERE id = :id AND state IN (:expected)`); the caller
 learns from the return value whether it won. A job transition that changed a row also writes one
@@ -16,7 +17,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from sqlalchemy import CursorResult, case, func, or_, select, update
+from sqlalchemy import CursorResult, func, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
@@ -140,176 +141,6 @@ def events_after(session: Session, job_id: str, after_id: int = 0, limit: int = 
         .order_by(JobEvent.id)
         .limit(limit)
     ).all()
-
-
-def _train_queue() -> Any:
-    """Claimable queued jobs with their claim order: the database's, never the broker's.
-
-    Fair across users: a job's `load` is its owner's running jobs plus the owner's queued jobs ahead of it, so the
-    user with the fewest running jobs goes first, then the oldest job. Sorting every claimable job by (load,
-    queued_at, id) gives exactly the order of claiming one job at a time with that rule, so a batch claim
-    (`limit` > 1) and `queue_position` agree with single claims.
-    """
-    running = (
-        select(TrainingJob.owner_id, func.count().label("n"))
-        .where(TrainingJob.state.in_(JOB_ACTIVE))
-        .group_by(TrainingJob.owner_id)
-        .subquery()
-    )
-    ahead = func.row_number().over(partition_by=TrainingJob.owner_id, order_by=(TrainingJob.queued_at, TrainingJob.id))
-    return (
-        select(TrainingJob.id, TrainingJob.queued_at, (func.coalesce(running.c.n, 0) + ahead - 1).label("load"))
-        .outerjoin(running, running.c.owner_id == TrainingJob.owner_id)
-        .where(TrainingJob.state == JobState.QUEUED, TrainingJob.cancel_requested_at.is_(None),
-               TrainingJob.attempts < TrainingJob.max_attempts)
-        .subquery()
-    )
-
-
-def queue_positions(session: Session, job_ids: Collection[str]) -> dict[str, int]:
-    """The queue position of each of `job_ids` waiting to be claimed (1 = the next `claim_train_jobs` takes), in
-    one query whatever their number; jobs that are not waiting are left out."""
-    if not job_ids:
-        return {}
-    q = _train_queue()
-    ordered = select(q.c.id, func.row_number().over(order_by=(q.c.load, q.c.queued_at, q.c.id)).label("n")).subquery()
-    rows = session.execute(select(ordered.c.id, ordered.c.n).where(ordered.c.id.in_(list(job_ids))))
-    return {job_id: int(n) for job_id, n in rows}
-
-
-def queue_position(session: Session, job: TrainingJob) -> int:
-    """1 for the next job `claim_train_jobs` will claim; 0 when `job` is not waiting to be claimed."""
-    return queue_positions(session, [job.id]).get(job.id, 0) if job.state == JobState.QUEUED else 0
-
-
-def claim_train_jobs(session: Session, *, limit: int, worker: str) -> list[TrainingJob]:
-    """Move up to `limit` queued jobs to running for `worker` (a worker_host), in queue order (`_train_queue`).
-
-    Each job is taken by one conditional UPDATE (`... WHERE state = 'queued'`) that also counts the attempt and
-    writes the "state" event, so two claimers never get the same job: on PostgreSQL the candidates are first
-    locked `FOR UPDATE SKIP LOCKED` (a concurrent claimer takes the next ones instead of waiting), on SQLite the
-    write lock serialises claimers. Returns the claimed rows in claim order; the caller commits.
-    """
-    if limit < 1:
-        return []
-    q = _train_queue()
-    # A few spare candidates: on PostgreSQL some may be locked by a concurrent claimer.
-    candidates = list(session.scalars(
-        select(q.c.id).order_by(q.c.load, q.c.queued_at, q.c.id).limit(limit * 4 + 8)
-    ))
-    if candidates and session.get_bind().dialect.name == "postgresql":
-        free = set(session.scalars(
-            select(TrainingJob.id).where(TrainingJob.id.in_(candidates), TrainingJob.state == JobState.QUEUED)
-            .with_for_update(skip_locked=True)
-        ))
-        candidates = [c for c in candidates if c in free]
-    now = utcnow()
-    claimed: list[str] = []
-    for job_id in candidates:
-        if len(claimed) == limit:
-            break
-        if transition(session, job_id, expected=JobState.QUEUED, new=JobState.RUNNING,
-                      attempts=TrainingJob.attempts + 1, worker_host=worker,
-                      started_at=func.coalesce(TrainingJob.started_at, now), heartbeat_at=now,
-                      error_code=None, error_message=None):
-            claimed.append(job_id)
-    if not claimed:
-        return []
-    rows = {j.id: j for j in session.scalars(
-        select(TrainingJob).where(TrainingJob.id.in_(claimed)).execution_options(populate_existing=True)
-    )}
-    return [rows[i] for i in claimed]
-
-
-
-
-def claim_generations(session: Session, *, first_id: str, limit: int, worker_host: str) -> list[Generation]:
-    """Atomically move `first_id` and up to `limit - 1` other queued generations (oldest first) to running.
-
-    Returns the rows this call claimed (possibly none, possibly without `first_id` when another worker has
-    it). On PostgreSQL the candidates are locked with `FOR UPDATE SKIP LOCKED`, so concurrent claimers never
-    share a row; on SQLite each row is taken by its own conditional UPDATE. The caller commits.
-    """
-    if limit < 1:
-        return []
-    now = utcnow()
-    first_first = case((Generation.id == first_id, 0), else_=1)
-    candidates = (
-        select(Generation.id)
-        .where(Generation.state == GenerationState.QUEUED)
-        .order_by(first_first, Generation.queued_at, Generation.id)
-        .limit(limit)
-    )
-    claim_values = {
-        "state": GenerationState.RUNNING,
-        "attempts": Generation.attempts + 1,
-        "started_at": now,
-        "heartbeat_at": now,
-        "worker_host": worker_host,
-    }
-    claimed: list[str] = []
-    bind = session.get_bind()
-    if bind.dialect.name == "postgresql":
-        ids = list(session.scalars(candidates.with_for_update(skip_locked=True)))
-        if ids:
-            result = session.execute(
-                update(Generation)
-                .where(Generation.id.in_(ids), Generation.state == GenerationState.QUEUED)
-                .values(**claim_values)
-                .returning(Generation.id)
-                .execution_options(synchronize_session=False)
-            )
-            claimed = list(result.scalars())
-    else:
-        for gen_id in session.scalars(candidates).all():
-            result = session.execute(
-                update(Generation)
-                .where(Generation.id == gen_id, Generation.state == GenerationState.QUEUED)
-                .values(**claim_values)
-                .execution_options(synchronize_session=False)
-            )
-            assert isinstance(result, CursorResult)
-            if result.rowcount == 1:
-                claimed.append(gen_id)
-    if not claimed:
-        return []
-    rows = session.scalars(
-        select(Generation)
-        .where(Generation.id.in_(claimed))
-        .order_by(first_first, Generation.queued_at, Generation.id)
-        .execution_options(populate_existing=True)
-    ).all()
-    logger.debug("%s claimed %d generations", worker_host, len(rows))
-    return list(rows)
-
-
-def last_seen(row: TrainingJob | Generation) -> datetime:
-    """When the row's worker last showed life: its heartbeat, else its start, else its queueing (the Python twin
-    of the expression `stale_rows` filters on)."""
-    return row.heartbeat_at or row.started_at or row.queued_at
-
-
-def is_abandoned(row: TrainingJob | Generation, *, worker_host: str, older_than: timedelta) -> bool:
-    """A row a worker holds that nobody is running any more: its worker is `worker_host` (this process, which
-    crashed out of it and lives on) or stopped beating more than `older_than` ago. Such a row may be taken over."""
-    if row.state not in _MACHINES[type(row)].active:
-        return False
-    return row.worker_host == worker_host or last_seen(row) < utcnow() - older_than
-
-
-def claim_generation_batch(
-    session: Session, *, first_id: str, limit: int, worker_host: str, older_than: timedelta
-) -> list[Generation]:
-    """The generate task's claim: `first_id` (requeued first when it was abandoned, see `is_abandoned`) and up to
-    `limit - 1` other queued generations, oldest first, moved to running for `worker_host`. The caller commits."""
-    gen = session.get(Generation, first_id)
-    if gen is None:
-        return []
-    if is_abandoned(gen, worker_host=worker_host, older_than=older_than):
-        logger.warning("generation %s: requeued (was running on %s, last seen %s)", gen.id, gen.worker_host,
-                       last_seen(gen))
-        transition_generation(session, first_id, expected=GenerationState.RUNNING, new=GenerationState.QUEUED)
-    return claim_generations(session, first_id=first_id, limit=limit, worker_host=worker_host)
 
 
 def _cutoff(older_than: timedelta | datetime) -> datetime:

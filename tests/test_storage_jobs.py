@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage import jobs
+from storage import claims, jobs
 from storage.db import make_engine, make_sessionmaker
 from storage.models import Generation, JobEvent, Style, TrainingJob, User, utcnow
 from storage.states import JOB_ACTIVE
@@ -116,10 +116,10 @@ def test_queue_position_and_reconciler_queries(db: sessionmaker[Session]) -> Non
         b = _job(s, user, queued_at=t0 + timedelta(seconds=1))
         c = _job(s, user, queued_at=t0 + timedelta(seconds=2), sent_at=utcnow())
         s.commit()
-        assert [jobs.queue_position(s, j) for j in (a, b, c)] == [1, 2, 3]
+        assert [claims.queue_position(s, j) for j in (a, b, c)] == [1, 2, 3]
         assert jobs.transition(s, a.id, expected="queued", new="running", started_at=t0, heartbeat_at=t0)
         s.commit()
-        assert [jobs.queue_position(s, j) for j in (a, b, c)] == [0, 1, 2]
+        assert [claims.queue_position(s, j) for j in (a, b, c)] == [0, 1, 2]
         assert [j.id for j in jobs.stale_rows(s, TrainingJob, timedelta(minutes=5))] == [a.id]
         assert jobs.stale_rows(s, TrainingJob, timedelta(hours=2)) == []
         assert [j.id for j in jobs.unsent_rows(s, TrainingJob, timedelta(minutes=5))] == [b.id]
@@ -156,17 +156,17 @@ def test_abandoned_generations_are_taken_over_live_ones_are_not(db: sessionmaker
         mine = _generation(s, user, state="running", worker_host="w2", heartbeat_at=now, attempts=1)
         s.commit()
         stale = timedelta(minutes=2)
-        assert [jobs.is_abandoned(g, worker_host="w2", older_than=stale) for g in (live, dead, mine)] == [
+        assert [claims.is_abandoned(g, worker_host="w2", older_than=stale) for g in (live, dead, mine)] == [
             False, True, True]
-        assert jobs.claim_generation_batch(s, first_id=live.id, limit=1, worker_host="w2", older_than=stale) == []
+        assert claims.claim_generation_batch(s, first_id=live.id, limit=1, worker_host="w2", older_than=stale) == []
         s.commit()
         for gen in (dead, mine):
-            (claimed,) = jobs.claim_generation_batch(s, first_id=gen.id, limit=1, worker_host="w2",
+            (claimed,) = claims.claim_generation_batch(s, first_id=gen.id, limit=1, worker_host="w2",
                                                      older_than=stale)
             s.commit()
             assert (claimed.id, claimed.worker_host, claimed.attempts) == (gen.id, "w2", 2)
         assert s.get(Generation, live.id).worker_host == "w1"  # type: ignore[union-attr]
-        assert jobs.claim_generation_batch(s, first_id="nope", limit=1, worker_host="w2", older_than=stale) == []
+        assert claims.claim_generation_batch(s, first_id="nope", limit=1, worker_host="w2", older_than=stale) == []
 
 
 def test_idempotency_key_unique_per_owner(db: sessionmaker[Session]) -> None:
@@ -187,11 +187,11 @@ def test_generation_transition_and_claim(db: sessionmaker[Session]) -> None:
         t0 = utcnow() - timedelta(minutes=1)
         gens = [_generation(s, user, queued_at=t0 + timedelta(seconds=i)) for i in range(5)]
         s.commit()
-        claimed = jobs.claim_generations(s, first_id=gens[3].id, limit=3, worker_host="w1")
+        claimed = claims.claim_generations(s, first_id=gens[3].id, limit=3, worker_host="w1")
         s.commit()
         assert [g.id for g in claimed] == [gens[3].id, gens[0].id, gens[1].id]
         assert all(g.state == "running" and g.attempts == 1 and g.worker_host == "w1" for g in claimed)
-        assert jobs.claim_generations(s, first_id=gens[3].id, limit=1, worker_host="w2") == [
+        assert claims.claim_generations(s, first_id=gens[3].id, limit=1, worker_host="w2") == [
             s.get(Generation, gens[2].id)
         ]
         assert jobs.transition_generation(
@@ -240,7 +240,7 @@ def test_concurrent_claims_never_share_a_row_on_postgres(pg_url: str) -> None:
                 barrier.wait()
                 for round_ in range(40):
                     with maker() as s:
-                        got = jobs.claim_generations(
+                        got = claims.claim_generations(
                             s, first_id=ids[(i * 7 + round_) % len(ids)], limit=4, worker_host=f"w{i}"
                         )
                         s.commit()
@@ -280,19 +280,19 @@ def test_claim_train_jobs_oldest_first_fair_across_users_and_matches_queue_posit
         worn = _job(s, bob, queued_at=at[0], attempts=3, max_attempts=3)  # left for its own message to fail
         s.commit()
         expected = [a1, b1, c1, a2, b2, a3]
-        assert [jobs.queue_position(s, j) for j in expected] == [1, 2, 3, 4, 5, 6]
-        assert jobs.queue_position(s, worn) == 0
+        assert [claims.queue_position(s, j) for j in expected] == [1, 2, 3, 4, 5, 6]
+        assert claims.queue_position(s, worn) == 0
 
-        first = jobs.claim_train_jobs(s, limit=4, worker="w1")
+        first = claims.claim_train_jobs(s, limit=4, worker="w1")
         s.commit()
         assert [j.id for j in first] == [j.id for j in expected[:4]]
         assert all(j.state == "running" and j.attempts == 1 and j.worker_host == "w1" for j in first)
-        assert [jobs.queue_position(s, j) for j in (b2, a3)] == [1, 2]
-        rest = jobs.claim_train_jobs(s, limit=10, worker="w2")
+        assert [claims.queue_position(s, j) for j in (b2, a3)] == [1, 2]
+        rest = claims.claim_train_jobs(s, limit=10, worker="w2")
         s.commit()
         assert [j.id for j in rest] == [b2.id, a3.id]
-        assert jobs.claim_train_jobs(s, limit=1, worker="w3") == []
-        assert jobs.claim_train_jobs(s, limit=0, worker="w3") == []
+        assert claims.claim_train_jobs(s, limit=1, worker="w3") == []
+        assert claims.claim_train_jobs(s, limit=0, worker="w3") == []
         events = s.scalars(select(JobEvent).where(JobEvent.job_id == a1.id, JobEvent.kind == "state")).all()
         assert [e.payload for e in events] == [{"from": "queued", "to": "running"}]
 
@@ -317,7 +317,7 @@ def test_concurrent_train_claims_never_share_a_job_on_postgres(pg_url: str) -> N
                 barrier.wait()
                 for _ in range(20):
                     with maker() as s:
-                        got = jobs.claim_train_jobs(s, limit=3, worker=f"w{i}")
+                        got = claims.claim_train_jobs(s, limit=3, worker=f"w{i}")
                         s.commit()
                         results[i].extend(j.id for j in got)
             except BaseException as exc:  # pragma: no cover - reported below

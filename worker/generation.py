@@ -17,7 +17,7 @@ from typing import Any
 from PIL import UnidentifiedImageError
 
 import trainer
-from storage import jobs
+from storage import claims, jobs
 from storage.blobs import BlobIntegrityError, BlobNotFound, new_key
 from storage.models import Generation, utcnow
 from storage.states import GenerationState
@@ -57,9 +57,9 @@ def run_generate(rt: Runtime, generation_id: str) -> str:
 
 
 def claim(rt: Runtime, generation_id: str) -> list[Generation]:
-    """The rows this worker now runs (storage's one claim rule, `jobs.claim_generation_batch`)."""
+    """The rows this worker now runs (storage's one claim rule, `claims.claim_generation_batch`)."""
     with rt.session_factory() as s:
-        claimed = jobs.claim_generation_batch(
+        claimed = claims.claim_generation_batch(
             s, first_id=generation_id, limit=max(1, rt.settings.generate_batch_size), worker_host=rt.worker_host,
             older_than=timedelta(seconds=rt.settings.heartbeat_stale_seconds),
         )

@@ -21,7 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 import trainer
-from storage import jobs
+from storage import claims, jobs
 from storage.blobs import BlobNotFound, content_key, new_key, sha256_hex
 from storage.broker import ROUTES
 from storage.models import Adapter as AdapterRow
@@ -66,8 +66,8 @@ def _settle_message_job(rt: Runtime, job_id: str, log: IdLogger) -> None:
             return
         now = utcnow()
         if job.state in JOB_ACTIVE:
-            seen = job.heartbeat_at or job.started_at or job.queued_at
-            if job.worker_host != rt.worker_host and seen > now - stale:
+            seen = claims.last_seen(job)
+            if not claims.is_abandoned(job, worker_host=rt.worker_host, older_than=stale):
                 log.info("%s on %s (heartbeat %s); duplicate delivery", job.state, job.worker_host, seen)
                 return
             if job.state == JobState.CANCELLING:
@@ -99,7 +99,7 @@ def _claim_job(rt: Runtime, job_id: str, log: IdLogger) -> TrainingJob | None:
     named: the embedded broker delivers messages out of order. None when nothing is claimable."""
     _settle_message_job(rt, job_id, log)
     with rt.session_factory() as s:
-        claimed = jobs.claim_train_jobs(s, limit=1, worker=rt.worker_host)
+        claimed = claims.claim_train_jobs(s, limit=1, worker=rt.worker_host)
         s.commit()
     if not claimed:
         log.info("no queued job to claim; nothing to do")
@@ -248,8 +248,8 @@ def _train(rt: Runtime, job: TrainingJob, log: IdLogger) -> str:
                 ok = jobs.transition(s, job_id, expected=JOB_ACTIVE, new=JobState.CANCELLED,
                                      finished_at=utcnow(), eta_seconds=None, gpu_seconds=elapsed())
             s.commit()
-        log.info("stopped at step %d (%s)", result.step, JobState.CANCELLED if ok else "no longer ours")
-        return JobState.CANCELLED if ok else "stopped"
+        log.info("stopped at step %d (%s)", result.step, "cancelled" if ok else "no longer ours")
+        return "cancelled" if ok else "stopped"
 
     # Stored in fp16 (10.5 MB instead of 21 MB at amused-256 size); previews use the stored copy, so they show
     # exactly what later generations with this adapter will produce.
@@ -281,8 +281,8 @@ def _requeue_on_shutdown(rt: Runtime, job_id: str, gpu_seconds: float, log: IdLo
     here (this worker, still draining, would take it): with sent_at empty the reconciler sends one."""
     with rt.session_factory() as s:
         ok = jobs.transition(s, job_id, expected=JobState.RUNNING, new=JobState.QUEUED,
-                             attempts=TrainingJob.attempts - 1, heartbeat_at=None, sent_at=None, eta_seconds=None,
-                             gpu_seconds=gpu_seconds)
+                             attempts=TrainingJob.attempts - 1, heartbeat_at=None, sent_at=None,
+                             eta_seconds=None, gpu_seconds=gpu_seconds)
         s.commit()
     if not ok:  # cancelled meanwhile, or taken over: whoever moved it owns it now
         return "stopped"

@@ -18,6 +18,7 @@ from api.schemas import (
     JobPublic,
 )
 from api.services.lookup import get_owned
+from storage import claims
 from storage import jobs as jobstore
 from storage.dispatch import dispatch
 from storage.models import (
@@ -39,7 +40,7 @@ JobView = TypeVar("JobView", JobPublic, AdminJobPublic)
 def job_views(session: Session, jobs: Sequence[TrainingJob], schema: type[JobView] = JobPublic) -> list[JobView]:  # type: ignore[assignment]
     """`jobs` validated as `schema`, with the two values a row does not hold found for the whole page at once: the
     queue positions (one query) and the live adapters (one query). AdminJobPublic needs `owner` loaded."""
-    positions = jobstore.queue_positions(session, [j.id for j in jobs if j.state == JobState.QUEUED])
+    positions = claims.queue_positions(session, [j.id for j in jobs if j.state == JobState.QUEUED])
     adapters: dict[str, str] = {job_id: adapter_id for job_id, adapter_id in session.execute(
         select(Adapter.job_id, Adapter.id).where(Adapter.job_id.in_([j.id for j in jobs]), Adapter.deleted_at.is_(None))
     )} if jobs else {}
