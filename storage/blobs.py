@@ -88,7 +88,6 @@ class BlobStore(Protocol):
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> None: ...
     def sweep_temp_files(self, older_than: float = ...) -> int: ...
-    def size(self, key: str) -> int: ...
     def list_blobs(self) -> Iterator[BlobInfo]: ...
     def modified(self, key: str) -> float | None: ...
 
@@ -158,12 +157,6 @@ class LocalBlobStore:
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path(key).unlink()
-
-    def size(self, key: str) -> int:
-        try:
-            return self.path(key).stat().st_size
-        except FileNotFoundError as exc:
-            raise BlobNotFound(key) from exc
 
     def list_blobs(self) -> Iterator[BlobInfo]:
         """Every stored blob (temp files of writes in progress excluded)."""
@@ -267,12 +260,6 @@ class S3BlobStore:
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
-
-    def size(self, key: str) -> int:
-        head = self._head(key)
-        if head is None:
-            raise BlobNotFound(key)
-        return int(head["ContentLength"])
 
     def list_blobs(self) -> Iterator[BlobInfo]:
         paginator = self.client.get_paginator("list_objects_v2")

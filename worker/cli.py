@@ -102,9 +102,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     supervisor = Supervisor(commands, env=_child_env(settings.data_dir), on_exit=on_exit,
                             max_crashes=settings.restart_max_crashes, window=settings.restart_window_seconds,
                             stop_grace=STOP_GRACE_SECONDS)
-    rec_thread = threading.Thread(target=reconciler.run_forever, args=(factory, settings, rec_stop, send),
-                                  name="reconciler", daemon=True)
-    rec_thread.start()
+    reconciler.start_thread(factory, settings, send=send, stop=rec_stop)
     logger.info("API on http://%s:%s  (Ctrl-C stops everything)", host, port)
     try:
         return supervisor.run(stop)

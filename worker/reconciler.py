@@ -32,7 +32,7 @@ from storage.dispatch import MODELS, Send, celery_send, dispatch
 from storage.models import Generation, TrainingJob, utcnow
 from storage.reclaim import reclaim
 from storage.settings import Settings
-from storage.states import JOB_ACTIVE, GenerationState, JobState, WorkKind
+from storage.states import GENERATION_ACTIVE, JOB_ACTIVE, GenerationState, JobState, WorkKind
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def requeue_dead_worker(
         dead_jobs = session.scalars(select(TrainingJob).where(
             TrainingJob.worker_host == worker_host, TrainingJob.state.in_(JOB_ACTIVE))).all()
         dead_gens = session.scalars(select(Generation).where(
-            Generation.worker_host == worker_host, Generation.state == GenerationState.RUNNING)).all()
+            Generation.worker_host == worker_host, Generation.state.in_(GENERATION_ACTIVE))).all()
         _send_all(session, report, send, _requeue(session, settings, report, dead_jobs, dead_gens, "worker exited"))
     if report.changed:
         logger.info("requeued the work of %s: %s", worker_host, report)
@@ -229,11 +229,12 @@ def run_forever(
 
 
 def start_thread(
-    session_factory: sessionmaker[Session], settings: Settings
+    session_factory: sessionmaker[Session], settings: Settings, *, send: Send | None = None,
+    stop: threading.Event | None = None,
 ) -> tuple[threading.Event, threading.Thread]:
     """`run_forever` in a daemon thread (inside `styledrop up`); set the returned event to stop it."""
-    stop = threading.Event()
-    thread = threading.Thread(target=run_forever, args=(session_factory, settings, stop), name="reconciler",
+    stop = stop or threading.Event()
+    thread = threading.Thread(target=run_forever, args=(session_factory, settings, stop, send), name="reconciler",
                               daemon=True)
     thread.start()
     return stop, thread
