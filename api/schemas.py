@@ -85,6 +85,15 @@ class JobPublic(_WithError):
         return 1.0 if self.state == JobState.SUCCEEDED else min(self.step / max(self.total_steps, 1), 1.0)
 
 
+class StyleJobCreate(BaseModel):
+    """Train an existing style again (POST /v1/styles/{id}/jobs); the stored image is used."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int | None = Field(default=None, ge=1, description="Default: the steps of the style's last job.")
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Default: random.")
+
+
 class StyleCreatedPublic(BaseModel):
     style: StylePublic
     job: JobPublic

@@ -98,7 +98,10 @@ class Runtime:
             return self._cache
 
     def cache_stats(self) -> dict[str, Any]:
-        return self._cache.stats() if self._cache is not None else {}
+        if self._cache is None:
+            return {}
+        # the device tells the admin page whether "resident on the GPU" means anything on this host
+        return {**self._cache.stats(), "device": str(self._parts.device) if self._parts is not None else "unknown"}
 
 
 # Set when the worker process begins a warm shutdown (SIGTERM/SIGINT): a running training job then stops at the

@@ -13,15 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
 
-from fastapi import APIRouter, Form, Request, status
+from fastapi import APIRouter, Form, Query, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from api import gallery
 from api.deps import SessionDep, current_user_from_cookie
 from api.errors import NotFound
-from api.schemas import GenerationPublic
 from api.security import CSRF_FIELD, SESSION_COOKIE, check_csrf, csrf_token
-from api.services import generations, styles
+from api.services import styles
 from storage.models import User
 from storage.sessions import close_session, open_session
 from storage.users import find_key
@@ -31,8 +31,17 @@ logger = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
 
-GALLERY_LIMIT = 200
 STYLES_PAGE_LIMIT = 200
+STYLE_PAGE_SHOTS = 24  # the style page shows the newest; the gallery pages through the rest
+
+
+def _can_delete_generations(request: Request) -> bool:
+    """Whether this service has DELETE /v1/generations/{id}: the pages offer Delete only when it does."""
+    return any(
+        getattr(r, "path", None) == "/v1/generations/{generation_id}"
+        and "DELETE" in (getattr(r, "methods", None) or ())
+        for r in request.app.routes
+    )
 
 
 def _safe_next(target: str | None, default: str = "/styles") -> str:
@@ -151,14 +160,32 @@ def style_page(style_id: str, request: Request, session: SessionDep) -> Response
         return _render(request, "error.html", user, status_code=404, title="Style not found",
                        message="This style does not exist, was deleted, or belongs to someone else.")
     ((style_view, job),) = styles.styles_with_jobs(session, [styles.style_public(session, style)])
-    gallery: list[GenerationPublic] = []
-    if job is not None and job.adapter_id is not None:  # this style's adapter's images only
-        gallery = [
-            GenerationPublic.model_validate(g)
-            for g in generations.list_generations(session=session, owner=user, limit=GALLERY_LIMIT, offset=0,
-                                                  adapter_id=job.adapter_id)
-        ]
-    return _render(request, "style.html", user, style=style_view, job=job, generations=gallery)
+    shots = gallery.gallery_page(session=session, owner=user, page=1, per_page=STYLE_PAGE_SHOTS,
+                                 adapter_ids=gallery.style_adapter_ids(session=session, style_id=style.id))
+    return _render(request, "style.html", user, style=style_view, job=job, gallery=shots,
+                   can_delete=_can_delete_generations(request))
+
+
+@router.get("/gallery")
+def gallery_page(request: Request, session: SessionDep, page: Annotated[str, Query()] = "1") -> Response:
+    user = current_user_from_cookie(request, session)
+    if user is None:
+        return _signin_redirect(request)
+    number = int(page) if page.isdecimal() and len(page) <= 6 else 0
+    if not 1 <= number <= gallery.MAX_PAGE:
+        return _render(request, "error.html", user, status_code=404, title="No such gallery page",
+                       message=f"Gallery pages are numbered from 1; there is no page {page[:20]!r}.")
+    result = gallery.gallery_page(session=session, owner=user, page=number)
+    return _render(request, "gallery.html", user, gallery=result, can_delete=_can_delete_generations(request),
+                   adapters=gallery.adapter_choices(session=session, owner=user))
+
+
+@router.get("/keys")
+def keys_page(request: Request, session: SessionDep) -> Response:
+    user = current_user_from_cookie(request, session)
+    if user is None:
+        return _signin_redirect(request)
+    return _render(request, "keys.html", user)
 
 
 @router.get("/admin")

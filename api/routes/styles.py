@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile, status
 
 from api.deps import BlobsDep, CurrentUser, RateLimitedUser, SessionDep, SettingsDep
-from api.schemas import MAX_OFFSET, StyleCreatedPublic, StylePublic
+from api.schemas import MAX_OFFSET, JobPublic, StyleCreatedPublic, StyleJobCreate, StylePublic
 from api.services import jobs, lookup, styles, uploads
 
 router = APIRouter(prefix="/v1/styles", tags=["styles"])
@@ -66,3 +66,16 @@ def get_style_image(style_id: str, user: CurrentUser, session: SessionDep, blobs
 def delete_style(style_id: str, user: CurrentUser, session: SessionDep) -> None:
     """Soft-delete the style; its queued or running job is cancelled."""
     styles.delete_style(session=session, owner=user, style_id=style_id)
+
+
+@router.post("/{style_id}/jobs", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
+def create_style_job(
+    style_id: str, user: RateLimitedUser, session: SessionDep, settings: SettingsDep,
+    body: StyleJobCreate | None = None,
+) -> JobPublic:
+    """Train the style again from its stored image (after a cancelled or failed job, or a deleted adapter).
+    409 while it still has an unfinished job."""
+    body = body or StyleJobCreate()
+    job = styles.create_style_job(session=session, settings=settings, owner=user, style_id=style_id,
+                                  steps=body.steps, seed=body.seed)
+    return jobs.job_public(session, job)

@@ -233,3 +233,42 @@ def delete_style(*, session: Session, owner: User, style_id: str) -> None:
         request_cancel(session, job)
     session.commit()
     logger.info("user %s deleted style %s", owner.id, style.id)
+
+
+def create_style_job(
+    *, session: Session, settings: Settings, owner: User, style_id: str, steps: int | None, seed: int | None
+) -> TrainingJob:
+    """Train a style again from the image it stored (the way out after a cancelled or failed job, or a deleted
+    adapter). Default steps: those of the style's last job; default seed: random. 409 while the style still has
+    an unfinished job; 429 over the per-user job cap, as an upload."""
+    style = get_style(session=session, owner=owner, style_id=style_id)
+    if steps is not None and not 1 <= steps <= settings.max_train_steps:
+        raise Invalid(f"steps must be between 1 and {settings.max_train_steps}", code="bad_steps")
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise Invalid(f"seed must be between 0 and {MAX_SEED}", code="bad_seed")
+    lock_owner(session, owner)  # one request of this user at a time: the checks below hold until the commit
+    last = session.scalar(
+        select(TrainingJob).where(TrainingJob.style_id == style.id)
+        .order_by(TrainingJob.queued_at.desc(), TrainingJob.id.desc()).limit(1)
+    )
+    if last is not None and last.state in JOB_UNFINISHED:
+        raise Conflict(f"this style is still training (job {last.id} is {last.state}); cancel it first",
+                       code="style_busy")
+    _check_job_cap(session, settings, owner, lock=False)
+    if steps is None:
+        previous = (last.params or {}).get("steps") if last is not None else None
+        default = min(settings.train_steps or DEFAULT_TRAIN_STEPS, settings.max_train_steps)
+        steps = previous if isinstance(previous, int) and 1 <= previous <= settings.max_train_steps else default
+    job = TrainingJob(
+        style_id=style.id, owner_id=owner.id, state=JobState.QUEUED, total_steps=steps,
+        max_attempts=settings.max_attempts,
+        params={"steps": steps, "seed": seed if seed is not None else secrets.randbelow(MAX_SEED + 1),
+                "descriptor": style.descriptor, "content": style.content},
+    )
+    session.add(job)
+    session.flush()
+    jobstore.add_event(session, job.id, EventKind.STATE, {"from": None, "to": JobState.QUEUED})
+    session.commit()
+    logger.info("user %s: style %s trained again, job %s queued (%d steps)", owner.id, style.id, job.id, steps)
+    dispatch(session, WorkKind.TRAIN, job.id, queue.sender(settings))
+    return job

@@ -89,18 +89,37 @@
 
   // --- one training job: progress bar, ETA, loss curve, previews, error, cancel ---------------------------
 
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  // Loss chart geometry in viewBox units (0 0 320 130): the plot box, with room for the axis labels.
+  const PLOT = { left: 44, right: 312, top: 8, bottom: 100 };
+  const QUEUE_POLL_MS = 2000;
+
+  function svgEl(name, attrs, text) {
+    const el = document.createElementNS(SVG_NS, name);
+    for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, String(v));
+    if (text !== undefined) el.textContent = text;
+    return el;
+  }
+
+  function fmtLoss(v) { return Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(3); }
+
   class JobPanel {
     constructor(el) {
       this.el = el;
       this.id = el.dataset.jobId;
       this.state = el.dataset.state;
       this.total = Number(el.dataset.total) || 1;
+      this.queuePosition = Number(el.dataset.queuePosition) || 0;
       this.losses = [];
       this.previewCount = 0;
       this.source = null;
+      this.queueTimer = null;
       this.cancelBtn = $('[data-action="cancel-job"]', el);
-      this.cancelBtn.addEventListener("click", () => this.cancel());
-      this.setState(this.state, Number(el.dataset.queuePosition) || 0);
+      this.confirmBox = this.part("confirm-cancel");
+      this.cancelBtn.addEventListener("click", () => this.askCancel(true));
+      $('[data-action="keep-training"]', el).addEventListener("click", () => this.askCancel(false));
+      $('[data-action="confirm-cancel"]', el).addEventListener("click", () => this.cancel());
+      this.setState(this.state);
       if (el.dataset.errorCode || el.dataset.errorMessage) {
         this.setError({ code: el.dataset.errorCode, message: el.dataset.errorMessage });
       }
@@ -109,18 +128,47 @@
 
     part(role) { return $(`[data-role="${role}"]`, this.el); }
 
+    // `queuePosition` undefined keeps the last known one: the SSE replay of the job's first `queued` event
+    // must not wipe the position the page was rendered with (it is polled while queued).
     setState(state, queuePosition) {
       this.state = state;
       this.el.dataset.state = state;
+      if (queuePosition !== undefined) this.queuePosition = Number(queuePosition) || 0;
+      if (state !== "queued") this.queuePosition = 0;
       const badge = this.part("state");
       badge.textContent = STATE_WORDS[state] || state;
       badge.dataset.state = state;
       let detail = "";
-      if (state === "queued") detail = queuePosition ? `position ${queuePosition} in the queue` : "waiting for a worker";
+      if (state === "queued") {
+        detail = this.queuePosition ? `position ${this.queuePosition} in the queue` : "waiting for a worker";
+      }
       this.part("detail").textContent = detail;
-      this.cancelBtn.hidden = FINAL.has(state) || state === "cancelling";
+      const cancellable = !FINAL.has(state) && state !== "cancelling";
+      this.cancelBtn.hidden = !cancellable || !this.confirmBox.hidden;
+      if (!cancellable) this.confirmBox.hidden = true;
       if (state === "succeeded") this.setProgress(this.total, this.total);
       if (FINAL.has(state)) this.part("eta").textContent = "—";
+      if (state === "queued" && this.source) this.pollQueue();
+    }
+
+    pollQueue() {
+      if (this.queueTimer) return;
+      const tick = async () => {
+        this.queueTimer = null;
+        if (this.state !== "queued") return;
+        try {
+          const job = await api("GET", `/v1/jobs/${this.id}`);
+          if (this.state === "queued" && job.state === "queued") this.setState("queued", job.queue_position);
+        } catch (err) { /* the stream reports real trouble; a missed poll only delays the position */ }
+        if (this.state === "queued") this.queueTimer = setTimeout(tick, QUEUE_POLL_MS);
+      };
+      this.queueTimer = setTimeout(tick, QUEUE_POLL_MS);
+    }
+
+    askCancel(show) {
+      this.confirmBox.hidden = !show;
+      this.cancelBtn.hidden = show;
+      if (show) $('[data-action="keep-training"]', this.el).focus(); else this.cancelBtn.focus();
     }
 
     setProgress(step, total) {
@@ -132,6 +180,15 @@
       this.part("pct").textContent = `${Math.round(frac * 100)}%`;
       this.part("step").textContent = String(step);
       this.part("total").textContent = String(this.total);
+    }
+
+    setTook(job) {
+      if (!job.finished_at || !job.started_at) return;
+      const secs = (new Date(job.finished_at) - new Date(job.started_at)) / 1000;
+      const took = this.part("took");
+      took.textContent = fmtSeconds(secs);
+      took.dataset.seconds = String(secs);
+      this.part("took-wrap").hidden = false;
     }
 
     setError(error) {
@@ -146,33 +203,51 @@
       this.drawLoss();
     }
 
+    // A line chart with labelled axes: steps 0..total along x, the loss range seen so far along y.
     drawLoss() {
       const pts = this.losses;
-      const line = $("polyline", this.part("loss"));
       if (!pts.length) return;
+      const svg = this.part("loss");
+      const line = $("polyline", svg);
       let lo = Infinity, hi = -Infinity;
       for (const [, l] of pts) { lo = Math.min(lo, l); hi = Math.max(hi, l); }
       const span = hi - lo || 1;
+      const w = PLOT.right - PLOT.left, h = PLOT.bottom - PLOT.top;
       const stride = Math.max(1, Math.ceil(pts.length / 300));
       const out = [];
       for (let i = 0; i < pts.length; i += stride) {
         const [s, l] = pts[i];
-        out.push(`${((s / this.total) * 300).toFixed(1)},${(66 - ((l - lo) / span) * 62).toFixed(1)}`);
+        out.push(`${(PLOT.left + (s / this.total) * w).toFixed(1)},${(PLOT.bottom - ((l - lo) / span) * h).toFixed(1)}`);
       }
       line.setAttribute("points", out.join(" "));
-      this.part("loss").setAttribute("aria-label", `Training loss over steps: from ${pts[0][1].toFixed(3)} to ${pts[pts.length - 1][1].toFixed(3)}`);
+      const axes = this.part("axes");
+      axes.replaceChildren(
+        svgEl("line", { x1: PLOT.left, y1: PLOT.top, x2: PLOT.left, y2: PLOT.bottom }),
+        svgEl("line", { x1: PLOT.left, y1: PLOT.bottom, x2: PLOT.right, y2: PLOT.bottom }),
+        svgEl("text", { x: PLOT.left - 4, y: PLOT.top + 8, "text-anchor": "end", "data-axis": "y-max" }, fmtLoss(hi)),
+        svgEl("text", { x: PLOT.left - 4, y: PLOT.bottom, "text-anchor": "end", "data-axis": "y-min" }, fmtLoss(lo)),
+        svgEl("text", { x: 10, y: (PLOT.top + PLOT.bottom) / 2, "text-anchor": "middle",
+          transform: `rotate(-90 10 ${(PLOT.top + PLOT.bottom) / 2})` }, "loss"),
+        svgEl("text", { x: PLOT.left, y: PLOT.bottom + 14, "text-anchor": "start", "data-axis": "x-min" }, "0"),
+        svgEl("text", { x: PLOT.right, y: PLOT.bottom + 14, "text-anchor": "end", "data-axis": "x-max" }, String(this.total)),
+        svgEl("text", { x: (PLOT.left + PLOT.right) / 2, y: PLOT.bottom + 26, "text-anchor": "middle" }, "step"),
+      );
+      const summary = `from ${pts[0][1].toFixed(3)} at step ${pts[0][0]} to ${pts[pts.length - 1][1].toFixed(3)} at step ${pts[pts.length - 1][0]}; lowest ${lo.toFixed(3)}`;
+      this.part("loss-summary").textContent = summary;
+      svg.setAttribute("aria-label", `Training loss over steps: ${summary}`);
+      this.part("loss-figure").hidden = false;
     }
 
     addPreview(payload) {
       const n = this.previewCount++;
       const img = document.createElement("img");
-      img.src = `/v1/jobs/${this.id}/previews/${n}`;
+      img.src = payload.url || `/v1/jobs/${this.id}/previews/${n}`;
       img.alt = `Preview: ${payload.prompt || "sample"}`;
       img.loading = "lazy";
       const fig = document.createElement("figure");
       fig.append(img);
       const cap = document.createElement("figcaption");
-      cap.textContent = payload.prompt || "";
+      cap.textContent = (payload.step ? `step ${payload.step}: ` : "") + (payload.prompt || "");
       fig.append(cap);
       this.part("previews").append(fig);
     }
@@ -184,7 +259,7 @@
         this.part("eta").textContent = fmtSeconds(p.eta_seconds);
         this.addLoss(p.step, p.loss);
       } else if (event.kind === "state") {
-        this.setState(p.to, 0);
+        this.setState(p.to);
       } else if (event.kind === "preview") {
         this.addPreview(p);
       }
@@ -195,7 +270,7 @@
         const events = await api("GET", `/v1/jobs/${this.id}/events?limit=1000`);
         const state = this.state;
         for (const ev of events) this.apply(ev);
-        this.setState(state, 0);
+        this.setState(state);
       } catch (err) {
         showError(this.part("error"), err.message);
       }
@@ -207,6 +282,7 @@
         this.source.addEventListener(kind, (msg) => this.apply(JSON.parse(msg.data)));
       }
       this.source.addEventListener("end", () => { this.source.close(); this.refresh(); });
+      if (this.state === "queued") this.pollQueue();
     }
 
     async refresh() {
@@ -215,6 +291,7 @@
         this.setState(job.state, job.queue_position);
         if (job.state !== "succeeded") this.setProgress(job.step, job.total_steps);
         this.setError(job.error);
+        this.setTook(job);
         this.el.dataset.adapterId = job.adapter_id || "";
         this.el.dispatchEvent(new CustomEvent("job-final", { bubbles: true, detail: job }));
       } catch (err) {
@@ -223,15 +300,17 @@
     }
 
     async cancel() {
-      this.cancelBtn.disabled = true;
+      const yes = $('[data-action="confirm-cancel"]', this.el);
+      yes.disabled = true;
       try {
         const job = await api("POST", `/v1/jobs/${this.id}/cancel`);
+        this.confirmBox.hidden = true;
         this.setState(job.state, job.queue_position);
         if (FINAL.has(job.state)) this.refresh();
       } catch (err) {
         showError(this.part("error"), err.message);
       } finally {
-        this.cancelBtn.disabled = false;
+        yes.disabled = false;
       }
     }
   }
@@ -314,9 +393,29 @@
     });
   }
 
-  // --- style page: generate, gallery, delete --------------------------------------------------------------
+  // --- generate form, gallery cards, curl snippet (style page and gallery page) ------------------------------
 
-  function addShot(gallery, gen, url) {
+  function slug(text, fallback) {
+    const out = (text || "").toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-+|-+$/g, "").slice(0, 48).replace(/-+$/, "");
+    return out || fallback;
+  }
+
+  function reuseSettings(gen) {
+    return {
+      adapter_id: gen.adapter_id, prompt: gen.prompt, negative_prompt: gen.negative_prompt || "",
+      style_strength: gen.style_strength, guidance_scale: gen.guidance_scale, steps: gen.steps, seed: gen.seed,
+      num_images: gen.num_images,
+    };
+  }
+
+  function smallButton(label, action, className) {
+    const b = document.createElement("button");
+    b.type = "button"; b.className = `${className} small`; b.textContent = label; b.dataset.action = action;
+    return b;
+  }
+
+  // The same card the server renders (api/templates/_gallery.html, shot_cards).
+  function shotCard(gen, url, n, ctx) {
     const li = document.createElement("li");
     li.className = "shot";
     li.dataset.generationId = gen.id;
@@ -325,25 +424,223 @@
     const img = document.createElement("img");
     img.src = url; img.alt = gen.prompt;
     a.append(img);
-    const p = document.createElement("p");
-    p.className = "small";
-    p.textContent = `${gen.prompt} · strength ${gen.style_strength} · seed ${gen.seed}`;
-    li.append(a, p);
+    const prompt = document.createElement("p");
+    prompt.className = "small prompt";
+    prompt.textContent = gen.prompt;
+    const meta = document.createElement("p");
+    meta.className = "small muted";
+    meta.textContent = `seed ${gen.seed} · strength ${gen.style_strength} · ${gen.steps} steps · ${fmtTime(gen.queued_at)}`;
+    const actions = document.createElement("div");
+    actions.className = "shot-actions";
+    const dl = document.createElement("a");
+    dl.className = "button secondary small"; dl.href = url; dl.textContent = "Download";
+    dl.setAttribute("download", `${slug(ctx.styleName, "base-model")}-${gen.seed}-${n}.png`);
+    const reuse = smallButton("Use these settings again", "reuse", "secondary");
+    reuse.dataset.settings = JSON.stringify(reuseSettings(gen));
+    actions.append(dl, reuse);
+    if (ctx.canDelete) actions.append(smallButton("Delete", "delete-generation", "danger"));
+    li.append(a, prompt, meta, actions);
     return li;
   }
 
-  function initStylePage() {
-    const root = $(".style-layout");
+  function shellQuote(text) { return `'${String(text).replace(/'/g, "'\\''")}'`; }
+
+  // The request just made, as one curl command (JSON; multipart when files were sent).
+  function curlFor(body, files) {
+    const url = `${window.location.origin}/v1/generations?wait=60`;
+    const lines = [`curl -X POST ${shellQuote(url)}`, `  -H "Authorization: Bearer $STYLEDROP_KEY"`];
+    if (files.length) {
+      for (const [k, v] of Object.entries(body)) lines.push(`  -F ${shellQuote(`${k}=${v}`)}`);
+      for (const [k, f] of files) lines.push(`  -F ${shellQuote(`${k}=@${f.name}`)}`);
+    } else {
+      lines.push(`  -H "Content-Type: application/json"`, `  -d ${shellQuote(JSON.stringify(body))}`);
+    }
+    return lines.join(" \\\n");
+  }
+
+  function genProgressText(gen) {
+    if (gen.state === "queued") {
+      return gen.queue_position ? `queued, position ${gen.queue_position}` : "queued, waiting for a worker";
+    }
+    if (typeof gen.step === "number" && gen.steps) return `generating, step ${gen.step} of ${gen.steps}`;
+    return "generating";
+  }
+
+  function initGenerate(ctx) {
     const form = $("#gen-form");
-    const fieldset = $("fieldset", form);
+    if (!form) return;
     const gallery = $("#gallery");
     const genError = $("#gen-error");
+    const adapterSelect = $("#gen_adapter");
     for (const [id, out] of [["style_strength", "style_strength_out"], ["strength", "strength_out"]]) {
       const input = $(`#${id}`);
       const show = () => { $(`#${out}`).textContent = Number(input.value).toFixed(2).replace(/0$/, ""); };
       input.addEventListener("input", show);
       show();
     }
+
+    function styleNameFor(adapterId) {
+      if (adapterSelect) {
+        const opt = adapterSelect.selectedOptions[0];
+        return adapterId && opt ? opt.textContent.replace(/ · v\d+$/, "") : "";
+      }
+      return ctx.styleName;
+    }
+
+    async function follow(gen, placeholder, styleName) {
+      let current = gen;
+      const text = placeholder.querySelector("p");
+      const bar = placeholder.querySelector("progress");
+      while (current.state === "queued" || current.state === "running") {
+        text.textContent = `${current.prompt || placeholder.dataset.prompt || ""}: ${genProgressText(current)}`;
+        if (bar && typeof current.progress === "number") bar.value = current.progress;
+        await new Promise((r) => setTimeout(r, 1000));
+        try { current = await api("GET", `/v1/generations/${gen.id}`); } catch (err) {
+          text.textContent = `${gen.prompt}: ${err.message}`;
+          return;
+        }
+      }
+      if (current.state === "succeeded") {
+        const cards = current.image_urls.map((url, n) => shotCard(current, url, n, { ...ctx, styleName }));
+        placeholder.replaceWith(...cards);
+      } else {
+        placeholder.classList.remove("pending");
+        placeholder.classList.add("failed");
+        if (bar) bar.remove();
+        text.textContent = `${current.prompt}: failed — ${(current.error && current.error.message) || "unknown error"}`;
+      }
+    }
+
+    function pendingCard(gen) {
+      const li = document.createElement("li");
+      li.className = "shot pending";
+      li.dataset.generationId = gen.id;
+      const p = document.createElement("p");
+      p.className = "small";
+      const bar = document.createElement("progress");
+      bar.max = 1; bar.value = 0;
+      bar.setAttribute("aria-label", `Progress of ${gen.prompt}`);
+      li.append(p, bar);
+      return li;
+    }
+
+    for (const li of $all('.shot[data-pending="1"]')) {
+      const name = li.closest(".gallery-group") ? $("h3", li.closest(".gallery-group")).textContent : "";
+      follow({ id: li.dataset.generationId, state: "queued", prompt: li.dataset.prompt || "" }, li,
+        ctx.styleName || name.replace(/ · adapter v\d+[\s\S]*$/, "").trim());
+    }
+
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      showError(genError, "");
+      const prompt = $("#prompt").value.trim();
+      if (!prompt) { showError(genError, "Write a prompt first, e.g. “a cat sitting on a chair”."); $("#prompt").focus(); return; }
+      const adapterId = adapterSelect ? adapterSelect.value : form.dataset.adapterId;
+      const body = { prompt };
+      const negative = $("#negative_prompt").value.trim();
+      if (negative) body.negative_prompt = negative;
+      if (adapterId) body.adapter_id = adapterId;
+      body.style_strength = Number($("#style_strength").value);
+      for (const [id, name] of [["guidance_scale", "guidance_scale"], ["gen_steps", "steps"], ["gen_seed", "seed"], ["num_images", "num_images"]]) {
+        const v = $(`#${id}`).value.trim();
+        if (v) body[name] = Number(v);
+      }
+      const init = $("#init_image").files[0];
+      const mask = $("#mask").files[0];
+      if (mask && !init) { showError(genError, "A mask needs an init image too."); return; }
+      const files = [];
+      if (init) {
+        files.push(["init_image", init]);
+        if (mask) files.push(["mask", mask]); else body.strength = Number($("#strength").value);
+      }
+      let payload = body;
+      if (files.length) {
+        payload = new FormData();
+        for (const [k, v] of Object.entries(body)) payload.append(k, String(v));
+        for (const [k, f] of files) payload.append(k, f, f.name);
+      }
+      const button = $("#generate");
+      button.disabled = true;
+      try {
+        const gen = await api("POST", "/v1/generations", payload);
+        $("#gallery-empty").hidden = true;
+        $("#curl-snippet").textContent = curlFor(body, files);
+        $("#curl-box").hidden = false;
+        $("#copy-done").textContent = "";
+        const card = pendingCard(gen);
+        gallery.prepend(card);
+        follow(gen, card, styleNameFor(adapterId));
+      } catch (err) {
+        showError(genError, err.message);
+      } finally {
+        button.disabled = false;
+      }
+    });
+
+    $("#copy-curl").addEventListener("click", async () => {
+      const text = $("#curl-snippet").textContent;
+      try {
+        await navigator.clipboard.writeText(text);
+        $("#copy-done").textContent = "Copied.";
+      } catch (err) {  // no clipboard permission: select it for Ctrl+C instead
+        const range = document.createRange();
+        range.selectNodeContents($("#curl-snippet"));
+        window.getSelection().removeAllRanges();
+        window.getSelection().addRange(range);
+        $("#copy-done").textContent = "Selected: press Ctrl+C (⌘C) to copy.";
+      }
+    });
+
+    document.addEventListener("click", async (e) => {
+      const target = e.target.closest("[data-action]");
+      if (!target) return;
+      if (target.dataset.action === "reuse") {
+        const s = JSON.parse(target.dataset.settings);
+        showError(genError, "");
+        if (adapterSelect) {
+          const known = [...adapterSelect.options].some((o) => o.value === (s.adapter_id || ""));
+          adapterSelect.value = known ? (s.adapter_id || "") : "";
+          if (!known) showError(genError, "The adapter of that image was deleted; the base model is selected instead.");
+        }
+        $("#prompt").value = s.prompt;
+        $("#negative_prompt").value = s.negative_prompt || "";
+        $("#style_strength").value = String(s.style_strength);
+        $("#style_strength").dispatchEvent(new Event("input"));
+        $("#guidance_scale").value = String(s.guidance_scale);
+        $("#gen_steps").value = String(s.steps);
+        $("#gen_seed").value = String(s.seed);
+        $("#num_images").value = String(s.num_images);
+        form.scrollIntoView({ block: "start" });
+        $("#prompt").focus();
+      } else if (target.dataset.action === "delete-generation") {
+        const li = target.closest("[data-generation-id]");
+        const id = li.dataset.generationId;
+        if (!window.confirm("Delete this generation and its images? This cannot be undone.")) return;
+        target.disabled = true;
+        try {
+          await api("DELETE", `/v1/generations/${id}`);
+          for (const el of $all(`.shot[data-generation-id="${id}"]`)) el.remove();
+        } catch (err) {
+          showError(genError, `Could not delete it: ${err.message}`);
+          target.disabled = false;
+        }
+      }
+    });
+  }
+
+  // --- style page: the job's way on (train again, delete adapter), generate, delete style --------------------
+
+  const WHY = {
+    cancelled: "Training was cancelled, so there is no adapter to generate with.",
+    failed: "Training failed, so there is no adapter to generate with.",
+    succeeded: "The adapter of this training was deleted.",
+  };
+
+  function initStylePage() {
+    const root = $(".style-layout");
+    const form = $("#gen-form");
+    const fieldset = $("fieldset", form);
+    initGenerate({ styleName: $("h1").textContent, canDelete: document.body.dataset.canDelete === "1" });
 
     root.addEventListener("job-final", (e) => {
       const job = e.detail;
@@ -354,76 +651,37 @@
         const dl = $("#download-adapter");
         dl.href = `/v1/adapters/${job.adapter_id}/file`;
         dl.hidden = false;
+        $("#delete-adapter").dataset.adapterId = job.adapter_id;
+        $("#delete-adapter").hidden = false;
+      } else if (WHY[job.state]) {
+        $('#gen-wait [data-role="why"]').textContent = WHY[job.state];
+        $("#train-again").hidden = false;
+        $("#train-again-help").hidden = false;
       }
     });
 
-    async function follow(gen, placeholder) {
-      let current = gen;
-      while (current.state === "queued" || current.state === "running") {
-        await new Promise((r) => setTimeout(r, 1000));
-        try { current = await api("GET", `/v1/generations/${gen.id}`); } catch (err) {
-          placeholder.querySelector("p").textContent = `${gen.prompt}: ${err.message}`;
-          return;
-        }
-      }
-      if (current.state === "succeeded") {
-        const shots = current.image_urls.map((url) => addShot(gallery, current, url));
-        placeholder.replaceWith(...shots);
-      } else {
-        placeholder.classList.remove("pending");
-        placeholder.classList.add("failed");
-        placeholder.querySelector("p").textContent =
-          `${current.prompt}: failed — ${(current.error && current.error.message) || "unknown error"}`;
-      }
-    }
-
-    function pendingCard(gen) {
-      const li = document.createElement("li");
-      li.className = "shot pending";
-      li.dataset.generationId = gen.id;
-      const p = document.createElement("p");
-      p.className = "small";
-      p.textContent = `${gen.prompt}: generating…`;
-      li.append(p);
-      return li;
-    }
-
-    for (const li of $all('.shot[data-pending="1"]', gallery)) {
-      follow({ id: li.dataset.generationId, state: "queued", prompt: "" }, li);
-    }
-
-    form.addEventListener("submit", async (e) => {
-      e.preventDefault();
-      showError(genError, "");
-      const prompt = $("#prompt").value.trim();
-      if (!prompt) { showError(genError, "Write a prompt first, e.g. “a cat sitting on a chair”."); $("#prompt").focus(); return; }
-      const data = new FormData();
-      data.append("prompt", prompt);
-      data.append("adapter_id", form.dataset.adapterId);
-      data.append("style_strength", $("#style_strength").value);
-      for (const [id, name] of [["guidance_scale", "guidance_scale"], ["gen_seed", "seed"], ["num_images", "num_images"]]) {
-        const v = $(`#${id}`).value.trim();
-        if (v) data.append(name, v);
-      }
-      const init = $("#init_image").files[0];
-      const mask = $("#mask").files[0];
-      if (mask && !init) { showError(genError, "A mask needs an init image too."); return; }
-      if (init) {
-        data.append("init_image", init, init.name);
-        if (mask) data.append("mask", mask, mask.name); else data.append("strength", $("#strength").value);
-      }
-      const button = $("#generate");
+    $("#train-again").addEventListener("click", async (e) => {
+      const button = e.currentTarget;
       button.disabled = true;
+      button.textContent = "Starting…";
       try {
-        const gen = await api("POST", "/v1/generations", data);
-        $("#gallery-empty").hidden = true;
-        const card = pendingCard(gen);
-        gallery.prepend(card);
-        follow(gen, card);
+        await api("POST", `/v1/styles/${root.dataset.styleId}/jobs`, {});
+        window.location.reload();
       } catch (err) {
-        showError(genError, err.message);
-      } finally {
+        showError($("#train-error"), err.message);
         button.disabled = false;
+        button.textContent = "Train again";
+      }
+    });
+
+    $("#delete-adapter").addEventListener("click", async (e) => {
+      const id = e.currentTarget.dataset.adapterId;
+      if (!window.confirm("Delete this adapter? You can no longer generate with it or download it; your images stay.")) return;
+      try {
+        await api("DELETE", `/v1/adapters/${id}`);
+        window.location.reload();
+      } catch (err) {
+        showError($("#style-error"), err.message);
       }
     });
 
@@ -436,6 +694,63 @@
         showError($("#style-error"), err.message);
       }
     });
+  }
+
+  // --- your own API keys: list, create (shown once), revoke ------------------------------------------------------
+
+  function initKeys() {
+    const errorEl = $("#keys-error");
+    const body = $("#own-keys tbody");
+
+    async function load() {
+      try {
+        const keys = await api("GET", "/v1/keys");
+        body.replaceChildren();
+        for (const k of keys) {
+          const tr = document.createElement("tr");
+          const label = `sd_${k.prefix}…`;
+          tr.dataset.keyId = k.id;
+          tr.dataset.state = k.revoked_at ? "revoked" : "active";
+          cell(tr, label, "mono");
+          cell(tr, fmtTime(k.created_at));
+          cell(tr, k.last_used_at ? fmtTime(k.last_used_at) : "never");
+          cell(tr, k.revoked_at ? `revoked ${fmtTime(k.revoked_at)}` : "active");
+          const actions = cell(tr, "");
+          if (!k.revoked_at) {
+            const b = smallButton("Revoke", "revoke-key", "danger");
+            b.setAttribute("aria-label", `Revoke key ${label}`);
+            b.addEventListener("click", async () => {
+              if (!window.confirm(`Revoke key ${label}? Programs using it stop working, and browser sessions signed in with it end.`)) return;
+              b.disabled = true;
+              try { await api("DELETE", `/v1/keys/${k.id}`); showError(errorEl, ""); } catch (err) {
+                if (err.status === 401) { window.location.assign("/signin"); return; }
+                showError(errorEl, err.message);
+              }
+              load();
+            });
+            actions.append(b);
+          }
+          body.append(tr);
+        }
+      } catch (err) {
+        if (err.status === 401) { window.location.assign("/signin?next=/keys"); return; }
+        showError(errorEl, err.message);
+      }
+    }
+
+    $("#create-key").addEventListener("click", async (e) => {
+      const button = e.currentTarget;
+      button.disabled = true;
+      try {
+        const created = await api("POST", "/v1/keys");
+        $("#new-key-value").textContent = created.key;
+        $("#new-key").hidden = false;
+        showError(errorEl, "");
+      } catch (err) { showError(errorEl, err.message); }
+      button.disabled = false;
+      load();
+    });
+    load();
   }
 
   // --- admin: jobs table, overview, filters, cancel/retry; polls every few seconds ------------------------
@@ -457,6 +772,22 @@
       const dd = document.createElement("dd"); dd.textContent = String(v);
       dl.append(dt, dd);
     }
+  }
+
+  // A worker's adapter cache as a few labelled figures. Device slots only on a GPU worker: on a CPU host
+  // "resident on the GPU" means nothing (the worker reports its device with the stats).
+  function cacheFigures(s) {
+    const out = [];
+    const onGpu = typeof s.device === "string" && s.device.startsWith("cuda");
+    if (typeof s.cpu_cached === "number") out.push(["Adapters in memory", String(s.cpu_cached)]);
+    if (onGpu && typeof s.gpu_resident === "number") out.push(["On the GPU", `${s.gpu_resident} of ${s.slots} slots`]);
+    if (typeof s.hits_gpu === "number") {
+      const lookups = s.hits_gpu + (s.hits_cpu || 0) + (s.misses || 0);
+      out.push(["Hit rate", lookups ? `${Math.round(((s.hits_gpu + (s.hits_cpu || 0)) / lookups) * 100)}% of ${lookups}` : "no lookups yet"]);
+    }
+    if (typeof s.loads === "number") out.push(["Loads", `${s.loads} (${fmtSeconds(s.load_seconds)})`]);
+    if (typeof s.evictions === "number") out.push(["Evictions", String(s.evictions)]);
+    return out;
   }
 
   function initAdmin() {
@@ -524,7 +855,7 @@
         cell(tr, fmtSeconds(duration));
         cell(tr, `${job.attempts}/${job.max_attempts}`);
         cell(tr, job.worker_host || "—");
-        cell(tr, job.error ? `${job.error.code}: ${job.error.message}` : "—", "err");
+        cell(tr, job.error ? `${job.error.code}: ${job.error.message}` : "", job.error ? "err" : "");
         const actions = cell(tr, "");
         const actionButton = (action, label, className) => {
           const b = document.createElement("button");
@@ -557,13 +888,14 @@
       }
       for (const w of ov.workers_online) {
         const tr = document.createElement("tr");
-        cell(tr, w.kind);
-        cell(tr, `${w.host} / ${w.pid}`);
+        cell(tr, w.kind, "nowrap");
+        cell(tr, `${w.host} / ${w.pid}`, "host");
         cell(tr, w.current_id ? w.current_id.slice(0, 8) : "idle", "mono");
-        cell(tr, fmtTime(w.heartbeat_at));
-        const s = w.stats || {};
-        const parts = Object.entries(s).filter(([, v]) => typeof v !== "object").map(([k, v]) => `${k} ${v}`);
-        cell(tr, parts.join(" · ") || "—", "small");
+        cell(tr, fmtTime(w.heartbeat_at), "nowrap");
+        const td = cell(tr, "", "cache");
+        const figures = cacheFigures(w.stats || {});
+        if (!figures.length) td.textContent = "not loaded yet";
+        else { const dl = document.createElement("dl"); dl.className = "figures"; kv(dl, figures); td.append(dl); }
         wb.append(tr);
       }
     }
@@ -692,5 +1024,7 @@
     if (page === "new-style") initNewStyle();
     if (page === "style") initStylePage();
     if (page === "admin") initAdmin();
+    if (page === "gallery") initGenerate({ styleName: "", canDelete: document.body.dataset.canDelete === "1" });
+    if (page === "keys") initKeys();
   });
 })();

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from api import own_keys
+from api.deps import CurrentUser, SessionDep
+from api.schemas import ApiKeyCreatedPublic, ApiKeyPublic
+
+router = APIRouter(prefix="/v1/keys", tags=["keys"])
+
+
+@router.get("", response_model=list[ApiKeyPublic])
+def list_keys(user: CurrentUser, session: SessionDep) -> list[ApiKeyPublic]:
+    """The caller's own API keys (never their secrets), oldest first."""
+    return own_keys.list_own_keys(session=session, owner=user)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreatedPublic)
+def create_key(user: CurrentUser, session: SessionDep) -> ApiKeyCreatedPublic:
+    """A new key for the caller; its secret is in this response only."""
+    return own_keys.create_own_key(session=session, owner=user)
+
+
+@router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
+def revoke_key(key_id: str, user: CurrentUser, session: SessionDep) -> None:
+    """Revoke one of the caller's keys (404 for another user's); sessions signed in with it end too."""
+    own_keys.revoke_own_key(session=session, owner=user, key_id=key_id)
