@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 from fastapi.testclient import TestClient
@@ -176,3 +177,202 @@ def test_pages_render_styles_and_style_page(pages_client: TestClient, pages_keys
     sign_in(pages_client, pages_keys["admin"])
     other = pages_client.get(f"/styles/{style_id}")
     assert other.status_code == 404 and "Style not found" in other.text
+
+
+# --- issue #12 items 11-14: dead ends, the gallery, own API keys ------------------------------------------------
+
+
+def _style(client: TestClient, key: str, descriptor: str, steps: int = 20) -> tuple[str, str]:
+    created = client.post("/v1/styles", headers={"Authorization": f"Bearer {key}"},
+                          files={"image": ("s.png", worker_style_png(), "image/png")},
+                          data={"descriptor": descriptor, "steps": str(steps)})
+    assert created.status_code == 202, created.text
+    return created.json()["style"]["id"], created.json()["job"]["id"]
+
+
+def _trained(client: TestClient, job_id: str, *, minutes_ago: int = 0) -> str:
+    """What a train worker leaves behind (none runs here): the job succeeded and its adapter row."""
+    from datetime import timedelta
+
+    from storage.models import Adapter, TrainingJob, utcnow
+
+    with client.app.state.sessionmaker() as s:
+        job = s.get(TrainingJob, job_id)
+        assert job is not None
+        now = utcnow() - timedelta(minutes=minutes_ago)
+        job.state, job.step, job.started_at, job.finished_at = "succeeded", job.total_steps, now - timedelta(
+            seconds=75), now
+        adapter = Adapter(owner_id=job.owner_id, style_id=job.style_id, job_id=job.id, blob_key="adapters/x",
+                          sha256="0" * 64, bytes=1, base_model="tiny", base_revision=None, rank=4, alpha=4.0,
+                          targets=[], descriptor=job.params["descriptor"], train_prompt="p", steps=job.total_steps,
+                          seed=1, engine_version="t", created_at=now)
+        s.add(adapter)
+        s.commit()
+        return adapter.id
+
+
+def _generations(client: TestClient, owner_key: str, adapter_id: str | None, prompts: list[str],
+                 start_minutes_ago: int) -> list[str]:
+    """Finished generations (two images each), one a minute apart, oldest first."""
+    from datetime import timedelta
+
+    from storage.models import ApiKey, Generation, utcnow
+    from storage.users import hash_key
+
+    ids = []
+    with client.app.state.sessionmaker() as s:
+        owner_id = s.query(ApiKey).filter(ApiKey.key_hash == hash_key(owner_key)).one().user_id
+        for i, prompt in enumerate(prompts):
+            t = utcnow() - timedelta(minutes=start_minutes_ago - i)
+            gen = Generation(owner_id=owner_id, adapter_id=adapter_id, prompt=prompt, negative_prompt="blurry",
+                             style_strength=1.5, guidance_scale=8.0, steps=6, seed=100 + i, num_images=2,
+                             state="succeeded", image_keys=["a", "b"], queued_at=t, finished_at=t)
+            s.add(gen)
+            s.flush()
+            ids.append(gen.id)
+        s.commit()
+    return ids
+
+
+def test_style_page_offers_a_way_on_after_a_cancel_and_after_a_deleted_adapter(pages_client: TestClient,
+                                                                               pages_keys) -> None:
+    style_id, job_id = _style(pages_client, pages_keys["alice"], "pencil sketch")
+    token = sign_in(pages_client, pages_keys["alice"])
+    waiting = pages_client.get(f"/styles/{style_id}").text
+    assert "The generate form opens when training has finished." in waiting
+    assert 'data-action="confirm-cancel"' in waiting and "Stop this training?" in waiting
+    # Train again while it trains: refused with a reason, nothing queued
+    busy = pages_client.post(f"/v1/styles/{style_id}/jobs", json={}, headers={"X-CSRF-Token": token})
+    assert busy.status_code == 409 and "still training" in busy.text
+
+    assert pages_client.post(f"/v1/jobs/{job_id}/cancel", headers={"X-CSRF-Token": token}).status_code == 202
+    cancelled = pages_client.get(f"/styles/{style_id}").text
+    assert "The generate form opens when training has finished." not in cancelled
+    assert "Training was cancelled, so there is no adapter to generate with." in cancelled
+    assert re.search(r'<button type="button" id="train-again" data-steps="20"\s*>Train again</button>', cancelled)
+
+    again = pages_client.post(f"/v1/styles/{style_id}/jobs", json={}, headers={"X-CSRF-Token": token})
+    assert again.status_code == 202, again.text
+    new_job = again.json()
+    assert new_job["id"] != job_id and new_job["state"] == "queued" and new_job["total_steps"] == 20
+    assert new_job["style_id"] == style_id
+    assert f'data-job-id="{new_job["id"]}"' in pages_client.get(f"/styles/{style_id}").text
+
+    adapter_id = _trained(pages_client, new_job["id"])
+    ready = pages_client.get(f"/styles/{style_id}").text
+    assert f'id="delete-adapter" data-adapter-id="{adapter_id}"' in ready and "<fieldset >" in ready
+    assert pages_client.delete(f"/v1/adapters/{adapter_id}", headers={"X-CSRF-Token": token}).status_code == 204
+    deleted = pages_client.get(f"/styles/{style_id}").text
+    assert "The adapter of this training was deleted." in deleted
+    assert "The generate form opens" not in deleted and "<fieldset disabled>" in deleted
+    assert re.search(r'id="train-again"[^>]*>Train again', deleted)
+
+
+def test_train_again_checks_its_input_and_the_owner(pages_client: TestClient, pages_keys) -> None:
+    style_id, job_id = _style(pages_client, pages_keys["alice"], "charcoal")
+    alice = {"Authorization": f"Bearer {pages_keys['alice']}"}
+    admin = {"Authorization": f"Bearer {pages_keys['admin']}"}
+    pages_client.post(f"/v1/jobs/{job_id}/cancel", headers=alice)
+    assert pages_client.post(f"/v1/styles/{style_id}/jobs", json={}, headers=admin).status_code == 404
+    bad = pages_client.post(f"/v1/styles/{style_id}/jobs", json={"steps": 0}, headers=alice)
+    assert bad.status_code == 422 and "steps" in bad.text
+    too_many = pages_client.post(f"/v1/styles/{style_id}/jobs", json={"steps": 10**9}, headers=alice)
+    assert too_many.status_code == 422 and "steps must be between 1 and" in too_many.text
+    ok = pages_client.post(f"/v1/styles/{style_id}/jobs", json={"steps": 7, "seed": 5}, headers=alice)
+    assert ok.status_code == 202 and ok.json()["total_steps"] == 7 and ok.json()["params"]["seed"] == 5
+    assert pages_client.post(f"/v1/styles/{style_id}/jobs", headers=alice).status_code == 409  # no body is fine
+    events = pages_client.get(f"/v1/jobs/{ok.json()['id']}/events", headers=alice).json()
+    assert [e["payload"]["to"] for e in events if e["kind"] == "state"] == ["queued"]
+
+
+def test_gallery_groups_by_style_and_version_pages_and_names_downloads(pages_client: TestClient,
+                                                                        pages_keys) -> None:
+    style_id, job1 = _style(pages_client, pages_keys["alice"], "Ink <wash> / Poster!")
+    v1 = _trained(pages_client, job1, minutes_ago=200)
+    alice = {"Authorization": f"Bearer {pages_keys['alice']}"}
+    job2 = pages_client.post(f"/v1/styles/{style_id}/jobs", json={}, headers=alice).json()["id"]
+    v2 = _trained(pages_client, job2, minutes_ago=100)
+    _generations(pages_client, pages_keys["alice"], v1, [f"old {i}" for i in range(20)], start_minutes_ago=90)
+    _generations(pages_client, pages_keys["alice"], None, ["plain <b>one</b>"], start_minutes_ago=60)
+    _generations(pages_client, pages_keys["alice"], v2, [f"new {i}" for i in range(10)], start_minutes_ago=30)
+    _generations(pages_client, pages_keys["admin"], None, ["not alice's"], start_minutes_ago=5)
+    sign_in(pages_client, pages_keys["alice"])
+
+    first = pages_client.get("/gallery")
+    assert first.status_code == 200
+    html = first.text
+    assert '<a href="/gallery">Gallery</a>' in html and '<a href="/keys">API keys</a>' in html
+    heads = re.findall(r'<section class="gallery-group" aria-label="([^"]*)">', html)
+    # newest first: v2's 10, the base-model one, then 13 of v1's 20 (24 a page)
+    assert heads == ["Ink &lt;wash&gt; / Poster! · adapter v2", "Base model (no style)",
+                     "Ink &lt;wash&gt; / Poster! · adapter v1"], heads
+    assert html.count('class="shot"') == 48  # 24 generations of 2 images
+    assert "plain &lt;b&gt;one&lt;/b&gt;" in html and "<b>one</b>" not in html and "not alice" not in html
+    assert html.index(">new 9<") < html.index(">new 0<") < html.index(">old 19<")
+    assert 'download="ink-wash-poster-109-1.png"' in html  # new 9: seed 109, second image
+    assert 'download="base-model-100-0.png"' in html
+    assert 'rel="next" href="/gallery?page=2"' in html and 'rel="prev"' not in html
+    reuse = re.search(r"data-settings='([^']*)'", html)
+    assert reuse is not None
+    settings = json.loads(reuse.group(1).replace("&#34;", '"'))
+    assert settings == {"adapter_id": v2, "prompt": "new 9", "negative_prompt": "blurry", "style_strength": 1.5,
+                        "guidance_scale": 8.0, "steps": 6, "seed": 109, "num_images": 2}
+    # the form offers what the API takes, adapters by style and version
+    for needle in ('<label for="negative_prompt">', '<label for="gen_steps">Steps</label>', 'id="curl-box"',
+                   f'<option value="{v2}">Ink &lt;wash&gt; / Poster! · v2</option>',
+                   '<option value="">Base model (no style)</option>'):
+        assert needle in html, needle
+    assert f'<option value="{v1}">' in html
+
+    second = pages_client.get("/gallery?page=2").text
+    assert second.count('class="shot"') == 14 and ">old 6<" in second and ">old 0<" in second
+    assert 'rel="prev" href="/gallery?page=1"' in second and 'rel="next"' not in second
+    for bad in ("0", "-1", "abc", "99999999999"):
+        assert pages_client.get(f"/gallery?page={bad}").status_code == 404, bad
+    assert "No images on" in pages_client.get("/gallery?page=3").text
+
+    style_page = pages_client.get(f"/styles/{style_id}").text
+    assert style_page.count('class="shot"') == 48 and "Base model" not in style_page  # this style's only
+    assert '<a href="/gallery">All your images →</a>' in style_page
+
+
+def test_delete_button_follows_the_api(pages_client: TestClient, pages_keys) -> None:
+    has_delete = any(getattr(r, "path", "") == "/v1/generations/{generation_id}" and "DELETE" in r.methods
+                     for r in pages_client.app.routes)
+    _generations(pages_client, pages_keys["alice"], None, ["x"], start_minutes_ago=1)
+    sign_in(pages_client, pages_keys["alice"])
+    html = pages_client.get("/gallery").text
+    assert ('data-action="delete-generation"' in html) is has_delete
+    assert ('data-can-delete="1"' in html) is has_delete
+
+
+def test_own_api_keys_list_create_revoke_and_others_are_404(pages_client: TestClient, pages_keys) -> None:
+    alice = {"Authorization": f"Bearer {pages_keys['alice']}"}
+    admin = {"Authorization": f"Bearer {pages_keys['admin']}"}
+    mine = pages_client.get("/v1/keys", headers=alice).json()
+    assert len(mine) == 1 and mine[0]["prefix"] == pages_keys["alice"][3:11] and "key" not in mine[0]
+    made = pages_client.post("/v1/keys", headers=alice)
+    assert made.status_code == 201 and made.json()["key"].startswith("sd_")
+    new_key, new_id = made.json()["key"], made.json()["id"]
+    assert pages_client.get("/v1/styles", headers={"Authorization": f"Bearer {new_key}"}).status_code == 200
+    assert [k["id"] for k in pages_client.get("/v1/keys", headers=alice).json()] == [mine[0]["id"], new_id]
+    assert all("key" not in k for k in pages_client.get("/v1/keys", headers=alice).json())
+    assert pages_client.delete(f"/v1/keys/{new_id}", headers=admin).status_code == 404  # not the admin's own
+    assert pages_client.delete("/v1/keys/nope", headers=alice).status_code == 404
+    assert pages_client.delete(f"/v1/keys/{new_id}", headers=alice).status_code == 204
+    assert pages_client.get("/v1/styles", headers={"Authorization": f"Bearer {new_key}"}).status_code == 401
+    assert len(pages_client.get("/v1/keys", headers=admin).json()) == 1  # the admin sees only its own here
+    # the page: linked from the header, a table the script fills
+    sign_in(pages_client, pages_keys["alice"])
+    page = pages_client.get("/keys")
+    assert page.status_code == 200 and 'id="own-keys"' in page.text and "Keys of alice" in page.text
+    pages_client.cookies.clear()
+    assert pages_client.get("/keys", follow_redirects=False).headers["location"] == "/signin?next=/keys"
+
+
+def test_finished_job_shows_its_total_time(pages_client: TestClient, pages_keys) -> None:
+    style_id, job_id = _style(pages_client, pages_keys["alice"], "gouache")
+    _trained(pages_client, job_id)
+    sign_in(pages_client, pages_keys["alice"])
+    html = pages_client.get(f"/styles/{style_id}").text
+    assert re.search(r'· took\s+<span data-role="took" data-seconds="75.0">75 s</span>', html)
