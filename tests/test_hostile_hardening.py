@@ -40,7 +40,7 @@ def test_pages_send_csp_nosniff_and_frame_ancestors(pages_client: TestClient, pa
     pages_client.post("/signin", data={"api_key": pages_keys["admin"]}, follow_redirects=False)
     style_id = pages_client.get("/v1/styles").json()[0]["id"]
     pages = [signin] + [pages_client.get(p) for p in ("/styles", "/styles/new", f"/styles/{style_id}", "/admin",
-                                                      "/styles/nope")]
+                                                      "/styles/nope", "/gallery", "/keys")]
     for page in pages:
         assert page.headers["content-type"].startswith("text/html"), page.url
         csp = page.headers["content-security-policy"]
