@@ -347,10 +347,12 @@ def no_sideways_scroll(page: Any) -> None:
 def test_g_queue_position_stays_live_cancel_is_confirmed_and_a_cancelled_style_trains_again(
     browser: Any, browser_stack: BrowserStack, browser_keys: dict[str, str]
 ) -> None:
-    with api(browser_stack, browser_keys["bob"]) as bob, api(browser_stack, browser_keys["alice"]) as alice:
-        png = {"image": ("q.png", worker_style_png((200, 120, 30)), "image/png")}
-        long_job = bob.post("/v1/styles", files=png, data={"descriptor": "hog", "steps": "3000"}).json()["job"]["id"]
-        wait_state(bob, long_job, {"running"}, browser_stack)
+    with (api(browser_stack, browser_keys["bob"]) as bob, api(browser_stack, browser_keys["alice"]) as alice,
+          api(browser_stack, browser_keys["admin"]) as admin):
+        # The worker is busy with the admin's job; bob's and alice's wait (each user has none running: oldest first).
+        png = {"image": ("q.png", style_png((200, 120, 30)), "image/png")}
+        long_job = admin.post("/v1/styles", files=png, data={"descriptor": "hog", "steps": "3000"}).json()["job"]["id"]
+        wait_state(admin, long_job, {"running"}, browser_stack)
         ahead = bob.post("/v1/styles", files=png, data={"descriptor": "ahead", "steps": "20"}).json()["job"]["id"]
         mine = alice.post("/v1/styles", files=png, data={"descriptor": "amber queue", "steps": "10"}).json()
         assert alice.get(f"/v1/jobs/{mine['job']['id']}").json()["queue_position"] == 2
@@ -379,7 +381,7 @@ def test_g_queue_position_stays_live_cancel_is_confirmed_and_a_cancelled_style_t
         assert page.get_by_text("The generate form opens when training has finished.").count() == 0
         no_sideways_scroll(page)
 
-        bob.post(f"/v1/jobs/{long_job}/cancel")  # free the worker for the new job
+        admin.post(f"/v1/jobs/{long_job}/cancel")  # free the worker for the new job
         page.get_by_role("button", name="Train again").click()
         page.wait_for_selector(f'.job[data-job-id]:not([data-job-id="{mine["job"]["id"]}"])')
         try:

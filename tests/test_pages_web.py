@@ -184,7 +184,7 @@ def test_pages_render_styles_and_style_page(pages_client: TestClient, pages_keys
 
 def _style(client: TestClient, key: str, descriptor: str, steps: int = 20) -> tuple[str, str]:
     created = client.post("/v1/styles", headers={"Authorization": f"Bearer {key}"},
-                          files={"image": ("s.png", worker_style_png(), "image/png")},
+                          files={"image": ("s.png", style_png(), "image/png")},
                           data={"descriptor": descriptor, "steps": str(steps)})
     assert created.status_code == 202, created.text
     return created.json()["style"]["id"], created.json()["job"]["id"]
