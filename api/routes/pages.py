@@ -32,7 +32,7 @@ router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
 
 STYLES_PAGE_LIMIT = 200
-STYLE_PAGE_SHOTS = 24  # the style page shows the newest; the gallery pages through the rest
+GALLERY_LIMIT = 24  # the style page shows the newest; the gallery pages through the rest
 
 
 def _can_delete_generations(request: Request) -> bool:
@@ -160,7 +160,7 @@ def style_page(style_id: str, request: Request, session: SessionDep) -> Response
         return _render(request, "error.html", user, status_code=404, title="Style not found",
                        message="This style does not exist, was deleted, or belongs to someone else.")
     ((style_view, job),) = styles.styles_with_jobs(session, [styles.style_public(session, style)])
-    shots = gallery.gallery_page(session=session, owner=user, page=1, per_page=STYLE_PAGE_SHOTS,
+    shots = gallery.gallery_page(session=session, owner=user, page=1, per_page=GALLERY_LIMIT,
                                  adapter_ids=gallery.style_adapter_ids(session=session, style_id=style.id))
     return _render(request, "style.html", user, style=style_view, job=job, gallery=shots,
                    can_delete=_can_delete_generations(request))
