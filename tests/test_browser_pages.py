@@ -85,9 +85,9 @@ def test_a_upload_watch_training_generate_and_download(
 
     page.get_by_role("link", name="New style").first.click()
     page.wait_for_url("**/styles/new")
-    style_png = tmp_path / "stripes.png"
-    style_png.write_bytes(style_png((30, 120, 200)))
-    page.set_input_files("#image", str(style_png))
+    image_file = tmp_path / "stripes.png"  # not `style_png`: that name is the image helper
+    image_file.write_bytes(style_png((30, 120, 200)))
+    page.set_input_files("#image", str(image_file))
     # Arrow functions, not expression strings: Playwright polls an expression with eval(), which the pages' CSP
     # (rightly) forbids; a function is compiled once through the DevTools protocol.
     page.wait_for_function("() => document.querySelector('#file-info').textContent.includes('256×256 px')")
