@@ -894,7 +894,7 @@
         cell(tr, fmtTime(w.heartbeat_at), "nowrap");
         const td = cell(tr, "", "cache");
         const figures = cacheFigures(w.stats || {});
-        if (!figures.length) td.textContent = "not loaded yet";
+        if (!figures.length) td.textContent = "Adapter cache not loaded yet";
         else { const dl = document.createElement("dl"); dl.className = "figures"; kv(dl, figures); td.append(dl); }
         wb.append(tr);
       }
