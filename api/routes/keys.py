@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from api import own_keys
 from api.deps import CurrentUser, SessionDep
 from api.schemas import ApiKeyCreatedPublic, ApiKeyPublic
+from api.services import own_keys
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
