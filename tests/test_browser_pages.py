@@ -377,7 +377,8 @@ def test_g_queue_position_stays_live_cancel_is_confirmed_and_a_cancelled_style_t
         page.get_by_role("button", name="Cancel training").click()
         page.get_by_role("button", name="Yes, stop training").click()
         page.wait_for_selector('.job[data-state="cancelled"]')
-        assert page.get_by_text("Training was cancelled, so there is no adapter to generate with.").is_visible()
+        # the page learns the final state from the cancel answer, then fetches the job: the way on follows
+        page.get_by_text("Training was cancelled, so there is no adapter to generate with.").wait_for()
         assert page.get_by_text("The generate form opens when training has finished.").count() == 0
         no_sideways_scroll(page)
 
