@@ -119,8 +119,34 @@ def transition(
 def transition_generation(
     session: Session, generation_id: str, *, expected: str | Collection[str], new: str, **fields: Any
 ) -> bool:
-    """The generation counterpart of `transition` (generations write no event rows)."""
-    return _move(session, Generation, generation_id, _checked(Generation, expected, new, fields), new, fields)
+    """The generation counterpart of `transition` (generations write no event rows, but may queue a webhook)."""
+    if not _move(session, Generation, generation_id, _checked(Generation, expected, new, fields), new, fields):
+        return False
+    from storage import webhooks  # storage.webhooks -> storage.resources -> this module
+
+    webhooks.generation_state_changed(session, generation_id, new)
+    return True
+
+
+def record_generation_step(session: Session, generation_id: str, step: int, worker_host: str) -> bool:
+    """Progress of a running generation this worker holds (also its heartbeat); False when it is no longer ours."""
+    result = session.execute(
+        update(Generation)
+        .where(Generation.id == generation_id, Generation.state == GenerationState.RUNNING,
+               Generation.worker_host == worker_host)
+        .values(step=step, heartbeat_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    assert isinstance(result, CursorResult)
+    if result.rowcount != 1:
+        return False
+    obj = session.identity_map.get(identity_key(Generation, generation_id))
+    if obj is not None:
+        session.expire(obj)
+    from storage import webhooks
+
+    webhooks.generation_event(session, generation_id, "progress")
+    return True
 
 
 def add_event(session: Session, job_id: str, kind: str, payload: dict[str, Any]) -> JobEvent:
@@ -129,6 +155,13 @@ def add_event(session: Session, job_id: str, kind: str, payload: dict[str, Any])
     event = JobEvent(job_id=job_id, kind=kind, payload=payload)
     session.add(event)
     session.flush()
+    if kind in ("state", "progress"):  # the webhook event, if any, commits with the change it reports
+        from storage import webhooks  # storage.webhooks -> storage.resources -> this module
+
+        if kind == "state":
+            webhooks.job_state_changed(session, job_id, str(payload.get("to")))
+        else:
+            webhooks.job_event(session, job_id, "progress")
     return event
 
 
@@ -175,6 +208,11 @@ def queue_positions(session: Session, job_ids: Collection[str]) -> dict[str, int
     ordered = select(q.c.id, func.row_number().over(order_by=(q.c.load, q.c.queued_at, q.c.id)).label("n")).subquery()
     rows = session.execute(select(ordered.c.id, ordered.c.n).where(ordered.c.id.in_(list(job_ids))))
     return {job_id: int(n) for job_id, n in rows}
+
+
+def count_events(session: Session, job_id: str, kind: str) -> int:
+    return int(session.scalar(select(func.count()).select_from(JobEvent)
+                              .where(JobEvent.job_id == job_id, JobEvent.kind == kind)) or 0)
 
 
 def queue_position(session: Session, job: TrainingJob) -> int:
@@ -246,6 +284,7 @@ def claim_generations(session: Session, *, first_id: str, limit: int, worker_hos
         "started_at": now,
         "heartbeat_at": now,
         "worker_host": worker_host,
+        "step": 0,
     }
     claimed: list[str] = []
     bind = session.get_bind()
@@ -279,6 +318,10 @@ def claim_generations(session: Session, *, first_id: str, limit: int, worker_hos
         .order_by(first_first, Generation.queued_at, Generation.id)
         .execution_options(populate_existing=True)
     ).all()
+    from storage import webhooks
+
+    for row in rows:
+        webhooks.generation_state_changed(session, row.id, "running")
     logger.debug("%s claimed %d generations", worker_host, len(rows))
     return list(rows)
 
