@@ -128,6 +128,7 @@ def test_nul_in_form_text_is_4xx(api_client, api_keys, field: str) -> None:
     "/v1/jobs/a%00b", "/v1/jobs/a%00b/events", "/v1/styles/%00", "/v1/styles/x%00/image", "/v1/adapters/%00",
     "/v1/adapters/%00/file", "/v1/generations/%00", "/v1/generations/%00/images/0",
     "POST /v1/admin/users/%00/keys", "POST /v1/jobs/%00/cancel", "POST /v1/admin/jobs/%00/retry",
+    "DELETE /v1/generations/%00",
 ])
 def test_nul_in_path_ids_is_404(api_client, api_keys, path: str) -> None:
     method, _, url = path.rpartition(" ")
