@@ -38,7 +38,7 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 receiver.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
                 status, stall = receiver.plan.pop(0) if receiver.plan else (200, 0.0)

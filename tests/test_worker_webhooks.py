@@ -3,6 +3,7 @@ loop's pass sends them to a receiver on 127.0.0.1; generation progress and previ
 
 from __future__ import annotations
 
+import itertools
 import json
 
 from sqlalchemy import select
@@ -36,7 +37,7 @@ def test_train_and_generate_fire_webhooks_through_the_real_tasks(worker_runtime:
         events = [d.event for d in rows]
         assert events[0] == "start" and events[-1] == "completed" and "progress" in events
         sent = [d.created_at for d in rows if d.event == "progress"]  # 6 progress events, throttled to one per 5 s
-        assert all((b - a).total_seconds() >= PROGRESS_MIN_SECONDS for a, b in zip(sent, sent[1:], strict=False))
+        assert all((b - a).total_seconds() >= PROGRESS_MIN_SECONDS for a, b in itertools.pairwise(sent))
         with rt.session_factory() as s:
             previews = list(s.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == "preview")
                                       .order_by(JobEvent.id)))
