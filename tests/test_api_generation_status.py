@@ -142,7 +142,11 @@ def test_english_errors_bearer_hint_and_device_seconds(api_client, api_keys) -> 
     assert basic.status_code == 401 and "Bearer <API key>" in basic.json()["detail"]["message"]
     assert api_client.get("/v1/styles", headers={"Authorization": f"bearer {api_keys['alice']}"}).status_code == 200
 
-    schema = api_client.get("/openapi.json").json()["components"]["schemas"]
+    openapi = api_client.get("/openapi.json").json()
+    assert set(openapi["paths"]["/v1/generations"]["post"]["responses"]["202"]["headers"]) == {"Location",
+                                                                                               "Retry-After"}
+    assert "delete" in openapi["paths"]["/v1/generations/{generation_id}"]
+    schema = openapi["components"]["schemas"]
     assert "device_seconds" in schema["JobPublic"]["properties"] and "gpu_seconds" not in schema["JobPublic"][
         "properties"]
     assert "CPU" in schema["JobPublic"]["properties"]["device_seconds"]["description"]

@@ -114,7 +114,16 @@ def _load(factory: sessionmaker[Session], generation_id: str) -> GenerationPubli
         return generations.generation_view(session, gen) if gen is not None else None
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=GenerationPublic, openapi_extra=_OPENAPI_BODY)
+_PENDING_HEADERS: dict[int | str, dict[str, Any]] = {202: {"description": "Queued or running: poll `Location`.",
+                                                           "headers": {
+    "Location": {"description": "/v1/generations/{id}", "schema": {"type": "string"}},
+    "Retry-After": {"description": "Seconds before polling again (1..30, from eta_seconds).",
+                    "schema": {"type": "integer"}},
+}}}
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=GenerationPublic, openapi_extra=_OPENAPI_BODY,
+             responses=_PENDING_HEADERS)
 async def create_generation(
     request: Request,
     response: Response,
