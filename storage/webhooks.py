@@ -105,6 +105,9 @@ def new_secret() -> str:
 
 def user_secret(session: Session, user_id: str) -> str:
     """The user's signing secret, made on first use (race-safe: the first writer wins). The caller commits."""
+    secret = session.scalar(select(User.webhook_secret).where(User.id == user_id))
+    if secret is not None:  # the usual case: a read, no write lock
+        return secret
     session.execute(update(User).where(User.id == user_id, User.webhook_secret.is_(None))
                     .values(webhook_secret=new_secret()).execution_options(synchronize_session=False))
     secret = session.scalar(select(User.webhook_secret).where(User.id == user_id))
