@@ -7,6 +7,7 @@ resource exactly as `GET` returns it at the moment of the event.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -55,7 +56,7 @@ def generation_queue_position(session: Session, gen: Generation) -> int:
     return int(ahead or 0) + 1
 
 
-def _recent_pace(session: Session) -> tuple[float, float] | None:
+def recent_pace(session: Session) -> tuple[float, float] | None:
     """(seconds one generation takes, generations finished per second) over the last few that succeeded, or None
     without history. Generations run in batches, so the rate is taken over the span they covered together."""
     rows = session.execute(
@@ -72,17 +73,36 @@ def _recent_pace(session: Session) -> tuple[float, float] | None:
     return max(duration, 0.01), len(spans) / max(window, 0.01)
 
 
-def generation_eta(session: Session, gen: Generation, position: int, now: datetime | None = None) -> float | None:
+def generation_queue_positions(session: Session, gens: Sequence[Generation]) -> dict[str, int]:
+    """Queue positions of the queued ones among `gens`, in one query whatever their number."""
+    ids = [g.id for g in gens if g.state == "queued"]
+    if not ids:
+        return {}
+    ordered = select(Generation.id, func.row_number().over(order_by=(Generation.queued_at, Generation.id))
+                     .label("n")).where(Generation.state == "queued").subquery()
+    rows = session.execute(select(ordered.c.id, ordered.c.n).where(ordered.c.id.in_(ids)))
+    return {gen_id: int(n) for gen_id, n in rows}
+
+
+def needs_pace(gens: Sequence[Generation]) -> bool:
+    """Whether any of `gens` is estimated from the service's recent pace (queued, or running without a round)."""
+    return any(g.state == "queued" or (g.state == "running" and not g.step) for g in gens)
+
+
+def generation_eta(session: Session, gen: Generation, position: int, now: datetime | None = None,
+                   pace: tuple[float, float] | bool | None = True) -> float | None:
     """Seconds until `gen` should be done: from its own pace while running (rounds done so far), from the recent
-    pace of the service while queued; None when there is nothing to go on. An estimate, never a promise."""
+    pace of the service while queued; None when there is nothing to go on. An estimate, never a promise.
+    `pace`: the service's recent pace when already read (None: no history), True to read it here."""
     if gen.state in ("succeeded", "failed"):
         return 0.0
     now = now or utcnow()
     if gen.state == "running" and gen.started_at is not None and gen.step > 0:
         elapsed = (now - gen.started_at).total_seconds()
         return round(max(elapsed / gen.step * (max(gen.steps, gen.step) - gen.step), 0.0), 1)
-    pace = _recent_pace(session)
-    if pace is None:
+    if pace is True:
+        pace = recent_pace(session)
+    if not isinstance(pace, tuple):
         return None
     duration, rate = pace
     if gen.state == "running":

@@ -12,8 +12,9 @@ import worker.tasks as tasks
 from storage.models import Generation, JobEvent, WebhookDelivery
 from storage.users import create_user
 from storage.webhooks import PROGRESS_MIN_SECONDS
+from tests.helpers.db import make_generation as _generation
+from tests.helpers.db import make_job as _job
 from tests.test_webhooks import Receiver, verify
-from tests.test_worker_tasks import _generation, _job
 from worker import webhooks as delivery
 from worker.runtime import Runtime
 

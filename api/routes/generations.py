@@ -172,7 +172,7 @@ def list_generations(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[GenerationPublic]:
     gens = generations.list_generations(session=session, owner=user, limit=limit, offset=offset)
-    return [generations.generation_view(session, g) for g in gens]
+    return generations.generation_views(session, gens)
 
 
 @router.get("/{generation_id}", response_model=GenerationPublic)

@@ -165,6 +165,14 @@ def generation_image_key(gen: Generation, n: int) -> str:
 
 def generation_view(session: Session, gen: Generation) -> GenerationPublic:
     """`gen` as the API shows it, with where it stands: queue position and estimated seconds to go."""
-    position = resources.generation_queue_position(session, gen)
-    return GenerationPublic.model_validate(gen).model_copy(
-        update={"queue_position": position, "eta_seconds": resources.generation_eta(session, gen, position)})
+    return generation_views(session, [gen])[0]
+
+
+def generation_views(session: Session, gens: Sequence[Generation]) -> list[GenerationPublic]:
+    """`gens` as the API shows them, in a fixed number of queries whatever their number (positions at once, the
+    service's recent pace read once)."""
+    positions = resources.generation_queue_positions(session, gens)
+    pace = resources.recent_pace(session) if resources.needs_pace(gens) else None
+    return [GenerationPublic.model_validate(g).model_copy(update={
+        "queue_position": positions.get(g.id, 0),
+        "eta_seconds": resources.generation_eta(session, g, positions.get(g.id, 0), pace=pace)}) for g in gens]
