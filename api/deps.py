@@ -83,6 +83,13 @@ def get_current_user(request: Request, session: SessionDep, bearer: BearerDep) -
         user = _user_from_cookie(request, session)
         if user is not None and request.method not in SAFE_METHODS:
             _require_csrf(request)
+    authorization = request.headers.get("authorization")
+    if user is None and bearer is None and authorization:  # a key sent without its scheme, or another scheme
+        raise Unauthorized(
+            "the Authorization header must be `Bearer <API key>`: add `Bearer ` before the key"
+            if authorization.strip().startswith("sd_") else
+            "the Authorization header must be `Bearer <API key>` (other schemes are not accepted)",
+            code="bad_authorization_scheme", headers={"WWW-Authenticate": "Bearer"})
     if user is None:
         reason = "invalid, revoked or disabled API key" if bearer or request.cookies else "missing API key"
         raise Unauthorized(reason, headers={"WWW-Authenticate": "Bearer"})

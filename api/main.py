@@ -18,7 +18,7 @@ from api.headers import SecurityHeadersMiddleware
 from api.metrics import make_registry
 from api.ratelimit import make_rate_limiter
 from api.request_guard import RequestGuard
-from api.routes import adapters, admin, generations, health, jobs, keys, pages, styles
+from api.routes import adapters, admin, generations, health, jobs, keys, pages, styles, webhooks
 from api.security import load_secret
 from api.streams import StreamHub
 from storage.blobs import blob_store_from_settings
@@ -101,7 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics_registry = make_registry(app.state.sessionmaker, settings)
     install_handlers(app)
     app.add_middleware(RequestGuard, max_json_bytes=settings.max_json_bytes)
-    for module in (styles, jobs, adapters, generations, keys, admin, health, pages):
+    for module in (styles, jobs, adapters, generations, webhooks, keys, admin, health, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     install_docs(app)

@@ -7,16 +7,29 @@ for the whole page (`queue_position`, `adapter_id`), set by the service (`api.se
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AliasPath, BaseModel, ConfigDict, Field, computed_field, field_validator
+from pydantic import AliasChoices, AliasPath, BaseModel, ConfigDict, Field, computed_field, field_validator
 
 from storage.states import JobState
 from storage.users import BadUserName, validate_user_name
 
 MAX_SEED = 2**31 - 1
 MAX_OFFSET = 2**31 - 1  # list offsets and event cursors: larger ones overflow SQLite/PostgreSQL integers
+
+
+WebhookEvent = Literal["start", "progress", "completed"]
+WEBHOOK_DOC = (
+    "An http(s) URL that receives a POST with this resource (as GET returns it) on each chosen event, signed per "
+    "Standard Webhooks (webhook-id, webhook-timestamp, webhook-signature; secret from GET /v1/webhooks/secret) and "
+    "retried with backoff until it answers 2xx. Loopback, private and link-local addresses are refused."
+)
+WEBHOOK_EVENTS_DOC = (
+    "Which events to send: start (a worker took it), progress (at most every few seconds while running), "
+    "completed (succeeded, failed or cancelled). Default: all three."
+)
 
 
 class ErrorInfo(BaseModel):
@@ -76,8 +89,16 @@ class JobPublic(_WithError):
     started_at: datetime | None
     finished_at: datetime | None
     cancel_requested_at: datetime | None
-    gpu_seconds: float
+    device_seconds: float = Field(
+        validation_alias=AliasChoices("device_seconds", "gpu_seconds"),
+        description="Wall-clock seconds a worker spent running this job on its device (the GPU, or the CPU on a "
+        "CPU-only worker), summed over attempts; not a GPU-only figure, so not 0 on a CPU worker.",
+    )
     adapter_id: str | None = None
+    webhook: str | None = Field(default=None, description=WEBHOOK_DOC)
+    webhook_events_filter: list[WebhookEvent] | None = Field(
+        default=None, validation_alias=AliasChoices("webhook_events_filter", "webhook_events"),
+        description=WEBHOOK_EVENTS_DOC)
 
     @computed_field(description="step / total_steps, 0..1")  # type: ignore[prop-decorator]
     @property
@@ -150,6 +171,16 @@ class GenerationCreate(BaseModel):
     strength: float | None = Field(
         default=None, gt=0.0, le=1.0, description="Image-to-image only (multipart with init_image)."
     )
+    webhook: str | None = Field(default=None, min_length=1, max_length=2048, description=WEBHOOK_DOC)
+    webhook_events_filter: list[WebhookEvent] | None = Field(
+        default=None, min_length=1, max_length=3, description=WEBHOOK_EVENTS_DOC + " In multipart: comma-separated."
+    )
+
+    @field_validator("webhook_events_filter", mode="before")
+    @classmethod
+    def _split_events(cls, value: Any) -> Any:
+        # multipart forms carry one string: "start,completed"
+        return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
 
 
 class GenerationPublic(_WithError):
@@ -181,6 +212,28 @@ class GenerationPublic(_WithError):
     @property
     def image_urls(self) -> list[str]:
         return [f"/v1/generations/{self.id}/images/{n}" for n in range(len(self.image_keys or []))]
+    step: int = Field(default=0, description="Sampling rounds done so far (of `steps`).")
+    queue_position: int = Field(default=0, description="1 = next to run; 0 when not queued.")
+    eta_seconds: float | None = Field(
+        default=None,
+        description="Estimated seconds until done: from its own pace while running, from the service's recent pace "
+        "while queued; null when there is nothing to estimate from, 0 once final.",
+    )
+    webhook: str | None = Field(default=None, description=WEBHOOK_DOC)
+    webhook_events_filter: list[WebhookEvent] | None = Field(
+        default=None, validation_alias=AliasChoices("webhook_events_filter", "webhook_events"),
+        description=WEBHOOK_EVENTS_DOC)
+
+    @computed_field(description="step / steps, 0..1; 1 once succeeded.")  # type: ignore[prop-decorator]
+    @property
+    def progress(self) -> float:
+        if self.state == "succeeded":
+            return 1.0
+        return math.floor(min(self.step, self.steps) / max(self.steps, 1) * 1000) / 1000
+
+
+class WebhookSecretPublic(BaseModel):
+    secret: str = Field(description="`whsec_` + base64 key; signs every webhook delivery of this user.")
 
 
 # --- admin ---------------------------------------------------------------------------------------------------

@@ -126,6 +126,7 @@ def claim_generations(session: Session, *, first_id: str, limit: int, worker_hos
         "started_at": now,
         "heartbeat_at": now,
         "worker_host": worker_host,
+        "step": 0,
     }
     claimed: list[str] = []
     bind = session.get_bind()
@@ -159,6 +160,10 @@ def claim_generations(session: Session, *, first_id: str, limit: int, worker_hos
         .order_by(first_first, Generation.queued_at, Generation.id)
         .execution_options(populate_existing=True)
     ).all()
+    from storage import webhooks
+
+    for row in rows:
+        webhooks.generation_state_changed(session, row.id, "running")
     logger.debug("%s claimed %d generations", worker_host, len(rows))
     return list(rows)
 

@@ -120,8 +120,34 @@ def transition(
 def transition_generation(
     session: Session, generation_id: str, *, expected: str | Collection[str], new: str, **fields: Any
 ) -> bool:
-    """The generation counterpart of `transition` (generations write no event rows)."""
-    return _move(session, Generation, generation_id, _checked(Generation, expected, new, fields), new, fields)
+    """The generation counterpart of `transition` (generations write no event rows, but may queue a webhook)."""
+    if not _move(session, Generation, generation_id, _checked(Generation, expected, new, fields), new, fields):
+        return False
+    from storage import webhooks  # storage.webhooks -> storage.resources -> this module
+
+    webhooks.generation_state_changed(session, generation_id, new)
+    return True
+
+
+def record_generation_step(session: Session, generation_id: str, step: int, worker_host: str) -> bool:
+    """Progress of a running generation this worker holds (also its heartbeat); False when it is no longer ours."""
+    result = session.execute(
+        update(Generation)
+        .where(Generation.id == generation_id, Generation.state == GenerationState.RUNNING,
+               Generation.worker_host == worker_host)
+        .values(step=step, heartbeat_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    assert isinstance(result, CursorResult)
+    if result.rowcount != 1:
+        return False
+    obj = session.identity_map.get(identity_key(Generation, generation_id))
+    if obj is not None:
+        session.expire(obj)
+    from storage import webhooks
+
+    webhooks.generation_event(session, generation_id, "progress")
+    return True
 
 
 def add_event(session: Session, job_id: str, kind: str, payload: dict[str, Any]) -> JobEvent:
@@ -130,6 +156,13 @@ def add_event(session: Session, job_id: str, kind: str, payload: dict[str, Any])
     event = JobEvent(job_id=job_id, kind=kind, payload=payload)
     session.add(event)
     session.flush()
+    if kind in ("state", "progress"):  # the webhook event, if any, commits with the change it reports
+        from storage import webhooks  # storage.webhooks -> storage.resources -> this module
+
+        if kind == "state":
+            webhooks.job_state_changed(session, job_id, str(payload.get("to")))
+        else:
+            webhooks.job_event(session, job_id, "progress")
     return event
 
 
@@ -141,6 +174,11 @@ def events_after(session: Session, job_id: str, after_id: int = 0, limit: int = 
         .order_by(JobEvent.id)
         .limit(limit)
     ).all()
+
+
+def count_events(session: Session, job_id: str, kind: str) -> int:
+    return int(session.scalar(select(func.count()).select_from(JobEvent)
+                              .where(JobEvent.job_id == job_id, JobEvent.kind == kind)) or 0)
 
 
 def _cutoff(older_than: timedelta | datetime) -> datetime:

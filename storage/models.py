@@ -29,7 +29,9 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from storage.db import Base
-from storage.states import EventKind, GenerationState, JobState, WorkKind
+from storage.states import DeliveryState, EventKind, GenerationState, JobState, WebhookEvent, WorkKind
+
+WEBHOOK_EVENTS: tuple[str, ...] = tuple(WebhookEvent)
 
 
 def new_id() -> str:
@@ -74,6 +76,7 @@ class User(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    webhook_secret: Mapped[str | None] = mapped_column(String(64))  # "whsec_<base64>", made on first use
 
 
 class ApiKey(Base):
@@ -156,6 +159,8 @@ class TrainingJob(Base):
     celery_task_id: Mapped[str | None] = mapped_column(String(255))
     checkpoint_key: Mapped[str | None] = mapped_column(String(255))
     checkpoint_step: Mapped[int | None] = mapped_column(Integer)
+    webhook: Mapped[str | None] = mapped_column(String(2048))
+    webhook_events: Mapped[list[str] | None] = mapped_column(JSON)
 
     # Read-only, and loaded only when a query asks for it (`joinedload`): the admin listings show the owner's name.
     owner: Mapped[User] = relationship(User, viewonly=True, lazy="raise_on_sql")
@@ -233,6 +238,38 @@ class Generation(Base):
     celery_task_id: Mapped[str | None] = mapped_column(String(255))
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))
+    step: Mapped[int] = mapped_column(Integer, default=0)  # sampling rounds done (progress while running)
+    webhook: Mapped[str | None] = mapped_column(String(2048))
+    webhook_events: Mapped[list[str] | None] = mapped_column(JSON)
+
+
+class WebhookDelivery(Base):
+    """One webhook event (the outbox): written in the transaction that changed the resource, sent by the
+    delivery loop (worker/webhooks.py) until a 2xx answer or `max_attempts`. The id is the `webhook-id` header,
+    the same on every retry."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        CheckConstraint(_in("state", DeliveryState), name="state"),
+        CheckConstraint(_in("event", WebhookEvent), name="event"),
+        Index("ix_webhook_deliveries_state_next_attempt_at", "state", "next_attempt_at"),
+        Index("ix_webhook_deliveries_resource_id_event", "resource_id", "event"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: f"msg_{new_id()}")
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    resource: Mapped[str] = mapped_column(String(16))  # "job" | "generation"
+    resource_id: Mapped[str] = mapped_column(ID)
+    event: Mapped[str] = mapped_column(String(16))
+    url: Mapped[str] = mapped_column(String(2048))
+    body: Mapped[str] = mapped_column(Text)  # the resource as GET returned it when the event happened
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
 
 
 # A worker whose heartbeat is older than this is not listed as online (admin overview, /metrics).

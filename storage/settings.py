@@ -99,6 +99,17 @@ class Settings(BaseSettings):
                                      "many times within restart_window_seconds.")
     restart_window_seconds: float = 120.0
 
+    # --- webhooks ----------------------------------------------------------------------------------------------
+    webhook_allow_private: bool = Field(
+        default=False, description="Allow webhooks to loopback/private/link-local addresses (local development)."
+    )
+    webhook_timeout_seconds: float = Field(default=10.0, description="One delivery attempt's HTTP timeout.")
+    webhook_max_attempts: int = Field(default=8, description="Attempts per event before it is given up (failed).")
+    webhook_retry_base_seconds: float = Field(
+        default=5.0, description="First retry delay; each next one is 4x longer (5 s, 20 s, 80 s, ... up to 6 h)."
+    )
+    webhook_poll_seconds: float = Field(default=1.0, description="How often the delivery loop looks for due events.")
+
     # --- HTTP --------------------------------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = 8000

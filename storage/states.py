@@ -33,6 +33,21 @@ class EventKind(StrEnum):
     PROGRESS = "progress"
     LOG = "log"
     PREVIEW = "preview"
+    WEBHOOK = "webhook"  # one webhook delivery attempt
+
+
+class WebhookEvent(StrEnum):
+    """What a webhook can be sent for (`webhook_events_filter`)."""
+
+    START = "start"
+    PROGRESS = "progress"
+    COMPLETED = "completed"
+
+
+class DeliveryState(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
 
 
 class WorkKind(StrEnum):

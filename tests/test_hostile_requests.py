@@ -129,6 +129,7 @@ def test_nul_in_form_text_is_4xx(api_client, api_keys, field: str) -> None:
     "/v1/adapters/%00/file", "/v1/generations/%00", "/v1/generations/%00/images/0",
     "POST /v1/admin/users/%00/keys", "POST /v1/jobs/%00/cancel", "POST /v1/admin/jobs/%00/retry",
     "POST /v1/styles/%00/jobs", "DELETE /v1/keys/%00",
+    "DELETE /v1/generations/%00",
 ])
 def test_nul_in_path_ids_is_404(api_client, api_keys, path: str) -> None:
     method, _, url = path.rpartition(" ")

@@ -18,7 +18,7 @@ from storage import models  # noqa: F401 - registers the tables
 from storage.db import Base, downgrade_to_base, make_engine, upgrade_to_head
 
 TABLES = {"users", "api_keys", "sessions", "styles", "training_jobs", "job_events", "adapters", "generations",
-          "workers"}
+          "workers", "webhook_deliveries"}
 
 
 def _diff(url: str) -> list[object]:

@@ -23,6 +23,7 @@ from storage.models import Generation, utcnow
 from storage.states import GenerationState
 from trainer import GenerationRequest
 from worker.adapter_cache import AdapterMissing, split_by_slots
+from worker.progress import StepRecorder
 from worker.runtime import Runtime
 from worker.shared import TRANSIENT, IdLogger, open_image, png
 
@@ -105,7 +106,8 @@ def run_chunk(rt: Runtime, rows: list[Generation], log: IdLogger) -> None:
             return
         t0 = time.perf_counter()
         try:
-            results = trainer.sample(rt.parts(), requests)
+            progress = StepRecorder(rt, [(g.id, g.steps) for g in dict.fromkeys(owners)])
+            results = trainer.sample(rt.parts(), requests, on_step=progress)
         except TRANSIENT:
             raise
         except trainer.SamplingError as exc:

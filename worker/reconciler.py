@@ -9,7 +9,8 @@
   without persistence, a flushed queue), every waiting row sent before the grace period is sent again at once,
   instead of after `visibility_timeout`.
 
-Run it in a thread inside `styledrop up`, or as `styledrop reconcile [--once]`.
+Run it in a thread inside `styledrop up`, or as `styledrop reconcile [--once]`. `run_forever` also runs the webhook
+delivery loop (worker/webhooks.py) in a thread of its own.
 """
 
 from __future__ import annotations
@@ -208,6 +209,9 @@ def run_forever(
     send = send or celery_sender()
     store = blob_store_from_settings(settings)
     next_sweep = next_reclaim = 0.0
+    from worker import webhooks  # webhook delivery runs beside the reconciler, in its own thread
+
+    hooks = webhooks.start_thread(session_factory, settings, stop)
     while not stop.is_set():
         try:
             reconcile_once(session_factory, settings, send, depths=broker_depths(settings))
@@ -226,6 +230,7 @@ def run_forever(
                 logger.exception("reclaim pass failed")
             next_reclaim = time.monotonic() + settings.reclaim_every
         stop.wait(settings.reconcile_every)
+    hooks.join(timeout=settings.webhook_timeout_seconds + 5)
 
 
 def start_thread(

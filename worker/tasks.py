@@ -339,7 +339,8 @@ def _render_previews(rt: Runtime, job_id: str, adapter_id: str, adapter: trainer
         key = new_key("previews", "png")
         rt.store.put_bytes(key, png(res.image))
         with rt.session_factory() as s:
-            jobs.add_event(s, job_id, EventKind.PREVIEW, {"image_key": key, "prompt": prompt})
+            n = jobs.count_events(s, job_id, EventKind.PREVIEW)  # its index: GET /v1/jobs/{id}/previews/{n}
+            jobs.add_event(s, job_id, EventKind.PREVIEW, {"image_key": key, "prompt": prompt, "n": n})
             s.commit()
     log.info("rendered %d previews", len(results))
 

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from api import generation_ops
 from api.deps import BlobsDep, CurrentUser, RateLimitedUser, SessionDep, SessionFactoryDep, SettingsDep
 from api.errors import Invalid, UnsupportedMedia
 from api.schemas import MAX_OFFSET, GenerationCreate, GenerationPublic
@@ -25,6 +26,12 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/generations", tags=["generations"])
 
 WAIT_POLL_SECONDS = 0.25
+RETRY_AFTER_MAX = 30
+
+
+def retry_after(eta: float | None) -> int:
+    """Seconds a client should wait before polling an unfinished generation: its estimate, within 1..30."""
+    return int(min(max(eta if eta is not None else 2.0, 1.0), RETRY_AFTER_MAX))
 
 _create_schema = GenerationCreate.model_json_schema()
 _multipart_schema: dict[str, Any] = {
@@ -98,16 +105,25 @@ def _create(
             session=session, blobs=blobs, settings=settings, owner=owner, request=request, init_image=init, mask=mask,
             idempotency_key=idempotency_key,
         )
-        return GenerationPublic.model_validate(created.generation), created.created
+        return generations.generation_view(session, created.generation), created.created
 
 
 def _load(factory: sessionmaker[Session], generation_id: str) -> GenerationPublic | None:
     with factory() as session:
         gen = session.get(Generation, generation_id)
-        return GenerationPublic.model_validate(gen) if gen is not None else None
+        return generations.generation_view(session, gen) if gen is not None else None
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=GenerationPublic, openapi_extra=_OPENAPI_BODY)
+_PENDING_HEADERS: dict[int | str, dict[str, Any]] = {202: {"description": "Queued or running: poll `Location`.",
+                                                           "headers": {
+    "Location": {"description": "/v1/generations/{id}", "schema": {"type": "string"}},
+    "Retry-After": {"description": "Seconds before polling again (1..30, from eta_seconds).",
+                    "schema": {"type": "integer"}},
+}}}
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=GenerationPublic, openapi_extra=_OPENAPI_BODY,
+             responses=_PENDING_HEADERS)
 async def create_generation(
     request: Request,
     response: Response,
@@ -115,15 +131,17 @@ async def create_generation(
     settings: SettingsDep,
     blobs: BlobsDep,
     factory: SessionFactoryDep,
-    wait: Annotated[float, Query(ge=0, description="Block up to this many seconds for the result.")] = 0,
+    wait: Annotated[float, Query(ge=0, description="Block up to this many seconds for the result; more than "
+                                 "max_wait_seconds (60 by default) waits that long.")] = 0,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> GenerationPublic:
     """Queue a generation: JSON `GenerationCreate`, or multipart with the same fields plus `init_image` (and
     `strength`) for image-to-image, or `init_image` + `mask` for inpainting. `?wait=SECONDS` (at most
-    max_wait_seconds) answers 200 with the finished generation when it ends in time, else 202. A repeated
-    `Idempotency-Key` with the same request answers the same generation (200); with another request, 409."""
-    if wait > settings.max_wait_seconds:
-        raise Invalid(f"wait must be at most {settings.max_wait_seconds} seconds", code="bad_wait")
+    max_wait_seconds; larger values are clamped, as Replicate's `Prefer: wait`) answers 200 with the finished
+    generation when it ends in time, else 202 with `Location` (poll it) and `Retry-After`, and the generation's
+    `queue_position`, `progress` and `eta_seconds`. A repeated `Idempotency-Key` with the same request answers the
+    same generation (200); with another request, 409."""
+    wait = min(wait, settings.max_wait_seconds)
     parsed, init, mask = await _parse(request, settings)
     gen, created = await run_in_threadpool(_create, factory, blobs, settings, user, parsed, init, mask, idempotency_key)
     if not created:
@@ -140,6 +158,9 @@ async def create_generation(
                 gen = current
         if gen.state in GENERATION_FINAL:
             response.status_code = status.HTTP_200_OK
+    response.headers["Location"] = f"/v1/generations/{gen.id}"
+    if gen.state not in GENERATION_FINAL:
+        response.headers["Retry-After"] = str(retry_after(gen.eta_seconds))
     return gen
 
 
@@ -151,13 +172,13 @@ def list_generations(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[GenerationPublic]:
     gens = generations.list_generations(session=session, owner=user, limit=limit, offset=offset)
-    return [GenerationPublic.model_validate(g) for g in gens]
+    return generations.generation_views(session, gens)
 
 
 @router.get("/{generation_id}", response_model=GenerationPublic)
 def get_generation(generation_id: str, user: CurrentUser, session: SessionDep) -> GenerationPublic:
     gen = generations.get_generation(session=session, owner=user, generation_id=generation_id)
-    return GenerationPublic.model_validate(gen)
+    return generations.generation_view(session, gen)
 
 
 @router.get("/{generation_id}/images/{n}", response_class=Response,
@@ -169,3 +190,9 @@ def get_generation_image(
     gen = generations.get_generation(session=session, owner=user, generation_id=generation_id)
     key = generations.generation_image_key(gen, n)
     return Response(lookup.read_blob(blobs, key, what="image"), media_type="image/png")
+
+
+@router.delete("/{generation_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_generation(generation_id: str, user: CurrentUser, session: SessionDep, blobs: BlobsDep) -> None:
+    """Delete a finished generation and its images (409 while it is queued or running; 404 for others' ids)."""
+    generation_ops.delete_generation(session=session, blobs=blobs, owner=user, generation_id=generation_id)

@@ -23,8 +23,17 @@ StateFilter = Annotated[JobState | None, Query(description="Only jobs in this st
 PreviewIndex = Annotated[int, Path(ge=0, le=MAX_OFFSET, description="0-based preview number.")]
 
 
-def event_public(event: JobEvent) -> JobEventPublic:
-    return JobEventPublic.model_validate(event)
+def event_public(event: JobEvent, preview_n: int | None = None) -> JobEventPublic:
+    """A preview event shows the preview's URL instead of the store's internal key (`preview_n`: its index, for
+    events written before the worker recorded it)."""
+    payload = dict(event.payload or {})
+    if event.kind == "preview":
+        payload.pop("image_key", None)
+        n = payload.get("n", preview_n)
+        if isinstance(n, int):
+            payload["n"] = n
+            payload["url"] = f"/v1/jobs/{event.job_id}/previews/{n}"
+    return JobEventPublic.model_validate(event).model_copy(update={"payload": payload})
 
 
 def _render(event: JobEvent) -> str:
@@ -72,6 +81,7 @@ def cancel_job(job_id: str, user: CurrentUser, session: SessionDep) -> JobPublic
 def job_events(
     job_id: str,
     request: Request,
+    response: Response,
     user: CurrentUser,
     session: SessionDep,
     after: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Only events with a larger id.")] = 0,
@@ -80,7 +90,11 @@ def job_events(
 ) -> list[JobEventPublic] | StreamingResponse:
     """Progress, state, log and preview events, oldest first. With `Accept: text/event-stream`: a server-sent
     event stream (`id:` = event id, `event:` = kind) that honours `Last-Event-ID` and ends with an `end`
-    event once the job is final. Open streams are limited per user and per server (429)."""
+    event once the job is final. Open streams are limited per user and per server (429).
+
+    A list holds at most `limit` events; when more follow, the response has `Link: <...?after=ID&limit=N>;
+    rel="next"` and `X-Next-After: ID` (repeat with `after=ID` until no `Link` comes back). Preview events carry
+    `url` (`/v1/jobs/{id}/previews/{n}`); `webhook` events record each webhook delivery attempt."""
     jobs.get_job(session=session, owner=user, job_id=job_id)
     if last_event_id is not None and last_event_id.strip():
         after = max(after, _event_cursor(last_event_id))
@@ -96,7 +110,14 @@ def job_events(
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    return [event_public(e) for e in jobs.job_events(session=session, job_id=job_id, after=after, limit=limit)]
+    events, more = jobs.job_events_page(session=session, job_id=job_id, after=after, limit=limit)
+    if more:  # more events than this page: say where the rest is (RFC 8288 `Link`, and the bare cursor)
+        next_url = f"/v1/jobs/{job_id}/events?after={events[-1].id}&limit={limit}"
+        response.headers["Link"] = f'<{next_url}>; rel="next"'
+        response.headers["X-Next-After"] = str(events[-1].id)
+    legacy = {e.id: jobs.preview_index(session=session, job_id=job_id, event_id=e.id)
+              for e in events if e.kind == "preview" and "n" not in (e.payload or {})}
+    return [event_public(e, legacy.get(e.id)) for e in events]
 
 
 @router.get("/{job_id}/previews/{n}", response_class=Response,

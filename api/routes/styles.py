@@ -5,7 +5,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile, status
 
 from api.deps import BlobsDep, CurrentUser, RateLimitedUser, SessionDep, SettingsDep
-from api.schemas import MAX_OFFSET, JobPublic, StyleCreatedPublic, StyleJobCreate, StylePublic
+from api.schemas import (
+    MAX_OFFSET,
+    WEBHOOK_DOC,
+    WEBHOOK_EVENTS_DOC,
+    JobPublic,
+    StyleCreatedPublic,
+    StyleJobCreate,
+    StylePublic,
+)
 from api.services import jobs, lookup, styles, uploads
 
 router = APIRouter(prefix="/v1/styles", tags=["styles"])
@@ -26,13 +34,17 @@ def create_style(
     steps: Annotated[int | None, Form(description="Training steps (1..max_train_steps).")] = None,
     seed: Annotated[int | None, Form()] = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    webhook: Annotated[str | None, Form(description=WEBHOOK_DOC)] = None,
+    webhook_events_filter: Annotated[list[str] | None, Form(
+        description=WEBHOOK_EVENTS_DOC + " Repeat the field or separate with commas.")] = None,
 ) -> StyleCreatedPublic:
     """Upload one style image and queue its training job. A repeated `Idempotency-Key` with the same request
     returns the same style and job (200); with a different request it is refused (409)."""
     data = uploads.read_bounded(image.file, max_bytes=settings.max_upload_bytes, what="image")
     created = styles.create_style(
         session=session, blobs=blobs, settings=settings, owner=user, image=data, descriptor=descriptor,
-        content=content, steps=steps, seed=seed, idempotency_key=idempotency_key,
+        content=content, steps=steps, seed=seed, idempotency_key=idempotency_key, webhook=webhook,
+        webhook_events=[e.strip() for v in webhook_events_filter or [] for e in v.split(",") if e.strip()] or None,
     )
     if not created.created:
         response.status_code = status.HTTP_200_OK

@@ -22,10 +22,13 @@ from api.errors import Conflict, Invalid, NotFound
 from api.schemas import (
     MAX_SEED,
     GenerationCreate,
+    GenerationPublic,
 )
 from api.services.adapters import get_adapter
 from api.services.lookup import get_owned
 from api.services.uploads import hash_request, image_error, normalize_image
+from api.webhooks import checked_webhook
+from storage import resources
 from storage.blobs import BlobStore, content_key
 from storage.dispatch import dispatch
 from storage.images import ImageRejected, load_mask
@@ -77,6 +80,7 @@ def create_generation(
         raise Invalid("a mask needs an init_image", code="mask_without_image")
     if request.strength is not None and init_image is None:
         raise Invalid("strength applies to image-to-image only; send an init_image", code="strength_without_image")
+    hook_url, hook_events = checked_webhook(request.webhook, request.webhook_events_filter, settings=settings)
 
     init_key = mask_key = None
     strength: float | None = None
@@ -113,6 +117,7 @@ def create_generation(
         seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
         num_images=request.num_images, init_image_key=init_key, mask_key=mask_key, strength=strength,
         state=GenerationState.QUEUED, image_keys=[], idempotency_key=idempotency_key, request_hash=request_hash,
+        webhook=hook_url, webhook_events=hook_events,
     )
     session.add(gen)
     try:
@@ -156,3 +161,18 @@ def generation_image_key(gen: Generation, n: int) -> str:
     if not 0 <= n < len(keys):
         raise NotFound("image not found")
     return keys[n]
+
+
+def generation_view(session: Session, gen: Generation) -> GenerationPublic:
+    """`gen` as the API shows it, with where it stands: queue position and estimated seconds to go."""
+    return generation_views(session, [gen])[0]
+
+
+def generation_views(session: Session, gens: Sequence[Generation]) -> list[GenerationPublic]:
+    """`gens` as the API shows them, in a fixed number of queries whatever their number (positions at once, the
+    service's recent pace read once)."""
+    positions = resources.generation_queue_positions(session, gens)
+    pace = resources.recent_pace(session) if resources.needs_pace(gens) else None
+    return [GenerationPublic.model_validate(g).model_copy(update={
+        "queue_position": positions.get(g.id, 0),
+        "eta_seconds": resources.generation_eta(session, g, positions.get(g.id, 0), pace=pace)}) for g in gens]

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Sequence
 from typing import TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api import queue
@@ -90,11 +90,18 @@ def request_cancel(session: Session, job: TrainingJob) -> bool:
     return job.state in (JobState.CANCELLING, JobState.CANCELLED)
 
 
+# "the job has already succeeded", not "the job is already succeeded"
+STATE_PHRASES = {
+    "queued": "is still queued", "running": "is still running", "cancelling": "is being cancelled",
+    "succeeded": "has already succeeded", "failed": "has already failed", "cancelled": "has already been cancelled",
+}
+
+
 def cancel_job(*, session: Session, job: TrainingJob) -> TrainingJob:
     """Cancel `job` (already authorised). Raises Conflict when it is final."""
     if not request_cancel(session, job):
         session.rollback()
-        raise Conflict(f"the job is already {job.state}", code="job_final")
+        raise Conflict(f"the job {STATE_PHRASES.get(job.state, 'is ' + job.state)}", code="job_final")
     session.commit()
     session.refresh(job)
     logger.info("job %s: cancel requested (now %s)", job.id, job.state)
@@ -113,7 +120,8 @@ def retry_job(*, session: Session, settings: Settings, job_id: str) -> TrainingJ
         queued_at=utcnow(), sent_at=None,
     ):
         session.rollback()
-        raise Conflict(f"only failed or cancelled jobs can be retried; this one is {job.state}", code="not_retryable")
+        raise Conflict(f"only failed or cancelled jobs can be retried; this one {STATE_PHRASES[job.state]}",
+                       code="not_retryable")
     jobstore.add_event(
         session, job.id, EventKind.LOG, {"message": "retried by an admin", "previous_attempts": previous_attempts}
     )
@@ -125,6 +133,18 @@ def retry_job(*, session: Session, settings: Settings, job_id: str) -> TrainingJ
 
 def job_events(*, session: Session, job_id: str, after: int, limit: int) -> Sequence[JobEvent]:
     return jobstore.events_after(session, job_id, after, limit)
+
+
+def job_events_page(*, session: Session, job_id: str, after: int, limit: int) -> tuple[Sequence[JobEvent], bool]:
+    """Up to `limit` events after `after`, and whether more follow (one extra row read to know)."""
+    events = jobstore.events_after(session, job_id, after, limit + 1)
+    return events[:limit], len(events) > limit
+
+
+def preview_index(*, session: Session, job_id: str, event_id: int) -> int:
+    """The n of a preview event in /v1/jobs/{id}/previews/{n}: previews of the job before it."""
+    return int(session.scalar(select(func.count()).select_from(JobEvent).where(
+        JobEvent.job_id == job_id, JobEvent.kind == EventKind.PREVIEW, JobEvent.id < event_id)) or 0)
 
 
 def preview_key(*, session: Session, job_id: str, n: int) -> str:

@@ -26,6 +26,7 @@ from api.services.jobs import job_views, request_cancel
 from api.services.lookup import get_owned
 from api.services.uploads import hash_request, lock_owner, normalize_image
 from api.text import is_invisible
+from api.webhooks import checked_webhook
 from storage import jobs as jobstore
 from storage.blobs import BlobStore, content_key
 from storage.dispatch import dispatch
@@ -98,6 +99,8 @@ def create_style(
     steps: int | None,
     seed: int | None,
     idempotency_key: str | None,
+    webhook: str | None = None,
+    webhook_events: Sequence[str] | None = None,
 ) -> StyleCreated:
     descriptor = descriptor.strip()
     content = content.strip() if content and content.strip() else None
@@ -115,7 +118,9 @@ def create_style(
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
         raise Invalid("Idempotency-Key must be 1..255 characters", code="bad_idempotency_key")
 
-    request_hash = hash_request(image, {"descriptor": descriptor, "content": content, "steps": steps, "seed": seed})
+    hook_url, hook_events = checked_webhook(webhook, webhook_events, settings=settings)
+    request_hash = hash_request(image, {"descriptor": descriptor, "content": content, "steps": steps, "seed": seed,
+                                        **({"webhook": hook_url, "events": hook_events} if hook_url else {})})
     if idempotency_key is not None:
         replay = _idempotent_replay(session, owner.id, idempotency_key, request_hash)
         if replay is not None:
@@ -153,7 +158,7 @@ def create_style(
         max_attempts=settings.max_attempts,
         params={"steps": total, "seed": seed if seed is not None else secrets.randbelow(MAX_SEED + 1),
                 "descriptor": descriptor, "content": content},
-        idempotency_key=idempotency_key, request_hash=request_hash,
+        idempotency_key=idempotency_key, request_hash=request_hash, webhook=hook_url, webhook_events=hook_events,
     )
     session.add(job)
     try:
