@@ -2,7 +2,7 @@
 
 Public API:
 - model:      load_base, build_tiny, ensure_tiny, AmusedParts, ModelLoadError
-- train:      train_style, TrainConfig, Progress, TrainResult, training_prompt
+- train:      train_style, train_styles, StyleSpec, Callbacks, TrainConfig, Progress, TrainResult, training_prompt
 - sampler:    sample, GenerationRequest, SampleResult, SamplingError
 - lora:       Adapter, AdapterMeta, AdapterSlots, save_adapter, load_adapter, adapter_to_bytes,
               adapter_from_bytes, AdapterError
@@ -31,7 +31,7 @@ from .lora import (
 )
 from .model import AmusedParts, ModelLoadError, build_tiny, ensure_tiny, load_base, resolve_device, resolve_dtype
 from .sampler import GenerationRequest, SampleResult, SamplingError, sample
-from .train import Progress, TrainConfig, TrainResult, train_style, training_prompt
+from .train import Callbacks, Progress, StyleSpec, TrainConfig, TrainResult, train_style, train_styles, training_prompt
 
 __all__ = [
     "ENGINE_VERSION",
@@ -40,6 +40,7 @@ __all__ = [
     "AdapterMeta",
     "AdapterSlots",
     "AmusedParts",
+    "Callbacks",
     "Candidate",
     "Checkpoint",
     "CheckpointError",
@@ -52,6 +53,7 @@ __all__ = [
     "Progress",
     "SampleResult",
     "SamplingError",
+    "StyleSpec",
     "TrainConfig",
     "TrainResult",
     "TrainingExample",
@@ -73,5 +75,6 @@ __all__ = [
     "save_adapter",
     "select_best",
     "train_style",
+    "train_styles",
     "training_prompt",
 ]

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .bank import find_bank
 from .encode import encode_text, encode_tokens, micro_conds, prepare_image
+from .lora import route_rows
 from .model import AmusedParts
 
 
@@ -127,17 +127,15 @@ def evaluation_loss(parts: AmusedParts, data: StyleData, *, adapter: str | None 
                     samples: int = 16) -> float:
     """Mean masked-token loss on the style tokens over fixed random masks: the measure that training lowers.
 
-    `adapter` names an adapter loaded in the model's LoraBank (None = the base model).
+    `adapter` names an adapter slot (AdapterSlots) every row is routed through; None = the base model.
     """
-    bank = find_bank(parts.transformer)
-    if adapter is not None and bank is None:
-        raise ValueError(f"adapter '{adapter}' requested but the model has no adapter bank")
     g = torch.Generator(parts.device).manual_seed(seed)
     batch = StyleBatch([data], parts.mask_token_id)
     row = torch.zeros(1, dtype=torch.long, device=parts.device)
+    has_lora = bool(getattr(parts.transformer, "peft_config", None))
     total = 0.0
     for _ in range(samples):
         step_inputs = batch.draw(row, [g])
-        with bank.route([bank.slot_of(adapter)]) if bank is not None and adapter else contextlib.nullcontext():
+        with route_rows(parts.transformer, [adapter]) if has_lora else contextlib.nullcontext():
             total += float(row_losses(parts, step_inputs, batch.grid)[0])
     return total / samples
