@@ -156,6 +156,7 @@ class TrainingJob(Base):
     celery_task_id: Mapped[str | None] = mapped_column(String(255))
     checkpoint_key: Mapped[str | None] = mapped_column(String(255))
     checkpoint_step: Mapped[int | None] = mapped_column(Integer)
+    run_id: Mapped[str | None] = mapped_column(String(32), index=True)  # jobs trained together share one
 
     # Read-only, and loaded only when a query asks for it (`joinedload`): the admin listings show the owner's name.
     owner: Mapped[User] = relationship(User, viewonly=True, lazy="raise_on_sql")

@@ -29,7 +29,16 @@ from .lora import (
     load_adapter,
     save_adapter,
 )
-from .model import AmusedParts, ModelLoadError, build_tiny, ensure_tiny, load_base, resolve_device, resolve_dtype
+from .model import (
+    AmusedParts,
+    ModelLoadError,
+    build_tiny,
+    ensure_tiny,
+    load_base,
+    resolve_device,
+    resolve_dtype,
+    resolve_mixed_precision,
+)
 from .sampler import GenerationRequest, SampleResult, SamplingError, sample
 from .train import Callbacks, Progress, StyleSpec, TrainConfig, TrainResult, train_style, train_styles, training_prompt
 
@@ -71,6 +80,7 @@ __all__ = [
     "render_candidates",
     "resolve_device",
     "resolve_dtype",
+    "resolve_mixed_precision",
     "sample",
     "save_adapter",
     "select_best",
