@@ -17,10 +17,12 @@ import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
-from api.queue import send_train
+from api.queue import sender
 from storage.blobs import blob_store_from_settings, content_key, sha256_hex
+from storage.dispatch import dispatch
 from storage.models import Adapter, JobEvent, Style, TrainingJob, utcnow
 from storage.settings import Settings
+from storage.states import WorkKind
 from storage.users import create_user
 from tests.helpers.db import API_REDIS_URL
 from tests.helpers.images import style_png
@@ -52,8 +54,9 @@ def test_five_queued_jobs_run_as_a_batch_of_three_then_two(tmp_path: Path, pg_ur
             s.flush()
             ids.append(job.id)
         s.commit()
-    for job_id in ids:  # every job's wake-up is queued before the worker starts: the first claim sees all five
-        send_train(job_id, settings=settings)
+    send = sender(settings)
+    with Session(engine) as s:  # every job's wake-up is queued before the worker starts: the first claim sees all 5
+        assert all(dispatch(s, WorkKind.TRAIN, job_id, send) for job_id in ids)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("STYLEDROP_") and k not in
            {"DATABASE_URL", "BROKER_URL"}}
