@@ -244,6 +244,7 @@ class AdminJobPublic(JobPublic):
     owner_name: str = Field(validation_alias=AliasPath("owner", "name"))  # joined in the listing's one query
     worker_host: str | None
     heartbeat_at: datetime | None
+    run_id: str | None  # jobs a train worker trained together share one
 
 
 class WorkerPublic(_FromRow):

@@ -161,6 +161,7 @@ class TrainingJob(Base):
     checkpoint_step: Mapped[int | None] = mapped_column(Integer)
     webhook: Mapped[str | None] = mapped_column(String(2048))
     webhook_events: Mapped[list[str] | None] = mapped_column(JSON)
+    run_id: Mapped[str | None] = mapped_column(String(32), index=True)  # jobs trained together share one
 
     # Read-only, and loaded only when a query asks for it (`joinedload`): the admin listings show the owner's name.
     owner: Mapped[User] = relationship(User, viewonly=True, lazy="raise_on_sql")

@@ -51,7 +51,8 @@ class Settings(BaseSettings):
     model_revision: str | None = None
     model_variant: str | None = Field(default=None, description="'fp16' to load the half-size hub files.")
     device: str = Field(default="auto", description="auto (cuda if available), cpu, cuda, cuda:1 ...")
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        default="auto", description="U-ViT/text encoder weights; auto = bfloat16 on CUDA, float32 on CPU.")
 
     # --- training ----------------------------------------------------------------------------------------------
     train_steps: int | None = Field(default=None, description="Default steps; None = the recipe's 1500.")
@@ -67,6 +68,12 @@ class Settings(BaseSettings):
         description="Runs of a training job or a generation whose worker died before it ends failed.",
     )
     max_concurrent_jobs_per_user: int = 2
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        default="auto", description="Training autocast; auto = bf16 on CUDA, none on CPU (CPU has no autocast).")
+    train_batch: int = Field(default=1, ge=1, description="Training jobs one train worker runs together, one "
+                             "batch row each (e.g. 8 on a GPU).")
+    cancel_poll_seconds: float = Field(default=1.0, ge=0, description="How often a training run asks the "
+                                       "database whether its jobs were cancelled (never per step).")
 
     # --- generation --------------------------------------------------------------------------------------------
     generate_batch_size: int = 8

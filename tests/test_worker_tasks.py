@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -10,6 +11,7 @@ from sqlalchemy import func, select, update
 
 import trainer
 import worker.tasks as tasks
+import worker.training as training
 from storage.blobs import sha256_hex
 from storage.models import Adapter, Generation, JobEvent, Style, TrainingJob, Worker, utcnow
 from storage.states import WorkKind
@@ -63,21 +65,21 @@ class _Crash(BaseException):
 def test_resume_from_checkpoint_after_crash(worker_runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
     rt = worker_runtime
     job_id = make_job(rt)
-    real = tasks.train_style
+    real = training.train_styles
     resumed_at: list[int | None] = []
 
-    def crashing(*args: Any, should_stop: Any, resume: Any, **kw: Any) -> Any:
-        resumed_at.append(resume.step if resume else None)
+    def crashing(parts: Any, specs: Any, config: Any, callbacks: Any) -> Any:
+        resumed_at.append(specs[0].resume.step if specs[0].resume else None)
         steps = iter(range(1, 100))
 
-        def stop() -> bool:
+        def stop(i: int) -> bool:
             if next(steps) >= 6:  # after step 6; the last checkpoint is step 4
                 raise _Crash
-            return bool(should_stop())
+            return bool(callbacks.should_stop(i))
 
-        return real(*args, should_stop=stop, resume=resume, **kw)
+        return real(parts, specs, config, replace(callbacks, should_stop=stop))
 
-    monkeypatch.setattr(tasks, "train_style", crashing)
+    monkeypatch.setattr(training, "train_styles", crashing)
     with pytest.raises(_Crash):
         tasks.run_train(rt, job_id)
     job = get_row(rt, TrainingJob, job_id)
@@ -88,11 +90,11 @@ def test_resume_from_checkpoint_after_crash(worker_runtime: Runtime, monkeypatch
         s.execute(update(TrainingJob).where(TrainingJob.id == job_id)
                   .values(heartbeat_at=utcnow() - timedelta(hours=1)))
         s.commit()
-    def spy(*args: Any, resume: Any, **kw: Any) -> Any:
-        resumed_at.append(resume.step if resume else None)
-        return real(*args, resume=resume, **kw)
+    def spy(parts: Any, specs: Any, config: Any, callbacks: Any) -> Any:
+        resumed_at.append(specs[0].resume.step if specs[0].resume else None)
+        return real(parts, specs, config, callbacks)
 
-    monkeypatch.setattr(tasks, "train_style", spy)
+    monkeypatch.setattr(training, "train_styles", spy)
     rt2 = Runtime(rt.settings, rt.session_factory, rt.store, kind="train")
     rt2.worker_host = "other-host:4242"
     assert tasks.run_train(rt2, job_id) == "succeeded"
@@ -120,21 +122,22 @@ def test_fresh_running_job_is_left_alone_and_attempts_are_capped(worker_runtime:
 
 def test_cancel_mid_run_and_bad_image(worker_runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
     rt = worker_runtime
+    rt.settings.cancel_poll_seconds = 0  # poll at every step, so the stop step is exact
     job_id = make_job(rt)
-    real = tasks.train_style
+    real = training.train_styles
 
-    def cancel_at_4(*args: Any, on_progress: Any, **kw: Any) -> Any:
-        def progress(p: trainer.Progress) -> None:
-            on_progress(p)
+    def cancel_at_4(parts: Any, specs: Any, config: Any, callbacks: Any) -> Any:
+        def progress(i: int, p: trainer.Progress) -> None:
+            callbacks.on_progress(i, p)
             if p.step == 4:
                 with rt.session_factory() as s:
                     s.execute(update(TrainingJob).where(TrainingJob.id == job_id)
                               .values(state="cancelling", cancel_requested_at=utcnow()))
                     s.commit()
 
-        return real(*args, on_progress=progress, **kw)
+        return real(parts, specs, config, replace(callbacks, on_progress=progress))
 
-    monkeypatch.setattr(tasks, "train_style", cancel_at_4)
+    monkeypatch.setattr(training, "train_styles", cancel_at_4)
     assert tasks.run_train(rt, job_id) == "cancelled"
     job = get_row(rt, TrainingJob, job_id)
     assert job.state == "cancelled" and job.step == 4 and _adapters_for(rt, job_id) == []
@@ -252,3 +255,24 @@ def test_messages_out_of_order_still_run_jobs_in_database_order(worker_runtime: 
     assert tasks.run_train(rt, ids[0]) == "skipped"  # a duplicate message of a finished job changes nothing
     assert [get_row(rt, TrainingJob, i).attempts for i in ids] == [1, 1, 1]
     assert all(len(_adapters_for(rt, i)) == 1 for i in ids)
+
+
+def test_a_train_batch_runs_claimed_jobs_together_each_with_its_own_results(worker_runtime: Runtime) -> None:
+    rt = worker_runtime
+    rt.settings.train_batch = 3
+    t0 = utcnow() - timedelta(minutes=5)
+    ids = [make_job(rt, steps=4 + i % 2, seed=i, queued_at=t0 + timedelta(seconds=i),
+                    color=(40 * i, 90, 200 - 30 * i)) for i in range(5)]
+    assert tasks.run_train(rt, ids[0]) == "succeeded"
+    assert [get_row(rt, TrainingJob, i).state for i in ids] == ["succeeded"] * 3 + ["queued"] * 2
+    assert tasks.run_train(rt, ids[1]) == "succeeded"  # its job already ran: the wake-up takes the next two
+    rows = [get_row(rt, TrainingJob, i) for i in ids]
+    assert all(r.state == "succeeded" and r.attempts == 1 and r.step == r.total_steps for r in rows)
+    assert rows[0].run_id == rows[1].run_id == rows[2].run_id != rows[3].run_id == rows[4].run_id
+    for r in rows:  # each job its own progress (every 2 steps and the last), adapter and previews
+        want = [2, 4] if r.total_steps == 4 else [2, 4, 5]
+        assert [e.payload["step"] for e in _events(rt, r.id, "progress")] == want
+        (adapter,) = _adapters_for(rt, r.id)
+        assert trainer.adapter_from_bytes(rt.store.get_bytes(adapter.blob_key)).meta.seed == r.params["seed"]
+        assert len(_events(rt, r.id, "preview")) == 2
+    assert tasks.run_train(rt, ids[4]) == "skipped"

@@ -2,7 +2,7 @@
 
 Public API:
 - model:      load_base, build_tiny, ensure_tiny, AmusedParts, ModelLoadError
-- train:      train_style, TrainConfig, Progress, TrainResult, training_prompt
+- train:      train_style, train_styles, StyleSpec, Callbacks, TrainConfig, Progress, TrainResult, training_prompt
 - sampler:    sample, GenerationRequest, SampleResult, SamplingError
 - lora:       Adapter, AdapterMeta, AdapterSlots, save_adapter, load_adapter, adapter_to_bytes,
               adapter_from_bytes, AdapterError
@@ -29,9 +29,18 @@ from .lora import (
     load_adapter,
     save_adapter,
 )
-from .model import AmusedParts, ModelLoadError, build_tiny, ensure_tiny, load_base, resolve_device, resolve_dtype
+from .model import (
+    AmusedParts,
+    ModelLoadError,
+    build_tiny,
+    ensure_tiny,
+    load_base,
+    resolve_device,
+    resolve_dtype,
+    resolve_mixed_precision,
+)
 from .sampler import GenerationRequest, SampleResult, SamplingError, sample
-from .train import Progress, TrainConfig, TrainResult, train_style, training_prompt
+from .train import Callbacks, Progress, StyleSpec, TrainConfig, TrainResult, train_style, train_styles, training_prompt
 
 __all__ = [
     "ENGINE_VERSION",
@@ -40,6 +49,7 @@ __all__ = [
     "AdapterMeta",
     "AdapterSlots",
     "AmusedParts",
+    "Callbacks",
     "Candidate",
     "Checkpoint",
     "CheckpointError",
@@ -52,6 +62,7 @@ __all__ = [
     "Progress",
     "SampleResult",
     "SamplingError",
+    "StyleSpec",
     "TrainConfig",
     "TrainResult",
     "TrainingExample",
@@ -69,9 +80,11 @@ __all__ = [
     "render_candidates",
     "resolve_device",
     "resolve_dtype",
+    "resolve_mixed_precision",
     "sample",
     "save_adapter",
     "select_best",
     "train_style",
+    "train_styles",
     "training_prompt",
 ]

@@ -1,14 +1,16 @@
-"""Training checkpoints as safetensors: adapter weights, optimizer state, RNG state and step — no pickle.
+"""Per-style training checkpoints as safetensors: the style's adapter slice, its AdamW moments, its step count,
+its random stream and the loss scaler — no pickle.
 
-The optimizer's state dict is flattened: tensors become named tensors (`opt.<param index>.<key>`), everything
-else (step counts that are plain numbers, param groups) goes into the JSON header. Works for torch's AdamW and
-bitsandbytes' AdamW8bit alike, since both keep only tensors and numbers in their state.
+One checkpoint holds ONE style, whatever else shared its run: a style resumes into whichever bank slot it gets,
+alone or beside others. Tensors: `adapter.<module>.lora_A.weight` / `.lora_B.weight` (the adapter file's keys),
+`exp_avg.<i>` / `exp_avg_sq.<i>` (the i-th stacked bank parameter's moments for this slot), `rng` (the style's
+generator state). The JSON header holds the step and the GradScaler state (empty unless fp16).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -17,7 +19,7 @@ from safetensors.torch import save as st_save
 
 from .lora import read_safetensors_metadata
 
-FORMAT = "styledrop-checkpoint-1"
+FORMAT = "styledrop-checkpoint-2"  # 1: one peft adapter with a torch AdamW state dict (before batched training)
 
 
 class CheckpointError(ValueError):
@@ -27,33 +29,36 @@ class CheckpointError(ValueError):
 @dataclass
 class Checkpoint:
     step: int
-    adapter: dict[str, torch.Tensor]  # parameter name (adapter name replaced by "{a}") -> tensor
-    optimizer_tensors: dict[str, torch.Tensor]
-    optimizer_meta: dict[str, Any]
-    rng_state: torch.Tensor
+    adapter: dict[str, torch.Tensor]  # "<module>.lora_A.weight" -> (r, in), "<module>.lora_B.weight" -> (out, r)
+    exp_avg: list[torch.Tensor]  # one per stacked bank parameter, this slot's slice
+    exp_avg_sq: list[torch.Tensor]
+    rng_state: torch.Tensor  # the style's generator state
+    scaler: dict[str, Any] = field(default_factory=dict)  # torch.amp.GradScaler.state_dict() ({} when disabled)
 
     @classmethod
-    def capture(cls, step: int, named_params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,
-                generator: torch.Generator, adapter_name: str) -> Checkpoint:
-        adapter = {n.replace(f".{adapter_name}.", ".{a}."): p.detach().to("cpu").clone()
-                   for n, p in named_params.items()}
-        sd = optimizer.state_dict()
-        tensors: dict[str, torch.Tensor] = {}
-        scalars: dict[str, dict[str, Any]] = {}
-        for idx, state in sd["state"].items():
-            for key, value in state.items():
-                if torch.is_tensor(value):
-                    tensors[f"opt.{idx}.{key}"] = value.detach().to("cpu").clone().contiguous()
-                else:
-                    scalars.setdefault(str(idx), {})[key] = value
-        meta = {"param_groups": sd["param_groups"], "scalars": scalars, "param_names": list(adapter)}
-        return cls(step, adapter, tensors, meta, generator.get_state().clone())
+    def capture(cls, step: int, adapter: dict[str, torch.Tensor], exp_avg: list[torch.Tensor],
+                exp_avg_sq: list[torch.Tensor], generator: torch.Generator,
+                scaler: dict[str, Any] | None = None) -> Checkpoint:
+        """Copy device tensors to host memory (pinned on CUDA, one synchronisation for all of them)."""
+        tensors = [*adapter.values(), *exp_avg, *exp_avg_sq]
+        on_cuda = any(t.is_cuda for t in tensors)
+
+        def host(t: torch.Tensor) -> torch.Tensor:
+            out = torch.empty(t.shape, dtype=t.dtype, pin_memory=on_cuda)
+            return out.copy_(t.detach(), non_blocking=on_cuda)
+
+        a = {k: host(v) for k, v in adapter.items()}
+        m, v = [host(t) for t in exp_avg], [host(t) for t in exp_avg_sq]
+        if on_cuda:
+            torch.cuda.synchronize()
+        return cls(step, a, m, v, generator.get_state().clone(), dict(scaler or {}))
 
     def to_bytes(self) -> bytes:
         tensors = {f"adapter.{k}": v.contiguous() for k, v in self.adapter.items()}
-        tensors.update(self.optimizer_tensors)
+        tensors.update({f"exp_avg.{i}": t.contiguous() for i, t in enumerate(self.exp_avg)})
+        tensors.update({f"exp_avg_sq.{i}": t.contiguous() for i, t in enumerate(self.exp_avg_sq)})
         tensors["rng"] = self.rng_state
-        header = {"format": FORMAT, "step": str(self.step), "optimizer": json.dumps(self.optimizer_meta)}
+        header = {"format": FORMAT, "step": str(self.step), "scaler": json.dumps(self.scaler)}
         return st_save(tensors, metadata=header)
 
     @classmethod
@@ -61,29 +66,27 @@ class Checkpoint:
         try:
             header = read_safetensors_metadata(data)
             if header.get("format") != FORMAT:
-                raise CheckpointError("not a Styledrop training checkpoint")
+                raise CheckpointError(f"not a Styledrop training checkpoint of format {FORMAT} "
+                                      f"(found {header.get('format')!r})")
             raw = st_load(data)
-            meta = json.loads(header["optimizer"])
             step = int(header["step"])
+            scaler = json.loads(header.get("scaler", "{}"))
         except (ValueError, KeyError, json.JSONDecodeError) as exc:
+            if isinstance(exc, CheckpointError):
+                raise
             raise CheckpointError(f"unreadable checkpoint: {exc}") from exc
         adapter = {k.removeprefix("adapter."): v for k, v in raw.items() if k.startswith("adapter.")}
-        opt = {k: v for k, v in raw.items() if k.startswith("opt.")}
-        return cls(step, adapter, opt, meta, raw["rng"])
+        n = sum(1 for k in raw if k.startswith("exp_avg."))
+        try:
+            m = [raw[f"exp_avg.{i}"] for i in range(n)]
+            v = [raw[f"exp_avg_sq.{i}"] for i in range(n)]
+            rng = raw["rng"]
+        except KeyError as exc:
+            raise CheckpointError(f"incomplete checkpoint: no {exc}") from exc
+        return cls(step, adapter, m, v, rng, scaler)
 
-    def restore(self, named_params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,
-                generator: torch.Generator, adapter_name: str) -> None:
-        with torch.no_grad():
-            for n, p in named_params.items():
-                key = n.replace(f".{adapter_name}.", ".{a}.")
-                if key not in self.adapter or self.adapter[key].shape != p.shape:
-                    raise CheckpointError(f"checkpoint does not match the adapter being trained ({key})")
-                p.copy_(self.adapter[key])
-        state: dict[int, dict[str, Any]] = {}
-        for name, value in self.optimizer_tensors.items():
-            _, idx, key = name.split(".", 2)
-            state.setdefault(int(idx), {})[key] = value
-        for idx, values in self.optimizer_meta.get("scalars", {}).items():
-            state.setdefault(int(idx), {}).update(values)
-        optimizer.load_state_dict({"state": state, "param_groups": self.optimizer_meta["param_groups"]})
-        generator.set_state(self.rng_state)
+    def check_matches(self, adapter_shapes: dict[str, torch.Size], moment_shapes: list[torch.Size]) -> None:
+        """Raise CheckpointError unless this checkpoint fits the bank being trained (same layers, rank)."""
+        mine = {k: v.shape for k, v in self.adapter.items()}
+        if mine != adapter_shapes or [t.shape for t in self.exp_avg] != moment_shapes:
+            raise CheckpointError("checkpoint does not match the adapter being trained (other model or rank)")

@@ -855,6 +855,7 @@
         cell(tr, fmtSeconds(duration));
         cell(tr, `${job.attempts}/${job.max_attempts}`);
         cell(tr, job.worker_host || "—");
+        cell(tr, job.run_id ? job.run_id.slice(0, 8) : "—");  // jobs trained together share a run
         cell(tr, job.error ? `${job.error.code}: ${job.error.message}` : "", job.error ? "err" : "");
         const actions = cell(tr, "");
         const actionButton = (action, label, className) => {

@@ -1,0 +1,122 @@
+"""Benchmark: multi-style training — aten ops and host reads per step for S styles, and styles per hour.
+
+1. OPS (deterministic): `train_styles` with S = 1, 2, 4, 8, 16 styles (different images and seeds), progress
+   every 4 steps; a TorchDispatchMode counts every aten op and every op that makes a CUDA host wait (a scalar read,
+   a data-dependent shape, a copy to the host) between two progress callbacks: steps 5..8, including the one
+   read-back of their losses. Bars (issue #9): 0 host reads per step between intervals (the interval read is
+   counted separately); ops per step at S = 16 ≤ 1.2x S = 1.
+2. TIME (`--timed-steps N`, default 6; 0 skips): one `train_styles` call with S styles x N steps vs S
+   sequential `train_style` calls of N steps each, same process, after one warm-up step of each; reported as
+   styles per hour and their ratio (batched / sequential). On a CPU the batch is compute-bound, so this ratio
+   says little about a GPU, where the step is launch-bound (see docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from bench.common import build_parts, common_args, describe_parts, print_environment, setup, style_image, sync
+from trainer.train import Callbacks, Progress, StyleSpec, TrainConfig, train_style, train_styles
+
+HOST_READS = {"aten._local_scalar_dense", "aten.item", "aten.nonzero", "aten.masked_select", "aten.equal",
+              "aten.is_nonzero", "aten.unique", "aten._unique2", "aten.unique_consecutive", "aten.repeat_interleave"}
+INTERVAL = 4
+
+
+class OpCounter(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+        self.reads: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        name = str(func.overloadpacket)
+        self.ops += 1
+        if name in HOST_READS or (name == "aten._to_copy" and str(kwargs.get("device")) == "cpu"):
+            self.reads[name] += 1
+        return func(*args, **kwargs)
+
+
+def specs(n: int, steps: int) -> list[StyleSpec]:
+    return [StyleSpec([style_image(k)], f"style {k}", steps=steps, seed=k, learning_rate=4e-4) for k in range(n)]
+
+
+MIXED = "no"  # --mixed-precision
+
+
+def count(parts: Any, n: int) -> tuple[float, int]:
+    """Ops per step and host reads in one progress interval (steps 5..8 and the read-back at 8)."""
+    counter = OpCounter()
+    marks: list[tuple[int, int]] = []
+
+    def on_progress(i: int, _p: Progress) -> None:
+        if i == 0:
+            marks.append((counter.ops, sum(counter.reads.values())))
+
+    with counter:
+        train_styles(parts, specs(n, 2 * INTERVAL), TrainConfig(progress_every=INTERVAL, mixed_precision=MIXED),
+                     Callbacks(on_progress=on_progress))
+    (ops_a, reads_a), (ops_b, reads_b) = marks[0], marks[1]
+    return (ops_b - ops_a) / INTERVAL, reads_b - reads_a
+
+
+def timed(parts: Any, n: int, steps: int, device: str) -> tuple[float, float]:
+    """(batched seconds, sequential seconds) for n styles x `steps` steps, after a one-step warm-up of each."""
+    cfg = TrainConfig(progress_every=steps, mixed_precision=MIXED)
+    train_styles(parts, specs(n, 1), cfg)
+    sync(device)
+    t = time.perf_counter()
+    train_styles(parts, specs(n, steps), cfg)
+    sync(device)
+    batched = time.perf_counter() - t
+    t = time.perf_counter()
+    for spec in specs(n, steps):
+        train_style(parts, spec.images, descriptor=spec.descriptor, config=TrainConfig(
+            steps=steps, seed=spec.seed or 0, learning_rate=spec.learning_rate, progress_every=steps,
+            mixed_precision=MIXED))
+    sync(device)
+    return batched, time.perf_counter() - t
+
+
+def main() -> None:
+    p = common_args(__doc__.splitlines()[0])
+    p.add_argument("--styles", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    p.add_argument("--timed-steps", type=int, default=6, help="steps per style in the timed part (0 = skip)")
+    p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no", help="autocast (CUDA only)")
+    args = p.parse_args()
+    global MIXED
+    MIXED = args.mixed_precision
+    dtype = setup(args)
+    parts = build_parts(args.config, args.device, dtype, args.seed)
+    print_environment(args.device, {"model": describe_parts(parts), "weights dtype": args.dtype,
+                                    "progress interval": f"{INTERVAL} steps",
+                                    "mixed precision": MIXED})
+
+    print("| styles S | aten ops / step | vs S = 1 | host reads in one interval (4 steps + read-back) |")
+    print("| --- | --- | --- | --- |")
+    base = None
+    for n in args.styles:
+        ops, reads = count(parts, n)
+        base = base or ops
+        print(f"| {n} | {ops:.0f} | {ops / base:.3f}x | {reads} |", flush=True)
+
+    if args.timed_steps > 0:
+        print("\n| styles S | batched s | sequential s | styles/hour batched | sequential | ratio |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for n in args.styles:
+            b, s = timed(parts, n, args.timed_steps, args.device)
+            print(f"| {n} | {b:.2f} | {s:.2f} | {n * 3600 / b:.0f} | {n * 3600 / s:.0f} | {s / b:.2f}x |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,367 @@
+"""A LoRA bank: many adapters resident at once, applied per batch row with a fixed number of ops per layer.
+
+Per targeted linear (to_q/to_k/to_v of every U-ViT attention): `A: [S, r, in]`, `B: [S, out, r]` and a per-slot
+`scale: [S]` (alpha / rank), S = capacity + 1, slot 0 all zeros = the base model. One per-row slot-index buffer on
+the model's device, shared by all layers, is set once per batch (`set_rows` / `route`); a forward hook on each
+linear adds `scale[s] · (x_i @ A[s]ᵀ) @ B[s]ᵀ` for row i with slot s, as gather + batched matmul (Punica's BGMV
+form): no host read, no Python-list indexing, the same ops whatever the mix of adapters, so a fixed-shape forward
+can be captured in a CUDA graph.
+- Serving banks (`trainable=False`) gather the routed rows' A and scale·B into static buffers once per route,
+  so each sampling forward costs two ops per layer (`bmm`, in-place `baddbmm_`); base rows take part with zero
+  weights (≈2r/out of the layer's FLOPs, no extra op).
+- Trainable banks (`trainable=True`, fp32 `nn.Parameter`s) gather inside every forward, so autograd sends
+  gradients to exactly the routed slots; `init_slot` initialises a slot like peft (A Kaiming-uniform(a=√5),
+  B = 0) from the given generator, so a style's initial weights depend on its own seed only.
+
+Loading copies an adapter into a slot in place (no new modules, no recompiles); slots are sized by memory
+(`slot_bytes`). `extract` gives back an `Adapter` with the keys and shapes of `trainer.lora` files
+(`<module>.lora_A.weight` (r, in), `<module>.lora_B.weight` (out, r)), which plain diffusers reads.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .lora import TARGET_MODULES, Adapter, AdapterError, AdapterMeta, base_fingerprint, check_compatible
+
+_BANK_ATTR = "_styledrop_bank"  # where a model keeps its installed bank (plain attribute: not a submodule)
+
+
+def target_linears(transformer: nn.Module, targets: Sequence[str] = TARGET_MODULES) -> dict[str, nn.Linear]:
+    """The linears a StyleDrop adapter targets, keyed by the module path used in adapter files.
+
+    A linear already wrapped by peft (`<path>.base_layer`) is keyed by the wrapper's path, as peft names it.
+    """
+    found: dict[str, nn.Linear] = {}
+    for name, module in transformer.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        path = name.removesuffix(".base_layer")
+        if path.rpartition(".")[2] in targets:
+            found[path] = module
+    return found
+
+
+def slot_bytes(transformer: nn.Module, rank: int = 16, dtype: torch.dtype = torch.bfloat16,
+               targets: Sequence[str] = TARGET_MODULES) -> int:
+    """Bytes one bank slot takes: r·(in + out) per targeted linear (≈10 MB in bf16 on amused-256 at rank 16)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    return sum(rank * (m.in_features + m.out_features) for m in target_linears(transformer, targets).values()) * size
+
+
+def find_bank(transformer: nn.Module) -> LoraBank | None:
+    """The bank installed on this model, if any."""
+    bank = transformer.__dict__.get(_BANK_ATTR)
+    return bank if isinstance(bank, LoraBank) else None
+
+
+class _Site:
+    """The forward hook of one targeted linear: adds the routed rows' LoRA terms to its output.
+
+    Serving banks gather the routed rows' weights once per route (`at` = A[rows]ᵀ, `bt` = scale·B[rows]ᵀ, static
+    buffers), so a forward costs two ops per layer: `bmm` and an in-place `baddbmm_`. Trainable banks gather in
+    every forward, inside autograd, so gradients flow back to the slots.
+    """
+
+    def __init__(self, bank: LoraBank, a: torch.Tensor, b: torch.Tensor) -> None:
+        self.bank = bank
+        self.a = a  # [S, r, in]
+        self.b = b  # [S, out, r]
+        self.at: torch.Tensor | None = None  # [m, in, r] gathered for the routed rows (serving banks)
+        self.bt: torch.Tensor | None = None  # [m, r, out], the row's scale folded in
+
+    def gather(self, rows: torch.Tensor, row_scale: torch.Tensor) -> None:
+        """Fill the static per-row buffers for `rows` (m,) with `row_scale` (m, 1, 1); no host read."""
+        m = rows.shape[0]
+        if self.at is None or self.at.shape[0] < m or self.at.dtype != self.a.dtype:
+            self.at = self.a.new_empty(m, self.a.shape[2], self.a.shape[1])
+            self.bt = self.b.new_empty(m, self.b.shape[2], self.b.shape[1])
+        assert self.bt is not None
+        at, bt = self.at[:m], self.bt[:m]
+        at.copy_(self.a.index_select(0, rows).transpose(1, 2))  # (m, r, in) -> (m, in, r)
+        torch.mul(self.b.index_select(0, rows).transpose(1, 2), row_scale, out=bt)  # (m, out, r) -> (m, r, out)
+
+    def __call__(self, _module: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor | None:
+        bank = self.bank
+        rows = bank._rows
+        if rows is None:
+            return None  # no route: the base model
+        x = args[0]
+        if x.shape[0] != bank._n:
+            raise AdapterError(f"the batch has {x.shape[0]} rows but the bank routes {bank._n}")
+        if bank.trainable:
+            return self._autograd(x, rows, out)
+        at, bt = self.at, self.bt
+        assert at is not None and bt is not None
+        n, o = bank._n, out
+        if at.shape[0] != n:  # buffers sized for a bigger batch earlier: use their first n rows
+            at, bt = at[:n], bt[:n]
+        if x.dim() != 3:
+            x = x.reshape(n, -1, x.shape[-1])  # (n, ..., in) -> (n, L, in)
+            o = o.view(n, -1, o.shape[-1])  # (n, ..., out) -> (n, L, out), the same storage
+        if x.dtype != at.dtype:
+            x = x.to(at.dtype)
+        h = torch.bmm(x, at)  # (n, L, r)
+        if o.dtype == h.dtype:
+            o.baddbmm_(h, bt)  # out += h @ (scale·B)ᵀ in place: (n, L, out)
+        else:
+            o.add_(torch.bmm(h, bt).to(o.dtype))
+        return None
+
+    def _autograd(self, x: torch.Tensor, rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        n = rows.shape[0]
+        if x.dim() != 3:
+            x = x.reshape(n, -1, x.shape[-1])  # (n, ..., in) -> (n, L, in)
+        a = self.a.index_select(0, rows)  # (n, r, in)
+        b = self.b.index_select(0, rows)  # (n, out, r)
+        if x.dtype != a.dtype and not torch.is_autocast_enabled(x.device.type):
+            x = x.to(a.dtype)  # fp32 training weights on a bf16 base, as peft casts to the LoRA dtype
+        assert self.bank._row_scale is not None
+        h = torch.bmm(x, a.transpose(1, 2)) * self.bank._row_scale  # (n, L, r) · (n, 1, 1)
+        if out.dim() == 3 and out.dtype == h.dtype:
+            return torch.baddbmm(out, h, b.transpose(1, 2))  # out + h @ Bᵀ: (n, L, out)
+        delta = torch.bmm(h, b.transpose(1, 2))  # (n, L, out)
+        return out + delta.reshape(out.shape).to(out.dtype)  # (n, L, out) -> out's shape
+
+
+class LoraBank(nn.Module):
+    """`capacity` LoRA slots (1..capacity; slot 0 = base) of one rank and target set, installed on a U-ViT.
+
+    The bank is an `nn.Module` of its own (its `parameters()` are the stacked A/B tensors, for an optimizer) but is
+    not registered as a submodule of the transformer, so the model's state dict and `save_pretrained` are
+    unchanged. One bank per model: installing a new one removes the old one.
+    """
+
+    def __init__(self, transformer: nn.Module, capacity: int, *, rank: int = 16,
+                 targets: Sequence[str] = TARGET_MODULES, trainable: bool = False,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        linears = target_linears(transformer, targets)
+        if not linears:
+            raise AdapterError(f"the model has no linear layers named {list(targets)}")
+        old = find_bank(transformer)
+        if old is not None:
+            old.remove()
+        first = next(iter(linears.values())).weight
+        device = first.device
+        dtype = dtype or (torch.float32 if trainable else first.dtype)
+        self.capacity, self.rank, self.targets, self.trainable = capacity, rank, tuple(targets), trainable
+        self.fingerprint = base_fingerprint(transformer)
+        self.keys = list(linears)
+        s = capacity + 1
+        self.lora_A = nn.ParameterList(
+            nn.Parameter(torch.zeros(s, rank, m.in_features, device=device, dtype=dtype), requires_grad=trainable)
+            for m in linears.values()
+        )
+        self.lora_B = nn.ParameterList(
+            nn.Parameter(torch.zeros(s, m.out_features, rank, device=device, dtype=dtype), requires_grad=trainable)
+            for m in linears.values()
+        )
+        self.register_buffer("scale", torch.zeros(s, device=device, dtype=dtype))
+        self.scale: torch.Tensor
+        self._rows_buf = torch.zeros(0, dtype=torch.long, device=device)
+        self._rows: torch.Tensor | None = None  # view of _rows_buf while a route is set
+        self._n = 0  # number of routed rows
+        self._row_scale: torch.Tensor | None = None  # (n, 1, 1), gathered once per forward (trainable banks)
+        self._loaded: list[str | None] = [None] * s  # host-side: the name of the adapter in each slot
+        self._transformer = [transformer]  # a list, so nn.Module does not register the model as a child
+        self._sites = [_Site(self, a, b) for a, b in zip(self.lora_A, self.lora_B, strict=True)]
+        self._handles = [lin.register_forward_hook(site) for lin, site in zip(linears.values(), self._sites,
+                                                                             strict=True)]
+        if trainable:
+            self._handles.append(transformer.register_forward_pre_hook(self._gather_scale))
+        transformer.__dict__[_BANK_ATTR] = self
+
+    @property
+    def transformer(self) -> nn.Module:
+        return self._transformer[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.scale.device
+
+    # --- slots -----------------------------------------------------------------------------------------------
+
+    def _check_slot(self, slot: int) -> None:
+        if not 1 <= slot <= self.capacity:
+            raise AdapterError(f"slot {slot} is out of range 1..{self.capacity} (slot 0 is the base model)")
+
+    def slot_params(self, slot: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Views of one slot's weights per module path: (A[slot] (r, in), B[slot] (out, r))."""
+        return {k: (a[slot], b[slot]) for k, a, b in zip(self.keys, self.lora_A, self.lora_B, strict=True)}
+
+    @torch.no_grad()
+    def load(self, slot: int, adapter: Adapter, name: str | None = None) -> None:
+        """Copy `adapter` into `slot` in place; `name` (default `slot<k>`) is what requests route by."""
+        self._check_slot(slot)
+        check_compatible(adapter, self.transformer, rank=self.rank, targets=self.targets)
+        expected = {f"{k}.lora_{ab}.weight" for k in self.keys for ab in "AB"}
+        if set(adapter.tensors) != expected:
+            missing = sorted(expected - set(adapter.tensors))[:3]
+            extra = sorted(set(adapter.tensors) - expected)[:3]
+            raise AdapterError(f"adapter does not match the model's LoRA layers (missing e.g. {missing}, "
+                               f"unexpected e.g. {extra})")
+        for key, (a, b) in self.slot_params(slot).items():
+            for dst, ab in ((a, "A"), (b, "B")):
+                src = adapter.tensors[f"{key}.lora_{ab}.weight"]
+                if src.shape != dst.shape:
+                    raise AdapterError(f"adapter tensor {key}.lora_{ab}.weight has shape {tuple(src.shape)}, "
+                                       f"expected {tuple(dst.shape)}")
+        try:
+            for key, (a, b) in self.slot_params(slot).items():
+                a.copy_(adapter.tensors[f"{key}.lora_A.weight"], non_blocking=True)
+                b.copy_(adapter.tensors[f"{key}.lora_B.weight"], non_blocking=True)
+        except BaseException:
+            self.clear(slot)  # a half-copied slot must never serve
+            raise
+        self.scale[slot] = adapter.meta.alpha / adapter.meta.rank
+        self._name(slot, name or f"slot{slot}")
+        self._regather()
+
+    def _name(self, slot: int, name: str) -> None:
+        if name in self._loaded and self._loaded.index(name) != slot:
+            raise AdapterError(f"adapter name '{name}' is already used by slot {self._loaded.index(name)}")
+        self._loaded[slot] = name
+
+    @torch.no_grad()
+    def clear(self, slot: int) -> None:
+        """Zero a slot (A, B and scale): rows routed to it then get the base model's output."""
+        self._check_slot(slot)
+        for a, b in self.slot_params(slot).values():
+            a.zero_()
+            b.zero_()
+        self.scale[slot] = 0.0
+        self._loaded[slot] = None
+        self._regather()
+
+    @torch.no_grad()
+    def init_slot(self, slot: int, generator: torch.Generator, *, alpha: float, name: str | None = None) -> None:
+        """A fresh trainable adapter in `slot`, initialised like peft's LoRA: A ~ Kaiming-uniform(a=√5), B = 0.
+
+        Draws come from `generator` only (a CPU generator; values are copied to the bank's device), in module
+        order, so the initial weights depend on the generator's seed and nothing else.
+        """
+        self._check_slot(slot)
+        for a, b in self.slot_params(slot).values():
+            w = torch.empty(a.shape, dtype=torch.float32)  # (r, in): fan_in = in, as for peft's nn.Linear(in, r)
+            nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=generator)
+            a.copy_(w)
+            b.zero_()
+        self.scale[slot] = alpha / self.rank
+        self._name(slot, name or f"slot{slot}")
+        self._regather()
+
+    def extract(self, slot: int, meta: AdapterMeta) -> Adapter:
+        """The adapter in `slot` as a file-format `Adapter`: fp32 CPU tensors, the keys and shapes of today's files."""
+        self._check_slot(slot)
+        tensors: dict[str, torch.Tensor] = {}
+        for key, (a, b) in self.slot_params(slot).items():
+            tensors[f"{key}.lora_A.weight"] = a.detach().to("cpu", torch.float32).clone().contiguous()
+            tensors[f"{key}.lora_B.weight"] = b.detach().to("cpu", torch.float32).clone().contiguous()
+        return Adapter(tensors, meta)
+
+    def slot_of(self, name: str) -> int:
+        """The slot holding the adapter called `name`; AdapterError for an unknown or empty name."""
+        if not name:
+            raise AdapterError("empty adapter slot name")
+        try:
+            return self._loaded.index(name, 1)
+        except ValueError:
+            raise AdapterError(f"no adapter named '{name}' is loaded in the bank") from None
+
+    def loaded(self) -> dict[str, int]:
+        return {n: i for i, n in enumerate(self._loaded) if n is not None}
+
+    # --- routing ---------------------------------------------------------------------------------------------
+
+    def set_rows(self, slots: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """Route batch row i to slot `slots[i]` (0 = base) for the following forwards, until `clear_rows`.
+
+        The indices go into one static device buffer (reused while the row count does not grow, so a captured
+        graph sees new routes). A list is checked on the host; a device tensor is used as is, without any host
+        read. A serving bank then gathers the routed rows' weights once, for all the forwards of this route
+        (memory: one slot's size per routed row, e.g. ≈11 MB per row in bf16 on amused-256).
+        """
+        if isinstance(slots, torch.Tensor):
+            src = slots.to(dtype=torch.long)
+        else:
+            values = [int(s) for s in slots]
+            bad = [s for s in values if not 0 <= s <= self.capacity]
+            if bad:
+                raise AdapterError(f"slot indices {bad[:3]} are out of range 0..{self.capacity}")
+            src = torch.tensor(values, dtype=torch.long)
+            if self.device.type == "cuda":
+                src = src.pin_memory()  # so the copy below is asynchronous
+        n = int(src.shape[0])
+        if n > self._rows_buf.shape[0]:
+            self._rows_buf = torch.zeros(n, dtype=torch.long, device=self.device)
+        rows = self._rows_buf[:n]
+        rows.copy_(src, non_blocking=True)
+        self._rows, self._n = rows, n
+        self._regather()
+        return rows
+
+    @torch.no_grad()
+    def _regather(self) -> None:
+        if self.trainable or self._rows is None:
+            return
+        rows = self._rows
+        row_scale = self.scale.index_select(0, rows).view(-1, 1, 1)  # (m,) -> (m, 1, 1)
+        for site in self._sites:
+            site.gather(rows, row_scale)
+
+    def clear_rows(self) -> None:
+        self._rows = None
+        self._row_scale = None
+
+    @contextlib.contextmanager
+    def route(self, slots: Sequence[int] | torch.Tensor) -> Iterator[torch.Tensor]:
+        """`with bank.route(slots):` — `set_rows` for the block, then the previous route (or none) again."""
+        previous = None if self._rows is None else self._rows.clone()
+        rows = self.set_rows(slots)
+        try:
+            yield rows
+        finally:
+            if previous is None:
+                self.clear_rows()
+            else:
+                self.set_rows(previous)
+
+    def _gather_scale(self, _module: nn.Module, _args: tuple[Any, ...]) -> None:
+        """Trainable banks: the per-row scale, gathered once per forward for all layers."""
+        rows = self._rows
+        self._row_scale = None if rows is None else self.scale.index_select(0, rows).view(-1, 1, 1)  # (n,) -> (n, 1, 1)
+
+    def remove(self) -> None:
+        """Uninstall every hook and forget the model: it computes exactly what it did before the bank."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        t = self.transformer
+        if t.__dict__.get(_BANK_ATTR) is self:
+            del t.__dict__[_BANK_ATTR]
+        self.clear_rows()
+        for site in self._sites:
+            site.at = site.bt = None
+
+    def install(self) -> None:
+        """Put a removed bank back on its model (a training run's own bank replaces a serving bank meanwhile)."""
+        if self._handles:
+            return
+        t = self.transformer
+        old = find_bank(t)
+        if old is not None:
+            old.remove()
+        linears = target_linears(t, self.targets)
+        self._handles = [lin.register_forward_hook(site) for lin, site in zip(linears.values(), self._sites,
+                                                                             strict=True)]
+        if self.trainable:
+            self._handles.append(t.register_forward_pre_hook(self._gather_scale))
+        t.__dict__[_BANK_ATTR] = self

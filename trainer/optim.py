@@ -1,0 +1,128 @@
+"""AdamW over a LoRA bank: one update for every style in the batch, each slot with its own lr and step count.
+
+The bank's tensors are stacked per layer with the slot first (`A: [slots, r, in]`, `B: [slots, out, r]`), so
+one element-wise AdamW over them updates all styles at once with a number of operations that does not grow with
+the number of styles. Per-slot values (learning rate, step count, "is this slot training now") are small device
+tensors broadcast over the slot dimension, so the step reads nothing back to the host and can be captured.
+
+Slot independence (the point of it): a slot whose `active` flag is 0 is left bit-for-bit as it is — no moment
+decay, no weight decay (every change is multiplied by the flag, and x·0 adds exactly 0 to finite values) — and
+nothing is shared across slots (no global gradient norm, no global inf check), so a style trained in a batch
+follows the same arithmetic as the same style trained alone. `torch.optim.AdamW`'s update is reproduced
+exactly: decoupled weight decay `p·(1 − lr·wd)`, then `p − lr/(1 − β1^t) · m / (√v / √(1 − β2^t) + ε)`.
+
+With fp16 mixed precision a `GradScaler` hands this optimizer its scale (`_step_supports_amp_scaling`): the
+gradients are unscaled here, and a slot whose gradients are not finite skips its step alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+
+class SlotAdamW(torch.optim.Optimizer):
+    _step_supports_amp_scaling = True  # GradScaler sets .grad_scale / .found_inf instead of syncing to check
+
+    def __init__(self, params: Sequence[torch.Tensor], num_slots: int, *, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2) -> None:
+        params = list(params)
+        if not params or any(p.shape[0] != num_slots for p in params):
+            raise ValueError(f"every parameter must be stacked with {num_slots} slots first")
+        super().__init__(params, {"betas": betas, "eps": eps, "weight_decay": weight_decay})
+        device = params[0].device
+        self.num_slots = num_slots
+        self.lr = torch.zeros(num_slots, device=device)  # per-slot learning rate
+        self.steps = torch.zeros(num_slots, device=device)  # per-slot step count (float: it goes into pow)
+        self.active = torch.zeros(num_slots, device=device)  # 1.0 = this slot takes the next step
+        for p in params:
+            self.state[p] = {"exp_avg": torch.zeros_like(p, dtype=torch.float32),
+                             "exp_avg_sq": torch.zeros_like(p, dtype=torch.float32)}
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        return list(self.param_groups[0]["params"])
+
+    # --- per-slot control (host-side decisions, device-side values) -----------------------------------------------
+
+    @torch.no_grad()
+    def reset_slot(self, slot: int, lr: float, step: int = 0) -> None:
+        """Fresh moments for `slot`, its learning rate and step count (a new or resumed style takes the slot)."""
+        for p in self.params:
+            self.state[p]["exp_avg"][slot].zero_()
+            self.state[p]["exp_avg_sq"][slot].zero_()
+        self.lr[slot] = lr
+        self.steps[slot] = float(step)
+
+    def set_active(self, active: torch.Tensor) -> None:
+        """`active`: (slots,) 0/1 float on the device, which slots the next `step` updates."""
+        self.active.copy_(active)
+
+    def slot_state(self, slot: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The slot's first and second moments, one tensor per parameter (views into the stacked state)."""
+        ps = self.params
+        return [self.state[p]["exp_avg"][slot] for p in ps], [self.state[p]["exp_avg_sq"][slot] for p in ps]
+
+    @torch.no_grad()
+    def load_slot_state(self, slot: int, exp_avg: Sequence[torch.Tensor], exp_avg_sq: Sequence[torch.Tensor]) -> None:
+        for p, m, v in zip(self.params, exp_avg, exp_avg_sq, strict=True):
+            self.state[p]["exp_avg"][slot].copy_(m)
+            self.state[p]["exp_avg_sq"][slot].copy_(v)
+
+    @torch.no_grad()
+    def clip_slots_(self, max_norm: float) -> None:
+        """Clip each slot's gradient to `max_norm` on its own (torch.nn.utils.clip_grad_norm_ per style, never
+        one norm across styles, which would couple them)."""
+        grads = [p.grad for p in self.params if p.grad is not None]
+        sq = torch.stack([g.float().pow(2).flatten(1).sum(1) for g in grads]).sum(0)  # (params, slots) -> (slots,)
+        coef = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0).view(self.num_slots, 1, 1)  # (slots,) -> (slots, 1, 1)
+        for g in grads:
+            g.mul_(coef)
+
+    # --- the step ------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        group = self.param_groups[0]
+        beta1, beta2 = group["betas"]
+        eps, wd = group["eps"], group["weight_decay"]
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        grads = [p.grad for p in params]
+        m = self.active
+        grad_scale = getattr(self, "grad_scale", None)
+        if grad_scale is not None:  # fp16, not unscaled yet: unscale here
+            inv = grad_scale.double().reciprocal().float()
+            grads = [g.float() * inv for g in grads]
+        if getattr(self, "found_inf", None) is not None:  # fp16: a slot with an inf/nan gradient skips alone
+            finite = torch.stack([g.isfinite().flatten(1).all(1) for g in grads]).all(0)  # (params, slots) -> (slots,)
+            m = m * finite
+            grads = [torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) for g in grads]
+        self.steps.add_(m)
+        t = self.steps.clamp(min=1.0)  # slots that never stepped have m = 0 below; avoid 0/0 in their factors
+        bias1 = 1 - beta1**t
+        bias2_sqrt = (1 - beta2**t).sqrt()
+        shape = (self.num_slots, 1, 1)  # (slots,) -> (slots, 1, 1): broadcast over each stacked [slots, x, y]
+        decay = (1 - self.lr * wd * m).view(shape)
+        step_size = (self.lr * m / bias1).view(shape)
+        w1 = ((1 - beta1) * m).view(shape)
+        w2 = ((1 - beta2) * m).view(shape)
+        keep2 = 1 - w2
+        denom_scale = bias2_sqrt.view(shape)
+        for p, g in zip(params, grads, strict=True):
+            st = self.state[p]
+            exp_avg, exp_avg_sq = st["exp_avg"], st["exp_avg_sq"]
+            g = g.float()
+            p.mul_(decay)
+            exp_avg.lerp_(g, w1)
+            exp_avg_sq.mul_(keep2).addcmul_(g * w2, g)
+            denom = (exp_avg_sq.sqrt() / denom_scale).add_(eps)
+            p.addcdiv_(exp_avg * step_size, denom, value=-1.0)
+
+    # --- checkpoints: the per-slot tensors travel with each style's checkpoint, not through state_dict ---------------
+
+    def state_dict(self) -> dict[str, Any]:
+        raise NotImplementedError("SlotAdamW state is checkpointed per slot (trainer.checkpoint)")

@@ -1,0 +1,326 @@
+"""A training run: the jobs one train worker claimed together, trained in one `trainer.train_styles` call.
+
+Read `TrainingRun.run`: its named steps are `load_inputs` (per job: style image, resume checkpoint, config),
+then one engine call whose per-job callbacks are `report`, `should_stop` and `checkpoint`, then `finish` (per
+job: adapter file and row, previews, final state). Each job keeps its own progress, events, checkpoints,
+cancel, attempts and adapter, and a job that fails ends alone: the engine ends only the style whose callback
+raised, and every other per-job step is guarded the same way.
+
+Cancellation is polled by a timer: `should_stop` runs every step for every job, but it reads flags that one
+query for the whole run refreshes at most every `cancel_poll_seconds`, never a query per step.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import UnidentifiedImageError
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+import trainer
+from storage import jobs
+from storage.blobs import BlobNotFound, content_key, new_key, sha256_hex
+from storage.models import Adapter as AdapterRow
+from storage.models import Style, TrainingJob, utcnow
+from storage.states import JOB_ACTIVE, EventKind, JobState
+from trainer import Checkpoint, CheckpointError, GenerationRequest
+from trainer.train import Callbacks, Progress, StyleSpec, TrainResult, train_styles
+from worker.runtime import SHUTDOWN, Runtime
+from worker.shared import TRANSIENT, IdLogger, open_image, png
+
+logger = logging.getLogger(__name__)
+
+@dataclass(eq=False)
+class JobRun:
+    """One claimed job's place in a run."""
+
+    job: TrainingJob
+    log: IdLogger
+    spec: StyleSpec | None = None  # None until its inputs load
+    seed: int = 0
+    stop: str | None = None  # why it must stop: "cancel", "lost" (no longer ours) or "shutdown"
+    t0: float = field(default_factory=time.perf_counter)
+
+    @property
+    def id(self) -> str:
+        return self.job.id
+
+    def gpu_seconds(self) -> float:
+        return (self.job.gpu_seconds or 0.0) + time.perf_counter() - self.t0
+
+    def mine(self) -> tuple[Any, ...]:
+        """The rows this worker may still write: its job, while it runs it."""
+        return (TrainingJob.id == self.id, TrainingJob.worker_host == self.job.worker_host,
+                TrainingJob.state.in_(JOB_ACTIVE))
+
+
+class TrainingRun:
+    def __init__(self, rt: Runtime, claimed: list[TrainingJob]) -> None:
+        self.rt = rt
+        self.run_id = uuid.uuid4().hex
+        self.jobs = [JobRun(job, IdLogger(logger, {"kind": "job", "id": job.id})) for job in claimed]
+        self.next_poll = 0.0
+
+    # --- the run ---------------------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, str]:
+        """Train every claimed job to a final state (or back to the queue on shutdown); job id -> outcome."""
+        outcomes: dict[str, str] = {}
+        self.mark_run()
+        ready = [j for j in self.jobs if self.load_inputs(j, outcomes)]
+        if not ready:
+            return outcomes
+        logger.info("run %s: %d jobs (%s)", self.run_id, len(ready), ", ".join(j.id for j in ready))
+        settings = self.rt.settings
+        config = trainer.TrainConfig(
+            checkpoint_every=settings.checkpoint_every, progress_every=settings.progress_every,
+            mixed_precision=trainer.resolve_mixed_precision(  # type: ignore[arg-type]
+                settings.mixed_precision, trainer.resolve_device(settings.device)),
+        )
+        callbacks = Callbacks(
+            on_progress=lambda i, p: self.report(ready[i], p),
+            should_stop=lambda i: self.should_stop(ready[i]),
+            on_checkpoint=lambda i, c: self.checkpoint(ready[i], c),
+        )
+        try:
+            results = train_styles(self.rt.parts(), [j.spec for j in ready if j.spec is not None], config, callbacks)
+        except TRANSIENT:
+            raise
+        except trainer.ModelLoadError as exc:
+            logger.error("%s", exc)
+            for j in ready:
+                outcomes[j.id] = self.fail(j, "model_unavailable", "The worker could not load the base model; an "
+                                           "operator has to fix its configuration.")
+            return outcomes
+        except (ValueError, CheckpointError) as exc:
+            logger.error("training failed: %s", exc)
+            for j in ready:
+                outcomes[j.id] = self.fail(j, "training_error", f"Training could not run: {exc}")
+            return outcomes
+        for j, result in zip(ready, results, strict=True):
+            try:
+                outcomes[j.id] = self.finish(j, result)
+            except TRANSIENT:
+                raise
+            except Exception as exc:  # one job's finish failing must not take the others' results with it
+                j.log.exception("finishing failed")
+                outcomes[j.id] = self.fail(j, "training_error", f"Training could not finish: {exc}")
+        return outcomes
+
+    def mark_run(self) -> None:
+        """Record which jobs share this run (the admin page groups them by run_id)."""
+        with self.rt.session_factory() as s:
+            s.execute(update(TrainingJob).where(TrainingJob.id.in_([j.id for j in self.jobs]))
+                      .values(run_id=self.run_id))
+            s.commit()
+
+    # --- named steps -----------------------------------------------------------------------------------------
+
+    def load_inputs(self, j: JobRun, outcomes: dict[str, str]) -> bool:
+        """The style image, the resume checkpoint and the per-job settings. False when the job already failed."""
+        store = self.rt.store
+        with self.rt.session_factory() as s:
+            style = s.get(Style, j.job.style_id)
+            if style is None or style.deleted_at is not None:
+                outcomes[j.id] = self.fail(j, "style_missing", "The style of this job was deleted.")
+                return False
+            image_key, descriptor, content = style.image_key, style.descriptor, style.content
+        try:
+            image = open_image(store.get_bytes(image_key)).convert("RGB")
+        except (BlobNotFound, UnidentifiedImageError, OSError, ValueError) as exc:
+            j.log.error("style image unreadable: %s", exc)
+            outcomes[j.id] = self.fail(j, "bad_image", "The style image could not be read; upload it again as "
+                                       "PNG, JPEG or WebP.")
+            return False
+        resume: Checkpoint | None = None
+        if j.job.checkpoint_key:
+            try:
+                resume = Checkpoint.from_bytes(store.get_bytes(j.job.checkpoint_key))
+                j.log.info("resuming from checkpoint at step %d", resume.step)
+            except (BlobNotFound, CheckpointError) as exc:
+                j.log.warning("checkpoint %s unusable (%s); starting from step 0", j.job.checkpoint_key, exc)
+        params = dict(j.job.params or {})
+        j.seed = int(params.get("seed", 0))
+        lr = params.get("learning_rate")
+        j.spec = StyleSpec([image], descriptor, content, steps=j.job.total_steps, seed=j.seed,
+                           learning_rate=float(lr) if lr is not None else None, resume=resume)
+        return True
+
+    def report(self, j: JobRun, p: Progress) -> None:
+        eta = p.eta_seconds if p.eta_seconds != float("inf") else None
+        with self.rt.session_factory() as s:
+            s.execute(update(TrainingJob).where(*j.mine()).values(
+                step=p.step, last_loss=p.loss, eta_seconds=eta, steps_per_second=p.steps_per_second,
+                heartbeat_at=utcnow(), gpu_seconds=j.gpu_seconds(),
+            ))
+            jobs.add_event(s, j.id, EventKind.PROGRESS, {
+                "step": p.step, "total": p.total, "loss": p.loss, "lr": p.learning_rate,
+                "steps_per_second": p.steps_per_second, "eta_seconds": eta,
+            })
+            s.commit()
+
+    def should_stop(self, j: JobRun) -> bool:
+        if SHUTDOWN.is_set() and j.stop is None:
+            j.log.info("worker shutting down; stopping with a last checkpoint")
+            j.stop = "shutdown"
+        if time.monotonic() >= self.next_poll:
+            self.poll()
+        return j.stop is not None
+
+    def poll(self) -> None:
+        """One query for the whole run: which jobs were cancelled or are no longer this worker's."""
+        self.next_poll = time.monotonic() + self.rt.settings.cancel_poll_seconds
+        live = {j.id: j for j in self.jobs if j.stop is None}
+        if not live:
+            return
+        with self.rt.session_factory() as s:
+            rows = s.execute(select(TrainingJob.id, TrainingJob.cancel_requested_at, TrainingJob.state,
+                                    TrainingJob.worker_host).where(TrainingJob.id.in_(list(live)))).all()
+        for row in rows:
+            j = live[row.id]
+            if row.cancel_requested_at is not None or row.state == JobState.CANCELLING:
+                j.log.info("cancel requested; stopping")
+                j.stop = "cancel"
+            elif row.state not in JOB_ACTIVE or row.worker_host != self.rt.worker_host:
+                j.log.warning("job is no longer ours (%s on %s); stopping", row.state, row.worker_host)
+                j.stop = "lost"
+
+    def checkpoint(self, j: JobRun, ckpt: Checkpoint) -> None:
+        if j.stop in ("cancel", "lost"):  # nobody resumes from it
+            return
+        store = self.rt.store
+        key = new_key("checkpoints", "safetensors")
+        store.put_bytes(key, ckpt.to_bytes())
+        with self.rt.session_factory() as s:
+            old = s.scalar(select(TrainingJob.checkpoint_key).where(TrainingJob.id == j.id))
+            s.execute(update(TrainingJob).where(*j.mine()).values(checkpoint_key=key, checkpoint_step=ckpt.step,
+                                                                   heartbeat_at=utcnow()))
+            s.commit()
+        if old and old != key:
+            store.delete(old)
+        j.log.info("checkpoint at step %d -> %s", ckpt.step, key)
+
+    def finish(self, j: JobRun, result: TrainResult) -> str:
+        """The job's final state from its result: succeeded (adapter + previews), cancelled, requeued or failed."""
+        if result.error is not None:
+            if isinstance(result.error, TRANSIENT):  # the database or broker blinked: the job runs again later
+                return self.requeue(j, count_attempt=True)
+            j.log.error("training failed: %r", result.error)
+            return self.fail(j, "training_error", f"Training could not run: {result.error}")
+        if result.stopped and j.stop == "shutdown":
+            return self.requeue(j, count_attempt=False)
+        if result.stopped or result.adapter is None:
+            with self.rt.session_factory() as s:
+                row = s.execute(select(TrainingJob.cancel_requested_at, TrainingJob.state)
+                                .where(TrainingJob.id == j.id)).one()
+                ok = False
+                if row.cancel_requested_at is not None or row.state == JobState.CANCELLING:
+                    ok = jobs.transition(s, j.id, expected=JOB_ACTIVE, new=JobState.CANCELLED,
+                                         finished_at=utcnow(), eta_seconds=None, gpu_seconds=j.gpu_seconds())
+                s.commit()
+            j.log.info("stopped at step %d (%s)", result.step, "cancelled" if ok else "no longer ours")
+            return "cancelled" if ok else "stopped"
+
+        # Stored in fp16 (10.5 MB instead of 21 MB at amused-256 size); previews use the stored copy, so they
+        # show exactly what later generations with this adapter will produce.
+        data = trainer.adapter_to_bytes(result.adapter, dtype=torch.float16)
+        stored = trainer.adapter_from_bytes(data)
+        adapter_id = self.store_adapter(j, stored, data)
+        with self.rt.session_factory() as s:
+            s.execute(update(TrainingJob).where(*j.mine()).values(step=result.step, heartbeat_at=utcnow()))
+            s.commit()
+        try:
+            self.render_previews(j, adapter_id, stored)
+        except TRANSIENT:
+            raise
+        except Exception:  # previews are a courtesy; never fail a trained job over them
+            j.log.exception("preview rendering failed")
+        with self.rt.session_factory() as s:
+            ok = jobs.transition(s, j.id, expected=JOB_ACTIVE, new=JobState.SUCCEEDED, finished_at=utcnow(),
+                                 eta_seconds=0.0, gpu_seconds=j.gpu_seconds(), step=result.step)
+            old_ckpt = s.scalar(select(TrainingJob.checkpoint_key).where(TrainingJob.id == j.id))
+            s.commit()
+        if ok and old_ckpt:
+            self.rt.store.delete(old_ckpt)
+        j.log.info("succeeded in %.1f s: adapter %s", time.perf_counter() - j.t0, adapter_id)
+        return "succeeded" if ok else "lost"
+
+    # --- helpers of the steps --------------------------------------------------------------------------------
+
+    def fail(self, j: JobRun, code: str, message: str) -> str:
+        with self.rt.session_factory() as s:
+            jobs.transition(s, j.id, expected=JOB_ACTIVE, new=JobState.FAILED, error_code=code,
+                            error_message=message, finished_at=utcnow(), eta_seconds=None,
+                            gpu_seconds=j.gpu_seconds())
+            s.commit()
+        return "failed"
+
+    def requeue(self, j: JobRun, *, count_attempt: bool) -> str:
+        """Back to queued for the next worker. A clean stop gives its attempt back; no wake-up is sent from here
+        (this worker, still draining, would take it): with sent_at empty the reconciler sends one."""
+        extra: dict[str, Any] = {} if count_attempt else {"attempts": TrainingJob.attempts - 1}
+        with self.rt.session_factory() as s:
+            ok = jobs.transition(s, j.id, expected=JobState.RUNNING, new=JobState.QUEUED, heartbeat_at=None,
+                                 sent_at=None, eta_seconds=None, gpu_seconds=j.gpu_seconds(), **extra)
+            s.commit()
+        if not ok:  # cancelled meanwhile, or taken over: whoever moved it owns it now
+            return "stopped"
+        j.log.info("requeued for the next worker%s", "" if count_attempt else " (attempt not counted)")
+        return "requeued"
+
+    def store_adapter(self, j: JobRun, adapter: trainer.Adapter, data: bytes) -> str:
+        """Write the adapter file and its row; exactly one row per job (a rerun reuses the existing one)."""
+        sha = sha256_hex(data)
+        key = content_key("adapters", sha, "safetensors")
+        with self.rt.session_factory() as s:
+            existing = s.scalar(select(AdapterRow).where(AdapterRow.job_id == j.id))
+            if existing is not None:
+                j.log.info("adapter row %s already exists for this job; reusing it", existing.id)
+                return existing.id
+        self.rt.store.put_bytes(key, data)
+        meta = adapter.meta
+        row = AdapterRow(
+            owner_id=j.job.owner_id, style_id=j.job.style_id, job_id=j.id, blob_key=key, sha256=sha,
+            bytes=len(data), base_model=meta.base_model, base_revision=meta.base_revision, rank=meta.rank,
+            alpha=meta.alpha, targets=list(meta.targets), descriptor=meta.descriptor, train_prompt=meta.train_prompt,
+            steps=meta.steps, seed=meta.seed, engine_version=meta.engine_version,
+        )
+        with self.rt.session_factory() as s:
+            s.add(row)
+            try:
+                s.commit()
+                return row.id
+            except IntegrityError:
+                s.rollback()
+        with self.rt.session_factory() as s:
+            adapter_id = s.scalar(select(AdapterRow.id).where(AdapterRow.job_id == j.id))
+            assert adapter_id is not None
+            return adapter_id
+
+    def render_previews(self, j: JobRun, adapter_id: str, adapter: trainer.Adapter) -> None:
+        descriptor = adapter.meta.descriptor
+        prompts = [f"{p} in {descriptor} style" for p in self.rt.settings.preview_prompts[:2]]
+        if not prompts:
+            return
+        cache = self.rt.cache()
+        cache.put(adapter_id, adapter)
+        with cache.batch([adapter_id]) as slots:
+            requests = [GenerationRequest(prompt=p, seed=j.seed + i, adapter=slots[adapter_id],
+                                          steps=self.rt.settings.preview_steps) for i, p in enumerate(prompts)]
+            results = trainer.sample(self.rt.parts(), requests)
+        for prompt, res in zip(prompts, results, strict=True):
+            if res.image is None:
+                continue
+            key = new_key("previews", "png")
+            self.rt.store.put_bytes(key, png(res.image))
+            with self.rt.session_factory() as s:
+                n = jobs.count_events(s, j.id, EventKind.PREVIEW)  # its index: GET /v1/jobs/{id}/previews/{n}
+                jobs.add_event(s, j.id, EventKind.PREVIEW, {"image_key": key, "prompt": prompt, "n": n})
+                s.commit()
+        j.log.info("rendered %d previews", len(results))
