@@ -494,7 +494,7 @@ def test_i_admin_at_phone_width_and_own_api_keys(browser: Any, browser_stack: Br
     assert "Hit rate" in text
     page.locator('#admin-jobs tr[data-state="succeeded"]').first.wait_for()
     for row in page.locator('#admin-jobs tr[data-state="succeeded"]').all():
-        error = row.locator("td").nth(10)
+        error = row.locator("td").nth(11)  # Job, User, State, ..., Attempts, Worker, Run, Error
         assert error.inner_text() == "" and "err" not in (error.get_attribute("class") or "")
     screenshots(page, "i-admin-phone")
     page.context.close()

@@ -36,12 +36,10 @@ GALLERY_LIMIT = 24  # the style page shows the newest; the gallery pages through
 
 
 def _can_delete_generations(request: Request) -> bool:
-    """Whether this service has DELETE /v1/generations/{id}: the pages offer Delete only when it does."""
-    return any(
-        getattr(r, "path", None) == "/v1/generations/{generation_id}"
-        and "DELETE" in (getattr(r, "methods", None) or ())
-        for r in request.app.routes
-    )
+    """Whether this service has DELETE /v1/generations/{id}: the pages offer Delete only when it does. Read from the
+    OpenAPI schema (built once and cached by FastAPI): included routers do not list their routes in `app.routes`."""
+    paths = request.app.openapi().get("paths", {})
+    return "delete" in paths.get("/v1/generations/{generation_id}", {})
 
 
 def _safe_next(target: str | None, default: str = "/styles") -> str:
