@@ -35,7 +35,8 @@ def test_worker_kills_resume_crash_loop_and_cancel(tmp_path: Path, pg_url: str) 
     redis = RedisServer(tmp_path)
     redis.start()
     db = Db(pg_url)
-    env = fault_env(tmp_path, pg_url, redis.url, STYLEDROP_MAX_ATTEMPTS="2")
+    env = fault_env(tmp_path, pg_url, redis.url, STYLEDROP_MAX_ATTEMPTS="2",
+                    STYLEDROP_CANCEL_POLL_SECONDS="0.05")  # tiny steps are fast: poll often enough for "a few steps"
     try:
         with running_stack(tmp_path, env) as (stack, client):
             key = make_user(stack, "alice")

@@ -25,6 +25,7 @@ def fuzz_app(tmp_path: Path, api_redis: object) -> Iterator[tuple[Any, str]]:
         data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path / 'fuzz.db'}", broker_url=API_REDIS_URL,
         secret_key="fuzz", max_upload_bytes=256 * 1024, rate_limit_per_minute=10**6,
         max_concurrent_jobs_per_user=10**6,
+        max_wait_seconds=1,  # a fuzzed ?wait= is clamped to this (no worker runs here: every wait runs out)
     )
     with app_client(settings) as client:
         keys = add_users(client, "fuzzer", admin=("fuzzer",))  # an admin reaches every route's real code
