@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 
@@ -15,30 +14,15 @@ import httpx
 import pytest
 
 from tests.helpers.faults import Db, assert_all_final_one_adapter_each, post_style, progress_steps, wait_for
-from tests.helpers.stack import Stack, free_port, service_env
+from tests.helpers.stack import Stack, free_port, port_free, process_alive, service_env
 
 pytestmark = pytest.mark.integration
 
 FINAL = {"succeeded", "failed", "cancelled"}
 
 
-def _alive(pid: int) -> bool:
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def _pid(worker_host: str) -> int:
@@ -111,8 +95,8 @@ def test_up_supervises_worker_kills_clean_stops_and_its_own_sigkill(tmp_path: Pa
         children = [r.pid for r in db.rows("SELECT pid FROM workers")] + [_pid(db.job(second).worker_host)]
         up2.kill()
         up2.wait()
-        wait_for("children gone", lambda: not any(_alive(p) for p in children), stack, 60)
-        wait_for("port free", lambda: _port_free(port), stack, 30)
+        wait_for("children gone", lambda: not any(process_alive(p) for p in children), stack, 60)
+        wait_for("port free", lambda: port_free(port), stack, 30)
         assert db.job(second).state == "queued"  # the worker got SIGTERM from the kernel: a warm shutdown
         up(3)
         wait_for("second job final", lambda: db.job(second).state in FINAL, stack, 300)

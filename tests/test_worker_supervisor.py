@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,19 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.stack import free_port
+from tests.helpers.stack import free_port, port_free, process_alive
 from worker.supervisor import Supervisor
 
 PY = sys.executable
 
 
-def _alive(pid: int) -> bool:
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _wait(what: str, predicate, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
@@ -64,11 +56,11 @@ def test_a_dead_child_is_restarted_after_a_backoff(tmp_path: Path) -> None:
     try:
         _wait("a restarted child", lambda: bool(exits) and sup.pids().get("flaky") not in (None, exits[0]))
         pid = sup.pids()["flaky"]
-        assert _alive(pid) and marker.exists()
+        assert process_alive(pid) and marker.exists()
     finally:
         stop.set()
         thread.join(30)
-    assert result == [0] and not _alive(pid)
+    assert result == [0] and not process_alive(pid)
 
 
 SUPERVISED = """
@@ -86,14 +78,6 @@ sup.run(stop)
 """
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
@@ -109,12 +93,12 @@ def test_children_die_with_a_sigkilled_supervisor_and_free_the_port() -> None:
             line = sup.stdout.readline()
             assert line, "the supervisor exited"
         pids = [int(p) for p in line.split()[1:]]
-        assert len(pids) == 2 and all(_alive(p) for p in pids)
-        _wait("the child web server", lambda: not _port_free(port))
+        assert len(pids) == 2 and all(process_alive(p) for p in pids)
+        _wait("the child web server", lambda: not port_free(port))
         sup.kill()  # SIGKILL: no chance to clean up; the kernel tells the children
         sup.wait()
-        _wait("children gone", lambda: not any(_alive(p) for p in pids))
-        _wait("port free", lambda: _port_free(port))
+        _wait("children gone", lambda: not any(process_alive(p) for p in pids))
+        _wait("port free", lambda: port_free(port))
     finally:
         if sup.poll() is None:
             os.killpg(sup.pid, signal.SIGKILL)

@@ -22,6 +22,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def process_alive(pid: int) -> bool:
+    """The process exists and is not a zombie waiting to be reaped."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def port_free(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:`port` (a bind succeeds)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def service_env(data_dir: Path, **extra: str) -> dict[str, str]:
     """The environment of a service process: this checkout on PYTHONPATH, the tiny model on CPU, short intervals,
     no inherited STYLEDROP_* / DATABASE_URL / BROKER_URL; `extra` adds or overrides."""
