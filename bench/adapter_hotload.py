@@ -3,7 +3,7 @@
 Measures, in one process:
 - cold: blob store -> sha256 check -> safetensors parse -> copy into a resident slot (worker.AdapterCache miss),
   for a full-size adapter (rank 16 on all 168 Q/K/V linears: 5.2 M parameters, 10.4 MB in fp16);
-- warm: switching the next batch to another already-resident adapter (cache hit + per-row routing);
+- warm: switching the next batch to another already-resident adapter (cache hit + setting the bank's route);
 - baseline: what plain diffusers does for the same two operations — `load_lora_adapter` of the file into a new
   adapter name (cold), and `set_adapter` between resident adapters (warm).
 Goals (issue 3): cold <= 100 ms, warm <= 5 ms on CPU.
@@ -28,17 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusers import UVit2DModel
 
+from bench.common import random_adapter
 from storage.blobs import LocalBlobStore, sha256_hex
-from trainer.lora import (
-    ADAPTER_FILENAME,
-    Adapter,
-    AdapterMeta,
-    AdapterSlots,
-    adapter_from_bytes,
-    adapter_to_bytes,
-    base_fingerprint,
-    lora_layers,
-)
+from trainer.bank import LoraBank
+from trainer.lora import ADAPTER_FILENAME, Adapter, adapter_from_bytes, adapter_to_bytes
 from worker.adapter_cache import AdapterCache
 
 AMUSED_256 = dict(
@@ -59,13 +52,6 @@ def full_size_model() -> UVit2DModel:
     return model.eval().requires_grad_(False)
 
 
-def random_adapter(model: UVit2DModel, slots: AdapterSlots, seed: int) -> Adapter:
-    g = torch.Generator().manual_seed(seed)
-    tensors = {k: (torch.randn(p.shape, generator=g) * 0.01) for k, p in slots._param_by_key["slot0"].items()}
-    meta = AdapterMeta(base_model="amused-256", base_fingerprint=base_fingerprint(model), rank=16, alpha=32.0)
-    return Adapter(tensors, meta)
-
-
 def median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000
 
@@ -80,9 +66,9 @@ def main() -> None:
 
     t0 = time.perf_counter()
     model = full_size_model()
-    slots = AdapterSlots(model, args.resident, rank=16)
+    bank = LoraBank(model, args.resident, rank=16)
     print(f"# built amused-256 U-ViT ({sum(p.numel() for p in model.parameters()) / 1e6:.0f} M params, "
-          f"{len(lora_layers(model))} LoRA layers x {args.resident} slots) in {time.perf_counter() - t0:.1f} s")
+          f"{len(bank.keys)} LoRA layers x {args.resident} bank slots) in {time.perf_counter() - t0:.1f} s")
 
     tmp = Path(tempfile.mkdtemp())
     store = LocalBlobStore(tmp / "blobs")
@@ -90,7 +76,7 @@ def main() -> None:
     files: dict[str, Path] = {}
     n = args.adapters
     for i in range(n + args.resident):
-        data = adapter_to_bytes(random_adapter(model, slots, i), dtype=torch.float16)
+        data = adapter_to_bytes(random_adapter(model, i, scale=0.01, base_model="amused-256"), dtype=torch.float16)
         key = f"adapters/{i:04d}.safetensors"
         store.put_bytes(key, data)
         rows[f"a{i}"] = (key, sha256_hex(data))
@@ -106,7 +92,7 @@ def main() -> None:
         key, sha = rows[adapter_id]
         return adapter_from_bytes(get_verified(store, key, sha))
 
-    cache = AdapterCache(slots, cpu_capacity=0, fetch=fetch)  # cpu_capacity 0: every miss goes to the store
+    cache = AdapterCache(bank, cpu_capacity=0, fetch=fetch)  # cpu_capacity 0: every miss goes to the store
 
     # Fill every slot, then each cold load evicts the least recently used one (the steady state of a busy worker).
     for i in range(args.resident):
@@ -119,17 +105,14 @@ def main() -> None:
 
     resident = list(cache.resident())
     warm = []
-    x = torch.randn(1, 8, 1024)
-    layer = next(iter(lora_layers(model).values()))
     for _ in range(args.repeats):
         for adapter_id in resident:
             t = time.perf_counter()
             mapping = cache.acquire([adapter_id])
-            with slots.route([mapping[adapter_id]]):
+            with bank.route([bank.slot_of(mapping[adapter_id])]):
                 pass  # a batch would run here
             cache.release(mapping)
             warm.append(time.perf_counter() - t)
-    del x, layer
 
     # Baseline: plain diffusers on a second copy of the model.
     base_model = full_size_model()

@@ -37,6 +37,8 @@ if str(ROOT) not in sys.path:
 from diffusers import UVit2DModel, VQModel  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection  # noqa: E402
 
+from trainer.bank import target_linears  # noqa: E402
+from trainer.lora import Adapter, AdapterMeta, base_fingerprint  # noqa: E402
 from trainer.model import AmusedParts, _tiny_tokenizer, build_tiny  # noqa: E402
 
 CONFIGS = ("tiny", "mid", "full")
@@ -118,6 +120,19 @@ def _finish(transformer, vq, text, tok, *, mask_token_id: int, name: str) -> Amu
         m.eval()
     return AmusedParts(transformer=transformer, vqvae=vq, text_encoder=text, tokenizer=tok,
                        mask_token_id=mask_token_id, model_id=name)
+
+
+def random_adapter(transformer: torch.nn.Module, seed: int, *, rank: int = 16, alpha: float = 32.0,
+                   scale: float = 0.3, base_model: str = "random") -> Adapter:
+    """An adapter file's content with non-zero A and B (N(0, scale²)) for the model's Q/K/V linears."""
+    g = torch.Generator().manual_seed(seed)
+    tensors: dict[str, torch.Tensor] = {}
+    for key, lin in target_linears(transformer).items():
+        tensors[f"{key}.lora_A.weight"] = torch.randn(rank, lin.in_features, generator=g) * scale
+        tensors[f"{key}.lora_B.weight"] = torch.randn(lin.out_features, rank, generator=g) * scale
+    meta = AdapterMeta(base_model=base_model, base_fingerprint=base_fingerprint(transformer), rank=rank,
+                       alpha=alpha, descriptor="test", train_prompt="an image in test style", steps=1, seed=seed)
+    return Adapter(tensors, meta)
 
 
 def build_parts(config: str, device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0) -> AmusedParts:

@@ -195,3 +195,15 @@ def claim_generation_batch(
                        last_seen(gen))
         transition_generation(session, first_id, expected=GenerationState.RUNNING, new=GenerationState.QUEUED)
     return claim_generations(session, first_id=first_id, limit=limit, worker_host=worker_host)
+
+
+def queued_adapter_ids(session: Session, *, limit: int) -> list[str]:
+    """The adapters the next `limit` queued generations will need, oldest first (a generate worker prefetches
+    them into its host cache while it samples the current batch)."""
+    rows = session.execute(
+        select(Generation.adapter_id)
+        .where(Generation.state == GenerationState.QUEUED, Generation.adapter_id.is_not(None))
+        .order_by(Generation.queued_at, Generation.id)
+        .limit(limit)
+    ).scalars()
+    return list(dict.fromkeys(a for a in rows if a is not None))

@@ -79,8 +79,14 @@ class Settings(BaseSettings):
     generate_batch_size: int = 8
     max_images_per_request: int = 4
     max_wait_seconds: float = 60.0
-    adapter_gpu_slots: int = 8
+    adapter_gpu_slots: int = Field(default=0, ge=0, description=(
+        "LoRA-bank slots (adapters resident on the device) per generate worker; 0 = sized by memory: 10% of the "
+        "GPU's free memory (a thousand amused-256 adapters on an H200), 16 on a CPU"))
     adapter_cpu_cache: int = 64
+    adapter_prefetch: int = Field(default=16, ge=0, description=(
+        "adapters of queued generations read into the host cache while a batch samples"))
+    compile: bool = Field(default=False, description=(
+        "CUDA only: compile the U-ViT forward with CUDA graphs (torch.compile, reduce-overhead)"))
 
     # --- uploads -----------------------------------------------------------------------------------------------
     max_upload_bytes: int = 20 * 1024 * 1024

@@ -68,13 +68,13 @@ def test_cuda_styles_together_equal_alone_one_sync_per_interval(cuda_parts, engi
 
 def test_cuda_sampling_with_mixed_adapters(cuda_parts) -> None:  # type: ignore[no-untyped-def]
     from tests.helpers.engine import random_adapter
-    from trainer.lora import AdapterSlots
+    from trainer.bank import LoraBank
     from trainer.sampler import GenerationRequest, sample
 
     adapters = [random_adapter(cuda_parts, seed=s) for s in (1, 2)]
-    slots = AdapterSlots(cuda_parts.transformer, 2)
-    for slot, adapter in zip(slots.names, adapters, strict=True):
-        slots.load(slot, adapter)
+    bank = LoraBank(cuda_parts.transformer, 2)
+    for slot, adapter in enumerate(adapters, start=1):
+        bank.load(slot, adapter, name=f"slot{slot - 1}")
     results = sample(cuda_parts, [GenerationRequest("a cat", seed=1, adapter="slot0"),
                                   GenerationRequest("a dog", seed=2, adapter="slot1"),
                                   GenerationRequest("a tree", seed=3)])

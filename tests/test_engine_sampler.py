@@ -10,8 +10,8 @@ import torch
 from diffusers import AmusedScheduler
 from PIL import Image
 
+from trainer.bank import LoraBank
 from trainer.encode import encode_tokens, pil_to_tensor
-from trainer.lora import AdapterSlots
 from trainer.model import AmusedParts
 from trainer.sampler import GenerationRequest, SamplingError, sample
 
@@ -99,9 +99,9 @@ def test_image_to_image_strength_one_repaints_everything(engine_parts: AmusedPar
 
 def test_mixed_batch_rows_equal_the_same_requests_alone(engine_parts: AmusedParts, init_image: Image.Image,
                                                         mask: Image.Image) -> None:
-    slots = AdapterSlots(engine_parts.transformer, 2)
-    slots.load("slot0", random_adapter(engine_parts, seed=7))
-    slots.load("slot1", random_adapter(engine_parts, seed=8))
+    bank = LoraBank(engine_parts.transformer, 2)
+    bank.load(1, random_adapter(engine_parts, seed=7), name="slot0")
+    bank.load(2, random_adapter(engine_parts, seed=8), name="slot1")
     requests = [
         GenerationRequest("a cat", seed=1, adapter="slot0", style_strength=1.0),
         GenerationRequest("a house", seed=2, adapter="slot1", style_strength=2.0, negative_prompt="ugly"),
@@ -117,8 +117,8 @@ def test_mixed_batch_rows_equal_the_same_requests_alone(engine_parts: AmusedPart
 
 
 def test_style_strength_changes_the_output_only_with_an_adapter(engine_parts: AmusedParts) -> None:
-    slots = AdapterSlots(engine_parts.transformer, 1)
-    slots.load("slot0", random_adapter(engine_parts, seed=9))
+    bank = LoraBank(engine_parts.transformer, 1)
+    bank.load(1, random_adapter(engine_parts, seed=9), name="slot0")
     plain = [tokens(engine_parts, GenerationRequest("a cat", seed=1, style_strength=s))[0] for s in (0.0, 3.0)]
     assert torch.equal(plain[0], plain[1])
     styled = [tokens(engine_parts, GenerationRequest("a cat", seed=1, adapter="slot0", style_strength=s))[0]

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
+from trainer.bank import LoraBank
 from trainer.checkpoint import Checkpoint, CheckpointError
-from trainer.lora import AdapterSlots
 from trainer.model import AmusedParts
 from trainer.sampler import GenerationRequest, sample
 from trainer.train import Progress, TrainConfig, evaluation_loss, prepare_style, train_style, training_prompt
@@ -34,8 +34,8 @@ def test_it_learns_the_style(engine_parts: AmusedParts, engine_style_image: Imag
     result = train_style(engine_parts, [engine_style_image], descriptor="stripes",
                          config=TrainConfig(steps=100, **FAST))
     assert result.adapter is not None and len(result.losses) == 100
-    slots = AdapterSlots(engine_parts.transformer, 1)
-    slots.load("slot0", result.adapter)
+    bank = LoraBank(engine_parts.transformer, 1)
+    bank.load(1, result.adapter, name="slot0")
     after = evaluation_loss(engine_parts, data, adapter="slot0")
     # 1) the masked-token loss on the style image falls by at least half
     assert after <= 0.5 * before, (before, after)

@@ -4,8 +4,9 @@ Public API:
 - model:      load_base, build_tiny, ensure_tiny, AmusedParts, ModelLoadError
 - train:      train_style, train_styles, StyleSpec, Callbacks, TrainConfig, Progress, TrainResult, training_prompt
 - sampler:    sample, GenerationRequest, SampleResult, SamplingError
-- lora:       Adapter, AdapterMeta, AdapterSlots, save_adapter, load_adapter, adapter_to_bytes,
-              adapter_from_bytes, AdapterError
+- lora:       Adapter, AdapterMeta, save_adapter, load_adapter, adapter_to_bytes, adapter_from_bytes, AdapterError
+- bank:       LoraBank (resident adapters applied per batch row), find_bank, slot_bytes, default_capacity
+- capture:    OpCounter (aten ops and host reads per call), compile_transformer (the captured forward)
 - checkpoint: Checkpoint, CheckpointError
 - clip:       load_clip, ClipParts, clip_text_score, clip_style_score (the paper's two metrics)
 - feedback:   select_best, feedback_prompts, Candidate, ClipScorer (round-2 selection)
@@ -13,6 +14,8 @@ Public API:
 - evaluate:   evaluate, EvalSettings, EvalReport (what `styledrop eval` runs), render_candidates
 """
 
+from .bank import LoraBank, default_capacity, find_bank, slot_bytes
+from .capture import OpCounter, compile_transformer
 from .checkpoint import Checkpoint, CheckpointError
 from .clip import ClipParts, clip_style_score, clip_text_score, load_clip
 from .evaluate import EvalReport, EvalSettings, evaluate, render_candidates
@@ -23,7 +26,6 @@ from .lora import (
     Adapter,
     AdapterError,
     AdapterMeta,
-    AdapterSlots,
     adapter_from_bytes,
     adapter_to_bytes,
     load_adapter,
@@ -47,7 +49,6 @@ __all__ = [
     "Adapter",
     "AdapterError",
     "AdapterMeta",
-    "AdapterSlots",
     "AmusedParts",
     "Callbacks",
     "Candidate",
@@ -58,7 +59,9 @@ __all__ = [
     "EvalReport",
     "EvalSettings",
     "GenerationRequest",
+    "LoraBank",
     "ModelLoadError",
+    "OpCounter",
     "Progress",
     "SampleResult",
     "SamplingError",
@@ -71,9 +74,12 @@ __all__ = [
     "build_tiny",
     "clip_style_score",
     "clip_text_score",
+    "compile_transformer",
+    "default_capacity",
     "ensure_tiny",
     "evaluate",
     "feedback_prompts",
+    "find_bank",
     "load_adapter",
     "load_base",
     "load_clip",
@@ -84,6 +90,7 @@ __all__ = [
     "sample",
     "save_adapter",
     "select_best",
+    "slot_bytes",
     "train_style",
     "train_styles",
     "training_prompt",

@@ -2,131 +2,39 @@
 
 Per targeted linear (to_q/to_k/to_v of every U-ViT attention): `A: [S, r, in]`, `B: [S, out, r]` and a per-slot
 `scale: [S]` (alpha / rank), S = capacity + 1, slot 0 all zeros = the base model. One per-row slot-index buffer on
-the model's device, shared by all layers, is set once per batch (`set_rows` / `route`); a forward hook on each
-linear adds `scale[s] · (x_i @ A[s]ᵀ) @ B[s]ᵀ` for row i with slot s, as gather + batched matmul (Punica's BGMV
-form): no host read, no Python-list indexing, the same ops whatever the mix of adapters, so a fixed-shape forward
-can be captured in a CUDA graph.
-- Serving banks (`trainable=False`) gather the routed rows' A and scale·B into static buffers once per route,
-  so each sampling forward costs two ops per layer (`bmm`, in-place `baddbmm_`); base rows take part with zero
-  weights (≈2r/out of the layer's FLOPs, no extra op).
-- Trainable banks (`trainable=True`, fp32 `nn.Parameter`s) gather inside every forward, so autograd sends
-  gradients to exactly the routed slots; `init_slot` initialises a slot like peft (A Kaiming-uniform(a=√5),
-  B = 0) from the given generator, so a style's initial weights depend on its own seed only.
+the model's device, shared by all layers, is set once per batch (`set_rows` / `route`); each linear's forward hook
+(`bank_sites.BankSite`) adds `scale[s] · (x_i @ A[s]ᵀ) @ B[s]ᵀ` for row i with slot s, as gather + batched
+matmul: no host read, no Python-list indexing, the same ops whatever the mix of adapters, so a fixed-shape forward
+can be captured in a CUDA graph. Serving banks (`trainable=False`) cost two ops per layer per forward; trainable
+banks (fp32 `nn.Parameter`s) gather inside autograd; `init_slot` initialises a slot like peft (A
+Kaiming-uniform(a=√5), B = 0) from the given generator, so a style's initial weights depend on its own seed only.
 
 Loading copies an adapter into a slot in place (no new modules, no recompiles); slots are sized by memory
-(`slot_bytes`). `extract` gives back an `Adapter` with the keys and shapes of `trainer.lora` files
-(`<module>.lora_A.weight` (r, in), `<module>.lora_B.weight` (out, r)), which plain diffusers reads.
+(`slot_bytes`): a thousand amused-256 adapters are ≈10 GB in bf16. `extract` gives back an `Adapter` with the keys
+and shapes of `trainer.lora` files (`<module>.lora_A.weight` (r, in), `<module>.lora_B.weight` (out, r)), which
+plain diffusers reads.
 """
 from __future__ import annotations
 
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import torch
 from torch import nn
 
+from .bank_sites import BankSite, default_capacity, slot_bytes, target_linears
 from .lora import TARGET_MODULES, Adapter, AdapterError, AdapterMeta, base_fingerprint, check_compatible
 
+__all__ = ["LoraBank", "default_capacity", "find_bank", "slot_bytes", "target_linears"]
+
 _BANK_ATTR = "_styledrop_bank"  # where a model keeps its installed bank (plain attribute: not a submodule)
-
-
-def target_linears(transformer: nn.Module, targets: Sequence[str] = TARGET_MODULES) -> dict[str, nn.Linear]:
-    """The linears a StyleDrop adapter targets, keyed by the module path used in adapter files.
-
-    A linear already wrapped by peft (`<path>.base_layer`) is keyed by the wrapper's path, as peft names it.
-    """
-    found: dict[str, nn.Linear] = {}
-    for name, module in transformer.named_modules():
-        if not isinstance(module, nn.Linear):
-            continue
-        path = name.removesuffix(".base_layer")
-        if path.rpartition(".")[2] in targets:
-            found[path] = module
-    return found
-
-
-def slot_bytes(transformer: nn.Module, rank: int = 16, dtype: torch.dtype = torch.bfloat16,
-               targets: Sequence[str] = TARGET_MODULES) -> int:
-    """Bytes one bank slot takes: r·(in + out) per targeted linear (≈10 MB in bf16 on amused-256 at rank 16)."""
-    size = torch.empty((), dtype=dtype).element_size()
-    return sum(rank * (m.in_features + m.out_features) for m in target_linears(transformer, targets).values()) * size
 
 
 def find_bank(transformer: nn.Module) -> LoraBank | None:
     """The bank installed on this model, if any."""
     bank = transformer.__dict__.get(_BANK_ATTR)
     return bank if isinstance(bank, LoraBank) else None
-
-
-class _Site:
-    """The forward hook of one targeted linear: adds the routed rows' LoRA terms to its output.
-
-    Serving banks gather the routed rows' weights once per route (`at` = A[rows]ᵀ, `bt` = scale·B[rows]ᵀ, static
-    buffers), so a forward costs two ops per layer: `bmm` and an in-place `baddbmm_`. Trainable banks gather in
-    every forward, inside autograd, so gradients flow back to the slots.
-    """
-
-    def __init__(self, bank: LoraBank, a: torch.Tensor, b: torch.Tensor) -> None:
-        self.bank = bank
-        self.a = a  # [S, r, in]
-        self.b = b  # [S, out, r]
-        self.at: torch.Tensor | None = None  # [m, in, r] gathered for the routed rows (serving banks)
-        self.bt: torch.Tensor | None = None  # [m, r, out], the row's scale folded in
-
-    def gather(self, rows: torch.Tensor, row_scale: torch.Tensor) -> None:
-        """Fill the static per-row buffers for `rows` (m,) with `row_scale` (m, 1, 1); no host read."""
-        m = rows.shape[0]
-        if self.at is None or self.at.shape[0] < m or self.at.dtype != self.a.dtype:
-            self.at = self.a.new_empty(m, self.a.shape[2], self.a.shape[1])
-            self.bt = self.b.new_empty(m, self.b.shape[2], self.b.shape[1])
-        assert self.bt is not None
-        at, bt = self.at[:m], self.bt[:m]
-        at.copy_(self.a.index_select(0, rows).transpose(1, 2))  # (m, r, in) -> (m, in, r)
-        torch.mul(self.b.index_select(0, rows).transpose(1, 2), row_scale, out=bt)  # (m, out, r) -> (m, r, out)
-
-    def __call__(self, _module: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor | None:
-        bank = self.bank
-        rows = bank._rows
-        if rows is None:
-            return None  # no route: the base model
-        x = args[0]
-        if x.shape[0] != bank._n:
-            raise AdapterError(f"the batch has {x.shape[0]} rows but the bank routes {bank._n}")
-        if bank.trainable:
-            return self._autograd(x, rows, out)
-        at, bt = self.at, self.bt
-        assert at is not None and bt is not None
-        n, o = bank._n, out
-        if at.shape[0] != n:  # buffers sized for a bigger batch earlier: use their first n rows
-            at, bt = at[:n], bt[:n]
-        if x.dim() != 3:
-            x = x.reshape(n, -1, x.shape[-1])  # (n, ..., in) -> (n, L, in)
-            o = o.view(n, -1, o.shape[-1])  # (n, ..., out) -> (n, L, out), the same storage
-        if x.dtype != at.dtype:
-            x = x.to(at.dtype)
-        h = torch.bmm(x, at)  # (n, L, r)
-        if o.dtype == h.dtype:
-            o.baddbmm_(h, bt)  # out += h @ (scale·B)ᵀ in place: (n, L, out)
-        else:
-            o.add_(torch.bmm(h, bt).to(o.dtype))
-        return None
-
-    def _autograd(self, x: torch.Tensor, rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        n = rows.shape[0]
-        if x.dim() != 3:
-            x = x.reshape(n, -1, x.shape[-1])  # (n, ..., in) -> (n, L, in)
-        a = self.a.index_select(0, rows)  # (n, r, in)
-        b = self.b.index_select(0, rows)  # (n, out, r)
-        if x.dtype != a.dtype and not torch.is_autocast_enabled(x.device.type):
-            x = x.to(a.dtype)  # fp32 training weights on a bf16 base, as peft casts to the LoRA dtype
-        assert self.bank._row_scale is not None
-        h = torch.bmm(x, a.transpose(1, 2)) * self.bank._row_scale  # (n, L, r) · (n, 1, 1)
-        if out.dim() == 3 and out.dtype == h.dtype:
-            return torch.baddbmm(out, h, b.transpose(1, 2))  # out + h @ Bᵀ: (n, L, out)
-        delta = torch.bmm(h, b.transpose(1, 2))  # (n, L, out)
-        return out + delta.reshape(out.shape).to(out.dtype)  # (n, L, out) -> out's shape
 
 
 class LoraBank(nn.Module):
@@ -168,11 +76,12 @@ class LoraBank(nn.Module):
         self.scale: torch.Tensor
         self._rows_buf = torch.zeros(0, dtype=torch.long, device=device)
         self._rows: torch.Tensor | None = None  # view of _rows_buf while a route is set
-        self._n = 0  # number of routed rows
+        self._start = 0  # rows before this one are base rows (no LoRA work at all)
+        self._m = 0  # number of routed rows, from `_start`
         self._row_scale: torch.Tensor | None = None  # (n, 1, 1), gathered once per forward (trainable banks)
         self._loaded: list[str | None] = [None] * s  # host-side: the name of the adapter in each slot
         self._transformer = [transformer]  # a list, so nn.Module does not register the model as a child
-        self._sites = [_Site(self, a, b) for a, b in zip(self.lora_A, self.lora_B, strict=True)]
+        self._sites = [BankSite(self, a, b) for a, b in zip(self.lora_A, self.lora_B, strict=True)]
         self._handles = [lin.register_forward_hook(site) for lin, site in zip(linears.values(), self._sites,
                                                                              strict=True)]
         if trainable:
@@ -281,14 +190,17 @@ class LoraBank(nn.Module):
 
     # --- routing ---------------------------------------------------------------------------------------------
 
-    def set_rows(self, slots: Sequence[int] | torch.Tensor) -> torch.Tensor:
-        """Route batch row i to slot `slots[i]` (0 = base) for the following forwards, until `clear_rows`.
+    def set_rows(self, slots: Sequence[int] | torch.Tensor, *, start: int = 0) -> torch.Tensor:
+        """Route batch row `start + i` to slot `slots[i]` (0 = base) for the following forwards, until `clear_rows`.
 
-        The indices go into one static device buffer (reused while the row count does not grow, so a captured
-        graph sees new routes). A list is checked on the host; a device tensor is used as is, without any host
-        read. A serving bank then gathers the routed rows' weights once, for all the forwards of this route
-        (memory: one slot's size per routed row, e.g. ≈11 MB per row in bf16 on amused-256).
+        Rows before `start` are base rows and do no LoRA work (the sampler puts its adapted rows last); a forward
+        must then have exactly `start + len(slots)` rows. The indices go into one static device buffer (reused while
+        the row count does not grow, so a captured graph sees new routes). A list is checked on the host; a device
+        tensor is used as is, without any host read. A serving bank then gathers the routed rows' weights once, for
+        all the forwards of this route (memory: one slot's size per routed row, ≈10 MB in bf16 on amused-256).
         """
+        if start < 0 or (start and self.trainable):
+            raise AdapterError(f"start must be 0 for a trainable bank and >= 0 otherwise, got {start}")
         if isinstance(slots, torch.Tensor):
             src = slots.to(dtype=torch.long)
         else:
@@ -299,12 +211,12 @@ class LoraBank(nn.Module):
             src = torch.tensor(values, dtype=torch.long)
             if self.device.type == "cuda":
                 src = src.pin_memory()  # so the copy below is asynchronous
-        n = int(src.shape[0])
-        if n > self._rows_buf.shape[0]:
-            self._rows_buf = torch.zeros(n, dtype=torch.long, device=self.device)
-        rows = self._rows_buf[:n]
+        m = int(src.shape[0])
+        if m > self._rows_buf.shape[0]:
+            self._rows_buf = torch.zeros(m, dtype=torch.long, device=self.device)
+        rows = self._rows_buf[:m]
         rows.copy_(src, non_blocking=True)
-        self._rows, self._n = rows, n
+        self._rows, self._start, self._m = rows, start, m
         self._regather()
         return rows
 
@@ -322,19 +234,19 @@ class LoraBank(nn.Module):
         self._row_scale = None
 
     @contextlib.contextmanager
-    def route(self, slots: Sequence[int] | torch.Tensor) -> Iterator[torch.Tensor]:
+    def route(self, slots: Sequence[int] | torch.Tensor, *, start: int = 0) -> Iterator[torch.Tensor]:
         """`with bank.route(slots):` — `set_rows` for the block, then the previous route (or none) again."""
-        previous = None if self._rows is None else self._rows.clone()
-        rows = self.set_rows(slots)
+        previous = None if self._rows is None else (self._rows.clone(), self._start)
+        rows = self.set_rows(slots, start=start)
         try:
             yield rows
         finally:
             if previous is None:
                 self.clear_rows()
             else:
-                self.set_rows(previous)
+                self.set_rows(previous[0], start=previous[1])
 
-    def _gather_scale(self, _module: nn.Module, _args: tuple[Any, ...]) -> None:
+    def _gather_scale(self, _module: nn.Module, _args: tuple[object, ...]) -> None:
         """Trainable banks: the per-row scale, gathered once per forward for all layers."""
         rows = self._rows
         self._row_scale = None if rows is None else self.scale.index_select(0, rows).view(-1, 1, 1)  # (n,) -> (n, 1, 1)

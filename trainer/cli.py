@@ -261,7 +261,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def _load_base_with(args: argparse.Namespace, adapter: Adapter | None, what: str) -> tuple[AmusedParts, str | None]:
     """The base model (--model, else the adapter's base, else amused-256) with `adapter` resident; its name."""
-    from .lora import AdapterError, AdapterSlots
+    from .bank import LoraBank
+    from .lora import AdapterError
     from .model import load_base
 
     model = args.model or (adapter.meta.base_model if adapter else "amused-256")
@@ -269,12 +270,12 @@ def _load_base_with(args: argparse.Namespace, adapter: Adapter | None, what: str
     parts = load_base(model, revision=args.revision, variant=args.variant, device=device, dtype=dtype)
     if adapter is None:
         return parts, None
-    slots = AdapterSlots(parts.transformer, 1, rank=adapter.meta.rank, targets=adapter.meta.targets)
+    bank = LoraBank(parts.transformer, 1, rank=adapter.meta.rank, targets=adapter.meta.targets)
     try:
-        slots.load("slot0", adapter)
+        bank.load(1, adapter, name="adapter")
     except AdapterError as exc:
         raise CliError(f"{what}: {exc}") from None
-    return parts, "slot0"
+    return parts, "adapter"
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

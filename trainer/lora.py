@@ -10,9 +10,9 @@ File format (safetensors, never pickle):
 A plain diffusers user loads one with
 `UVit2DModel.load_lora_adapter(dir, weight_name="adapter.safetensors", use_safetensors=True)`.
 
-Serving: `AdapterSlots` adds a fixed number of same-shaped LoRA slots to the U-ViT once; an adapter is loaded
-by copying its tensors into a slot (no module surgery, so no growing cost with the number of adapters ever seen),
-and `route` picks an adapter per batch row through peft's `adapter_names` (mixed-adapter batches).
+Serving and training do not use peft's modules: `bank.LoraBank` holds many adapters stacked per layer and applies
+them per batch row. peft stays where it earns its place: `LoraConfig` for the file's metadata, and the reference
+that the bank's output and diffusers' `load_lora_adapter` are checked against in the tests.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,6 @@ from safetensors.torch import save as st_save
 
 ENGINE_VERSION = "0.1.0"
 TARGET_MODULES: tuple[str, ...] = ("to_q", "to_k", "to_v")
-BASE_ROW = "__base__"  # peft's name for "no adapter on this row"
 PREFIX = "transformer"
 META_KEY = "styledrop"
 DIFFUSERS_META_KEY = "lora_adapter_metadata"  # diffusers.loaders.lora_base.LORA_ADAPTER_METADATA_KEY
@@ -213,117 +212,6 @@ def check_compatible(adapter: Adapter, transformer: torch.nn.Module, *, rank: in
         raise AdapterError(f"adapter targets {list(meta.targets)}, but the slots target {list(targets)}")
 
 
-# --- resident slots and per-row routing ------------------------------------------------------------------------
-
-
 def lora_layers(transformer: torch.nn.Module) -> dict[str, LoraLayer]:
+    """peft's LoRA layers in a model (after `add_adapter`): the reference implementation in tests and benchmarks."""
     return {name: m for name, m in transformer.named_modules() if isinstance(m, LoraLayer)}
-
-
-class AdapterSlots:
-    """`num_slots` inert LoRA slots (`slot0`, `slot1`, ...) of one rank and target set, added to a U-ViT once.
-
-    `load(slot, adapter)` copies weights into a slot in place (milliseconds, no new modules, no recompiles);
-    `route(names)` makes the next forward passes apply `names[i]` (a slot or None) to batch row i.
-    """
-
-    def __init__(self, transformer: torch.nn.Module, num_slots: int, *, rank: int = 16,
-                 targets: Sequence[str] = TARGET_MODULES) -> None:
-        if num_slots < 1:
-            raise ValueError(f"num_slots must be >= 1, got {num_slots}")
-        self.transformer = transformer
-        self.rank = rank
-        self.targets = tuple(targets)
-        self.names = [f"slot{i}" for i in range(num_slots)]
-        for name in self.names:
-            transformer.add_adapter(lora_config(rank, rank, targets), adapter_name=name)  # type: ignore[operator]
-        self.layers = lora_layers(transformer)
-        self._param_by_key: dict[str, dict[str, torch.nn.Parameter]] = {name: {} for name in self.names}
-        for module_name, layer in self.layers.items():
-            for name in self.names:
-                self._param_by_key[name][f"{module_name}.lora_A.weight"] = layer.lora_A[name].weight
-                self._param_by_key[name][f"{module_name}.lora_B.weight"] = layer.lora_B[name].weight
-                layer.lora_B[name].weight.data.zero_()  # an empty slot changes nothing
-        transformer.requires_grad_(False)
-        transformer.eval()  # peft refuses adapter_names in training mode
-        install_router(transformer)
-        self.fingerprint = base_fingerprint(transformer)
-
-    def load(self, slot: str, adapter: Adapter) -> None:
-        check_compatible(adapter, self.transformer, rank=self.rank, targets=self.targets)
-        params = self._param_by_key[slot]
-        if set(params) != set(adapter.tensors):
-            missing = sorted(set(params) - set(adapter.tensors))[:3]
-            raise AdapterError(f"adapter does not match the model's LoRA layers (missing e.g. {missing})")
-        with torch.no_grad():
-            for key, param in params.items():
-                src = adapter.tensors[key]
-                if src.shape != param.shape:
-                    raise AdapterError(f"adapter tensor {key} has shape {tuple(src.shape)}, expected "
-                                       f"{tuple(param.shape)}")
-                param.copy_(src, non_blocking=True)
-        scaling = adapter.meta.alpha / adapter.meta.rank
-        for layer in self.layers.values():
-            layer.scaling[slot] = scaling
-
-    def clear(self, slot: str) -> None:
-        with torch.no_grad():
-            for key, param in self._param_by_key[slot].items():
-                if key.endswith("lora_B.weight"):
-                    param.zero_()
-
-    @contextlib.contextmanager
-    def route(self, names: Sequence[str | None]) -> Iterator[None]:
-        with route_rows(self.transformer, names):
-            yield
-
-
-class _Router:
-    """Persistent forward pre-hooks on every LoRA layer that inject peft's `adapter_names` while a route is set.
-
-    Installed once per model, so switching a batch to other adapters costs setting a list, not re-walking the
-    module tree and re-registering 168 hooks. One model serves one batch at a time (one worker process per GPU).
-    """
-
-    def __init__(self, transformer: torch.nn.Module) -> None:
-        self.names: list[str] | None = None
-        self.handles = [
-            layer.register_forward_pre_hook(self._hook, with_kwargs=True)  # type: ignore[attr-defined]
-            for layer in lora_layers(transformer).values()
-        ]
-
-    def _hook(self, _module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        if self.names is None:
-            return None  # no route: peft applies its active adapters (training)
-        kwargs["adapter_names"] = self.names
-        return args, kwargs
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
-def install_router(transformer: torch.nn.Module) -> _Router:
-    """(Re)install the routing hooks; call after LoRA layers are added to a model (AdapterSlots does)."""
-    old = transformer.__dict__.get("_styledrop_router")
-    if old is not None:
-        old.remove()
-    router = _Router(transformer)
-    transformer.__dict__["_styledrop_router"] = router
-    return router
-
-
-@contextlib.contextmanager
-def route_rows(transformer: torch.nn.Module, names: Sequence[str | None]) -> Iterator[None]:
-    """Apply adapter `names[i]` (None = base model) to batch row i in every LoRA layer.
-
-    `UVit2DModel.forward` does not pass peft's `adapter_names` keyword down, so a forward pre-hook on each LoRA
-    layer injects it (docs/amused-notes.md §2). Rows are split per adapter inside peft: each row sees only its own.
-    """
-    router = transformer.__dict__.get("_styledrop_router") or install_router(transformer)
-    previous = router.names
-    router.names = [n if n is not None else BASE_ROW for n in names]
-    try:
-        yield
-    finally:
-        router.names = previous

@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import AmusedScheduler, UVit2DModel, VQModel
@@ -44,6 +46,8 @@ class AmusedParts:
     mask_token_id: int
     model_id: str  # what the caller asked for: a preset, hub id or path (recorded in adapter metadata)
     revision: str | None = None
+    # The sampler's LRU of CLIP embeddings by prompt (sampler.cached_text), on the model's device.
+    text_cache: OrderedDict[str, Any] = field(default_factory=OrderedDict, repr=False, compare=False)
 
     @property
     def codebook_size(self) -> int:

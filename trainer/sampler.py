@@ -11,23 +11,25 @@ Per decoding step the logits of a row are (StyleDrop, arXiv 2306.00983, Eq. 4)
 with Ĝ the adapted U-ViT, G the base, t the prompt, n the negative prompt (empty by default), λA the style
 strength and λB = guidance_scale − 1. It is evaluated as `G(n) + g·(G(t) − G(n)) + (1 + λA)·(Ĝ(t) − G(t))`,
 whose first part is diffusers' CFG expression operation for operation, so without an adapter our tokens equal
-`AmusedPipeline`'s. The token update mirrors `AmusedScheduler.step` (same random draws in the same order), with
-two deliberate fixes from docs/amused-notes.md §4: img2img at strength 1.0 masks every token (diffusers' index
-wrap-around masks none), and the inpainting schedule is per row instead of mutating a shared scheduler.
+`AmusedPipeline`'s. The token update (`schedule.MaskGitSchedule`) mirrors `AmusedScheduler.step` (same random
+draws in the same order) for all rows at once, with two deliberate fixes from docs/amused-notes.md §4: img2img at
+strength 1.0 masks every token (diffusers' index wrap-around masks none), and the inpainting schedule is per row
+instead of mutating a shared scheduler. Adapters are applied per row by the model's LoRA bank (`bank.LoraBank`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
 from . import limits
+from .bank import find_bank
 from .encode import (
+    TextEmbedding,
     decode_tokens,
     encode_text,
     encode_tokens,
@@ -36,8 +38,11 @@ from .encode import (
     resize_exact,
     tensor_to_pil,
 )
-from .lora import route_rows
+from .lora import AdapterError
 from .model import AmusedParts
+from .schedule import MaskGitSchedule, RowPlan, noise_tokens
+
+TEXT_CACHE_SIZE = 256  # prompts whose CLIP embeddings stay on the device (≈120 KB each at amused-256 in bf16)
 
 
 class SamplingError(ValueError):
@@ -49,7 +54,7 @@ class GenerationRequest:
     prompt: str
     negative_prompt: str | None = None
     seed: int = 0
-    adapter: str | None = None  # name of a resident adapter slot (see lora.AdapterSlots), None = base model
+    adapter: str | None = None  # name of an adapter loaded in the model's LoraBank, None = base model
     style_strength: float = limits.DEFAULT_STYLE_STRENGTH  # λA; 0 keeps the adapter as trained, larger pushes
     guidance_scale: float = limits.DEFAULT_GUIDANCE_SCALE  # CFG g (λB = g − 1); ≤ 1 disables the negative branch
     steps: int = limits.DEFAULT_STEPS
@@ -89,29 +94,12 @@ class SampleResult:
 
 @dataclass
 class _Row:
-    """The decoding state of one request."""
+    """The decoding state of one request before the loop: its plan, generator and starting tokens."""
 
     req: GenerationRequest
     generator: torch.Generator
     tokens: torch.Tensor  # (1, seq) int64, mask id where unknown
-    step: int  # index of the next step to run, in [start, steps)
-    schedule: str  # "cosine" or "linear" (inpainting)
-    start_ratio: torch.Tensor | float  # share of tokens masked at the start (inpainting), else 1.0
-    temperatures: torch.Tensor = field(init=False)
-
-    def __post_init__(self) -> None:
-        t0, t1 = self.req.temperature
-        self.temperatures = torch.linspace(t0, t1, self.req.steps, device=self.tokens.device)
-
-    @property
-    def done(self) -> bool:
-        return self.step >= self.req.steps
-
-
-def _mask_ratio(schedule: str, ratio: torch.Tensor) -> torch.Tensor:
-    if schedule == "cosine":
-        return torch.cos(ratio * math.pi / 2)
-    return 1 - ratio
+    plan: RowPlan
 
 
 def _prepare_rows(parts: AmusedParts, requests: Sequence[GenerationRequest], height: int, width: int) -> list[_Row]:
@@ -128,59 +116,59 @@ def _prepare_rows(parts: AmusedParts, requests: Sequence[GenerationRequest], hei
         n = req.steps
         start = n - int(n * req.strength) if req.init_image is not None else 0
         if req.init_image is None:
-            rows.append(_Row(req, g, torch.full((1, h * w), mask_id, dtype=torch.long, device=dev), 0, "cosine", 1.0))
+            plan = RowPlan(n, 0, "cosine", 1.0, req.temperature)
+            rows.append(_Row(req, g, torch.full((1, h * w), mask_id, dtype=torch.long, device=dev), plan))
             continue
         pixels = pil_to_tensor(resize_exact(req.init_image.convert("RGB"), (width, height)))[None]
         codes = encode_tokens(parts, pixels).reshape(1, h * w).to(dev)  # (1, h, w) -> (1, seq)
         if req.mask is not None:
-            # Inpainting: the mask is resized to the token grid (Lanczos) and binarised at 0.5, as diffusers does.
+            # Inpainting: the mask is resized to the token grid (Lanczos) and binarised at 0.5, as diffusers does;
+            # read on the host before it goes to the device (its share of tokens is part of the row's plan).
             m = resize_exact(req.mask.convert("L"), (w, h))
-            mask = (pil_to_tensor(m.convert("RGB"))[0] >= 0.5).reshape(1, h * w).to(dev)  # (h, w) -> (1, seq)
+            mask = (pil_to_tensor(m.convert("RGB"))[0] >= 0.5).reshape(1, h * w)  # (h, w) -> (1, seq)
             if not bool(mask.any()):
                 raise SamplingError("mask selects no region to repaint (it is black at token resolution)")
-            codes[mask] = mask_id
-            start_ratio = mask.sum() / codes.numel()
-            rows.append(_Row(req, g, codes, start, "linear", start_ratio))
+            codes = torch.where(mask.to(dev), mask_id, codes)
+            plan = RowPlan(n, start, "linear", float(mask.sum() / mask.numel()), req.temperature)
+            rows.append(_Row(req, g, codes, plan))
         else:
-            # Image-to-image: mask each token with probability cos(start/N · π/2): 1.0 at strength 1.
-            ratio = torch.tensor([[start]], device=dev) / n
-            noise_mask = torch.rand((1, h, w), generator=g, device=dev) < _mask_ratio("cosine", ratio)
-            codes = codes.reshape(1, h, w).clone()  # (1, seq) -> (1, h, w)
-            codes[noise_mask] = mask_id
-            rows.append(_Row(req, g, codes.reshape(1, h * w), start, "cosine", 1.0))  # (1, h, w) -> (1, seq)
+            plan = RowPlan(n, start, "cosine", 1.0, req.temperature)
+            noised = noise_tokens(codes.reshape(1, h, w), plan, mask_id, g)  # (1, seq) -> (1, h, w)
+            rows.append(_Row(req, g, noised.reshape(1, h * w), plan))  # (1, h, w) -> (1, seq)
     return rows
 
 
-def _step_row(row: _Row, logits: torch.Tensor, mask_id: int) -> None:
-    """One MaskGIT update of one row; mirrors AmusedScheduler.step for a batch of one, draw for draw."""
-    # logits: (1, C, h, w) -> (1, seq, C)
-    c = logits.shape[1]
-    logits = logits.reshape(1, c, -1).permute(0, 2, 1)
-    sample = row.tokens
-    unknown = sample == mask_id
-    probs = logits.softmax(dim=-1)
-    probs_ = probs.float() if probs.dtype != torch.float32 else probs  # multinomial has no CPU half kernel
-    chosen = torch.multinomial(probs_.reshape(-1, c), 1, generator=row.generator)  # (seq, C) -> (seq, 1)
-    chosen = chosen[:, 0].view(*probs.shape[:-1])  # (seq,) -> (1, seq)
-    chosen = torch.where(unknown, chosen, sample)
-    n = row.req.steps
-    if row.step == n - 1:
-        row.tokens = chosen
-        return
-    seq_len = sample.shape[1]
-    dev = sample.device
-    ratio = torch.tensor([[row.step]], device=dev).add(1) / n  # float32, like the scheduler's (step_idx + 1) / N
-    mask_len = (seq_len * (row.start_ratio * _mask_ratio(row.schedule, ratio))).floor()
-    mask_len = torch.min(unknown.sum(dim=-1, keepdim=True) - 1, mask_len)  # never re-mask more than before
-    mask_len = torch.max(torch.tensor([1], device=dev), mask_len)  # always mask at least one
-    selected = torch.gather(probs, -1, chosen[:, :, None])[:, :, 0]
-    selected = torch.where(unknown, selected, torch.finfo(selected.dtype).max)  # known tokens stay
-    temperature = row.temperatures[row.step].reshape(1, 1)  # () -> (1, 1), as the scheduler indexes it
-    noise = torch.zeros_like(selected).uniform_(0, 1, generator=row.generator)
-    gumbel = -torch.log((-torch.log(noise.clamp(1e-20))).clamp(1e-20))
-    confidence = torch.log(selected.clamp(1e-20)) + temperature * gumbel
-    cut_off = torch.gather(torch.sort(confidence, dim=-1).values, 1, mask_len.long())
-    row.tokens = torch.where(confidence < cut_off, mask_id, chosen)
+def cached_text(parts: AmusedParts, texts: Sequence[str]) -> TextEmbedding:
+    """CLIP embeddings of `texts` on the model's device and dtype, each prompt encoded once per process.
+
+    One text per encoder call: batching prompts of different lengths changes CLIP's float rounding, and each row
+    must come out as it would alone. Repeated prompts (preview prompts, retries, the empty negative prompt) are
+    served from `parts.text_cache`, a small LRU.
+    """
+    cache = parts.text_cache
+    hidden, pooled = [], []
+    for t in texts:
+        emb = cache.get(t)
+        if emb is None:
+            e = encode_text(parts, [t])
+            emb = cache[t] = TextEmbedding(e.hidden.to(parts.device, parts.dtype), e.pooled.to(parts.device,
+                                                                                                parts.dtype))
+            while len(cache) > TEXT_CACHE_SIZE:
+                cache.popitem(last=False)
+        cache.move_to_end(t)
+        hidden.append(emb.hidden)
+        pooled.append(emb.pooled)
+    return TextEmbedding(torch.cat(hidden), torch.cat(pooled))  # (T, 77, D), (T, P)
+
+
+def _route(parts: AmusedParts, names: Sequence[str], start: int) -> contextlib.AbstractContextManager[object]:
+    """Route the adapted passes (rows `start..`) through the model's LoRA bank; unknown names are an error."""
+    bank = find_bank(parts.transformer)
+    if bank is None:
+        if names:
+            raise AdapterError(f"no adapters are loaded, but a request names adapter '{names[0]}'")
+        return contextlib.nullcontext()
+    return bank.route([bank.slot_of(n) for n in names], start=start)  # slot_of raises for an unknown name
 
 
 @torch.no_grad()
@@ -193,81 +181,79 @@ def sample(
     decode: bool = True,
     on_step: Callable[[int, int], None] | None = None,
 ) -> list[SampleResult]:
-    """Run every request to completion in shared forward passes; results are in request order."""
+    """Run every request to completion in shared forward passes; results are in request order.
+
+    One forward per round runs three groups of passes, negatives G(n) first, then G(t) for every row, then Ĝ(t)
+    for the rows with an adapter (for a single request without an adapter that is diffusers' [uncond, cond] order,
+    so the forward is the same computation). The groups, text embeddings, micro-conditions and adapter routes are
+    built once; the loop itself reads nothing back from the device.
+    """
     if not requests:
         return []
     height = height or parts.resolution
     width = width or parts.resolution
     f = parts.vae_scale_factor
     h, w = height // f, width // f
-    mask_id = parts.mask_token_id
     rows = _prepare_rows(parts, requests, height, width)
     device, dtype = parts.device, parts.dtype
+    b = len(rows)
 
-    # Encode each distinct prompt once: conditional prompts and negative prompts ("" = unconditional).
-    texts: list[str] = []
-    for r in rows:
-        for t in (r.req.prompt, r.req.negative_prompt or ""):
-            if t not in texts:
-                texts.append(t)
-    # One text per encoder call: batching prompts of different lengths changes CLIP's float rounding, and each row
-    # must come out as it would alone.
-    embs = [encode_text(parts, [t]) for t in texts]
-    hidden = torch.cat([e.hidden for e in embs]).to(device, dtype)  # (T, 77, D)
-    pooled = torch.cat([e.pooled for e in embs]).to(device, dtype)  # (T, P)
+    neg = [i for i, r in enumerate(rows) if r.req.guidance_scale > 1.0]
+    styled = [i for i, r in enumerate(rows) if r.req.adapter is not None]
+    texts = list(dict.fromkeys(t for r in rows for t in (r.req.prompt, r.req.negative_prompt or "")))
     index = {t: i for i, t in enumerate(texts)}
-    # Micro-conditions per row, built once: original size = output size, no crop, the row's aesthetic score.
-    row_conds = {id(r): torch.tensor(micro_conds(width, height, 0, 0, r.req.aesthetic_score), device=device,
-                                     dtype=dtype) for r in rows}
-    route = any(r.req.adapter is not None for r in rows) or bool(getattr(parts.transformer, "peft_config", None))
+    emb = cached_text(parts, texts)
+    pass_rows = neg + list(range(b)) + styled  # (P,): the row each pass belongs to
+    pass_text = ([index[rows[i].req.negative_prompt or ""] for i in neg] + [index[r.req.prompt] for r in rows]
+                 + [index[rows[i].req.prompt] for i in styled])
+    text_idx = torch.tensor(pass_text, device=device)
+    hidden, pooled = emb.hidden[text_idx], emb.pooled[text_idx]  # (P, 77, D), (P, P_dim)
+    # Micro-conditions per pass: original size = output size, no crop, the row's aesthetic score.
+    conds = torch.tensor([micro_conds(width, height, 0, 0, rows[i].req.aesthetic_score) for i in pass_rows],
+                         device=device, dtype=dtype)  # (P, 5)
+    pass_idx = torch.tensor(pass_rows, device=device)
+    n_neg = len(neg)
+    # Guidance per row, as (B, 1, 1, 1) columns: which pass holds its G(n) and Ĝ(t) (its own G(t) if none).
+    u_rows, s_rows = [n_neg + i for i in range(b)], [n_neg + i for i in range(b)]
+    for j, i in enumerate(neg):
+        u_rows[i] = j
+    for j, i in enumerate(styled):
+        s_rows[i] = n_neg + b + j
+    u_idx, s_idx = torch.tensor(u_rows, device=device), torch.tensor(s_rows, device=device)
+    col = (b, 1, 1, 1)
+    has_neg = torch.tensor([r.req.guidance_scale > 1.0 for r in rows], device=device).view(col)
+    has_sty = torch.tensor([r.req.adapter is not None for r in rows], device=device).view(col)
+    g = torch.tensor([r.req.guidance_scale for r in rows], device=device).view(col)
+    k = torch.tensor([1.0 + r.req.style_strength for r in rows], device=device).view(col)
 
-    rounds = 0
-    total_rounds = max(r.req.steps - r.step for r in rows)
-    while True:
-        active = [r for r in rows if not r.done]
-        if not active:
-            break
-        # Build one batch of passes: negatives G(n) first, then G(t), then Ĝ(t) — for a single request without an
-        # adapter that is diffusers' [uncond, cond] order, so the forward pass is the same computation.
-        neg = [r for r in active if r.req.guidance_scale > 1.0]
-        styled = [r for r in active if r.req.adapter is not None]
-        passes: list[tuple[_Row, str, str | None]] = (
-            [(r, r.req.negative_prompt or "", None) for r in neg]
-            + [(r, r.req.prompt, None) for r in active]
-            + [(r, r.req.prompt, r.req.adapter) for r in styled]
-        )
-        ids = torch.cat([r.tokens for r, _, _ in passes]).reshape(len(passes), h, w).to(device)  # (P, h, w)
-        text_idx = torch.tensor([index[t] for _, t, _ in passes], device=device)
-        conds = torch.stack([row_conds[id(r)] for r, _, _ in passes])  # (P, 5)
-        names = [a for _, _, a in passes]
-        with route_rows(parts.transformer, names) if route else contextlib.nullcontext():
-            out = parts.transformer(
-                ids, encoder_hidden_states=hidden[text_idx], pooled_text_emb=pooled[text_idx], micro_conds=conds
-            )  # (P, C, h, w)
-        out = out.float() if out.dtype != torch.float32 else out
-        pos = 0
-        neg_out = {id(r): out[pos + i : pos + i + 1] for i, r in enumerate(neg)}
-        pos += len(neg)
-        cond_out = {id(r): out[pos + i : pos + i + 1] for i, r in enumerate(active)}
-        pos += len(active)
-        sty_out = {id(r): out[pos + i : pos + i + 1] for i, r in enumerate(styled)}
-        for r in active:
-            c = cond_out[id(r)]
-            if id(r) in neg_out:
-                u = neg_out[id(r)]
-                logits = u + r.req.guidance_scale * (c - u)
-            else:
-                logits = c
-            if id(r) in sty_out:
-                logits = logits + (1.0 + r.req.style_strength) * (sty_out[id(r)] - c)
-            _step_row(r, logits, mask_id)
-            r.step += 1
-        rounds += 1
-        if on_step is not None:
-            on_step(rounds, total_rounds)
+    schedule = MaskGitSchedule([r.plan for r in rows], h * w, parts.mask_token_id, device)
+    tokens = torch.cat([r.tokens for r in rows])  # (B, seq)
+    generators = [r.generator for r in rows]
+    c = parts.codebook_size
+    draws = torch.zeros(b, h * w, c, device=device)  # (B, seq, C) scratch for each round's Exp(1) draws
+    noise = torch.zeros(b, h * w, device=device)  # (B, seq) scratch for each round's Gumbel noise
 
-    tokens = torch.cat([r.tokens for r in rows]).reshape(len(rows), h, w)  # (B, seq) -> (B, h, w)
-    images: list[Image.Image | None] = [None] * len(rows)
+    with _route(parts, [rows[i].req.adapter or "" for i in styled], start=n_neg + b):
+        for rnd in range(schedule.rounds):
+            ids = tokens.index_select(0, pass_idx).view(len(pass_rows), h, w)  # (P, seq) -> (P, h, w)
+            out = parts.transformer(ids, encoder_hidden_states=hidden, pooled_text_emb=pooled, micro_conds=conds)
+            out = out.float() if out.dtype != torch.float32 else out  # (P, C, h, w)
+            # StyleDrop's two-scale guidance, Eq. 4 as G(n) + g·(G(t) − G(n)) + (1 + λA)·(Ĝ(t) − G(t)).
+            cond = out[n_neg:n_neg + b]
+            logits = cond
+            if neg:
+                u = out.index_select(0, u_idx)
+                logits = torch.where(has_neg, u + g * (cond - u), cond) if len(neg) < b else u + g * (cond - u)
+            if styled:
+                sty = out.index_select(0, s_idx)
+                logits = torch.where(has_sty, logits + k * (sty - cond), logits)
+            tokens = schedule.step(rnd, logits, tokens, generators, draws, noise)
+            if on_step is not None:
+                on_step(rnd + 1, schedule.rounds)
+
+    tokens = tokens.reshape(b, h, w)  # (B, seq) -> (B, h, w)
+    images: list[Image.Image | None] = [None] * b
     if decode:
         images = list(tensor_to_pil(decode_tokens(parts, tokens)))
-    return [SampleResult(tokens=tokens[i].cpu(), image=images[i]) for i in range(len(rows))]
+    tokens = tokens.cpu()
+    return [SampleResult(tokens=tokens[i], image=images[i]) for i in range(b)]

@@ -176,9 +176,6 @@ def train_styles(parts: AmusedParts, styles: Sequence[StyleSpec], config: TrainC
     #    initialised like peft (B = 0: it starts exactly at the base model) from the style's own seed.
     transformer = parts.transformer
     serving = find_bank(transformer)  # one bank per model: a serving bank steps aside and comes back after
-    peft_slots = bool(getattr(transformer, "peft_config", None))  # peft serving slots (AdapterSlots): off meanwhile
-    if peft_slots:
-        transformer.disable_lora()
     bank = LoraBank(transformer, n, rank=cfg.rank, trainable=True)
     optimizer = SlotAdamW(list(bank.parameters()), n + 1, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.mixed_precision == "fp16")  # a no-op unless fp16
@@ -247,8 +244,6 @@ def train_styles(parts: AmusedParts, styles: Sequence[StyleSpec], config: TrainC
         bank.remove()  # leave the base model as we found it
         if serving is not None:
             serving.install()
-        if peft_slots:
-            transformer.enable_lora()
         for p in bank.parameters():
             p.requires_grad_(False)
         if cfg.offload_encoders and device.type != "cpu":

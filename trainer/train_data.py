@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .bank import find_bank
 from .encode import encode_text, encode_tokens, micro_conds, prepare_image
-from .lora import route_rows
+from .lora import AdapterError
 from .model import AmusedParts
 
 
@@ -127,15 +128,20 @@ def evaluation_loss(parts: AmusedParts, data: StyleData, *, adapter: str | None 
                     samples: int = 16) -> float:
     """Mean masked-token loss on the style tokens over fixed random masks: the measure that training lowers.
 
-    `adapter` names an adapter slot (AdapterSlots) every row is routed through; None = the base model.
+    `adapter` names an adapter loaded in the model's LoraBank, every row is routed through; None = the base model.
     """
     g = torch.Generator(parts.device).manual_seed(seed)
     batch = StyleBatch([data], parts.mask_token_id)
     row = torch.zeros(1, dtype=torch.long, device=parts.device)
-    has_lora = bool(getattr(parts.transformer, "peft_config", None))
+    bank = find_bank(parts.transformer)
+    if adapter is not None and bank is None:
+        raise AdapterError(f"no adapters are loaded, but adapter '{adapter}' was asked for")
+    route: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+    if bank is not None and adapter is not None:
+        route = bank.route([bank.slot_of(adapter)])
     total = 0.0
-    for _ in range(samples):
-        step_inputs = batch.draw(row, [g])
-        with route_rows(parts.transformer, [adapter]) if has_lora else contextlib.nullcontext():
+    with route:
+        for _ in range(samples):
+            step_inputs = batch.draw(row, [g])
             total += float(row_losses(parts, step_inputs, batch.grid)[0])
     return total / samples

@@ -1,5 +1,5 @@
-"""The generation batch, in named steps: claim, drop the worn out, group by adapter slots, load adapters, build
-requests, sample, store the images, finish each row.
+"""The generation batch, in named steps: claim, drop the worn out, prefetch the adapters queued work will need,
+group by adapter slots, load adapters, build requests, sample, store the images, finish each row.
 
 One message claims its own generation and up to `generate_batch_size - 1` other queued ones, so a busy worker
 serves several users' requests (and adapters) in one sampling loop. A generation that cannot run ends `failed`
@@ -50,6 +50,7 @@ def run_generate(rt: Runtime, generation_id: str) -> str:
         rows = drop_worn_out(rt, claimed)
         if rows:
             log.info("batch of %d generations (%s)", len(rows), ", ".join(g.id for g in rows))
+            prefetch(rt, rows)
             for chunk in split_by_slots([g.adapter_id for g in rows], rt.cache().num_slots):
                 run_chunk(rt, [rows[i] for i in chunk], log)
     finally:
@@ -66,6 +67,15 @@ def claim(rt: Runtime, generation_id: str) -> list[Generation]:
         )
         s.commit()
     return claimed
+
+
+def prefetch(rt: Runtime, rows: Sequence[Generation]) -> None:
+    """Start reading, in the background, the adapters of the generations queued behind this batch (this batch's own
+    are loaded now), so a cold adapter's store read overlaps sampling instead of stalling the next batch."""
+    with rt.session_factory() as s:
+        queued = claims.queued_adapter_ids(s, limit=rt.settings.adapter_prefetch)
+    mine = {g.adapter_id for g in rows}
+    rt.cache().prefetch([a for a in queued if a not in mine])
 
 
 def drop_worn_out(rt: Runtime, claimed: Sequence[Generation]) -> list[Generation]:

@@ -89,19 +89,34 @@ class Runtime:
             return self._parts
 
     def cache(self) -> AdapterCache:
-        """The adapter cache over GPU slots added to the resident model once (1 slot in a train worker)."""
+        """The adapter cache over a LoRA bank installed on the resident model once (1 slot in a train worker).
+
+        `adapter_gpu_slots = 0` sizes the bank by memory (`trainer.default_capacity`). With `compile` on a CUDA
+        generate worker the U-ViT forward is compiled with CUDA graphs after the bank is installed.
+        """
         parts = self.parts()
         with self._lock:
             if self._cache is None:
                 import trainer
                 from worker.adapter_cache import AdapterCache, adapter_fetcher
 
-                n = self.settings.adapter_gpu_slots if self.kind == "generate" else 1
-                slots = trainer.AdapterSlots(parts.transformer, n, rank=16)  # type: ignore[arg-type]
+                s = self.settings
+                n = 1  # a train worker's bank serves the previews of the job it just trained
+                if self.kind == "generate":
+                    n = s.adapter_gpu_slots or trainer.default_capacity(parts.transformer)
+                bank = trainer.LoraBank(parts.transformer, n, rank=16)
+                logger.info("LoRA bank: %d adapter slots of %.1f MB on %s", n,
+                            trainer.slot_bytes(parts.transformer, 16, bank.scale.dtype) / 2**20, bank.device)
+                if s.compile and self.kind == "generate":
+                    if bank.device.type != "cuda":
+                        logger.warning("STYLEDROP_COMPILE is for CUDA devices; ignored on %s", bank.device)
+                    else:
+                        trainer.compile_transformer(parts.transformer)
                 self._cache = AdapterCache(
-                    slots,
-                    cpu_capacity=self.settings.adapter_cpu_cache,
+                    bank,
+                    cpu_capacity=s.adapter_cpu_cache,
                     fetch=adapter_fetcher(self.session_factory, self.store),
+                    prefetch_limit=s.adapter_prefetch,
                 )
             return self._cache
 

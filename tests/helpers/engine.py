@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
-import torch
+import copy
 
-from trainer.lora import Adapter, AdapterMeta, base_fingerprint, extract_adapter, lora_config
+import torch
+from peft import set_peft_model_state_dict
+
+from bench.common import random_adapter as bench_random_adapter
+from trainer.bank import find_bank
+from trainer.lora import Adapter, lora_config
 from trainer.model import AmusedParts
 
 
 def random_adapter(parts: AmusedParts, seed: int, rank: int = 16, alpha: float = 32.0) -> Adapter:
-    """An adapter with non-zero A and B, made the way training makes one (peft layers, then extracted)."""
-    t = parts.transformer
-    t.add_adapter(lora_config(rank, alpha), adapter_name="tmp")
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in t.named_parameters():
-            if ".tmp." in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    meta = AdapterMeta(base_model="tiny", base_fingerprint=base_fingerprint(t), rank=rank, alpha=alpha,
-                       descriptor="test", train_prompt="an image in test style", steps=1, seed=seed)
-    adapter = extract_adapter(t, "tmp", meta)
-    t.delete_adapters("tmp")
-    return adapter
+    """An adapter file's content with non-zero A and B (N(0, 0.3²)), for the model's Q/K/V linears."""
+    return bench_random_adapter(parts.transformer, seed, rank=rank, alpha=alpha, base_model="tiny")
+
+
+def peft_copy(transformer: torch.nn.Module, adapter: Adapter) -> torch.nn.Module:
+    """A deep copy of `transformer` with `adapter` added through peft: the reference the bank is checked against."""
+    bank = find_bank(transformer)
+    if bank is not None:
+        bank.remove()  # not into the copy: its hooks and stacked weights stay with the original
+    try:
+        t = copy.deepcopy(transformer)
+    finally:
+        if bank is not None:
+            bank.install()
+    t.add_adapter(lora_config(adapter.meta.rank, adapter.meta.alpha, adapter.meta.targets), adapter_name="ref")
+    result = set_peft_model_state_dict(t, dict(adapter.tensors), adapter_name="ref")
+    assert not [k for k in result.unexpected_keys], result.unexpected_keys
+    return t.eval()

@@ -1,0 +1,125 @@
+"""The per-layer half of the LoRA bank: which linears it targets, and the forward hook that adds their LoRA terms.
+
+Each targeted linear gets one `BankSite`, a forward hook reading the bank's per-row slot indices. Rows
+`start .. start + m` of the batch are routed (`LoraBank.set_rows(slots, start=...)`); rows before `start` are
+base rows and cost nothing. The sampler puts its adapted rows last, so only they pay for LoRA.
+- Serving banks gather the routed rows' A and scale·B once per route into static buffers (`at`, `bt`), so each
+  forward costs two ops per layer (`bmm`, in-place `baddbmm_`) whatever the mix of adapters (Punica's BGMV form,
+  arXiv 2310.18547, written as gather + batched matmul).
+- Trainable banks gather inside every forward, inside autograd, so gradients reach exactly the routed slots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from .lora import TARGET_MODULES, AdapterError
+
+if TYPE_CHECKING:
+    from .bank import LoraBank
+
+
+def target_linears(transformer: nn.Module, targets: Sequence[str] = TARGET_MODULES) -> dict[str, nn.Linear]:
+    """The linears a StyleDrop adapter targets, keyed by the module path used in adapter files.
+
+    A linear already wrapped by peft (`<path>.base_layer`) is keyed by the wrapper's path, as peft names it.
+    """
+    found: dict[str, nn.Linear] = {}
+    for name, module in transformer.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        path = name.removesuffix(".base_layer")
+        if path.rpartition(".")[2] in targets:
+            found[path] = module
+    return found
+
+
+def slot_bytes(transformer: nn.Module, rank: int = 16, dtype: torch.dtype = torch.bfloat16,
+               targets: Sequence[str] = TARGET_MODULES) -> int:
+    """Bytes one bank slot takes: r·(in + out) per targeted linear (≈10 MB in bf16 on amused-256 at rank 16)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    return sum(rank * (m.in_features + m.out_features) for m in target_linears(transformer, targets).values()) * size
+
+
+def default_capacity(transformer: nn.Module, *, rank: int = 16, share: float = 0.1, cpu_slots: int = 16,
+                     most: int = 1024) -> int:
+    """Bank slots for `share` of the CUDA device's free memory (slots are sized by memory, not module count), or
+    `cpu_slots` on a CPU, whose memory the host shares with everything else."""
+    weight = next(transformer.parameters())
+    if weight.device.type != "cuda":
+        return cpu_slots
+    free, _total = torch.cuda.mem_get_info(weight.device)
+    return max(1, min(most, int(free * share) // slot_bytes(transformer, rank, weight.dtype)))
+
+
+class BankSite:
+    """The forward hook of one targeted linear: adds the routed rows' LoRA terms to its output."""
+
+    def __init__(self, bank: LoraBank, a: torch.Tensor, b: torch.Tensor) -> None:
+        self.bank = bank
+        self.a = a  # [S, r, in]
+        self.b = b  # [S, out, r]
+        self.at: torch.Tensor | None = None  # [m, in, r] gathered for the routed rows (serving banks)
+        self.bt: torch.Tensor | None = None  # [m, r, out], the row's scale folded in
+
+    def gather(self, rows: torch.Tensor, row_scale: torch.Tensor) -> None:
+        """Fill the static per-row buffers for `rows` (m,) with `row_scale` (m, 1, 1); no host read."""
+        m = rows.shape[0]
+        if self.at is None or self.at.shape[0] < m or self.at.dtype != self.a.dtype:
+            self.at = self.a.new_empty(m, self.a.shape[2], self.a.shape[1])
+            self.bt = self.b.new_empty(m, self.b.shape[2], self.b.shape[1])
+        assert self.bt is not None
+        at, bt = self.at[:m], self.bt[:m]
+        at.copy_(self.a.index_select(0, rows).transpose(1, 2))  # (m, r, in) -> (m, in, r)
+        torch.mul(self.b.index_select(0, rows).transpose(1, 2), row_scale, out=bt)  # (m, out, r) -> (m, r, out)
+
+    def __call__(self, _module: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor | None:
+        bank = self.bank
+        rows = bank._rows
+        if rows is None or bank._m == 0:
+            return None  # no route, or no routed row: the base model
+        x = args[0]
+        start, m = bank._start, bank._m
+        if x.shape[0] != start + m:
+            raise AdapterError(f"the batch has {x.shape[0]} rows but the bank routes {start} + {m}")
+        if bank.trainable:
+            return self._autograd(x, rows, out)
+        at, bt = self.at, self.bt
+        assert at is not None and bt is not None
+        if at.shape[0] != m:  # buffers sized for a bigger route earlier: use their first m rows
+            at, bt = at[:m], bt[:m]
+        o = out
+        if start:
+            x, o = x[start:], o[start:]  # the routed rows: a view, written in place below
+        if x.dim() != 3:
+            x = x.reshape(m, -1, x.shape[-1])  # (m, ..., in) -> (m, L, in)
+            o = o.view(m, -1, o.shape[-1])  # (m, ..., out) -> (m, L, out), the same storage
+        if x.dtype != at.dtype:
+            x = x.to(at.dtype)
+        h = torch.bmm(x, at)  # (m, L, r)
+        if o.dtype == h.dtype:
+            o.baddbmm_(h, bt)  # out += h @ (scale·B)ᵀ in place: (m, L, out)
+        else:
+            o.add_(torch.bmm(h, bt).to(o.dtype))
+        return None
+
+    def _autograd(self, x: torch.Tensor, rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        if self.bank._start:
+            raise AdapterError("a trainable bank routes every row of the batch (start=0)")
+        n = rows.shape[0]
+        if x.dim() != 3:
+            x = x.reshape(n, -1, x.shape[-1])  # (n, ..., in) -> (n, L, in)
+        a = self.a.index_select(0, rows)  # (n, r, in)
+        b = self.b.index_select(0, rows)  # (n, out, r)
+        if x.dtype != a.dtype and not torch.is_autocast_enabled(x.device.type):
+            x = x.to(a.dtype)  # fp32 training weights on a bf16 base, as peft casts to the LoRA dtype
+        assert self.bank._row_scale is not None
+        h = torch.bmm(x, a.transpose(1, 2)) * self.bank._row_scale  # (n, L, r) · (n, 1, 1)
+        if out.dim() == 3 and out.dtype == h.dtype:
+            return torch.baddbmm(out, h, b.transpose(1, 2))  # out + h @ Bᵀ: (n, L, out)
+        delta = torch.bmm(h, b.transpose(1, 2))  # (n, L, out)
+        return out + delta.reshape(out.shape).to(out.dtype)  # (n, L, out) -> out's shape
