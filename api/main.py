@@ -16,6 +16,7 @@ from api.docs import install_docs
 from api.errors import install_handlers
 from api.headers import SecurityHeadersMiddleware
 from api.metrics import make_registry
+from api.problems import install_problem_schema
 from api.ratelimit import make_rate_limiter
 from api.request_guard import RequestGuard
 from api.routes import adapters, admin, generations, health, jobs, keys, pages, styles, webhooks
@@ -85,9 +86,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # /docs and /redoc are served with local assets by install_docs (no CDN)
         redoc_url=None,
-        # Bounds the whole request body (style image, or init image + mask, plus fields); each file is then
-        # read in chunks against max_upload_bytes.
-        max_body_size=2 * settings.max_upload_bytes + MULTIPART_OVERHEAD,
     )
     engine = make_engine(url, **_pool_args(settings))
     app.state.settings = settings
@@ -100,10 +98,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rate_limiter = make_rate_limiter(settings)
     app.state.metrics_registry = make_registry(app.state.sessionmaker, settings)
     install_handlers(app)
-    app.add_middleware(RequestGuard, max_json_bytes=settings.max_json_bytes)
+    # RequestGuard bounds the whole request body (style image, or init image + mask, plus fields) with a 413
+    # problem; each file is then read in chunks against max_upload_bytes.
+    app.add_middleware(RequestGuard, max_json_bytes=settings.max_json_bytes,
+                       max_body_bytes=2 * settings.max_upload_bytes + MULTIPART_OVERHEAD)
     for module in (styles, jobs, adapters, generations, webhooks, keys, admin, health, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     install_docs(app)
+    install_problem_schema(app)
     app.add_middleware(SecurityHeadersMiddleware)
     return app

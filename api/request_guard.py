@@ -5,7 +5,9 @@
 - A JSON body (or one without a Content-Type, which FastAPI parses as JSON) is bounded: a Content-Length over
   `max_json_bytes` is a 413 before one byte is read, and a chunked body is counted while it streams and cut off
   with a 413 as soon as it passes the limit. A big body would otherwise freeze the event loop while it is parsed
-  and validated, and its 422 echoed it back whole.
+  and validated, and its 422 echoed it back whole. Any other body (multipart uploads) is bounded the same way by
+  `max_body_bytes`; past it while streaming, the app's next read raises BodyTooLarge. (This replaces FastAPI's
+  `max_body_size`, whose 413 is plain text sent from outside the app's error handlers.)
 - A bounded JSON body is then checked once: NaN/Infinity, numbers that overflow to infinity (1e400), NUL
   characters and nesting deeper than `MAX_JSON_DEPTH` are a 422 (they made the error handler fail with a 500, or
   recursed until RecursionError, or cannot be stored by PostgreSQL). Syntax errors are left to the route, which
@@ -19,10 +21,10 @@ import logging
 import math
 from typing import Any
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import error_body
+from api.errors import BodyTooLarge
+from api.problems import problem
 
 logger = logging.getLogger(__name__)
 
@@ -86,9 +88,10 @@ def check_json(body: bytes) -> None:
 
 
 class RequestGuard:
-    def __init__(self, app: ASGIApp, *, max_json_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_json_bytes: int, max_body_bytes: int) -> None:
         self.app = app
         self.max_json_bytes = max_json_bytes
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -102,13 +105,18 @@ class RequestGuard:
             await _answer(scope, receive, send, 422, "bad_query", "the query string contains a NUL character")
             return
         headers = {k.lower(): v for k, v in scope["headers"]}
-        if scope["method"] not in _BODY_METHODS or not _is_json(_header(headers, b"content-type")):
+        if scope["method"] not in _BODY_METHODS:
             await self.app(scope, receive, send)
             return
+        is_json = _is_json(_header(headers, b"content-type"))
+        limit = self.max_json_bytes if is_json else self.max_body_bytes
         declared = _header(headers, b"content-length")
         if declared is not None and declared.strip().isascii() and declared.strip().isdigit() and \
-                len(declared.strip()) < 20 and int(declared) > self.max_json_bytes:
-            await self._too_large(scope, receive, send)
+                len(declared.strip()) < 20 and int(declared) > limit:
+            await self._too_large(scope, receive, send, limit, is_json)
+            return
+        if not is_json:
+            await self.app(scope, _bounded(receive, limit), send)
             return
         chunks: list[bytes] = []
         size = 0
@@ -120,7 +128,7 @@ class RequestGuard:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_json_bytes:
-                await self._too_large(scope, receive, send)
+                await self._too_large(scope, receive, send, self.max_json_bytes, True)
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
@@ -141,10 +149,27 @@ class RequestGuard:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        logger.info("refused a JSON body over %d bytes on %s", self.max_json_bytes, scope["path"])
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, limit: int, is_json: bool) -> None:
+        what = "JSON" if is_json else "request"
+        logger.info("refused a %s body over %d bytes on %s", what, limit, scope["path"])
         await _answer(scope, receive, send, 413, "body_too_large",
-                      f"the JSON body is larger than the limit of {self.max_json_bytes} bytes")
+                      f"the {what} body is larger than the limit of {limit} bytes")
+
+
+def _bounded(receive: Receive, limit: int) -> Receive:
+    """`receive`, raising BodyTooLarge (a 413 problem) once the body has passed `limit` bytes."""
+    size = 0
+
+    async def bounded() -> Message:
+        nonlocal size
+        message = await receive()
+        if message["type"] == "http.request":
+            size += len(message.get("body", b""))
+            if size > limit:
+                raise BodyTooLarge(limit)
+        return message
+
+    return bounded
 
 
 def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:
@@ -154,4 +179,4 @@ def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:
 
 async def _answer(scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str) -> None:
     headers = {"Connection": "close"} if status == 413 else None
-    await JSONResponse(error_body(code, message), status_code=status, headers=headers)(scope, receive, send)
+    await problem(status, code, message, path=scope["path"], headers=headers)(scope, receive, send)

@@ -76,7 +76,7 @@ def test_other_users_objects_answer_404(api_client, api_keys, alice_objects) -> 
     for method, path in _object_routes(alice_objects):
         resp = api_client.request(method, path, headers=bearer(api_keys["bob"]))
         assert resp.status_code == 404, (method, path, resp.status_code)
-        assert resp.json()["detail"]["code"] == "not_found"
+        assert resp.json()["code"] == "not_found"
     gen = api_client.post("/v1/generations", headers=bearer(api_keys["bob"]),
                           json={"prompt": "x", "adapter_id": alice_objects["adapter"]})
     assert gen.status_code == 404
@@ -91,7 +91,7 @@ def test_missing_or_bad_key_is_401(api_client, api_keys, alice_objects) -> None:
     for method, path in [*_object_routes(alice_objects), ("GET", "/v1/admin/overview"), ("POST", "/v1/styles")]:
         assert api_client.request(method, path).status_code == 401, path
         bad = api_client.request(method, path, headers=bearer("sd_" + "0" * 40))
-        assert bad.status_code == 401 and bad.json()["detail"]["code"] == "unauthorized"
+        assert bad.status_code == 401 and bad.json()["code"] == "unauthorized"
 
 
 def test_admin_routes_need_admin(api_client, api_keys, alice_objects) -> None:
@@ -162,7 +162,7 @@ def test_adapter_download_verified(api_client, api_keys, alice_objects) -> None:
         "adapter"]
     api_client.app.state.blobs.put_bytes("adapters/aa/adapter.safetensors", b"tampered-bytes!!")
     corrupt = api_client.get(f"/v1/adapters/{alice_objects['adapter']}/file", headers=key)
-    assert corrupt.status_code == 409 and corrupt.json()["detail"]["code"] == "adapter_corrupt"
+    assert corrupt.status_code == 409 and corrupt.json()["code"] == "adapter_corrupt"
     assert api_client.delete(f"/v1/adapters/{alice_objects['adapter']}", headers=key).status_code == 204
     assert api_client.get(f"/v1/adapters/{alice_objects['adapter']}", headers=key).status_code == 404
     gen = api_client.post("/v1/generations", headers=key, json={"prompt": "x", "adapter_id": alice_objects["adapter"]})

@@ -62,7 +62,7 @@ def test_generation_validation(api_client, api_keys) -> None:
     no_type = api_client.post("/v1/generations", headers=key, content=b"prompt=x")
     assert no_type.status_code == 415
     broken = api_client.post("/v1/generations", headers={**key, "Content-Type": "application/json"}, content=b"{")
-    assert broken.status_code == 422 and broken.json()["detail"]["code"] == "bad_json"
+    assert broken.status_code == 422 and broken.json()["code"] == "bad_json"
     assert api_client.post("/v1/generations?wait=-1", headers=key, json={"prompt": "x"}).status_code == 422
 
 
@@ -85,7 +85,7 @@ def test_image_to_image_and_inpainting(api_client, api_keys) -> None:
         files={"init_image": ("i.png", png_bytes(), "image/png"),
                "mask": ("m.png", png_bytes((64, 64), "L"), "image/png")},
     )
-    assert mismatch.status_code == 422 and mismatch.json()["detail"]["code"] == "mask_size_mismatch"
+    assert mismatch.status_code == 422 and mismatch.json()["code"] == "mask_size_mismatch"
     not_image = api_client.post("/v1/generations", headers=key, data={"prompt": "a cat"},
                                 files={"init_image": ("i.png", b"plain text", "image/png")})
     assert not_image.status_code == 415
@@ -160,7 +160,7 @@ def test_readyz_503_and_db_errors_503_when_database_is_down(tmp_path: Path) -> N
         ready = client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["checks"]["database"].startswith("unreachable")
         resp = client.get("/v1/styles", headers=bearer("sd_" + "0" * 40))
-        assert resp.status_code == 503 and resp.json()["detail"]["code"] == "database_unavailable"
+        assert resp.status_code == 503 and resp.json()["code"] == "database_unavailable"
 
 
 def test_api_refuses_a_schema_behind_head_and_readyz_never_migrates(sqlite_empty_url: str, tmp_path: Path) -> None:

@@ -88,7 +88,7 @@ def test_idempotency_key_same_body_same_job_different_body_409(api_client, api_k
     assert again.json()["job"]["id"] == first.json()["job"]["id"]
     assert again.json()["style"]["id"] == first.json()["style"]["id"]
     other = post_style(api_client, key, steps=10, seed=1, headers={"Idempotency-Key": "abc"})
-    assert other.status_code == 409 and other.json()["detail"]["code"] == "idempotency_mismatch"
+    assert other.status_code == 409 and other.json()["code"] == "idempotency_mismatch"
     assert _count(api_client, TrainingJob) == 1 and api_redis.llen("train") == 1
     # another user may use the same key for their own request
     bob = post_style(api_client, api_keys["bob"], steps=9, seed=1, headers={"Idempotency-Key": "abc"})
@@ -98,11 +98,11 @@ def test_idempotency_key_same_body_same_job_different_body_409(api_client, api_k
 def test_text_file_named_png_is_rejected_without_leftovers(api_client, api_keys, api_redis) -> None:
     resp = post_style(api_client, api_keys["alice"], image=b"hello, I am not an image\n" * 10)
     assert resp.status_code == 415
-    assert "not a PNG" in resp.json()["detail"]["message"]
+    assert "not a PNG" in resp.json()["detail"]
     assert _count(api_client, Style) == 0 and _count(api_client, TrainingJob) == 0
     assert _blob_files(api_client) == [] and api_redis.llen("train") == 0
     tiny = post_style(api_client, api_keys["alice"], image=png_bytes((10, 10)))
-    assert tiny.status_code == 422 and "too small" in tiny.json()["detail"]["message"]
+    assert tiny.status_code == 422 and "too small" in tiny.json()["detail"]
 
 
 def test_upload_over_limit_is_413(api_client, api_keys) -> None:
@@ -131,7 +131,7 @@ def test_cancel_queued_then_final_is_409(api_client, api_keys) -> None:
     assert resp.status_code == 202 and resp.json()["state"] == "cancelled"
     assert resp.json()["cancel_requested_at"] is not None
     again = api_client.post(f"/v1/jobs/{job_id}/cancel", headers=bearer(key))
-    assert again.status_code == 409 and again.json()["detail"]["code"] == "job_final"
+    assert again.status_code == 409 and again.json()["code"] == "job_final"
 
 
 def test_cancel_running_moves_to_cancelling_and_admin_retry(api_client, api_keys, api_redis) -> None:

@@ -149,7 +149,7 @@ def test_descriptor_of_only_invisible_characters_is_422(pages_client: TestClient
                                                         descriptor: str) -> None:
     resp = post_style(pages_client, pages_keys["alice"], descriptor)
     assert resp.status_code == 422, resp.text
-    assert "descriptor" in resp.json()["detail"]["message"]
+    assert "descriptor" in resp.json()["detail"]
     with pages_client.app.state.sessionmaker() as session:
         assert session.scalar(select(func.count()).select_from(Style)) == 0
     assert pages_client.cookies.get(SESSION_COOKIE) is None

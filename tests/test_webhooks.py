@@ -183,12 +183,12 @@ def test_private_addresses_refused_by_default_and_at_delivery(api_client, api_ke
                 "http://10.1.2.3/", "ftp://example.com/x", "http://bad host/"):
         resp = api_client.post("/v1/generations", headers=key, json={"prompt": "x", "webhook": url})
         assert resp.status_code == 422, url
-        assert resp.json()["detail"]["code"] == "webhook_refused", url
+        assert resp.json()["code"] == "webhook_refused", url
     from tests.test_api_generations_ops import png_bytes
 
     style = api_client.post("/v1/styles", headers=key, data={"descriptor": "ink", "webhook": receiver.url},
                             files={"image": ("s.png", png_bytes(), "image/png")})
-    assert style.status_code == 422 and "private" in style.json()["detail"]["message"]
+    assert style.status_code == 422 and "private" in style.json()["detail"]
     bad_filter = api_client.post("/v1/generations", headers=key,
                                  json={"prompt": "x", "webhook": "http://a/", "webhook_events_filter": ["done"]})
     assert bad_filter.status_code == 422

@@ -5,10 +5,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 
 from api.deps import BlobsDep, CurrentUser, SessionDep
+from api.problems import problem_responses
 from api.schemas import MAX_OFFSET, AdapterPublic
 from api.services import adapters
 
-router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
+router = APIRouter(prefix="/v1/adapters", tags=["adapters"], responses=problem_responses(401, 403, 404, 409, 410))
 
 
 @router.get("", response_model=list[AdapterPublic])

@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 
 from api.deps import AdminUser, SessionDep, SettingsDep
+from api.problems import problem_responses
 from api.routes.jobs import StateFilter
 from api.schemas import (
     MAX_OFFSET,
@@ -19,7 +20,7 @@ from api.schemas import (
 from api.services import accounts, jobs
 from api.services import admin as admin_views
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"])
+router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=problem_responses(401, 403, 404, 409))
 
 
 @router.get("/jobs", response_model=list[AdminJobPublic])

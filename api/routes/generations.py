@@ -14,6 +14,7 @@ from starlette.datastructures import UploadFile
 from api import generation_ops
 from api.deps import BlobsDep, CurrentUser, RateLimitedUser, SessionDep, SessionFactoryDep, SettingsDep
 from api.errors import Invalid, UnsupportedMedia
+from api.problems import problem_responses
 from api.schemas import MAX_OFFSET, GenerationCreate, GenerationPublic
 from api.services import generations, lookup, uploads
 from storage.blobs import BlobStore
@@ -23,7 +24,8 @@ from storage.states import GENERATION_FINAL
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1/generations", tags=["generations"])
+router = APIRouter(prefix="/v1/generations", tags=["generations"],
+                   responses=problem_responses(400, 401, 403, 404, 409, 410, 413, 415, 429))
 
 WAIT_POLL_SECONDS = 0.25
 RETRY_AFTER_MAX = 30
@@ -57,8 +59,9 @@ _OPENAPI_BODY: dict[str, Any] = {
 def _validate(fields: dict[str, Any]) -> GenerationCreate:
     try:
         return GenerationCreate.model_validate(fields)
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from exc
+    except ValidationError as exc:  # located under "body", as FastAPI locates the errors of a body it validates
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])}
+                                      for e in exc.errors(include_url=False)], body=fields) from exc
 
 
 async def _read_file(upload: Any, *, what: str, max_bytes: int) -> bytes | None:

@@ -8,12 +8,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import MetricsAccess, SettingsDep
+from api.problems import problem, problem_responses
 from storage import broker
 from storage.db import schema_problem
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(tags=["ops"])
+router = APIRouter(tags=["ops"], responses=problem_responses())
+READY_RETRY_AFTER = "5"
 
 
 @router.get("/healthz")
@@ -27,7 +29,8 @@ def _check_db(request: Request) -> str:
     return schema_problem(request.app.state.engine) or "ok"
 
 
-@router.get("/readyz", responses={503: {"description": "Not ready, with the reason."}})
+@router.get("/readyz", responses=problem_responses(s503="Not ready (`not_ready`, with Retry-After): `checks` has "
+                                                        "the reason."))
 async def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
     """The database answers and its schema is at the newest migration (never migrated here), and the broker is
     reachable."""
@@ -43,12 +46,14 @@ async def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
     except Exception as exc:
         logger.warning("readyz: broker: %s", exc)
         checks["broker"] = f"unreachable: {type(exc).__name__}: {str(exc)[:200]}"
-    ready = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
-                        status_code=200 if ready else 503)
+    failed = {name: value for name, value in checks.items() if value != "ok"}
+    if failed:
+        return problem(503, "not_ready", "not ready: " + "; ".join(f"{k}: {v}" for k, v in failed.items()),
+                       path=request.url.path, headers={"Retry-After": READY_RETRY_AFTER}, checks=checks)
+    return JSONResponse({"status": "ready", "checks": checks})
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response, responses=problem_responses(401, 403))
 async def metrics(request: Request, _: MetricsAccess) -> Response:
     """Prometheus metrics (computed from the database at scrape time). Needs an admin key unless
     `STYLEDROP_METRICS_PUBLIC=true`."""

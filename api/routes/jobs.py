@@ -9,6 +9,7 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import BlobsDep, CurrentUser, SessionDep
 from api.errors import Invalid, RateLimited
+from api.problems import problem_responses
 from api.schemas import MAX_OFFSET, JobEventPublic, JobPublic
 from api.services import jobs, lookup
 from api.streams import StreamHub, StreamLimit
@@ -17,7 +18,7 @@ from storage.states import JobState
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(401, 403, 404, 409, 410, 429))
 
 StateFilter = Annotated[JobState | None, Query(description="Only jobs in this state.")]
 PreviewIndex = Annotated[int, Path(ge=0, le=MAX_OFFSET, description="0-based preview number.")]

@@ -3,10 +3,11 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from api.deps import CurrentUser, SessionDep
+from api.problems import problem_responses
 from api.schemas import ApiKeyCreatedPublic, ApiKeyPublic
 from api.services import own_keys
 
-router = APIRouter(prefix="/v1/keys", tags=["keys"])
+router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=problem_responses(401, 403, 404))
 
 
 @router.get("", response_model=list[ApiKeyPublic])

@@ -4,9 +4,10 @@ from fastapi import APIRouter
 
 from api import webhooks
 from api.deps import CurrentUser, SessionDep
+from api.problems import problem_responses
 from api.schemas import WebhookSecretPublic
 
-router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=problem_responses(401, 403))
 
 VERIFY = (
     "Verify a delivery: `v1,` + base64(HMAC-SHA256(base64decode(secret without `whsec_`), "

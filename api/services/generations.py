@@ -65,7 +65,8 @@ def create_generation(
     """Queue a generation. A repeated `idempotency_key` with the same request (fields and files) returns the
     first generation (`created=False`); with a different request it is a 409."""
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
-        raise Invalid("Idempotency-Key must be 1..255 characters", code="bad_idempotency_key")
+        raise Invalid("Idempotency-Key must be 1..255 characters", code="bad_idempotency_key",
+                      field="header.Idempotency-Key")
     request_hash = hash_request(
         (init_image or b"") + b"\0mask\0" + (mask or b""), request.model_dump(mode="json"))
     if idempotency_key is not None:
@@ -73,7 +74,8 @@ def create_generation(
         if replay is not None:
             return GenerationCreated(replay, created=False)
     if request.num_images > settings.max_images_per_request:
-        raise Invalid(f"num_images must be at most {settings.max_images_per_request}", code="bad_num_images")
+        raise Invalid(f"num_images must be at most {settings.max_images_per_request}", code="bad_num_images",
+                      field="body.num_images")
     if request.adapter_id is not None:
         get_adapter(session=session, owner=owner, adapter_id=request.adapter_id)
     if mask is not None and init_image is None:

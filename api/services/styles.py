@@ -87,6 +87,14 @@ def _check_storage_cap(session: Session, settings: Settings, owner: User, adding
                        code="storage_quota_exceeded")
 
 
+def _check_steps_seed(settings: Settings, steps: int | None, seed: int | None) -> None:
+    if steps is not None and not 1 <= steps <= settings.max_train_steps:
+        raise Invalid(f"steps must be between 1 and {settings.max_train_steps}", code="bad_steps",
+                      field="body.steps")
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise Invalid(f"seed must be between 0 and {MAX_SEED}", code="bad_seed", field="body.seed")
+
+
 def create_style(
     *,
     session: Session,
@@ -104,19 +112,19 @@ def create_style(
 ) -> StyleCreated:
     descriptor = descriptor.strip()
     content = content.strip() if content and content.strip() else None
-    if not descriptor or len(descriptor) > 200:
-        raise Invalid("descriptor must be 1..200 characters", code="bad_descriptor")
+    if not descriptor:
+        raise Invalid("descriptor must not be empty", code="bad_descriptor", field="body.descriptor")
+    if len(descriptor) > 200:
+        raise Invalid("descriptor must be at most 200 characters", code="bad_descriptor", field="body.descriptor")
     if is_invisible(descriptor):
         raise Invalid("descriptor has no visible characters (only spaces, control or zero-width ones)",
-                      code="bad_descriptor")
+                      code="bad_descriptor", field="body.descriptor")
     if content is not None and len(content) > 500:
-        raise Invalid("content must be at most 500 characters", code="bad_content")
-    if steps is not None and not 1 <= steps <= settings.max_train_steps:
-        raise Invalid(f"steps must be between 1 and {settings.max_train_steps}", code="bad_steps")
-    if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise Invalid(f"seed must be between 0 and {MAX_SEED}", code="bad_seed")
+        raise Invalid("content must be at most 500 characters", code="bad_content", field="body.content")
+    _check_steps_seed(settings, steps, seed)
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
-        raise Invalid("Idempotency-Key must be 1..255 characters", code="bad_idempotency_key")
+        raise Invalid("Idempotency-Key must be 1..255 characters", code="bad_idempotency_key",
+                      field="header.Idempotency-Key")
 
     hook_url, hook_events = checked_webhook(webhook, webhook_events, settings=settings)
     request_hash = hash_request(image, {"descriptor": descriptor, "content": content, "steps": steps, "seed": seed,
@@ -247,10 +255,7 @@ def create_style_job(
     adapter). Default steps: those of the style's last job; default seed: random. 409 while the style still has
     an unfinished job; 429 over the per-user job cap, as an upload."""
     style = get_style(session=session, owner=owner, style_id=style_id)
-    if steps is not None and not 1 <= steps <= settings.max_train_steps:
-        raise Invalid(f"steps must be between 1 and {settings.max_train_steps}", code="bad_steps")
-    if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise Invalid(f"seed must be between 0 and {MAX_SEED}", code="bad_seed")
+    _check_steps_seed(settings, steps, seed)
     lock_owner(session, owner)  # one request of this user at a time: the checks below hold until the commit
     last = session.scalar(
         select(TrainingJob).where(TrainingJob.style_id == style.id)
