@@ -23,21 +23,22 @@
   function $all(sel, root) { return Array.from((root || document).querySelectorAll(sel)); }
   function csrfToken() { const m = $('meta[name="csrf-token"]'); return m ? m.content : ""; }
 
+  // Every API error is an RFC 9457 problem: {type, title, status, detail, code, instance[, errors]}.
   function errorText(body, status) {
-    const d = body && body.detail;
-    if (d && typeof d === "object" && !Array.isArray(d) && d.message) {
-      return ERROR_WORDS[d.code] && d.code !== "bad_image" ? ERROR_WORDS[d.code] : d.message;
+    if (body && Array.isArray(body.errors) && body.errors.length && body.code === "validation_error") {
+      // "body.descriptor" -> "descriptor": the user knows the form, not the request's parts
+      const where = (field) => String(field || "").replace(/^(body|query|header|path)\.?/, "") || "request";
+      return body.errors.map((e) => `${where(e.field)}: ${e.message}`).join("; ");
     }
-    if (Array.isArray(d)) {
-      return d.map((e) => `${(e.loc || []).filter((p) => p !== "body").join(".") || "request"}: ${e.msg}`).join("; ");
+    if (body && typeof body.detail === "string" && body.detail) {
+      return ERROR_WORDS[body.code] && body.code !== "bad_image" ? ERROR_WORDS[body.code] : body.detail;
     }
-    if (typeof d === "string") return d;
     if (status === 413) return "The file is too large.";
     return `The request failed (HTTP ${status}).`;
   }
 
   async function api(method, url, body) {
-    const headers = { Accept: "application/json" };
+    const headers = { Accept: "application/json, application/problem+json" };
     if (method !== "GET") headers["X-CSRF-Token"] = csrfToken();
     if (body && !(body instanceof FormData)) {
       headers["Content-Type"] = "application/json";
