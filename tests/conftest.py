@@ -15,6 +15,8 @@ from tests.helpers.app import add_users, app_client
 from tests.helpers.db import API_REDIS_URL, PG_ADMIN_URL, pg_admin_engine
 from tests.helpers.stack import BROWSER_ARGS, BROWSER_CHROMIUM, BrowserStack
 
+pytest_plugins = ["tests.helpers.engine_fixtures"]  # engine_tiny_dir, engine_parts, engine_style_image, ...
+
 # The model hub is outside the project and unreachable here and on CI: fail fast instead of retrying downloads.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -96,49 +98,6 @@ def s3_bucket(s3_endpoint: str) -> str:
         aws_secret_access_key="test",
     ).create_bucket(Bucket=name)
     return name
-
-
-# ============================================================================================================
-# engine: the tiny aMUSEd preset, saved once and loaded through the real loading path (engine_*)
-# ============================================================================================================
-
-
-@pytest.fixture(scope="session")
-def engine_tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny preset written with save_pretrained, once per test session."""
-    from trainer.model import ensure_tiny
-
-    return ensure_tiny(tmp_path_factory.mktemp("models") / "tiny")
-
-
-@pytest.fixture(scope="session")
-def engine_tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny CLIP written with save_pretrained, once per test session (load it with `load_clip(str(dir))`)."""
-    from trainer.clip import ensure_tiny_clip
-
-    return ensure_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip")
-
-
-@pytest.fixture
-def engine_parts(engine_tiny_dir: Path):  # type: ignore[no-untyped-def]
-    """A fresh tiny model per test (0.2 s), loaded by `load_base` exactly like amused/amused-256."""
-    from trainer.model import load_base
-
-    return load_base(str(engine_tiny_dir))
-
-
-@pytest.fixture(scope="session")
-def engine_style_image():  # type: ignore[no-untyped-def]
-    """A synthetic 'style': coloured stripes and a grid, whose VQ tokens differ clearly from random images."""
-    import numpy as np
-    from PIL import Image
-
-    a = np.zeros((256, 256, 3), dtype=np.uint8)
-    a[:, ::32] = [255, 0, 0]
-    a[::2] = [0, 0, 255]
-    for i in range(0, 256, 16):
-        a[i : i + 8, :, 1] = 200
-    return Image.fromarray(a)
 
 
 # ============================================================================================================

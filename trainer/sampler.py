@@ -164,10 +164,10 @@ def cached_text(parts: AmusedParts, texts: Sequence[str]) -> TextEmbedding:
 def _route(parts: AmusedParts, names: Sequence[str], start: int) -> contextlib.AbstractContextManager[object]:
     """Route the adapted passes (rows `start..`) through the model's LoRA bank; unknown names are an error."""
     bank = find_bank(parts.transformer)
-    if bank is None:
-        if names:
-            raise AdapterError(f"no adapters are loaded, but a request names adapter '{names[0]}'")
+    if not names:
         return contextlib.nullcontext()
+    if bank is None:
+        raise AdapterError(f"no adapters are loaded, but a request names adapter '{names[0]}'")
     return bank.route([bank.slot_of(n) for n in names], start=start)  # slot_of raises for an unknown name
 
 
