@@ -181,3 +181,17 @@ def test_api_and_settings_agree_with_the_engine_limits() -> None:
         with pytest.raises(SamplingError, match=name):
             GenerationRequest("a cat", **{name: hi + 1}).validate()
     assert Settings.model_fields["preview_steps"].default == limits.DEFAULT_STEPS
+
+
+def test_repeated_prompts_reuse_their_text_embeddings(engine_parts: AmusedParts) -> None:
+    calls: list[int] = []
+    handle = engine_parts.text_encoder.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        reqs = [GenerationRequest("a cat", seed=1, steps=2), GenerationRequest("a dog", seed=2, steps=2)]
+        first = tokens(engine_parts, *reqs)
+        assert len(calls) == 3  # "a cat", "a dog" and the empty negative prompt, once each
+        again = tokens(engine_parts, *reqs, GenerationRequest("a cat", seed=3, steps=2))
+        assert len(calls) == 3  # all three served from the cache
+        assert all(torch.equal(a, b) for a, b in zip(first, again, strict=False))
+    finally:
+        handle.remove()
