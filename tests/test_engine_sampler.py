@@ -195,3 +195,34 @@ def test_repeated_prompts_reuse_their_text_embeddings(engine_parts: AmusedParts)
         assert all(torch.equal(a, b) for a, b in zip(first, again, strict=False))
     finally:
         handle.remove()
+
+
+def test_subject_mixing_gamma_ends_equal_each_adapter_alone_and_mixed_rows_share_a_batch(
+        engine_parts: AmusedParts) -> None:
+    bank = LoraBank(engine_parts.transformer, 2)
+    bank.load(1, random_adapter(engine_parts, seed=11), name="style")
+    bank.load(2, random_adapter(engine_parts, seed=12), name="dog")
+    style_only = tokens(engine_parts, GenerationRequest("a dog", seed=1, adapter="style"))[0]
+    subject_only = tokens(engine_parts, GenerationRequest("a dog", seed=1, adapter="dog"))[0]
+    assert not torch.equal(style_only, subject_only)
+    at = {g: tokens(engine_parts, GenerationRequest("a dog", seed=1, adapter="style", subject="dog",
+                                                    subject_weight=g))[0] for g in (0.0, 0.6, 1.0)}
+    assert torch.equal(at[0.0], style_only) and torch.equal(at[1.0], subject_only)
+    assert not torch.equal(at[0.6], style_only) and not torch.equal(at[0.6], subject_only)
+    requests = [GenerationRequest("a dog", seed=1, adapter="style", subject="dog", subject_weight=0.6),
+                GenerationRequest("a cat", seed=2, adapter="style"),
+                GenerationRequest("a tree", seed=3),
+                GenerationRequest("a dog", seed=4, subject="dog", subject_weight=0.7, negative_prompt="ugly")]
+    together = tokens(engine_parts, *requests)
+    for i, (t, r) in enumerate(zip(together, requests, strict=True)):
+        assert torch.equal(t, tokens(engine_parts, r)[0]), f"row {i} differs in a batch"
+    with pytest.raises(SamplingError, match="subject_weight"):
+        GenerationRequest("a dog", subject="dog", subject_weight=1.5).validate()
+
+
+def test_text_guidance_is_lambda_b_and_equals_guidance_scale_minus_one(engine_parts: AmusedParts) -> None:
+    by_scale = tokens(engine_parts, GenerationRequest("a cat", seed=5, guidance_scale=6.0))[0]
+    by_lambda = tokens(engine_parts, GenerationRequest("a cat", seed=5, guidance_scale=10.0, text_guidance=5.0))[0]
+    assert torch.equal(by_scale, by_lambda)
+    with pytest.raises(SamplingError, match="text_guidance"):
+        GenerationRequest("a cat", text_guidance=100.0).validate()

@@ -9,12 +9,18 @@ Per decoding step the logits of a row are (StyleDrop, arXiv 2306.00983, Eq. 4)
     l = Ĝ(t) + λA·(Ĝ(t) − G(t)) + λB·(G(t) − G(n))
 
 with Ĝ the adapted U-ViT, G the base, t the prompt, n the negative prompt (empty by default), λA the style
-strength and λB = guidance_scale − 1. It is evaluated as `G(n) + g·(G(t) − G(n)) + (1 + λA)·(Ĝ(t) − G(t))`,
-whose first part is diffusers' CFG expression operation for operation, so without an adapter our tokens equal
+strength and λB = guidance_scale − 1 (or `text_guidance`). It is evaluated as
+`G(n) + g·(G(t) − G(n)) + (1 + λA)·(Ĝ(t) − G(t))` with g = 1 + λB, whose first part is diffusers' CFG expression
+operation for operation, so without an adapter our tokens equal
 `AmusedPipeline`'s. The token update (`schedule.MaskGitSchedule`) mirrors `AmusedScheduler.step` (same random
 draws in the same order) for all rows at once, with two deliberate fixes from docs/amused-notes.md §4: img2img at
 strength 1.0 masks every token (diffusers' index wrap-around masks none), and the inpainting schedule is per row
 instead of mutating a shared scheduler. Adapters are applied per row by the model's LoRA bank (`bank.LoraBank`).
+
+Style + subject (paper §3.4): a row may also name a subject adapter Ĝs with weight γ, and its logits are
+`(1 − γ)·l_style + γ·l_subject`, each with the two-scale guidance above. Both share G(n) and G(t), so this is
+`G(n) + g·(G(t) − G(n)) + (1 + λA)·((1 − γ)·(Ĝ(t) − G(t)) + γ·(Ĝs(t) − G(t)))`: one extra pass, only for the
+rows that name a subject. γ = 0 gives the style row's tokens exactly, γ = 1 the subject adapter's alone.
 """
 
 from __future__ import annotations
@@ -57,12 +63,20 @@ class GenerationRequest:
     adapter: str | None = None  # name of an adapter loaded in the model's LoraBank, None = base model
     style_strength: float = limits.DEFAULT_STYLE_STRENGTH  # λA; 0 keeps the adapter as trained, larger pushes
     guidance_scale: float = limits.DEFAULT_GUIDANCE_SCALE  # CFG g (λB = g − 1); ≤ 1 disables the negative branch
+    text_guidance: float | None = None  # λB itself (the paper's 5.0: limits.PAPER_TEXT_GUIDANCE); overrides g
+    subject: str | None = None  # a subject adapter mixed with the style one: l = (1 − γ)·l_style + γ·l_subject
+    subject_weight: float = limits.DEFAULT_SUBJECT_WEIGHT  # γ
     steps: int = limits.DEFAULT_STEPS
     init_image: Image.Image | None = None  # image-to-image / inpainting source
     strength: float = 1.0  # share of the schedule re-run from init_image; 1.0 repaints everything
     mask: Image.Image | None = None  # inpainting: white = repaint, black = keep (binarised at 0.5)
     temperature: tuple[float, float] = (2.0, 0.0)  # Gumbel noise on confidences, annealed linearly
     aesthetic_score: float = 6.0
+
+    @property
+    def cfg_scale(self) -> float:
+        """The classifier-free guidance scale g = 1 + λB actually used."""
+        return self.guidance_scale if self.text_guidance is None else 1.0 + self.text_guidance
 
     def validate(self) -> None:
         if not self.prompt or not self.prompt.strip():
@@ -71,9 +85,14 @@ class GenerationRequest:
             ("steps", self.steps, limits.MIN_STEPS, limits.MAX_STEPS),
             ("guidance_scale", self.guidance_scale, limits.MIN_GUIDANCE_SCALE, limits.MAX_GUIDANCE_SCALE),
             ("style_strength", self.style_strength, limits.MIN_STYLE_STRENGTH, limits.MAX_STYLE_STRENGTH),
+            ("subject_weight", self.subject_weight, 0.0, 1.0),
         ):
             if not lo <= value <= hi:
                 raise SamplingError(f"{name} must be between {lo:g} and {hi:g}, got {value}")
+        if self.text_guidance is not None and not (
+                limits.MIN_TEXT_GUIDANCE <= self.text_guidance <= limits.MAX_TEXT_GUIDANCE):
+            raise SamplingError(f"text_guidance must be between {limits.MIN_TEXT_GUIDANCE:g} and "
+                                f"{limits.MAX_TEXT_GUIDANCE:g}, got {self.text_guidance}")
         if not 0.0 < self.strength <= 1.0:
             raise SamplingError(f"strength must be in (0, 1], got {self.strength}")
         if (self.init_image is not None or self.mask is not None) and int(self.steps * self.strength) < 1:
@@ -198,14 +217,15 @@ def sample(
     device, dtype = parts.device, parts.dtype
     b = len(rows)
 
-    neg = [i for i, r in enumerate(rows) if r.req.guidance_scale > 1.0]
+    neg = [i for i, r in enumerate(rows) if r.req.cfg_scale > 1.0]
     styled = [i for i, r in enumerate(rows) if r.req.adapter is not None]
+    subject = [i for i, r in enumerate(rows) if r.req.subject is not None]
     texts = list(dict.fromkeys(t for r in rows for t in (r.req.prompt, r.req.negative_prompt or "")))
     index = {t: i for i, t in enumerate(texts)}
     emb = cached_text(parts, texts)
-    pass_rows = neg + list(range(b)) + styled  # (P,): the row each pass belongs to
+    pass_rows = neg + list(range(b)) + styled + subject  # (P,): the row each pass belongs to
     pass_text = ([index[rows[i].req.negative_prompt or ""] for i in neg] + [index[r.req.prompt] for r in rows]
-                 + [index[rows[i].req.prompt] for i in styled])
+                 + [index[rows[i].req.prompt] for i in styled + subject])
     text_idx = torch.tensor(pass_text, device=device)
     hidden, pooled = emb.hidden[text_idx], emb.pooled[text_idx]  # (P, 77, D), (P, P_dim)
     # Micro-conditions per pass: original size = output size, no crop, the row's aesthetic score.
@@ -214,17 +234,22 @@ def sample(
     pass_idx = torch.tensor(pass_rows, device=device)
     n_neg = len(neg)
     # Guidance per row, as (B, 1, 1, 1) columns: which pass holds its G(n) and Ĝ(t) (its own G(t) if none).
-    u_rows, s_rows = [n_neg + i for i in range(b)], [n_neg + i for i in range(b)]
+    u_rows, s_rows, j_rows = ([n_neg + i for i in range(b)] for _ in range(3))
     for j, i in enumerate(neg):
         u_rows[i] = j
     for j, i in enumerate(styled):
         s_rows[i] = n_neg + b + j
-    u_idx, s_idx = torch.tensor(u_rows, device=device), torch.tensor(s_rows, device=device)
+    for j, i in enumerate(subject):
+        j_rows[i] = n_neg + b + len(styled) + j
+    u_idx, s_idx, j_idx = (torch.tensor(x, device=device) for x in (u_rows, s_rows, j_rows))
     col = (b, 1, 1, 1)
-    has_neg = torch.tensor([r.req.guidance_scale > 1.0 for r in rows], device=device).view(col)
-    has_sty = torch.tensor([r.req.adapter is not None for r in rows], device=device).view(col)
-    g = torch.tensor([r.req.guidance_scale for r in rows], device=device).view(col)
+    has_neg = torch.tensor([r.req.cfg_scale > 1.0 for r in rows], device=device).view(col)
+    has_sty = torch.tensor([r.req.adapter is not None or r.req.subject is not None for r in rows],
+                           device=device).view(col)
+    has_sub = torch.tensor([r.req.subject is not None for r in rows], device=device).view(col)
+    g = torch.tensor([r.req.cfg_scale for r in rows], device=device).view(col)
     k = torch.tensor([1.0 + r.req.style_strength for r in rows], device=device).view(col)
+    gamma = torch.tensor([r.req.subject_weight for r in rows], device=device).view(col)
 
     schedule = MaskGitSchedule([r.plan for r in rows], h * w, parts.mask_token_id, device)
     tokens = torch.cat([r.tokens for r in rows])  # (B, seq)
@@ -233,7 +258,8 @@ def sample(
     draws = torch.zeros(b, h * w, c, device=device)  # (B, seq, C) scratch for each round's Exp(1) draws
     noise = torch.zeros(b, h * w, device=device)  # (B, seq) scratch for each round's Gumbel noise
 
-    with _route(parts, [rows[i].req.adapter or "" for i in styled], start=n_neg + b):
+    adapters = [rows[i].req.adapter or "" for i in styled] + [rows[i].req.subject or "" for i in subject]
+    with _route(parts, adapters, start=n_neg + b):
         for rnd in range(schedule.rounds):
             ids = tokens.index_select(0, pass_idx).view(len(pass_rows), h, w)  # (P, seq) -> (P, h, w)
             out = parts.transformer(ids, encoder_hidden_states=hidden, pooled_text_emb=pooled, micro_conds=conds)
@@ -244,9 +270,12 @@ def sample(
             if neg:
                 u = out.index_select(0, u_idx)
                 logits = torch.where(has_neg, u + g * (cond - u), cond) if len(neg) < b else u + g * (cond - u)
-            if styled:
-                sty = out.index_select(0, s_idx)
-                logits = torch.where(has_sty, logits + k * (sty - cond), logits)
+            if styled or subject:
+                delta = out.index_select(0, s_idx) - cond  # Ĝ(t) − G(t); 0 for rows without a style adapter
+                if subject:
+                    sub = out.index_select(0, j_idx) - cond  # Ĝs(t) − G(t)
+                    delta = torch.where(has_sub, (1 - gamma) * delta + gamma * sub, delta)
+                logits = torch.where(has_sty, logits + k * delta, logits)
             tokens = schedule.step(rnd, logits, tokens, generators, draws, noise)
             if on_step is not None:
                 on_step(rnd + 1, schedule.rounds)
