@@ -4,7 +4,8 @@
    every 4 steps; a TorchDispatchMode counts every aten op and every op that makes a CUDA host wait (a scalar read,
    a data-dependent shape, a copy to the host) between two progress callbacks: steps 5..8, including the one
    read-back of their losses. Bars (issue #9): 0 host reads per step between intervals (the interval read is
-   counted separately); ops per step at S = 16 ≤ 1.2x S = 1.
+   counted separately); ops per step at S = 16 ≤ 1.2x S = 1. `--per-step-conditioning` counts the step as it
+   was before the constant conditioning (the model's own forward recomputing the prompt-only values each step).
 2. TIME (`--timed-steps N`, default 6; 0 skips): one `train_styles` call with S styles x N steps vs S
    sequential `train_style` calls of N steps each, same process, after one warm-up step of each; reported as
    styles per hour and their ratio (batched / sequential). On a CPU the batch is compute-bound, so this ratio
@@ -51,6 +52,11 @@ def specs(n: int, steps: int) -> list[StyleSpec]:
 
 
 MIXED = "no"  # --mixed-precision
+CONSTANT = True  # not --per-step-conditioning
+
+
+def config(**kw: Any) -> TrainConfig:
+    return TrainConfig(mixed_precision=MIXED, constant_conditioning=CONSTANT, **kw)
 
 
 def count(parts: Any, n: int) -> tuple[float, int]:
@@ -63,15 +69,14 @@ def count(parts: Any, n: int) -> tuple[float, int]:
             marks.append((counter.ops, sum(counter.reads.values())))
 
     with counter:
-        train_styles(parts, specs(n, 2 * INTERVAL), TrainConfig(progress_every=INTERVAL, mixed_precision=MIXED),
-                     Callbacks(on_progress=on_progress))
+        train_styles(parts, specs(n, 2 * INTERVAL), config(progress_every=INTERVAL), Callbacks(on_progress=on_progress))
     (ops_a, reads_a), (ops_b, reads_b) = marks[0], marks[1]
     return (ops_b - ops_a) / INTERVAL, reads_b - reads_a
 
 
 def timed(parts: Any, n: int, steps: int, device: str) -> tuple[float, float]:
     """(batched seconds, sequential seconds) for n styles x `steps` steps, after a one-step warm-up of each."""
-    cfg = TrainConfig(progress_every=steps, mixed_precision=MIXED)
+    cfg = config(progress_every=steps)
     train_styles(parts, specs(n, 1), cfg)
     sync(device)
     t = time.perf_counter()
@@ -80,9 +85,8 @@ def timed(parts: Any, n: int, steps: int, device: str) -> tuple[float, float]:
     batched = time.perf_counter() - t
     t = time.perf_counter()
     for spec in specs(n, steps):
-        train_style(parts, spec.images, descriptor=spec.descriptor, config=TrainConfig(
-            steps=steps, seed=spec.seed or 0, learning_rate=spec.learning_rate, progress_every=steps,
-            mixed_precision=MIXED))
+        train_style(parts, spec.images, descriptor=spec.descriptor, config=config(
+            steps=steps, seed=spec.seed or 0, learning_rate=spec.learning_rate, progress_every=steps))
     sync(device)
     return batched, time.perf_counter() - t
 
@@ -92,14 +96,18 @@ def main() -> None:
     p.add_argument("--styles", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     p.add_argument("--timed-steps", type=int, default=6, help="steps per style in the timed part (0 = skip)")
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no", help="autocast (CUDA only)")
+    p.add_argument("--per-step-conditioning", action="store_true",
+                   help="TrainConfig(constant_conditioning=False): the step as before, for comparison")
     args = p.parse_args()
-    global MIXED
+    global MIXED, CONSTANT
     MIXED = args.mixed_precision
+    CONSTANT = not args.per_step_conditioning
     dtype = setup(args)
     parts = build_parts(args.config, args.device, dtype, args.seed)
     print_environment(args.device, {"model": describe_parts(parts), "weights dtype": args.dtype,
                                     "progress interval": f"{INTERVAL} steps",
-                                    "mixed precision": MIXED})
+                                    "mixed precision": MIXED,
+                                    "conditioning": "once per style" if CONSTANT else "every step"})
 
     print("| styles S | aten ops / step | vs S = 1 | host reads in one interval (4 steps + read-back) |")
     print("| --- | --- | --- | --- |")

@@ -1,25 +1,32 @@
-"""Per-style training checkpoints as safetensors: the style's adapter slice, its AdamW moments, its step count,
+"""Per-style training checkpoints as safetensors: the style's adapter slice, its optimizer state, its step count,
 its random stream and the loss scaler — no pickle.
 
 One checkpoint holds ONE style, whatever else shared its run: a style resumes into whichever bank slot it gets,
 alone or beside others. Tensors: `adapter.<module>.lora_A.weight` / `.lora_B.weight` (the adapter file's keys),
-`exp_avg.<i>` / `exp_avg_sq.<i>` (the i-th stacked bank parameter's moments for this slot), `rng` (the style's
-generator state). The JSON header holds the step and the GradScaler state (empty unless fp16).
+`<state>.<i>` (the optimizer's per-slot state named `<state>` for the i-th stacked bank parameter: `exp_avg` /
+`exp_avg_sq` for AdamW, `state1` / `state2` / `absmax1` / `absmax2` for 8-bit AdamW), `rng` (the style's
+generator state). The JSON header holds the step, the optimizer and the GradScaler state (empty unless fp16).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .lora import read_safetensors_metadata
+from .lora import Adapter, AdapterMeta, base_fingerprint, read_safetensors_metadata
+
+if TYPE_CHECKING:
+    from .bank import LoraBank
+    from .optim import SlotAdamW
 
 FORMAT = "styledrop-checkpoint-2"  # 1: one peft adapter with a torch AdamW state dict (before batched training)
+_STATE_KEY = re.compile(r"([a-z_0-9]+)\.(\d+)")
 
 
 class CheckpointError(ValueError):
@@ -30,17 +37,17 @@ class CheckpointError(ValueError):
 class Checkpoint:
     step: int
     adapter: dict[str, torch.Tensor]  # "<module>.lora_A.weight" -> (r, in), "<module>.lora_B.weight" -> (out, r)
-    exp_avg: list[torch.Tensor]  # one per stacked bank parameter, this slot's slice
-    exp_avg_sq: list[torch.Tensor]
+    state: dict[str, list[torch.Tensor]]  # optimizer state name -> one tensor per stacked bank parameter (slice)
     rng_state: torch.Tensor  # the style's generator state
     scaler: dict[str, Any] = field(default_factory=dict)  # torch.amp.GradScaler.state_dict() ({} when disabled)
+    optimizer: str = "adamw"  # TrainConfig.optimizer that wrote it (headers without one are from AdamW)
 
     @classmethod
-    def capture(cls, step: int, adapter: dict[str, torch.Tensor], exp_avg: list[torch.Tensor],
-                exp_avg_sq: list[torch.Tensor], generator: torch.Generator,
-                scaler: dict[str, Any] | None = None) -> Checkpoint:
+    def capture(cls, step: int, adapter: dict[str, torch.Tensor], state: dict[str, list[torch.Tensor]],
+                generator: torch.Generator, scaler: dict[str, Any] | None = None,
+                optimizer: str = "adamw") -> Checkpoint:
         """Copy device tensors to host memory (pinned on CUDA, one synchronisation for all of them)."""
-        tensors = [*adapter.values(), *exp_avg, *exp_avg_sq]
+        tensors = [*adapter.values(), *(t for ts in state.values() for t in ts)]
         on_cuda = any(t.is_cuda for t in tensors)
 
         def host(t: torch.Tensor) -> torch.Tensor:
@@ -48,17 +55,18 @@ class Checkpoint:
             return out.copy_(t.detach(), non_blocking=on_cuda)
 
         a = {k: host(v) for k, v in adapter.items()}
-        m, v = [host(t) for t in exp_avg], [host(t) for t in exp_avg_sq]
+        s = {name: [host(t) for t in ts] for name, ts in state.items()}
         if on_cuda:
             torch.cuda.synchronize()
-        return cls(step, a, m, v, generator.get_state().clone(), dict(scaler or {}))
+        return cls(step, a, s, generator.get_state().clone(), dict(scaler or {}), optimizer)
 
     def to_bytes(self) -> bytes:
         tensors = {f"adapter.{k}": v.contiguous() for k, v in self.adapter.items()}
-        tensors.update({f"exp_avg.{i}": t.contiguous() for i, t in enumerate(self.exp_avg)})
-        tensors.update({f"exp_avg_sq.{i}": t.contiguous() for i, t in enumerate(self.exp_avg_sq)})
+        for name, ts in self.state.items():
+            tensors.update({f"{name}.{i}": t.contiguous() for i, t in enumerate(ts)})
         tensors["rng"] = self.rng_state
-        header = {"format": FORMAT, "step": str(self.step), "scaler": json.dumps(self.scaler)}
+        header = {"format": FORMAT, "step": str(self.step), "scaler": json.dumps(self.scaler),
+                  "optimizer": self.optimizer}
         return st_save(tensors, metadata=header)
 
     @classmethod
@@ -76,17 +84,54 @@ class Checkpoint:
                 raise
             raise CheckpointError(f"unreadable checkpoint: {exc}") from exc
         adapter = {k.removeprefix("adapter."): v for k, v in raw.items() if k.startswith("adapter.")}
-        n = sum(1 for k in raw if k.startswith("exp_avg."))
+        indexed: dict[str, dict[int, torch.Tensor]] = {}
+        for k, v in raw.items():
+            m = _STATE_KEY.fullmatch(k)
+            if m:
+                indexed.setdefault(m[1], {})[int(m[2])] = v
         try:
-            m = [raw[f"exp_avg.{i}"] for i in range(n)]
-            v = [raw[f"exp_avg_sq.{i}"] for i in range(n)]
+            state = {name: [ts[i] for i in range(len(ts))] for name, ts in indexed.items()}
             rng = raw["rng"]
         except KeyError as exc:
             raise CheckpointError(f"incomplete checkpoint: no {exc}") from exc
-        return cls(step, adapter, m, v, rng, scaler)
+        return cls(step, adapter, state, rng, scaler, header.get("optimizer", "adamw"))
 
-    def check_matches(self, adapter_shapes: dict[str, torch.Size], moment_shapes: list[torch.Size]) -> None:
-        """Raise CheckpointError unless this checkpoint fits the bank being trained (same layers, rank)."""
+    def check_matches(self, adapter_shapes: dict[str, torch.Size], state_shapes: dict[str, list[torch.Size]],
+                      optimizer: str) -> None:
+        """Raise CheckpointError unless this checkpoint fits the bank and optimizer being trained."""
+        if self.optimizer != optimizer:
+            raise CheckpointError(f"checkpoint was written with optimizer '{self.optimizer}'; this run uses "
+                                  f"'{optimizer}' (resume with the same optimizer)")
         mine = {k: v.shape for k, v in self.adapter.items()}
-        if mine != adapter_shapes or [t.shape for t in self.exp_avg] != moment_shapes:
+        states = {name: [t.shape for t in ts] for name, ts in self.state.items()}
+        if mine != adapter_shapes or states != state_shapes:
             raise CheckpointError("checkpoint does not match the adapter being trained (other model or rank)")
+
+
+def _slot_tensors(bank: LoraBank, slot: int) -> dict[str, torch.Tensor]:
+    return {f"{key}.lora_{ab}.weight": t for key, (a, b) in bank.slot_params(slot).items()
+            for ab, t in (("A", a), ("B", b))}
+
+
+def capture_slot(step: int, bank: LoraBank, slot: int, optimizer: SlotAdamW, generator: torch.Generator,
+                 scaler: torch.amp.GradScaler, optimizer_name: str) -> Checkpoint:
+    """One style's checkpoint from its bank slot and optimizer slot."""
+    return Checkpoint.capture(step, _slot_tensors(bank, slot), optimizer.slot_state(slot), generator,
+                              scaler.state_dict(), optimizer_name)
+
+
+def restore_slot(ckpt: Checkpoint, bank: LoraBank, slot: int, optimizer: SlotAdamW, generator: torch.Generator,
+                 scaler: torch.amp.GradScaler, *, alpha: float, optimizer_name: str) -> int:
+    """Put a style's checkpoint into `slot`; returns its step. The loss scale is shared by the run: the last
+    resumed style's wins (it only moves powers of two, which rescale gradients exactly)."""
+    shapes = {k: t.shape for k, t in _slot_tensors(bank, slot).items()}
+    state_shapes = {name: [t.shape for t in ts] for name, ts in optimizer.slot_state(slot).items()}
+    ckpt.check_matches(shapes, state_shapes, optimizer_name)
+    # Only rank, alpha and the base are checked when loading a slot.
+    meta = AdapterMeta(base_model="", base_fingerprint=base_fingerprint(bank.transformer), rank=bank.rank, alpha=alpha)
+    bank.load(slot, Adapter(ckpt.adapter, meta))
+    optimizer.load_slot_state(slot, ckpt.state, ckpt.step)
+    generator.set_state(ckpt.rng_state)
+    if ckpt.scaler and scaler.is_enabled():
+        scaler.load_state_dict(ckpt.scaler)
+    return ckpt.step

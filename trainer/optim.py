@@ -13,6 +13,10 @@ exactly: decoupled weight decay `p·(1 − lr·wd)`, then `p − lr/(1 − β1^t
 
 With fp16 mixed precision a `GradScaler` hands this optimizer its scale (`_step_supports_amp_scaling`): the
 gradients are unscaled here, and a slot whose gradients are not finite skips its step alone.
+
+Capturable: the learning rates, step counts and active flags are device tensors updated in place, and `step`
+makes no host decision from device values, so a CUDA graph of the whole training step (trainer/train_step.py)
+replays it as is — what torch's `AdamW(capturable=True)` offers, per slot.
 """
 
 from __future__ import annotations
@@ -56,20 +60,25 @@ class SlotAdamW(torch.optim.Optimizer):
         self.lr[slot] = lr
         self.steps[slot] = float(step)
 
-    def set_active(self, active: torch.Tensor) -> None:
-        """`active`: (slots,) 0/1 float on the device, which slots the next `step` updates."""
+    def set_active(self, active: torch.Tensor, slots: Sequence[int] = ()) -> None:
+        """`active`: (slots,) 0/1 float on the device, which slots the next `step` updates (`slots`, the same on
+        the host, is for optimizers that launch per slot)."""
         self.active.copy_(active)
 
-    def slot_state(self, slot: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """The slot's first and second moments, one tensor per parameter (views into the stacked state)."""
+    def slot_state(self, slot: int) -> dict[str, list[torch.Tensor]]:
+        """The slot's optimizer state by name, one tensor per parameter (views into the stacked state): what a
+        checkpoint stores. Here the fp32 first and second moments."""
         ps = self.params
-        return [self.state[p]["exp_avg"][slot] for p in ps], [self.state[p]["exp_avg_sq"][slot] for p in ps]
+        return {"exp_avg": [self.state[p]["exp_avg"][slot] for p in ps],
+                "exp_avg_sq": [self.state[p]["exp_avg_sq"][slot] for p in ps]}
 
     @torch.no_grad()
-    def load_slot_state(self, slot: int, exp_avg: Sequence[torch.Tensor], exp_avg_sq: Sequence[torch.Tensor]) -> None:
-        for p, m, v in zip(self.params, exp_avg, exp_avg_sq, strict=True):
-            self.state[p]["exp_avg"][slot].copy_(m)
-            self.state[p]["exp_avg_sq"][slot].copy_(v)
+    def load_slot_state(self, slot: int, state: dict[str, list[torch.Tensor]], step: int) -> None:
+        """Put a checkpoint's `slot_state` back, with the slot's step count."""
+        for name, views in self.slot_state(slot).items():
+            for dst, src in zip(views, state[name], strict=True):
+                dst.copy_(src)
+        self.steps[slot] = float(step)
 
     @torch.no_grad()
     def clip_slots_(self, max_norm: float) -> None:

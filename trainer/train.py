@@ -5,8 +5,10 @@ seed, step count and learning rate, as S rows of one batch; row j goes through i
 loss is the sum of each row's own masked-token mean and the optimizer treats every slot on its own, so a style
 trained beside others follows the arithmetic of the same style trained alone (fp32 batch-size rounding aside).
 `train_style` is the S = 1 case. What differs from diffusers' examples/amused/train_amused.py, and why:
-- images are VQ-encoded and prompts CLIP-encoded ONCE before the loop, and stay on the device; masks are drawn on
-  the device from each style's own generator; the loss is read back once per progress interval, not every step;
+- images are VQ-encoded and prompts CLIP-encoded ONCE before the loop, and stay on the device, and so does the
+  U-ViT's prompt-only conditioning (trainer/uvit_forward.py); masks are drawn on the device from each style's
+  own generator; the loss is read back once per progress interval, not every step; the step itself
+  (trainer/train_step.py) can be captured as one CUDA graph;
 - resuming restores the adapter, the optimizer state, the RNG and the loss scale per style, so the losses after
   a resume equal those of an uninterrupted run (the script's resume adds a second adapter and trains the wrong one);
 - the frozen base stays in eval mode (no dropout while training adapters), so there is no dropout RNG to resume;
@@ -25,11 +27,13 @@ import torch
 from PIL import Image
 
 from .bank import LoraBank, find_bank
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, capture_slot, restore_slot
 from .lora import ENGINE_VERSION, Adapter, AdapterMeta, base_fingerprint
 from .model import AmusedParts
 from .optim import SlotAdamW
-from .train_data import StyleBatch, StyleData, evaluation_loss, prepare_style, row_losses
+from .optim8bit import SlotAdamW8bit
+from .train_data import StyleBatch, StyleData, evaluation_loss, prepare_style
+from .train_step import TrainStep
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +54,14 @@ class TrainConfig:
     beta2: float = 0.999
     max_grad_norm: float | None = None  # per style, never across styles; the recipe does not clip
     seed: int = 0  # drives LoRA init, image choice and masking; training is deterministic on CPU
-    optimizer: Literal["adamw", "adamw8bit"] = "adamw"  # per-slot AdamW over the bank (trainer/optim.py)
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"  # per-slot AdamW (optim.py); 8-bit: CUDA (optim8bit.py)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast on CUDA only
     aesthetic_score: float = 6.0  # micro-conditioning value aMUSEd uses at sampling time
     checkpoint_every: int = 0  # hand a Checkpoint to on_checkpoint every N steps of a style (0 = never)
     progress_every: int = 1  # losses are read back and on_progress called every N steps (and on the last one)
     offload_encoders: bool = True  # move VQ-GAN and text encoder to CPU while training on an accelerator
+    constant_conditioning: bool = True  # prompt-only U-ViT values once per style, not every step (uvit_forward.py)
+    cuda_graph: bool = False  # capture the whole step as a CUDA graph, once per batch size (train_step.py)
 
 
 @dataclass
@@ -152,11 +158,7 @@ def train_styles(parts: AmusedParts, styles: Sequence[StyleSpec], config: TrainC
     if not styles:
         raise ValueError("at least one style is needed")
     device = parts.device
-    if cfg.mixed_precision != "no" and device.type != "cuda":
-        raise ValueError(f"mixed_precision '{cfg.mixed_precision}' needs a CUDA device; use 'no' on CPU")
-    if cfg.optimizer != "adamw":  # bitsandbytes quantises moments in blocks that would span styles' slots
-        raise ValueError(f"optimizer '{cfg.optimizer}' needs a CUDA device (bitsandbytes) and is not supported by "
-                         "the batched trainer; use 'adamw'")
+    _check_options(cfg, device)
     if min((s.steps if s.steps is not None else cfg.steps) for s in styles) < 1:
         raise ValueError("steps must be >= 1")
     n = len(styles)
@@ -177,7 +179,9 @@ def train_styles(parts: AmusedParts, styles: Sequence[StyleSpec], config: TrainC
     transformer = parts.transformer
     serving = find_bank(transformer)  # one bank per model: a serving bank steps aside and comes back after
     bank = LoraBank(transformer, n, rank=cfg.rank, trainable=True)
-    optimizer = SlotAdamW(list(bank.parameters()), n + 1, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    optimizer_cls = SlotAdamW8bit if cfg.optimizer == "adamw8bit" else SlotAdamW
+    optimizer = optimizer_cls(list(bank.parameters()), n + 1, betas=(cfg.beta1, cfg.beta2),
+                              weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.mixed_precision == "fp16")  # a no-op unless fp16
     for r in runs:
         bank.init_slot(r.slot, torch.Generator().manual_seed(r.seed), alpha=cfg.alpha)
@@ -186,35 +190,26 @@ def train_styles(parts: AmusedParts, styles: Sequence[StyleSpec], config: TrainC
     # 3. Resume: per style, adapter slice, optimizer moments, step count, RNG state (and loss scale).
     for r, spec in zip(runs, styles, strict=True):
         if spec.resume is not None:
-            r.step = r.first = _restore(spec.resume, r.slot, bank, optimizer, r.generator, scaler, cfg.alpha)
+            r.step = r.first = restore_slot(spec.resume, bank, r.slot, optimizer, r.generator, scaler,
+                                            alpha=cfg.alpha, optimizer_name=cfg.optimizer)
             logger.info("style %d resumed from step %d", r.index, r.step)
 
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
     pending: list[tuple[list[_StyleRun], torch.Tensor]] = []  # (rows, their losses) since the last read-back
     active: list[_StyleRun] = []
-    rows = torch.empty(0)
     t_loop = time.perf_counter()
     transformer.eval()  # frozen base: no dropout while training adapters, so a resume has no dropout RNG to restore
     try:
+        # 4. The step: prompt-only conditioning computed here, once; eager or captured (train_step.py).
+        step = TrainStep(parts, batch, bank, optimizer, scaler, max_grad_norm=cfg.max_grad_norm,
+                         autocast_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision),
+                         constant_conditioning=cfg.constant_conditioning, cuda_graph=cfg.cuda_graph)
         while any(r.running for r in runs):
-            # 4. The batch: one row per running style. Device index tensors change only when a style leaves.
+            # 5. The batch: one row per running style. Routes (and a captured graph) change only when one leaves.
             if active != [r for r in runs if r.running]:
                 active = [r for r in runs if r.running]
-                rows = torch.tensor([r.index for r in active], device=device)  # (S,) style of each row
-                bank.set_rows(rows + 1)
-                optimizer.set_active(torch.zeros(n + 1, device=device).index_fill_(0, rows + 1, 1.0))
-            # 5. One step: draw each row's masks, predict, sum each style's own loss, one optimizer step for all.
-            step_inputs = batch.draw(rows, [r.generator for r in active])
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                losses = row_losses(parts, step_inputs, batch.grid)  # (S,)
-            scaler.scale(losses.sum()).backward()
-            if cfg.max_grad_norm is not None:
-                scaler.unscale_(optimizer)
-                optimizer.clip_slots_(cfg.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            pending.append((active, losses.detach()))
+                step.set_rows([r.index for r in active], [r.generator for r in active])
+            # One step: draw each row's masks, predict, sum each style's own loss, one optimizer step for all.
+            pending.append((active, step()))
             for r in active:
                 r.step += 1
 
@@ -230,12 +225,12 @@ def train_styles(parts: AmusedParts, styles: Sequence[StyleSpec], config: TrainC
                     checkpoints = cb.on_checkpoint is not None and cfg.checkpoint_every > 0 and r.step < r.total
                     on_schedule = checkpoints and r.step % cfg.checkpoint_every == 0
                     if on_schedule:
-                        cb.on_checkpoint(r.index, _capture(r, bank, optimizer, scaler))  # type: ignore[misc]
+                        cb.on_checkpoint(r.index, _capture(r, bank, optimizer, scaler, cfg))  # type: ignore[misc]
                     if cb.should_stop is not None and r.step < r.total and cb.should_stop(r.index):
                         logger.info("style %d stopped at step %d", r.index, r.step)
                         r.result.stopped, r.running = True, False
                         if checkpoints and not on_schedule:  # a last one where it stopped: a shutdown loses no steps
-                            cb.on_checkpoint(r.index, _capture(r, bank, optimizer, scaler))  # type: ignore[misc]
+                            cb.on_checkpoint(r.index, _capture(r, bank, optimizer, scaler, cfg))  # type: ignore[misc]
                 except Exception as exc:  # this style's callback failed: it ends; the others go on
                     logger.warning("style %d failed at step %d: %r", r.index, r.step, exc)
                     r.result.error, r.running = exc, False
@@ -316,30 +311,22 @@ def _read_losses(pending: list[tuple[list[_StyleRun], torch.Tensor]]) -> None:
     pending.clear()
 
 
-def _slot_meta(bank: LoraBank, rank: int, alpha: float) -> AdapterMeta:
-    """The metadata a checkpoint's adapter slice is loaded with (only rank, alpha and the base are checked)."""
-    return AdapterMeta(base_model="", base_fingerprint=base_fingerprint(bank.transformer), rank=rank, alpha=alpha)
+def _check_options(cfg: TrainConfig, device: torch.device) -> None:
+    """Refuse, before any work, the options this device or their combination cannot run."""
+    if cfg.mixed_precision != "no" and device.type != "cuda":
+        raise ValueError(f"mixed_precision '{cfg.mixed_precision}' needs a CUDA device; use 'no' on CPU")
+    if cfg.optimizer == "adamw8bit" and device.type != "cuda":
+        raise ValueError("optimizer 'adamw8bit' needs a CUDA device (bitsandbytes); use 'adamw' on CPU")
+    if cfg.optimizer == "adamw8bit" and cfg.mixed_precision == "fp16":  # no per-style overflow skip in its kernel
+        raise ValueError("optimizer 'adamw8bit' supports mixed_precision 'no' or 'bf16', not 'fp16'")
+    if cfg.cuda_graph:
+        if device.type != "cuda":
+            raise ValueError("cuda_graph needs a CUDA device; use cuda_graph=False on CPU")
+        if cfg.mixed_precision == "fp16" or cfg.optimizer != "adamw":
+            raise ValueError("cuda_graph captures the step with optimizer 'adamw' and mixed_precision 'no' or "
+                             "'bf16' only (fp16 loss scaling and 8-bit AdamW decide on the host)")
 
 
-def _capture(r: _StyleRun, bank: LoraBank, optimizer: SlotAdamW, scaler: torch.amp.GradScaler) -> Checkpoint:
-    weights = {f"{key}.lora_{ab}.weight": t for key, (a, b) in bank.slot_params(r.slot).items()
-               for ab, t in (("A", a), ("B", b))}
-    exp_avg, exp_avg_sq = optimizer.slot_state(r.slot)
-    return Checkpoint.capture(r.step, weights, exp_avg, exp_avg_sq, r.generator, scaler.state_dict())
-
-
-def _restore(ckpt: Checkpoint, slot: int, bank: LoraBank, optimizer: SlotAdamW, generator: torch.Generator,
-             scaler: torch.amp.GradScaler, alpha: float) -> int:
-    """Put a style's checkpoint into `slot`; returns its step. The loss scale is shared by the run: the last
-    resumed style's wins (it only moves powers of two, which rescale gradients exactly)."""
-    exp_avg, _ = optimizer.slot_state(slot)
-    shapes = {f"{key}.lora_{ab}.weight": t.shape for key, (a, b) in bank.slot_params(slot).items()
-              for ab, t in (("A", a), ("B", b))}
-    ckpt.check_matches(shapes, [t.shape for t in exp_avg])
-    bank.load(slot, Adapter(ckpt.adapter, _slot_meta(bank, bank.rank, alpha)))
-    optimizer.load_slot_state(slot, ckpt.exp_avg, ckpt.exp_avg_sq)
-    optimizer.steps[slot] = float(ckpt.step)
-    generator.set_state(ckpt.rng_state)
-    if ckpt.scaler and scaler.is_enabled():
-        scaler.load_state_dict(ckpt.scaler)
-    return ckpt.step
+def _capture(r: _StyleRun, bank: LoraBank, optimizer: SlotAdamW, scaler: torch.amp.GradScaler,
+             cfg: TrainConfig) -> Checkpoint:
+    return capture_slot(r.step, bank, r.slot, optimizer, r.generator, scaler, cfg.optimizer)

@@ -2,7 +2,9 @@
 
 `StyleData` holds one style's VQ tokens, micro-conditions and prompt embeddings, encoded once. `StyleBatch`
 stacks the styles of a run on the device; `StyleBatch.draw` builds the inputs of one step for a set of styles
-(one row each) from each style's own device generator, and `row_losses` returns each row's masked-token mean.
+(one row each) from each style's own device generator, and `row_losses` returns each row's masked-token mean —
+from the batch's precomputed constant conditioning (`StyleBatch.precompute`, trainer/uvit_forward.py) when there
+is one, else through the model's own forward.
 Every size that decides a shape is known on the host (number of rows, sequence length), every random choice
 stays a device tensor (which image, how many tokens, which tokens), so a step has no host synchronisation.
 """
@@ -22,6 +24,7 @@ from .bank import find_bank
 from .encode import encode_text, encode_tokens, micro_conds, prepare_image
 from .lora import AdapterError
 from .model import AmusedParts
+from .uvit_forward import Conditioning, forward_with_conditioning, precompute_conditioning
 
 
 @dataclass
@@ -60,9 +63,8 @@ def prepare_style(parts: AmusedParts, images: Sequence[Image.Image], prompt: str
 class StepInputs:
     inputs: torch.Tensor  # (S, seq) token ids with the masked positions set to the mask id
     labels: torch.Tensor  # (S, seq) the codes at masked positions, -100 elsewhere
-    conds: torch.Tensor  # (S, 5) float32
-    hidden: torch.Tensor  # (S, 77, D)
-    pooled: torch.Tensor  # (S, P)
+    rows: torch.Tensor  # (S,) the style of each row: its prompt
+    image: torch.Tensor  # (S,) the image of each row (into the batch's images): its micro-conditions
 
 
 class StyleBatch:
@@ -82,6 +84,15 @@ class StyleBatch:
         self.pooled = torch.cat([s.pooled for s in styles])  # (styles, P)
         self.first = torch.tensor([sum(counts[:i]) for i in range(len(counts))], device=device)  # (styles,)
         self.count = torch.tensor(counts, device=device)  # (styles,)
+        owner = [i for i, c in enumerate(counts) for _ in range(c)]
+        self.style_of_image = torch.tensor(owner, device=device)  # (sum N,) the style of each image
+        self.conditioning: Conditioning | None = None
+
+    def precompute(self, parts: AmusedParts) -> None:
+        """Compute the prompt-only part of the model once (per style, and per image for the micro-conditions);
+        `row_losses` then runs every step from it. Call under the autocast the steps run under."""
+        self.conditioning = precompute_conditioning(parts.transformer, self.hidden,
+                                                    self.pooled[self.style_of_image], self.conds)
 
     def draw(self, rows: torch.Tensor, generators: Sequence[torch.Generator]) -> StepInputs:
         """Inputs of one step: row j trains style `rows[j]` (a device index) with noise from `generators[j]`.
@@ -102,22 +113,22 @@ class StyleBatch:
         return StepInputs(
             inputs=torch.where(masked, self.mask_id, tokens),
             labels=torch.where(masked, tokens, -100),
-            conds=self.conds[image],
-            hidden=self.hidden[rows],
-            pooled=self.pooled[rows],
+            rows=rows,
+            image=image,
         )
 
 
-def row_losses(parts: AmusedParts, step: StepInputs, grid: tuple[int, int]) -> torch.Tensor:
+def row_losses(parts: AmusedParts, batch: StyleBatch, step: StepInputs) -> torch.Tensor:
     """Each row's cross-entropy over its masked tokens, averaged per row: (S,). Rows never mix."""
-    h, w = grid
+    h, w = batch.grid
     s = step.inputs.shape[0]
-    logits = parts.transformer(
-        step.inputs.reshape(s, h, w),  # (S, seq) -> (S, h, w)
-        encoder_hidden_states=step.hidden,
-        pooled_text_emb=step.pooled,
-        micro_conds=step.conds,
-    )  # (S, C, h, w)
+    ids = step.inputs.reshape(s, h, w)  # (S, seq) -> (S, h, w)
+    if batch.conditioning is not None:
+        logits = forward_with_conditioning(parts.transformer, batch.conditioning, ids, step.rows, step.image)
+    else:
+        logits = parts.transformer(ids, encoder_hidden_states=batch.hidden[step.rows],
+                                   pooled_text_emb=batch.pooled[step.rows],
+                                   micro_conds=batch.conds[step.image])  # (S, C, h, w)
     logits = logits.reshape(s, logits.shape[1], h * w)  # (S, C, h, w) -> (S, C, seq)
     ce = F.cross_entropy(logits.float(), step.labels, ignore_index=-100, reduction="none")  # (S, seq), 0 unmasked
     return ce.sum(1) / (step.labels != -100).sum(1)
@@ -143,5 +154,5 @@ def evaluation_loss(parts: AmusedParts, data: StyleData, *, adapter: str | None 
     with route:
         for _ in range(samples):
             step_inputs = batch.draw(row, [g])
-            total += float(row_losses(parts, step_inputs, batch.grid)[0])
+            total += float(row_losses(parts, batch, step_inputs)[0])
     return total / samples

@@ -1,0 +1,97 @@
+"""8-bit AdamW over a LoRA bank (bitsandbytes, CUDA only): each style's moments quantised in its own blocks.
+
+bitsandbytes' AdamW8bit keeps each moment as uint8 codes of a dynamic quantisation map plus one fp32 absmax per
+block of 256 values, and its kernel updates one tensor with one learning rate and one step count. Run over the
+bank's slot-first stacks as is, it would couple the styles: one step count and learning rate for all, moment
+decay and weight decay on slots that are not training, and blocks that could span two slots. So the update runs
+per slot: bitsandbytes' `optimizer_update_8bit_blockwise` on each active slot's contiguous slice of every stacked
+parameter, with that slot's own learning rate, step count, codes and absmax blocks (a slice starts its own
+blocks). Idle slots are not touched. The step counts and learning rates are host numbers, known without reading
+anything back.
+
+The price: one kernel per (active slot, parameter) instead of SlotAdamW's fixed count, for 2 bytes of optimizer
+state per LoRA weight instead of 8; and the host-number step counts mean a CUDA graph cannot capture it
+(train.py refuses that combination, and fp16, whose per-slot overflow skip this kernel cannot do).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .optim import SlotAdamW
+
+BLOCK = 256  # bitsandbytes' blockwise 8-bit optimizer block size (values per absmax)
+
+
+class SlotAdamW8bit(SlotAdamW):
+    _step_supports_amp_scaling = False
+
+    def __init__(self, params: Sequence[torch.Tensor], num_slots: int, *, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2) -> None:
+        try:
+            import bitsandbytes.functional as bnbf
+        except ImportError as exc:  # an optional dependency: the `gpu` extra
+            raise ValueError("optimizer 'adamw8bit' needs bitsandbytes (pip install 'styledrop[gpu]')") from exc
+        params = list(params)
+        if not params or any(p.shape[0] != num_slots for p in params):
+            raise ValueError(f"every parameter must be stacked with {num_slots} slots first")
+        if any(p.dtype != torch.float32 for p in params):
+            raise ValueError("8-bit AdamW updates fp32 LoRA weights (the bank's trainable dtype)")
+        torch.optim.Optimizer.__init__(self, params, {"betas": betas, "eps": eps, "weight_decay": weight_decay})
+        device = params[0].device
+        self.num_slots = num_slots
+        self._update = bnbf.optimizer_update_8bit_blockwise
+        self.qmap1 = bnbf.create_dynamic_map(signed=True).to(device)  # first moment: signed
+        self.qmap2 = bnbf.create_dynamic_map(signed=False).to(device)  # second moment: non-negative
+        self.lrs = [0.0] * num_slots
+        self.slot_steps = [0] * num_slots
+        self.active_slots: list[int] = []
+        for p in params:
+            blocks = -(-p[0].numel() // BLOCK)  # per slot: a slot's slice never shares a block with another's
+            self.state[p] = {
+                "state1": torch.zeros_like(p, dtype=torch.uint8),
+                "state2": torch.zeros_like(p, dtype=torch.uint8),
+                "absmax1": torch.zeros(num_slots, blocks, device=device),
+                "absmax2": torch.zeros(num_slots, blocks, device=device),
+            }
+
+    @torch.no_grad()
+    def reset_slot(self, slot: int, lr: float, step: int = 0) -> None:
+        for p in self.params:
+            for t in self.state[p].values():
+                t[slot].zero_()
+        self.lrs[slot] = lr
+        self.slot_steps[slot] = step
+
+    def set_active(self, active: torch.Tensor, slots: Sequence[int] = ()) -> None:
+        self.active_slots = sorted(slots)
+
+    def slot_state(self, slot: int) -> dict[str, list[torch.Tensor]]:
+        """uint8 codes of both moments and their per-block fp32 absmax, one tensor per parameter (views)."""
+        ps = self.params
+        return {name: [self.state[p][name][slot] for p in ps] for name in ("state1", "state2", "absmax1", "absmax2")}
+
+    @torch.no_grad()
+    def load_slot_state(self, slot: int, state: dict[str, list[torch.Tensor]], step: int) -> None:
+        for name, views in self.slot_state(slot).items():
+            for dst, src in zip(views, state[name], strict=True):
+                dst.copy_(src)
+        self.slot_steps[slot] = step
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        group = self.param_groups[0]
+        beta1, beta2 = group["betas"]
+        eps, wd = group["eps"], group["weight_decay"]
+        params = [p for p in group["params"] if p.grad is not None]
+        for slot in self.active_slots:
+            self.slot_steps[slot] += 1
+            for p in params:
+                st = self.state[p]
+                self._update("adam", p.grad[slot], p.detach()[slot], st["state1"][slot], st["state2"][slot],
+                             beta1, beta2, 0.0, 0.0, eps, self.slot_steps[slot], self.lrs[slot], self.qmap1,
+                             self.qmap2, st["absmax1"][slot], st["absmax2"][slot], weight_decay=wd,
+                             gnorm_scale=1.0, skip_zeros=False)
