@@ -70,6 +70,7 @@ class TrainStep:
         self.optimizer.set_active(active, [s + 1 for s in styles])
         self._graph = self._graph_losses = None  # a new S: a new capture (after new warm-up steps)
         self._warm = 0
+        self.optimizer.zero_grad(set_to_none=True)  # a replayed graph leaves its gradients in .grad
 
     # --- the step's parts (each free of host reads; the captured graph runs them all) ---------------------------
 
@@ -116,6 +117,7 @@ class TrainStep:
     def _warm_up(self) -> torch.Tensor:
         side = self._side = self._side or torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
+        self.optimizer.zero_grad(set_to_none=True)  # backward must start from no gradient, as in eager steps
         with torch.cuda.stream(side):
             losses = self._eager(cache=False)
             self.optimizer.zero_grad(set_to_none=True)
