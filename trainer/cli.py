@@ -108,6 +108,8 @@ def add_engine_commands(sub: argparse._SubParsersAction) -> None:  # type: ignor
     t.add_argument("--optimizer", choices=["adamw", "adamw8bit"], default="adamw",
                    help="adamw8bit needs CUDA and bitsandbytes")
     t.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no", help="autocast on CUDA")
+    t.add_argument("--cuda-graph", action="store_true", help="capture the training step as a CUDA graph (CUDA; "
+                   "adamw with no or bf16 mixed precision)")
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("generate", help="generate images, optionally in a trained style",
@@ -186,7 +188,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)  # only once the model loaded: a failed load leaves no empty --out
     config = TrainConfig(steps=args.steps, learning_rate=args.lr, rank=args.rank, alpha=args.alpha, seed=args.seed,
                          optimizer=args.optimizer, mixed_precision=args.mixed_precision,
-                         checkpoint_every=args.checkpoint_every)
+                         checkpoint_every=args.checkpoint_every, cuda_graph=args.cuda_graph)
     resume = Checkpoint.from_bytes(ckpt_path.read_bytes()) if args.resume else None
     bar = _progress(args.steps, "train")
     bar.update(resume.step if resume else 0)

@@ -1,0 +1,162 @@
+"""GPU training benchmark (the training half of bench/gpu_check.sh): amused-256 shape, bf16, eager vs CUDA graph.
+
+Builds the U-ViT, VQ-GAN and CLIP text tower of amused-256 with random weights (bench/common.py `full`: the hub
+configs, no hub access; built directly on the device) and trains with `trainer.train_styles` as the worker does:
+bf16 weights, bf16 autocast, TF32 on, progress (one loss read-back) every 50 steps.
+
+1. 1500 STEPS at S = 1, eager and captured (`TrainConfig.cuda_graph`): wall time of the whole call (encoding,
+   encoder offload, warm-up and capture included), the loop's own time, and peak memory
+   (`torch.cuda.max_memory_allocated`). Goals (issue #9): 1500 steps <= 30 s (moonshot <= 10 s), peak <= 3 GB.
+2. STYLES PER GPU-HOUR for S = 1, 4, 8, 16, eager and captured: `--rate-steps` steps of S styles; the steady-state
+   time per step between the first and the last progress report (after warm-up and capture) gives
+   S x 3600 / (1500 x step time): styles of 1500 steps each per GPU-hour. Goal: >= 500.
+The rates run first; a 1500-step run whose estimate (from its rate) would overrun `--budget-s` is skipped and
+says so, so that the whole script stays within its time box (<= 4 minutes on an H200 by default).
+
+Smoke runs: `--quick` (300 long steps, 30 rate steps, S = 1 and 4); on a machine without CUDA,
+`--device cpu --preset tiny --steps 3` runs every CPU-side path (captured rows are reported as not run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from bench.common import CONFIGS, build_parts, describe_parts, print_environment, style_image
+from trainer.model import AmusedParts, resolve_dtype, resolve_mixed_precision
+from trainer.train import Callbacks, Progress, StyleSpec, TrainConfig, train_styles
+
+STEPS_PER_STYLE = 1500  # the StyleDrop recipe: styles per GPU-hour count styles of this many steps
+GOAL_SECONDS, MOONSHOT_SECONDS, GOAL_PEAK_GB, GOAL_STYLES_PER_HOUR = 30.0, 10.0, 3.0, 500.0
+MODES = ("eager", "captured")
+
+
+@dataclass
+class Run:
+    styles: int
+    steps: int
+    mode: str
+    wall_s: float  # the whole train_styles call
+    loop_s: float  # the training loop (from the last progress report's rate)
+    step_ms: float  # steady state: between the first and the last progress report
+    peak_gb: float
+    last_loss: float
+
+    @property
+    def styles_per_hour(self) -> float:
+        return self.styles * 3600 / (STEPS_PER_STYLE * self.step_ms / 1000)
+
+
+def train(parts: AmusedParts, n: int, steps: int, mode: str, mixed: str, progress_every: int) -> Run:
+    cuda = parts.device.type == "cuda"
+    specs = [StyleSpec([style_image(k)], f"style {k}", steps=steps, seed=k, learning_rate=4e-4) for k in range(n)]
+    marks: list[tuple[int, float]] = []
+    last: list[Progress] = []
+
+    def on_progress(i: int, p: Progress) -> None:
+        if i == 0:  # every style reports at the same steps: style 0's reports time the batch
+            marks.append((p.step, time.perf_counter()))
+            last[:] = [p]
+
+    config = TrainConfig(progress_every=progress_every, mixed_precision=mixed, cuda_graph=mode == "captured")  # type: ignore[arg-type]
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    results = train_styles(parts, specs, config, Callbacks(on_progress=on_progress))
+    if cuda:
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t
+    failed = [r.error for r in results if r.error is not None]
+    if failed:
+        raise RuntimeError(f"{mode} S={n}: a style failed") from failed[0]
+    losses = [r.losses[-1] for r in results]
+    if not all(math.isfinite(x) for x in losses):
+        raise RuntimeError(f"{mode} S={n}: non-finite loss {losses}")
+    (s0, t0), (s1, t1) = marks[0], marks[-1]
+    step_ms = (t1 - t0) / (s1 - s0) * 1000 if s1 > s0 else wall / steps * 1000
+    p = last[0]
+    return Run(n, steps, mode, wall, p.step / p.steps_per_second, step_ms,
+               torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"), sum(losses) / len(losses))
+
+
+def gb(r: Run) -> str:
+    return "-" if math.isnan(r.peak_gb) else f"{r.peak_gb:.2f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--device", default="cuda", help="cuda (the benchmark) or cpu (smoke run of the code paths)")
+    ap.add_argument("--preset", choices=CONFIGS, default="full", help="model shape (full = amused-256)")
+    ap.add_argument("--dtype", default="auto", help="weights: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16")
+    ap.add_argument("--mixed-precision", default="auto", help="autocast: auto (bf16 on CUDA, no on CPU), no, bf16")
+    ap.add_argument("--steps", type=int, default=STEPS_PER_STYLE, help="steps of the S = 1 runs (part 1)")
+    ap.add_argument("--rate-steps", type=int, default=100, help="steps of each styles-per-hour run (part 2)")
+    ap.add_argument("--styles", type=int, nargs="+", default=[1, 4, 8, 16], help="S values of part 2")
+    ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    ap.add_argument("--budget-s", type=float, default=230.0, help="skip 1500-step runs that would overrun this")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 300 + 30 steps, S = 1 and 4")
+    args = ap.parse_args()
+    t_start = time.perf_counter()
+    if args.quick:
+        args.steps, args.rate_steps, args.styles = min(args.steps, 300), min(args.rate_steps, 30), [1, 4]
+    rate_steps = min(args.rate_steps, args.steps)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda asked for, but CUDA is not available (smoke run: --device cpu --preset tiny)")
+    dtype = resolve_dtype(args.dtype, device.type)
+    mixed = resolve_mixed_precision(args.mixed_precision, device.type)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # as the worker: fp32 LoRA/optimizer maths on tensor cores
+        torch.backends.cudnn.allow_tf32 = True
+    modes = [m for m in args.modes if m == "eager" or device.type == "cuda"]  # a CUDA graph needs CUDA
+    with device:  # random init on the device itself: seconds instead of a minute of CPU init for 870 M params
+        parts = build_parts(args.preset, args.device, dtype)
+    print_environment(args.device, {"model": describe_parts(parts), "weights": str(dtype), "autocast": mixed,
+                                    "build s": f"{time.perf_counter() - t_start:.1f}"})
+    if len(modes) < len(args.modes):
+        print("captured runs: not run (a CUDA graph needs a CUDA device)\n")
+
+    print(f"## Styles per GPU-hour ({rate_steps} steps per run, steady state; goal >= {GOAL_STYLES_PER_HOUR:g})\n")
+    print("| S | mode | ms / step | styles / GPU-hour | vs eager S = 1 | peak GB | wall s | last loss |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    rates: dict[tuple[int, str], Run] = {}
+    for n in args.styles:
+        for mode in modes:
+            r = rates[(n, mode)] = train(parts, n, rate_steps, mode, mixed, max(1, rate_steps // 5))
+            base = rates.get((1, "eager"))
+            vs = f"{r.styles_per_hour / base.styles_per_hour:.2f}x" if base else "-"
+            print(f"| {n} | {mode} | {r.step_ms:.2f} | {r.styles_per_hour:.0f} | {vs} | {gb(r)} | "
+                  f"{r.wall_s:.1f} | {r.last_loss:.3f} |", flush=True)
+
+    print(f"\n## {args.steps} steps, S = 1 (goals: <= {GOAL_SECONDS:g} s, moonshot <= {MOONSHOT_SECONDS:g} s; "
+          f"peak <= {GOAL_PEAK_GB:g} GB)\n")
+    print("| mode | wall s (whole call) | loop s | ms / step | peak GB | time goal | peak goal |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for mode in modes:
+        left = args.budget_s - (time.perf_counter() - t_start)
+        rate = rates.get((1, mode))
+        estimate = (rate.step_ms * args.steps / 1000 + rate.wall_s - rate.loop_s) if rate else 0.0
+        if estimate > left:
+            print(f"| {mode} | skipped: estimated {estimate:.0f} s > {left:.0f} s left of --budget-s | | | | | |")
+            continue
+        r = train(parts, 1, args.steps, mode, mixed, 50 if args.steps >= 100 else 1)
+        time_goal = "moonshot met" if r.loop_s <= MOONSHOT_SECONDS else (
+            "met" if r.loop_s <= GOAL_SECONDS else "NOT met")
+        peak_goal = "-" if math.isnan(r.peak_gb) else ("met" if r.peak_gb <= GOAL_PEAK_GB else "NOT met")
+        print(f"| {mode} | {r.wall_s:.1f} | {r.loop_s:.1f} | {r.step_ms:.2f} | {gb(r)} | {time_goal} | "
+              f"{peak_goal} |", flush=True)
+    print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
