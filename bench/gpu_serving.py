@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,22 +21,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from bench.common import build_parts, common_args, describe_parts, print_environment, random_adapter, setup, sync
+from bench.common import build_parts, common_args, describe_parts, print_environment, random_adapter, setup, time_fn
 from trainer.bank import LoraBank
 from trainer.capture import compile_transformer
 from trainer.sampler import GenerationRequest, sample
 
 
 def timed(fn: Callable[[], object], device: str, reps: int) -> float:
-    fn()  # warm-up (and, compiled, the capture)
-    times = []
-    for _ in range(reps):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median seconds after one warm-up (and, compiled, the capture)."""
+    return statistics.median(time_fn(fn, warmup=1, reps=reps, device=device))
 
 
 def main() -> None:
@@ -52,7 +44,7 @@ def main() -> None:
     parts = build_parts(args.config, args.device, dtype, seed=args.seed)
     print_environment(args.device, {"model": describe_parts(parts), "rows": str(args.rows), "steps": str(args.steps)})
     counts = [int(k) for k in args.sweep.split(",")]
-    bank = LoraBank(parts.transformer, max(max(counts), 1))
+    bank = LoraBank(parts.transformer, max(*counts, args.rows, 1))
     for i in range(bank.capacity):
         bank.load(i + 1, random_adapter(parts.transformer, 100 + i, scale=0.05), name=f"a{i}")
 

@@ -16,35 +16,16 @@ from __future__ import annotations
 
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from torch.utils._python_dispatch import TorchDispatchMode
-
 from bench.common import build_parts, common_args, describe_parts, print_environment, setup, style_image, sync
+from trainer.capture import OpCounter
 from trainer.train import Callbacks, Progress, StyleSpec, TrainConfig, train_style, train_styles
 
-HOST_READS = {"aten._local_scalar_dense", "aten.item", "aten.nonzero", "aten.masked_select", "aten.equal",
-              "aten.is_nonzero", "aten.unique", "aten._unique2", "aten.unique_consecutive", "aten.repeat_interleave"}
 INTERVAL = 4
-
-
-class OpCounter(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops = 0
-        self.reads: Counter[str] = Counter()
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        kwargs = kwargs or {}
-        name = str(func.overloadpacket)
-        self.ops += 1
-        if name in HOST_READS or (name == "aten._to_copy" and str(kwargs.get("device")) == "cpu"):
-            self.reads[name] += 1
-        return func(*args, **kwargs)
 
 
 def specs(n: int, steps: int) -> list[StyleSpec]:
@@ -66,7 +47,7 @@ def count(parts: Any, n: int) -> tuple[float, int]:
 
     def on_progress(i: int, _p: Progress) -> None:
         if i == 0:
-            marks.append((counter.ops, sum(counter.reads.values())))
+            marks.append((counter.ops, counter.host_reads))
 
     with counter:
         train_styles(parts, specs(n, 2 * INTERVAL), config(progress_every=INTERVAL), Callbacks(on_progress=on_progress))

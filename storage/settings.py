@@ -74,6 +74,8 @@ class Settings(BaseSettings):
                              "batch row each (e.g. 8 on a GPU).")
     cancel_poll_seconds: float = Field(default=1.0, ge=0, description="How often a training run asks the "
                                        "database whether its jobs were cancelled (never per step).")
+    train_cuda_graph: bool = Field(default=False, description="CUDA only: replay each training step as one CUDA "
+                                   "graph (captured once per batch size); refused on a CPU.")
 
     # --- generation --------------------------------------------------------------------------------------------
     generate_batch_size: int = 8

@@ -3,37 +3,15 @@ between progress intervals reads nothing back to the host, with an op count that
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from trainer.capture import OpCounter
 from trainer.model import AmusedParts
 from trainer.optim import SlotAdamW
 from trainer.train import Callbacks, Progress, StyleSpec, TrainConfig, train_styles
-
-# Ops that make the host wait for the device on CUDA (a value, a data-dependent shape, or a copy to the host).
-HOST_READS = {"aten._local_scalar_dense", "aten.item", "aten.nonzero", "aten.masked_select", "aten.equal",
-              "aten.is_nonzero", "aten.unique", "aten._unique2", "aten.unique_consecutive", "aten.repeat_interleave"}
-
-
-class OpCounter(TorchDispatchMode):
-    """Counts every aten op and, separately, those that read back to the host."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops = 0
-        self.host_reads: Counter[str] = Counter()
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        kwargs = kwargs or {}
-        name = str(func.overloadpacket)
-        self.ops += 1
-        if name in HOST_READS or (name == "aten._to_copy" and str(kwargs.get("device")) == "cpu"):
-            self.host_reads[name] += 1
-        return func(*args, **kwargs)
 
 
 def test_slot_adamw_equals_torch_adamw_per_slot_and_leaves_idle_slots_alone() -> None:
@@ -94,7 +72,7 @@ def _count_between_reports(parts: AmusedParts, images: list, n_styles: int) -> t
 
     def on_progress(i: int, p: Progress) -> None:
         if i == 0:
-            marks.append((counter.ops, sum(counter.host_reads.values())))
+            marks.append((counter.ops, counter.host_reads))
 
     specs = [StyleSpec(images, f"style {k}", steps=9, seed=k, learning_rate=1e-3) for k in range(n_styles)]
     with counter:

@@ -2,8 +2,9 @@
 
 `OpCounter` is a `TorchDispatchMode` that counts every aten operation a block of code dispatches (on a GPU each is
 at least one kernel launch, ~5–10 µs of CPU time) and the operations that make the host wait for the device:
-reading a value back (`.item()`, `bool(t)`, `int(t)`), ops whose output shape depends on data (`nonzero`,
-boolean-mask indexing, `masked_select`, `unique`, `repeat_interleave` without `output_size`), and copies between
+reading a value back (`.item()`, `bool(t)`, `int(t)`, an explicit copy to the host), ops whose output shape depends
+on data (`nonzero`, boolean-mask indexing, `masked_select`, `unique`, `repeat_interleave` without `output_size`),
+and copies between
 devices (on a CPU-only run, tensors made from Python data, which on a GPU are host→device copies). The counts are
 deterministic, so benchmarks and tests can compare them exactly on a shared CPU where timings are noise.
 
@@ -62,6 +63,8 @@ class OpCounter(TorchDispatchMode):
             read = True  # boolean-mask indexing: its output size is the mask's count, read from the device
         if name == "repeat_interleave" and kwargs.get("output_size") is None and len(args) == 1:
             read = True
+        if name == "_to_copy" and kwargs.get("device") is not None and torch.device(kwargs["device"]).type == "cpu":
+            read = True  # an explicit copy to the host (`.to("cpu", copy=True)`): on a GPU, a device→host read
         if read:
             self.host_reads += 1
             self.reads_by_name[name] += 1

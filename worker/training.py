@@ -78,10 +78,11 @@ class TrainingRun:
             return outcomes
         logger.info("run %s: %d jobs (%s)", self.run_id, len(ready), ", ".join(j.id for j in ready))
         settings = self.rt.settings
+        device = trainer.resolve_device(settings.device)
         config = trainer.TrainConfig(
             checkpoint_every=settings.checkpoint_every, progress_every=settings.progress_every,
-            mixed_precision=trainer.resolve_mixed_precision(  # type: ignore[arg-type]
-                settings.mixed_precision, trainer.resolve_device(settings.device)),
+            mixed_precision=trainer.resolve_mixed_precision(settings.mixed_precision, device),  # type: ignore[arg-type]
+            cuda_graph=settings.train_cuda_graph and device.startswith("cuda"),
         )
         callbacks = Callbacks(
             on_progress=lambda i, p: self.report(ready[i], p),
