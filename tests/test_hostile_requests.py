@@ -225,6 +225,9 @@ def test_pool_exhaustion_is_503_with_retry_after(api_client, api_keys) -> None:
             resp = api_client.get("/v1/jobs", headers=bearer(api_keys["alice"]))
             assert resp.status_code == 503 and int(resp.headers["Retry-After"]) >= 1
             assert resp.json()["code"] == "database_busy"
+            stream = api_client.get("/v1/jobs/any/events",
+                                    headers=bearer(api_keys["alice"], Accept="text/event-stream"))
+            assert stream.status_code == 503 and stream.json()["code"] == "database_busy"
         finally:
             held.close()
         assert api_client.get("/v1/jobs", headers=bearer(api_keys["alice"])).status_code == 200
