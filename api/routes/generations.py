@@ -14,6 +14,7 @@ from starlette.datastructures import UploadFile
 from api import generation_ops
 from api.deps import BlobsDep, CurrentUser, RateLimitedUser, SessionDep, SessionFactoryDep, SettingsDep
 from api.errors import Invalid, UnsupportedMedia
+from api.forms import StrictFormRoute
 from api.problems import problem_responses
 from api.schemas import MAX_OFFSET, GenerationCreate, GenerationPublic
 from api.services import generations, lookup, uploads
@@ -24,7 +25,7 @@ from storage.states import GENERATION_FINAL
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1/generations", tags=["generations"],
+router = APIRouter(prefix="/v1/generations", tags=["generations"], route_class=StrictFormRoute,
                    responses=problem_responses(400, 401, 403, 404, 409, 410, 413, 415, 429))
 
 WAIT_POLL_SECONDS = 0.25

@@ -20,6 +20,7 @@ from fastapi.templating import Jinja2Templates
 from api import gallery
 from api.deps import SessionDep, current_user_from_cookie
 from api.errors import NotFound
+from api.forms import StrictFormRoute
 from api.security import CSRF_FIELD, SESSION_COOKIE, check_csrf, csrf_token
 from api.services import styles
 from storage.models import User
@@ -28,7 +29,7 @@ from storage.users import find_key
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, route_class=StrictFormRoute)
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
 
 STYLES_PAGE_LIMIT = 200

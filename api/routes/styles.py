@@ -5,6 +5,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile, status
 
 from api.deps import BlobsDep, CurrentUser, RateLimitedUser, SessionDep, SettingsDep
+from api.forms import StrictFormRoute
 from api.problems import problem_responses
 from api.schemas import (
     MAX_OFFSET,
@@ -17,7 +18,7 @@ from api.schemas import (
 )
 from api.services import jobs, lookup, styles, uploads
 
-router = APIRouter(prefix="/v1/styles", tags=["styles"],
+router = APIRouter(prefix="/v1/styles", tags=["styles"], route_class=StrictFormRoute,
                    responses=problem_responses(400, 401, 403, 404, 409, 410, 413, 415, 429))
 
 PNG: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}, "description": "A PNG image."}}
