@@ -36,13 +36,6 @@ STYLES_PAGE_LIMIT = 200
 GALLERY_LIMIT = 24  # the style page shows the newest; the gallery pages through the rest
 
 
-def _can_delete_generations(request: Request) -> bool:
-    """Whether this service has DELETE /v1/generations/{id}: the pages offer Delete only when it does. Read from the
-    OpenAPI schema (built once and cached by FastAPI): included routers do not list their routes in `app.routes`."""
-    paths = request.app.openapi().get("paths", {})
-    return "delete" in paths.get("/v1/generations/{generation_id}", {})
-
-
 def _safe_next(target: str | None, default: str = "/styles") -> str:
     """Only same-site paths: never an absolute or scheme-relative URL (open redirect)."""
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
@@ -161,8 +154,7 @@ def style_page(style_id: str, request: Request, session: SessionDep) -> Response
     ((style_view, job),) = styles.styles_with_jobs(session, [styles.style_public(session, style)])
     shots = gallery.gallery_page(session=session, owner=user, page=1, per_page=GALLERY_LIMIT,
                                  adapter_ids=gallery.style_adapter_ids(session=session, style_id=style.id))
-    return _render(request, "style.html", user, style=style_view, job=job, gallery=shots,
-                   can_delete=_can_delete_generations(request))
+    return _render(request, "style.html", user, style=style_view, job=job, gallery=shots)
 
 
 @router.get("/gallery")
@@ -175,7 +167,7 @@ def gallery_page(request: Request, session: SessionDep, page: Annotated[str, Que
         return _render(request, "error.html", user, status_code=404, title="No such gallery page",
                        message=f"Gallery pages are numbered from 1; there is no page {page[:20]!r}.")
     result = gallery.gallery_page(session=session, owner=user, page=number)
-    return _render(request, "gallery.html", user, gallery=result, can_delete=_can_delete_generations(request),
+    return _render(request, "gallery.html", user, gallery=result,
                    adapters=gallery.adapter_choices(session=session, owner=user))
 
 
