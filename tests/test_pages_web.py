@@ -27,7 +27,8 @@ def sign_in(client: TestClient, key: str, next_path: str = "/styles") -> str:
 
 def test_signed_out_visitor_is_sent_to_sign_in(pages_client: TestClient) -> None:
     for path, target in (("/", "/signin"), ("/styles", "/signin?next=/styles"), ("/admin", "/signin?next=/admin"),
-                         ("/styles/new", "/signin?next=/styles/new"), ("/styles/abc", "/signin?next=/styles/abc")):
+                         ("/styles/new", "/signin?next=/styles/new"), ("/styles/abc", "/signin?next=/styles/abc"),
+                         ("/keys", "/signin?next=/keys"), ("/gallery?page=2", "/signin?next=/gallery%3Fpage%3D2")):
         resp = pages_client.get(path, follow_redirects=False)
         assert resp.status_code == 303, path
         assert resp.headers["location"] == target

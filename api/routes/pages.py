@@ -8,19 +8,20 @@ Sign-in and sign-out are the only page forms that change state here.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
 
-from fastapi import APIRouter, Form, Query, Request, status
+from fastapi import APIRouter, Depends, Form, Query, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 
 from api import gallery
 from api.deps import SessionDep, current_user_from_cookie
 from api.errors import NotFound
-from api.forms import StrictFormRoute
 from api.security import CSRF_FIELD, SESSION_COOKIE, check_csrf, csrf_token
 from api.services import styles
 from storage.models import User
@@ -29,7 +30,39 @@ from storage.users import find_key
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(include_in_schema=False, route_class=StrictFormRoute)
+
+
+class SignInRequired(Exception):
+    """Raised by the `SignedInUser` dependency; a page route answers it with a redirect to the sign-in page."""
+
+
+class PageRoute(APIRoute):
+    """A page route: a request without a live session is sent to /signin (and back here afterwards)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def page(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except SignInRequired:
+                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                return RedirectResponse(f"/signin?next={quote(target, safe='/')}",
+                                        status_code=status.HTTP_303_SEE_OTHER)
+
+        return page
+
+
+def _signed_in(request: Request, session: SessionDep) -> User:
+    user = current_user_from_cookie(request, session)
+    if user is None:
+        raise SignInRequired
+    return user
+
+
+SignedInUser = Annotated[User, Depends(_signed_in)]
+
+router = APIRouter(include_in_schema=False, route_class=PageRoute)
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
 
 STYLES_PAGE_LIMIT = 200
@@ -41,11 +74,6 @@ def _safe_next(target: str | None, default: str = "/styles") -> str:
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
         return default
     return target
-
-
-def _signin_redirect(request: Request) -> RedirectResponse:
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    return RedirectResponse(f"/signin?next={quote(target, safe='/')}", status_code=status.HTTP_303_SEE_OTHER)
 
 
 def _render(request: Request, name: str, user: User | None, status_code: int = 200, **context: Any) -> HTMLResponse:
@@ -125,27 +153,18 @@ def signout(request: Request, session: SessionDep, csrf: Annotated[str, Form(ali
 
 
 @router.get("/styles")
-def styles_page(request: Request, session: SessionDep) -> Response:
-    user = current_user_from_cookie(request, session)
-    if user is None:
-        return _signin_redirect(request)
+def styles_page(request: Request, session: SessionDep, user: SignedInUser) -> Response:
     listed = styles.list_styles(session=session, owner=user, limit=STYLES_PAGE_LIMIT, offset=0)
     return _render(request, "styles.html", user, items=styles.styles_with_jobs(session, listed))
 
 
 @router.get("/styles/new")
-def new_style_page(request: Request, session: SessionDep) -> Response:
-    user = current_user_from_cookie(request, session)
-    if user is None:
-        return _signin_redirect(request)
+def new_style_page(request: Request, user: SignedInUser) -> Response:
     return _render(request, "new_style.html", user)
 
 
 @router.get("/styles/{style_id}")
-def style_page(style_id: str, request: Request, session: SessionDep) -> Response:
-    user = current_user_from_cookie(request, session)
-    if user is None:
-        return _signin_redirect(request)
+def style_page(style_id: str, request: Request, session: SessionDep, user: SignedInUser) -> Response:
     try:
         style = styles.get_style(session=session, owner=user, style_id=style_id)
     except NotFound:
@@ -158,10 +177,8 @@ def style_page(style_id: str, request: Request, session: SessionDep) -> Response
 
 
 @router.get("/gallery")
-def gallery_page(request: Request, session: SessionDep, page: Annotated[str, Query()] = "1") -> Response:
-    user = current_user_from_cookie(request, session)
-    if user is None:
-        return _signin_redirect(request)
+def gallery_page(request: Request, session: SessionDep, user: SignedInUser,
+                 page: Annotated[str, Query()] = "1") -> Response:
     number = int(page) if page.isdecimal() and len(page) <= 6 else 0
     if not 1 <= number <= gallery.MAX_PAGE:
         return _render(request, "error.html", user, status_code=404, title="No such gallery page",
@@ -172,18 +189,12 @@ def gallery_page(request: Request, session: SessionDep, page: Annotated[str, Que
 
 
 @router.get("/keys")
-def keys_page(request: Request, session: SessionDep) -> Response:
-    user = current_user_from_cookie(request, session)
-    if user is None:
-        return _signin_redirect(request)
+def keys_page(request: Request, user: SignedInUser) -> Response:
     return _render(request, "keys.html", user)
 
 
 @router.get("/admin")
-def admin_page(request: Request, session: SessionDep) -> Response:
-    user = current_user_from_cookie(request, session)
-    if user is None:
-        return _signin_redirect(request)
+def admin_page(request: Request, user: SignedInUser) -> Response:
     if not user.is_admin:
         return _render(request, "error.html", user, status_code=403, title="Admins only",
                        message="The admin pages need an admin account. Sign in with an admin API key to see them.")
