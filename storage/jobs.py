@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
+from storage import webhooks
 from storage.models import Generation, JobEvent, TrainingJob, utcnow
 from storage.states import (
     GENERATION_ACTIVE,
@@ -123,8 +124,6 @@ def transition_generation(
     """The generation counterpart of `transition` (generations write no event rows, but may queue a webhook)."""
     if not _move(session, Generation, generation_id, _checked(Generation, expected, new, fields), new, fields):
         return False
-    from storage import webhooks  # storage.webhooks -> storage.resources -> this module
-
     webhooks.generation_state_changed(session, generation_id, new)
     return True
 
@@ -144,8 +143,6 @@ def record_generation_step(session: Session, generation_id: str, step: int, work
     obj = session.identity_map.get(identity_key(Generation, generation_id))
     if obj is not None:
         session.expire(obj)
-    from storage import webhooks
-
     webhooks.generation_event(session, generation_id, "progress")
     return True
 
@@ -157,8 +154,6 @@ def add_event(session: Session, job_id: str, kind: str, payload: dict[str, Any])
     session.add(event)
     session.flush()
     if kind in ("state", "progress"):  # the webhook event, if any, commits with the change it reports
-        from storage import webhooks  # storage.webhooks -> storage.resources -> this module
-
         if kind == "state":
             webhooks.job_state_changed(session, job_id, str(payload.get("to")))
         else:

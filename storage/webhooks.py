@@ -17,10 +17,9 @@ import secrets
 import socket
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any
 from urllib.parse import urlsplit
 
-import pydantic_core
+from pydantic import BaseModel
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -147,10 +146,10 @@ def _throttled(session: Session, resource_id: str) -> bool:
 
 
 def _record(session: Session, kind: str, row: TrainingJob | Generation, event: str,
-            fields: dict[str, Any]) -> WebhookDelivery:
+            view: BaseModel) -> WebhookDelivery:
     assert row.webhook is not None
     delivery = WebhookDelivery(owner_id=row.owner_id, resource=kind, resource_id=row.id, event=event,
-                               url=row.webhook, body=pydantic_core.to_json(fields).decode())
+                               url=row.webhook, body=view.model_dump_json())
     session.add(delivery)
     session.flush()
     logger.info("%s %s: webhook %s queued as %s", kind, row.id, event, delivery.id)
@@ -162,7 +161,7 @@ def job_event(session: Session, job_id: str, event: str) -> WebhookDelivery | No
     job = session.get(TrainingJob, job_id)
     if job is None or not _wanted(job, event) or (event == "progress" and _throttled(session, job_id)):
         return None
-    return _record(session, "job", job, event, resources.job_fields(session, job))
+    return _record(session, "job", job, event, resources.job_views(session, [job])[0])
 
 
 def job_state_changed(session: Session, job_id: str, new: str) -> None:
@@ -176,7 +175,7 @@ def generation_event(session: Session, generation_id: str, event: str) -> Webhoo
     gen = session.get(Generation, generation_id)
     if gen is None or not _wanted(gen, event) or (event == "progress" and _throttled(session, generation_id)):
         return None
-    return _record(session, "generation", gen, event, resources.generation_fields(session, gen))
+    return _record(session, "generation", gen, event, resources.generation_views(session, [gen])[0])
 
 
 def generation_state_changed(session: Session, generation_id: str, new: str) -> None:
