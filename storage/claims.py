@@ -121,7 +121,7 @@ def claim_generations(session: Session, *, first_id: str, limit: int, worker_hos
         .execution_options(populate_existing=True)
     ).all()
     for row in rows:
-        webhooks.generation_state_changed(session, row.id, "running")
+        webhooks.state_changed(session, Generation, row.id, GenerationState.RUNNING)
     logger.debug("%s claimed %d generations", worker_host, len(rows))
     return list(rows)
 

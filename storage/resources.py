@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, computed_field
 from sqlalchemy import select
@@ -35,6 +35,12 @@ WEBHOOK_EVENTS_DOC = (
     "Which events to send: start (a worker took it), progress (at most every few seconds while running), "
     "completed (succeeded, failed or cancelled). Default: all three."
 )
+
+
+# The webhook a job or generation was created with, as both show it (the row's column is `webhook_events`).
+WebhookUrl = Annotated[str | None, Field(description=WEBHOOK_DOC)]
+WebhookEventsFilter = Annotated[list[WebhookEvent] | None, Field(
+    validation_alias=AliasChoices("webhook_events_filter", "webhook_events"), description=WEBHOOK_EVENTS_DOC)]
 
 
 class ErrorInfo(BaseModel):
@@ -83,10 +89,8 @@ class JobPublic(WithError):
         "CPU-only worker), summed over attempts; not a GPU-only figure, so not 0 on a CPU worker.",
     )
     adapter_id: str | None = None
-    webhook: str | None = Field(default=None, description=WEBHOOK_DOC)
-    webhook_events_filter: list[WebhookEvent] | None = Field(
-        default=None, validation_alias=AliasChoices("webhook_events_filter", "webhook_events"),
-        description=WEBHOOK_EVENTS_DOC)
+    webhook: WebhookUrl = None
+    webhook_events_filter: WebhookEventsFilter = None
 
     @computed_field(description="step / total_steps, 0..1")  # type: ignore[prop-decorator]
     @property
@@ -130,10 +134,8 @@ class GenerationPublic(WithError):
         description="Estimated seconds until done: from its own pace while running, from the service's recent pace "
         "while queued; null when there is nothing to estimate from, 0 once final.",
     )
-    webhook: str | None = Field(default=None, description=WEBHOOK_DOC)
-    webhook_events_filter: list[WebhookEvent] | None = Field(
-        default=None, validation_alias=AliasChoices("webhook_events_filter", "webhook_events"),
-        description=WEBHOOK_EVENTS_DOC)
+    webhook: WebhookUrl = None
+    webhook_events_filter: WebhookEventsFilter = None
 
     @computed_field(description="step / steps, 0..1; 1 once succeeded.")  # type: ignore[prop-decorator]
     @property

@@ -12,11 +12,20 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from api import generation_ops
-from api.deps import BlobsDep, CurrentUser, RateLimitedUser, SessionDep, SessionFactoryDep, SettingsDep
+from api.deps import (
+    BlobsDep,
+    CurrentUser,
+    PageLimit,
+    PageOffset,
+    RateLimitedUser,
+    SessionDep,
+    SessionFactoryDep,
+    SettingsDep,
+)
 from api.errors import Invalid, UnsupportedMedia
 from api.forms import StrictFormRoute
 from api.problems import problem_responses
-from api.schemas import MAX_OFFSET, GenerationCreate, GenerationPublic
+from api.schemas import GenerationCreate, GenerationPublic
 from api.services import generations, lookup, uploads
 from storage.blobs import BlobStore
 from storage.models import Generation, User
@@ -172,8 +181,8 @@ async def create_generation(
 def list_generations(
     user: CurrentUser,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    limit: PageLimit = 50,
+    offset: PageOffset = 0,
 ) -> list[GenerationPublic]:
     gens = generations.list_generations(session=session, owner=user, limit=limit, offset=offset)
     return generations.generation_views(session, gens)

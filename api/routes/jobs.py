@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from api.deps import BlobsDep, CurrentUser, SessionDep
+from api.deps import BlobsDep, CurrentUser, PageLimit, PageOffset, SessionDep
 from api.errors import Invalid
 from api.problems import problem_responses
 from api.schemas import MAX_OFFSET, JobEventPublic, JobPublic
@@ -71,8 +71,8 @@ def list_jobs(
     user: CurrentUser,
     session: SessionDep,
     state: StateFilter = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    limit: PageLimit = 50,
+    offset: PageOffset = 0,
 ) -> list[JobPublic]:
     """Your jobs, newest first."""
     return jobs.list_jobs(session=session, owner=user, state=state, limit=limit, offset=offset)

@@ -2,13 +2,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Header, Response, UploadFile, status
 
-from api.deps import BlobsDep, CurrentUser, RateLimitedUser, SessionDep, SettingsDep
+from api.deps import BlobsDep, CurrentUser, PageLimit, PageOffset, RateLimitedUser, SessionDep, SettingsDep
 from api.forms import StrictFormRoute
 from api.problems import problem_responses
 from api.schemas import (
-    MAX_OFFSET,
     WEBHOOK_DOC,
     WEBHOOK_EVENTS_DOC,
     JobPublic,
@@ -60,8 +59,8 @@ def create_style(
 def list_styles(
     user: CurrentUser,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    limit: PageLimit = 50,
+    offset: PageOffset = 0,
 ) -> list[StylePublic]:
     return styles.list_styles(session=session, owner=user, limit=limit, offset=offset)
 
