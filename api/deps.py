@@ -7,12 +7,13 @@ import math
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import Forbidden, RateLimited, Unauthorized
 from api.ratelimit import Limiter
+from api.schemas import MAX_OFFSET
 from api.security import CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE, check_csrf
 from storage.blobs import BlobStore
 from storage.models import User
@@ -50,6 +51,9 @@ SessionDep = Annotated[Session, Depends(get_session)]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_sessionmaker)]
 BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+# A page of a listing (`limit: PageLimit = 50, offset: PageOffset = 0`); an offset past a database integer is a 422.
+PageLimit = Annotated[int, Query(ge=1, le=200)]
+PageOffset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
 
 
 def _user_from_cookie(request: Request, session: Session) -> User | None:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
-from starlette import formparsers
 from starlette.concurrency import run_in_threadpool
 
 from api.docs import install_docs
@@ -30,23 +29,6 @@ logger = logging.getLogger(__name__)
 
 MULTIPART_OVERHEAD = 1024 * 1024  # form fields and part headers on top of the files
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-
-
-def _strict_form_decode(src: bytes | bytearray, codec: str) -> str:
-    """Starlette decodes a form field that is not valid in its charset as Latin-1 instead, silently turning bad
-    bytes into other text (a descriptor of b"\xff" would train on "ÿ"). Refuse it: Starlette turns this exception
-    into a 400 with the message."""
-    codec = codec or "utf-8"
-    try:
-        text = bytes(src).decode(codec)
-    except (UnicodeDecodeError, LookupError):
-        raise formparsers.MultiPartException(f"a form field or file name is not valid {codec} text") from None
-    if "\x00" in text:  # PostgreSQL text cannot hold NUL, and no field of ours needs one
-        raise formparsers.MultiPartException("a form field or file name contains a NUL character")
-    return text
-
-
-formparsers._user_safe_decode = _strict_form_decode  # type: ignore[attr-defined]
 
 
 def _pool_args(settings: Settings) -> dict[str, float]:

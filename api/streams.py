@@ -4,23 +4,30 @@ A stream holds no database connection while it waits. One background task asks t
 `POLL_SECONDS`, for the newest event id and the state of every job that someone watches (one short query for all
 streams); only a stream whose job has something new wakes up and reads its events, in a short session of its own.
 Streams are counted per user and in total, and refused with 429 past `max_streams_per_user` /
-`max_streams_total` (api/routes/jobs.py).
+`max_streams_total` (api/routes/jobs.py). The wire format and the keep-alive comments are FastAPI's
+(`EventSourceResponse`); this module decides what to send and when.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
-import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from fastapi.routing import APIRoute
+from fastapi.sse import ServerSentEvent
+from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.routing import Match
+from starlette.types import Scope
 
+from api.errors import RateLimited
 from storage import jobs as jobstore
 from storage.models import JobEvent, TrainingJob
 from storage.states import JOB_FINAL
@@ -28,14 +35,28 @@ from storage.states import JOB_FINAL
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5
-KEEPALIVE_SECONDS = 15.0
+RETRY_MS = 2000  # how long a browser waits before it reconnects (with Last-Event-ID)
 EVENTS_PER_READ = 500
 
 
-class StreamLimit(Exception):
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+def wants_event_stream(headers: Headers) -> bool:
+    return "text/event-stream" in headers.get("accept", "")
+
+
+def _full(message: str) -> RateLimited:
+    return RateLimited(message, code="too_many_streams", headers={"Retry-After": "10"})
+
+
+class EventStreamRoute(APIRoute):
+    """A route that answers only requests asking for `text/event-stream`: the stream and the JSON list of one
+    resource share a URL (browsers' EventSource sends that Accept), and FastAPI streams SSE only from an endpoint
+    that is itself a generator, so each is its own route and the router picks by Accept."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child_scope = super().matches(scope)
+        if match is not Match.NONE and not wants_event_stream(Headers(scope=scope)):
+            return Match.NONE, {}
+        return match, child_scope
 
 
 @dataclass(eq=False)
@@ -58,38 +79,29 @@ class StreamHub:
         self._watchers: set[_Watcher] = set()
         self._poller: asyncio.Task[None] | None = None
 
-    @property
-    def open_streams(self) -> int:
-        return self._open
-
-    def admit(self, user_id: str) -> Callable[[], None]:
-        """Count one stream for `user_id` or raise StreamLimit; returns its idempotent release function."""
+    @contextmanager
+    def admitted(self, user_id: str) -> Iterator[None]:
+        """Hold one stream's place for `user_id` while the block runs; 429 `too_many_streams` when there is none."""
         with self._lock:
             if self._open >= self.total:
-                raise StreamLimit(f"the server has {self.total} event streams open, its limit; poll "
-                                  "GET /v1/jobs/{id} or retry shortly")
+                raise _full(f"the server has {self.total} event streams open, its limit; poll "
+                            "GET /v1/jobs/{id} or retry shortly")
             mine = self._by_user.get(user_id, 0)
             if mine >= self.per_user:
-                raise StreamLimit(f"you have {mine} event streams open (the limit is {self.per_user}); "
-                                  "close one first")
+                raise _full(f"you have {mine} event streams open (the limit is {self.per_user}); "
+                            "close one first")
             self._by_user[user_id] = mine + 1
             self._open += 1
-        released = False
-
-        def release() -> None:
-            nonlocal released
+        try:
+            yield
+        finally:
             with self._lock:
-                if released:
-                    return
-                released = True
                 self._open -= 1
                 left = self._by_user[user_id] - 1
                 if left:
                     self._by_user[user_id] = left
                 else:
                     del self._by_user[user_id]
-
-        return release
 
     def _latest(self, job_ids: list[str]) -> dict[str, tuple[int, str | None]]:
         """{job id: (newest event id, state)} for the watched jobs, in one short session."""
@@ -126,26 +138,18 @@ class StreamHub:
             job = session.get(TrainingJob, job_id)
             return events, job.state if job is not None else None
 
-    def stream(self, job_id: str, after: int, release: Callable[[], None],
-               render: Callable[[JobEvent], str]) -> AsyncIterator[str]:
-        """The SSE body for one admitted stream; `release` runs when it ends, however it ends."""
-        gen = self._stream(job_id, after, release, render)
-        weakref.finalize(gen, release)  # a body that is never iterated (client gone first) still gives back its place
-        return gen
-
-    async def _stream(self, job_id: str, after: int, release: Callable[[], None],
-                      render: Callable[[JobEvent], str]) -> AsyncIterator[str]:
+    async def events(self, job_id: str, after: int,
+                     public: Callable[[JobEvent], BaseModel]) -> AsyncIterator[ServerSentEvent]:
+        """The events of one admitted stream after event id `after` (`public`: an event as the API shows it), then
+        an `end` event once the job is final. FastAPI frames them and sends the keep-alives
+        (`EventSourceResponse`); the route's dependency gives the stream's place back however it ends."""
         watcher = _Watcher(job_id, after)
         try:
-            yield "retry: 2000\n\n"
+            yield ServerSentEvent(retry=RETRY_MS)
             self._watch(watcher)
             watcher.wake.set()  # read once at once: events before the stream opened
             while True:
-                try:
-                    await asyncio.wait_for(watcher.wake.wait(), timeout=KEEPALIVE_SECONDS)
-                except TimeoutError:
-                    yield ": keep-alive\n\n"
-                    continue
+                await watcher.wake.wait()
                 watcher.wake.clear()
                 try:
                     events, state = await run_in_threadpool(self._read, job_id, watcher.after)
@@ -156,12 +160,11 @@ class StreamHub:
                     continue
                 for event in events:
                     watcher.after = event.id
-                    yield f"id: {event.id}\nevent: {event.kind}\ndata: {render(event)}\n\n"
+                    yield ServerSentEvent(id=str(event.id), event=event.kind, data=public(event))
                 if len(events) == EVENTS_PER_READ:
                     watcher.wake.set()  # more to read
                 elif state is None or state in JOB_FINAL:
-                    yield f"event: end\ndata: {json.dumps({'state': state})}\n\n"
+                    yield ServerSentEvent(event="end", data={"state": state})
                     return
         finally:
             self._watchers.discard(watcher)
-            release()

@@ -13,7 +13,6 @@ in a temp dir, measured against itself in the same run.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import shlex
 import subprocess
 import sys
@@ -26,8 +25,8 @@ from typing import Any
 import httpx
 from service_stack import pct
 
-from tests.helpers.images import style_png
-from tests.test_hostile_load import _vm, bomb, open_stream, start_api
+from tests.helpers.api_process import open_stream, process_memory, start_api
+from tests.helpers.images import decode_bomb, style_png
 
 
 def timed(client: httpx.Client, n: int, path: str, headers: dict[str, str]) -> tuple[list[float], set[int]]:
@@ -47,7 +46,7 @@ def main() -> int:
     args = ap.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(f"$ python {' '.join(shlex.quote(a) for a in sys.argv)}   (commit {commit})")
-    with tempfile.TemporaryDirectory() as tmp, contextlib.contextmanager(start_api)(
+    with tempfile.TemporaryDirectory() as tmp, start_api(
             Path(tmp), STYLEDROP_MAX_STREAMS_PER_USER="10",
             STYLEDROP_MAX_STREAMS_TOTAL=str(args.streams + 10)) as api:
         users = max(1, args.streams // 10)
@@ -93,9 +92,9 @@ def main() -> int:
                       f"{dt * 1000:.1f} ms (client send included); answer {len(r.content)} bytes")
 
         print("\n## 3. memory under concurrent decode bombs")
-        png, jpeg = bomb("PNG"), bomb("JPEG")
+        png, jpeg = decode_bomb("PNG"), decode_bomb("JPEG")
         for name, data in (("PNG", png), ("JPEG", jpeg)):
-            before = _vm(api.pid, "VmRSS")
+            before = process_memory(api.pid, "VmRSS")
             results: list[int] = []
 
             def upload(i: int, data: bytes = data, results: list[int] = results) -> None:
@@ -108,7 +107,7 @@ def main() -> int:
                 t.start()
             for t in threads:
                 t.join()
-            peak = _vm(api.pid, "VmHWM")
+            peak = process_memory(api.pid, "VmHWM")
             print(f"4 x 6000x6000 {name} ({len(data)} bytes each): statuses {sorted(results)}; RSS before "
                   f"{before / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB (+{(peak - before) / 2**20:.0f} MiB)")
         client.close()

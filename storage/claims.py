@@ -1,71 +1,31 @@
 """Who runs what: the claims workers make and the takeover rule, in one place beside each other.
 
-Training jobs are claimed in the database's order (`_train_queue`: fair across users, then oldest), never the
-broker's; `queue_positions` reports that same order. Generations are claimed in batches (the message's own row
-first). A row a worker holds may be taken over when it is abandoned (`is_abandoned`: its worker is the claimer
-itself, or its heartbeat is stale) — the reconciler's sweep (`storage.jobs.stale_rows`) applies the same rule in
-SQL. Every claim is a conditional UPDATE; nothing here commits.
+Training jobs are claimed in the database's order (`storage.queue_order.train_queue`: fair across users, then
+oldest), never the broker's; `storage.queue_order.queue_positions` reports that same order. Generations are
+claimed in batches (the message's own row first). A row a worker holds may be taken over when it is abandoned
+(`is_abandoned`: its worker is the claimer itself, or its heartbeat is stale) — the reconciler's sweep
+(`storage.jobs.stale_rows`) applies the same rule in SQL. Every claim is a conditional UPDATE; nothing here commits.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import CursorResult, case, func, select, update
 from sqlalchemy.orm import Session
 
+from storage import webhooks
 from storage.jobs import transition, transition_generation
 from storage.models import Generation, TrainingJob, utcnow
+from storage.queue_order import train_queue
 from storage.states import GENERATION_ACTIVE, JOB_ACTIVE, GenerationState, JobState
 
 logger = logging.getLogger(__name__)
 
 
-def _train_queue() -> Any:
-    """Claimable queued jobs with their claim order: the database's, never the broker's.
-
-    Fair across users: a job's `load` is its owner's running jobs plus the owner's queued jobs ahead of it, so the
-    user with the fewest running jobs goes first, then the oldest job. Sorting every claimable job by (load,
-    queued_at, id) gives exactly the order of claiming one job at a time with that rule, so a batch claim
-    (`limit` > 1) and `queue_position` agree with single claims.
-    """
-    running = (
-        select(TrainingJob.owner_id, func.count().label("n"))
-        .where(TrainingJob.state.in_(JOB_ACTIVE))
-        .group_by(TrainingJob.owner_id)
-        .subquery()
-    )
-    ahead = func.row_number().over(partition_by=TrainingJob.owner_id, order_by=(TrainingJob.queued_at, TrainingJob.id))
-    return (
-        select(TrainingJob.id, TrainingJob.queued_at, (func.coalesce(running.c.n, 0) + ahead - 1).label("load"))
-        .outerjoin(running, running.c.owner_id == TrainingJob.owner_id)
-        .where(TrainingJob.state == JobState.QUEUED, TrainingJob.cancel_requested_at.is_(None),
-               TrainingJob.attempts < TrainingJob.max_attempts)
-        .subquery()
-    )
-
-
-def queue_positions(session: Session, job_ids: Collection[str]) -> dict[str, int]:
-    """The queue position of each of `job_ids` waiting to be claimed (1 = the next `claim_train_jobs` takes, in
-    `_train_queue` order), in one query whatever their number; the others are left out."""
-    if not job_ids:
-        return {}
-    q = _train_queue()
-    ranked = select(q.c.id, func.row_number().over(order_by=(q.c.load, q.c.queued_at, q.c.id)).label("n")).subquery()
-    rows = session.execute(select(ranked.c.id, ranked.c.n).where(ranked.c.id.in_(list(job_ids))))
-    return {job_id: int(n) for job_id, n in rows}
-
-
-def queue_position(session: Session, job: TrainingJob) -> int:
-    """1 for the next job `claim_train_jobs` will claim; 0 when `job` is not waiting to be claimed."""
-    return queue_positions(session, [job.id]).get(job.id, 0) if job.state == JobState.QUEUED else 0
-
-
 def claim_train_jobs(session: Session, *, limit: int, worker: str) -> list[TrainingJob]:
-    """Move up to `limit` queued jobs to running for `worker` (a worker_host), in queue order (`_train_queue`).
+    """Move up to `limit` queued jobs to running for `worker` (a worker_host), in queue order (`train_queue`).
 
     Each job is taken by one conditional UPDATE (`... WHERE state = 'queued'`) that also counts the attempt and
     writes the "state" event, so two claimers never get the same job: on PostgreSQL the candidates are first
@@ -74,7 +34,7 @@ def claim_train_jobs(session: Session, *, limit: int, worker: str) -> list[Train
     """
     if limit < 1:
         return []
-    q = _train_queue()
+    q = train_queue()
     # A few spare candidates: on PostgreSQL some may be locked by a concurrent claimer.
     candidates = list(session.scalars(
         select(q.c.id).order_by(q.c.load, q.c.queued_at, q.c.id).limit(limit * 4 + 8)
@@ -160,10 +120,8 @@ def claim_generations(session: Session, *, first_id: str, limit: int, worker_hos
         .order_by(first_first, Generation.queued_at, Generation.id)
         .execution_options(populate_existing=True)
     ).all()
-    from storage import webhooks
-
     for row in rows:
-        webhooks.generation_state_changed(session, row.id, "running")
+        webhooks.state_changed(session, Generation, row.id, GenerationState.RUNNING)
     logger.debug("%s claimed %d generations", worker_host, len(rows))
     return list(rows)
 

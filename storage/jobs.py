@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
+from storage import webhooks
 from storage.models import Generation, JobEvent, TrainingJob, utcnow
 from storage.states import (
     GENERATION_ACTIVE,
@@ -75,13 +76,10 @@ def _checked(model: type, expected: str | Collection[str], new: str, fields: dic
     return states
 
 
-def _move(session: Session, model: type[Stateful], row_id: str, states: tuple[str, ...], new: str,
-          fields: dict[str, Any]) -> bool:
-    """The conditional UPDATE every transition is; True when it changed the row."""
+def _update_one(session: Session, model: type[Stateful], row_id: str, *conditions: Any, **values: Any) -> bool:
+    """One conditional UPDATE of row `row_id` (where `conditions` hold); True when it changed the row."""
     result = session.execute(
-        update(model)
-        .where(model.id == row_id, model.state.in_(states))
-        .values(state=new, **fields)
+        update(model).where(model.id == row_id, *conditions).values(**values)
         .execution_options(synchronize_session=False)
     )
     assert isinstance(result, CursorResult)
@@ -110,7 +108,7 @@ def transition(
         previous = session.scalar(select(TrainingJob.state).where(TrainingJob.id == job_id).with_for_update())
         if previous not in states:
             return False
-    if not _move(session, TrainingJob, job_id, states, new, fields):
+    if not _update_one(session, TrainingJob, job_id, TrainingJob.state.in_(states), state=new, **fields):
         return False
     add_event(session, job_id, EventKind.STATE, {"from": previous, "to": new})
     logger.info("job %s: %s -> %s", job_id, previous, new)
@@ -121,32 +119,19 @@ def transition_generation(
     session: Session, generation_id: str, *, expected: str | Collection[str], new: str, **fields: Any
 ) -> bool:
     """The generation counterpart of `transition` (generations write no event rows, but may queue a webhook)."""
-    if not _move(session, Generation, generation_id, _checked(Generation, expected, new, fields), new, fields):
+    states = _checked(Generation, expected, new, fields)
+    if not _update_one(session, Generation, generation_id, Generation.state.in_(states), state=new, **fields):
         return False
-    from storage import webhooks  # storage.webhooks -> storage.resources -> this module
-
-    webhooks.generation_state_changed(session, generation_id, new)
+    webhooks.state_changed(session, Generation, generation_id, new)
     return True
 
 
 def record_generation_step(session: Session, generation_id: str, step: int, worker_host: str) -> bool:
     """Progress of a running generation this worker holds (also its heartbeat); False when it is no longer ours."""
-    result = session.execute(
-        update(Generation)
-        .where(Generation.id == generation_id, Generation.state == GenerationState.RUNNING,
-               Generation.worker_host == worker_host)
-        .values(step=step, heartbeat_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    assert isinstance(result, CursorResult)
-    if result.rowcount != 1:
+    if not _update_one(session, Generation, generation_id, Generation.state == GenerationState.RUNNING,
+                       Generation.worker_host == worker_host, step=step, heartbeat_at=utcnow()):
         return False
-    obj = session.identity_map.get(identity_key(Generation, generation_id))
-    if obj is not None:
-        session.expire(obj)
-    from storage import webhooks
-
-    webhooks.generation_event(session, generation_id, "progress")
+    webhooks.queue_event(session, Generation, generation_id, "progress")
     return True
 
 
@@ -157,12 +142,10 @@ def add_event(session: Session, job_id: str, kind: str, payload: dict[str, Any])
     session.add(event)
     session.flush()
     if kind in ("state", "progress"):  # the webhook event, if any, commits with the change it reports
-        from storage import webhooks  # storage.webhooks -> storage.resources -> this module
-
         if kind == "state":
-            webhooks.job_state_changed(session, job_id, str(payload.get("to")))
+            webhooks.state_changed(session, TrainingJob, job_id, str(payload.get("to")))
         else:
-            webhooks.job_event(session, job_id, "progress")
+            webhooks.queue_event(session, TrainingJob, job_id, "progress")
     return event
 
 

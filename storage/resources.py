@@ -1,7 +1,10 @@
-"""Jobs and generations as the API shows them (the fields of JobPublic / GenerationPublic, as plain values).
+"""Jobs and generations as the API shows them, defined once: `JobPublic` and `GenerationPublic` (validated from ORM
+rows, `from_attributes`), and the views that add what a row does not hold (queue position, adapter, estimate) for
+a whole page in a fixed number of queries.
 
-The API's presenters and the webhook outbox (storage/webhooks.py) both build on these, so a webhook body is the
-resource exactly as `GET` returns it at the moment of the event.
+They live in storage, not api/, because the worker writes them too: the webhook outbox (storage/webhooks.py)
+records a job or generation exactly as `GET` returns it at the moment of the event, inside the transaction of the
+change, and worker/ may not import api/. api/schemas.py re-exports both, and the API's responses are these models.
 """
 
 from __future__ import annotations
@@ -9,51 +12,166 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from sqlalchemy import and_, func, or_, select
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, computed_field
+from sqlalchemy import select
 from sqlalchemy.orm import Session
+from typing_extensions import TypeVar  # a TypeVar with a default (PEP 696) before Python 3.13
 
-from storage import claims
 from storage.models import Adapter, Generation, TrainingJob, utcnow
+from storage.queue_order import generation_queue_positions, queue_positions
+from storage.states import GENERATION_FINAL, GenerationState, JobState
 
 RECENT_GENERATIONS = 20  # finished generations the queue estimate is taken from
 
-
-def error_fields(code: str | None, message: str | None) -> dict[str, str] | None:
-    if code is None and message is None:
-        return None
-    return {"code": code or "error", "message": message or ""}
-
-
-def job_fields(session: Session, job: TrainingJob) -> dict[str, Any]:
-    adapter_id = session.scalar(select(Adapter.id).where(Adapter.job_id == job.id, Adapter.deleted_at.is_(None)))
-    total = max(job.total_steps, 1)
-    return {
-        "id": job.id, "style_id": job.style_id, "state": job.state, "step": job.step,
-        "total_steps": job.total_steps, "progress": 1.0 if job.state == "succeeded" else min(job.step / total, 1.0),
-        "last_loss": job.last_loss, "eta_seconds": job.eta_seconds, "steps_per_second": job.steps_per_second,
-        "queue_position": claims.queue_position(session, job), "attempts": job.attempts,
-        "max_attempts": job.max_attempts, "params": job.params or {}, "queued_at": job.queued_at,
-        "started_at": job.started_at, "finished_at": job.finished_at,
-        "cancel_requested_at": job.cancel_requested_at, "device_seconds": job.gpu_seconds,
-        "error": error_fields(job.error_code, job.error_message), "adapter_id": adapter_id,
-        "webhook": job.webhook, "webhook_events_filter": job.webhook_events,
-    }
+WebhookEvent = Literal["start", "progress", "completed"]
+WEBHOOK_DOC = (
+    "An http(s) URL that receives a POST with this resource (as GET returns it) on each chosen event, signed per "
+    "Standard Webhooks (webhook-id, webhook-timestamp, webhook-signature; secret from GET /v1/webhooks/secret) and "
+    "retried with backoff until it answers 2xx. Loopback, private and link-local addresses are refused."
+)
+WEBHOOK_EVENTS_DOC = (
+    "Which events to send: start (a worker took it), progress (at most every few seconds while running), "
+    "completed (succeeded, failed or cancelled). Default: all three."
+)
 
 
-def generation_queue_position(session: Session, gen: Generation) -> int:
-    """1 for the next queued generation to run; 0 when `gen` is not queued."""
-    if gen.state != "queued":
-        return 0
-    ahead = session.scalar(
-        select(func.count()).select_from(Generation).where(
-            Generation.state == "queued",
-            or_(Generation.queued_at < gen.queued_at,
-                and_(Generation.queued_at == gen.queued_at, Generation.id < gen.id)),
-        )
+# The webhook a job or generation was created with, as both show it (the row's column is `webhook_events`).
+WebhookUrl = Annotated[str | None, Field(description=WEBHOOK_DOC)]
+WebhookEventsFilter = Annotated[list[WebhookEvent] | None, Field(
+    validation_alias=AliasChoices("webhook_events_filter", "webhook_events"), description=WEBHOOK_EVENTS_DOC)]
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+
+
+class FromRow(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class WithError(FromRow):
+    """A row that may have failed: its `error_code`/`error_message` columns shown as one `error` object."""
+
+    error_code: str | None = Field(default=None, exclude=True)
+    error_message: str | None = Field(default=None, exclude=True)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def error(self) -> ErrorInfo | None:
+        if self.error_code is None and self.error_message is None:
+            return None
+        return ErrorInfo(code=self.error_code or "error", message=self.error_message or "")
+
+
+class JobPublic(WithError):
+    id: str
+    style_id: str
+    state: str
+    step: int
+    total_steps: int
+    last_loss: float | None
+    eta_seconds: float | None
+    steps_per_second: float | None
+    queue_position: int = Field(default=0, description="1 = next to run; 0 when not queued")
+    attempts: int
+    max_attempts: int
+    params: dict[str, Any]
+    queued_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    cancel_requested_at: datetime | None
+    device_seconds: float = Field(
+        validation_alias=AliasChoices("device_seconds", "gpu_seconds"),
+        description="Wall-clock seconds a worker spent running this job on its device (the GPU, or the CPU on a "
+        "CPU-only worker), summed over attempts; not a GPU-only figure, so not 0 on a CPU worker.",
     )
-    return int(ahead or 0) + 1
+    adapter_id: str | None = None
+    webhook: WebhookUrl = None
+    webhook_events_filter: WebhookEventsFilter = None
+
+    @computed_field(description="step / total_steps, 0..1")  # type: ignore[prop-decorator]
+    @property
+    def progress(self) -> float:
+        return 1.0 if self.state == JobState.SUCCEEDED else min(self.step / max(self.total_steps, 1), 1.0)
+
+
+class GenerationPublic(WithError):
+    id: str
+    state: str
+    adapter_id: str | None
+    prompt: str
+    negative_prompt: str | None
+    style_strength: float
+    guidance_scale: float
+    steps: int
+    seed: int
+    num_images: int
+    strength: float | None
+    attempts: int
+    queued_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    init_image_key: str | None = Field(default=None, exclude=True)
+    mask_key: str | None = Field(default=None, exclude=True)
+    image_keys: list[str] | None = Field(default=None, exclude=True)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def mode(self) -> Literal["text", "image", "inpaint"]:
+        return "inpaint" if self.mask_key else "image" if self.init_image_key else "text"
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def image_urls(self) -> list[str]:
+        return [f"/v1/generations/{self.id}/images/{n}" for n in range(len(self.image_keys or []))]
+    step: int = Field(default=0, description="Sampling rounds done so far (of `steps`).")
+    queue_position: int = Field(default=0, description="1 = next to run; 0 when not queued.")
+    eta_seconds: float | None = Field(
+        default=None,
+        description="Estimated seconds until done: from its own pace while running, from the service's recent pace "
+        "while queued; null when there is nothing to estimate from, 0 once final.",
+    )
+    webhook: WebhookUrl = None
+    webhook_events_filter: WebhookEventsFilter = None
+
+    @computed_field(description="step / steps, 0..1; 1 once succeeded.")  # type: ignore[prop-decorator]
+    @property
+    def progress(self) -> float:
+        if self.state == GenerationState.SUCCEEDED:
+            return 1.0
+        return math.floor(min(self.step, self.steps) / max(self.steps, 1) * 1000) / 1000
+
+
+JobView = TypeVar("JobView", bound=JobPublic, default=JobPublic)
+
+
+def job_views(session: Session, jobs: Sequence[TrainingJob],
+              schema: type[JobView] = JobPublic) -> list[JobView]:  # type: ignore[assignment]  # mypy: a default for a TypeVar
+    """`jobs` validated as `schema` (JobPublic or a subclass), with the two values a row does not hold found for the
+    whole page at once: the queue positions (one query) and the live adapters (one query)."""
+    positions = queue_positions(session, [j.id for j in jobs if j.state == JobState.QUEUED])
+    adapters: dict[str, str] = {job_id: adapter_id for job_id, adapter_id in session.execute(
+        select(Adapter.job_id, Adapter.id).where(Adapter.job_id.in_([j.id for j in jobs]), Adapter.deleted_at.is_(None))
+    )} if jobs else {}
+    return [
+        schema.model_validate(job).model_copy(
+            update={"queue_position": positions.get(job.id, 0), "adapter_id": adapters.get(job.id)}
+        )
+        for job in jobs
+    ]
+
+
+def generation_views(session: Session, gens: Sequence[Generation]) -> list[GenerationPublic]:
+    """`gens` as the API shows them, in a fixed number of queries whatever their number (positions at once, the
+    service's recent pace read once)."""
+    positions = generation_queue_positions(session, gens)
+    pace = recent_pace(session) if needs_pace(gens) else None
+    return [GenerationPublic.model_validate(g).model_copy(update={
+        "queue_position": positions.get(g.id, 0),
+        "eta_seconds": generation_eta(g, positions.get(g.id, 0), pace)}) for g in gens]
 
 
 def recent_pace(session: Session) -> tuple[float, float] | None:
@@ -61,7 +179,7 @@ def recent_pace(session: Session) -> tuple[float, float] | None:
     without history. Generations run in batches, so the rate is taken over the span they covered together."""
     rows = session.execute(
         select(Generation.started_at, Generation.finished_at)
-        .where(Generation.state == "succeeded", Generation.started_at.is_not(None),
+        .where(Generation.state == GenerationState.SUCCEEDED, Generation.started_at.is_not(None),
                Generation.finished_at.is_not(None))
         .order_by(Generation.finished_at.desc()).limit(RECENT_GENERATIONS)
     ).all()
@@ -73,60 +191,26 @@ def recent_pace(session: Session) -> tuple[float, float] | None:
     return max(duration, 0.01), len(spans) / max(window, 0.01)
 
 
-def generation_queue_positions(session: Session, gens: Sequence[Generation]) -> dict[str, int]:
-    """Queue positions of the queued ones among `gens`, in one query whatever their number."""
-    ids = [g.id for g in gens if g.state == "queued"]
-    if not ids:
-        return {}
-    ordered = select(Generation.id, func.row_number().over(order_by=(Generation.queued_at, Generation.id))
-                     .label("n")).where(Generation.state == "queued").subquery()
-    rows = session.execute(select(ordered.c.id, ordered.c.n).where(ordered.c.id.in_(ids)))
-    return {gen_id: int(n) for gen_id, n in rows}
-
-
 def needs_pace(gens: Sequence[Generation]) -> bool:
     """Whether any of `gens` is estimated from the service's recent pace (queued, or running without a round)."""
-    return any(g.state == "queued" or (g.state == "running" and not g.step) for g in gens)
+    return any(g.state == GenerationState.QUEUED or (g.state == GenerationState.RUNNING and not g.step) for g in gens)
 
 
-def generation_eta(session: Session, gen: Generation, position: int, now: datetime | None = None,
-                   pace: tuple[float, float] | bool | None = True) -> float | None:
+def generation_eta(gen: Generation, position: int, pace: tuple[float, float] | None,
+                   now: datetime | None = None) -> float | None:
     """Seconds until `gen` should be done: from its own pace while running (rounds done so far), from the recent
-    pace of the service while queued; None when there is nothing to go on. An estimate, never a promise.
-    `pace`: the service's recent pace when already read (None: no history), True to read it here."""
-    if gen.state in ("succeeded", "failed"):
+    pace of the service (`pace`, from `recent_pace`) while queued; None when there is nothing to go on. An
+    estimate, never a promise."""
+    if gen.state in GENERATION_FINAL:
         return 0.0
     now = now or utcnow()
-    if gen.state == "running" and gen.started_at is not None and gen.step > 0:
+    if gen.state == GenerationState.RUNNING and gen.started_at is not None and gen.step > 0:
         elapsed = (now - gen.started_at).total_seconds()
         return round(max(elapsed / gen.step * (max(gen.steps, gen.step) - gen.step), 0.0), 1)
-    if pace is True:
-        pace = recent_pace(session)
-    if not isinstance(pace, tuple):
+    if pace is None:
         return None
     duration, rate = pace
-    if gen.state == "running":
+    if gen.state == GenerationState.RUNNING:
         elapsed = (now - gen.started_at).total_seconds() if gen.started_at else 0.0
         return round(max(duration - elapsed, 0.0), 1)
     return round(duration + max(position - 1, 0) / rate, 1)
-
-
-def generation_fields(session: Session | None, gen: Generation) -> dict[str, Any]:
-    """The public fields of `gen`; without a session the queue position is 0 and the estimate None."""
-    mode = "inpaint" if gen.mask_key else "image" if gen.init_image_key else "text"
-    position = generation_queue_position(session, gen) if session is not None else 0
-    eta = generation_eta(session, gen, position) if session is not None else None
-    total = max(gen.steps, 1)
-    step = gen.steps if gen.state == "succeeded" else min(gen.step or 0, gen.steps)
-    return {
-        "id": gen.id, "state": gen.state, "adapter_id": gen.adapter_id, "prompt": gen.prompt,
-        "negative_prompt": gen.negative_prompt, "style_strength": gen.style_strength,
-        "guidance_scale": gen.guidance_scale, "steps": gen.steps, "seed": gen.seed, "num_images": gen.num_images,
-        "mode": mode, "strength": gen.strength, "attempts": gen.attempts, "queued_at": gen.queued_at,
-        "started_at": gen.started_at, "finished_at": gen.finished_at, "step": step,
-        "progress": 1.0 if gen.state == "succeeded" else math.floor(step / total * 1000) / 1000,
-        "queue_position": position, "eta_seconds": eta,
-        "image_urls": [f"/v1/generations/{gen.id}/images/{n}" for n in range(len(gen.image_keys or []))],
-        "error": error_fields(gen.error_code, gen.error_message),
-        "webhook": gen.webhook, "webhook_events_filter": gen.webhook_events,
-    }

@@ -17,23 +17,23 @@ import secrets
 import socket
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import TypeVar
 from urllib.parse import urlsplit
 
-import pydantic_core
+from pydantic import BaseModel
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from storage import resources
 from storage.models import WEBHOOK_EVENTS, Generation, TrainingJob, User, WebhookDelivery, utcnow
+from storage.states import GENERATION_FINAL, JOB_FINAL, JobState
 
 logger = logging.getLogger(__name__)
 
 SECRET_PREFIX = "whsec_"
 PROGRESS_MIN_SECONDS = 5.0  # progress webhooks of one resource at most this often
-TERMINAL_JOB = frozenset({"succeeded", "failed", "cancelled"})
-TERMINAL_GENERATION = frozenset({"succeeded", "failed"})
 
+Row = TypeVar("Row", TrainingJob, Generation)
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Sequence[IPAddress]]
 
@@ -147,40 +147,35 @@ def _throttled(session: Session, resource_id: str) -> bool:
 
 
 def _record(session: Session, kind: str, row: TrainingJob | Generation, event: str,
-            fields: dict[str, Any]) -> WebhookDelivery:
+            view: BaseModel) -> WebhookDelivery:
     assert row.webhook is not None
     delivery = WebhookDelivery(owner_id=row.owner_id, resource=kind, resource_id=row.id, event=event,
-                               url=row.webhook, body=pydantic_core.to_json(fields).decode())
+                               url=row.webhook, body=view.model_dump_json())
     session.add(delivery)
     session.flush()
     logger.info("%s %s: webhook %s queued as %s", kind, row.id, event, delivery.id)
     return delivery
 
 
-def job_event(session: Session, job_id: str, event: str) -> WebhookDelivery | None:
-    """Queue `event` for job `job_id` when it has a webhook that wants it (progress: throttled)."""
-    job = session.get(TrainingJob, job_id)
-    if job is None or not _wanted(job, event) or (event == "progress" and _throttled(session, job_id)):
+def _view(session: Session, row: TrainingJob | Generation) -> tuple[str, BaseModel]:
+    """(the resource's name, the row as `GET` shows it)."""
+    if isinstance(row, TrainingJob):
+        return "job", resources.job_views(session, [row])[0]
+    return "generation", resources.generation_views(session, [row])[0]
+
+
+def queue_event(session: Session, model: type[Row], row_id: str, event: str) -> WebhookDelivery | None:
+    """Queue `event` for the job or generation `row_id` when it has a webhook that wants it (progress: throttled)."""
+    row = session.get(model, row_id)
+    if row is None or not _wanted(row, event) or (event == "progress" and _throttled(session, row_id)):
         return None
-    return _record(session, "job", job, event, resources.job_fields(session, job))
+    kind, view = _view(session, row)
+    return _record(session, kind, row, event, view)
 
 
-def job_state_changed(session: Session, job_id: str, new: str) -> None:
-    if new == "running":
-        job_event(session, job_id, "start")
-    elif new in TERMINAL_JOB:
-        job_event(session, job_id, "completed")
-
-
-def generation_event(session: Session, generation_id: str, event: str) -> WebhookDelivery | None:
-    gen = session.get(Generation, generation_id)
-    if gen is None or not _wanted(gen, event) or (event == "progress" and _throttled(session, generation_id)):
-        return None
-    return _record(session, "generation", gen, event, resources.generation_fields(session, gen))
-
-
-def generation_state_changed(session: Session, generation_id: str, new: str) -> None:
-    if new == "running":
-        generation_event(session, generation_id, "start")
-    elif new in TERMINAL_GENERATION:
-        generation_event(session, generation_id, "completed")
+def state_changed(session: Session, model: type[Row], row_id: str, new: str) -> None:
+    """The webhook event a state change is, if any: `start` when a worker took the row, `completed` when final."""
+    if new == JobState.RUNNING:  # the same word in both machines
+        queue_event(session, model, row_id, "start")
+    elif new in (JOB_FINAL if model is TrainingJob else GENERATION_FINAL):
+        queue_event(session, model, row_id, "completed")

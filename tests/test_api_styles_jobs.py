@@ -9,6 +9,7 @@ import threading
 import time
 from typing import Any
 
+import fastapi.routing
 from PIL import Image
 from sqlalchemy import func, select
 
@@ -213,6 +214,29 @@ def test_events_list_and_sse_stream_end_when_final(api_client, api_keys) -> None
     assert [e["id"] for e in listed] == ids[2:5]
     job = api_client.get(f"/v1/jobs/{job_id}", headers=bearer(key)).json()
     assert job["state"] == "succeeded" and job["progress"] == 1.0
+
+
+def test_quiet_stream_sends_keep_alives_and_gives_its_place_back(api_client, api_keys, monkeypatch) -> None:
+    """A stream with nothing to say still sends comment lines (proxies drop idle connections), and a stream the
+    client closes frees its place: with one place per user, the next stream is a 200, not a 429."""
+    monkeypatch.setattr(fastapi.routing, "_PING_INTERVAL", 0.1)  # FastAPI's keep-alive period (15 s)
+    api_client.app.state.streams.per_user = 1
+    key = api_keys["alice"]
+    job_id = post_style(api_client, key, steps=4).json()["job"]["id"]
+    sse = {**bearer(key), "Accept": "text/event-stream"}
+    with api_client.stream("GET", f"/v1/jobs/{job_id}/events", headers=sse) as resp:
+        assert resp.status_code == 200
+        lines = []
+        for line in resp.iter_lines():
+            lines.append(line)
+            if line.startswith(":"):
+                break
+    assert lines[0] == "retry: 2000" and "event: state" in lines and lines[-1].startswith(":"), lines
+    assert api_client.post(f"/v1/jobs/{job_id}/cancel", headers=bearer(key)).status_code == 202
+    again = api_client.get(f"/v1/jobs/{job_id}/events", headers=sse)
+    assert again.status_code == 200, again.text
+    end = _parse_sse(again.text)[-1]
+    assert end["event"] == "end" and json.loads(end["data"]) == {"state": "cancelled"}
 
 
 def test_previews(api_client, api_keys) -> None:

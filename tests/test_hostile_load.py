@@ -5,8 +5,6 @@ succeed (or be refused with a 4xx); the latencies and memory figures are printed
 
 from __future__ import annotations
 
-import io
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,74 +13,19 @@ from typing import Any
 
 import httpx
 import pytest
-from PIL import Image
 
-from storage.db import upgrade_to_head
+from tests.helpers.api_process import ApiProcess, open_stream, process_memory, start_api
 from tests.helpers.app import bearer
-from tests.helpers.images import style_png
-from tests.helpers.stack import Stack, free_port, service_env, wait_http
-
-
-class Api:
-    def __init__(self, stack: Stack, base: str, db_url: str, port: int) -> None:
-        self.stack, self.base, self.db_url, self.port = stack, base, db_url, port
-
-    @property
-    def pid(self) -> int:
-        return self.stack.procs[0][0].pid
-
-    def users(self, n: int) -> list[str]:
-        from storage.db import make_engine, make_sessionmaker
-        from storage.users import create_api_key, create_user
-
-        engine = make_engine(self.db_url)
-        keys = []
-        with make_sessionmaker(engine)() as session:
-            for i in range(n):
-                user = create_user(session, f"u{i}")
-                keys.append(create_api_key(session, user.id)[1])
-            session.commit()
-        engine.dispose()
-        return keys
-
-
-def start_api(tmp_path: Path, **env: str) -> Iterator[Api]:
-    data = tmp_path / "data"
-    data.mkdir()
-    upgrade_to_head(f"sqlite:///{data / 'styledrop.db'}")  # as `styledrop migrate` does before the API starts
-    stack = Stack(tmp_path, service_env(data, **env))
-    port = free_port()
-    stack.spawn("api", "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port),
-                "--log-level", "warning")
-    base = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=base, timeout=60) as probe:
-            wait_http(probe, stack)
-        yield Api(stack, base, f"sqlite:///{data / 'styledrop.db'}", port)
-    finally:
-        stack.stop()
+from tests.helpers.images import decode_bomb, style_png
 
 
 @pytest.fixture
-def stream_api(tmp_path: Path) -> Iterator[Api]:
-    yield from start_api(tmp_path, STYLEDROP_MAX_STREAMS_PER_USER="10", STYLEDROP_MAX_STREAMS_TOTAL="205")
+def stream_api(tmp_path: Path) -> Iterator[ApiProcess]:
+    with start_api(tmp_path, STYLEDROP_MAX_STREAMS_PER_USER="10", STYLEDROP_MAX_STREAMS_TOTAL="205") as api:
+        yield api
 
 
-def open_stream(api: Api, key: str, job_id: str) -> tuple[socket.socket, int]:
-    """A raw socket with an SSE request sent; returns it with the status once the head (and for 200 the first
-    event) has arrived."""
-    sock = socket.create_connection(("127.0.0.1", api.port), timeout=90)
-    sock.sendall((f"GET /v1/jobs/{job_id}/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
-                  "Accept: text/event-stream\r\n\r\n").encode())
-    buf = b""
-    while b"\r\n\r\n" not in buf or (buf.startswith(b"HTTP/1.1 200") and b"retry:" not in buf):
-        chunk = sock.recv(4096)
-        assert chunk, f"connection closed: {buf!r}"
-        buf += chunk
-    return sock, int(buf.split(b" ", 2)[1])
-
-
-def test_200_open_streams_hold_no_connection_and_are_bounded(stream_api: Api) -> None:
+def test_200_open_streams_hold_no_connection_and_are_bounded(stream_api: ApiProcess) -> None:
     api = stream_api
     keys = api.users(21)
     client = httpx.Client(base_url=api.base, timeout=90)
@@ -152,34 +95,22 @@ def test_200_open_streams_hold_no_connection_and_are_bounded(stream_api: Api) ->
 # --- decode bombs -------------------------------------------------------------------------------------------
 
 
-def _vm(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(field)
-
-
-def bomb(fmt: str, side: int = 6000) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (side, side), (200, 30, 30)).save(buf, format=fmt, **({"quality": 80} if fmt == "JPEG" else {}))
-    return buf.getvalue()
-
-
 @pytest.fixture
-def bomb_api(tmp_path: Path) -> Iterator[Api]:
-    yield from start_api(tmp_path)
+def bomb_api(tmp_path: Path) -> Iterator[ApiProcess]:
+    with start_api(tmp_path) as api:
+        yield api
 
 
-def test_concurrent_decode_bombs_stay_within_a_memory_budget(bomb_api: Api) -> None:
+def test_concurrent_decode_bombs_stay_within_a_memory_budget(bomb_api: ApiProcess) -> None:
     api = bomb_api
     keys = api.users(8)
     client = httpx.Client(base_url=api.base, timeout=120)
     warm = client.post("/v1/styles", headers=bearer(keys[7]), data={"descriptor": "ink"},
                        files={"image": ("s.png", style_png(), "image/png")})
     assert warm.status_code == 202
-    png, jpeg = bomb("PNG"), bomb("JPEG")
+    png, jpeg = decode_bomb("PNG"), decode_bomb("JPEG")
     assert len(png) < 400_000 and len(jpeg) < 2_000_000  # small files...
-    baseline = _vm(api.pid, "VmRSS")
+    baseline = process_memory(api.pid, "VmRSS")
     results: list[Any] = [None] * 8
 
     def upload(i: int) -> None:
@@ -192,7 +123,7 @@ def test_concurrent_decode_bombs_stay_within_a_memory_budget(bomb_api: Api) -> N
         t.start()
     for t in threads:
         t.join()
-    peak = _vm(api.pid, "VmHWM")
+    peak = process_memory(api.pid, "VmHWM")
     growth = peak - baseline
     print(f"API RSS {baseline / 2**20:.0f} MiB before, peak {peak / 2**20:.0f} MiB under 4 PNG + 4 JPEG "
           f"36-megapixel uploads at once: +{growth / 2**20:.0f} MiB")

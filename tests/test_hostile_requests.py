@@ -124,6 +124,39 @@ def test_nul_in_form_text_is_4xx(api_client, api_keys, field: str) -> None:
     assert_4xx(resp, 400, 422)
 
 
+def _multipart(name: bytes, value: bytes, filename: bytes = b"s.png", file: bytes = b"\x89PNG\xff\xfe") -> bytes:
+    return (b"--bnd\r\nContent-Disposition: form-data; name=\"" + name + b"\"\r\n\r\n" + value
+            + b"\r\n--bnd\r\nContent-Disposition: form-data; name=\"image\"; filename=\"" + filename
+            + b"\"\r\nContent-Type: image/png\r\n\r\n" + file + b"\r\n--bnd--\r\n")
+
+
+@pytest.mark.parametrize(("body", "refused"), [
+    (_multipart(b"descriptor", "café ☕ ink".encode()), None),
+    (_multipart(b"descriptor", b"caf\xe9"), "not valid utf-8"),  # Latin-1, not UTF-8
+    (_multipart(b"descriptor", "café".encode()[:-1]), "not valid utf-8"),  # cut inside a character
+    (_multipart(b"descr\xffiptor", b"ink"), "not valid utf-8"),
+    (_multipart(b"descriptor", b"ink", filename=b"s\xff.png"), "not valid utf-8"),
+    (_multipart(b"descriptor", b"in\x00k"), "NUL"),
+])
+def test_form_text_is_checked_across_chunk_boundaries(body: bytes, refused: str | None) -> None:
+    """Fed one byte at a time (a character split between network chunks is still one character); file contents
+    are bytes and never checked."""
+    from starlette.datastructures import Headers
+    from starlette.formparsers import MultiPartException
+
+    from api.forms import FormTextCheck
+
+    check = FormTextCheck.for_headers(Headers({"content-type": "multipart/form-data; boundary=bnd"}))
+    assert check is not None
+    try:
+        for i in range(len(body)):
+            check.write(body[i:i + 1])
+    except MultiPartException as exc:
+        assert refused is not None and refused in exc.message, exc.message
+    else:
+        assert refused is None
+
+
 @pytest.mark.parametrize("path", [
     "/v1/jobs/a%00b", "/v1/jobs/a%00b/events", "/v1/styles/%00", "/v1/styles/x%00/image", "/v1/adapters/%00",
     "/v1/adapters/%00/file", "/v1/generations/%00", "/v1/generations/%00/images/0",
@@ -225,6 +258,9 @@ def test_pool_exhaustion_is_503_with_retry_after(api_client, api_keys) -> None:
             resp = api_client.get("/v1/jobs", headers=bearer(api_keys["alice"]))
             assert resp.status_code == 503 and int(resp.headers["Retry-After"]) >= 1
             assert resp.json()["code"] == "database_busy"
+            stream = api_client.get("/v1/jobs/any/events",
+                                    headers=bearer(api_keys["alice"], Accept="text/event-stream"))
+            assert stream.status_code == 503 and stream.json()["code"] == "database_busy"
         finally:
             held.close()
         assert api_client.get("/v1/jobs", headers=bearer(api_keys["alice"])).status_code == 200

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage import claims, jobs
+from storage import claims, jobs, queue_order
 from storage.db import make_engine, make_sessionmaker
 from storage.models import Generation, JobEvent, Style, TrainingJob, User, utcnow
 from storage.states import JOB_ACTIVE
@@ -116,10 +116,10 @@ def test_queue_position_and_reconciler_queries(db: sessionmaker[Session]) -> Non
         b = _job(s, user, queued_at=t0 + timedelta(seconds=1))
         c = _job(s, user, queued_at=t0 + timedelta(seconds=2), sent_at=utcnow())
         s.commit()
-        assert [claims.queue_position(s, j) for j in (a, b, c)] == [1, 2, 3]
+        assert [queue_order.queue_position(s, j) for j in (a, b, c)] == [1, 2, 3]
         assert jobs.transition(s, a.id, expected="queued", new="running", started_at=t0, heartbeat_at=t0)
         s.commit()
-        assert [claims.queue_position(s, j) for j in (a, b, c)] == [0, 1, 2]
+        assert [queue_order.queue_position(s, j) for j in (a, b, c)] == [0, 1, 2]
         assert [j.id for j in jobs.stale_rows(s, TrainingJob, timedelta(minutes=5))] == [a.id]
         assert jobs.stale_rows(s, TrainingJob, timedelta(hours=2)) == []
         assert [j.id for j in jobs.unsent_rows(s, TrainingJob, timedelta(minutes=5))] == [b.id]
@@ -280,14 +280,14 @@ def test_claim_train_jobs_oldest_first_fair_across_users_and_matches_queue_posit
         worn = _job(s, bob, queued_at=at[0], attempts=3, max_attempts=3)  # left for its own message to fail
         s.commit()
         expected = [a1, b1, c1, a2, b2, a3]
-        assert [claims.queue_position(s, j) for j in expected] == [1, 2, 3, 4, 5, 6]
-        assert claims.queue_position(s, worn) == 0
+        assert [queue_order.queue_position(s, j) for j in expected] == [1, 2, 3, 4, 5, 6]
+        assert queue_order.queue_position(s, worn) == 0
 
         first = claims.claim_train_jobs(s, limit=4, worker="w1")
         s.commit()
         assert [j.id for j in first] == [j.id for j in expected[:4]]
         assert all(j.state == "running" and j.attempts == 1 and j.worker_host == "w1" for j in first)
-        assert [claims.queue_position(s, j) for j in (b2, a3)] == [1, 2]
+        assert [queue_order.queue_position(s, j) for j in (b2, a3)] == [1, 2]
         rest = claims.claim_train_jobs(s, limit=10, worker="w2")
         s.commit()
         assert [j.id for j in rest] == [b2.id, a3.id]

@@ -1,12 +1,10 @@
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter, Response, status
 
-from fastapi import APIRouter, Query, Response, status
-
-from api.deps import BlobsDep, CurrentUser, SessionDep
+from api.deps import BlobsDep, CurrentUser, PageLimit, PageOffset, SessionDep
 from api.problems import problem_responses
-from api.schemas import MAX_OFFSET, AdapterPublic
+from api.schemas import AdapterPublic
 from api.services import adapters
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"], responses=problem_responses(401, 403, 404, 409, 410))
@@ -16,8 +14,8 @@ router = APIRouter(prefix="/v1/adapters", tags=["adapters"], responses=problem_r
 def list_adapters(
     user: CurrentUser,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    limit: PageLimit = 50,
+    offset: PageOffset = 0,
 ) -> list[AdapterPublic]:
     return [AdapterPublic.model_validate(a) for a in adapters.list_adapters(session=session, owner=user, limit=limit,
                                                                       offset=offset)]

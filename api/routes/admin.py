@@ -4,11 +4,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
-from api.deps import AdminUser, SessionDep, SettingsDep
+from api.deps import AdminUser, PageOffset, SessionDep, SettingsDep
 from api.problems import problem_responses
 from api.routes.jobs import StateFilter
 from api.schemas import (
-    MAX_OFFSET,
     AdminJobPublic,
     ApiKeyCreatedPublic,
     ApiKeyPublic,
@@ -30,7 +29,7 @@ def list_jobs(
     state: StateFilter = None,
     user: Annotated[str | None, Query(description="A user name or id.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    offset: PageOffset = 0,
 ) -> list[AdminJobPublic]:
     """Every user's jobs, newest first."""
     return admin_views.list_jobs(session=session, state=state, user=user, limit=limit, offset=offset)

@@ -12,10 +12,20 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from api import generation_ops
-from api.deps import BlobsDep, CurrentUser, RateLimitedUser, SessionDep, SessionFactoryDep, SettingsDep
+from api.deps import (
+    BlobsDep,
+    CurrentUser,
+    PageLimit,
+    PageOffset,
+    RateLimitedUser,
+    SessionDep,
+    SessionFactoryDep,
+    SettingsDep,
+)
 from api.errors import Invalid, UnsupportedMedia
+from api.forms import StrictFormRoute
 from api.problems import problem_responses
-from api.schemas import MAX_OFFSET, GenerationCreate, GenerationPublic
+from api.schemas import GenerationCreate, GenerationPublic
 from api.services import generations, lookup, uploads
 from storage.blobs import BlobStore
 from storage.models import Generation, User
@@ -24,7 +34,7 @@ from storage.states import GENERATION_FINAL
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1/generations", tags=["generations"],
+router = APIRouter(prefix="/v1/generations", tags=["generations"], route_class=StrictFormRoute,
                    responses=problem_responses(400, 401, 403, 404, 409, 410, 413, 415, 429))
 
 WAIT_POLL_SECONDS = 0.25
@@ -171,8 +181,8 @@ async def create_generation(
 def list_generations(
     user: CurrentUser,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    limit: PageLimit = 50,
+    offset: PageOffset = 0,
 ) -> list[GenerationPublic]:
     gens = generations.list_generations(session=session, owner=user, limit=limit, offset=offset)
     return generations.generation_views(session, gens)

@@ -1,18 +1,18 @@
 from __future__ import annotations
 
-import json
 import logging
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from api.deps import BlobsDep, CurrentUser, SessionDep
-from api.errors import Invalid, RateLimited
+from api.deps import BlobsDep, CurrentUser, PageLimit, PageOffset, SessionDep
+from api.errors import Invalid
 from api.problems import problem_responses
 from api.schemas import MAX_OFFSET, JobEventPublic, JobPublic
 from api.services import jobs, lookup
-from api.streams import StreamHub, StreamLimit
+from api.streams import EventStreamRoute, StreamHub
 from storage.models import JobEvent
 from storage.states import JobState
 
@@ -37,17 +37,33 @@ def event_public(event: JobEvent, preview_n: int | None = None) -> JobEventPubli
     return JobEventPublic.model_validate(event).model_copy(update={"payload": payload})
 
 
-def _render(event: JobEvent) -> str:
-    return json.dumps(event_public(event).model_dump(mode="json"))
-
-
-def _event_cursor(value: str) -> int:
-    """A Last-Event-ID as an event id: ASCII digits only (int() also takes '²'-like digits and refuses 5,000 of
-    them with ValueError), clamped to the largest cursor."""
-    value = value.strip()
+def _event_cursor(
+    after: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Only events with a larger id.")] = 0,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> int:
+    """Where a listing or a stream starts: after `?after`, or after a `Last-Event-ID` when that is later (ASCII
+    digits only: int() also takes '²'-like digits and refuses 5,000 of them with ValueError), clamped to the
+    largest cursor."""
+    value = (last_event_id or "").strip()
+    if not value:
+        return after
     if not (value.isascii() and value.isdigit()) or len(value) > 20:
         raise Invalid("Last-Event-ID must be an event id (up to 20 ASCII digits)", code="bad_last_event_id")
-    return min(int(value), MAX_OFFSET)
+    return max(after, min(int(value), MAX_OFFSET))
+
+
+EventCursor = Annotated[int, Depends(_event_cursor)]
+
+
+def _admitted_stream(job_id: str, request: Request, user: CurrentUser, session: SessionDep,
+                     after: EventCursor) -> Iterator[AsyncIterator[ServerSentEvent]]:
+    """Check the job and take one of the caller's stream places (429 when there is none) before a byte is sent;
+    the place is given back when the request ends, whether or not the stream ever started."""
+    jobs.get_job(session=session, owner=user, job_id=job_id)
+    hub: StreamHub = request.app.state.streams
+    with hub.admitted(user.id):
+        session.close()  # the stream must not keep the request's pooled connection for its whole life
+        yield hub.events(job_id, after, event_public)
 
 
 @router.get("", response_model=list[JobPublic])
@@ -55,8 +71,8 @@ def list_jobs(
     user: CurrentUser,
     session: SessionDep,
     state: StateFilter = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    limit: PageLimit = 50,
+    offset: PageOffset = 0,
 ) -> list[JobPublic]:
     """Your jobs, newest first."""
     return jobs.list_jobs(session=session, owner=user, state=state, limit=limit, offset=offset)
@@ -74,6 +90,19 @@ def cancel_job(job_id: str, user: CurrentUser, session: SessionDep) -> JobPublic
     return jobs.job_public(session, jobs.cancel_job(session=session, job=job))
 
 
+async def job_event_stream(
+    stream: Annotated[AsyncIterator[ServerSentEvent], Depends(_admitted_stream)],
+) -> AsyncIterator[ServerSentEvent]:
+    async for event in stream:
+        yield event
+
+
+# Added before the JSON list: the router takes the first route that matches, and this one matches only SSE
+# requests. Left out of the schema: the list's operation documents both (one path and method, one operation).
+router.add_api_route("/{job_id}/events", job_event_stream, methods=["GET"], response_class=EventSourceResponse,
+                     route_class_override=EventStreamRoute, include_in_schema=False)
+
+
 @router.get(
     "/{job_id}/events",
     response_model=list[JobEventPublic],
@@ -81,14 +110,12 @@ def cancel_job(job_id: str, user: CurrentUser, session: SessionDep) -> JobPublic
 )
 def job_events(
     job_id: str,
-    request: Request,
     response: Response,
     user: CurrentUser,
     session: SessionDep,
-    after: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Only events with a larger id.")] = 0,
+    after: EventCursor,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-) -> list[JobEventPublic] | StreamingResponse:
+) -> list[JobEventPublic]:
     """Progress, state, log and preview events, oldest first. With `Accept: text/event-stream`: a server-sent
     event stream (`id:` = event id, `event:` = kind) that honours `Last-Event-ID` and ends with an `end`
     event once the job is final. Open streams are limited per user and per server (429).
@@ -97,20 +124,6 @@ def job_events(
     rel="next"` and `X-Next-After: ID` (repeat with `after=ID` until no `Link` comes back). Preview events carry
     `url` (`/v1/jobs/{id}/previews/{n}`); `webhook` events record each webhook delivery attempt."""
     jobs.get_job(session=session, owner=user, job_id=job_id)
-    if last_event_id is not None and last_event_id.strip():
-        after = max(after, _event_cursor(last_event_id))
-    if "text/event-stream" in request.headers.get("accept", ""):
-        hub: StreamHub = request.app.state.streams
-        try:
-            release = hub.admit(user.id)
-        except StreamLimit as exc:
-            raise RateLimited(exc.message, code="too_many_streams", headers={"Retry-After": "10"}) from exc
-        session.close()  # the stream must not keep the request's pooled connection for its whole life
-        return StreamingResponse(
-            hub.stream(job_id, after, release, _render),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
     events, more = jobs.job_events_page(session=session, job_id=job_id, after=after, limit=limit)
     if more:  # more events than this page: say where the rest is (RFC 8288 `Link`, and the bare cursor)
         next_url = f"/v1/jobs/{job_id}/events?after={events[-1].id}&limit={limit}"

@@ -8,13 +8,15 @@ Sign-in and sign-out are the only page forms that change state here.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
 
-from fastapi import APIRouter, Form, Query, Request, status
+from fastapi import APIRouter, Depends, Form, Query, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 
 from api import gallery
@@ -28,18 +30,43 @@ from storage.users import find_key
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(include_in_schema=False)
+
+
+class SignInRequired(Exception):
+    """Raised by the `SignedInUser` dependency; a page route answers it with a redirect to the sign-in page."""
+
+
+class PageRoute(APIRoute):
+    """A page route: a request without a live session is sent to /signin (and back here afterwards)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def page(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except SignInRequired:
+                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                return RedirectResponse(f"/signin?next={quote(target, safe='/')}",
+                                        status_code=status.HTTP_303_SEE_OTHER)
+
+        return page
+
+
+def _signed_in(request: Request, session: SessionDep) -> User:
+    user = current_user_from_cookie(request, session)
+    if user is None:
+        raise SignInRequired
+    return user
+
+
+SignedInUser = Annotated[User, Depends(_signed_in)]
+
+router = APIRouter(include_in_schema=False, route_class=PageRoute)
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
 
 STYLES_PAGE_LIMIT = 200
 GALLERY_LIMIT = 24  # the style page shows the newest; the gallery pages through the rest
-
-
-def _can_delete_generations(request: Request) -> bool:
-    """Whether this service has DELETE /v1/generations/{id}: the pages offer Delete only when it does. Read from the
-    OpenAPI schema (built once and cached by FastAPI): included routers do not list their routes in `app.routes`."""
-    paths = request.app.openapi().get("paths", {})
-    return "delete" in paths.get("/v1/generations/{generation_id}", {})
 
 
 def _safe_next(target: str | None, default: str = "/styles") -> str:
@@ -47,11 +74,6 @@ def _safe_next(target: str | None, default: str = "/styles") -> str:
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
         return default
     return target
-
-
-def _signin_redirect(request: Request) -> RedirectResponse:
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    return RedirectResponse(f"/signin?next={quote(target, safe='/')}", status_code=status.HTTP_303_SEE_OTHER)
 
 
 def _render(request: Request, name: str, user: User | None, status_code: int = 200, **context: Any) -> HTMLResponse:
@@ -131,27 +153,18 @@ def signout(request: Request, session: SessionDep, csrf: Annotated[str, Form(ali
 
 
 @router.get("/styles")
-def styles_page(request: Request, session: SessionDep) -> Response:
-    user = current_user_from_cookie(request, session)
-    if user is None:
-        return _signin_redirect(request)
+def styles_page(request: Request, session: SessionDep, user: SignedInUser) -> Response:
     listed = styles.list_styles(session=session, owner=user, limit=STYLES_PAGE_LIMIT, offset=0)
     return _render(request, "styles.html", user, items=styles.styles_with_jobs(session, listed))
 
 
 @router.get("/styles/new")
-def new_style_page(request: Request, session: SessionDep) -> Response:
-    user = current_user_from_cookie(request, session)
-    if user is None:
-        return _signin_redirect(request)
+def new_style_page(request: Request, user: SignedInUser) -> Response:
     return _render(request, "new_style.html", user)
 
 
 @router.get("/styles/{style_id}")
-def style_page(style_id: str, request: Request, session: SessionDep) -> Response:
-    user = current_user_from_cookie(request, session)
-    if user is None:
-        return _signin_redirect(request)
+def style_page(style_id: str, request: Request, session: SessionDep, user: SignedInUser) -> Response:
     try:
         style = styles.get_style(session=session, owner=user, style_id=style_id)
     except NotFound:
@@ -160,37 +173,28 @@ def style_page(style_id: str, request: Request, session: SessionDep) -> Response
     ((style_view, job),) = styles.styles_with_jobs(session, [styles.style_public(session, style)])
     shots = gallery.gallery_page(session=session, owner=user, page=1, per_page=GALLERY_LIMIT,
                                  adapter_ids=gallery.style_adapter_ids(session=session, style_id=style.id))
-    return _render(request, "style.html", user, style=style_view, job=job, gallery=shots,
-                   can_delete=_can_delete_generations(request))
+    return _render(request, "style.html", user, style=style_view, job=job, gallery=shots)
 
 
 @router.get("/gallery")
-def gallery_page(request: Request, session: SessionDep, page: Annotated[str, Query()] = "1") -> Response:
-    user = current_user_from_cookie(request, session)
-    if user is None:
-        return _signin_redirect(request)
+def gallery_page(request: Request, session: SessionDep, user: SignedInUser,
+                 page: Annotated[str, Query()] = "1") -> Response:
     number = int(page) if page.isdecimal() and len(page) <= 6 else 0
     if not 1 <= number <= gallery.MAX_PAGE:
         return _render(request, "error.html", user, status_code=404, title="No such gallery page",
                        message=f"Gallery pages are numbered from 1; there is no page {page[:20]!r}.")
     result = gallery.gallery_page(session=session, owner=user, page=number)
-    return _render(request, "gallery.html", user, gallery=result, can_delete=_can_delete_generations(request),
+    return _render(request, "gallery.html", user, gallery=result,
                    adapters=gallery.adapter_choices(session=session, owner=user))
 
 
 @router.get("/keys")
-def keys_page(request: Request, session: SessionDep) -> Response:
-    user = current_user_from_cookie(request, session)
-    if user is None:
-        return _signin_redirect(request)
+def keys_page(request: Request, user: SignedInUser) -> Response:
     return _render(request, "keys.html", user)
 
 
 @router.get("/admin")
-def admin_page(request: Request, session: SessionDep) -> Response:
-    user = current_user_from_cookie(request, session)
-    if user is None:
-        return _signin_redirect(request)
+def admin_page(request: Request, user: SignedInUser) -> Response:
     if not user.is_admin:
         return _render(request, "error.html", user, status_code=403, title="Admins only",
                        message="The admin pages need an admin account. Sign in with an admin API key to see them.")

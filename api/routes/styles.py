@@ -2,12 +2,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Header, Response, UploadFile, status
 
-from api.deps import BlobsDep, CurrentUser, RateLimitedUser, SessionDep, SettingsDep
+from api.deps import BlobsDep, CurrentUser, PageLimit, PageOffset, RateLimitedUser, SessionDep, SettingsDep
+from api.forms import StrictFormRoute
 from api.problems import problem_responses
 from api.schemas import (
-    MAX_OFFSET,
     WEBHOOK_DOC,
     WEBHOOK_EVENTS_DOC,
     JobPublic,
@@ -17,7 +17,7 @@ from api.schemas import (
 )
 from api.services import jobs, lookup, styles, uploads
 
-router = APIRouter(prefix="/v1/styles", tags=["styles"],
+router = APIRouter(prefix="/v1/styles", tags=["styles"], route_class=StrictFormRoute,
                    responses=problem_responses(400, 401, 403, 404, 409, 410, 413, 415, 429))
 
 PNG: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}, "description": "A PNG image."}}
@@ -59,8 +59,8 @@ def create_style(
 def list_styles(
     user: CurrentUser,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    limit: PageLimit = 50,
+    offset: PageOffset = 0,
 ) -> list[StylePublic]:
     return styles.list_styles(session=session, owner=user, limit=limit, offset=offset)
 

@@ -16,7 +16,6 @@ from api.schemas import (
     OverviewPublic,
     WorkerPublic,
 )
-from api.services.jobs import job_views
 from storage import broker
 from storage import jobs as jobstore
 from storage.models import (
@@ -27,6 +26,7 @@ from storage.models import (
     Worker,
     utcnow,
 )
+from storage.resources import job_views
 from storage.settings import Settings
 from storage.states import JOB_ACTIVE, JobState
 

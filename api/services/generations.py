@@ -28,7 +28,6 @@ from api.services.adapters import get_adapter
 from api.services.lookup import get_owned
 from api.services.uploads import hash_request, image_error, normalize_image
 from api.webhooks import checked_webhook
-from storage import resources
 from storage.blobs import BlobStore, content_key
 from storage.dispatch import dispatch
 from storage.images import ImageRejected, load_mask
@@ -36,6 +35,7 @@ from storage.models import (
     Generation,
     User,
 )
+from storage.resources import generation_views
 from storage.settings import Settings
 from storage.states import GenerationState, WorkKind
 
@@ -168,13 +168,3 @@ def generation_image_key(gen: Generation, n: int) -> str:
 def generation_view(session: Session, gen: Generation) -> GenerationPublic:
     """`gen` as the API shows it, with where it stands: queue position and estimated seconds to go."""
     return generation_views(session, [gen])[0]
-
-
-def generation_views(session: Session, gens: Sequence[Generation]) -> list[GenerationPublic]:
-    """`gens` as the API shows them, in a fixed number of queries whatever their number (positions at once, the
-    service's recent pace read once)."""
-    positions = resources.generation_queue_positions(session, gens)
-    pace = resources.recent_pace(session) if resources.needs_pace(gens) else None
-    return [GenerationPublic.model_validate(g).model_copy(update={
-        "queue_position": positions.get(g.id, 0),
-        "eta_seconds": resources.generation_eta(session, g, positions.get(g.id, 0), pace=pace)}) for g in gens]

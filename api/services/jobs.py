@@ -6,50 +6,27 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api import queue
 from api.errors import Conflict, NotFound
-from api.schemas import (
-    AdminJobPublic,
-    JobPublic,
-)
+from api.schemas import JobPublic
 from api.services.lookup import get_owned
-from storage import claims
 from storage import jobs as jobstore
 from storage.dispatch import dispatch
 from storage.models import (
-    Adapter,
     JobEvent,
     TrainingJob,
     User,
     utcnow,
 )
+from storage.resources import job_views
 from storage.settings import Settings
 from storage.states import JOB_FINAL, EventKind, JobState, WorkKind
 
 logger = logging.getLogger(__name__)
-
-
-JobView = TypeVar("JobView", JobPublic, AdminJobPublic)
-
-
-def job_views(session: Session, jobs: Sequence[TrainingJob], schema: type[JobView] = JobPublic) -> list[JobView]:  # type: ignore[assignment]
-    """`jobs` validated as `schema`, with the two values a row does not hold found for the whole page at once: the
-    queue positions (one query) and the live adapters (one query). AdminJobPublic needs `owner` loaded."""
-    positions = claims.queue_positions(session, [j.id for j in jobs if j.state == JobState.QUEUED])
-    adapters: dict[str, str] = {job_id: adapter_id for job_id, adapter_id in session.execute(
-        select(Adapter.job_id, Adapter.id).where(Adapter.job_id.in_([j.id for j in jobs]), Adapter.deleted_at.is_(None))
-    )} if jobs else {}
-    return [
-        schema.model_validate(job).model_copy(
-            update={"queue_position": positions.get(job.id, 0), "adapter_id": adapters.get(job.id)}
-        )
-        for job in jobs
-    ]
 
 
 def job_public(session: Session, job: TrainingJob) -> JobPublic:

@@ -22,7 +22,7 @@ from api.schemas import (
     JobPublic,
     StylePublic,
 )
-from api.services.jobs import job_views, request_cancel
+from api.services.jobs import request_cancel
 from api.services.lookup import get_owned
 from api.services.uploads import hash_request, lock_owner, normalize_image
 from api.text import is_invisible
@@ -37,6 +37,7 @@ from storage.models import (
     utcnow,
 )
 from storage.reclaim import user_storage_bytes
+from storage.resources import job_views
 from storage.settings import Settings
 from storage.states import JOB_UNFINISHED, EventKind, JobState, WorkKind
 

@@ -439,7 +439,7 @@
     const reuse = smallButton("Use these settings again", "reuse", "secondary");
     reuse.dataset.settings = JSON.stringify(reuseSettings(gen));
     actions.append(dl, reuse);
-    if (ctx.canDelete) actions.append(smallButton("Delete", "delete-generation", "danger"));
+    actions.append(smallButton("Delete", "delete-generation", "danger"));
     li.append(a, prompt, meta, actions);
     return li;
   }
@@ -641,7 +641,7 @@
     const root = $(".style-layout");
     const form = $("#gen-form");
     const fieldset = $("fieldset", form);
-    initGenerate({ styleName: $("h1").textContent, canDelete: document.body.dataset.canDelete === "1" });
+    initGenerate({ styleName: $("h1").textContent });
 
     root.addEventListener("job-final", (e) => {
       const job = e.detail;
@@ -1026,7 +1026,7 @@
     if (page === "new-style") initNewStyle();
     if (page === "style") initStylePage();
     if (page === "admin") initAdmin();
-    if (page === "gallery") initGenerate({ styleName: "", canDelete: document.body.dataset.canDelete === "1" });
+    if (page === "gallery") initGenerate({ styleName: "" });
     if (page === "keys") initKeys();
   });
 })();

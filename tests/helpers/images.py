@@ -23,3 +23,10 @@ def style_png(color: tuple[int, int, int] = (200, 40, 40), size: int = 256) -> b
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def decode_bomb(fmt: str, side: int = 6000) -> bytes:
+    """A small file (one colour compresses well) that decodes to `side` x `side` pixels: PNG or JPEG."""
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), (200, 30, 30)).save(buf, format=fmt, **({"quality": 80} if fmt == "JPEG" else {}))
+    return buf.getvalue()
