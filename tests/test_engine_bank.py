@@ -207,8 +207,12 @@ def test_compiled_forward_equals_eager_and_serves_new_routes_without_recompiling
             with bank.route(list(slots)):
                 got = t(ids, **kw)
             torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+        bank.load(3, random_adapter(parts, seed=9), name="s9")  # hot-load into a slot: a copy, not a new graph
+        with bank.route([3, 0, 0, 3]):
+            changed = t(ids, **kw)
+        assert not torch.allclose(changed[0], eager[(3, 3, 1, 2)][0])  # slot 3 now holds the new adapter
     frames = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before
-    assert frames == 1, f"{frames} graphs: a new route recompiled"
+    assert frames == 1, f"{frames} graphs: a new route or a hot-loaded slot recompiled"
 
 
 def test_mixed_batch_rows_equal_the_same_requests_alone_on_a_bigger_config(mid_parts: AmusedParts) -> None:
