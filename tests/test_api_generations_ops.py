@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
 import threading
 import time
@@ -11,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
 
 from storage import jobs as jobstore
 from storage.broker import ROUTES
@@ -20,12 +18,7 @@ from storage.models import Generation, Worker, utcnow
 from storage.settings import Settings
 from storage.states import WorkKind
 from tests.helpers.app import add_users, app_client, bearer
-
-
-def png_bytes(size: tuple[int, int] = (96, 96), mode: str = "RGB") -> bytes:
-    buf = io.BytesIO()
-    Image.new(mode, size, 255 if mode == "L" else (90, 90, 90)).save(buf, format="PNG")
-    return buf.getvalue()
+from tests.helpers.images import png_bytes
 
 
 def _generation(client: Any, gen_id: str) -> Generation:
@@ -83,7 +76,7 @@ def test_image_to_image_and_inpainting(api_client, api_keys) -> None:
     mismatch = api_client.post(
         "/v1/generations", headers=key, data={"prompt": "a cat"},
         files={"init_image": ("i.png", png_bytes(), "image/png"),
-               "mask": ("m.png", png_bytes((64, 64), "L"), "image/png")},
+               "mask": ("m.png", png_bytes((64, 64), mode="L"), "image/png")},
     )
     assert mismatch.status_code == 422 and mismatch.json()["code"] == "mask_size_mismatch"
     not_image = api_client.post("/v1/generations", headers=key, data={"prompt": "a cat"},

@@ -5,15 +5,10 @@ workers call) and delivery through worker.webhooks, on the real databases."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import ipaddress
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -23,45 +18,12 @@ from storage import claims
 from storage import jobs as jobstore
 from storage import webhooks as hookstore
 from storage.models import JobEvent, WebhookDelivery, utcnow
+from tests.helpers.webhooks import Receiver, verify
 from worker import webhooks as delivery
 
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
-
-
-class Receiver:
-    """A threaded HTTP server on 127.0.0.1 that records every POST and answers from `plan` (then 200)."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-        self.plan: list[tuple[int, float]] = []  # (status, seconds to stall before answering)
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                receiver.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                status, stall = receiver.plan.pop(0) if receiver.plan else (200, 0.0)
-                time.sleep(stall)
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                except OSError:  # the sender timed out and went away
-                    pass
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks?src=styledrop"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -79,14 +41,6 @@ def hooks_client(api_client):  # type: ignore[no-untyped-def]
     return api_client
 
 
-def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
-    """Standard Webhooks verification, written from the spec independently of storage.webhooks.sign."""
-    key = base64.b64decode(secret.removeprefix("whsec_"))
-    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
-    expected = "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-    return any(hmac.compare_digest(sig, expected) for sig in headers["webhook-signature"].split())
-
-
 def deliver_until_settled(client: Any, rounds: int = 40) -> None:
     """Run delivery passes (the loop's body) until nothing is pending."""
     factory, settings = client.app.state.sessionmaker, client.app.state.settings
@@ -100,7 +54,7 @@ def deliver_until_settled(client: Any, rounds: int = 40) -> None:
 
 
 def _style(client: Any, key: str, **fields: Any) -> dict[str, Any]:
-    from tests.test_api_generations_ops import png_bytes
+    from tests.helpers.images import png_bytes
 
     resp = client.post("/v1/styles", headers=bearer(key), data={"descriptor": "ink", **fields},
                        files={"image": ("s.png", png_bytes(), "image/png")})
@@ -184,7 +138,7 @@ def test_private_addresses_refused_by_default_and_at_delivery(api_client, api_ke
         resp = api_client.post("/v1/generations", headers=key, json={"prompt": "x", "webhook": url})
         assert resp.status_code == 422, url
         assert resp.json()["code"] == "webhook_refused", url
-    from tests.test_api_generations_ops import png_bytes
+    from tests.helpers.images import png_bytes
 
     style = api_client.post("/v1/styles", headers=key, data={"descriptor": "ink", "webhook": receiver.url},
                             files={"image": ("s.png", png_bytes(), "image/png")})

@@ -14,7 +14,7 @@ from storage.users import create_user
 from storage.webhooks import PROGRESS_MIN_SECONDS
 from tests.helpers.db import make_generation as _generation
 from tests.helpers.db import make_job as _job
-from tests.test_webhooks import Receiver, verify
+from tests.helpers.webhooks import Receiver, verify
 from worker import webhooks as delivery
 from worker.runtime import Runtime
 

@@ -7,10 +7,11 @@ import io
 from PIL import Image, ImageDraw
 
 
-def png_bytes(size: tuple[int, int] = (96, 96), color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
-    """A plain PNG of one colour."""
+def png_bytes(size: tuple[int, int] = (96, 96), color: tuple[int, int, int] = (200, 30, 30),
+              mode: str = "RGB") -> bytes:
+    """A plain PNG of one colour (mode "L": white, e.g. a mask that repaints everything)."""
     buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, format="PNG")
+    Image.new(mode, size, 255 if mode == "L" else color).save(buf, format="PNG")
     return buf.getvalue()
 
 
