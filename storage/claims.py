@@ -50,10 +50,12 @@ def claim_train_jobs(session: Session, *, limit: int, worker: str) -> list[Train
     for job_id in candidates:
         if len(claimed) == limit:
             break
+        # step restarts at the checkpoint: a dead worker's steps after its last checkpoint are gone, and the job
+        # shows the progress it will actually resume from
         if transition(session, job_id, expected=JobState.QUEUED, new=JobState.RUNNING,
                       attempts=TrainingJob.attempts + 1, worker_host=worker,
                       started_at=func.coalesce(TrainingJob.started_at, now), heartbeat_at=now,
-                      error_code=None, error_message=None):
+                      step=func.coalesce(TrainingJob.checkpoint_step, 0), error_code=None, error_message=None):
             claimed.append(job_id)
     if not claimed:
         return []
