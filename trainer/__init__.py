@@ -2,7 +2,8 @@
 
 Public API:
 - model:      load_base, build_tiny, ensure_tiny, AmusedParts, ModelLoadError
-- train:      train_style, train_styles, StyleSpec, Callbacks, TrainConfig, Progress, TrainResult, training_prompt
+- train:      train_style, train_styles, StyleSpec, Callbacks, TrainConfig, Progress, TrainResult, training_prompt,
+              subject_prompt
 - sampler:    sample, GenerationRequest, SampleResult, SamplingError
 - lora:       Adapter, AdapterMeta, save_adapter, load_adapter, adapter_to_bytes, adapter_from_bytes, AdapterError
 - bank:       LoraBank (resident adapters applied per batch row), find_bank, slot_bytes, default_capacity
@@ -42,7 +43,17 @@ from .model import (
     resolve_mixed_precision,
 )
 from .sampler import GenerationRequest, SampleResult, SamplingError, sample
-from .train import Callbacks, Progress, StyleSpec, TrainConfig, TrainResult, train_style, train_styles, training_prompt
+from .train import (
+    Callbacks,
+    Progress,
+    StyleSpec,
+    TrainConfig,
+    TrainResult,
+    subject_prompt,
+    train_style,
+    train_styles,
+    training_prompt,
+)
 
 __all__ = [
     "ENGINE_VERSION",
@@ -91,6 +102,7 @@ __all__ = [
     "save_adapter",
     "select_best",
     "slot_bytes",
+    "subject_prompt",
     "train_style",
     "train_styles",
     "training_prompt",

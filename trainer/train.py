@@ -28,6 +28,7 @@ from PIL import Image
 
 from .bank import LoraBank, find_bank
 from .checkpoint import Checkpoint, capture_slot, restore_slot
+from .examples import TrainingExample
 from .lora import ENGINE_VERSION, Adapter, AdapterMeta, base_fingerprint
 from .model import AmusedParts
 from .optim import SlotAdamW
@@ -38,7 +39,8 @@ from .train_step import TrainStep
 logger = logging.getLogger(__name__)
 
 __all__ = ["Callbacks", "Progress", "StyleData", "StyleSpec", "TrainConfig", "TrainResult", "evaluation_loss",
-           "prepare_style", "recipe_for", "train_style", "train_styles", "training_prompt"]
+           "prepare_style", "recipe_for", "subject_prompt", "train_style", "train_styles",
+           "training_prompt"]
 
 
 @dataclass
@@ -66,7 +68,10 @@ class TrainConfig:
 
 @dataclass
 class StyleSpec:
-    """One style of a run. None fields take the TrainConfig's value (steps, seed, learning rate)."""
+    """One style of a run. None fields take the TrainConfig's value (steps, seed, learning rate).
+
+    It trains on `images` with the one prompt `training_prompt(descriptor, content)`, or on `examples` (each image
+    with its own caption; `images` then empty): several captioned references, or a subject's photos."""
 
     images: Sequence[Image.Image]
     descriptor: str
@@ -75,6 +80,17 @@ class StyleSpec:
     seed: int | None = None
     learning_rate: float | None = None
     resume: Checkpoint | None = None
+    examples: Sequence[TrainingExample] | None = None
+
+    def training_data(self) -> tuple[list[Image.Image], list[str] | str]:
+        """The images and their prompt(s) as `prepare_style` takes them."""
+        if self.examples is None:
+            return list(self.images), training_prompt(self.descriptor, self.content)
+        if self.images:
+            raise ValueError("a style takes images (one prompt) or examples (a caption each), not both")
+        if not self.examples:
+            raise ValueError("at least one training example is needed")
+        return [e.image for e in self.examples], [e.caption for e in self.examples]
 
 
 @dataclass(frozen=True)
@@ -125,6 +141,17 @@ def training_prompt(descriptor: str, content: str | None = None) -> str:
     return f"{subject} in {descriptor} style"
 
 
+SUBJECT_TOKEN = "sks"  # DreamBooth's rare token [V]: few prior meanings for the text encoder to override
+
+
+def subject_prompt(class_word: str, token: str = SUBJECT_TOKEN) -> str:
+    """DreamBooth's subject prompt "a photo of [V] ⟨class⟩" that a subject adapter trains on (paper §3.4)."""
+    class_word = class_word.strip()
+    if not class_word:
+        raise ValueError("a subject needs a class word (e.g. 'dog')")
+    return f"a photo of {token} {class_word}"
+
+
 def train_style(
     parts: AmusedParts,
     images: Sequence[Image.Image],
@@ -166,8 +193,8 @@ def train_styles(parts: AmusedParts, styles: Sequence[StyleSpec], config: TrainC
     t_start = time.perf_counter()
 
     # 1. Encode every style's images and prompt once, onto the device; then free the accelerator of the encoders.
-    batch = StyleBatch([prepare_style(parts, s.images, r.result.prompt, cfg.aesthetic_score)
-                        for s, r in zip(styles, runs, strict=True)], parts.mask_token_id)
+    batch = StyleBatch([prepare_style(parts, *s.training_data(), cfg.aesthetic_score) for s in styles],
+                       parts.mask_token_id)
     encoders_home = next(parts.vqvae.parameters()).device
     if cfg.offload_encoders and device.type != "cpu":
         parts.vqvae.to("cpu")
@@ -279,7 +306,8 @@ class _StyleRun:
         lr = spec.learning_rate if spec.learning_rate is not None else cfg.learning_rate
         assert lr is not None
         total = spec.steps if spec.steps is not None else cfg.steps
-        prompt = training_prompt(spec.descriptor, spec.content)
+        # The prompt the adapter records (and previews render): the first caption when trained on examples.
+        prompt = spec.examples[0].caption if spec.examples else training_prompt(spec.descriptor, spec.content)
         return cls(index, total, seed, lr, torch.Generator(device).manual_seed(seed),
                    TrainResult(None, [], False, 0, prompt))
 

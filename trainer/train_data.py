@@ -1,6 +1,7 @@
 """What one training step feeds the U-ViT, computed on the device without reading anything back to the host.
 
-`StyleData` holds one style's VQ tokens, micro-conditions and prompt embeddings, encoded once. `StyleBatch`
+`StyleData` holds one style's VQ tokens, micro-conditions and prompt embeddings, encoded once: one prompt for
+all its images (StyleDrop round 1), or one caption per image (several references, a subject's photos). `StyleBatch`
 stacks the styles of a run on the device; `StyleBatch.draw` builds the inputs of one step for a set of styles
 (one row each) from each style's own device generator, and `row_losses` returns each row's masked-token mean —
 from the batch's precomputed constant conditioning (`StyleBatch.precompute`, trainer/uvit_forward.py) when there
@@ -33,17 +34,24 @@ class StyleData:
 
     tokens: torch.Tensor  # (N, seq) int64 codes of each style image, on the model's device
     conds: torch.Tensor  # (N, 5) float32 micro-conditions of each image (fp32: sizes like 1023 are not bf16)
-    hidden: torch.Tensor  # (1, 77, D) prompt hidden states, model dtype
-    pooled: torch.Tensor  # (1, P) pooled prompt embedding, model dtype
+    hidden: torch.Tensor  # (K, 77, D) hidden states of each distinct prompt, model dtype
+    pooled: torch.Tensor  # (K, P) pooled embedding of each distinct prompt, model dtype
     grid: tuple[int, int]  # (h, w) token grid
-    prompt: str
+    prompt: str  # the first image's prompt
+    text_of_image: torch.Tensor | None = None  # (N,) each image's prompt row in hidden/pooled; None = all row 0
 
 
-def prepare_style(parts: AmusedParts, images: Sequence[Image.Image], prompt: str,
+def prepare_style(parts: AmusedParts, images: Sequence[Image.Image], prompt: str | Sequence[str],
                   aesthetic_score: float = 6.0) -> StyleData:
-    """VQ-encode each style image and CLIP-encode the prompt, once, and leave the results on the model's device."""
+    """VQ-encode each style image and CLIP-encode its prompt, once, and leave the results on the model's device.
+
+    `prompt` is one prompt for every image, or one caption per image (each distinct caption is encoded once)."""
     if not images:
         raise ValueError("at least one style image is needed")
+    captions = [prompt] * len(images) if isinstance(prompt, str) else list(prompt)
+    if len(captions) != len(images):
+        raise ValueError(f"{len(images)} images need {len(images)} captions, got {len(captions)}")
+    distinct = list(dict.fromkeys(captions))
     res, device, dtype = parts.resolution, parts.device, parts.dtype
     prepared = [prepare_image(im, res) for im in images]
     pixels = torch.stack([p.pixels for p in prepared])  # (N, 3, R, R)
@@ -53,22 +61,25 @@ def prepare_style(parts: AmusedParts, images: Sequence[Image.Image], prompt: str
         [micro_conds(p.orig_width, p.orig_height, p.crop_top, p.crop_left, aesthetic_score) for p in prepared],
         dtype=torch.float32,
     )
-    text = encode_text(parts, [prompt])
+    text = encode_text(parts, distinct)
     tokens = codes.reshape(n, h * w)  # (N, h, w) -> (N, seq)
+    text_of_image = torch.tensor([distinct.index(c) for c in captions], device=device)
     return StyleData(tokens.to(device), conds.to(device), text.hidden.to(device, dtype),
-                     text.pooled.to(device, dtype), (h, w), prompt)
+                     text.pooled.to(device, dtype), (h, w), captions[0], text_of_image)
 
 
 @dataclass(frozen=True)
 class StepInputs:
     inputs: torch.Tensor  # (S, seq) token ids with the masked positions set to the mask id
     labels: torch.Tensor  # (S, seq) the codes at masked positions, -100 elsewhere
-    rows: torch.Tensor  # (S,) the style of each row: its prompt
+    rows: torch.Tensor  # (S,) the style of each row
     image: torch.Tensor  # (S,) the image of each row (into the batch's images): its micro-conditions
+    text: torch.Tensor  # (S,) the prompt row of each row's image (into the batch's prompts)
 
 
 class StyleBatch:
-    """Every style of a run stacked on the device: all images' tokens in one tensor, one prompt row per style."""
+    """Every style of a run stacked on the device: all images' tokens in one tensor, all prompts in another (one
+    row per distinct prompt of each style: a style with one prompt has one row)."""
 
     def __init__(self, styles: Sequence[StyleData], mask_id: int) -> None:
         self.grid = styles[0].grid
@@ -80,19 +91,23 @@ class StyleBatch:
         counts = [len(s.tokens) for s in styles]
         self.tokens = torch.cat([s.tokens for s in styles])  # (sum N, seq)
         self.conds = torch.cat([s.conds for s in styles])  # (sum N, 5)
-        self.hidden = torch.cat([s.hidden for s in styles])  # (styles, 77, D)
-        self.pooled = torch.cat([s.pooled for s in styles])  # (styles, P)
+        self.hidden = torch.cat([s.hidden for s in styles])  # (sum K, 77, D)
+        self.pooled = torch.cat([s.pooled for s in styles])  # (sum K, P)
         self.first = torch.tensor([sum(counts[:i]) for i in range(len(counts))], device=device)  # (styles,)
         self.count = torch.tensor(counts, device=device)  # (styles,)
-        owner = [i for i, c in enumerate(counts) for _ in range(c)]
-        self.style_of_image = torch.tensor(owner, device=device)  # (sum N,) the style of each image
+        texts, offset = [], 0
+        for s in styles:  # each image's prompt row, shifted past the earlier styles' prompts
+            local = s.text_of_image if s.text_of_image is not None else torch.zeros(len(s.tokens), dtype=torch.long)
+            texts.append(local.to(device) + offset)
+            offset += len(s.hidden)
+        self.text_of_image = torch.cat(texts)  # (sum N,) the prompt row of each image
         self.conditioning: Conditioning | None = None
 
     def precompute(self, parts: AmusedParts) -> None:
         """Compute the prompt-only part of the model once (per style, and per image for the micro-conditions);
         `row_losses` then runs every step from it. Call under the autocast the steps run under."""
         self.conditioning = precompute_conditioning(parts.transformer, self.hidden,
-                                                    self.pooled[self.style_of_image], self.conds)
+                                                    self.pooled[self.text_of_image], self.conds)
 
     def draw(self, rows: torch.Tensor, generators: Sequence[torch.Generator]) -> StepInputs:
         """Inputs of one step: row j trains style `rows[j]` (a device index) with noise from `generators[j]`.
@@ -115,6 +130,7 @@ class StyleBatch:
             labels=torch.where(masked, tokens, -100),
             rows=rows,
             image=image,
+            text=self.text_of_image[image],
         )
 
 
@@ -124,10 +140,10 @@ def row_losses(parts: AmusedParts, batch: StyleBatch, step: StepInputs) -> torch
     s = step.inputs.shape[0]
     ids = step.inputs.reshape(s, h, w)  # (S, seq) -> (S, h, w)
     if batch.conditioning is not None:
-        logits = forward_with_conditioning(parts.transformer, batch.conditioning, ids, step.rows, step.image)
+        logits = forward_with_conditioning(parts.transformer, batch.conditioning, ids, step.text, step.image)
     else:
-        logits = parts.transformer(ids, encoder_hidden_states=batch.hidden[step.rows],
-                                   pooled_text_emb=batch.pooled[step.rows],
+        logits = parts.transformer(ids, encoder_hidden_states=batch.hidden[step.text],
+                                   pooled_text_emb=batch.pooled[step.text],
                                    micro_conds=batch.conds[step.image])  # (S, C, h, w)
     logits = logits.reshape(s, logits.shape[1], h * w)  # (S, C, h, w) -> (S, C, seq)
     ce = F.cross_entropy(logits.float(), step.labels, ignore_index=-100, reduction="none")  # (S, seq), 0 unmasked
