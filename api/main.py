@@ -80,10 +80,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rate_limiter = make_rate_limiter(settings)
     app.state.metrics_registry = make_registry(app.state.sessionmaker, settings)
     install_handlers(app)
-    # RequestGuard bounds the whole request body (style image, or init image + mask, plus fields) with a 413
+    # RequestGuard bounds the whole request body (style images, or init image + mask, plus fields) with a 413
     # problem; each file is then read in chunks against max_upload_bytes.
     app.add_middleware(RequestGuard, max_json_bytes=settings.max_json_bytes,
-                       max_body_bytes=2 * settings.max_upload_bytes + MULTIPART_OVERHEAD)
+                       max_body_bytes=max(2, settings.max_style_images) * settings.max_upload_bytes
+                       + MULTIPART_OVERHEAD)
     for module in (styles, jobs, adapters, generations, webhooks, keys, admin, health, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

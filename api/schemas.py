@@ -10,7 +10,7 @@ sends them too; they are re-exported here with the rest.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasPath, BaseModel, ConfigDict, Field, computed_field, field_validator
 
@@ -19,6 +19,7 @@ from storage.resources import GenerationPublic as GenerationPublic  # re-exporte
 from storage.users import BadUserName, validate_user_name
 
 MAX_SEED = 2**31 - 1
+DEFAULT_SUBJECT_WEIGHT = 0.5  # γ: trainer.limits.DEFAULT_SUBJECT_WEIGHT (tests/test_engine_sampler.py keeps them equal)
 MAX_OFFSET = 2**31 - 1  # list offsets and event cursors: larger ones overflow SQLite/PostgreSQL integers
 
 
@@ -32,11 +33,22 @@ class StylePublic(FromRow):
     image_sha256: str
     created_at: datetime
     latest_job_id: str | None = None
+    kind: Literal["style", "subject"] = Field(default="style", description=(
+        '"style": a StyleDrop style adapter; "subject": a subject adapter (mix it in with subject_adapter_id).'))
+    class_word: str | None = Field(default=None, description='A subject\'s class word ("dog").')
+    references: list[dict[str, Any]] | None = Field(default=None, exclude=True)
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def image_url(self) -> str:
         return f"/v1/styles/{self.id}/image"
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description="Each reference image's caption, in upload order; null = the StyleDrop prompt (a subject's "
+        "photos train on 'a photo of sks <class_word>').")
+    @property
+    def captions(self) -> list[str | None]:
+        return [r.get("caption") for r in self.references] if self.references else [None]
 
 
 class StyleJobCreate(BaseModel):
@@ -95,9 +107,21 @@ class GenerationCreate(BaseModel):
 
     prompt: str = Field(min_length=1, max_length=500)
     negative_prompt: str | None = Field(default=None, max_length=500)
-    adapter_id: str | None = None
-    style_strength: float = Field(default=1.0, ge=-1.0, le=10.0)
-    guidance_scale: float = Field(default=10.0, ge=0.0, le=50.0)
+    adapter_id: str | None = Field(default=None, description="A style adapter (null = the base model).")
+    style_strength: float = Field(default=1.0, ge=-1.0, le=10.0, description=(
+        "λA, StyleDrop's style guidance: −1 = no style (the base model's prediction), 0 = the adapter as trained, "
+        "above 0 pushes the style further (the paper uses 0–2; default 1)."))
+    guidance_scale: float = Field(default=10.0, ge=0.0, le=50.0, description=(
+        "Classifier-free guidance g; the text guidance λB is g − 1 unless text_guidance is given."))
+    text_guidance: float | None = Field(default=None, ge=-1.0, le=49.0, description=(
+        "λB, StyleDrop's text guidance, overriding guidance_scale (g = 1 + λB); the paper fixes λB = 5. "
+        "Null = guidance_scale − 1."))
+    subject_adapter_id: str | None = Field(default=None, description=(
+        'A subject adapter (a style of kind "subject") mixed with the style adapter at every step: '
+        "l = (1 − γ)·l_style + γ·l_subject."))
+    subject_weight: float | None = Field(default=None, ge=0.0, le=1.0, description=(
+        "γ, the subject's share (0 = the style alone, 1 = the subject alone; the paper uses 0.5–0.7). "
+        "Default 0.5 when subject_adapter_id is given; only with it."))
     steps: int = Field(default=12, ge=1, le=100)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Default: random.")
     num_images: int = Field(default=1, ge=1, description="At most settings.max_images_per_request.")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import CursorResult, case, func, select, update
+from sqlalchemy import CursorResult, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from storage import webhooks
@@ -161,9 +161,10 @@ def queued_adapter_ids(session: Session, *, limit: int) -> list[str]:
     """The adapters the next `limit` queued generations will need, oldest first (a generate worker prefetches
     them into its host cache while it samples the current batch)."""
     rows = session.execute(
-        select(Generation.adapter_id)
-        .where(Generation.state == GenerationState.QUEUED, Generation.adapter_id.is_not(None))
+        select(Generation.adapter_id, Generation.subject_adapter_id)
+        .where(Generation.state == GenerationState.QUEUED,
+               or_(Generation.adapter_id.is_not(None), Generation.subject_adapter_id.is_not(None)))
         .order_by(Generation.queued_at, Generation.id)
         .limit(limit)
-    ).scalars()
-    return list(dict.fromkeys(a for a in rows if a is not None))
+    ).all()
+    return list(dict.fromkeys(a for row in rows for a in row if a is not None))

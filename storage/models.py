@@ -120,6 +120,12 @@ class Style(Base):
     content: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # "style" (StyleDrop) or "subject" (DreamBooth-style: photos of one subject of class `class_word`).
+    kind: Mapped[str] = mapped_column(String(16), default="style", server_default="style")
+    class_word: Mapped[str | None] = mapped_column(String(64))
+    # Every reference image, the first being image_key: [{"key", "sha256", "bytes", "width", "height",
+    # "caption"}] (caption None = the StyleDrop prompt). None on styles from before several images (image_key only).
+    references: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
 
 
 class TrainingJob(Base):
@@ -242,6 +248,9 @@ class Generation(Base):
     step: Mapped[int] = mapped_column(Integer, default=0)  # sampling rounds done (progress while running)
     webhook: Mapped[str | None] = mapped_column(String(2048))
     webhook_events: Mapped[list[str] | None] = mapped_column(JSON)
+    subject_adapter_id: Mapped[str | None] = mapped_column(ForeignKey("adapters.id"), index=True)
+    subject_weight: Mapped[float | None] = mapped_column(Float)  # γ; set when subject_adapter_id is
+    text_guidance: Mapped[float | None] = mapped_column(Float)  # λB; None = guidance_scale − 1
 
 
 class WebhookDelivery(Base):

@@ -38,10 +38,14 @@ def referenced_keys(session: Session) -> set[str]:
     """Every blob key a row still needs (see the module docstring)."""
     unfinished = TrainingJob.state.not_in(JOB_FINAL)
     style_busy = select(TrainingJob.style_id).where(unfinished)
-    adapter_busy = select(Generation.adapter_id).where(Generation.state.in_(GENERATION_UNFINISHED))
+    gen_busy = Generation.state.in_(GENERATION_UNFINISHED)
+    adapter_busy = select(Generation.adapter_id).where(gen_busy).union(
+        select(Generation.subject_adapter_id).where(gen_busy))
     keys: set[str] = set()
-    keys.update(session.scalars(select(Style.image_key).where(
-        or_(Style.deleted_at.is_(None), Style.id.in_(style_busy)))))
+    for image_key, references in session.execute(select(Style.image_key, Style.references).where(
+            or_(Style.deleted_at.is_(None), Style.id.in_(style_busy)))):
+        keys.add(image_key)
+        keys.update(r["key"] for r in references or [] if isinstance(r, dict) and isinstance(r.get("key"), str))
     keys.update(session.scalars(select(Adapter.blob_key).where(
         or_(Adapter.deleted_at.is_(None), Adapter.id.in_(adapter_busy)))))
     keys.update(session.scalars(select(TrainingJob.checkpoint_key).where(

@@ -106,6 +106,9 @@ class GenerationPublic(WithError):
     negative_prompt: str | None
     style_strength: float
     guidance_scale: float
+    text_guidance: float | None = None
+    subject_adapter_id: str | None = None
+    subject_weight: float | None = None
     steps: int
     seed: int
     num_images: int

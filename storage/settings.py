@@ -92,6 +92,8 @@ class Settings(BaseSettings):
 
     # --- uploads -----------------------------------------------------------------------------------------------
     max_upload_bytes: int = 20 * 1024 * 1024
+    max_style_images: int = Field(default=5, ge=1, description=(
+        "Reference images one style (or subject photos one subject) may be trained on."))
     max_image_pixels: int = Field(default=40_000_000, description="Largest image header accepted at all.")
     max_decode_pixels: int = Field(
         default=16_777_216,

@@ -181,6 +181,13 @@ def test_api_and_settings_agree_with_the_engine_limits() -> None:
         with pytest.raises(SamplingError, match=name):
             GenerationRequest("a cat", **{name: hi + 1}).validate()
     assert Settings.model_fields["preview_steps"].default == limits.DEFAULT_STEPS
+    # λB and γ: the API's bounds are the sampler's, and its default γ is the engine's
+    tg = props["text_guidance"]["anyOf"][0]
+    assert (tg["minimum"], tg["maximum"]) == (limits.MIN_TEXT_GUIDANCE, limits.MAX_TEXT_GUIDANCE)
+    sw = props["subject_weight"]["anyOf"][0]
+    assert (sw["minimum"], sw["maximum"]) == (0.0, 1.0)
+    from api.schemas import DEFAULT_SUBJECT_WEIGHT
+    assert DEFAULT_SUBJECT_WEIGHT == limits.DEFAULT_SUBJECT_WEIGHT
 
 
 def test_repeated_prompts_reuse_their_text_embeddings(engine_parts: AmusedParts) -> None:

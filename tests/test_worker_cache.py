@@ -88,6 +88,9 @@ def test_split_by_slots() -> None:
     assert split_by_slots(["a", None, "b", "a", "c", "c", None, "d"], 2) == [[0, 1, 2, 3], [4, 5, 6, 7]]
     assert split_by_slots([None, None], 1) == [[0, 1]]
     assert split_by_slots([], 3) == []
+    # a style + subject row needs both adapters resident in its chunk
+    assert split_by_slots(["a", ("a", "s"), "b", ("b", "s")], 2) == [[0, 1], [2, 3]]
+    assert split_by_slots([("a", "s"), "s", None, "a"], 2) == [[0, 1, 2, 3]]
 
 
 def test_prefetch_fills_the_host_tier_in_the_background_and_acquire_then_hits_it(slots: trainer.LoraBank) -> None:

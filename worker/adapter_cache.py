@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -262,18 +262,19 @@ class AdapterCache:
             }
 
 
-def split_by_slots(adapter_ids: list[str | None], num_slots: int) -> list[list[int]]:
-    """Group row indices into consecutive chunks that need at most `num_slots` distinct adapters each."""
+def split_by_slots(adapter_ids: Sequence[str | tuple[str, ...] | None], num_slots: int) -> list[list[int]]:
+    """Group row indices into consecutive chunks that need at most `num_slots` distinct adapters each; a row may
+    need several (a style and a subject adapter: a tuple)."""
     chunks: list[list[int]] = []
     current: list[int] = []
     distinct: set[str] = set()
-    for i, adapter_id in enumerate(adapter_ids):
-        if adapter_id is not None and adapter_id not in distinct and len(distinct) >= num_slots:
+    for i, entry in enumerate(adapter_ids):
+        ids = {entry} if isinstance(entry, str) else set(entry or ())
+        if current and len(distinct | ids) > num_slots:
             chunks.append(current)
             current, distinct = [], set()
         current.append(i)
-        if adapter_id is not None:
-            distinct.add(adapter_id)
+        distinct |= ids
     if current:
         chunks.append(current)
     return chunks

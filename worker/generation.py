@@ -22,6 +22,7 @@ from storage.blobs import BlobIntegrityError, BlobNotFound, new_key
 from storage.models import Generation, utcnow
 from storage.states import GenerationState
 from trainer import GenerationRequest
+from trainer.limits import DEFAULT_SUBJECT_WEIGHT
 from worker.adapter_cache import AdapterMissing, split_by_slots
 from worker.progress import StepRecorder
 from worker.runtime import Runtime
@@ -51,7 +52,7 @@ def run_generate(rt: Runtime, generation_id: str) -> str:
         if rows:
             log.info("batch of %d generations (%s)", len(rows), ", ".join(g.id for g in rows))
             prefetch(rt, rows)
-            for chunk in split_by_slots([g.adapter_id for g in rows], rt.cache().num_slots):
+            for chunk in split_by_slots([adapters_of(g) for g in rows], rt.cache().num_slots):
                 run_chunk(rt, [rows[i] for i in chunk], log)
     finally:
         rt.current_id = None
@@ -74,8 +75,13 @@ def prefetch(rt: Runtime, rows: Sequence[Generation]) -> None:
     are loaded now), so a cold adapter's store read overlaps sampling instead of stalling the next batch."""
     with rt.session_factory() as s:
         queued = claims.queued_adapter_ids(s, limit=rt.settings.adapter_prefetch)
-    mine = {g.adapter_id for g in rows}
+    mine = {a for g in rows for a in adapters_of(g)}
     rt.cache().prefetch([a for a in queued if a not in mine])
+
+
+def adapters_of(gen: Generation) -> tuple[str, ...]:
+    """The adapters a generation needs resident: its style adapter and its subject adapter, each when named."""
+    return tuple(a for a in (gen.adapter_id, gen.subject_adapter_id) if a is not None)
 
 
 def drop_worn_out(rt: Runtime, claimed: Sequence[Generation]) -> list[Generation]:
@@ -94,18 +100,20 @@ def run_chunk(rt: Runtime, rows: list[Generation], log: IdLogger) -> None:
     """Rows that need at most one GPU slot per distinct adapter: load those adapters, sample every image of every
     row in one loop, store them and finish the rows."""
     errors: dict[str, Exception] = {}
-    adapter_ids = [g.adapter_id for g in rows if g.adapter_id is not None]
+    adapter_ids = list(dict.fromkeys(a for g in rows for a in adapters_of(g)))
     with rt.cache().batch(adapter_ids, errors) as slots:
         requests: list[GenerationRequest] = []
         owners: list[Generation] = []  # the row each request belongs to
         for gen in rows:
-            if gen.adapter_id is not None and gen.adapter_id in errors:
-                code, message = adapter_error(errors[gen.adapter_id])
+            failed = next((a for a in adapters_of(gen) if a in errors), None)
+            if failed is not None:
+                code, message = adapter_error(errors[failed])
                 log.warning("generation %s failed: %s", gen.id, code)
                 finish(rt, gen.id, GenerationState.FAILED, error_code=code, error_message=message)
                 continue
             try:
-                reqs = build_requests(rt, gen, slots.get(gen.adapter_id) if gen.adapter_id else None)
+                reqs = build_requests(rt, gen, slots.get(gen.adapter_id) if gen.adapter_id else None,
+                                      slots.get(gen.subject_adapter_id) if gen.subject_adapter_id else None)
             except (trainer.SamplingError, BlobNotFound, UnidentifiedImageError, OSError) as exc:
                 log.warning("generation %s is invalid: %s", gen.id, exc)
                 fail_invalid(rt, [gen], exc)
@@ -129,8 +137,10 @@ def run_chunk(rt: Runtime, rows: list[Generation], log: IdLogger) -> None:
         finish(rt, gen_id, GenerationState.SUCCEEDED, image_keys=image_keys, error_code=None, error_message=None)
 
 
-def build_requests(rt: Runtime, gen: Generation, slot: str | None) -> list[GenerationRequest]:
-    """The sampler requests of one generation (one per image, seeds counting up), validated."""
+def build_requests(rt: Runtime, gen: Generation, slot: str | None,
+                   subject: str | None = None) -> list[GenerationRequest]:
+    """The sampler requests of one generation (one per image, seeds counting up), validated. `slot` and `subject`
+    are the bank names of its style and subject adapters."""
     init = open_image(rt.store.get_bytes(gen.init_image_key)).convert("RGB") if gen.init_image_key else None
     mask = open_image(rt.store.get_bytes(gen.mask_key)).convert("L") if gen.mask_key else None
     reqs = [
@@ -138,6 +148,8 @@ def build_requests(rt: Runtime, gen: Generation, slot: str | None) -> list[Gener
             prompt=gen.prompt, negative_prompt=gen.negative_prompt, seed=gen.seed + i, adapter=slot,
             style_strength=gen.style_strength, guidance_scale=gen.guidance_scale, steps=gen.steps,
             init_image=init, mask=mask, strength=gen.strength if gen.strength is not None else 1.0,
+            text_guidance=gen.text_guidance, subject=subject,
+            subject_weight=gen.subject_weight if gen.subject_weight is not None else DEFAULT_SUBJECT_WEIGHT,
         )
         for i in range(max(1, gen.num_images))
     ]

@@ -30,7 +30,8 @@ from storage.models import Adapter as AdapterRow
 from storage.models import Style, TrainingJob, utcnow
 from storage.states import JOB_ACTIVE, EventKind, JobState
 from trainer import Checkpoint, CheckpointError, GenerationRequest
-from trainer.train import Callbacks, Progress, StyleSpec, TrainResult, train_styles
+from trainer.examples import TrainingExample
+from trainer.train import Callbacks, Progress, StyleSpec, TrainResult, subject_prompt, train_styles, training_prompt
 from worker.runtime import SHUTDOWN, Runtime
 from worker.shared import TRANSIENT, IdLogger, open_image, png
 
@@ -44,6 +45,7 @@ class JobRun:
     log: IdLogger
     spec: StyleSpec | None = None  # None until its inputs load
     seed: int = 0
+    subject: str | None = None  # a subject adapter's prompt ("a photo of sks dog"): its previews show the subject
     stop: str | None = None  # why it must stop: "cancel", "lost" (no longer ours) or "shutdown"
     t0: float = field(default_factory=time.perf_counter)
 
@@ -131,14 +133,22 @@ class TrainingRun:
             if style is None or style.deleted_at is not None:
                 outcomes[j.id] = self.fail(j, "style_missing", "The style of this job was deleted.")
                 return False
-            image_key, descriptor, content = style.image_key, style.descriptor, style.content
+            descriptor, content, kind, class_word = style.descriptor, style.content, style.kind, style.class_word
+            refs = [(r["key"], r.get("caption")) for r in style.references or []] or [(style.image_key, None)]
         try:
-            image = open_image(store.get_bytes(image_key)).convert("RGB")
+            images = [open_image(store.get_bytes(key)).convert("RGB") for key, _ in refs]
         except (BlobNotFound, UnidentifiedImageError, OSError, ValueError) as exc:
             j.log.error("style image unreadable: %s", exc)
             outcomes[j.id] = self.fail(j, "bad_image", "The style image could not be read; upload it again as "
                                        "PNG, JPEG or WebP.")
             return False
+        examples: list[TrainingExample] | None = None
+        if kind == "subject":  # DreamBooth: every photo captioned "a photo of [V] <class word>"
+            j.subject = subject_prompt(class_word or descriptor)
+            examples = [TrainingExample(im, j.subject) for im in images]
+        elif any(caption for _, caption in refs):  # own captions; the others take the StyleDrop prompt
+            default = training_prompt(descriptor, content)
+            examples = [TrainingExample(im, caption or default) for im, (_, caption) in zip(images, refs, strict=True)]
         resume: Checkpoint | None = None
         if j.job.checkpoint_key:
             try:
@@ -149,8 +159,8 @@ class TrainingRun:
         params = dict(j.job.params or {})
         j.seed = int(params.get("seed", 0))
         lr = params.get("learning_rate")
-        j.spec = StyleSpec([image], descriptor, content, steps=j.job.total_steps, seed=j.seed,
-                           learning_rate=float(lr) if lr is not None else None, resume=resume)
+        j.spec = StyleSpec([] if examples else images, descriptor, content, steps=j.job.total_steps, seed=j.seed,
+                           learning_rate=float(lr) if lr is not None else None, resume=resume, examples=examples)
         return True
 
     def report(self, j: JobRun, p: Progress) -> None:
@@ -307,6 +317,8 @@ class TrainingRun:
     def render_previews(self, j: JobRun, adapter_id: str, adapter: trainer.Adapter) -> None:
         descriptor = adapter.meta.descriptor
         prompts = [f"{p} in {descriptor} style" for p in self.rt.settings.preview_prompts[:2]]
+        if j.subject is not None:
+            prompts = [j.subject, f"{j.subject} on a beach"][: len(prompts)]
         if not prompts:
             return
         cache = self.rt.cache()

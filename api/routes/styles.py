@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Header, Response, UploadFile, status
 
@@ -30,9 +30,21 @@ def create_style(
     blobs: BlobsDep,
     settings: SettingsDep,
     response: Response,
-    image: Annotated[UploadFile, File(description="The style image: PNG, JPEG, WebP or GIF.")],
-    descriptor: Annotated[str, Form(description='The style in words, e.g. "watercolor painting" (1..200).')],
+    image: Annotated[list[UploadFile], File(description=(
+        "The style's reference image(s), or the subject's photos: PNG, JPEG, WebP or GIF. Repeat the field for "
+        "several, up to settings.max_style_images (default 5)."))],
+    descriptor: Annotated[str | None, Form(description=(
+        'The style in words, e.g. "watercolor painting" (1..200). Required for kind "style"; a subject '
+        "defaults to its class word."))] = None,
     content: Annotated[str | None, Form(description="What the image shows (optional).")] = None,
+    caption: Annotated[list[str] | None, Form(description=(
+        "One caption per image, in the images' order (repeat the field); empty or missing = the StyleDrop "
+        'prompt "<content> in <descriptor> style". Not for subjects.'))] = None,
+    kind: Annotated[Literal["style", "subject"], Form(description=(
+        '"style" (StyleDrop) or "subject": 1..max_style_images photos of one subject, trained DreamBooth-style on '
+        '"a photo of sks <class_word>"; mix it with a style at generation time (subject_adapter_id).'))] = "style",
+    class_word: Annotated[str | None, Form(description=(
+        'What the subject is, e.g. "dog" (1..64): required for kind "subject".'))] = None,
     steps: Annotated[int | None, Form(description="Training steps (1..max_train_steps).")] = None,
     seed: Annotated[int | None, Form()] = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
@@ -40,13 +52,16 @@ def create_style(
     webhook_events_filter: Annotated[list[str] | None, Form(
         description=WEBHOOK_EVENTS_DOC + " Repeat the field or separate with commas.")] = None,
 ) -> StyleCreatedPublic:
-    """Upload one style image and queue its training job. A repeated `Idempotency-Key` with the same request
-    returns the same style and job (200); with a different request it is refused (409)."""
-    data = uploads.read_bounded(image.file, max_bytes=settings.max_upload_bytes, what="image")
+    """Upload a style's reference image(s), or a subject's photos, and queue its training job. A repeated
+    `Idempotency-Key` with the same request returns the same style and job (200); with a different request it is
+    refused (409)."""
+    data = [uploads.read_bounded(f.file, max_bytes=settings.max_upload_bytes, what="image")
+            for f in image[: settings.max_style_images + 1]]  # one past the cap is enough to refuse it
     created = styles.create_style(
-        session=session, blobs=blobs, settings=settings, owner=user, image=data, descriptor=descriptor,
+        session=session, blobs=blobs, settings=settings, owner=user, images=data, descriptor=descriptor,
         content=content, steps=steps, seed=seed, idempotency_key=idempotency_key, webhook=webhook,
         webhook_events=[e.strip() for v in webhook_events_filter or [] for e in v.split(",") if e.strip()] or None,
+        captions=caption, kind=kind, class_word=class_word,
     )
     if not created.created:
         response.status_code = status.HTTP_200_OK

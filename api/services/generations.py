@@ -20,6 +20,7 @@ from api import queue
 from api.decoding import decode_slot
 from api.errors import Conflict, Invalid, NotFound
 from api.schemas import (
+    DEFAULT_SUBJECT_WEIGHT,
     MAX_SEED,
     GenerationCreate,
     GenerationPublic,
@@ -33,6 +34,7 @@ from storage.dispatch import dispatch
 from storage.images import ImageRejected, load_mask
 from storage.models import (
     Generation,
+    Style,
     User,
 )
 from storage.resources import generation_views
@@ -78,6 +80,7 @@ def create_generation(
                       field="body.num_images")
     if request.adapter_id is not None:
         get_adapter(session=session, owner=owner, adapter_id=request.adapter_id)
+    subject_weight = check_subject(session, owner, request)
     if mask is not None and init_image is None:
         raise Invalid("a mask needs an init_image", code="mask_without_image")
     if request.strength is not None and init_image is None:
@@ -115,7 +118,8 @@ def create_generation(
     gen = Generation(
         owner_id=owner.id, adapter_id=request.adapter_id, prompt=request.prompt,
         negative_prompt=request.negative_prompt or None, style_strength=request.style_strength,
-        guidance_scale=request.guidance_scale, steps=request.steps,
+        guidance_scale=request.guidance_scale, steps=request.steps, text_guidance=request.text_guidance,
+        subject_adapter_id=request.subject_adapter_id, subject_weight=subject_weight,
         seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
         num_images=request.num_images, init_image_key=init_key, mask_key=mask_key, strength=strength,
         state=GenerationState.QUEUED, image_keys=[], idempotency_key=idempotency_key, request_hash=request_hash,
@@ -156,6 +160,23 @@ def list_generations(
 
 def get_generation(*, session: Session, owner: User, generation_id: str) -> Generation:
     return get_owned(session, Generation, generation_id, owner, "generation")
+
+
+def check_subject(session: Session, owner: User, request: GenerationCreate) -> float | None:
+    """γ to store: the request's or DEFAULT_SUBJECT_WEIGHT with a subject adapter (the caller's own, trained from a
+    subject), None without one; a weight without a subject is refused rather than ignored."""
+    if request.subject_adapter_id is None:
+        if request.subject_weight is not None:
+            raise Invalid("subject_weight needs a subject_adapter_id", code="subject_weight_without_subject",
+                          field="body.subject_weight")
+        return None
+    adapter = get_adapter(session=session, owner=owner, adapter_id=request.subject_adapter_id)
+    style = session.get(Style, adapter.style_id)
+    if style is None or style.kind != "subject":
+        raise Invalid("subject_adapter_id must name the adapter of a subject (a style created with kind "
+                      "'subject'); to use a style adapter, pass it as adapter_id", code="not_a_subject",
+                      field="body.subject_adapter_id")
+    return request.subject_weight if request.subject_weight is not None else DEFAULT_SUBJECT_WEIGHT
 
 
 def generation_image_key(gen: Generation, n: int) -> str:

@@ -24,11 +24,12 @@ from api.schemas import (
 )
 from api.services.jobs import request_cancel
 from api.services.lookup import get_owned
-from api.services.uploads import hash_request, lock_owner, normalize_image
+from api.services.references import check_references, decode_references, store_references
+from api.services.uploads import hash_request, lock_owner
 from api.text import is_invisible
 from api.webhooks import checked_webhook
 from storage import jobs as jobstore
-from storage.blobs import BlobStore, content_key
+from storage.blobs import BlobStore
 from storage.dispatch import dispatch
 from storage.models import (
     Style,
@@ -102,16 +103,21 @@ def create_style(
     blobs: BlobStore,
     settings: Settings,
     owner: User,
-    image: bytes,
-    descriptor: str,
+    images: Sequence[bytes],
+    descriptor: str | None,
     content: str | None,
     steps: int | None,
     seed: int | None,
     idempotency_key: str | None,
     webhook: str | None = None,
     webhook_events: Sequence[str] | None = None,
+    captions: Sequence[str] | None = None,
+    kind: str = "style",
+    class_word: str | None = None,
 ) -> StyleCreated:
-    descriptor = descriptor.strip()
+    refs = check_references(settings=settings, kind=kind, images=images, captions=captions, class_word=class_word)
+    # A subject is named by its class word unless a descriptor is given (it shows in listings and the adapter).
+    descriptor = (descriptor or "").strip() or (refs.class_word if refs.kind == "subject" else "") or ""
     content = content.strip() if content and content.strip() else None
     if not descriptor:
         raise Invalid("descriptor must not be empty", code="bad_descriptor", field="body.descriptor")
@@ -128,8 +134,11 @@ def create_style(
                       field="header.Idempotency-Key")
 
     hook_url, hook_events = checked_webhook(webhook, webhook_events, settings=settings)
-    request_hash = hash_request(image, {"descriptor": descriptor, "content": content, "steps": steps, "seed": seed,
-                                        **({"webhook": hook_url, "events": hook_events} if hook_url else {})})
+    extra = {"kind": refs.kind, "class_word": refs.class_word, "captions": refs.captions} if (
+        refs.kind != "style" or len(images) > 1 or any(refs.captions)) else {}  # one plain image: hashes as before
+    request_hash = hash_request(b"\0image\0".join(images), {
+        "descriptor": descriptor, "content": content, "steps": steps, "seed": seed, **extra,
+        **({"webhook": hook_url, "events": hook_events} if hook_url else {})})
     if idempotency_key is not None:
         replay = _idempotent_replay(session, owner.id, idempotency_key, request_hash)
         if replay is not None:
@@ -143,15 +152,16 @@ def create_style(
             raise
         return replay
 
-    normalized = normalize_image(image, settings=settings, what="image")
-    _check_storage_cap(session, settings, owner, len(normalized.png_bytes))
-    key = content_key("styles", normalized.sha256, "png")
-    blobs.put_bytes(key, normalized.png_bytes)  # rewritten even when present: a fresh blob is safe from the reclaimer
+    normalized = decode_references(settings, refs)
+    _check_storage_cap(session, settings, owner, sum(len(n.png_bytes) for n in normalized))
+    references = store_references(blobs, normalized, refs)
+    first = references[0]
 
     total = steps or min(settings.train_steps or DEFAULT_TRAIN_STEPS, settings.max_train_steps)
-    style = Style(
-        owner_id=owner.id, image_key=key, image_sha256=normalized.sha256, image_bytes=len(normalized.png_bytes),
-        width=normalized.width, height=normalized.height, descriptor=descriptor, content=content,
+    style = Style(  # image_bytes: every reference together (what the storage cap counts)
+        owner_id=owner.id, image_key=first["key"], image_sha256=first["sha256"],
+        image_bytes=sum(r["bytes"] for r in references), width=first["width"], height=first["height"],
+        descriptor=descriptor, content=content, kind=refs.kind, class_word=refs.class_word, references=references,
     )
     lock_owner(session, owner)
     if idempotency_key is not None:  # a concurrent retry may have committed meanwhile: it is this request's job
