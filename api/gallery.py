@@ -124,14 +124,15 @@ def gallery_page(*, session: Session, owner: User, page: int, per_page: int = PE
     return GalleryPage(groups=groups, page=page, has_next=has_next)
 
 
-def adapter_choices(*, session: Session, owner: User) -> list[tuple[str, str]]:
-    """(adapter id, label) for the gallery's generate form: the owner's live adapters, newest first."""
-    rows = session.execute(
-        select(Adapter.id, Adapter.style_id, Style.descriptor)
-        .join(Style, Style.id == Adapter.style_id)
-        .where(Adapter.owner_id == owner.id, Adapter.deleted_at.is_(None), Style.deleted_at.is_(None))
-        .order_by(Adapter.created_at.desc(), Adapter.id.desc()).limit(200)
-    ).all()
+def adapter_choices(*, session: Session, owner: User, kind: str | None = None) -> list[tuple[str, str]]:
+    """(adapter id, label) for the gallery's generate form: the owner's live adapters, newest first; `kind`
+    narrows them to those of styles or of subjects."""
+    query = (select(Adapter.id, Adapter.style_id, Style.descriptor)
+             .join(Style, Style.id == Adapter.style_id)
+             .where(Adapter.owner_id == owner.id, Adapter.deleted_at.is_(None), Style.deleted_at.is_(None)))
+    if kind is not None:
+        query = query.where(Style.kind == kind)
+    rows = session.execute(query.order_by(Adapter.created_at.desc(), Adapter.id.desc()).limit(200)).all()
     versions = _versions(session, {r.style_id for r in rows})
     return [(a_id, f"{descriptor} · v{versions.get(a_id, 1)}") for a_id, _, descriptor in rows]
 

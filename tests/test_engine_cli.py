@@ -71,6 +71,7 @@ def test_resume_continues_from_the_checkpoint(tmp_path: Path, style_png: Path, e
 @pytest.mark.parametrize("argv,message", [
     (["generate", "a cat", "--style-strength", "20", "--out", "o"], "--style-strength: must be between -1 and 10"),
     (["generate", "a cat", "--steps", "abc", "--out", "o"], "expected a int, got 'abc'"),
+    (["generate", "a cat", "--text-guidance", "50", "--out", "o"], "--text-guidance: must be between -1 and 49"),
     (["generate", "a cat", "--mask", "{png}", "--out", "o"], "--mask needs --init-image"),
     (["train", "{txt}", "--descriptor", "x", "--out", "o"], "cannot read style image '{txt}'"),
     (["train", "missing.png", "--descriptor", "x", "--out", "o"], "cannot read style image 'missing.png': no such"),
@@ -107,3 +108,10 @@ def test_progress_is_plain_lines_with_one_rate_when_not_a_terminal(tmp_path: Pat
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("train: ")]
     assert lines and lines[-1].startswith("train: 10/10 steps,")
     assert all("\r" not in ln and ln.count("steps/s") == 1 for ln in lines)
+
+
+def test_generate_help_gives_the_engines_meaning_of_style_strength(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "-1 = no style, 0 = the adapter as trained" in text and "λB" in text and "fixes 5" in text

@@ -82,11 +82,12 @@ def _add_model_args(p: argparse.ArgumentParser, default: str | None) -> None:
 def _add_guidance_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--style-strength", type=_ranged(float, limits.MIN_STYLE_STRENGTH, limits.MAX_STYLE_STRENGTH),
                    default=limits.DEFAULT_STYLE_STRENGTH,
-                   help="StyleDrop style guidance λA (0 = adapter as trained; "
-                        f"default {limits.DEFAULT_STYLE_STRENGTH:g})")
+                   help="StyleDrop style guidance λA: -1 = no style, 0 = the adapter as trained, higher = stronger "
+                        f"(the paper uses 0-2; default {limits.DEFAULT_STYLE_STRENGTH:g})")
     p.add_argument("--guidance-scale", type=_ranged(float, limits.MIN_GUIDANCE_SCALE, limits.MAX_GUIDANCE_SCALE),
                    default=limits.DEFAULT_GUIDANCE_SCALE,
-                   help=f"text guidance (default {limits.DEFAULT_GUIDANCE_SCALE:g})")
+                   help=f"classifier-free guidance g; text guidance λB = g - 1 (default "
+                        f"{limits.DEFAULT_GUIDANCE_SCALE:g})")
 
 
 def add_engine_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -118,6 +119,9 @@ def add_engine_commands(sub: argparse._SubParsersAction) -> None:  # type: ignor
     g.add_argument("--out", required=True, type=Path, help="directory for the PNG files")
     g.add_argument("--adapter", default=None, help="adapter.safetensors or a directory holding it")
     _add_guidance_args(g)
+    g.add_argument("--text-guidance", type=_ranged(float, limits.MIN_TEXT_GUIDANCE, limits.MAX_TEXT_GUIDANCE),
+                   default=None, help="StyleDrop text guidance λB, overriding --guidance-scale "
+                                      f"(the paper fixes {limits.PAPER_TEXT_GUIDANCE:g})")
     g.add_argument("--negative-prompt", default=None)
     g.add_argument("--seed", type=_ranged(int, 0, 2**63 - 1), default=0)
     g.add_argument("--num-images", type=_ranged(int, 1, 64), default=1)
@@ -241,7 +245,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     requests = [
         GenerationRequest(args.prompt, negative_prompt=args.negative_prompt, seed=args.seed + i, adapter=slot,
                           style_strength=args.style_strength, guidance_scale=args.guidance_scale, steps=args.steps,
-                          init_image=init, mask=mask,
+                          text_guidance=args.text_guidance, init_image=init, mask=mask,
                           strength=args.strength if args.strength is not None else (1.0 if mask else 0.75))
         for i in range(args.num_images)
     ]

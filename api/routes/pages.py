@@ -185,7 +185,8 @@ def gallery_page(request: Request, session: SessionDep, user: SignedInUser,
                        message=f"Gallery pages are numbered from 1; there is no page {page[:20]!r}.")
     result = gallery.gallery_page(session=session, owner=user, page=number)
     return _render(request, "gallery.html", user, gallery=result,
-                   adapters=gallery.adapter_choices(session=session, owner=user))
+                   adapters=gallery.adapter_choices(session=session, owner=user),
+                   subjects=gallery.adapter_choices(session=session, owner=user, kind="subject"))
 
 
 @router.get("/keys")

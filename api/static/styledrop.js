@@ -473,8 +473,10 @@
     const gallery = $("#gallery");
     const genError = $("#gen-error");
     const adapterSelect = $("#gen_adapter");
-    for (const [id, out] of [["style_strength", "style_strength_out"], ["strength", "strength_out"]]) {
+    for (const [id, out] of [["style_strength", "style_strength_out"], ["strength", "strength_out"],
+      ["subject_weight", "subject_weight_out"]]) {
       const input = $(`#${id}`);
+      if (!input) continue;
       const show = () => { $(`#${out}`).textContent = Number(input.value).toFixed(2).replace(/0$/, ""); };
       input.addEventListener("input", show);
       show();
@@ -542,7 +544,12 @@
       if (negative) body.negative_prompt = negative;
       if (adapterId) body.adapter_id = adapterId;
       body.style_strength = Number($("#style_strength").value);
-      for (const [id, name] of [["guidance_scale", "guidance_scale"], ["gen_steps", "steps"], ["gen_seed", "seed"], ["num_images", "num_images"]]) {
+      const subject = $("#gen_subject");
+      if (subject && subject.value) {
+        body.subject_adapter_id = subject.value;
+        body.subject_weight = Number($("#subject_weight").value);
+      }
+      for (const [id, name] of [["guidance_scale", "guidance_scale"], ["text_guidance", "text_guidance"], ["gen_steps", "steps"], ["gen_seed", "seed"], ["num_images", "num_images"]]) {
         const v = $(`#${id}`).value.trim();
         if (v) body[name] = Number(v);
       }
