@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from storage.models import Adapter, Generation, Style, TrainingJob
 from tests.helpers.app import bearer
-from tests.test_api_styles_jobs import _blob_files, png_bytes
+from tests.helpers.images import png_bytes
 
 
 def _post(client: Any, key: str, images: list[bytes], **fields: Any) -> Any:
@@ -24,8 +24,13 @@ def _counts(client: Any) -> tuple[int, int, int, int]:
                      for m in (Style, TrainingJob, Adapter, Generation))
 
 
+def _blob_files(client: Any) -> list[str]:
+    root = client.app.state.settings.resolved_blob_dir
+    return sorted(p.name for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
 def _colors(n: int) -> list[bytes]:
-    return [png_bytes(color=(40 * k, 200 - 30 * k, 90)) for k in range(n)]
+    return [png_bytes((96, 80), (40 * k, 200 - 30 * k, 90)) for k in range(n)]
 
 
 def test_a_style_takes_several_images_each_with_its_caption(api_client, api_keys) -> None:  # type: ignore[no-untyped-def]

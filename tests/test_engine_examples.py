@@ -10,11 +10,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.test_engine_multistyle import CONFIG, _image, _specs, assert_same_result
+from tests.helpers.engine import assert_same_training, pattern_image
 from trainer.examples import TrainingExample
 from trainer.model import AmusedParts
 from trainer.train import StyleSpec, TrainConfig, subject_prompt, train_styles, training_prompt
 from trainer.train_data import prepare_style
+
+CONFIG = TrainConfig(progress_every=2)
+_image = pattern_image
+
+
+def _specs() -> list[StyleSpec]:
+    return [StyleSpec([_image(0)], "stripes", steps=4, seed=1, learning_rate=3e-3),
+            StyleSpec([_image(1), _image(3)], "checkers", content="a board", steps=5, seed=2, learning_rate=2e-3)]
 
 
 def _captioned(steps: int = 5) -> StyleSpec:
@@ -28,7 +36,7 @@ def test_a_multi_example_style_trained_beside_others_equals_it_alone(engine_part
     (alone,) = train_styles(engine_parts, [_captioned()], CONFIG)
     specs = _specs()
     together = train_styles(engine_parts, [specs[0], _captioned(), specs[1]], CONFIG)
-    assert_same_result(together[1], alone)
+    assert_same_training(together[1], alone)
     assert alone.prompt == "a red fence in flat style"  # the adapter records the first caption
     assert alone.adapter is not None and alone.adapter.meta.train_prompt == "a red fence in flat style"
 

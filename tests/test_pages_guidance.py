@@ -10,7 +10,11 @@ from fastapi.testclient import TestClient
 from storage.models import Adapter, Style, TrainingJob
 from tests.helpers.app import bearer
 from tests.helpers.images import style_png
-from tests.test_pages_web import sign_in
+
+
+def sign_in(client: TestClient, key: str) -> None:
+    resp = client.post("/signin", data={"api_key": key, "next": "/gallery"}, follow_redirects=False)
+    assert resp.status_code == 303, resp.text
 
 
 def _attrs(html: str, element_id: str) -> dict[str, str]:
