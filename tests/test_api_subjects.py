@@ -47,6 +47,13 @@ def test_a_style_takes_several_images_each_with_its_caption(api_client, api_keys
         assert row.image_bytes == sum(r["bytes"] for r in row.references)
         for ref in row.references:
             assert api_client.app.state.blobs.get_bytes(ref["key"])[:4] == b"\x89PNG"
+    key = bearer(api_keys["alice"])
+    images = [api_client.get(f"/v1/styles/{style['id']}/images/{n}", headers=key) for n in range(3)]
+    assert all(r.status_code == 200 and r.content[:4] == b"\x89PNG" for r in images)
+    assert len({r.content for r in images}) == 3
+    missing = api_client.get(f"/v1/styles/{style['id']}/images/3", headers=key)
+    assert missing.status_code == 404 and missing.json()["code"] == "image_not_found"
+    assert api_client.get(f"/v1/styles/{style['id']}/images/0", headers=bearer(api_keys["bob"])).status_code == 404
 
 
 def test_a_subject_takes_photos_and_a_class_word(api_client, api_keys) -> None:  # type: ignore[no-untyped-def]

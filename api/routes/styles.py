@@ -91,6 +91,14 @@ def get_style_image(style_id: str, user: CurrentUser, session: SessionDep, blobs
     return Response(lookup.read_blob(blobs, style.image_key, what="style image"), media_type="image/png")
 
 
+@router.get("/{style_id}/images/{n}", response_class=Response, responses=PNG)
+def get_style_reference(style_id: str, n: int, user: CurrentUser, session: SessionDep, blobs: BlobsDep) -> Response:
+    """Reference image `n` (0-based, upload order) of a style or subject; `captions[n]` is its caption."""
+    style = styles.get_style(session=session, owner=user, style_id=style_id)
+    return Response(lookup.read_blob(blobs, styles.reference_key(style, n), what="style image"),
+                    media_type="image/png")
+
+
 @router.delete("/{style_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_style(style_id: str, user: CurrentUser, session: SessionDep) -> None:
     """Soft-delete the style; its queued or running job is cancelled."""

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api import queue
-from api.errors import Conflict, Invalid, RateLimited, TooLarge
+from api.errors import Conflict, Invalid, NotFound, RateLimited, TooLarge
 from api.schemas import (
     MAX_SEED,
     JobPublic,
@@ -246,6 +246,14 @@ def list_styles(*, session: Session, owner: User, limit: int, offset: int) -> li
 
 def get_style(*, session: Session, owner: User, style_id: str) -> Style:
     return get_owned(session, Style, style_id, owner, "style")
+
+
+def reference_key(style: Style, n: int) -> str:
+    """The blob key of reference image `n`; 404 past the last one (a style from before several images has one)."""
+    keys = [r["key"] for r in style.references or []] or [style.image_key]
+    if not 0 <= n < len(keys):
+        raise NotFound(f"this style has {len(keys)} reference image(s), numbered from 0", code="image_not_found")
+    return keys[n]
 
 
 def delete_style(*, session: Session, owner: User, style_id: str) -> None:
