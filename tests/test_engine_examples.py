@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from tests.helpers.engine import assert_same_training, pattern_image
-from trainer.examples import TrainingExample
+from trainer.examples import TrainingExample, subject_prompt
 from trainer.model import AmusedParts
-from trainer.train import StyleSpec, TrainConfig, subject_prompt, train_styles, training_prompt
+from trainer.train import StyleSpec, TrainConfig, train_styles, training_prompt
 from trainer.train_data import prepare_style
 
 CONFIG = TrainConfig(progress_every=2)

@@ -2,8 +2,7 @@
 
 Public API:
 - model:      load_base, build_tiny, ensure_tiny, AmusedParts, ModelLoadError
-- train:      train_style, train_styles, StyleSpec, Callbacks, TrainConfig, Progress, TrainResult, training_prompt,
-              subject_prompt
+- train:      train_style, train_styles, StyleSpec, Callbacks, TrainConfig, Progress, TrainResult, training_prompt
 - sampler:    sample, GenerationRequest, SampleResult, SamplingError
 - lora:       Adapter, AdapterMeta, save_adapter, load_adapter, adapter_to_bytes, adapter_from_bytes, AdapterError
 - bank:       LoraBank (resident adapters applied per batch row), find_bank, slot_bytes, default_capacity
@@ -11,7 +10,7 @@ Public API:
 - checkpoint: Checkpoint, CheckpointError
 - clip:       load_clip, ClipParts, clip_text_score, clip_style_score (the paper's two metrics)
 - feedback:   select_best, feedback_prompts, Candidate, ClipScorer (round-2 selection)
-- examples:   TrainingExample (image, caption) pairs to train on
+- examples:   TrainingExample (image, caption) pairs to train on, subject_prompt (a subject's caption)
 - evaluate:   evaluate, EvalSettings, EvalReport (what `styledrop eval` runs), render_candidates
 """
 
@@ -20,7 +19,7 @@ from .capture import OpCounter, compile_transformer
 from .checkpoint import Checkpoint, CheckpointError
 from .clip import ClipParts, clip_style_score, clip_text_score, load_clip
 from .evaluate import EvalReport, EvalSettings, evaluate, render_candidates
-from .examples import TrainingExample
+from .examples import TrainingExample, subject_prompt
 from .feedback import Candidate, ClipScorer, feedback_prompts, select_best
 from .lora import (
     ENGINE_VERSION,
@@ -49,7 +48,6 @@ from .train import (
     StyleSpec,
     TrainConfig,
     TrainResult,
-    subject_prompt,
     train_style,
     train_styles,
     training_prompt,

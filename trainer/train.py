@@ -39,8 +39,7 @@ from .train_step import TrainStep
 logger = logging.getLogger(__name__)
 
 __all__ = ["Callbacks", "Progress", "StyleData", "StyleSpec", "TrainConfig", "TrainResult", "evaluation_loss",
-           "prepare_style", "recipe_for", "subject_prompt", "train_style", "train_styles",
-           "training_prompt"]
+           "prepare_style", "recipe_for", "train_style", "train_styles", "training_prompt"]
 
 
 @dataclass
@@ -139,17 +138,6 @@ def training_prompt(descriptor: str, content: str | None = None) -> str:
         descriptor = descriptor[: -len(" style")].rstrip()
     subject = (content or "").strip() or "an image"
     return f"{subject} in {descriptor} style"
-
-
-SUBJECT_TOKEN = "sks"  # DreamBooth's rare token [V]: few prior meanings for the text encoder to override
-
-
-def subject_prompt(class_word: str, token: str = SUBJECT_TOKEN) -> str:
-    """DreamBooth's subject prompt "a photo of [V] ⟨class⟩" that a subject adapter trains on (paper §3.4)."""
-    class_word = class_word.strip()
-    if not class_word:
-        raise ValueError("a subject needs a class word (e.g. 'dog')")
-    return f"a photo of {token} {class_word}"
 
 
 def train_style(

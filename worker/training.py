@@ -30,8 +30,8 @@ from storage.models import Adapter as AdapterRow
 from storage.models import Style, TrainingJob, utcnow
 from storage.states import JOB_ACTIVE, EventKind, JobState
 from trainer import Checkpoint, CheckpointError, GenerationRequest
-from trainer.examples import TrainingExample
-from trainer.train import Callbacks, Progress, StyleSpec, TrainResult, subject_prompt, train_styles, training_prompt
+from trainer.examples import TrainingExample, subject_prompt
+from trainer.train import Callbacks, Progress, StyleSpec, TrainResult, train_styles, training_prompt
 from worker.runtime import SHUTDOWN, Runtime
 from worker.shared import TRANSIENT, IdLogger, open_image, png
 
