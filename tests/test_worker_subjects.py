@@ -10,6 +10,7 @@ from sqlalchemy import select, update
 
 import trainer
 import worker.tasks as tasks
+import worker.training as training
 from storage.blobs import content_key, sha256_hex
 from storage.models import Adapter, Generation, JobEvent, Style, TrainingJob
 from tests.helpers.db import get_row, make_generation, make_job
@@ -48,13 +49,26 @@ def _previews(rt: Runtime, job_id: str) -> list[str]:
             JobEvent.job_id == job_id, JobEvent.kind == "preview").order_by(JobEvent.id))]
 
 
-def test_a_style_trains_on_its_captioned_references(worker_runtime: Runtime) -> None:
+def test_a_style_trains_on_its_captioned_references(worker_runtime: Runtime,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     rt = worker_runtime
     job_id = make_job(rt, steps=2)
     _with_references(rt, job_id, [(200, 40, 40), (40, 200, 40)], captions=["a red fence in poster style", None])
+    seen: list[trainer.StyleSpec] = []
+    real = training.train_styles
+
+    def spy(parts: Any, specs: Any, *args: Any, **kw: Any) -> Any:
+        seen.extend(specs)
+        return real(parts, specs, *args, **kw)
+
+    monkeypatch.setattr(training, "train_styles", spy)
     assert tasks.run_train(rt, job_id) == "succeeded"
+    (spec,) = seen
+    assert spec.examples is not None and not spec.images  # each image with its caption; none left: the prompt
+    assert [e.caption for e in spec.examples] == ["a red fence in poster style", "an image in striped poster style"]
+    assert [e.image.getpixel((20, 5)) for e in spec.examples] != [spec.examples[0].image.getpixel((20, 5))] * 2
     meta = trainer.adapter_from_bytes(rt.store.get_bytes(_adapter(rt, job_id).blob_key)).meta
-    assert meta.train_prompt == "a red fence in poster style" and meta.descriptor == "striped poster"
+    assert meta.train_prompt == "an image in striped poster style" and meta.descriptor == "striped poster"
 
 
 def _trained_style_and_subject(rt: Runtime) -> tuple[str, str, str, str]:

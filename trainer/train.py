@@ -67,29 +67,19 @@ class TrainConfig:
 
 @dataclass
 class StyleSpec:
-    """One style of a run. None fields take the TrainConfig's value (steps, seed, learning rate).
-
-    It trains on `images` with the one prompt `training_prompt(descriptor, content)`, or on `examples` (each image
-    with its own caption; `images` then empty): several captioned references, or a subject's photos."""
+    """One style of a run. None fields take the TrainConfig's value (steps, seed, learning rate)."""
 
     images: Sequence[Image.Image]
     descriptor: str
     content: str | None = None
+    prompt: str | None = None  # None = training_prompt(descriptor, content); a subject's: subject_prompt(class)
     steps: int | None = None
     seed: int | None = None
     learning_rate: float | None = None
     resume: Checkpoint | None = None
+    # (image, caption) pairs to train on instead of `images` under one prompt: a feedback round's picks. Each
+    # step picks one of them from the style's own generator, as it picks one of `images`.
     examples: Sequence[TrainingExample] | None = None
-
-    def training_data(self) -> tuple[list[Image.Image], list[str] | str]:
-        """The images and their prompt(s) as `prepare_style` takes them."""
-        if self.examples is None:
-            return list(self.images), training_prompt(self.descriptor, self.content)
-        if self.images:
-            raise ValueError("a style takes images (one prompt) or examples (a caption each), not both")
-        if not self.examples:
-            raise ValueError("at least one training example is needed")
-        return [e.image for e in self.examples], [e.caption for e in self.examples]
 
 
 @dataclass(frozen=True)
@@ -181,8 +171,11 @@ def train_styles(parts: AmusedParts, styles: Sequence[StyleSpec], config: TrainC
     t_start = time.perf_counter()
 
     # 1. Encode every style's images and prompt once, onto the device; then free the accelerator of the encoders.
-    batch = StyleBatch([prepare_style(parts, *s.training_data(), cfg.aesthetic_score) for s in styles],
-                       parts.mask_token_id)
+    batch = StyleBatch([
+        prepare_style(parts, [e.image for e in s.examples], r.result.prompt, cfg.aesthetic_score,
+                      captions=[e.caption for e in s.examples]) if s.examples
+        else prepare_style(parts, s.images, r.result.prompt, cfg.aesthetic_score)
+        for s, r in zip(styles, runs, strict=True)], parts.mask_token_id)
     encoders_home = next(parts.vqvae.parameters()).device
     if cfg.offload_encoders and device.type != "cpu":
         parts.vqvae.to("cpu")
@@ -294,8 +287,7 @@ class _StyleRun:
         lr = spec.learning_rate if spec.learning_rate is not None else cfg.learning_rate
         assert lr is not None
         total = spec.steps if spec.steps is not None else cfg.steps
-        # The prompt the adapter records (and previews render): the first caption when trained on examples.
-        prompt = spec.examples[0].caption if spec.examples else training_prompt(spec.descriptor, spec.content)
+        prompt = spec.prompt or training_prompt(spec.descriptor, spec.content)
         return cls(index, total, seed, lr, torch.Generator(device).manual_seed(seed),
                    TrainResult(None, [], False, 0, prompt))
 

@@ -1,7 +1,6 @@
 """What one training step feeds the U-ViT, computed on the device without reading anything back to the host.
 
-`StyleData` holds one style's VQ tokens, micro-conditions and prompt embeddings, encoded once: one prompt for
-all its images (StyleDrop round 1), or one caption per image (several references, a subject's photos). `StyleBatch`
+`StyleData` holds one style's VQ tokens, micro-conditions and prompt embeddings, encoded once. `StyleBatch`
 stacks the styles of a run on the device; `StyleBatch.draw` builds the inputs of one step for a set of styles
 (one row each) from each style's own device generator, and `row_losses` returns each row's masked-token mean —
 from the batch's precomputed constant conditioning (`StyleBatch.precompute`, trainer/uvit_forward.py) when there
@@ -30,28 +29,26 @@ from .uvit_forward import Conditioning, forward_with_conditioning, precompute_co
 
 @dataclass
 class StyleData:
-    """What the loop trains on, computed once: token grids and their micro-conditions, and the prompt."""
+    """What the loop trains on, computed once: token grids and their micro-conditions, and the prompts (one for
+    every image, or each image its own caption: the (image, caption) pairs of a feedback round)."""
 
     tokens: torch.Tensor  # (N, seq) int64 codes of each style image, on the model's device
     conds: torch.Tensor  # (N, 5) float32 micro-conditions of each image (fp32: sizes like 1023 are not bf16)
-    hidden: torch.Tensor  # (K, 77, D) hidden states of each distinct prompt, model dtype
-    pooled: torch.Tensor  # (K, P) pooled embedding of each distinct prompt, model dtype
+    hidden: torch.Tensor  # (T, 77, D) hidden states of each distinct prompt, model dtype
+    pooled: torch.Tensor  # (T, P) pooled embedding of each distinct prompt, model dtype
     grid: tuple[int, int]  # (h, w) token grid
-    prompt: str  # the first image's prompt
-    text_of_image: torch.Tensor | None = None  # (N,) each image's prompt row in hidden/pooled; None = all row 0
+    prompt: str
+    text_of_image: torch.Tensor | None = None  # (N,) each image's prompt row; None = row 0 for every image
 
 
-def prepare_style(parts: AmusedParts, images: Sequence[Image.Image], prompt: str | Sequence[str],
-                  aesthetic_score: float = 6.0) -> StyleData:
-    """VQ-encode each style image and CLIP-encode its prompt, once, and leave the results on the model's device.
-
-    `prompt` is one prompt for every image, or one caption per image (each distinct caption is encoded once)."""
+def prepare_style(parts: AmusedParts, images: Sequence[Image.Image], prompt: str,
+                  aesthetic_score: float = 6.0, captions: Sequence[str] | None = None) -> StyleData:
+    """VQ-encode each style image and CLIP-encode the prompt (or with `captions`, each image's own caption; each
+    distinct caption once), once, and leave the results on the model's device."""
     if not images:
         raise ValueError("at least one style image is needed")
-    captions = [prompt] * len(images) if isinstance(prompt, str) else list(prompt)
-    if len(captions) != len(images):
-        raise ValueError(f"{len(images)} images need {len(images)} captions, got {len(captions)}")
-    distinct = list(dict.fromkeys(captions))
+    if captions is not None and len(captions) != len(images):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions: each image needs its caption")
     res, device, dtype = parts.resolution, parts.device, parts.dtype
     prepared = [prepare_image(im, res) for im in images]
     pixels = torch.stack([p.pixels for p in prepared])  # (N, 3, R, R)
@@ -61,11 +58,13 @@ def prepare_style(parts: AmusedParts, images: Sequence[Image.Image], prompt: str
         [micro_conds(p.orig_width, p.orig_height, p.crop_top, p.crop_left, aesthetic_score) for p in prepared],
         dtype=torch.float32,
     )
+    distinct = list(dict.fromkeys(captions)) if captions is not None else [prompt]
     text = encode_text(parts, distinct)
+    text_of_image = (torch.tensor([distinct.index(c) for c in captions], device=device)
+                     if captions is not None else None)
     tokens = codes.reshape(n, h * w)  # (N, h, w) -> (N, seq)
-    text_of_image = torch.tensor([distinct.index(c) for c in captions], device=device)
     return StyleData(tokens.to(device), conds.to(device), text.hidden.to(device, dtype),
-                     text.pooled.to(device, dtype), (h, w), captions[0], text_of_image)
+                     text.pooled.to(device, dtype), (h, w), prompt, text_of_image)
 
 
 @dataclass(frozen=True)
@@ -74,12 +73,12 @@ class StepInputs:
     labels: torch.Tensor  # (S, seq) the codes at masked positions, -100 elsewhere
     rows: torch.Tensor  # (S,) the style of each row
     image: torch.Tensor  # (S,) the image of each row (into the batch's images): its micro-conditions
-    text: torch.Tensor  # (S,) the prompt row of each row's image (into the batch's prompts)
+    text: torch.Tensor  # (S,) the prompt of each row (into the batch's prompts): its image's caption
 
 
 class StyleBatch:
-    """Every style of a run stacked on the device: all images' tokens in one tensor, all prompts in another (one
-    row per distinct prompt of each style: a style with one prompt has one row)."""
+    """Every style of a run stacked on the device: all images' tokens in one tensor, all styles' prompts in
+    another, and for each image the row of its prompt."""
 
     def __init__(self, styles: Sequence[StyleData], mask_id: int) -> None:
         self.grid = styles[0].grid
@@ -91,16 +90,17 @@ class StyleBatch:
         counts = [len(s.tokens) for s in styles]
         self.tokens = torch.cat([s.tokens for s in styles])  # (sum N, seq)
         self.conds = torch.cat([s.conds for s in styles])  # (sum N, 5)
-        self.hidden = torch.cat([s.hidden for s in styles])  # (sum K, 77, D)
-        self.pooled = torch.cat([s.pooled for s in styles])  # (sum K, P)
+        self.hidden = torch.cat([s.hidden for s in styles])  # (sum T, 77, D)
+        self.pooled = torch.cat([s.pooled for s in styles])  # (sum T, P)
         self.first = torch.tensor([sum(counts[:i]) for i in range(len(counts))], device=device)  # (styles,)
         self.count = torch.tensor(counts, device=device)  # (styles,)
-        texts, offset = [], 0
-        for s in styles:  # each image's prompt row, shifted past the earlier styles' prompts
-            local = s.text_of_image if s.text_of_image is not None else torch.zeros(len(s.tokens), dtype=torch.long)
-            texts.append(local.to(device) + offset)
-            offset += len(s.hidden)
-        self.text_of_image = torch.cat(texts)  # (sum N,) the prompt row of each image
+        owner = [i for i, c in enumerate(counts) for _ in range(c)]
+        self.style_of_image = torch.tensor(owner, device=device)  # (sum N,) the style of each image
+        text_first = [sum(len(t.hidden) for t in styles[:i]) for i in range(len(styles))]
+        self.text_of_image = torch.cat([  # (sum N,) each image's prompt row; one prompt per style: its style
+            (s.text_of_image if s.text_of_image is not None else torch.zeros(len(s.tokens), dtype=torch.long,
+                                                                               device=device)) + text_first[i]
+            for i, s in enumerate(styles)])
         self.conditioning: Conditioning | None = None
 
     def precompute(self, parts: AmusedParts) -> None:
@@ -113,9 +113,10 @@ class StyleBatch:
         """Inputs of one step: row j trains style `rows[j]` (a device index) with noise from `generators[j]`.
 
         Per row, ONE draw of seq + 2 uniforms from the style's own generator: u (the cosine schedule's time),
-        the image pick, and one key per token whose rank order is a random permutation (MUSE/aMUSEd masking:
-        mask round(seq·cos(u·π/2)) tokens, at least one). A style's stream depends on nothing but its seed and
-        how many steps it has taken, whatever else shares the batch.
+        the image pick (with its caption, when the style has one per image), and one key per token whose rank
+        order is a random permutation (MUSE/aMUSEd masking: mask round(seq·cos(u·π/2)) tokens, at least one).
+        A style's stream depends on nothing but its seed and how many steps it has taken, whatever else shares
+        the batch.
         """
         noise = torch.stack([torch.rand(self.seq + 2, generator=g, device=self.tokens.device)
                              for g in generators])  # (S, seq + 2)

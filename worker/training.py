@@ -160,7 +160,8 @@ class TrainingRun:
         j.seed = int(params.get("seed", 0))
         lr = params.get("learning_rate")
         j.spec = StyleSpec([] if examples else images, descriptor, content, steps=j.job.total_steps, seed=j.seed,
-                           learning_rate=float(lr) if lr is not None else None, resume=resume, examples=examples)
+                           learning_rate=float(lr) if lr is not None else None, resume=resume, examples=examples,
+                           prompt=j.subject)
         return True
 
     def report(self, j: JobRun, p: Progress) -> None:

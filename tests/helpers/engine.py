@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import torch
 from peft import set_peft_model_state_dict
-from PIL import Image
 
 from bench.common import random_adapter as bench_random_adapter
 from trainer.bank import find_bank
 from trainer.lora import Adapter, lora_config
 from trainer.model import AmusedParts
-from trainer.train import TrainResult
 
 
 def random_adapter(parts: AmusedParts, seed: int, rank: int = 16, alpha: float = 32.0) -> Adapter:
@@ -35,32 +32,3 @@ def peft_copy(transformer: torch.nn.Module, adapter: Adapter) -> torch.nn.Module
     result = set_peft_model_state_dict(t, dict(adapter.tensors), adapter_name="ref")
     assert not [k for k in result.unexpected_keys], result.unexpected_keys
     return t.eval()
-
-
-def pattern_image(kind: int) -> Image.Image:
-    """A 256 px training image whose VQ tokens differ clearly per kind: stripes, checkers, gradient or dots (the
-    same images as tests/test_engine_multistyle.py's)."""
-    a = np.zeros((256, 256, 3), dtype=np.uint8)
-    if kind == 0:
-        a[:, ::32] = [255, 0, 0]
-        a[::2] = [0, 0, 255]
-    elif kind == 1:
-        a[(np.indices((256, 256)).sum(0) // 32) % 2 == 0] = [240, 220, 30]
-    elif kind == 2:
-        a[..., 1] = (np.add.outer(np.arange(256), np.arange(256)) // 2).astype(np.uint8)
-    else:
-        a[8::24, 8::24] = [255, 255, 255]
-        a[..., 2] = 90
-    return Image.fromarray(a)
-
-
-def assert_same_training(got: TrainResult, want: TrainResult, *, rtol: float = 1e-4,
-                         norm_rtol: float = 2e-3) -> None:
-    """A style trained beside others against itself alone: same steps, prompt and metadata, losses within `rtol`
-    and each adapter tensor within `norm_rtol` relative norm (fp32 batch-size rounding, see test_engine_multistyle)."""
-    assert got.adapter is not None and want.adapter is not None
-    assert got.step == want.step and got.prompt == want.prompt and got.adapter.meta == want.adapter.meta
-    np.testing.assert_allclose(got.losses, want.losses, rtol=rtol)
-    for k, v in want.adapter.tensors.items():
-        err = float((got.adapter.tensors[k] - v).norm() / v.norm().clamp(min=1e-12))
-        assert err <= norm_rtol, (k, err)
