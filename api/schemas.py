@@ -37,6 +37,9 @@ class StylePublic(FromRow):
         '"style": a StyleDrop style adapter; "subject": a subject adapter (mix it in with subject_adapter_id).'))
     class_word: str | None = Field(default=None, description='A subject\'s class word ("dog").')
     references: list[dict[str, Any]] | None = Field(default=None, exclude=True)
+    default_version: int | None = Field(
+        default=None, description="The adapter version a generation naming only this style uses: the one the user "
+        "made default, else the newest; null until the first version is trained.")
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -92,11 +95,30 @@ class AdapterPublic(FromRow):
     seed: int
     engine_version: str
     created_at: datetime
+    version: int = Field(description="v1, v2, ... within its style: each feedback round makes the next version.")
+    text_score: float | None = Field(description="CLIP text score, mean over the previews (cosine of image and "
+                                     "prompt); null when CLIP was unavailable.")
+    style_score: float | None = Field(description="CLIP style score, mean over the previews (cosine of image and "
+                                      "the style image); null when CLIP was unavailable.")
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def file_url(self) -> str:
         return f"/v1/adapters/{self.id}/file"
+
+
+class VersionPublic(AdapterPublic):
+    """One adapter version of a style (GET /v1/styles/{id}/versions)."""
+
+    is_default: bool = False
+
+
+class StyleUpdate(BaseModel):
+    """PATCH /v1/styles/{id}: choose the version generations naming only the style use."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default_version: int = Field(ge=1, description="An existing, not deleted version of this style.")
 
 
 class GenerationCreate(BaseModel):
@@ -108,6 +130,9 @@ class GenerationCreate(BaseModel):
     prompt: str = Field(min_length=1, max_length=500)
     negative_prompt: str | None = Field(default=None, max_length=500)
     adapter_id: str | None = Field(default=None, description="A style adapter (null = the base model).")
+    style_id: str | None = Field(default=None, description="Use this style's adapter: `version`, else its "
+                                 "default version. Not together with adapter_id.")
+    version: int | None = Field(default=None, ge=1, description="An adapter version of `style_id`.")
     style_strength: float = Field(default=1.0, ge=-1.0, le=10.0, description=(
         "λA, StyleDrop's style guidance: −1 = no style (the base model's prediction), 0 = the adapter as trained, "
         "above 0 pushes the style further (the paper uses 0–2; default 1)."))

@@ -126,6 +126,10 @@ class Style(Base):
     # Every reference image, the first being image_key: [{"key", "sha256", "bytes", "width", "height",
     # "caption"}] (caption None = the StyleDrop prompt). None on styles from before several images (image_key only).
     references: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    # The version a generation naming only the style uses. No foreign key: styles and adapters would reference
+    # each other, and every insert/delete order between them would need a deferred constraint; the service checks
+    # the id belongs to this style, and a deleted adapter falls back to the newest live version.
+    default_adapter_id: Mapped[str | None] = mapped_column(ID)
 
 
 class TrainingJob(Base):
@@ -187,6 +191,7 @@ class JobEvent(Base):
 
 class Adapter(Base):
     __tablename__ = "adapters"
+    __table_args__ = (UniqueConstraint("style_id", "version"),)
 
     id: Mapped[str] = mapped_column(ID, primary_key=True, default=new_id)
     owner_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
@@ -207,6 +212,10 @@ class Adapter(Base):
     engine_version: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    version: Mapped[int] = mapped_column(Integer)  # v1, v2, ... per style: each feedback round adds the next
+    # The paper's two CLIP metrics, means over the adapter's previews; null when CLIP could not be loaded.
+    text_score: Mapped[float | None] = mapped_column(Float)
+    style_score: Mapped[float | None] = mapped_column(Float)
 
 
 class Generation(Base):
@@ -251,6 +260,9 @@ class Generation(Base):
     subject_adapter_id: Mapped[str | None] = mapped_column(ForeignKey("adapters.id"), index=True)
     subject_weight: Mapped[float | None] = mapped_column(Float)  # γ; set when subject_adapter_id is
     text_guidance: Mapped[float | None] = mapped_column(Float)  # λB; None = guidance_scale − 1
+    # One CLIP score per image (text: against the prompt; style: against the adapter's style image).
+    text_scores: Mapped[list[float] | None] = mapped_column(JSON)
+    style_scores: Mapped[list[float] | None] = mapped_column(JSON)
 
 
 class WebhookDelivery(Base):

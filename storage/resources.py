@@ -120,6 +120,10 @@ class GenerationPublic(WithError):
     init_image_key: str | None = Field(default=None, exclude=True)
     mask_key: str | None = Field(default=None, exclude=True)
     image_keys: list[str] | None = Field(default=None, exclude=True)
+    text_scores: list[float] | None = Field(default=None, description="CLIP text score of each image (cosine of "
+                                            "image and prompt); null until scored or when CLIP is unavailable.")
+    style_scores: list[float] | None = Field(default=None, description="CLIP style score of each image (cosine of "
+                                             "image and the adapter's style image); null without an adapter.")
 
     @computed_field  # type: ignore[prop-decorator]
     @property

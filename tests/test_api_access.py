@@ -39,7 +39,8 @@ def alice_objects(api_client: Any, api_keys: dict[str, str]) -> dict[str, str]:
         job = session.get(TrainingJob, job_id)
         assert job is not None
         adapter = Adapter(
-            owner_id=job.owner_id, style_id=style_id, job_id=job_id, blob_key="adapters/aa/adapter.safetensors",
+            version=1, owner_id=job.owner_id, style_id=style_id, job_id=job_id,
+            blob_key="adapters/aa/adapter.safetensors",
             sha256=sha256_hex(b"fake-safetensors"), bytes=16, base_model="tiny", rank=4, alpha=4.0,
             targets=["to_q"], descriptor="Ink & Wash!", train_prompt="a thing in Ink & Wash! style", steps=3,
             seed=1, engine_version="test",
@@ -59,6 +60,7 @@ def _object_routes(o: dict[str, str]) -> list[tuple[str, str]]:
     return [
         ("GET", f"/v1/styles/{o['style']}"),
         ("GET", f"/v1/styles/{o['style']}/image"),
+        ("GET", f"/v1/styles/{o['style']}/versions"),
         ("DELETE", f"/v1/styles/{o['style']}"),
         ("GET", f"/v1/jobs/{o['job']}"),
         ("GET", f"/v1/jobs/{o['job']}/events"),

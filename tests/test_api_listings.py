@@ -32,7 +32,8 @@ def _add_work(session: Session, owner: User, n: int) -> list[str]:
         session.flush()
         adapter_id = None
         if done:
-            adapter = Adapter(owner_id=owner.id, style_id=style.id, job_id=job.id, blob_key="adapters/aa/a.st",
+            adapter = Adapter(version=1, owner_id=owner.id, style_id=style.id, job_id=job.id,
+                              blob_key="adapters/aa/a.st",
                               sha256="0" * 64, bytes=1, base_model="tiny", rank=4, alpha=4.0, targets=["to_q"],
                               descriptor=f"style {i}", train_prompt="p", steps=10, seed=0, engine_version="t")
             session.add(adapter)

@@ -81,8 +81,10 @@ def test_reclaim_deletes_only_unreferenced_blobs_past_the_grace_period(
         ok = job(live, "succeeded", None)
         job(busy, "running", ckpt_running)
         cancelled, failed = job(deleted, "cancelled", ckpt_cancelled), job(live, "failed", ckpt_failed)
-        for key, when in ((adapter_live, None), (adapter_gone, utcnow()), (adapter_waited, utcnow())):
-            s.add(Adapter(owner_id=user.id, style_id=live.id, job_id=job(live, "succeeded", None).id, blob_key=key,
+        for version, (key, when) in enumerate(((adapter_live, None), (adapter_gone, utcnow()),
+                                               (adapter_waited, utcnow())), 1):
+            s.add(Adapter(version=version, owner_id=user.id, style_id=live.id,
+                          job_id=job(live, "succeeded", None).id, blob_key=key,
                           sha256="0" * 64, bytes=100, base_model="tiny", rank=4, alpha=4.0, targets=[],
                           descriptor="d", train_prompt="p", steps=1, seed=0, engine_version="1", deleted_at=when))
         s.flush()

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from PIL import UnidentifiedImageError
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 import trainer
@@ -297,7 +297,12 @@ class TrainingRun:
                 return existing.id
         self.rt.store.put_bytes(key, data)
         meta = adapter.meta
-        row = AdapterRow(
+        with self.rt.session_factory() as s:
+            # One unfinished job per style (the API refuses a second), so max + 1 does not race; the unique
+            # (style_id, version) constraint would turn a race into the IntegrityError handled below.
+            version = (s.scalar(select(func.max(AdapterRow.version)).where(AdapterRow.style_id == j.job.style_id))
+                       or 0) + 1
+        row = AdapterRow(version=version,
             owner_id=j.job.owner_id, style_id=j.job.style_id, job_id=j.id, blob_key=key, sha256=sha,
             bytes=len(data), base_model=meta.base_model, base_revision=meta.base_revision, rank=meta.rank,
             alpha=meta.alpha, targets=list(meta.targets), descriptor=meta.descriptor, train_prompt=meta.train_prompt,

@@ -14,8 +14,10 @@ from api.schemas import (
     StyleCreatedPublic,
     StyleJobCreate,
     StylePublic,
+    StyleUpdate,
+    VersionPublic,
 )
-from api.services import jobs, lookup, styles, uploads
+from api.services import jobs, lookup, styles, uploads, versions
 
 router = APIRouter(prefix="/v1/styles", tags=["styles"], route_class=StrictFormRoute,
                    responses=problem_responses(400, 401, 403, 404, 409, 410, 413, 415, 429))
@@ -83,6 +85,21 @@ def list_styles(
 @router.get("/{style_id}", response_model=StylePublic)
 def get_style(style_id: str, user: CurrentUser, session: SessionDep) -> StylePublic:
     return styles.style_public(session, styles.get_style(session=session, owner=user, style_id=style_id))
+
+
+@router.patch("/{style_id}", response_model=StylePublic)
+def update_style(style_id: str, body: StyleUpdate, user: CurrentUser, session: SessionDep) -> StylePublic:
+    """Choose the style's default version: the adapter a generation naming only `style_id` uses. Until one is
+    chosen the newest version is the default; once chosen, new rounds do not change it."""
+    style = versions.set_default(session=session, owner=user, style_id=style_id, version=body.default_version)
+    return styles.style_public(session, style)
+
+
+@router.get("/{style_id}/versions", response_model=list[VersionPublic])
+def list_versions(style_id: str, user: CurrentUser, session: SessionDep) -> list[VersionPublic]:
+    """The style's adapter versions, v1 first, each with its CLIP text and style scores and whether it is the
+    default."""
+    return versions.list_versions(session=session, owner=user, style_id=style_id)
 
 
 @router.get("/{style_id}/image", response_class=Response, responses=PNG)

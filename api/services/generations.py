@@ -28,6 +28,7 @@ from api.schemas import (
 from api.services.adapters import get_adapter
 from api.services.lookup import get_owned
 from api.services.uploads import hash_request, image_error, normalize_image
+from api.services.versions import generation_adapter
 from api.webhooks import checked_webhook
 from storage.blobs import BlobStore, content_key
 from storage.dispatch import dispatch
@@ -78,8 +79,8 @@ def create_generation(
     if request.num_images > settings.max_images_per_request:
         raise Invalid(f"num_images must be at most {settings.max_images_per_request}", code="bad_num_images",
                       field="body.num_images")
-    if request.adapter_id is not None:
-        get_adapter(session=session, owner=owner, adapter_id=request.adapter_id)
+    adapter_id = generation_adapter(session=session, owner=owner, adapter_id=request.adapter_id,
+                                    style_id=request.style_id, version=request.version)
     subject_weight = check_subject(session, owner, request)
     if mask is not None and init_image is None:
         raise Invalid("a mask needs an init_image", code="mask_without_image")
@@ -116,7 +117,7 @@ def create_generation(
             blobs.put_bytes(mask_key, mask_png)
 
     gen = Generation(
-        owner_id=owner.id, adapter_id=request.adapter_id, prompt=request.prompt,
+        owner_id=owner.id, adapter_id=adapter_id, prompt=request.prompt,
         negative_prompt=request.negative_prompt or None, style_strength=request.style_strength,
         guidance_scale=request.guidance_scale, steps=request.steps, text_guidance=request.text_guidance,
         subject_adapter_id=request.subject_adapter_id, subject_weight=subject_weight,

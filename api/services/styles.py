@@ -26,6 +26,7 @@ from api.services.jobs import request_cancel
 from api.services.lookup import get_owned
 from api.services.references import check_references, decode_references, store_references
 from api.services.uploads import hash_request, lock_owner
+from api.services.versions import default_of, live_versions
 from api.text import is_invisible
 from api.webhooks import checked_webhook
 from storage import jobs as jobstore
@@ -219,7 +220,13 @@ def style_views(session: Session, styles: Sequence[Style]) -> list[StylePublic]:
             .order_by(TrainingJob.queued_at, TrainingJob.id)
         ):
             latest[style_id] = job_id  # ordered oldest first: the last one written wins
-    return [StylePublic.model_validate(s).model_copy(update={"latest_job_id": latest.get(s.id)}) for s in styles]
+    versions = live_versions(session, [s.id for s in styles])
+    views = []
+    for s in styles:
+        default = default_of(s, versions[s.id])
+        views.append(StylePublic.model_validate(s).model_copy(update={
+            "latest_job_id": latest.get(s.id), "default_version": default.version if default else None}))
+    return views
 
 
 def style_public(session: Session, style: Style) -> StylePublic:
