@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     device: str = Field(default="auto", description="auto (cuda if available), cpu, cuda, cuda:1 ...")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         default="auto", description="U-ViT/text encoder weights; auto = bfloat16 on CUDA, float32 on CPU.")
+    clip_model: str | None = Field(default=None, description=(
+        "CLIP for the scores (tiny, clip-vit-large-patch14, a hub id or a local dir); None = tiny with the tiny "
+        "demo model, else openai/clip-vit-large-patch14. Unavailable weights leave scores empty, never fail work."))
+    clip_revision: str | None = None
 
     # --- training ----------------------------------------------------------------------------------------------
     train_steps: int | None = Field(default=None, description="Default steps; None = the recipe's 1500.")
@@ -165,6 +169,12 @@ class Settings(BaseSettings):
         """The random-weight `tiny` preset (by name, or a directory the engine built it in: it carries the
         `.complete` marker that only the tiny preset's builder writes). Its images are noise; the pages say so."""
         return self.model in ("tiny", "tiny-512") or (Path(self.model) / ".complete").is_file()
+
+    @property
+    def resolved_clip_model(self) -> str:
+        if self.clip_model:
+            return self.clip_model
+        return "tiny" if self.is_demo_model else "openai/clip-vit-large-patch14"
 
     @property
     def embedded_broker(self) -> bool:

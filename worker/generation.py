@@ -26,6 +26,7 @@ from trainer.limits import DEFAULT_SUBJECT_WEIGHT
 from worker.adapter_cache import AdapterMissing, split_by_slots
 from worker.progress import StepRecorder
 from worker.runtime import Runtime
+from worker.scoring import generation_scores
 from worker.shared import TRANSIENT, IdLogger, open_image, png
 
 logger = logging.getLogger(__name__)
@@ -133,8 +134,12 @@ def run_chunk(rt: Runtime, rows: list[Generation], log: IdLogger) -> None:
             return
         log.info("sampled %d images for %d generations in %.2f s", len(results), len(set(map(id, owners))),
                  time.perf_counter() - t0)
-    for gen_id, image_keys in store_images(rt, owners, results).items():
-        finish(rt, gen_id, GenerationState.SUCCEEDED, image_keys=image_keys, error_code=None, error_message=None)
+    stored = store_images(rt, owners, results)
+    scores = generation_scores(rt, owners, [res.image for res in results if res.image is not None])
+    for gen_id, image_keys in stored.items():
+        score = scores.get(gen_id)
+        finish(rt, gen_id, GenerationState.SUCCEEDED, image_keys=image_keys, error_code=None, error_message=None,
+               text_scores=score.text if score else None, style_scores=score.style if score else None)
 
 
 def build_requests(rt: Runtime, gen: Generation, slot: str | None,

@@ -21,7 +21,7 @@ from storage.db import make_engine, make_sessionmaker
 from storage.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from trainer import AmusedParts
+    from trainer import AmusedParts, ClipParts
     from worker.adapter_cache import AdapterCache
 
 logger = logging.getLogger(__name__)
@@ -51,6 +51,8 @@ class Runtime:
         self.current_ids: list[str] = []  # every training job of the run in progress (their heartbeats)
         self.started_at = time.time()
         self._parts: AmusedParts | None = None
+        self._clip: ClipParts | None = None
+        self._clip_error: str | None = None  # why CLIP could not be loaded: asked once per process, not per image
         self._cache: AdapterCache | None = None
         self._lock = threading.Lock()
 
@@ -87,6 +89,25 @@ class Runtime:
                 )
                 logger.info("model %s loaded on %s in %.1f s", s.model, device, time.perf_counter() - t0)
             return self._parts
+
+    def clip(self) -> ClipParts | None:
+        """CLIP for the scores (settings.resolved_clip_model), loaded once on the model's device; None, with the
+        reason logged once, when its weights cannot be had: scores are a report on the work, never a reason to
+        fail it."""
+        parts = self.parts()
+        with self._lock:
+            if self._clip is None and self._clip_error is None:
+                import trainer
+
+                s = self.settings
+                try:
+                    self._clip = trainer.load_clip(
+                        s.resolved_clip_model, revision=s.clip_revision, device=parts.device,
+                        dtype=parts.dtype, tiny_dir=s.data_dir / "models" / "tiny-clip")
+                except trainer.ModelLoadError as exc:
+                    self._clip_error = str(exc)
+                    logger.error("scores disabled: %s (set STYLEDROP_CLIP_MODEL)", exc)
+            return self._clip
 
     def cache(self) -> AdapterCache:
         """The adapter cache over a LoRA bank installed on the resident model once (1 slot in a train worker).

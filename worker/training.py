@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from PIL import UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -33,6 +33,7 @@ from trainer import Checkpoint, CheckpointError, GenerationRequest
 from trainer.examples import TrainingExample, subject_prompt
 from trainer.train import Callbacks, Progress, StyleSpec, TrainResult, train_styles, training_prompt
 from worker.runtime import SHUTDOWN, Runtime
+from worker.scoring import mean, score_images
 from worker.shared import TRANSIENT, IdLogger, open_image, png
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class JobRun:
     spec: StyleSpec | None = None  # None until its inputs load
     seed: int = 0
     subject: str | None = None  # a subject adapter's prompt ("a photo of sks dog"): its previews show the subject
+    references: list[Image.Image] = field(default_factory=list)  # what the previews' style score compares with
     stop: str | None = None  # why it must stop: "cancel", "lost" (no longer ours) or "shutdown"
     t0: float = field(default_factory=time.perf_counter)
 
@@ -156,6 +158,7 @@ class TrainingRun:
                 j.log.info("resuming from checkpoint at step %d", resume.step)
             except (BlobNotFound, CheckpointError) as exc:
                 j.log.warning("checkpoint %s unusable (%s); starting from step 0", j.job.checkpoint_key, exc)
+        j.references = images
         params = dict(j.job.params or {})
         j.seed = int(params.get("seed", 0))
         lr = params.get("learning_rate")
@@ -333,6 +336,13 @@ class TrainingRun:
             requests = [GenerationRequest(prompt=p, seed=j.seed + i, adapter=slots[adapter_id],
                                           steps=self.rt.settings.preview_steps) for i, p in enumerate(prompts)]
             results = trainer.sample(self.rt.parts(), requests)
+        made = [(p, res.image) for p, res in zip(prompts, results, strict=True) if res.image is not None]
+        scores = score_images(self.rt, [im for _, im in made], [p for p, _ in made], j.references)
+        if scores is not None:
+            with self.rt.session_factory() as s:
+                s.execute(update(AdapterRow).where(AdapterRow.id == adapter_id).values(
+                    text_score=mean(scores.text), style_score=mean(scores.style)))
+                s.commit()
         for prompt, res in zip(prompts, results, strict=True):
             if res.image is None:
                 continue

@@ -1,0 +1,80 @@
+"""The paper's two CLIP scores for what the workers make: an adapter's previews and a generation's images.
+
+Text score = cosine(image, its prompt); style score = cosine(image, the style's image) (trainer/clip.py). Scores
+report on work, they never decide it: without CLIP (weights unavailable) or when scoring itself fails, the
+scores are None and the job or generation still succeeds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+from sqlalchemy import select
+
+import trainer
+from storage.blobs import BlobNotFound
+from storage.models import Adapter, Generation, Style
+from worker.runtime import Runtime
+from worker.shared import TRANSIENT, open_image
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Scores:
+    text: list[float]
+    style: list[float] | None  # None without a style reference (a generation without an adapter)
+
+
+def score_images(rt: Runtime, images: Sequence[Image.Image], prompts: Sequence[str],
+                 references: Sequence[Image.Image] = ()) -> Scores | None:
+    """One text score per image against its prompt, and one style score per image against the references."""
+    if not images:
+        return None
+    clip = rt.clip()
+    if clip is None:
+        return None
+    try:
+        text = [float(x) for x in trainer.clip_text_score(clip, images, prompts).tolist()]
+        style = ([float(x) for x in trainer.clip_style_score(clip, images, references).tolist()]
+                 if references else None)
+    except TRANSIENT:
+        raise
+    except Exception:  # a report on the work must not fail the work
+        logger.exception("CLIP scoring failed; the scores stay empty")
+        return None
+    return Scores(text, style)
+
+
+def mean(values: Sequence[float] | None) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def generation_scores(rt: Runtime, owners: Sequence[Generation], images: Sequence[Image.Image],
+                      ) -> dict[str, Scores]:
+    """Each generation's scores (images[i] belongs to owners[i]); the style score against its adapter's style
+    image. Generations left out were not scored."""
+    if rt.clip() is None:
+        return {}
+    adapter_ids = {g.adapter_id for g in owners if g.adapter_id is not None}
+    with rt.session_factory() as s:
+        keys: dict[str, str] = {a: k for a, k in s.execute(
+            select(Adapter.id, Style.image_key).join(Style, Style.id == Adapter.style_id)
+            .where(Adapter.id.in_(adapter_ids)))} if adapter_ids else {}
+    references: dict[str, Image.Image] = {}
+    for adapter_id, key in keys.items():
+        try:
+            references[adapter_id] = open_image(rt.store.get_bytes(key)).convert("RGB")
+        except (BlobNotFound, UnidentifiedImageError, OSError, ValueError) as exc:
+            logger.warning("style image of adapter %s unreadable (%s): no style score", adapter_id, exc)
+    out: dict[str, Scores] = {}
+    for gen in dict.fromkeys(owners):  # in order, once each
+        mine = [im for g, im in zip(owners, images, strict=True) if g is gen]
+        ref = references.get(gen.adapter_id) if gen.adapter_id is not None else None
+        scores = score_images(rt, mine, [gen.prompt] * len(mine), [ref] if ref is not None else [])
+        if scores is not None:
+            out[gen.id] = scores
+    return out
