@@ -63,6 +63,43 @@ class StyleJobCreate(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Default: random.")
 
 
+class RoundPick(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    generation_id: str = Field(description="A succeeded generation of this style (made with any of its versions).")
+    index: int = Field(ge=0, description="Which of its images: 0 .. num_images - 1.")
+
+
+class RoundCreate(BaseModel):
+    """POST /v1/styles/{id}/rounds: train the style's next version from feedback (StyleDrop's round 2)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["human", "automatic"] = Field(description=(
+        "human: train on the images in `selection`, each with its generation's prompt as caption. automatic: the "
+        "worker renders the default version over the feedback prompts, scores every image with CLIP and keeps the "
+        "best per prompt."))
+    selection: list[RoundPick] | None = Field(default=None, max_length=64, description="human mode only: the "
+                                              "picked images (the paper keeps about 10).")
+    steps: int | None = Field(default=None, ge=1, description="Default: the steps of the style's last job.")
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Default: random.")
+    prompts: int = Field(default=10, ge=1, le=30, description="automatic mode: how many of the 30 feedback "
+                         "prompts to render (in their fixed order).")
+    per_prompt: int = Field(default=4, ge=1, le=8, description="automatic mode: candidates rendered per prompt.")
+
+
+class SamplesCreate(BaseModel):
+    """POST /v1/styles/{id}/samples: generations over the feedback prompts, to pick a round's images from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int | None = Field(default=None, ge=1, description="Default: the style's default version.")
+    prompts: int = Field(default=10, ge=1, le=30, description="How many of the 30 feedback prompts, in order.")
+    images_per_prompt: int = Field(default=2, ge=1, description="At most settings.max_images_per_request.")
+    steps: int = Field(default=12, ge=1, le=100)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Default: random.")
+
+
 class StyleCreatedPublic(BaseModel):
     style: StylePublic
     job: JobPublic

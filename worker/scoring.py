@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 import trainer
 from storage.blobs import BlobNotFound
@@ -51,6 +51,17 @@ def score_images(rt: Runtime, images: Sequence[Image.Image], prompts: Sequence[s
 
 def mean(values: Sequence[float] | None) -> float | None:
     return sum(values) / len(values) if values else None
+
+
+def record_adapter_scores(rt: Runtime, adapter_id: str, previews: Sequence[tuple[str, Image.Image]],
+                          references: Sequence[Image.Image]) -> None:
+    """An adapter version's scores: the means over its (prompt, image) previews, style against `references`."""
+    scores = score_images(rt, [im for _, im in previews], [p for p, _ in previews], references)
+    if scores is not None:
+        with rt.session_factory() as s:
+            s.execute(update(Adapter).where(Adapter.id == adapter_id).values(
+                text_score=mean(scores.text), style_score=mean(scores.style)))
+            s.commit()
 
 
 def generation_scores(rt: Runtime, owners: Sequence[Generation], images: Sequence[Image.Image],

@@ -30,10 +30,11 @@ from storage.models import Adapter as AdapterRow
 from storage.models import Style, TrainingJob, utcnow
 from storage.states import JOB_ACTIVE, EventKind, JobState
 from trainer import Checkpoint, CheckpointError, GenerationRequest
-from trainer.examples import TrainingExample, subject_prompt
-from trainer.train import Callbacks, Progress, StyleSpec, TrainResult, train_styles, training_prompt
+from trainer.examples import subject_prompt
+from trainer.train import Callbacks, Progress, StyleSpec, TrainResult, train_styles
+from worker.rounds import RoundError, job_examples
 from worker.runtime import SHUTDOWN, Runtime
-from worker.scoring import mean, score_images
+from worker.scoring import record_adapter_scores
 from worker.shared import TRANSIENT, IdLogger, open_image, png
 
 logger = logging.getLogger(__name__)
@@ -144,13 +145,7 @@ class TrainingRun:
             outcomes[j.id] = self.fail(j, "bad_image", "The style image could not be read; upload it again as "
                                        "PNG, JPEG or WebP.")
             return False
-        examples: list[TrainingExample] | None = None
-        if kind == "subject":  # DreamBooth: every photo captioned "a photo of [V] <class word>"
-            j.subject = subject_prompt(class_word or descriptor)
-            examples = [TrainingExample(im, j.subject) for im in images]
-        elif any(caption for _, caption in refs):  # own captions; the others take the StyleDrop prompt
-            default = training_prompt(descriptor, content)
-            examples = [TrainingExample(im, caption or default) for im, (_, caption) in zip(images, refs, strict=True)]
+        j.subject = subject_prompt(class_word or descriptor) if kind == "subject" else None  # "a photo of [V] dog"
         resume: Checkpoint | None = None
         if j.job.checkpoint_key:
             try:
@@ -161,6 +156,11 @@ class TrainingRun:
         j.references = images
         params = dict(j.job.params or {})
         j.seed = int(params.get("seed", 0))
+        try:  # a feedback round's picks, or the references with their captions (None: images under one prompt)
+            examples = job_examples(self.rt, j.job, images, [c for _, c in refs], descriptor, content, j.subject)
+        except RoundError as exc:
+            outcomes[j.id] = self.fail(j, exc.code, exc.message)
+            return False
         lr = params.get("learning_rate")
         j.spec = StyleSpec([] if examples else images, descriptor, content, steps=j.job.total_steps, seed=j.seed,
                            learning_rate=float(lr) if lr is not None else None, resume=resume, examples=examples,
@@ -337,12 +337,7 @@ class TrainingRun:
                                           steps=self.rt.settings.preview_steps) for i, p in enumerate(prompts)]
             results = trainer.sample(self.rt.parts(), requests)
         made = [(p, res.image) for p, res in zip(prompts, results, strict=True) if res.image is not None]
-        scores = score_images(self.rt, [im for _, im in made], [p for p, _ in made], j.references)
-        if scores is not None:
-            with self.rt.session_factory() as s:
-                s.execute(update(AdapterRow).where(AdapterRow.id == adapter_id).values(
-                    text_score=mean(scores.text), style_score=mean(scores.style)))
-                s.commit()
+        record_adapter_scores(self.rt, adapter_id, made, j.references)
         for prompt, res in zip(prompts, results, strict=True):
             if res.image is None:
                 continue

@@ -10,14 +10,18 @@ from api.problems import problem_responses
 from api.schemas import (
     WEBHOOK_DOC,
     WEBHOOK_EVENTS_DOC,
+    GenerationPublic,
     JobPublic,
+    RoundCreate,
+    SamplesCreate,
     StyleCreatedPublic,
     StyleJobCreate,
     StylePublic,
     StyleUpdate,
     VersionPublic,
 )
-from api.services import jobs, lookup, styles, uploads, versions
+from api.services import jobs, lookup, rounds, styles, uploads, versions
+from storage.resources import generation_views
 
 router = APIRouter(prefix="/v1/styles", tags=["styles"], route_class=StrictFormRoute,
                    responses=problem_responses(400, 401, 403, 404, 409, 410, 413, 415, 429))
@@ -132,4 +136,27 @@ def create_style_job(
     body = body or StyleJobCreate()
     job = styles.create_style_job(session=session, settings=settings, owner=user, style_id=style_id,
                                   steps=body.steps, seed=body.seed)
+    return jobs.job_public(session, job)
+
+
+@router.post("/{style_id}/samples", status_code=status.HTTP_202_ACCEPTED, response_model=list[GenerationPublic])
+def create_samples(style_id: str, user: RateLimitedUser, session: SessionDep, blobs: BlobsDep,
+                   settings: SettingsDep, body: SamplesCreate | None = None) -> list[GenerationPublic]:
+    """Queue one generation per feedback prompt ("A chihuahua in <descriptor> style", ...) with the style's default
+    version (or `version`): the images a human feedback round is picked from."""
+    gens = rounds.create_samples(session=session, blobs=blobs, settings=settings, owner=user, style_id=style_id,
+                                 body=body or SamplesCreate())
+    return generation_views(session, gens)
+
+
+@router.post("/{style_id}/rounds", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
+def create_round(style_id: str, body: RoundCreate, user: RateLimitedUser, session: SessionDep,
+                 settings: SettingsDep) -> JobPublic:
+    """Start a feedback round: a training job whose adapter becomes the style's next version. `human` trains on the
+    picked images (`selection`: generation id and image index, each captioned with its generation's prompt);
+    `automatic` lets the worker render the default version over the feedback prompts and keep the best image per
+    prompt by CLIP score. A bad selection (unknown or someone else's generation, an image index it does not
+    have, a generation of another style, none at all) is refused and creates nothing. 409 while the style has an
+    unfinished job."""
+    job = rounds.create_round(session=session, settings=settings, owner=user, style_id=style_id, body=body)
     return jobs.job_public(session, job)

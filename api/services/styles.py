@@ -10,6 +10,7 @@ import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -275,7 +276,8 @@ def delete_style(*, session: Session, owner: User, style_id: str) -> None:
 
 
 def create_style_job(
-    *, session: Session, settings: Settings, owner: User, style_id: str, steps: int | None, seed: int | None
+    *, session: Session, settings: Settings, owner: User, style_id: str, steps: int | None, seed: int | None,
+    feedback: dict[str, Any] | None = None,
 ) -> TrainingJob:
     """Train a style again from the image it stored (the way out after a cancelled or failed job, or a deleted
     adapter). Default steps: those of the style's last job; default seed: random. 409 while the style still has
@@ -299,7 +301,8 @@ def create_style_job(
         style_id=style.id, owner_id=owner.id, state=JobState.QUEUED, total_steps=steps,
         max_attempts=settings.max_attempts,
         params={"steps": steps, "seed": seed if seed is not None else secrets.randbelow(MAX_SEED + 1),
-                "descriptor": style.descriptor, "content": style.content},
+                "descriptor": style.descriptor, "content": style.content,
+                **({"round": feedback} if feedback is not None else {})},
     )
     session.add(job)
     session.flush()

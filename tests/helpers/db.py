@@ -116,8 +116,8 @@ def make_generation(rt: Any, owner: str, adapter_id: str | None, **kw: Any) -> s
     from storage.models import Generation
 
     with rt.session_factory() as s:
-        gen = Generation(owner_id=owner, adapter_id=adapter_id, prompt="a house", guidance_scale=3.0, steps=3,
-                         seed=7, **kw)
+        gen = Generation(owner_id=owner, adapter_id=adapter_id, **{"prompt": "a house", "guidance_scale": 3.0,
+                                                                    "steps": 3, "seed": 7, **kw})
         s.add(gen)
         s.commit()
         return gen.id

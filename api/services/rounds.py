@@ -1,0 +1,99 @@
+"""Feedback rounds (StyleDrop's iterative training, paper §3.3): samples to pick from, and a round's training job.
+
+A round is a training job of the style like any other (queue, progress, events, cancel, checkpoints, resume) whose
+`params.round` says what it trains on; its adapter becomes the style's next version. Everything a round names is
+checked here, before anything is written: a bad selection is a 4xx that creates nothing.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.errors import Conflict, Invalid, NotFound
+from api.schemas import MAX_SEED, GenerationCreate, RoundCreate, RoundPick, SamplesCreate
+from api.services.generations import create_generation
+from api.services.lookup import get_owned
+from api.services.styles import create_style_job
+from api.services.versions import default_of, generation_adapter, live_versions
+from storage.blobs import BlobStore
+from storage.feedback import feedback_prompts
+from storage.models import Adapter, Generation, Style, TrainingJob, User
+from storage.settings import Settings
+from storage.states import GenerationState
+
+
+def create_samples(*, session: Session, blobs: BlobStore, settings: Settings, owner: User, style_id: str,
+                   body: SamplesCreate) -> list[Generation]:
+    """One generation per feedback prompt with the named (or default) version; the images of a human round are
+    picked from these."""
+    style = get_owned(session, Style, style_id, owner, "style")
+    adapter_id = generation_adapter(session=session, owner=owner, adapter_id=None, style_id=style.id,
+                                    version=body.version)
+    if body.images_per_prompt > settings.max_images_per_request:
+        raise Invalid(f"images_per_prompt must be at most {settings.max_images_per_request}",
+                      code="bad_num_images", field="body.images_per_prompt")
+    seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED // 2)
+    gens = []
+    for i, prompt in enumerate(feedback_prompts(style.descriptor)[: body.prompts]):
+        request = GenerationCreate(prompt=prompt, adapter_id=adapter_id, steps=body.steps,
+                                   num_images=body.images_per_prompt, seed=seed + i * body.images_per_prompt)
+        gens.append(create_generation(session=session, blobs=blobs, settings=settings, owner=owner,
+                                      request=request).generation)
+    return gens
+
+
+def create_round(*, session: Session, settings: Settings, owner: User, style_id: str,
+                 body: RoundCreate) -> TrainingJob:
+    style = get_owned(session, Style, style_id, owner, "style")
+    feedback: dict[str, Any]
+    if body.mode == "human":
+        feedback = {"mode": "human", "selection": _checked_selection(session, owner, style, body.selection)}
+    else:
+        if body.selection is not None:
+            raise Invalid("an automatic round picks its own images; send no selection", code="selection_not_allowed",
+                          field="body.selection")
+        default = default_of(style, live_versions(session, [style.id])[style.id])
+        if default is None:
+            raise Invalid("an automatic round renders the style's default version, and it has none yet",
+                          code="style_not_trained")
+        feedback = {"mode": "automatic", "adapter_id": default.id, "version": default.version,
+                    "prompts": body.prompts, "per_prompt": body.per_prompt}
+    return create_style_job(session=session, settings=settings, owner=owner, style_id=style.id, steps=body.steps,
+                            seed=body.seed, feedback=feedback)
+
+
+def _checked_selection(session: Session, owner: User, style: Style,
+                       picks: list[RoundPick] | None) -> list[dict[str, Any]]:
+    """The picks as job params, each naming an existing image of a succeeded generation of `style`'s."""
+    if not picks:
+        raise Invalid("a human round needs a selection: at least one picked image", code="empty_selection",
+                      field="body.selection")
+    seen: set[tuple[str, int]] = set()
+    for n, p in enumerate(picks):
+        if (p.generation_id, p.index) in seen:
+            raise Invalid(f"image {p.index} of generation {p.generation_id} is picked twice", code="duplicate_pick",
+                          field=f"body.selection.{n}")
+        seen.add((p.generation_id, p.index))
+    ids = list({p.generation_id for p in picks})
+    rows = session.execute(select(Generation, Adapter.style_id).outerjoin(Adapter, Adapter.id == Generation.adapter_id)
+                           .where(Generation.id.in_(ids), Generation.owner_id == owner.id)).all()
+    found = {gen.id: (gen, sid) for gen, sid in rows}
+    for n, p in enumerate(picks):
+        field = f"body.selection.{n}"
+        if p.generation_id not in found:  # another user's generation is as unknown as a missing one
+            raise NotFound(f"generation {p.generation_id} not found", code="generation_not_found", field=field)
+        gen, sid = found[p.generation_id]
+        if sid != style.id:
+            raise Invalid(f"generation {gen.id} was not made with a version of style {style.id}",
+                          code="generation_not_of_style", field=field)
+        if gen.state != GenerationState.SUCCEEDED:
+            raise Conflict(f"generation {gen.id} is {gen.state}; pick images of succeeded generations",
+                           code="generation_not_ready")
+        if p.index >= len(gen.image_keys or []):
+            raise Invalid(f"generation {gen.id} has {len(gen.image_keys or [])} images; there is no image {p.index}",
+                          code="unknown_image_index", field=field)
+    return [{"generation_id": p.generation_id, "index": p.index} for p in picks]

@@ -1,0 +1,113 @@
+"""Feedback rounds in the train worker (in-process, tiny model and tiny CLIP): a human round trains the next
+version on the picked images with their prompts as captions, an automatic round on the CLIP-best render per
+feedback prompt; a round that cannot get its images fails with a reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from sqlalchemy import select
+
+import trainer
+import worker.tasks as tasks
+import worker.training as training
+from storage.models import Adapter, Generation, JobEvent, TrainingJob
+from tests.helpers.db import get_row, make_generation, make_job
+from worker import generation
+from worker.runtime import Runtime
+from worker.shared import open_image
+
+
+def _v1(rt: Runtime) -> Adapter:
+    job_id = make_job(rt, steps=2)
+    assert tasks.run_train(rt, job_id) == "succeeded"
+    with rt.session_factory() as s:
+        return s.scalars(select(Adapter).where(Adapter.job_id == job_id)).one()
+
+
+def _round_job(rt: Runtime, v1: Adapter, feedback: dict[str, Any]) -> str:
+    with rt.session_factory() as s:
+        job = TrainingJob(style_id=v1.style_id, owner_id=v1.owner_id, total_steps=3,
+                          params={"seed": 5, "round": feedback})
+        s.add(job)
+        s.commit()
+        return job.id
+
+
+@pytest.fixture
+def spy_specs(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The StyleSpecs the worker hands the engine (which still runs)."""
+    seen: list[Any] = []
+    real = training.train_styles
+
+    def spy(parts: Any, specs: Any, *a: Any, **kw: Any) -> Any:
+        seen.extend(specs)
+        return real(parts, specs, *a, **kw)
+
+    monkeypatch.setattr(training, "train_styles", spy)
+    return seen
+
+
+def _adapter_of(rt: Runtime, job_id: str) -> Adapter:
+    with rt.session_factory() as s:
+        return s.scalars(select(Adapter).where(Adapter.job_id == job_id)).one()
+
+
+def test_human_round_trains_v2_on_the_picked_images_with_their_prompts(worker_runtime: Runtime,
+                                                                        spy_specs: list[Any]) -> None:
+    rt = worker_runtime
+    v1 = _v1(rt)
+    gen_id = make_generation(rt, v1.owner_id, v1.id, num_images=2, prompt="A castle in striped poster style")
+    assert generation.run_generate(rt, gen_id) == "done"
+    gen = get_row(rt, Generation, gen_id)
+    job_id = _round_job(rt, v1, {"mode": "human", "selection": [{"generation_id": gen_id, "index": 1}]})
+    assert tasks.run_train(rt, job_id) == "succeeded"
+    (spec,) = spy_specs[-1:]
+    (example,) = spec.examples
+    assert example.caption == "A castle in striped poster style"
+    picked = open_image(rt.store.get_bytes(gen.image_keys[1])).convert("RGB")
+    assert example.image.tobytes() == picked.tobytes()
+    v2 = _adapter_of(rt, job_id)
+    assert v2.version == 2 and v2.style_id == v1.style_id and v2.text_score is not None
+    a1, a2 = (trainer.adapter_from_bytes(rt.store.get_bytes(a.blob_key)) for a in (v1, v2))
+    assert any(not torch.equal(a1.tensors[k], a2.tensors[k]) for k in a1.tensors)
+
+
+def test_automatic_round_trains_on_the_clip_best_render_per_prompt(worker_runtime: Runtime,
+                                                                   spy_specs: list[Any]) -> None:
+    rt = worker_runtime
+    v1 = _v1(rt)
+    job_id = _round_job(rt, v1, {"mode": "automatic", "adapter_id": v1.id, "version": 1, "prompts": 2,
+                                 "per_prompt": 3})
+    assert tasks.run_train(rt, job_id) == "succeeded"
+    examples = spy_specs[-1].examples
+    prompts = trainer.feedback_prompts("striped poster")[:2]
+    assert [e.caption for e in examples] == prompts
+    with rt.session_factory() as s:
+        (log,) = s.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == "log"))
+    picks = log.payload["picks"]
+    assert [p["prompt"] for p in picks] == prompts and {p["candidate"] // 3 for p in picks} == {0, 1}
+    # One pick from each prompt's 3 candidates, and the logged scores are those of the images trained on.
+    clip = rt.clip()
+    assert clip is not None
+    text = trainer.clip_text_score(clip, [e.image for e in examples], prompts)
+    assert text.tolist() == pytest.approx([p["text_score"] for p in picks], abs=1e-6)
+    assert _adapter_of(rt, job_id).version == 2
+
+
+def test_rounds_that_cannot_get_their_images_fail_with_a_reason(worker_runtime: Runtime, tmp_path: Path) -> None:
+    rt = worker_runtime
+    v1 = _v1(rt)
+    gone = _round_job(rt, v1, {"mode": "human", "selection": [{"generation_id": "0" * 32, "index": 0}]})
+    assert tasks.run_train(rt, gone) == "failed"
+    assert get_row(rt, TrainingJob, gone).error_code == "selection_missing"
+    no_clip = Runtime(rt.settings.model_copy(update={"clip_model": str(tmp_path / "none")}), rt.session_factory,
+                      rt.store, kind="train")
+    auto = _round_job(rt, v1, {"mode": "automatic", "adapter_id": v1.id, "version": 1, "prompts": 1,
+                               "per_prompt": 1})
+    assert tasks.run_train(no_clip, auto) == "failed"
+    job = get_row(rt, TrainingJob, auto)
+    assert job.error_code == "clip_unavailable" and "STYLEDROP_CLIP_MODEL" in job.error_message

@@ -1,0 +1,117 @@
+"""What a training job trains on when it is more than the style's images under one prompt: the references with
+their own captions, a subject's photos under its prompt, or a feedback round's (image, caption) pairs, those of
+`params.round` (api/services/rounds.py):
+
+- human: the picked images (generation id and index), each captioned with its generation's prompt;
+- automatic: the style's default version (as it was when the round was asked for) rendered over the feedback
+  prompts, `per_prompt` candidates each, scored with CLIP against the style's reference images and the best of
+  each prompt kept (`trainer.select_best`). The candidates' seeds follow from the job's seed, so a resumed round
+  trains on the same picks as the run it resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+from sqlalchemy import select
+
+import trainer
+from storage import jobs
+from storage.blobs import BlobNotFound
+from storage.models import Generation, TrainingJob
+from storage.states import EventKind
+from trainer import TrainingExample
+from trainer.train import training_prompt
+from worker.runtime import Runtime
+from worker.shared import TRANSIENT, open_image
+
+logger = logging.getLogger(__name__)
+
+
+class RoundError(Exception):
+    """The round cannot run; `code` and `message` end its job `failed`."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def job_examples(rt: Runtime, job: TrainingJob, references: list[Image.Image], captions: list[str | None],
+                 descriptor: str, content: str | None, subject: str | None) -> list[TrainingExample] | None:
+    """A round's pairs; else a subject's photos under `subject`, or references with their own captions (the others
+    take the StyleDrop prompt); None for images under one prompt."""
+    picked = round_examples(rt, job, references, descriptor)
+    if picked is not None:
+        return picked
+    if subject is not None:
+        return [TrainingExample(im, subject) for im in references]
+    if any(captions):
+        default = training_prompt(descriptor, content)
+        return [TrainingExample(im, c or default) for im, c in zip(references, captions, strict=True)]
+    return None
+
+
+def round_examples(rt: Runtime, job: TrainingJob, references: list[Image.Image],
+                   descriptor: str) -> list[TrainingExample] | None:
+    """The job's training pairs when it is a feedback round; None for a plain job (it trains on the style image)."""
+    params: dict[str, Any] = job.params or {}
+    feedback = params.get("round")
+    if not isinstance(feedback, dict):
+        return None
+    if feedback.get("mode") == "human":
+        return picked_examples(rt, feedback.get("selection") or [])
+    return automatic_examples(rt, job, feedback, references, descriptor, int(params.get("seed", 0)))
+
+
+def picked_examples(rt: Runtime, selection: list[dict[str, Any]]) -> list[TrainingExample]:
+    with rt.session_factory() as s:
+        gens = {g.id: g for g in s.scalars(select(Generation).where(
+            Generation.id.in_([p["generation_id"] for p in selection])))}
+    out = []
+    for p in selection:
+        gen, index = gens.get(p["generation_id"]), int(p["index"])
+        try:
+            if gen is None or index >= len(gen.image_keys or []):
+                raise BlobNotFound(f"{p['generation_id']}/{index}")
+            image = open_image(rt.store.get_bytes(gen.image_keys[index])).convert("RGB")
+        except (BlobNotFound, UnidentifiedImageError, OSError, ValueError) as exc:
+            raise RoundError("selection_missing", f"Picked image {index} of generation {p['generation_id']} no "
+                             "longer exists; start the round again with a new selection.") from exc
+        out.append(TrainingExample(image, gen.prompt))
+    return out
+
+
+def automatic_examples(rt: Runtime, job: TrainingJob, feedback: dict[str, Any], references: list[Image.Image],
+                       descriptor: str, seed: int) -> list[TrainingExample]:
+    clip = rt.clip()
+    if clip is None:
+        raise RoundError("clip_unavailable", "An automatic round scores images with CLIP, which this worker could not "
+                         "load; an operator has to set STYLEDROP_CLIP_MODEL (a human round works without it).")
+    adapter_id = str(feedback["adapter_id"])
+    prompts = trainer.feedback_prompts(descriptor)[: int(feedback.get("prompts", 10))]
+    errors: dict[str, Exception] = {}
+    try:
+        with rt.cache().batch([adapter_id], errors) as slots:
+            if adapter_id in errors:
+                raise RoundError("adapter_missing", f"Version {feedback.get('version')} could not be loaded "
+                                 f"({errors[adapter_id]}); make another version the default and start again.")
+            settings = trainer.EvalSettings(adapter=slots[adapter_id], seed=seed, steps=rt.settings.preview_steps)
+            candidates = trainer.render_candidates(rt.parts(), prompts, per_prompt=int(feedback.get("per_prompt", 4)),
+                                                   settings=settings)
+        picked = trainer.select_best(candidates, trainer.ClipScorer(clip, references), per_prompt=1)
+    except RoundError:
+        raise
+    except TRANSIENT:
+        raise
+    except Exception as exc:  # a sampling or scoring failure ends this round's job, not the worker
+        logger.exception("automatic round of job %s failed", job.id)
+        raise RoundError("round_error", f"The round's samples could not be made: {exc}") from exc
+    with rt.session_factory() as s:  # what was kept and why, on the job's event stream
+        jobs.add_event(s, job.id, EventKind.LOG, {
+            "message": f"automatic round: kept {len(picked)} of {len(candidates)} images by CLIP score",
+            "picks": [{"prompt": p.candidate.prompt, "candidate": p.index, "text_score": p.text_score,
+                       "style_score": p.style_score} for p in picked]})
+        s.commit()
+    return [p.example() for p in picked]
