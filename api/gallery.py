@@ -77,28 +77,12 @@ def _shot(gen: Generation, style_id: str | None, descriptor: str | None) -> Shot
     return Shot(gen=public, style_id=style_id, files=files, reuse=reuse)
 
 
-def _versions(session: Session, style_ids: set[str]) -> dict[str, int]:
-    """Adapter id → its version within its style (1-based, by creation; deleted adapters keep their number)."""
-    if not style_ids:
-        return {}
-    rows = session.execute(
-        select(Adapter.id, Adapter.style_id).where(Adapter.style_id.in_(style_ids))
-        .order_by(Adapter.style_id, Adapter.created_at, Adapter.id)
-    ).all()
-    versions: dict[str, int] = {}
-    count: dict[str, int] = {}
-    for adapter_id, style_id in rows:
-        count[style_id] = count.get(style_id, 0) + 1
-        versions[adapter_id] = count[style_id]
-    return versions
-
-
 def gallery_page(*, session: Session, owner: User, page: int, per_page: int = PER_PAGE,
                  adapter_ids: list[str] | None = None) -> GalleryPage:
     """Page `page` (1-based) of the owner's generations, newest first, in runs of one adapter each.
     `adapter_ids` narrows it to those adapters (the style page)."""
     query = (
-        select(Generation, Adapter.style_id, Adapter.deleted_at, Style.descriptor)
+        select(Generation, Adapter.style_id, Adapter.deleted_at, Adapter.version, Style.descriptor)
         .outerjoin(Adapter, Adapter.id == Generation.adapter_id)
         .outerjoin(Style, (Style.id == Adapter.style_id) & Style.deleted_at.is_(None))
         .where(Generation.owner_id == owner.id)
@@ -111,13 +95,12 @@ def gallery_page(*, session: Session, owner: User, page: int, per_page: int = PE
     ).all()
     has_next = len(rows) > per_page
     rows = rows[:per_page]
-    versions = _versions(session, {r.style_id for r in rows if r.style_id is not None})
     groups: list[Group] = []
-    for gen, style_id, adapter_deleted_at, descriptor in rows:
+    for gen, style_id, adapter_deleted_at, version, descriptor in rows:
         if not groups or groups[-1].adapter_id != gen.adapter_id:
             groups.append(Group(
                 style_id=style_id if descriptor is not None else None, descriptor=descriptor,
-                adapter_id=gen.adapter_id, version=versions.get(gen.adapter_id or ""),
+                adapter_id=gen.adapter_id, version=version,
                 adapter_deleted=adapter_deleted_at is not None,
             ))
         groups[-1].shots.append(_shot(gen, style_id, descriptor))
@@ -127,14 +110,13 @@ def gallery_page(*, session: Session, owner: User, page: int, per_page: int = PE
 def adapter_choices(*, session: Session, owner: User, kind: str | None = None) -> list[tuple[str, str]]:
     """(adapter id, label) for the gallery's generate form: the owner's live adapters, newest first; `kind`
     narrows them to those of styles or of subjects."""
-    query = (select(Adapter.id, Adapter.style_id, Style.descriptor)
+    query = (select(Adapter.id, Adapter.version, Style.descriptor)
              .join(Style, Style.id == Adapter.style_id)
              .where(Adapter.owner_id == owner.id, Adapter.deleted_at.is_(None), Style.deleted_at.is_(None)))
     if kind is not None:
         query = query.where(Style.kind == kind)
     rows = session.execute(query.order_by(Adapter.created_at.desc(), Adapter.id.desc()).limit(200)).all()
-    versions = _versions(session, {r.style_id for r in rows})
-    return [(a_id, f"{descriptor} · v{versions.get(a_id, 1)}") for a_id, _, descriptor in rows]
+    return [(a_id, f"{descriptor} · v{version}") for a_id, version, descriptor in rows]
 
 
 def style_adapter_ids(*, session: Session, style_id: str) -> list[str]:

@@ -203,7 +203,9 @@ def _trained(client: TestClient, job_id: str, *, minutes_ago: int = 0) -> str:
         now = utcnow() - timedelta(minutes=minutes_ago)
         job.state, job.step, job.started_at, job.finished_at = "succeeded", job.total_steps, now - timedelta(
             seconds=75), now
-        adapter = Adapter(version=1, owner_id=job.owner_id, style_id=job.style_id, job_id=job.id, blob_key="adapters/x",
+        version = len(s.query(Adapter).filter(Adapter.style_id == job.style_id).all()) + 1  # as the worker numbers
+        adapter = Adapter(version=version, owner_id=job.owner_id, style_id=job.style_id, job_id=job.id,
+                          blob_key="adapters/x",
                           sha256="0" * 64, bytes=1, base_model="tiny", base_revision=None, rank=4, alpha=4.0,
                           targets=[], descriptor=job.params["descriptor"], train_prompt="p", steps=job.total_steps,
                           seed=1, engine_version="t", created_at=now)

@@ -23,7 +23,7 @@ from api import gallery
 from api.deps import SessionDep, current_user_from_cookie
 from api.errors import NotFound
 from api.security import CSRF_FIELD, SESSION_COOKIE, check_csrf, csrf_token
-from api.services import styles
+from api.services import rounds, styles, versions
 from storage.models import User
 from storage.sessions import close_session, open_session
 from storage.users import find_key
@@ -173,7 +173,9 @@ def style_page(style_id: str, request: Request, session: SessionDep, user: Signe
     ((style_view, job),) = styles.styles_with_jobs(session, [styles.style_public(session, style)])
     shots = gallery.gallery_page(session=session, owner=user, page=1, per_page=GALLERY_LIMIT,
                                  adapter_ids=gallery.style_adapter_ids(session=session, style_id=style.id))
-    return _render(request, "style.html", user, style=style_view, job=job, gallery=shots)
+    return _render(request, "style.html", user, style=style_view, job=job, gallery=shots,
+                   versions=versions.list_versions(session=session, owner=user, style_id=style.id),
+                   samples=rounds.sample_images(session=session, owner=user, style=style))
 
 
 @router.get("/gallery")

@@ -46,6 +46,23 @@ def create_samples(*, session: Session, blobs: BlobStore, settings: Settings, ow
     return gens
 
 
+def sample_images(*, session: Session, owner: User, style: Style, limit: int = 60) -> list[dict[str, Any]]:
+    """The newest succeeded images of `style`'s versions over its feedback prompts (the style page's grid to pick a
+    human round from), each with what a pick names and its scores."""
+    versions = {a.id: a.version for a in live_versions(session, [style.id])[style.id]}
+    if not versions:
+        return []
+    gens = session.scalars(select(Generation).where(
+        Generation.owner_id == owner.id, Generation.adapter_id.in_(list(versions)),
+        Generation.state == GenerationState.SUCCEEDED, Generation.prompt.in_(feedback_prompts(style.descriptor)),
+    ).order_by(Generation.queued_at.desc(), Generation.id).limit(limit)).all()
+    return [{"generation_id": g.id, "index": i, "prompt": g.prompt, "version": versions[g.adapter_id or ""],
+             "url": f"/v1/generations/{g.id}/images/{i}",
+             "text_score": g.text_scores[i] if g.text_scores else None,
+             "style_score": g.style_scores[i] if g.style_scores else None}
+            for g in gens for i in range(len(g.image_keys or []))]
+
+
 def create_round(*, session: Session, settings: Settings, owner: User, style_id: str,
                  body: RoundCreate) -> TrainingJob:
     style = get_owned(session, Style, style_id, owner, "style")

@@ -14,6 +14,8 @@
     bad_image: "The style image could not be read. Upload it again as PNG, JPEG or WebP.",
     model_unavailable: "The service could not load its image model. An operator has to fix this; please try later.",
     training_error: "Training failed because of an error in the service.",
+    selection_missing: "An image picked for this round no longer exists. Start the round again with a new selection.",
+    clip_unavailable: "An automatic round needs the CLIP scoring model, which the service could not load. Start a round from ticked images instead.",
     csrf_failed: "Your session token is missing or out of date. Reload the page and try again.",
     unauthorized: "You are signed out. Sign in again.",
     rate_limited: "Too many requests. Wait a moment and try again.",
@@ -649,6 +651,7 @@
     const form = $("#gen-form");
     const fieldset = $("fieldset", form);
     initGenerate({ styleName: $("h1").textContent });
+    initRounds(root.dataset.styleId);
 
     root.addEventListener("job-final", (e) => {
       const job = e.detail;
@@ -702,6 +705,66 @@
         showError($("#style-error"), err.message);
       }
     });
+  }
+
+  // --- versions and feedback rounds (style page) -----------------------------------------------------------------
+
+  function initRounds(styleId) {
+    const section = $("#rounds");
+    const errorEl = $("#round-error");
+    if (!section || !errorEl) return;
+    const url = `/v1/styles/${styleId}`;
+
+    // Every control here starts server work and then shows its result by reloading the page.
+    async function run(button, busyText, work) {
+      const label = button.textContent;
+      button.disabled = true;
+      button.textContent = busyText;
+      showError(errorEl, "");
+      try {
+        await work();
+        window.location.reload();
+      } catch (err) {
+        showError(errorEl, err.message);
+        button.disabled = false;
+        button.textContent = label;
+      }
+    }
+
+    for (const b of $all(".make-default", section)) {
+      b.addEventListener("click", () => run(b, "Saving…",
+        () => api("PATCH", url, { default_version: Number(b.dataset.version) })));
+    }
+
+    const samples = $("#make-samples");
+    samples.addEventListener("click", () => run(samples, "Queueing…", async () => {
+      const gens = await api("POST", `${url}/samples`, { prompts: 10, images_per_prompt: 2 });
+      let done = 0;
+      for (const gen of gens) {  // wait for every sample, so the reloaded grid shows them all
+        let g = gen;
+        while (g.state !== "succeeded" && g.state !== "failed") {
+          await new Promise((resolve) => setTimeout(resolve, 700));
+          g = await api("GET", `/v1/generations/${gen.id}`);
+        }
+        done += 1;
+        samples.textContent = `Making samples… ${done}/${gens.length}`;
+      }
+    }));
+
+    const start = $("#start-round");
+    start.addEventListener("click", () => {
+      const selection = $all(".pick", section).filter((c) => c.checked)
+        .map((c) => ({ generation_id: c.dataset.generationId, index: Number(c.dataset.index) }));
+      if (!selection.length) {
+        showError(errorEl, "Tick the images that look right first.");
+        return;
+      }
+      run(start, "Starting…", () => api("POST", `${url}/rounds`, { mode: "human", selection }));
+    });
+
+    const auto = $("#automatic-round");
+    auto.addEventListener("click", () => run(auto, "Starting…",
+      () => api("POST", `${url}/rounds`, { mode: "automatic" })));
   }
 
   // --- your own API keys: list, create (shown once), revoke ------------------------------------------------------
