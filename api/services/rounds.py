@@ -55,7 +55,7 @@ def sample_images(*, session: Session, owner: User, style: Style, limit: int = 6
     gens = session.scalars(select(Generation).where(
         Generation.owner_id == owner.id, Generation.adapter_id.in_(list(versions)),
         Generation.state == GenerationState.SUCCEEDED, Generation.prompt.in_(feedback_prompts(style.descriptor)),
-    ).order_by(Generation.queued_at.desc(), Generation.id).limit(limit)).all()
+    ).order_by(Generation.queued_at.desc(), Generation.id.desc()).limit(limit)).all()[::-1]  # newest, in order
     return [{"generation_id": g.id, "index": i, "prompt": g.prompt, "version": versions[g.adapter_id or ""],
              "url": f"/v1/generations/{g.id}/images/{i}",
              "text_score": g.text_scores[i] if g.text_scores else None,
