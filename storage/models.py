@@ -191,7 +191,9 @@ class JobEvent(Base):
 
 class Adapter(Base):
     __tablename__ = "adapters"
-    __table_args__ = (UniqueConstraint("style_id", "version"),)
+    # A unique index, not a constraint: SQLite can add an index in place but a constraint only by rebuilding the
+    # table (migration 0008).
+    __table_args__ = (Index("ix_adapters_style_id_version", "style_id", "version", unique=True),)
 
     id: Mapped[str] = mapped_column(ID, primary_key=True, default=new_id)
     owner_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)

@@ -108,3 +108,56 @@ def test_upgrade_works_from_another_directory(tmp_path: Path) -> None:
         timeout=120,
     )
     assert _tables(url) == TABLES
+
+
+def _versions_backfill(url: str) -> None:
+    """0008 numbers the adapters that already exist per style, oldest first, and 0007 comes back cleanly."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from storage.db import alembic_config
+
+    command.upgrade(alembic_config(url), "0007")
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO users (id, name, is_admin, disabled, created_at) "
+                              "VALUES ('u', 'u', false, false, '2026-01-01 00:00:00+00')"))
+            for sid in ("s1", "s2"):
+                conn.execute(text("INSERT INTO styles (id, owner_id, image_key, image_sha256, image_bytes, width, "
+                                  "height, descriptor, created_at) VALUES (:s, 'u', 'k', 'h', 1, 1, 1, 'd', "
+                                  "'2026-01-01 00:00:00+00')"), {"s": sid})
+            for aid, sid, day in (("a3", "s1", 3), ("a1", "s1", 1), ("b1", "s2", 2), ("a2", "s1", 2)):
+                conn.execute(text("INSERT INTO training_jobs (id, style_id, owner_id, state, attempts, max_attempts, "
+                                  "step, total_steps, params, queued_at, gpu_seconds) VALUES (:j, :s, 'u', "
+                                  "'succeeded', 1, 3, 1, 1, '{}', '2026-01-01 00:00:00+00', 0)"),
+                             {"j": f"j{aid}", "s": sid})
+                conn.execute(text("INSERT INTO adapters (id, owner_id, style_id, job_id, blob_key, sha256, bytes, "
+                                  "base_model, rank, alpha, targets, descriptor, train_prompt, steps, seed, "
+                                  "engine_version, created_at) VALUES (:a, 'u', :s, :j, 'k', 'h', 1, 'tiny', 4, 4, "
+                                  "'[]', 'd', 'p', 1, 0, 'e', :t)"),
+                             {"a": aid, "s": sid, "j": f"j{aid}", "t": f"2026-01-0{day} 00:00:00+00"})
+            # A generation referencing an adapter: what made a table-rebuilding migration fail on SQLite.
+            conn.execute(text("INSERT INTO generations (id, owner_id, adapter_id, prompt, style_strength, "
+                              "guidance_scale, steps, seed, num_images, state, attempts, queued_at, image_keys, step) "
+                              "VALUES ('g', 'u', 'a1', 'p', 1, 1, 1, 0, 1, 'succeeded', 1, "
+                              "'2026-01-01 00:00:00+00', '[]', 0)"))
+        upgrade_to_head(url)
+        with engine.connect() as conn:
+            got = {a: v for a, v in conn.execute(text("SELECT id, version FROM adapters"))}
+        assert got == {"a1": 1, "a2": 2, "a3": 3, "b1": 1}
+        assert _diff(url) == []
+        command.downgrade(alembic_config(url), "0007")
+        with engine.connect() as conn:
+            assert "version" not in {c["name"] for c in inspect(conn).get_columns("adapters")}
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_0008_numbers_existing_adapters_per_style(sqlite_empty_url: str) -> None:
+    _versions_backfill(sqlite_empty_url)
+
+
+@pytest.mark.integration
+def test_postgres_0008_numbers_existing_adapters_per_style(pg_empty_url: str) -> None:
+    _versions_backfill(pg_empty_url)

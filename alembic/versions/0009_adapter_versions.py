@@ -19,34 +19,34 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+# No batch (table-rebuilding) operations: SQLite rebuilds a table by dropping it, which its foreign keys (on in
+# every connection we make) refuse while generations reference adapters and adapters reference styles. Every step
+# below is one SQLite can do in place: ADD COLUMN (NOT NULL with a default), CREATE UNIQUE INDEX, DROP COLUMN.
+
+
 def upgrade() -> None:
-    with op.batch_alter_table('adapters') as batch:
-        batch.add_column(sa.Column('version', sa.Integer(), nullable=True))
-        batch.add_column(sa.Column('text_score', sa.Float(), nullable=True))
-        batch.add_column(sa.Column('style_score', sa.Float(), nullable=True))
+    # NOT NULL needs a default for the rows already there; the UPDATE then gives each its real number.
+    op.add_column('adapters', sa.Column('version', sa.Integer(), nullable=False, server_default='0'))
+    op.add_column('adapters', sa.Column('text_score', sa.Float(), nullable=True))
+    op.add_column('adapters', sa.Column('style_score', sa.Float(), nullable=True))
     # Existing adapters become their style's versions in the order they were made (ties by id).
     op.execute(
         "UPDATE adapters SET version = (SELECT COUNT(*) FROM adapters AS a2 WHERE a2.style_id = adapters.style_id "
         "AND (a2.created_at < adapters.created_at OR (a2.created_at = adapters.created_at AND a2.id <= adapters.id)))"
     )
-    with op.batch_alter_table('adapters') as batch:
-        batch.alter_column('version', existing_type=sa.Integer(), nullable=False)
-        batch.create_unique_constraint(op.f('uq_adapters_style_id_version'), ['style_id', 'version'])
-    with op.batch_alter_table('styles') as batch:
-        batch.add_column(sa.Column('default_adapter_id', sa.String(length=32), nullable=True))
-    with op.batch_alter_table('generations') as batch:
-        batch.add_column(sa.Column('text_scores', sa.JSON(), nullable=True))
-        batch.add_column(sa.Column('style_scores', sa.JSON(), nullable=True))
+    if op.get_bind().dialect.name != 'sqlite':  # SQLite cannot drop a default in place; the ORM always sets it
+        op.alter_column('adapters', 'version', server_default=None)
+    op.create_index(op.f('ix_adapters_style_id_version'), 'adapters', ['style_id', 'version'], unique=True)
+    op.add_column('styles', sa.Column('default_adapter_id', sa.String(length=32), nullable=True))
+    op.add_column('generations', sa.Column('text_scores', sa.JSON(), nullable=True))
+    op.add_column('generations', sa.Column('style_scores', sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('generations') as batch:
-        batch.drop_column('style_scores')
-        batch.drop_column('text_scores')
-    with op.batch_alter_table('styles') as batch:
-        batch.drop_column('default_adapter_id')
-    with op.batch_alter_table('adapters') as batch:
-        batch.drop_constraint(op.f('uq_adapters_style_id_version'), type_='unique')
-        batch.drop_column('style_score')
-        batch.drop_column('text_score')
-        batch.drop_column('version')
+    op.drop_column('generations', 'style_scores')
+    op.drop_column('generations', 'text_scores')
+    op.drop_column('styles', 'default_adapter_id')
+    op.drop_index(op.f('ix_adapters_style_id_version'), table_name='adapters')
+    op.drop_column('adapters', 'style_score')
+    op.drop_column('adapters', 'text_score')
+    op.drop_column('adapters', 'version')
