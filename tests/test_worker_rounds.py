@@ -4,17 +4,19 @@ feedback prompt; a round that cannot get its images fails with a reason."""
 
 from __future__ import annotations
 
+import dataclasses
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 import trainer
 import worker.tasks as tasks
 import worker.training as training
-from storage.models import Adapter, Generation, JobEvent, TrainingJob
+from storage.models import Adapter, Generation, JobEvent, TrainingJob, utcnow
 from tests.helpers.db import get_row, make_generation, make_job
 from worker import generation
 from worker.runtime import Runtime
@@ -111,3 +113,55 @@ def test_rounds_that_cannot_get_their_images_fail_with_a_reason(worker_runtime: 
     assert tasks.run_train(no_clip, auto) == "failed"
     job = get_row(rt, TrainingJob, auto)
     assert job.error_code == "clip_unavailable" and "STYLEDROP_CLIP_MODEL" in job.error_message
+
+
+class _Crash(BaseException):
+    """Stands in for SIGKILL: nothing in the task catches it."""
+
+
+def test_an_automatic_round_resumed_after_a_crash_equals_one_run_through(
+    worker_runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checkpoints and resume hold for rounds too: the resumed run re-renders the same candidates (seeds from the
+    job's seed), keeps the same picks and ends with the adapter an uninterrupted round makes."""
+    rt = worker_runtime
+    v1 = _v1(rt)
+    feedback = {"mode": "automatic", "adapter_id": v1.id, "version": 1, "prompts": 2, "per_prompt": 2}
+    straight = _round_job(rt, v1, feedback)
+    with rt.session_factory() as s:
+        s.get(TrainingJob, straight).total_steps = 8  # type: ignore[union-attr]
+        s.commit()
+    assert tasks.run_train(rt, straight) == "succeeded"
+
+    crashed = _round_job(rt, v1, feedback)
+    with rt.session_factory() as s:
+        s.get(TrainingJob, crashed).total_steps = 8  # type: ignore[union-attr]
+        s.commit()
+    real = training.train_styles
+
+    def crashing(parts: Any, specs: Any, config: Any, callbacks: Any) -> Any:
+        steps = iter(range(1, 100))
+
+        def stop(i: int) -> bool:
+            if next(steps) >= 6:  # after step 6; the last checkpoint is step 4
+                raise _Crash
+            return bool(callbacks.should_stop(i))
+
+        return real(parts, specs, config, dataclasses.replace(callbacks, should_stop=stop))
+
+    monkeypatch.setattr(training, "train_styles", crashing)
+    with pytest.raises(_Crash):
+        tasks.run_train(rt, crashed)
+    assert get_row(rt, TrainingJob, crashed).checkpoint_step == 4
+    monkeypatch.setattr(training, "train_styles", real)
+    with rt.session_factory() as s:
+        s.execute(update(TrainingJob).where(TrainingJob.id == crashed)
+                  .values(heartbeat_at=utcnow() - timedelta(hours=1)))
+        s.commit()
+    rt2 = Runtime(rt.settings, rt.session_factory, rt.store, kind="train")
+    rt2.worker_host = "other-host:4242"
+    assert tasks.run_train(rt2, crashed) == "succeeded"
+    a, b = (trainer.adapter_from_bytes(rt.store.get_bytes(_adapter_of(rt, j).blob_key)) for j in (straight, crashed))
+    for k, v in a.tensors.items():
+        torch.testing.assert_close(b.tensors[k], v)
+    assert [_adapter_of(rt, j).version for j in (straight, crashed)] == [2, 3]
