@@ -13,7 +13,7 @@ from storage.models import Adapter, Generation, JobEvent, TrainingJob
 from storage.states import GenerationState, JobState
 from tests.helpers.app import bearer
 from tests.helpers.images import png_bytes
-from tests.test_api_versions import _style_with_versions
+from tests.helpers.versions import style_with_versions
 
 
 def test_the_services_feedback_prompts_are_the_engines() -> None:
@@ -42,9 +42,9 @@ def _generation(client: Any, owner_of: str, adapter_id: str, state: str = Genera
 
 def test_bad_selections_are_4xx_with_a_reason_and_create_nothing(api_client: Any, api_keys: dict[str, str]) -> None:
     alice = bearer(api_keys["alice"])
-    style, (a1,) = _style_with_versions(api_client, api_keys["alice"], 1)
-    other_style, (b1,) = _style_with_versions(api_client, api_keys["alice"], 1)
-    _, (bob1,) = _style_with_versions(api_client, api_keys["bob"], 1)
+    style, (a1,) = style_with_versions(api_client, api_keys["alice"], 1)
+    other_style, (b1,) = style_with_versions(api_client, api_keys["alice"], 1)
+    _, (bob1,) = style_with_versions(api_client, api_keys["bob"], 1)
     _finish_jobs(api_client)
     mine, of_other_style = _generation(api_client, a1, a1), _generation(api_client, b1, b1)
     queued, bobs = _generation(api_client, a1, a1, GenerationState.QUEUED), _generation(api_client, bob1, bob1)
@@ -93,7 +93,7 @@ def test_bad_selections_are_4xx_with_a_reason_and_create_nothing(api_client: Any
 
 def test_samples_are_generations_over_the_feedback_prompts(api_client: Any, api_keys: dict[str, str]) -> None:
     alice = bearer(api_keys["alice"])
-    style, (v1, v2) = _style_with_versions(api_client, api_keys["alice"], 2)
+    style, (v1, v2) = style_with_versions(api_client, api_keys["alice"], 2)
     resp = api_client.post(f"/v1/styles/{style}/samples", headers=alice,
                            json={"prompts": 3, "images_per_prompt": 2, "seed": 10, "steps": 4, "version": 1})
     assert resp.status_code == 202, resp.text

@@ -5,43 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from storage.models import Adapter, Generation, TrainingJob
-from storage.states import JobState
+from storage.models import Generation
 from tests.helpers.app import bearer
 from tests.helpers.images import png_bytes
-
-
-def _style_with_versions(client: Any, key: str, n: int) -> tuple[str, list[str]]:
-    """A style uploaded through the API and `n` adapter versions recorded as the train worker records them."""
-    resp = client.post("/v1/styles", headers=bearer(key), data={"descriptor": "ink", "steps": "3"},
-                       files={"image": ("s.png", png_bytes(), "image/png")})
-    assert resp.status_code == 202, resp.text
-    style_id, first_job = resp.json()["style"]["id"], resp.json()["job"]["id"]
-    ids = []
-    with client.app.state.sessionmaker() as s:
-        owner = s.get(TrainingJob, first_job).owner_id  # type: ignore[union-attr]
-        for v in range(1, n + 1):
-            job_id = first_job
-            if v > 1:
-                job = TrainingJob(style_id=style_id, owner_id=owner, total_steps=3, params={},
-                                  state=JobState.SUCCEEDED)
-                s.add(job)
-                s.flush()
-                job_id = job.id
-            a = Adapter(version=v, owner_id=owner, style_id=style_id, job_id=job_id, blob_key=f"adapters/v{v}",
-                        sha256="0" * 64, bytes=1, base_model="tiny", rank=4, alpha=4.0, targets=["to_q"],
-                        descriptor="ink", train_prompt="p", steps=3, seed=0, engine_version="t",
-                        text_score=0.1 * v, style_score=None if v == 1 else 0.5)
-            s.add(a)
-            s.flush()
-            ids.append(a.id)
-        s.commit()
-    return style_id, ids
+from tests.helpers.versions import style_with_versions
 
 
 def test_versions_default_and_generations_naming_a_version(api_client: Any, api_keys: dict[str, str]) -> None:
     alice = bearer(api_keys["alice"])
-    style_id, (v1, v2) = _style_with_versions(api_client, api_keys["alice"], 2)
+    style_id, (v1, v2) = style_with_versions(api_client, api_keys["alice"], 2)
     listed = api_client.get(f"/v1/styles/{style_id}/versions", headers=alice).json()
     assert [(v["version"], v["id"], v["is_default"]) for v in listed] == [(1, v1, False), (2, v2, True)]
     assert listed[0]["text_score"] == 0.1 and listed[0]["style_score"] is None and listed[1]["style_score"] == 0.5
@@ -66,7 +38,7 @@ def test_versions_default_and_generations_naming_a_version(api_client: Any, api_
 
 def test_bad_version_requests_are_4xx_and_create_nothing(api_client: Any, api_keys: dict[str, str]) -> None:
     alice, bob = bearer(api_keys["alice"]), bearer(api_keys["bob"])
-    style_id, (v1,) = _style_with_versions(api_client, api_keys["alice"], 1)
+    style_id, (v1,) = style_with_versions(api_client, api_keys["alice"], 1)
     cases = [
         (alice, {"style_id": style_id, "version": 7}, 404, "version_not_found"),
         (bob, {"style_id": style_id}, 404, "not_found"),

@@ -8,16 +8,18 @@ import dataclasses
 
 import numpy as np
 
-from tests.test_engine_multistyle import CONFIG, _image, _specs, assert_same_result
+from tests.helpers.engine import assert_same_result, pattern_image
 from trainer.examples import TrainingExample
 from trainer.model import AmusedParts
-from trainer.train import StyleSpec, train_styles, training_prompt
+from trainer.train import StyleSpec, TrainConfig, train_styles, training_prompt
+
+CONFIG = TrainConfig(progress_every=2)
 
 
 def _examples() -> list[TrainingExample]:
-    return [TrainingExample(_image(0), "A chihuahua in stripes style"),
-            TrainingExample(_image(1), "A castle in stripes style"),
-            TrainingExample(_image(2), "A chihuahua in stripes style")]
+    return [TrainingExample(pattern_image(0), "A chihuahua in stripes style"),
+            TrainingExample(pattern_image(1), "A castle in stripes style"),
+            TrainingExample(pattern_image(2), "A chihuahua in stripes style")]
 
 
 def _round2(**kw: object) -> StyleSpec:
@@ -26,7 +28,7 @@ def _round2(**kw: object) -> StyleSpec:
 
 def test_one_caption_for_every_image_equals_images_under_that_prompt(engine_parts: AmusedParts) -> None:
     prompt = training_prompt("stripes")
-    images = [_image(0), _image(1)]
+    images = [pattern_image(0), pattern_image(1)]
     plain = train_styles(engine_parts, [StyleSpec(images, "stripes", steps=4, seed=1)], CONFIG)[0]
     pairs = [TrainingExample(im, prompt) for im in images]
     paired = train_styles(engine_parts, [StyleSpec([], "stripes", steps=4, seed=1, examples=pairs)], CONFIG)[0]
@@ -45,9 +47,11 @@ def test_captions_change_what_is_learned_and_both_forward_paths_agree(engine_par
 
 
 def test_a_round_trained_beside_other_styles_equals_it_alone(engine_parts: AmusedParts) -> None:
-    specs = _specs()
-    alone = [train_styles(engine_parts, [s], CONFIG)[0] for s in (specs[1], _round2(), specs[3])]
-    together = train_styles(engine_parts, [specs[1], _round2(), specs[3]], CONFIG)
+    checkers = StyleSpec([pattern_image(1), pattern_image(3)], "checkers", content="a board", steps=5, seed=2,
+                         learning_rate=2e-3)
+    dots = StyleSpec([pattern_image(3)], "dots", steps=4, seed=4, learning_rate=1e-3)
+    alone = [train_styles(engine_parts, [s], CONFIG)[0] for s in (checkers, _round2(), dots)]
+    together = train_styles(engine_parts, [checkers, _round2(), dots], CONFIG)
     for got, want in zip(together, alone, strict=True):
         assert_same_result(got, want)
     key = next(k for k in alone[1].adapter.tensors if k.endswith("lora_B.weight"))  # type: ignore[union-attr]

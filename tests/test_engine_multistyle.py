@@ -1,8 +1,9 @@
 """Many styles trained in one run: each equals itself trained alone; cancel, failure and resume stay per style.
 
-Tolerance: on CPU in fp32, a style trained in a batch of S rows differs from the same style trained alone only
-by the rounding of batched matrix products (different blocking for different batch sizes). Measured on the tiny
-model: at most ~1e-6 on adapter weights after 7 steps; asserted with atol 2e-5 / rtol 1e-4 (losses rtol 1e-4).
+Tolerance (tests/helpers/engine.py: assert_same_result): on CPU in fp32, a style trained in a batch of S rows
+differs from the same style trained alone only by the rounding of batched matrix products (different blocking for
+different batch sizes). Measured on the tiny model: at most ~1e-6 on adapter weights after 7 steps; asserted with
+atol 2e-5 / rtol 1e-4 (losses rtol 1e-4).
 """
 
 from __future__ import annotations
@@ -10,55 +11,26 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from tests.helpers.engine import MEASURED, RTOL, assert_same_result, pattern_image
 from trainer.bank import LoraBank, find_bank
 from trainer.checkpoint import Checkpoint
 from trainer.model import AmusedParts, load_base
 from trainer.train import Callbacks, Progress, StyleSpec, TrainConfig, TrainResult, train_styles
 
-RTOL = 1e-4  # losses, elementwise
-NORM_RTOL = 2e-3  # adapter tensors: ||batched - alone|| / ||alone||, per tensor
-MEASURED: list[float] = []
-
-
-def _image(kind: int) -> Image.Image:
-    a = np.zeros((256, 256, 3), dtype=np.uint8)
-    if kind == 0:  # stripes
-        a[:, ::32] = [255, 0, 0]
-        a[::2] = [0, 0, 255]
-    elif kind == 1:  # checkerboard
-        a[(np.indices((256, 256)).sum(0) // 32) % 2 == 0] = [240, 220, 30]
-    elif kind == 2:  # diagonal gradient
-        a[..., 1] = (np.add.outer(np.arange(256), np.arange(256)) // 2).astype(np.uint8)
-    else:  # dots
-        a[8::24, 8::24] = [255, 255, 255]
-        a[..., 2] = 90
-    return Image.fromarray(a)
-
 
 def _specs() -> list[StyleSpec]:
     """Four different styles: images (one has two), prompts, seeds, step counts and learning rates."""
     return [
-        StyleSpec([_image(0)], "stripes", steps=4, seed=1, learning_rate=3e-3),
-        StyleSpec([_image(1), _image(3)], "checkers", content="a board", steps=5, seed=2, learning_rate=2e-3),
-        StyleSpec([_image(2)], "gradient", steps=3, seed=3, learning_rate=4e-3),
-        StyleSpec([_image(3)], "dots", steps=4, seed=4, learning_rate=1e-3),
+        StyleSpec([pattern_image(0)], "stripes", steps=4, seed=1, learning_rate=3e-3),
+        StyleSpec([pattern_image(1), pattern_image(3)], "checkers", content="a board", steps=5, seed=2,
+                  learning_rate=2e-3),
+        StyleSpec([pattern_image(2)], "gradient", steps=3, seed=3, learning_rate=4e-3),
+        StyleSpec([pattern_image(3)], "dots", steps=4, seed=4, learning_rate=1e-3),
     ]
 
 
 CONFIG = TrainConfig(progress_every=2)
-
-
-def assert_same_result(got: TrainResult, want: TrainResult) -> None:
-    assert got.adapter is not None and want.adapter is not None
-    assert got.step == want.step and got.prompt == want.prompt
-    assert got.adapter.meta == want.adapter.meta
-    np.testing.assert_allclose(got.losses, want.losses, rtol=RTOL)
-    for k, v in want.adapter.tensors.items():
-        err = float((got.adapter.tensors[k] - v).norm() / v.norm().clamp(min=1e-12))
-        MEASURED.append(err)
-        assert err <= NORM_RTOL, (k, err)
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,13 @@ from sqlalchemy import update
 
 from storage.feedback import feedback_prompts
 from storage.models import Adapter, Generation
-from tests.test_pages_web import _generations, _style, _trained, sign_in
+from tests.helpers.pages import finished_generations, make_style, sign_in, trained
 
 
 def test_style_page_lists_versions_with_scores_and_the_samples_to_pick(pages_client: TestClient,
                                                                        pages_keys: dict[str, str]) -> None:
-    style_id, job_id = _style(pages_client, pages_keys["alice"], "pencil sketch")
-    v1 = _trained(pages_client, job_id)
+    style_id, job_id = make_style(pages_client, pages_keys["alice"], "pencil sketch")
+    v1 = trained(pages_client, job_id)
     sign_in(pages_client, pages_keys["alice"])
     page = pages_client.get(f"/styles/{style_id}").text
     assert "No samples yet." in page and 'id="make-samples"' in page and 'id="automatic-round"' in page
@@ -24,8 +24,8 @@ def test_style_page_lists_versions_with_scores_and_the_samples_to_pick(pages_cli
     assert f'href="/v1/adapters/{v1}/file"' in page  # the default version is what the page generates with
 
     prompts = feedback_prompts("pencil sketch")[:2]
-    samples = _generations(pages_client, pages_keys["alice"], v1, prompts, 5)
-    other = _generations(pages_client, pages_keys["alice"], v1, ["a dog"], 3)  # not a feedback prompt: no tick box
+    samples = finished_generations(pages_client, pages_keys["alice"], v1, prompts, 5)
+    other = finished_generations(pages_client, pages_keys["alice"], v1, ["a dog"], 3)  # no feedback prompt: no box
     with pages_client.app.state.sessionmaker() as s:
         s.execute(update(Adapter).where(Adapter.id == v1).values(text_score=0.3125, style_score=0.70491))
         s.execute(update(Generation).where(Generation.id == samples[0]).values(text_scores=[0.25, 0.5]))

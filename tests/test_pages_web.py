@@ -9,20 +9,7 @@ from fastapi.testclient import TestClient
 
 from api.security import SESSION_COOKIE
 from tests.helpers.images import style_png
-
-META = re.compile(r'<meta name="csrf-token" content="([0-9a-f]{64})">')
-
-
-def sign_in(client: TestClient, key: str, next_path: str = "/styles") -> str:
-    """Sign in through the form; return the page's CSRF token."""
-    resp = client.post("/signin", data={"api_key": key, "next": next_path}, follow_redirects=False)
-    assert resp.status_code == 303, resp.text
-    assert resp.headers["location"] == next_path
-    page = client.get("/styles")
-    assert page.status_code == 200
-    match = META.search(page.text)
-    assert match, "no csrf-token meta tag"
-    return match.group(1)
+from tests.helpers.pages import META, finished_generations, make_style, sign_in, trained
 
 
 def test_signed_out_visitor_is_sent_to_sign_in(pages_client: TestClient) -> None:
@@ -183,63 +170,9 @@ def test_pages_render_styles_and_style_page(pages_client: TestClient, pages_keys
 # --- issue #12 items 11-14: dead ends, the gallery, own API keys ------------------------------------------------
 
 
-def _style(client: TestClient, key: str, descriptor: str, steps: int = 20) -> tuple[str, str]:
-    created = client.post("/v1/styles", headers={"Authorization": f"Bearer {key}"},
-                          files={"image": ("s.png", style_png(), "image/png")},
-                          data={"descriptor": descriptor, "steps": str(steps)})
-    assert created.status_code == 202, created.text
-    return created.json()["style"]["id"], created.json()["job"]["id"]
-
-
-def _trained(client: TestClient, job_id: str, *, minutes_ago: int = 0) -> str:
-    """What a train worker leaves behind (none runs here): the job succeeded and its adapter row."""
-    from datetime import timedelta
-
-    from storage.models import Adapter, TrainingJob, utcnow
-
-    with client.app.state.sessionmaker() as s:
-        job = s.get(TrainingJob, job_id)
-        assert job is not None
-        now = utcnow() - timedelta(minutes=minutes_ago)
-        job.state, job.step, job.started_at, job.finished_at = "succeeded", job.total_steps, now - timedelta(
-            seconds=75), now
-        version = len(s.query(Adapter).filter(Adapter.style_id == job.style_id).all()) + 1  # as the worker numbers
-        adapter = Adapter(version=version, owner_id=job.owner_id, style_id=job.style_id, job_id=job.id,
-                          blob_key="adapters/x",
-                          sha256="0" * 64, bytes=1, base_model="tiny", base_revision=None, rank=4, alpha=4.0,
-                          targets=[], descriptor=job.params["descriptor"], train_prompt="p", steps=job.total_steps,
-                          seed=1, engine_version="t", created_at=now)
-        s.add(adapter)
-        s.commit()
-        return adapter.id
-
-
-def _generations(client: TestClient, owner_key: str, adapter_id: str | None, prompts: list[str],
-                 start_minutes_ago: int) -> list[str]:
-    """Finished generations (two images each), one a minute apart, oldest first."""
-    from datetime import timedelta
-
-    from storage.models import ApiKey, Generation, utcnow
-    from storage.users import hash_key
-
-    ids = []
-    with client.app.state.sessionmaker() as s:
-        owner_id = s.query(ApiKey).filter(ApiKey.key_hash == hash_key(owner_key)).one().user_id
-        for i, prompt in enumerate(prompts):
-            t = utcnow() - timedelta(minutes=start_minutes_ago - i)
-            gen = Generation(owner_id=owner_id, adapter_id=adapter_id, prompt=prompt, negative_prompt="blurry",
-                             style_strength=1.5, guidance_scale=8.0, steps=6, seed=100 + i, num_images=2,
-                             state="succeeded", image_keys=["a", "b"], queued_at=t, finished_at=t)
-            s.add(gen)
-            s.flush()
-            ids.append(gen.id)
-        s.commit()
-    return ids
-
-
 def test_style_page_offers_a_way_on_after_a_cancel_and_after_a_deleted_adapter(pages_client: TestClient,
                                                                                pages_keys) -> None:
-    style_id, job_id = _style(pages_client, pages_keys["alice"], "pencil sketch")
+    style_id, job_id = make_style(pages_client, pages_keys["alice"], "pencil sketch")
     token = sign_in(pages_client, pages_keys["alice"])
     waiting = pages_client.get(f"/styles/{style_id}").text
     assert "The generate form opens when training has finished." in waiting
@@ -261,7 +194,7 @@ def test_style_page_offers_a_way_on_after_a_cancel_and_after_a_deleted_adapter(p
     assert new_job["style_id"] == style_id
     assert f'data-job-id="{new_job["id"]}"' in pages_client.get(f"/styles/{style_id}").text
 
-    adapter_id = _trained(pages_client, new_job["id"])
+    adapter_id = trained(pages_client, new_job["id"])
     ready = pages_client.get(f"/styles/{style_id}").text
     assert f'id="delete-adapter" data-adapter-id="{adapter_id}"' in ready and "<fieldset >" in ready
     assert pages_client.delete(f"/v1/adapters/{adapter_id}", headers={"X-CSRF-Token": token}).status_code == 204
@@ -272,7 +205,7 @@ def test_style_page_offers_a_way_on_after_a_cancel_and_after_a_deleted_adapter(p
 
 
 def test_train_again_checks_its_input_and_the_owner(pages_client: TestClient, pages_keys) -> None:
-    style_id, job_id = _style(pages_client, pages_keys["alice"], "charcoal")
+    style_id, job_id = make_style(pages_client, pages_keys["alice"], "charcoal")
     alice = {"Authorization": f"Bearer {pages_keys['alice']}"}
     admin = {"Authorization": f"Bearer {pages_keys['admin']}"}
     pages_client.post(f"/v1/jobs/{job_id}/cancel", headers=alice)
@@ -290,15 +223,15 @@ def test_train_again_checks_its_input_and_the_owner(pages_client: TestClient, pa
 
 def test_gallery_groups_by_style_and_version_pages_and_names_downloads(pages_client: TestClient,
                                                                         pages_keys) -> None:
-    style_id, job1 = _style(pages_client, pages_keys["alice"], "Ink <wash> / Poster!")
-    v1 = _trained(pages_client, job1, minutes_ago=200)
+    style_id, job1 = make_style(pages_client, pages_keys["alice"], "Ink <wash> / Poster!")
+    v1 = trained(pages_client, job1, minutes_ago=200)
     alice = {"Authorization": f"Bearer {pages_keys['alice']}"}
     job2 = pages_client.post(f"/v1/styles/{style_id}/jobs", json={}, headers=alice).json()["id"]
-    v2 = _trained(pages_client, job2, minutes_ago=100)
-    _generations(pages_client, pages_keys["alice"], v1, [f"old {i}" for i in range(20)], start_minutes_ago=90)
-    _generations(pages_client, pages_keys["alice"], None, ["plain <b>one</b>"], start_minutes_ago=60)
-    _generations(pages_client, pages_keys["alice"], v2, [f"new {i}" for i in range(10)], start_minutes_ago=30)
-    _generations(pages_client, pages_keys["admin"], None, ["not alice's"], start_minutes_ago=5)
+    v2 = trained(pages_client, job2, minutes_ago=100)
+    finished_generations(pages_client, pages_keys["alice"], v1, [f"old {i}" for i in range(20)], start_minutes_ago=90)
+    finished_generations(pages_client, pages_keys["alice"], None, ["plain <b>one</b>"], start_minutes_ago=60)
+    finished_generations(pages_client, pages_keys["alice"], v2, [f"new {i}" for i in range(10)], start_minutes_ago=30)
+    finished_generations(pages_client, pages_keys["admin"], None, ["not alice's"], start_minutes_ago=5)
     sign_in(pages_client, pages_keys["alice"])
 
     first = pages_client.get("/gallery")
@@ -340,7 +273,7 @@ def test_gallery_groups_by_style_and_version_pages_and_names_downloads(pages_cli
 
 
 def test_gallery_offers_delete_on_each_generation(pages_client: TestClient, pages_keys) -> None:
-    _generations(pages_client, pages_keys["alice"], None, ["x", "y"], start_minutes_ago=1)
+    finished_generations(pages_client, pages_keys["alice"], None, ["x", "y"], start_minutes_ago=1)
     sign_in(pages_client, pages_keys["alice"])
     html = pages_client.get("/gallery").text
     assert html.count('data-action="delete-generation"') == html.count('class="shot"') == 4  # two images each
@@ -371,8 +304,8 @@ def test_own_api_keys_list_create_revoke_and_others_are_404(pages_client: TestCl
 
 
 def test_finished_job_shows_its_total_time(pages_client: TestClient, pages_keys) -> None:
-    style_id, job_id = _style(pages_client, pages_keys["alice"], "gouache")
-    _trained(pages_client, job_id)
+    style_id, job_id = make_style(pages_client, pages_keys["alice"], "gouache")
+    trained(pages_client, job_id)
     sign_in(pages_client, pages_keys["alice"])
     html = pages_client.get(f"/styles/{style_id}").text
     assert re.search(r'· took\s+<span data-role="took" data-seconds="75.0">75 s</span>', html)

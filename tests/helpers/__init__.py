@@ -6,5 +6,9 @@
 - `stack`: real service processes (`Stack`, `service_env`, `wait_http`, `BrowserStack`), free ports;
 - `api_process`: one uvicorn API process (`start_api`), raw SSE sockets and its memory (hostile load, bench);
 - `faults`: what the fault tests break things with (a private redis-server, a TCP proxy, kill, wait_for);
-- `engine`: a random non-zero LoRA adapter made the way training makes one.
+- `engine`: a random non-zero LoRA adapter made the way training makes one; pattern images and the "trained
+  together equals trained alone" check;
+- `pages` / `browser`: signing in and the rows a worker leaves behind (in-process pages); Playwright pages with
+  their CSP check and screenshots;
+- `versions`: a style with adapter versions recorded directly, for the versions and rounds API tests.
 """

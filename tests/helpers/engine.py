@@ -1,16 +1,20 @@
-"""Engine test helpers (the tiny model's fixtures are in tests/conftest.py)."""
+"""Engine test helpers (the tiny model's fixtures are in tests/conftest.py): random adapters, a peft reference
+copy, small pattern images to train on, and the "same training result" check of the multi-style tests."""
 
 from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 from peft import set_peft_model_state_dict
+from PIL import Image
 
 from bench.common import random_adapter as bench_random_adapter
 from trainer.bank import find_bank
 from trainer.lora import Adapter, lora_config
 from trainer.model import AmusedParts
+from trainer.train import TrainResult
 
 
 def random_adapter(parts: AmusedParts, seed: int, rank: int = 16, alpha: float = 32.0) -> Adapter:
@@ -32,3 +36,36 @@ def peft_copy(transformer: torch.nn.Module, adapter: Adapter) -> torch.nn.Module
     result = set_peft_model_state_dict(t, dict(adapter.tensors), adapter_name="ref")
     assert not [k for k in result.unexpected_keys], result.unexpected_keys
     return t.eval()
+
+
+# --- training results: a style trained in a batch equals itself trained alone, up to fp32 batch rounding ----
+
+RTOL = 1e-4  # losses, elementwise
+NORM_RTOL = 2e-3  # adapter tensors: ||batched - alone|| / ||alone||, per tensor
+MEASURED: list[float] = []  # every relative difference assert_same_result saw
+
+
+def pattern_image(kind: int) -> Image.Image:
+    a = np.zeros((256, 256, 3), dtype=np.uint8)
+    if kind == 0:  # stripes
+        a[:, ::32] = [255, 0, 0]
+        a[::2] = [0, 0, 255]
+    elif kind == 1:  # checkerboard
+        a[(np.indices((256, 256)).sum(0) // 32) % 2 == 0] = [240, 220, 30]
+    elif kind == 2:  # diagonal gradient
+        a[..., 1] = (np.add.outer(np.arange(256), np.arange(256)) // 2).astype(np.uint8)
+    else:  # dots
+        a[8::24, 8::24] = [255, 255, 255]
+        a[..., 2] = 90
+    return Image.fromarray(a)
+
+
+def assert_same_result(got: TrainResult, want: TrainResult) -> None:
+    assert got.adapter is not None and want.adapter is not None
+    assert got.step == want.step and got.prompt == want.prompt
+    assert got.adapter.meta == want.adapter.meta
+    np.testing.assert_allclose(got.losses, want.losses, rtol=RTOL)
+    for k, v in want.adapter.tensors.items():
+        err = float((got.adapter.tensors[k] - v).norm() / v.norm().clamp(min=1e-12))
+        MEASURED.append(err)
+        assert err <= NORM_RTOL, (k, err)
