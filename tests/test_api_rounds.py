@@ -101,8 +101,10 @@ def test_samples_are_generations_over_the_feedback_prompts(api_client: Any, api_
     assert [g["prompt"] for g in gens] == feedback_prompts("ink")[:3]
     assert {g["adapter_id"] for g in gens} == {v1} and [g["seed"] for g in gens] == [10, 12, 14]
     assert all(g["num_images"] == 2 and g["steps"] == 4 for g in gens)
-    default = api_client.post(f"/v1/styles/{style}/samples", headers=alice, json={"prompts": 1}).json()
-    assert default[0]["adapter_id"] == v2
+    default = api_client.post(f"/v1/styles/{style}/samples", headers=alice, json={"prompts": 2, "seed": 2**31 - 2})
+    assert default.status_code == 202, default.text
+    assert [g["adapter_id"] for g in default.json()] == [v2, v2]
+    assert [g["seed"] for g in default.json()] == [2**31 - 2, 0]  # seeds wrap instead of leaving the range
     fresh = api_client.post("/v1/styles", headers=alice, data={"descriptor": "new"},
                             files={"image": ("s.png", png_bytes(), "image/png")}).json()["style"]["id"]
     for body, status in (({}, 422), ({"images_per_prompt": 99}, 422), ({"prompts": 31}, 422)):

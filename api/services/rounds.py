@@ -40,7 +40,8 @@ def create_samples(*, session: Session, blobs: BlobStore, settings: Settings, ow
     gens = []
     for i, prompt in enumerate(feedback_prompts(style.descriptor)[: body.prompts]):
         request = GenerationCreate(prompt=prompt, adapter_id=adapter_id, steps=body.steps,
-                                   num_images=body.images_per_prompt, seed=seed + i * body.images_per_prompt)
+                                   num_images=body.images_per_prompt,
+                                   seed=(seed + i * body.images_per_prompt) % (MAX_SEED + 1))
         gens.append(create_generation(session=session, blobs=blobs, settings=settings, owner=owner,
                                       request=request).generation)
     return gens
