@@ -56,7 +56,8 @@ def test_a_human_round_from_the_style_page(browser: Any, browser_stack: BrowserS
     assert round_job["params"]["round"]["selection"] == [{"generation_id": g, "index": i} for g, i in picked]
     _until("v2", lambda: client.get(f"/v1/jobs/{round_job['id']}").json()["state"] == "succeeded", browser_stack)
 
-    page.reload()
+    # The page watching the round's job reloads itself when it succeeds, with the new version in the table.
+    page.wait_for_selector('#rounds tr[data-version="2"]', timeout=60_000)
     v2_row = page.locator('#rounds tr[data-version="2"]')
     assert v2_row.locator(".badge").inner_text() == "default"  # the newest, until the user chooses
     assert all(c != "–" for c in v2_row.locator("td").all_inner_texts()[:2])  # both scores shown

@@ -715,6 +715,14 @@
     if (!section || !errorEl) return;
     const url = `/v1/styles/${styleId}`;
 
+    // A round that finishes made a new version: reload, so the versions, their scores and the default the
+    // generate form uses are the server's (the first training updates the page in place instead).
+    if ($("table.versions", section)) {
+      $(".style-layout").addEventListener("job-final", (e) => {
+        if (e.detail.state === "succeeded") window.location.reload();
+      });
+    }
+
     // Every control here starts server work and then shows its result by reloading the page.
     async function run(button, busyText, work) {
       const label = button.textContent;
