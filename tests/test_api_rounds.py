@@ -111,3 +111,17 @@ def test_samples_are_generations_over_the_feedback_prompts(api_client: Any, api_
         assert api_client.post(f"/v1/styles/{fresh}/samples", headers=alice, json=body).status_code == status
     resp = api_client.post(f"/v1/styles/{fresh}/rounds", headers=alice, json={"mode": "automatic"})
     assert (resp.status_code, resp.json()["code"]) == (422, "style_not_trained")
+
+
+def test_a_subject_has_no_rounds_and_is_not_named_as_a_style(api_client: Any, api_keys: dict[str, str]) -> None:
+    alice = bearer(api_keys["alice"])
+    r = api_client.post("/v1/styles", headers=alice, data={"kind": "subject", "class_word": "dog"},
+                        files={"image": ("s.png", png_bytes(), "image/png")})
+    assert r.status_code == 202, r.text
+    subject = r.json()["style"]["id"]
+    _finish_jobs(api_client)
+    for path, body in ((f"/v1/styles/{subject}/rounds", {"mode": "automatic"}),
+                       (f"/v1/styles/{subject}/samples", {}),
+                       ("/v1/generations", {"prompt": "a dog", "style_id": subject})):
+        resp = api_client.post(path, headers=alice, json=body)
+        assert (resp.status_code, resp.json()["code"]) == (422, "not_a_style"), (path, resp.text)

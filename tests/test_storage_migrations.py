@@ -111,13 +111,13 @@ def test_upgrade_works_from_another_directory(tmp_path: Path) -> None:
 
 
 def _versions_backfill(url: str) -> None:
-    """0008 numbers the adapters that already exist per style, oldest first, and 0007 comes back cleanly."""
+    """0009 numbers the adapters that already exist per style, oldest first, and 0008b comes back cleanly."""
     from alembic import command
     from sqlalchemy import text
 
     from storage.db import alembic_config
 
-    command.upgrade(alembic_config(url), "0007")
+    command.upgrade(alembic_config(url), "0008b")
     engine = make_engine(url)
     try:
         with engine.begin() as conn:
@@ -147,17 +147,17 @@ def _versions_backfill(url: str) -> None:
             got = {a: v for a, v in conn.execute(text("SELECT id, version FROM adapters"))}
         assert got == {"a1": 1, "a2": 2, "a3": 3, "b1": 1}
         assert _diff(url) == []
-        command.downgrade(alembic_config(url), "0007")
+        command.downgrade(alembic_config(url), "0008b")
         with engine.connect() as conn:
             assert "version" not in {c["name"] for c in inspect(conn).get_columns("adapters")}
     finally:
         engine.dispose()
 
 
-def test_sqlite_0008_numbers_existing_adapters_per_style(sqlite_empty_url: str) -> None:
+def test_sqlite_0009_numbers_existing_adapters_per_style(sqlite_empty_url: str) -> None:
     _versions_backfill(sqlite_empty_url)
 
 
 @pytest.mark.integration
-def test_postgres_0008_numbers_existing_adapters_per_style(pg_empty_url: str) -> None:
+def test_postgres_0009_numbers_existing_adapters_per_style(pg_empty_url: str) -> None:
     _versions_backfill(pg_empty_url)

@@ -18,7 +18,7 @@ from api.schemas import MAX_SEED, GenerationCreate, RoundCreate, RoundPick, Samp
 from api.services.generations import create_generation
 from api.services.lookup import get_owned
 from api.services.styles import create_style_job
-from api.services.versions import default_of, generation_adapter, live_versions
+from api.services.versions import default_of, generation_adapter, live_versions, styled
 from storage.blobs import BlobStore
 from storage.feedback import feedback_prompts
 from storage.models import Adapter, Generation, Style, TrainingJob, User
@@ -66,7 +66,7 @@ def sample_images(*, session: Session, owner: User, style: Style, limit: int = 6
 
 def create_round(*, session: Session, settings: Settings, owner: User, style_id: str,
                  body: RoundCreate) -> TrainingJob:
-    style = get_owned(session, Style, style_id, owner, "style")
+    style = styled(get_owned(session, Style, style_id, owner, "style"))
     feedback: dict[str, Any]
     if body.mode == "human":
         feedback = {"mode": "human", "selection": _checked_selection(session, owner, style, body.selection)}

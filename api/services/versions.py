@@ -61,6 +61,15 @@ def set_default(*, session: Session, owner: User, style_id: str, version: int) -
     return style
 
 
+def styled(style: Style, field: str | None = None) -> Style:
+    """`style` if it is a StyleDrop style: a subject's adapter is mixed in as `subject_adapter_id`, and feedback
+    rounds (judged by a style score) are for styles."""
+    if style.kind != "style":
+        raise Invalid(f"{style.id} is a subject, not a style: name its adapter as subject_adapter_id",
+                      code="not_a_style", field=field)
+    return style
+
+
 def generation_adapter(*, session: Session, owner: User, adapter_id: str | None, style_id: str | None,
                        version: int | None) -> str | None:
     """The adapter a generation request names: by id, or by style (+ version, else the style's default)."""
@@ -73,7 +82,7 @@ def generation_adapter(*, session: Session, owner: User, adapter_id: str | None,
     if adapter_id is not None:
         raise Invalid("name either adapter_id or style_id (+ version), not both", code="adapter_and_style",
                       field="body.adapter_id")
-    style = get_owned(session, Style, style_id, owner, "style")
+    style = styled(get_owned(session, Style, style_id, owner, "style"), "body.style_id")
     if version is not None:
         return version_of(session, style, version).id
     default = default_of(style, live_versions(session, [style.id])[style.id])
