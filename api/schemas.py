@@ -136,7 +136,7 @@ class AdapterPublic(FromRow):
     text_score: float | None = Field(description="CLIP text score, mean over the previews (cosine of image and "
                                      "prompt); null when CLIP was unavailable.")
     style_score: float | None = Field(description="CLIP style score, mean over the previews (cosine of image and "
-                                      "the style image); null when CLIP was unavailable.")
+                                      "the style's reference images); null when CLIP was unavailable.")
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -262,7 +262,7 @@ class Generation(Base):
     subject_adapter_id: Mapped[str | None] = mapped_column(ForeignKey("adapters.id"), index=True)
     subject_weight: Mapped[float | None] = mapped_column(Float)  # γ; set when subject_adapter_id is
     text_guidance: Mapped[float | None] = mapped_column(Float)  # λB; None = guidance_scale − 1
-    # One CLIP score per image (text: against the prompt; style: against the adapter's style image).
+    # One CLIP score per image (text: against the prompt; style: against its adapter's style's references).
     text_scores: Mapped[list[float] | None] = mapped_column(JSON)
     style_scores: Mapped[list[float] | None] = mapped_column(JSON)
 

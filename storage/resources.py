@@ -123,7 +123,7 @@ class GenerationPublic(WithError):
     text_scores: list[float] | None = Field(default=None, description="CLIP text score of each image (cosine of "
                                             "image and prompt); null until scored or when CLIP is unavailable.")
     style_scores: list[float] | None = Field(default=None, description="CLIP style score of each image (cosine of "
-                                             "image and the adapter's style image); null without an adapter.")
+                                             "image and the adapter's style references); null without an adapter.")
 
     @computed_field  # type: ignore[prop-decorator]
     @property

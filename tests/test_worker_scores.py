@@ -81,3 +81,36 @@ def test_missing_clip_leaves_scores_empty_and_the_work_succeeds(worker_runtime: 
     assert generation.run_generate(rt, gen_id) == "done"
     gen = get_row(rt, Generation, gen_id)
     assert gen.state == "succeeded" and gen.text_scores is None and gen.style_scores is None
+
+
+def test_the_style_score_compares_with_every_reference_image(worker_runtime: Runtime) -> None:
+    from storage.blobs import content_key, sha256_hex
+    from tests.helpers.images import style_png
+
+    rt = worker_runtime
+    job_id = make_job(rt, steps=2)
+    second = style_png((20, 200, 60))
+    key2 = content_key("styles", sha256_hex(second), "png")
+    rt.store.put_bytes(key2, second)
+    with rt.session_factory() as s:
+        style = s.get(Style, get_row(rt, TrainingJob, job_id).style_id)
+        assert style is not None
+        style.references = [{"key": style.image_key, "caption": None}, {"key": key2, "caption": None}]
+        s.commit()
+        keys, owner = [style.image_key, key2], style.owner_id
+    assert tasks.run_train(rt, job_id) == "succeeded"
+    with rt.session_factory() as s:
+        adapter = s.scalars(select(Adapter).where(Adapter.job_id == job_id)).one()
+        previews = list(s.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == "preview")
+                                  .order_by(JobEvent.id)))
+    clip = trainer.load_clip("tiny", tiny_dir=rt.settings.data_dir / "models" / "tiny-clip")
+    references = [_image(rt, k) for k in keys]
+    shown = [_image(rt, e.payload["image_key"]) for e in previews]
+    expected = trainer.clip_style_score(clip, shown, references)  # type: ignore[arg-type]
+    assert adapter.style_score == pytest.approx(float(expected.mean()), abs=1e-6)
+    gen_id = make_generation(rt, owner, adapter.id)
+    assert generation.run_generate(rt, gen_id) == "done"
+    gen = get_row(rt, Generation, gen_id)
+    images = [_image(rt, k) for k in gen.image_keys]
+    assert gen.style_scores == pytest.approx(
+        trainer.clip_style_score(clip, images, references).tolist(), abs=1e-6)  # type: ignore[arg-type]

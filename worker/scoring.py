@@ -1,8 +1,8 @@
 """The paper's two CLIP scores for what the workers make: an adapter's previews and a generation's images.
 
-Text score = cosine(image, its prompt); style score = cosine(image, the style's image) (trainer/clip.py). Scores
-report on work, they never decide it: without CLIP (weights unavailable) or when scoring itself fails, the
-scores are None and the job or generation still succeeds.
+Text score = cosine(image, its prompt); style score = cosine(image, each of the style's reference images),
+averaged (trainer/clip.py). Scores report on work, they never decide it: without CLIP (weights unavailable) or
+when scoring itself fails, the scores are None and the job or generation still succeeds.
 """
 
 from __future__ import annotations
@@ -66,26 +66,26 @@ def record_adapter_scores(rt: Runtime, adapter_id: str, previews: Sequence[tuple
 
 def generation_scores(rt: Runtime, owners: Sequence[Generation], images: Sequence[Image.Image],
                       ) -> dict[str, Scores]:
-    """Each generation's scores (images[i] belongs to owners[i]); the style score against its adapter's style
-    image. Generations left out were not scored."""
+    """Each generation's scores (images[i] belongs to owners[i]); the style score against the reference images of
+    its adapter's style. Generations left out were not scored."""
     if rt.clip() is None:
         return {}
     adapter_ids = {g.adapter_id for g in owners if g.adapter_id is not None}
     with rt.session_factory() as s:
-        keys: dict[str, str] = {a: k for a, k in s.execute(
-            select(Adapter.id, Style.image_key).join(Style, Style.id == Adapter.style_id)
-            .where(Adapter.id.in_(adapter_ids)))} if adapter_ids else {}
-    references: dict[str, Image.Image] = {}
-    for adapter_id, key in keys.items():
+        rows = s.execute(select(Adapter.id, Style.image_key, Style.references).join(Style, Style.id == Adapter.style_id)
+                         .where(Adapter.id.in_(adapter_ids))).all() if adapter_ids else []
+    references: dict[str, list[Image.Image]] = {}
+    for adapter_id, image_key, refs in rows:
         try:
-            references[adapter_id] = open_image(rt.store.get_bytes(key)).convert("RGB")
+            references[adapter_id] = [open_image(rt.store.get_bytes(key)).convert("RGB")
+                                      for key in [r["key"] for r in refs or []] or [image_key]]
         except (BlobNotFound, UnidentifiedImageError, OSError, ValueError) as exc:
-            logger.warning("style image of adapter %s unreadable (%s): no style score", adapter_id, exc)
+            logger.warning("style images of adapter %s unreadable (%s): no style score", adapter_id, exc)
     out: dict[str, Scores] = {}
     for gen in dict.fromkeys(owners):  # in order, once each
         mine = [im for g, im in zip(owners, images, strict=True) if g is gen]
-        ref = references.get(gen.adapter_id) if gen.adapter_id is not None else None
-        scores = score_images(rt, mine, [gen.prompt] * len(mine), [ref] if ref is not None else [])
+        refs_of = references.get(gen.adapter_id, []) if gen.adapter_id is not None else []
+        scores = score_images(rt, mine, [gen.prompt] * len(mine), refs_of)
         if scores is not None:
             out[gen.id] = scores
     return out
