@@ -105,7 +105,7 @@ def _adapter_of(client: Any, style_id: str, job_id: str) -> str:
     with client.app.state.sessionmaker() as s:
         job = s.get(TrainingJob, job_id)
         assert job is not None
-        row = Adapter(owner_id=job.owner_id, style_id=style_id, job_id=job_id,
+        row = Adapter(version=1, owner_id=job.owner_id, style_id=style_id, job_id=job_id,
                       blob_key=f"adapters/aa/{job_id}.safetensors", sha256=sha256_hex(b"fake"), bytes=4,
                       base_model="tiny", rank=4, alpha=4.0, targets=["to_q"], descriptor="d", train_prompt="p",
                       steps=3, seed=1, engine_version="test")

@@ -30,7 +30,7 @@ def _subject_adapter(client: TestClient, key: str) -> str:
     with client.app.state.sessionmaker() as s:  # type: ignore[attr-defined]
         job = s.get(TrainingJob, created.json()["job"]["id"])
         assert job is not None
-        row = Adapter(owner_id=job.owner_id, style_id=job.style_id, job_id=job.id, blob_key="adapters/aa/x",
+        row = Adapter(version=1, owner_id=job.owner_id, style_id=job.style_id, job_id=job.id, blob_key="adapters/aa/x",
                       sha256="0" * 64, bytes=1, base_model="tiny", rank=4, alpha=4.0, targets=["to_q"],
                       descriptor="dog", train_prompt="a photo of sks dog", steps=2, seed=1, engine_version="t")
         s.add(row)
