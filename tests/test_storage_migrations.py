@@ -111,13 +111,15 @@ def test_upgrade_works_from_another_directory(tmp_path: Path) -> None:
 
 
 def _versions_backfill(url: str) -> None:
-    """0009 numbers the adapters that already exist per style, oldest first, and 0008b comes back cleanly."""
+    """A database at 0007 holding styles, adapters and a generation migrates to head (0008b adds columns in place,
+    0009 numbers the existing adapters per style, oldest first) and back down to 0007 and up again: no step may
+    rebuild a table that other rows reference."""
     from alembic import command
     from sqlalchemy import text
 
     from storage.db import alembic_config
 
-    command.upgrade(alembic_config(url), "0008b")
+    command.upgrade(alembic_config(url), "0007")
     engine = make_engine(url)
     try:
         with engine.begin() as conn:
@@ -150,6 +152,12 @@ def _versions_backfill(url: str) -> None:
         command.downgrade(alembic_config(url), "0008b")
         with engine.connect() as conn:
             assert "version" not in {c["name"] for c in inspect(conn).get_columns("adapters")}
+        command.downgrade(alembic_config(url), "0007")
+        with engine.connect() as conn:
+            assert "kind" not in {c["name"] for c in inspect(conn).get_columns("styles")}
+            assert conn.execute(text("SELECT adapter_id FROM generations")).scalar() == "a1"
+        upgrade_to_head(url)
+        assert _diff(url) == []
     finally:
         engine.dispose()
 
