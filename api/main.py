@@ -27,7 +27,6 @@ from storage.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
-MULTIPART_OVERHEAD = 1024 * 1024  # form fields and part headers on top of the files
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
@@ -82,9 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app)
     # RequestGuard bounds the whole request body (style images, or init image + mask, plus fields) with a 413
     # problem; each file is then read in chunks against max_upload_bytes.
-    app.add_middleware(RequestGuard, max_json_bytes=settings.max_json_bytes,
-                       max_body_bytes=max(2, settings.max_style_images) * settings.max_upload_bytes
-                       + MULTIPART_OVERHEAD)
+    app.add_middleware(RequestGuard, max_json_bytes=settings.max_json_bytes, max_body_bytes=settings.max_body_bytes)
     for module in (styles, jobs, adapters, generations, webhooks, keys, admin, health, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

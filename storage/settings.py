@@ -165,6 +165,12 @@ class Settings(BaseSettings):
         return (self.blob_dir or self.data_dir / "blobs").resolve()
 
     @property
+    def max_body_bytes(self) -> int:
+        """The largest request body (413 beyond it, while it streams): every file a request may carry at
+        max_upload_bytes (a style's images, or an init image + mask), plus 1 MiB of form fields and part headers."""
+        return max(2, self.max_style_images) * self.max_upload_bytes + 1024 * 1024
+
+    @property
     def is_demo_model(self) -> bool:
         """The random-weight `tiny` preset (by name, or a directory the engine built it in: it carries the
         `.complete` marker that only the tiny preset's builder writes). Its images are noise; the pages say so."""

@@ -317,7 +317,7 @@ def test_oversized_body_is_refused_while_streaming(client, keys, tmpdir_watch) -
     assert start["status"] == 413
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     assert json.loads(body)["code"] == "body_too_large"  # a problem+json reason
-    limit = 2 * app.state.settings.max_upload_bytes + 1024 * 1024
+    limit = app.state.settings.max_body_bytes
     assert pulled * len(chunk) < limit + 4 * len(chunk), f"read {pulled} chunks for a {limit}-byte limit"
     assert pulled < total_chunks // 10
     assert_nothing_left(client, tmpdir_watch)
