@@ -104,14 +104,22 @@ def test_redis_outage_loses_nothing_and_runs_nothing_twice(tmp_path: Path, pg_ur
                 assert len(runs) == 1, (job_id, runs)
             _assert_generations_once(db)
             assert_all_final_one_adapter_each(db)
-            # the queued job's message died with the old server, the late ones were never sent: the reconciler
-            # sent all of them (the lost one because LLEN train < the sent rows waiting)
-            reconciled = [line for line in (tmp_path / "reconcile0.log").read_text().splitlines()
+            # the late rows were never sent: only the reconciler can have sent them
+            log = (tmp_path / "reconcile0.log").read_text()
+            reconciled = [line.split("sent_jobs=")[1].split("requeued_jobs")[0] for line in log.splitlines()
                           if "reconciled:" in line]
-            for row_id in (jobs[1], jobs[2], gens[-1]):
-                assert any(row_id in line.split("sent_jobs=")[1].split("requeued_jobs")[0]
-                           for line in reconciled), (row_id, reconciled)
-            assert "re-sending them" in (tmp_path / "reconcile0.log").read_text()
+
+            def sent(row_id: str) -> bool:
+                return any(row_id in line for line in reconciled)
+
+            for row_id in (jobs[2], gens[-1]):
+                assert sent(row_id), (row_id, reconciled)
+            # the queued job's message died with the old server: the reconciler re-sends it when the queue holds
+            # fewer messages than sent rows wait on it, unless a worker took it first on a later row's message
+            # (the database, not the message, decides which queued job a worker runs: the oldest). Either way it
+            # ran exactly once (checked above).
+            if sent(jobs[1]):
+                assert "re-sending them" in log
     finally:
         db.close()
         redis.stop()
