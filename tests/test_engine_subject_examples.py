@@ -9,64 +9,40 @@ own caption. (Helpers are local: tests import shared ones from tests/helpers onl
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from tests.helpers.engine import assert_same_result, pattern_image
 from trainer.examples import TrainingExample, subject_prompt
 from trainer.model import AmusedParts
-from trainer.train import StyleSpec, TrainConfig, TrainResult, train_styles, training_prompt
+from trainer.train import StyleSpec, TrainConfig, train_styles, training_prompt
 from trainer.train_data import prepare_style
 
 CONFIG = TrainConfig(progress_every=2)
 
 
-def _image(kind: int) -> Image.Image:
-    a = np.zeros((256, 256, 3), dtype=np.uint8)
-    if kind == 0:  # stripes
-        a[:, ::32] = [255, 0, 0]
-        a[::2] = [0, 0, 255]
-    elif kind == 1:  # checkerboard
-        a[(np.indices((256, 256)).sum(0) // 32) % 2 == 0] = [240, 220, 30]
-    elif kind == 2:  # diagonal gradient
-        a[..., 1] = (np.add.outer(np.arange(256), np.arange(256)) // 2).astype(np.uint8)
-    else:  # dots
-        a[8::24, 8::24] = [255, 255, 255]
-        a[..., 2] = 90
-    return Image.fromarray(a)
-
-
-def _same_training(got: TrainResult, want: TrainResult) -> None:
-    assert got.adapter is not None and want.adapter is not None
-    assert got.step == want.step and got.prompt == want.prompt and got.adapter.meta == want.adapter.meta
-    np.testing.assert_allclose(got.losses, want.losses, rtol=1e-4)
-    for k, v in want.adapter.tensors.items():
-        err = float((got.adapter.tensors[k] - v).norm() / v.norm().clamp(min=1e-12))
-        assert err <= 2e-3, (k, err)
-
-
 def _captioned(steps: int = 5) -> StyleSpec:
-    return StyleSpec([], "flat", examples=[TrainingExample(_image(0), "a red fence in flat style"),
-                                           TrainingExample(_image(2), "a green hill in flat style"),
-                                           TrainingExample(_image(1), "a red fence in flat style")],
+    return StyleSpec([], "flat", examples=[TrainingExample(pattern_image(0), "a red fence in flat style"),
+                                           TrainingExample(pattern_image(2), "a green hill in flat style"),
+                                           TrainingExample(pattern_image(1), "a red fence in flat style")],
                      steps=steps, seed=7, learning_rate=3e-3)
 
 
 def test_a_multi_example_style_trained_beside_others_equals_it_alone(engine_parts: AmusedParts) -> None:
     (alone,) = train_styles(engine_parts, [_captioned()], CONFIG)
-    others = [StyleSpec([_image(0)], "stripes", steps=4, seed=1, learning_rate=3e-3),
-              StyleSpec([_image(1), _image(3)], "checkers", content="a board", steps=5, seed=2, learning_rate=2e-3)]
+    others = [StyleSpec([pattern_image(0)], "stripes", steps=4, seed=1, learning_rate=3e-3),
+              StyleSpec([pattern_image(1), pattern_image(3)], "checkers", content="a board", steps=5, seed=2,
+                        learning_rate=2e-3)]
     together = train_styles(engine_parts, [others[0], _captioned(), others[1]], CONFIG)
-    _same_training(together[1], alone)
+    assert_same_result(together[1], alone)
     assert alone.prompt == training_prompt("flat")  # the adapter records the style's StyleDrop prompt
 
 
 def test_examples_captioned_with_the_styledrop_prompt_are_the_images_style(engine_parts: AmusedParts) -> None:
     prompt = training_prompt("checkers", "a board")
-    plain = StyleSpec([_image(1), _image(3)], "checkers", content="a board", steps=3, seed=2)
-    examples = StyleSpec([], "checkers", content="a board", examples=[TrainingExample(_image(1), prompt),
-                                                                      TrainingExample(_image(3), prompt)],
+    plain = StyleSpec([pattern_image(1), pattern_image(3)], "checkers", content="a board", steps=3, seed=2)
+    examples = StyleSpec([], "checkers", content="a board", examples=[TrainingExample(pattern_image(1), prompt),
+                                                                      TrainingExample(pattern_image(3), prompt)],
                          steps=3, seed=2)
     a, b = train_styles(engine_parts, [plain, examples], TrainConfig(progress_every=1))
     assert a.losses == b.losses and a.adapter is not None and b.adapter is not None
@@ -74,7 +50,7 @@ def test_examples_captioned_with_the_styledrop_prompt_are_the_images_style(engin
 
 
 def test_each_image_trains_on_its_own_caption(engine_parts: AmusedParts) -> None:
-    data = prepare_style(engine_parts, [_image(0), _image(2), _image(1)], "unused",
+    data = prepare_style(engine_parts, [pattern_image(0), pattern_image(2), pattern_image(1)], "unused",
                          captions=["fence", "hill", "fence"])
     assert data.text_of_image is not None and data.text_of_image.tolist() == [0, 1, 0]
     assert data.hidden.shape[0] == 2 and not torch.equal(data.hidden[0], data.hidden[1])
@@ -85,7 +61,7 @@ def test_each_image_trains_on_its_own_caption(engine_parts: AmusedParts) -> None
     a, b = train_styles(engine_parts, [_captioned(), other], CONFIG)
     assert a.losses != b.losses
     with pytest.raises(ValueError, match="captions"):
-        prepare_style(engine_parts, [_image(0)], "unused", captions=["a", "b"])
+        prepare_style(engine_parts, [pattern_image(0)], "unused", captions=["a", "b"])
 
 
 def test_the_subject_prompt_is_dreambooths_form() -> None:
@@ -97,12 +73,12 @@ def test_the_subject_prompt_is_dreambooths_form() -> None:
 
 def test_a_subject_adapter_trains_on_its_photos_and_records_the_subject_prompt(engine_parts: AmusedParts) -> None:
     prompt = subject_prompt("dog")
-    spec = StyleSpec([], "dog", prompt=prompt, examples=[TrainingExample(_image(k), prompt) for k in (0, 3)],
+    spec = StyleSpec([], "dog", prompt=prompt, examples=[TrainingExample(pattern_image(k), prompt) for k in (0, 3)],
                      steps=2, seed=1)
     (result,) = train_styles(engine_parts, [spec], CONFIG)
     assert result.adapter is not None and result.adapter.meta.train_prompt == "a photo of sks dog"
     # the same photos under one prompt given as `prompt` train the same adapter
-    (same,) = train_styles(engine_parts, [StyleSpec([_image(0), _image(3)], "dog", prompt=prompt, steps=2, seed=1)],
-                           CONFIG)
+    same_photos = StyleSpec([pattern_image(0), pattern_image(3)], "dog", prompt=prompt, steps=2, seed=1)
+    (same,) = train_styles(engine_parts, [same_photos], CONFIG)
     assert same.losses == result.losses and same.adapter is not None
     assert all(torch.equal(v, same.adapter.tensors[k]) for k, v in result.adapter.tensors.items())

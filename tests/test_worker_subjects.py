@@ -15,6 +15,7 @@ from storage.blobs import content_key, sha256_hex
 from storage.models import Adapter, Generation, JobEvent, Style, TrainingJob
 from tests.helpers.db import get_row, make_generation, make_job
 from tests.helpers.images import style_png
+from tests.helpers.spies import record_calls
 from worker import generation
 from worker.runtime import Runtime
 
@@ -98,14 +99,7 @@ def test_style_and_subject_mix_in_one_batch_and_gamma_zero_is_the_style_alone(
                             text_guidance=5.0)
     subject_only = make_generation(gen_rt, owner, None, subject_adapter_id=subject)  # γ: the default
     base = make_generation(gen_rt, owner, None)
-    calls: list[list[trainer.GenerationRequest]] = []
-    real = trainer.sample
-
-    def spy(parts: Any, requests: Any, **kw: Any) -> Any:
-        calls.append(list(requests))
-        return real(parts, requests, **kw)
-
-    monkeypatch.setattr(trainer, "sample", spy)
+    calls = record_calls(monkeypatch, trainer, "sample")
     assert generation.run_generate(gen_rt, alone) == "done"
     assert len(calls) == 1 and len(calls[0]) == 5  # every combination in one sampling loop
     reqs = calls[0]

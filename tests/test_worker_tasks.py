@@ -16,6 +16,7 @@ from storage.blobs import sha256_hex
 from storage.models import Adapter, Generation, JobEvent, Style, TrainingJob, Worker, utcnow
 from storage.states import WorkKind
 from tests.helpers.db import get_row, make_generation, make_job
+from tests.helpers.spies import record_calls
 from worker import generation
 from worker.reconciler import reconcile_once
 from worker.runtime import Runtime, beat_once
@@ -173,14 +174,7 @@ def test_generate_batches_different_adapters_in_one_sample_call(
     g1 = make_generation(rt2, owner, a1, num_images=2)
     g2 = make_generation(rt2, owner, a2)
     g3 = make_generation(rt2, owner, None)
-    calls: list[list[trainer.GenerationRequest]] = []
-    real = trainer.sample
-
-    def spy(parts: Any, requests: Any, **kw: Any) -> Any:
-        calls.append(list(requests))
-        return real(parts, requests, **kw)
-
-    monkeypatch.setattr(trainer, "sample", spy)
+    calls = record_calls(monkeypatch, trainer, "sample")
     assert generation.run_generate(rt2, g1) == "done"
     assert len(calls) == 1 and len(calls[0]) == 4
     assert [r.seed for r in calls[0]] == [7, 8, 7, 7]

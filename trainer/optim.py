@@ -58,6 +58,9 @@ class SlotAdamW(torch.optim.Optimizer):
             self.state[p]["exp_avg"][slot].zero_()
             self.state[p]["exp_avg_sq"][slot].zero_()
         self.lr[slot] = lr
+        self._set_step(slot, step)
+
+    def _set_step(self, slot: int, step: int) -> None:
         self.steps[slot] = float(step)
 
     def set_active(self, active: torch.Tensor, slots: Sequence[int] = ()) -> None:
@@ -78,7 +81,7 @@ class SlotAdamW(torch.optim.Optimizer):
         for name, views in self.slot_state(slot).items():
             for dst, src in zip(views, state[name], strict=True):
                 dst.copy_(src)
-        self.steps[slot] = float(step)
+        self._set_step(slot, step)
 
     @torch.no_grad()
     def clip_slots_(self, max_norm: float) -> None:

@@ -64,7 +64,10 @@ class SlotAdamW8bit(SlotAdamW):
             for t in self.state[p].values():
                 t[slot].zero_()
         self.lrs[slot] = lr
-        self.slot_steps[slot] = step
+        self._set_step(slot, step)
+
+    def _set_step(self, slot: int, step: int) -> None:
+        self.slot_steps[slot] = step  # on the host: bitsandbytes' kernel takes the step as a number
 
     def set_active(self, active: torch.Tensor, slots: Sequence[int] = ()) -> None:
         self.active_slots = sorted(slots)
@@ -73,13 +76,6 @@ class SlotAdamW8bit(SlotAdamW):
         """uint8 codes of both moments and their per-block fp32 absmax, one tensor per parameter (views)."""
         ps = self.params
         return {name: [self.state[p][name][slot] for p in ps] for name in ("state1", "state2", "absmax1", "absmax2")}
-
-    @torch.no_grad()
-    def load_slot_state(self, slot: int, state: dict[str, list[torch.Tensor]], step: int) -> None:
-        for name, views in self.slot_state(slot).items():
-            for dst, src in zip(views, state[name], strict=True):
-                dst.copy_(src)
-        self.slot_steps[slot] = step
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:  # type: ignore[override]

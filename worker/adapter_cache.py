@@ -109,9 +109,14 @@ class AdapterCache:
         while len(self._cpu) > self.cpu_capacity:
             self._cpu.popitem(last=False)
 
+    @property
+    def prefetching(self) -> bool:
+        """Whether `prefetch` does anything: it needs a host tier and a non-zero limit."""
+        return self.cpu_capacity > 0 and self.prefetch_limit > 0
+
     def prefetch(self, adapter_ids: Iterable[str]) -> int:
         """Queue adapters for the host tier (at most `prefetch_limit` at a time); returns how many were queued."""
-        if self.cpu_capacity == 0 or self.prefetch_limit == 0:
+        if not self.prefetching:
             return 0
         with self._lock:
             todo = [a for a in dict.fromkeys(adapter_ids) if a not in self._gpu and a not in self._cpu]

@@ -74,6 +74,8 @@ def claim(rt: Runtime, generation_id: str) -> list[Generation]:
 def prefetch(rt: Runtime, rows: Sequence[Generation]) -> None:
     """Start reading, in the background, the adapters of the generations queued behind this batch (this batch's own
     are loaded now), so a cold adapter's store read overlaps sampling instead of stalling the next batch."""
+    if not rt.cache().prefetching:
+        return  # no query for adapters nobody will read
     with rt.session_factory() as s:
         queued = claims.queued_adapter_ids(s, limit=rt.settings.adapter_prefetch)
     mine = {a for g in rows for a in adapters_of(g)}
