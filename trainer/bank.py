@@ -77,7 +77,6 @@ class LoraBank(nn.Module):
         self._rows_buf = torch.zeros(0, dtype=torch.long, device=device)
         self._rows: torch.Tensor | None = None  # view of _rows_buf while a route is set
         self._start = 0  # rows before this one are base rows (no LoRA work at all)
-        self._m = 0  # number of routed rows, from `_start`
         self._row_scale: torch.Tensor | None = None  # (n, 1, 1), gathered once per forward (trainable banks)
         self._loaded: list[str | None] = [None] * s  # host-side: the name of the adapter in each slot
         self._transformer = [transformer]  # a list, so nn.Module does not register the model as a child
@@ -216,7 +215,7 @@ class LoraBank(nn.Module):
             self._rows_buf = torch.zeros(m, dtype=torch.long, device=self.device)
         rows = self._rows_buf[:m]
         rows.copy_(src, non_blocking=True)
-        self._rows, self._start, self._m = rows, start, m
+        self._rows, self._start = rows, start
         self._regather()
         return rows
 

@@ -80,10 +80,10 @@ class BankSite:
     def __call__(self, _module: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor | None:
         bank = self.bank
         rows = bank._rows
-        if rows is None or bank._m == 0:
+        if rows is None or rows.shape[0] == 0:
             return None  # no route, or no routed row: the base model
         x = args[0]
-        start, m = bank._start, bank._m
+        start, m = bank._start, rows.shape[0]  # routed rows: start .. start + m
         if x.shape[0] != start + m:
             raise AdapterError(f"the batch has {x.shape[0]} rows but the bank routes {start} + {m}")
         if bank.trainable:
