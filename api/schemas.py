@@ -19,7 +19,7 @@ from storage.resources import GenerationPublic as GenerationPublic  # re-exporte
 from storage.users import BadUserName, validate_user_name
 
 MAX_SEED = 2**31 - 1
-DEFAULT_SUBJECT_WEIGHT = 0.5  # γ: trainer.limits.DEFAULT_SUBJECT_WEIGHT (tests/test_engine_sampler.py keeps them equal)
+DEFAULT_SUBJECT_WEIGHT = 0.5  # γ, as trainer/contracts/limits.py (a test keeps them equal)
 MAX_OFFSET = 2**31 - 1  # list offsets and event cursors: larger ones overflow SQLite/PostgreSQL integers
 
 
@@ -159,7 +159,7 @@ class StyleUpdate(BaseModel):
 
 
 class GenerationCreate(BaseModel):
-    """The bounds and defaults are the engine's (trainer/limits.py, which api/ cannot import); a test keeps the
+    """The bounds and defaults are the engine's (trainer/contracts/limits.py); a test keeps the
     two in step."""
 
     model_config = ConfigDict(extra="forbid")

@@ -167,7 +167,7 @@ def test_api_and_settings_agree_with_the_engine_limits() -> None:
     one the sampler runs, with the same defaults."""
     from api.schemas import GenerationCreate
     from storage.settings import Settings
-    from trainer import limits
+    from trainer.contracts import limits
 
     props = GenerationCreate.model_json_schema()["properties"]
     for name, lo, hi, default in (

@@ -105,7 +105,7 @@ def test_style_and_subject_mix_in_one_batch_and_gamma_zero_is_the_style_alone(
     reqs = calls[0]
     assert reqs[0].subject is None and reqs[1].subject is not None and reqs[1].subject == reqs[2].subject
     assert reqs[0].adapter == reqs[1].adapter and reqs[0].adapter != reqs[1].subject
-    assert [r.subject_weight for r in reqs[1:4]] == [0.0, 0.6, trainer.limits.DEFAULT_SUBJECT_WEIGHT]
+    assert [r.subject_weight for r in reqs[1:4]] == [0.0, 0.6, trainer.contracts.limits.DEFAULT_SUBJECT_WEIGHT]
     assert reqs[2].text_guidance == 5.0 and reqs[0].text_guidance is None
     assert reqs[3].adapter is None and reqs[4].adapter is None and reqs[4].subject is None
     assert gen_rt.cache().stats()["misses"] == 2  # both adapters went through the cache, once each

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image, UnidentifiedImageError
 
-from . import limits
+from .contracts import limits
 
 if TYPE_CHECKING:
     from .lora import Adapter

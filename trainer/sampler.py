@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from . import limits
 from .bank import find_bank
+from .contracts import limits
 from .encode import (
     TextEmbedding,
     decode_tokens,

@@ -22,7 +22,7 @@ from storage.blobs import BlobIntegrityError, BlobNotFound, new_key
 from storage.models import Generation, utcnow
 from storage.states import GenerationState
 from trainer import GenerationRequest
-from trainer.limits import DEFAULT_SUBJECT_WEIGHT
+from trainer.contracts.limits import DEFAULT_SUBJECT_WEIGHT
 from worker.adapter_cache import AdapterMissing, split_by_slots
 from worker.progress import StepRecorder
 from worker.runtime import Runtime
