@@ -114,7 +114,13 @@ class Settings(BaseSettings):
 
     # --- delivery ----------------------------------------------------------------------------------------------
     visibility_timeout: int = Field(default=6 * 3600, description="Seconds; above the longest job (Celery #5935).")
-    heartbeat_stale_seconds: int = 120
+    heartbeat_stale_seconds: float = Field(default=10.0, gt=0, description=(
+        "A running job or generation whose worker has not beaten for this long is taken back to the queue (by "
+        "the reconciler's sweep, or by the next worker its message reaches). Several beats fit in it, so a slow "
+        "database write or a busy host does not look like a death; hosts' clocks must agree to well within it."))
+    heartbeat_every_seconds: float = Field(default=2.0, gt=0, description=(
+        "How often a worker's heartbeat thread (independent of training steps) bumps its rows; at most a third "
+        "of heartbeat_stale_seconds is used. The reconciler sweeps for stale rows this often too."))
     reconcile_every: float = 30.0
     restart_max_crashes: int = Field(default=5, description="`styledrop up` gives up on a child that exits this "
                                      "many times within restart_window_seconds.")

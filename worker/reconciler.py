@@ -3,7 +3,8 @@
 - `queued` jobs/generations whose message was never sent (enqueue failed after commit), or sent so long ago that
   it must be lost, are sent again (a duplicate message is harmless: the task finds the row taken and returns);
 - `running` jobs/generations whose heartbeat is stale (worker killed) go back to `queued` and are re-sent; the
-  train task then resumes from the last checkpoint;
+  train task then resumes from the last checkpoint. Between full passes (every reconcile_every) this sweep alone
+  runs every heartbeat_every_seconds (`requeue_stale`), so the failover takes about heartbeat_stale_seconds;
 - those already at `max_attempts` end `failed` instead of looping; a stale `cancelling` job ends `cancelled`;
 - when the broker holds fewer messages in a queue than the database has rows waiting on it (a Redis restart
   without persistence, a flushed queue), every waiting row sent before the grace period is sent again at once,
@@ -135,6 +136,20 @@ def requeue_dead_worker(
     return report
 
 
+def requeue_stale(session_factory: sessionmaker[Session], settings: Settings, send: Send) -> ReconcileReport:
+    """Only the stale-heartbeat part of a pass: requeue and re-send the rows of workers that stopped beating.
+    Cheap (one indexed query per table when nothing is stale), so `run_forever` runs it every
+    heartbeat_every_seconds between full passes: a dead worker's work is back in the queue about
+    heartbeat_stale_seconds after its death, not a reconcile_every later. Safe beside other reconcilers: every
+    requeue is a conditional UPDATE (one of them wins), and a duplicate wake-up finds its row taken."""
+    report = ReconcileReport()
+    with session_factory() as session:
+        _send_all(session, report, send, _repair_stale(session, settings, report))
+    if report.changed:
+        logger.info("requeued stale work: %s", report)
+    return report
+
+
 def reconcile_once(
     session_factory: sessionmaker[Session],
     settings: Settings,
@@ -229,8 +244,19 @@ def run_forever(
             except Exception:
                 logger.exception("reclaim pass failed")
             next_reclaim = time.monotonic() + settings.reclaim_every
-        stop.wait(settings.reconcile_every)
+        _sweep_until(session_factory, settings, send, stop, time.monotonic() + settings.reconcile_every)
     hooks.join(timeout=settings.webhook_timeout_seconds + 5)
+
+
+def _sweep_until(session_factory: sessionmaker[Session], settings: Settings, send: Send, stop: threading.Event,
+                 deadline: float) -> None:
+    """Until `deadline` (the next full pass) or `stop`: `requeue_stale` every heartbeat_every_seconds."""
+    every = max(0.05, min(settings.heartbeat_every_seconds, settings.heartbeat_stale_seconds / 3))
+    while not stop.wait(max(0.0, min(every, deadline - time.monotonic()))) and time.monotonic() < deadline:
+        try:
+            requeue_stale(session_factory, settings, send)
+        except Exception:
+            logger.exception("stale sweep failed")
 
 
 def start_thread(

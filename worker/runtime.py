@@ -204,10 +204,15 @@ def beat_once(rt: Runtime) -> None:
 
 
 def start_heartbeat(rt: Runtime, every: float | None = None) -> tuple[threading.Event, threading.Thread]:
-    """Beat now, then every `every` seconds (default: 5 s, or a third of heartbeat_stale_seconds when that is
-    shorter) from a daemon thread until the returned event is set."""
+    """Beat now, then every `every` seconds (default: heartbeat_every_seconds, at most a third of
+    heartbeat_stale_seconds) from a daemon thread until the returned event is set.
+
+    A thread, not the training callbacks: a step that blocks longer than the stale window (a long GPU kernel, a
+    slow first compile) waits in torch with the GIL released, so the beats go on and the worker keeps its rows;
+    a process that is gone beats no more, and the reconciler takes its rows back within the window."""
     if every is None:
-        every = min(5.0, max(0.5, rt.settings.heartbeat_stale_seconds / 3))
+        s = rt.settings
+        every = max(0.05, min(s.heartbeat_every_seconds, s.heartbeat_stale_seconds / 3))
     stop = threading.Event()
 
     def loop() -> None:
