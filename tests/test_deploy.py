@@ -37,10 +37,18 @@ def test_services_and_health_checks(compose: dict) -> None:
         assert deps["migrate"]["condition"] == "service_completed_successfully"
 
 
-def test_gpu_workers_reserve_a_gpu(compose: dict) -> None:
-    for name in ("train-worker", "generate-worker"):
-        devices = compose["services"][name]["deploy"]["resources"]["reservations"]["devices"]
-        assert devices[0]["capabilities"] == ["gpu"] and devices[0]["count"] == 1
+def test_a_train_and_a_generate_worker_on_each_of_several_gpus(compose: dict) -> None:
+    """Every worker service reserves exactly one GPU by id; each GPU has one worker of each queue."""
+    per_gpu: dict[str, list[str]] = {}
+    for service in compose["services"].values():
+        command = service.get("command") or []
+        if command[:2] != ["styledrop", "worker"]:
+            continue
+        (device,) = service["deploy"]["resources"]["reservations"]["devices"]
+        assert device["capabilities"] == ["gpu"] and "count" not in device
+        (gpu,) = device["device_ids"]
+        per_gpu.setdefault(gpu, []).append(command[command.index("--queue") + 1])
+    assert len(per_gpu) >= 2 and all(sorted(q) == ["generate", "train"] for q in per_gpu.values()), per_gpu
 
 
 def test_every_command_is_a_real_invocation(compose: dict) -> None:

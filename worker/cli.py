@@ -1,7 +1,9 @@
 """The `styledrop` command line (also `python -m worker.cli`).
 
-    styledrop up [--model tiny] [--host H] [--port P]   API + one train worker + one generate worker + reconciler
-    styledrop worker --queue train|generate             one Celery worker (--pool solo: one process per GPU)
+    styledrop up [--model tiny] [--host H] [--port P] [--gpus N]
+                                                        API + a train and a generate worker (per GPU) + reconciler
+    styledrop worker --queue train|generate [--device cuda:N]
+                                                        one Celery worker (--pool solo: one process per GPU)
     styledrop migrate                                   bring the database to the newest schema
     styledrop reconcile [--once]                        re-send lost messages, requeue jobs of dead workers
     styledrop users create NAME [--admin]               prints the new API key once
@@ -65,6 +67,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = _settings()
     from storage.db import make_engine, make_sessionmaker, upgrade_to_head
     from worker import reconciler
+    from worker.devices import is_worker, worker_commands
     from worker.supervisor import Supervisor
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -76,8 +79,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         # a bounded graceful shutdown: open event streams must not keep the port after a stop
         "api": [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--host", host, "--port", port,
                 "--timeout-graceful-shutdown", "5"],
-        "train": [sys.executable, "-m", "worker.cli", "worker", "--queue", "train"],
-        "generate": [sys.executable, "-m", "worker.cli", "worker", "--queue", "generate"],
+        **worker_commands(args.gpus),  # a train and a generate worker, on each GPU with --gpus
     }
     logger.info("data in %s, database %s, broker %s, model %s", settings.data_dir.resolve(),
                 "sqlite (embedded)" if settings.database_url is None else "DATABASE_URL",
@@ -96,7 +98,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     send = reconciler.celery_sender()
 
     def on_exit(name: str, pid: int) -> None:
-        if name in ("train", "generate"):  # we saw it die: no need to wait for its heartbeat to go stale
+        if is_worker(name):  # we saw it die: no need to wait for its heartbeat to go stale
             reconciler.requeue_dead_worker(factory, settings, f"{socket.gethostname()}:{pid}", send)
 
     supervisor = Supervisor(commands, env=_child_env(settings.data_dir), on_exit=on_exit,
@@ -115,10 +117,13 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    if args.device:  # bound to one device: the runtime resolves the model's device from the settings
+        os.environ["STYLEDROP_DEVICE"] = args.device
     settings = _settings()
     from worker.celery_app import app
+    from worker.devices import node_name
 
-    argv = ["worker", "--pool", "solo", "-Q", args.queue, "-n", f"{args.queue}-{os.getpid()}@%h",
+    argv = ["worker", "--pool", "solo", "-Q", args.queue, "-n", node_name(args.queue, args.device, os.getpid()),
             "--loglevel", args.loglevel]
     if settings.embedded_broker:  # the file-system transport has no broadcast: no gossip/mingle
         argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
@@ -157,6 +162,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from worker.devices import device_arg, gpus_arg
+
     parser = argparse.ArgumentParser(prog="styledrop", description="StyleDrop adapters for aMUSEd, as a service.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -164,10 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--model", help="base model for the workers (sets STYLEDROP_MODEL), e.g. tiny or amused-256")
     up.add_argument("--host", help="API bind address (default STYLEDROP_HOST or 127.0.0.1)")
     up.add_argument("--port", type=int, help="API port (default STYLEDROP_PORT or 8000)")
+    up.add_argument("--gpus", type=gpus_arg, help="start a train and a generate worker on each of cuda:0 … "
+                    "cuda:N-1 (default: one of each on STYLEDROP_DEVICE)")
     up.set_defaults(func=cmd_up)
 
     worker = sub.add_parser("worker", help="run one Celery worker process (--pool solo)")
     worker.add_argument("--queue", choices=["train", "generate"], required=True)
+    worker.add_argument("--device", type=device_arg, help="bind this worker to one device, e.g. cuda:1 (sets "
+                        "STYLEDROP_DEVICE for this process)")
     worker.add_argument("--loglevel", default="INFO")
     worker.set_defaults(func=cmd_worker)
 

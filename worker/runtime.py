@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from storage.blobs import BlobStore, blob_store_from_settings
 from storage.db import make_engine, make_sessionmaker
 from storage.settings import Settings, get_settings
+from worker.devices import bind
 
 if TYPE_CHECKING:
     from trainer import AmusedParts, ClipParts
@@ -69,6 +70,7 @@ class Runtime:
                 s = self.settings
                 try:
                     device = trainer.resolve_device(s.device)
+                    bind(device)  # a worker bound to one GPU (--device cuda:N) makes it the current device
                     dtype = trainer.resolve_dtype(s.dtype, device)
                 except ValueError as exc:  # a configuration an operator has to fix, like a missing model
                     raise trainer.ModelLoadError(f"STYLEDROP_DEVICE / STYLEDROP_DTYPE: {exc}") from exc
