@@ -72,8 +72,6 @@ def test_two_apis_two_by_two_workers_on_s3_survive_sigkills_exactly_once(
                 for i, key in enumerate(keys)]
         assert all(r.status_code == 202 for r in jobs), [r.text for r in jobs]
         job_ids = [r.json()["job"]["id"] for r in jobs]
-        gens = [up.post("/v1/generations", headers={"Authorization": f"Bearer {keys[i % 4]}"}, json={
-            "prompt": f"a cat {i}", "steps": 12, "num_images": 2, "seed": i}).json()["id"] for i in range(8)]
 
         # SIGKILL the train worker of a job past its first checkpoint, and a generate worker mid-batch
         def resumable() -> list[tuple[str, str]]:
@@ -86,6 +84,10 @@ def test_two_apis_two_by_two_workers_on_s3_survive_sigkills_exactly_once(
         killed_at = datetime.now(UTC)
         at_kill = db.job(job)
         assert at_kill.state == "running" and at_kill.worker_host == host, at_kill
+        # generations queued now find the generate workers idle: a batch is claimed, then the model loads and
+        # it samples, so there is time to catch it running
+        gens = [up.post("/v1/generations", headers={"Authorization": f"Bearer {keys[i % 4]}"}, json={
+            "prompt": f"a cat {i}", "steps": 12, "num_images": 2, "seed": i}).json()["id"] for i in range(8)]
         (_, gen_host), *_ = wait_for("a generation batch", lambda: running_on(db, "generations"), top, 300, 0.05)
         kill(top.proc_of(gen_host))
         interrupted = {gid for gid, h in running_on(db, "generations") if h == gen_host}
