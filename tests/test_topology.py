@@ -126,10 +126,11 @@ def test_two_apis_two_by_two_workers_on_s3_survive_sigkills_exactly_once(
 
         # singleton loops, two of each: one delivery per webhook event, no failed pass, and two reclaimers at
         # once (grace 0, everything final) leave exactly the referenced blobs, the orphans of the killed batch gone
+        wait_for("every job's completed webhook", lambda: [h["styledrop-event"] for h, _ in receiver.requests]
+                 .count("completed") >= len(job_ids), top, timeout=60)  # delivery runs a poll behind the rows
         ids = [h["webhook-id"] for h, _ in receiver.requests]
         assert ids and len(ids) == len(set(ids)), ids
-        completed = [h["styledrop-event"] for h, _ in receiver.requests].count("completed")
-        assert completed == len(job_ids)
+        assert [h["styledrop-event"] for h, _ in receiver.requests].count("completed") == len(job_ids)
         for n in (0, 1):
             log = (tmp_path / f"reconcile{n}.log").read_text()
             assert not any(m in log for m in ("pass failed", "sweep failed", "Traceback")), log[-4000:]
