@@ -116,11 +116,16 @@ def transition(
 
 
 def transition_generation(
-    session: Session, generation_id: str, *, expected: str | Collection[str], new: str, **fields: Any
+    session: Session, generation_id: str, *, expected: str | Collection[str], new: str,
+    worker_host: str | None = None, **fields: Any
 ) -> bool:
-    """The generation counterpart of `transition` (generations write no event rows, but may queue a webhook)."""
+    """The generation counterpart of `transition` (generations write no event rows, but may queue a webhook).
+    `worker_host`: only while that worker holds the row (a worker that was frozen past the stale window finds its
+    row taken over, perhaps running elsewhere, and must not finish it)."""
     states = _checked(Generation, expected, new, fields)
-    if not _update_one(session, Generation, generation_id, Generation.state.in_(states), state=new, **fields):
+    mine = () if worker_host is None else (Generation.worker_host == worker_host,)
+    if not _update_one(session, Generation, generation_id, Generation.state.in_(states), *mine, state=new,
+                       **fields):
         return False
     webhooks.state_changed(session, Generation, generation_id, new)
     return True

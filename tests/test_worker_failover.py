@@ -1,7 +1,8 @@
 """Failover across hosts, in-process on the tiny model: a training step that blocks for three stale windows keeps
 its job while the worker's heartbeat thread beats; when the worker stops beating (gone, or frozen) the
 reconciler's stale sweep takes the job back, another host resumes it from the last checkpoint, and the frozen
-worker, when it wakes, writes nothing more. The same with real processes and SIGKILL: tests/test_topology.py."""
+worker, when it wakes, writes nothing more; a frozen generate worker likewise finishes nothing that another
+worker took over. The same with real processes and SIGKILL: tests/test_topology.py."""
 
 from __future__ import annotations
 
@@ -13,13 +14,16 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+import trainer
 import worker.tasks as tasks
 import worker.training as training
 from storage.db import make_engine, make_sessionmaker
-from storage.models import Adapter, JobEvent, TrainingJob
+from storage.models import Adapter, Generation, JobEvent, TrainingJob
 from storage.settings import Settings
 from storage.states import WorkKind
-from tests.helpers.db import get_row, make_job
+from storage.users import create_user
+from tests.helpers.db import get_row, make_generation, make_job
+from worker import generation
 from worker.reconciler import requeue_stale
 from worker.runtime import Runtime, start_heartbeat
 
@@ -107,3 +111,57 @@ def test_a_step_blocked_past_the_stale_window_keeps_its_job_only_while_the_worke
         # the frozen worker woke, saw the job was no longer its own and stopped without a write
         assert outcome == ["stopped"] and job.attempts == 2 and job.worker_host == other.worker_host
         assert _progress(rt, job_id) == [2, 4, 6, 6, 8, 10, 12]  # 2, 4, 6 before; 6.. after resuming at 4
+
+
+def test_a_frozen_generate_worker_does_not_finish_a_generation_taken_over_by_another(
+    worker_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The frozen worker wakes while the other one is still sampling the row: it must leave the row running."""
+    settings = worker_settings.model_copy(update={"heartbeat_stale_seconds": STALE})
+    engine = make_engine(settings.resolved_database_url)
+    frozen = Runtime(settings, make_sessionmaker(engine), kind="generate")
+    other = Runtime(settings, frozen.session_factory, frozen.store, kind="generate")
+    other.worker_host = "other-host:4242"
+    with frozen.session_factory() as s:
+        owner = create_user(s, "gen-owner").id
+        s.commit()
+    gen_id = make_generation(frozen, owner, None, num_images=2)
+    # per worker thread: set once it has sampled, then it waits for its release
+    sampled = {name: threading.Event() for name in ("frozen", "other")}
+    release = {name: threading.Event() for name in ("frozen", "other")}
+    real = trainer.sample
+
+    def pausing(parts: Any, requests: Any, **kw: Any) -> Any:
+        results = real(parts, requests, **kw)
+        name = threading.current_thread().name
+        sampled[name].set()
+        release[name].wait(120)
+        return results
+
+    monkeypatch.setattr(trainer, "sample", pausing)
+    threads = {name: threading.Thread(target=generation.run_generate, args=(rt, gen_id), name=name)
+               for name, rt in (("frozen", frozen), ("other", other))}
+    try:
+        threads["frozen"].start()
+        assert sampled["frozen"].wait(120)
+        # no heartbeat thread: the frozen worker's row goes stale, the sweep requeues it, the other host claims it
+        deadline = time.monotonic() + 60
+        while get_row(frozen, Generation, gen_id).state != "queued" and time.monotonic() < deadline:
+            requeue_stale(frozen.session_factory, settings, lambda kind, row_id: "task-id")
+            time.sleep(0.05)
+        threads["other"].start()
+        assert sampled["other"].wait(120)
+        release["frozen"].set()  # it wakes while the other worker holds the row
+        threads["frozen"].join(120)
+        row = get_row(frozen, Generation, gen_id)
+        assert (row.state, row.worker_host, row.image_keys) == ("running", other.worker_host, [])
+    finally:
+        for event in release.values():
+            event.set()
+        for thread in threads.values():
+            if thread.is_alive() or thread.ident is not None:
+                thread.join(120)
+        engine.dispose()
+    done = get_row(frozen, Generation, gen_id)
+    assert (done.state, done.worker_host, done.attempts, len(done.image_keys)) == (
+        "succeeded", other.worker_host, 2, 2)

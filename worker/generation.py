@@ -191,8 +191,9 @@ def fail_invalid(rt: Runtime, gens: Sequence[Generation], exc: Exception) -> Non
 
 
 def finish(rt: Runtime, gen_id: str, new: GenerationState, **fields: Any) -> None:
-    """running → `new` (conditional: a row taken away meanwhile stays with whoever has it)."""
+    """running → `new` (conditional: a row taken away meanwhile stays with whoever has it, even when it runs
+    again elsewhere)."""
     with rt.session_factory() as s:
         jobs.transition_generation(s, gen_id, expected=GenerationState.RUNNING, new=new, finished_at=utcnow(),
-                                   **fields)
+                                   worker_host=rt.worker_host, **fields)
         s.commit()
