@@ -93,13 +93,17 @@ def _update_one(session: Session, model: type[Stateful], row_id: str, *condition
 
 
 def transition(
-    session: Session, job_id: str, *, expected: str | Collection[str], new: str, **fields: Any
+    session: Session, job_id: str, *, expected: str | Collection[str], new: str, held_by: str | None = None,
+    **fields: Any
 ) -> bool:
-    """Move job `job_id` from one of `expected` to `new`, setting `fields` in the same UPDATE.
+    """Move job `job_id` from one of `expected` to `new`, setting `fields` in the same UPDATE; with `held_by` (a
+    worker_host), only while that worker holds the job (a worker frozen past the stale window must not end a job
+    that another worker took over).
 
     Returns True when this call changed the row (and wrote one "state" event), False when the job was not in
-    an expected state (someone else moved it first, or it is already final).
+    an expected state (someone else moved it first, or it is already final) or is no longer `held_by`'s.
     """
+    mine = () if held_by is None else (TrainingJob.worker_host == held_by,)
     states = _checked(TrainingJob, expected, new, fields)
     previous: str | None = states[0] if len(states) == 1 else None
     if previous is None:
@@ -108,7 +112,7 @@ def transition(
         previous = session.scalar(select(TrainingJob.state).where(TrainingJob.id == job_id).with_for_update())
         if previous not in states:
             return False
-    if not _update_one(session, TrainingJob, job_id, TrainingJob.state.in_(states), state=new, **fields):
+    if not _update_one(session, TrainingJob, job_id, TrainingJob.state.in_(states), *mine, state=new, **fields):
         return False
     add_event(session, job_id, EventKind.STATE, {"from": previous, "to": new})
     logger.info("job %s: %s -> %s", job_id, previous, new)
@@ -117,13 +121,13 @@ def transition(
 
 def transition_generation(
     session: Session, generation_id: str, *, expected: str | Collection[str], new: str,
-    worker_host: str | None = None, **fields: Any
+    held_by: str | None = None, **fields: Any
 ) -> bool:
     """The generation counterpart of `transition` (generations write no event rows, but may queue a webhook).
-    `worker_host`: only while that worker holds the row (a worker that was frozen past the stale window finds its
-    row taken over, perhaps running elsewhere, and must not finish it)."""
+    `held_by` (a worker_host): only while that worker holds the row (a worker that was frozen past the stale
+    window finds its row taken over, perhaps running elsewhere, and must not finish it)."""
     states = _checked(Generation, expected, new, fields)
-    mine = () if worker_host is None else (Generation.worker_host == worker_host,)
+    mine = () if held_by is None else (Generation.worker_host == held_by,)
     if not _update_one(session, Generation, generation_id, Generation.state.in_(states), *mine, state=new,
                        **fields):
         return False

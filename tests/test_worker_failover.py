@@ -12,11 +12,12 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 import trainer
 import worker.tasks as tasks
 import worker.training as training
+from storage import jobs
 from storage.db import make_engine, make_sessionmaker
 from storage.models import Adapter, Generation, JobEvent, TrainingJob
 from storage.settings import Settings
@@ -75,7 +76,7 @@ def test_a_step_blocked_past_the_stale_window_keeps_its_job_only_while_the_worke
 
     try:
         run.start()
-        assert blocked.wait(120), "the run never reached its slow step"
+        assert blocked.wait(120), f"the run never reached its slow step: {outcome}"
         if not beating:  # the process is gone (or frozen): its heartbeat thread beats no more
             beat_stop.set()
             beat_thread.join()
@@ -165,3 +166,19 @@ def test_a_frozen_generate_worker_does_not_finish_a_generation_taken_over_by_ano
     done = get_row(frozen, Generation, gen_id)
     assert (done.state, done.worker_host, done.attempts, len(done.image_keys)) == (
         "succeeded", other.worker_host, 2, 2)
+
+
+def test_a_frozen_train_worker_does_not_fail_a_job_taken_over_by_another(worker_runtime: Runtime) -> None:
+    """A worker that wakes past the stale window and hits an error must not end the job another worker runs."""
+    rt = worker_runtime
+    job_id = make_job(rt, state="running", attempts=1, worker_host=rt.worker_host)
+    run = training.TrainingRun(rt, [get_row(rt, TrainingJob, job_id)])
+    with rt.session_factory() as s:  # meanwhile: requeued and claimed by another host
+        s.execute(update(TrainingJob).where(TrainingJob.id == job_id).values(worker_host="other-host:4242",
+                                                                             attempts=2))
+        s.commit()
+    run.fail(run.jobs[0], "training_error", "the frozen worker's error")
+    job = get_row(rt, TrainingJob, job_id)
+    assert (job.state, job.worker_host, job.error_code) == ("running", "other-host:4242", None)
+    with rt.session_factory() as s:  # the worker that holds it can still end it
+        assert jobs.transition(s, job_id, expected="running", new="failed", held_by="other-host:4242")

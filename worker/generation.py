@@ -195,5 +195,5 @@ def finish(rt: Runtime, gen_id: str, new: GenerationState, **fields: Any) -> Non
     again elsewhere)."""
     with rt.session_factory() as s:
         jobs.transition_generation(s, gen_id, expected=GenerationState.RUNNING, new=new, finished_at=utcnow(),
-                                   worker_host=rt.worker_host, **fields)
+                                   held_by=rt.worker_host, **fields)
         s.commit()

@@ -272,7 +272,7 @@ class TrainingRun:
         with self.rt.session_factory() as s:
             jobs.transition(s, j.id, expected=JOB_ACTIVE, new=JobState.FAILED, error_code=code,
                             error_message=message, finished_at=utcnow(), eta_seconds=None,
-                            gpu_seconds=j.gpu_seconds())
+                            gpu_seconds=j.gpu_seconds(), held_by=j.job.worker_host)  # not a job taken over
             s.commit()
         return "failed"
 
