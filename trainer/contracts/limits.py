@@ -16,3 +16,15 @@ DEFAULT_STYLE_STRENGTH = 1.0
 MIN_TEXT_GUIDANCE, MAX_TEXT_GUIDANCE = MIN_GUIDANCE_SCALE - 1, MAX_GUIDANCE_SCALE - 1  # λB = guidance_scale − 1
 PAPER_TEXT_GUIDANCE = 5.0  # StyleDrop's λB ("fixing λB = 5.0 and controlling λA is sufficient"), arXiv 2306.00983
 DEFAULT_SUBJECT_WEIGHT = 0.5  # γ of style + subject mixing; the paper uses 0.5–0.7
+
+# Seeds: the range `torch.Generator.manual_seed` takes without wrapping (2**70 would raise an OverflowError deep
+# inside torch). The service allows a narrower range of its own (api/schemas.py MAX_SEED: its database column).
+MIN_SEED, MAX_SEED = 0, 2**64 - 1
+# Output sides in pixels (height, width, and an init image's own size): a multiple of the VQ-GAN's 16 px per token,
+# at most this. 1024 px is 64x64 tokens, 4096 per row: the sampler's (rows, tokens, codebook) float32 scratch is
+# then 134 MB per row at 8192 codes; an unbounded side asked for tens of GB in one allocation.
+MAX_IMAGE_SIDE = 1024
+# Rows (requests) in one `sample` call: the worker's largest batch (generate_batch_size x max_images_per_request
+# = 8 x 4) twice over; at the largest side that is the scratch above times 64.
+MAX_SAMPLE_ROWS = 64
+MAX_RANK = 256  # LoRA rank: the CLI's and the engine's bound (the recipe uses 16)
