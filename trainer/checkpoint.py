@@ -5,12 +5,15 @@ One checkpoint holds ONE style, whatever else shared its run: a style resumes in
 alone or beside others. Tensors: `adapter.<module>.lora_A.weight` / `.lora_B.weight` (the adapter file's keys),
 `<state>.<i>` (the optimizer's per-slot state named `<state>` for the i-th stacked bank parameter: `exp_avg` /
 `exp_avg_sq` for AdamW, `state1` / `state2` / `absmax1` / `absmax2` for 8-bit AdamW), `rng` (the style's
-generator state). The JSON header holds the step, the optimizer and the GradScaler state (empty unless fp16).
+generator state). The JSON header holds the step, the optimizer, the GradScaler state (empty unless fp16) and
+`base`: what the adapter slice was trained on (base fingerprint, base weights hash, rank, alpha), which a resume
+checks against the model it resumes into.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -19,11 +22,13 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .lora import Adapter, AdapterMeta, base_fingerprint, read_safetensors_metadata
+from .lora import Adapter, AdapterError, AdapterMeta, base_fingerprint, read_safetensors_metadata, weights_hash
 
 if TYPE_CHECKING:
     from .bank import LoraBank
     from .optim import SlotAdamW
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "styledrop-checkpoint-2"  # 1: one peft adapter with a torch AdamW state dict (before batched training)
 _STATE_KEY = re.compile(r"([a-z_0-9]+)\.(\d+)")
@@ -41,11 +46,13 @@ class Checkpoint:
     rng_state: torch.Tensor  # the style's generator state
     scaler: dict[str, Any] = field(default_factory=dict)  # torch.amp.GradScaler.state_dict() ({} when disabled)
     optimizer: str = "adamw"  # TrainConfig.optimizer that wrote it (headers without one are from AdamW)
+    # What the slice was trained on: base_fingerprint, base_weights, rank, alpha ({} in older checkpoints).
+    base: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def capture(cls, step: int, adapter: dict[str, torch.Tensor], state: dict[str, list[torch.Tensor]],
                 generator: torch.Generator, scaler: dict[str, Any] | None = None,
-                optimizer: str = "adamw") -> Checkpoint:
+                optimizer: str = "adamw", base: dict[str, str] | None = None) -> Checkpoint:
         """Copy device tensors to host memory (pinned on CUDA, one synchronisation for all of them)."""
         tensors = [*adapter.values(), *(t for ts in state.values() for t in ts)]
         on_cuda = any(t.is_cuda for t in tensors)
@@ -58,7 +65,7 @@ class Checkpoint:
         s = {name: [host(t) for t in ts] for name, ts in state.items()}
         if on_cuda:
             torch.cuda.synchronize()
-        return cls(step, a, s, generator.get_state().clone(), dict(scaler or {}), optimizer)
+        return cls(step, a, s, generator.get_state().clone(), dict(scaler or {}), optimizer, dict(base or {}))
 
     def to_bytes(self) -> bytes:
         tensors = {f"adapter.{k}": v.contiguous() for k, v in self.adapter.items()}
@@ -66,7 +73,7 @@ class Checkpoint:
             tensors.update({f"{name}.{i}": t.contiguous() for i, t in enumerate(ts)})
         tensors["rng"] = self.rng_state
         header = {"format": FORMAT, "step": str(self.step), "scaler": json.dumps(self.scaler),
-                  "optimizer": self.optimizer}
+                  "optimizer": self.optimizer, "base": json.dumps(self.base, sort_keys=True)}
         return st_save(tensors, metadata=header)
 
     @classmethod
@@ -79,7 +86,8 @@ class Checkpoint:
             raw = st_load(data)
             step = int(header["step"])
             scaler = json.loads(header.get("scaler", "{}"))
-        except (ValueError, KeyError, json.JSONDecodeError) as exc:
+            base = {str(k): str(v) for k, v in json.loads(header.get("base", "{}")).items()}
+        except (ValueError, KeyError, AttributeError, json.JSONDecodeError) as exc:
             if isinstance(exc, CheckpointError):
                 raise
             raise CheckpointError(f"unreadable checkpoint: {exc}") from exc
@@ -94,7 +102,7 @@ class Checkpoint:
             rng = raw["rng"]
         except KeyError as exc:
             raise CheckpointError(f"incomplete checkpoint: no {exc}") from exc
-        return cls(step, adapter, state, rng, scaler, header.get("optimizer", "adamw"))
+        return cls(step, adapter, state, rng, scaler, header.get("optimizer", "adamw"), base)
 
     def check_matches(self, adapter_shapes: dict[str, torch.Size], state_shapes: dict[str, list[torch.Size]],
                       optimizer: str) -> None:
@@ -114,10 +122,12 @@ def _slot_tensors(bank: LoraBank, slot: int) -> dict[str, torch.Tensor]:
 
 
 def capture_slot(step: int, bank: LoraBank, slot: int, optimizer: SlotAdamW, generator: torch.Generator,
-                 scaler: torch.amp.GradScaler, optimizer_name: str) -> Checkpoint:
-    """One style's checkpoint from its bank slot and optimizer slot."""
+                 scaler: torch.amp.GradScaler, optimizer_name: str, *, alpha: float) -> Checkpoint:
+    """One style's checkpoint from its bank slot and optimizer slot, with the record of what it trains on."""
+    base = {"base_fingerprint": base_fingerprint(bank.transformer), "base_weights": weights_hash(bank.transformer),
+            "rank": str(bank.rank), "alpha": repr(float(alpha))}
     return Checkpoint.capture(step, _slot_tensors(bank, slot), optimizer.slot_state(slot), generator,
-                              scaler.state_dict(), optimizer_name)
+                              scaler.state_dict(), optimizer_name, base)
 
 
 def restore_slot(ckpt: Checkpoint, bank: LoraBank, slot: int, optimizer: SlotAdamW, generator: torch.Generator,
@@ -127,9 +137,24 @@ def restore_slot(ckpt: Checkpoint, bank: LoraBank, slot: int, optimizer: SlotAda
     shapes = {k: t.shape for k, t in _slot_tensors(bank, slot).items()}
     state_shapes = {name: [t.shape for t in ts] for name, ts in optimizer.slot_state(slot).items()}
     ckpt.check_matches(shapes, state_shapes, optimizer_name)
-    # Only rank, alpha and the base are checked when loading a slot.
-    meta = AdapterMeta(base_model="", base_fingerprint=base_fingerprint(bank.transformer), rank=bank.rank, alpha=alpha)
-    bank.load(slot, Adapter(ckpt.adapter, meta))
+    # The checkpoint's own record of its base and LoRA scale, not this run's (older checkpoints have none).
+    rec = ckpt.base
+    if not rec:
+        logger.warning("checkpoint at step %d has no record of its base model: resumed on the strength of its "
+                       "shapes alone", ckpt.step)
+    try:
+        meta = AdapterMeta(base_model="", base_fingerprint=rec.get("base_fingerprint", bank.fingerprint),
+                           base_weights=rec.get("base_weights", ""), rank=int(rec.get("rank", bank.rank)),
+                           alpha=float(rec.get("alpha", alpha)))
+    except ValueError as exc:
+        raise CheckpointError(f"unreadable checkpoint record {rec}: {exc}") from exc
+    if meta.alpha != alpha:
+        raise CheckpointError(f"checkpoint was trained with LoRA alpha {meta.alpha:g}; this run uses {alpha:g} "
+                              "(resume with the same alpha)")
+    try:
+        bank.load(slot, Adapter(ckpt.adapter, meta))
+    except AdapterError as exc:
+        raise CheckpointError(f"checkpoint does not fit this model: {exc}") from exc
     optimizer.load_slot_state(slot, ckpt.state, ckpt.step)
     generator.set_state(ckpt.rng_state)
     if ckpt.scaler and scaler.is_enabled():
