@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from .bank import find_bank
-from .contracts import limits
+from .contracts.images import to_rgb
 from .encode import (
     TextEmbedding,
     decode_tokens,
@@ -46,63 +46,12 @@ from .encode import (
 )
 from .lora import AdapterError
 from .model import AmusedParts
+from .requests import GenerationRequest, SamplingError, check_requests, mask_grid
 from .schedule import MaskGitSchedule, RowPlan, noise_tokens
 
+__all__ = ["GenerationRequest", "SampleResult", "SamplingError", "cached_text", "sample"]
+
 TEXT_CACHE_SIZE = 256  # prompts whose CLIP embeddings stay on the device (≈120 KB each at amused-256 in bf16)
-
-
-class SamplingError(ValueError):
-    """A request the sampler cannot run (bad numbers, mask/init mismatch); the message names the field."""
-
-
-@dataclass
-class GenerationRequest:
-    prompt: str
-    negative_prompt: str | None = None
-    seed: int = 0
-    adapter: str | None = None  # name of an adapter loaded in the model's LoraBank, None = base model
-    style_strength: float = limits.DEFAULT_STYLE_STRENGTH  # λA; 0 keeps the adapter as trained, larger pushes
-    guidance_scale: float = limits.DEFAULT_GUIDANCE_SCALE  # CFG g (λB = g − 1); ≤ 1 disables the negative branch
-    text_guidance: float | None = None  # λB itself (the paper's 5.0: limits.PAPER_TEXT_GUIDANCE); overrides g
-    subject: str | None = None  # a subject adapter mixed with the style one: l = (1 − γ)·l_style + γ·l_subject
-    subject_weight: float = limits.DEFAULT_SUBJECT_WEIGHT  # γ
-    steps: int = limits.DEFAULT_STEPS
-    init_image: Image.Image | None = None  # image-to-image / inpainting source
-    strength: float = 1.0  # share of the schedule re-run from init_image; 1.0 repaints everything
-    mask: Image.Image | None = None  # inpainting: white = repaint, black = keep (binarised at 0.5)
-    temperature: tuple[float, float] = (2.0, 0.0)  # Gumbel noise on confidences, annealed linearly
-    aesthetic_score: float = 6.0
-
-    @property
-    def cfg_scale(self) -> float:
-        """The classifier-free guidance scale g = 1 + λB actually used."""
-        return self.guidance_scale if self.text_guidance is None else 1.0 + self.text_guidance
-
-    def validate(self) -> None:
-        if not self.prompt or not self.prompt.strip():
-            raise SamplingError("prompt must not be empty")
-        for name, value, lo, hi in (
-            ("steps", self.steps, limits.MIN_STEPS, limits.MAX_STEPS),
-            ("guidance_scale", self.guidance_scale, limits.MIN_GUIDANCE_SCALE, limits.MAX_GUIDANCE_SCALE),
-            ("style_strength", self.style_strength, limits.MIN_STYLE_STRENGTH, limits.MAX_STYLE_STRENGTH),
-            ("subject_weight", self.subject_weight, 0.0, 1.0),
-        ):
-            if not lo <= value <= hi:
-                raise SamplingError(f"{name} must be between {lo:g} and {hi:g}, got {value}")
-        if self.text_guidance is not None and not (
-                limits.MIN_TEXT_GUIDANCE <= self.text_guidance <= limits.MAX_TEXT_GUIDANCE):
-            raise SamplingError(f"text_guidance must be between {limits.MIN_TEXT_GUIDANCE:g} and "
-                                f"{limits.MAX_TEXT_GUIDANCE:g}, got {self.text_guidance}")
-        if not 0.0 < self.strength <= 1.0:
-            raise SamplingError(f"strength must be in (0, 1], got {self.strength}")
-        if (self.init_image is not None or self.mask is not None) and int(self.steps * self.strength) < 1:
-            raise SamplingError(f"strength {self.strength} with {self.steps} steps leaves no step to run")
-        if self.mask is not None and self.init_image is None:
-            raise SamplingError("mask needs an init_image")
-        if self.mask is not None and self.init_image is not None and self.mask.size != self.init_image.size:
-            raise SamplingError(
-                f"mask size {self.mask.size} differs from init_image size {self.init_image.size}"
-            )
 
 
 @dataclass
@@ -122,6 +71,7 @@ class _Row:
 
 
 def _prepare_rows(parts: AmusedParts, requests: Sequence[GenerationRequest], height: int, width: int) -> list[_Row]:
+    """Each request's starting tokens and plan; `requests` have passed `check_requests` at this size."""
     f = parts.vae_scale_factor
     h, w = height // f, width // f
     mask_id = parts.mask_token_id
@@ -130,7 +80,6 @@ def _prepare_rows(parts: AmusedParts, requests: Sequence[GenerationRequest], hei
     dev = parts.device
     rows: list[_Row] = []
     for req in requests:
-        req.validate()
         g = torch.Generator(device=dev).manual_seed(int(req.seed))
         n = req.steps
         start = n - int(n * req.strength) if req.init_image is not None else 0
@@ -138,15 +87,13 @@ def _prepare_rows(parts: AmusedParts, requests: Sequence[GenerationRequest], hei
             plan = RowPlan(n, 0, "cosine", 1.0, req.temperature)
             rows.append(_Row(req, g, torch.full((1, h * w), mask_id, dtype=torch.long, device=dev), plan))
             continue
-        pixels = pil_to_tensor(resize_exact(req.init_image.convert("RGB"), (width, height)))[None]
+        # Any mode, upright (contracts/images.py), resized to the output size with Lanczos as diffusers does.
+        pixels = pil_to_tensor(resize_exact(to_rgb(req.init_image), (width, height)))[None]
         codes = encode_tokens(parts, pixels).reshape(1, h * w).to(dev)  # (1, h, w) -> (1, seq)
         if req.mask is not None:
-            # Inpainting: the mask is resized to the token grid (Lanczos) and binarised at 0.5, as diffusers does;
-            # read on the host before it goes to the device (its share of tokens is part of the row's plan).
-            m = resize_exact(req.mask.convert("L"), (w, h))
-            mask = (pil_to_tensor(m.convert("RGB"))[0] >= 0.5).reshape(1, h * w)  # (h, w) -> (1, seq)
-            if not bool(mask.any()):
-                raise SamplingError("mask selects no region to repaint (it is black at token resolution)")
+            # Inpainting: the mask at token resolution (requests.mask_grid: Lanczos, binarised at 0.5, as
+            # diffusers), computed on the host (its share of tokens is part of the row's plan).
+            mask = torch.tensor(mask_grid(req.mask, (h, w))).reshape(1, h * w)  # (seq,) -> (1, seq)
             codes = torch.where(mask.to(dev), mask_id, codes)
             plan = RowPlan(n, start, "linear", float(mask.sum() / mask.numel()), req.temperature)
             rows.append(_Row(req, g, codes, plan))
@@ -209,8 +156,8 @@ def sample(
     """
     if not requests:
         return []
-    height = height or parts.resolution
-    width = width or parts.resolution
+    # Every request checked before anything runs (requests.py); None sizes: an init image's own, else native.
+    height, width = check_requests(requests, height, width, scale=parts.vae_scale_factor, default=parts.resolution)
     f = parts.vae_scale_factor
     h, w = height // f, width // f
     rows = _prepare_rows(parts, requests, height, width)
@@ -283,6 +230,8 @@ def sample(
     tokens = tokens.reshape(b, h, w)  # (B, seq) -> (B, h, w)
     images: list[Image.Image | None] = [None] * b
     if decode:
-        images = list(tensor_to_pil(decode_tokens(parts, tokens)))
+        # One row at a time: the VQ-GAN's convolutions round differently at another batch size, and a row's
+        # image must equal the one it gets alone, as its tokens do (the decoder is a small share of the time).
+        images = [tensor_to_pil(decode_tokens(parts, tokens[i:i + 1]))[0] for i in range(b)]
     tokens = tokens.cpu()
     return [SampleResult(tokens=tokens[i], image=images[i]) for i in range(b)]
