@@ -38,7 +38,7 @@ from diffusers import UVit2DModel, VQModel  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection  # noqa: E402
 
 from trainer.bank import target_linears  # noqa: E402
-from trainer.lora import Adapter, AdapterMeta, base_fingerprint  # noqa: E402
+from trainer.lora import Adapter, AdapterMeta, base_fingerprint, weights_hash  # noqa: E402
 from trainer.model import AmusedParts, _tiny_tokenizer, build_tiny  # noqa: E402
 
 CONFIGS = ("tiny", "mid", "full")
@@ -131,7 +131,8 @@ def random_adapter(transformer: torch.nn.Module, seed: int, *, rank: int = 16, a
         tensors[f"{key}.lora_A.weight"] = torch.randn(rank, lin.in_features, generator=g) * scale
         tensors[f"{key}.lora_B.weight"] = torch.randn(lin.out_features, rank, generator=g) * scale
     meta = AdapterMeta(base_model=base_model, base_fingerprint=base_fingerprint(transformer), rank=rank,
-                       alpha=alpha, descriptor="test", train_prompt="an image in test style", steps=1, seed=seed)
+                       alpha=alpha, base_weights=weights_hash(transformer), descriptor="test",
+                       train_prompt="an image in test style", steps=1, seed=seed)
     return Adapter(tensors, meta)
 
 
