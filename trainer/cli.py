@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image, UnidentifiedImageError
 
 from .contracts import limits
+from .contracts.images import ImageModeError, to_mask, to_rgb
 
 if TYPE_CHECKING:
     from .lora import Adapter
@@ -48,13 +49,17 @@ def _ranged(kind: Callable[[str], float | int], lo: float, hi: float) -> Callabl
     return parse
 
 
-def _read_image(path: str, what: str = "image") -> Image.Image:
+def _read_image(path: str, what: str = "image", *, mask: bool = False) -> Image.Image:
+    """The file as the models take it: the engine's one image rule (contracts/images.py), applied here so that a
+    file it refuses is named before the model loads."""
     try:
         with Image.open(path) as im:
             im.load()
-            return im.copy()
+            return to_mask(im) if mask else to_rgb(im)
     except FileNotFoundError:
         raise CliError(f"cannot read {what} '{path}': no such file") from None
+    except ImageModeError as exc:
+        raise CliError(f"cannot use {what} '{path}': {exc}") from None
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise CliError(f"cannot read {what} '{path}': not a readable image ({exc})") from None
 
@@ -100,7 +105,7 @@ def add_engine_commands(sub: argparse._SubParsersAction) -> None:  # type: ignor
     _add_model_args(t, "amused-256")
     t.add_argument("--steps", type=_ranged(int, 1, 100_000), default=1500, help="training steps (default 1500)")
     t.add_argument("--lr", type=_ranged(float, 1e-7, 1.0), default=None, help="default: 4e-4 (256) / 1e-3 (512)")
-    t.add_argument("--rank", type=_ranged(int, 1, 256), default=16, help="LoRA rank (default 16)")
+    t.add_argument("--rank", type=_ranged(int, 1, limits.MAX_RANK), default=16, help="LoRA rank (default 16)")
     t.add_argument("--alpha", type=_ranged(float, 1e-3, 1e4), default=None, help="default: 32 (256) / 1 (512)")
     t.add_argument("--seed", type=_ranged(int, 0, 2**63 - 1), default=0)
     t.add_argument("--checkpoint-every", type=_ranged(int, 0, 100_000), default=100,
@@ -224,7 +229,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     init = _read_image(args.init_image, "init image") if args.init_image else None
-    mask = _read_image(args.mask, "mask") if args.mask else None
+    mask = _read_image(args.mask, "mask", mask=True) if args.mask else None
     if mask is not None and init is None:
         raise CliError("--mask needs --init-image")
     if args.strength is not None and init is None:
