@@ -18,6 +18,7 @@ from tests.helpers.engine import amused_pipeline
 from trainer.cli import _read_image
 from trainer.contracts import limits
 from trainer.contracts.images import to_mask, to_rgb
+from trainer.encode import encode_tokens, pil_to_tensor
 from trainer.model import AmusedParts
 from trainer.requests import output_size
 from trainer.sampler import GenerationRequest, sample
@@ -153,6 +154,18 @@ def test_a_non_square_init_image_keeps_its_size_as_in_diffusers(engine_parts: Am
         output_type="latent").images[0]
     (ours,) = sample(engine_parts, [GenerationRequest("a cat", seed=4, init_image=init, mask=mask)], decode=False)
     assert tuple(ref.shape) == (16, 32) and torch.equal(ours.tokens, ref)
+
+
+def test_inpainting_runs_at_a_size_diffusers_mask_processor_cannot(engine_parts: AmusedParts) -> None:
+    init = Image.fromarray(RNG.integers(0, 256, (192, 320, 3), dtype=np.uint8))  # 12x20 tokens
+    mask = Image.new("L", init.size)
+    mask.paste(255, (64, 48, 192, 144))  # token columns 4..11, rows 3..8
+    (ours,) = sample(engine_parts, [GenerationRequest("a cat", seed=4, init_image=init, mask=mask)], decode=False)
+    original = encode_tokens(engine_parts, pil_to_tensor(init)[None])[0]  # (12, 20)
+    keep = torch.ones(12, 20, dtype=torch.bool)
+    keep[3:9, 4:12] = False
+    assert tuple(ours.tokens.shape) == (12, 20)
+    assert torch.equal(ours.tokens[keep], original[keep]) and not torch.equal(ours.tokens[~keep], original[~keep])
 
 
 def test_an_init_image_beyond_the_largest_side_is_scaled_down_keeping_its_aspect() -> None:
