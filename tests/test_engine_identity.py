@@ -65,8 +65,11 @@ def test_an_older_adapter_without_the_hash_loads_with_a_warning(engine_parts: Am
 def test_a_resume_is_checked_against_the_checkpoints_own_record(engine_parts: AmusedParts,
                                                                 engine_style_image: Image.Image,
                                                                 other_weights_dir: Path) -> None:
-    ckpt = Checkpoint.from_bytes(checkpoint_at(load_base(str(other_weights_dir)), engine_style_image, 1).to_bytes())
+    data = checkpoint_at(load_base(str(other_weights_dir)), engine_style_image, 1).to_bytes()
+    ckpt = Checkpoint.from_bytes(data)
     assert ckpt.base["base_weights"] != weights_hash(engine_parts.transformer)
+    with pytest.raises(CheckpointError, match="another base"):  # what a worker checks before it resumes
+        Checkpoint.from_bytes(data, engine_parts.transformer)
     with pytest.raises(CheckpointError, match="other weights"):
         train_styles(engine_parts, [StyleSpec([engine_style_image], "stripes", resume=ckpt)], TrainConfig(steps=3))
     own = checkpoint_at(engine_parts, engine_style_image, 1, alpha=8.0)

@@ -77,7 +77,15 @@ class Checkpoint:
         return st_save(tensors, metadata=header)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> Checkpoint:
+    def from_bytes(cls, data: bytes, model: torch.nn.Module | None = None) -> Checkpoint:
+        """Parse a checkpoint; with `model`, also refuse one recorded for another base (`check_base`)."""
+        ckpt = cls._parse(data)
+        if model is not None:
+            ckpt.check_base(model)
+        return ckpt
+
+    @classmethod
+    def _parse(cls, data: bytes) -> Checkpoint:
         try:
             header = read_safetensors_metadata(data)
             if header.get("format") != FORMAT:
@@ -103,6 +111,14 @@ class Checkpoint:
         except KeyError as exc:
             raise CheckpointError(f"incomplete checkpoint: no {exc}") from exc
         return cls(step, adapter, state, rng, scaler, header.get("optimizer", "adamw"), base)
+
+    def check_base(self, transformer: torch.nn.Module) -> None:
+        """Raise CheckpointError when the checkpoint's record names another base (config or weights) than
+        `transformer`: a caller can start over instead of failing the run (older checkpoints have no record)."""
+        fp, weights = self.base.get("base_fingerprint"), self.base.get("base_weights")
+        if (fp and fp != base_fingerprint(transformer)) or (weights and weights != weights_hash(transformer)):
+            raise CheckpointError(f"checkpoint was trained on another base model (fingerprint {fp}, weights hash "
+                                  f"{weights}) than the one loaded")
 
     def check_matches(self, adapter_shapes: dict[str, torch.Size], state_shapes: dict[str, list[torch.Size]],
                       optimizer: str) -> None:

@@ -149,7 +149,7 @@ class TrainingRun:
         resume: Checkpoint | None = None
         if j.job.checkpoint_key:
             try:
-                resume = Checkpoint.from_bytes(store.get_bytes(j.job.checkpoint_key))
+                resume = Checkpoint.from_bytes(store.get_bytes(j.job.checkpoint_key), self.rt.parts().transformer)
                 j.log.info("resuming from checkpoint at step %d", resume.step)
             except (BlobNotFound, CheckpointError) as exc:
                 j.log.warning("checkpoint %s unusable (%s); starting from step 0", j.job.checkpoint_key, exc)
