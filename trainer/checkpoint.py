@@ -3,9 +3,14 @@ its random stream and the loss scaler — no pickle.
 
 One checkpoint holds ONE style, whatever else shared its run: a style resumes into whichever bank slot it gets,
 alone or beside others. Tensors: `adapter.<module>.lora_A.weight` / `.lora_B.weight` (the adapter file's keys),
-`<state>.<i>` (the optimizer's per-slot state named `<state>` for the i-th stacked bank parameter: `exp_avg` /
-`exp_avg_sq` for AdamW, `state1` / `state2` / `absmax1` / `absmax2` for 8-bit AdamW), `rng` (the style's
-generator state). The JSON header holds the step, the optimizer and the GradScaler state (empty unless fp16).
+`<state>.<i>` (the optimizer's per-slot state named `<state>` for the i-th targeted layer's A, then B: `exp_avg` /
+`exp_avg_sq` for AdamW, `state1` / `state2` for 8-bit AdamW; `absmax1` / `absmax2`, 8-bit AdamW's per-block
+scales, one tensor over the bank's flat layout), `rng` (the style's generator state). The JSON header holds the
+step, the optimizer and the GradScaler state (empty unless fp16).
+
+Versions: format 3 (the flat bank layout) reads format 2 AdamW checkpoints unchanged (their per-layer moments are
+the same numbers, element for element); a format 2 checkpoint of 8-bit AdamW is refused with its version named
+(its absmax blocks ran per layer, not over the flat layout).
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ if TYPE_CHECKING:
     from .bank import LoraBank
     from .optim import SlotAdamW
 
-FORMAT = "styledrop-checkpoint-2"  # 1: one peft adapter with a torch AdamW state dict (before batched training)
+FORMAT = "styledrop-checkpoint-3"  # the flat bank layout (8-bit AdamW's absmax blocks over the flat buffer)
+_FORMAT_2 = "styledrop-checkpoint-2"  # per-layer bank tensors: AdamW ones still load (the same per-layer moments)
+# 1: one peft adapter with a torch AdamW state dict (before batched training): refused
 _STATE_KEY = re.compile(r"([a-z_0-9]+)\.(\d+)")
 
 
@@ -41,6 +48,7 @@ class Checkpoint:
     rng_state: torch.Tensor  # the style's generator state
     scaler: dict[str, Any] = field(default_factory=dict)  # torch.amp.GradScaler.state_dict() ({} when disabled)
     optimizer: str = "adamw"  # TrainConfig.optimizer that wrote it (headers without one are from AdamW)
+    format: str = FORMAT  # the header's format: FORMAT or _FORMAT_2
 
     @classmethod
     def capture(cls, step: int, adapter: dict[str, torch.Tensor], state: dict[str, list[torch.Tensor]],
@@ -73,8 +81,8 @@ class Checkpoint:
     def from_bytes(cls, data: bytes) -> Checkpoint:
         try:
             header = read_safetensors_metadata(data)
-            if header.get("format") != FORMAT:
-                raise CheckpointError(f"not a Styledrop training checkpoint of format {FORMAT} "
+            if header.get("format") not in (FORMAT, _FORMAT_2):
+                raise CheckpointError(f"not a Styledrop training checkpoint of format {FORMAT} or {_FORMAT_2} "
                                       f"(found {header.get('format')!r})")
             raw = st_load(data)
             step = int(header["step"])
@@ -94,7 +102,7 @@ class Checkpoint:
             rng = raw["rng"]
         except KeyError as exc:
             raise CheckpointError(f"incomplete checkpoint: no {exc}") from exc
-        return cls(step, adapter, state, rng, scaler, header.get("optimizer", "adamw"))
+        return cls(step, adapter, state, rng, scaler, header.get("optimizer", "adamw"), header["format"])
 
     def check_matches(self, adapter_shapes: dict[str, torch.Size], state_shapes: dict[str, list[torch.Size]],
                       optimizer: str) -> None:
@@ -102,6 +110,10 @@ class Checkpoint:
         if self.optimizer != optimizer:
             raise CheckpointError(f"checkpoint was written with optimizer '{self.optimizer}'; this run uses "
                                   f"'{optimizer}' (resume with the same optimizer)")
+        if self.format != FORMAT and self.optimizer != "adamw":
+            raise CheckpointError(f"checkpoint format {self.format} with optimizer '{self.optimizer}' cannot resume "
+                                  f"on this engine ({FORMAT}: 8-bit state is blocked over the flat bank layout); "
+                                  "restart the style, or resume it with an engine of the older format")
         mine = {k: v.shape for k, v in self.adapter.items()}
         states = {name: [t.shape for t in ts] for name, ts in self.state.items()}
         if mine != adapter_shapes or states != state_shapes:
