@@ -67,7 +67,7 @@ def test_fused_qkv_projection_equals_the_unfused_lora(engine_parts: AmusedParts)
         enc = torch.randn(3, 7, layer.attn2.to_k.in_features, generator=torch.Generator().manual_seed(2))
         slots = [2, 0, 1]
         bank.set_rows(slots)
-        bank._prepare(t, ())  # what the model's forward pre-hook does: this forward's weights
+        bank.prepare(t)  # what the model's forward pre-hook does: this forward's weights
         params = bank.slot_params
         with torch.no_grad():
             for attn, src in ((layer.attn1, {"to_q": x, "to_k": x, "to_v": x}),

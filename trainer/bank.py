@@ -101,7 +101,8 @@ class LoraBank(nn.Module):
             list(self.store.sites) if self.store is not None else list(self._sites))
         self._handles = [lin.register_forward_hook(site) for lin, site in zip(linears.values(), hooks, strict=True)]
         if self.store is not None:
-            self._handles.append(transformer.register_forward_pre_hook(self._prepare))
+            self._handles.append(transformer.register_forward_pre_hook(self.prepare))
+            self._handles.append(transformer.register_forward_hook(self._finish))
         transformer.__dict__[_BANK_ATTR] = self
 
     @property
@@ -287,13 +288,19 @@ class LoraBank(nn.Module):
             else:
                 self.set_rows(previous[0], start=previous[1])
 
-    def _prepare(self, module: nn.Module, _args: tuple[object, ...]) -> None:
-        """Trainable banks, before each forward: the routed rows' weights for every layer at once."""
+    def prepare(self, module: nn.Module, _args: tuple[object, ...] = ()) -> None:
+        """Trainable banks, before each forward of `module` (the model's pre-hook): the routed rows' weights for
+        every layer at once."""
         assert self.store is not None
         device = self.device.type
         dtype = (torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device)
                  else next(module.parameters()).dtype)
         self.store.prepare(self._rows, dtype)
+
+    def _finish(self, _module: nn.Module, _args: tuple[object, ...], _out: object) -> None:
+        """After each forward: drop the forward's views and cached projections (autograd keeps what it needs)."""
+        assert self.store is not None
+        self.store.release()
 
     def remove(self) -> None:
         """Uninstall every hook and forget the model: it computes exactly what it did before the bank."""

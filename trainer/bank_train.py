@@ -138,6 +138,11 @@ class TrainableStore:
             w = w.to(dtype)  # LoRA maths in the model's dtype against the fp32 master
         self.pieces = w.split(self.layout.sizes, dim=1)
 
+    def release(self) -> None:
+        """Forget this forward's pieces and cached projections, so nothing outlives the step but autograd's."""
+        self.pieces = None
+        self._cache = [None] * len(self._cache)
+
     def project(self, group: int, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(n, L, r) low-rank projections of `x` (n, L, in) for every member of `group`, from one bmm; cached per
         input object, so q, k and v reading the same tensor share it."""
