@@ -15,6 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers.models.normalization import RMSNorm
+from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from bench.common import build_mid
@@ -24,8 +25,9 @@ from trainer.bank import LoraBank
 from trainer.capture import OpCounter
 from trainer.checkpoint import Checkpoint, CheckpointError
 from trainer.fused_norm import norm
+from trainer.lora import read_safetensors_metadata
 from trainer.model import AmusedParts
-from trainer.train import StyleSpec, TrainConfig, recipe_for, train_styles
+from trainer.train import Callbacks, StyleSpec, TrainConfig, recipe_for, train_styles
 
 LOSS_RTOL = 1e-4  # measured ≤ 1.7e-5 over 20 steps (tiny, S = 3)
 NORM_RTOL = 5e-3  # measured ≤ 1.2e-3 (a style with a small learning rate: its B is still small)
@@ -133,3 +135,24 @@ def test_format_2_checkpoints_load_for_adamw_and_are_refused_for_8bit() -> None:
                 ckpt.check_matches(shapes, {"exp_avg": [torch.Size([2, 3])]}, optimizer)
     with pytest.raises(CheckpointError, match="styledrop-checkpoint-1"):
         Checkpoint.from_bytes(st_save(state, metadata={"format": "styledrop-checkpoint-1", "step": "5"}))
+
+
+def test_a_format_2_adamw_checkpoint_resumes_exactly_like_format_3(engine_parts: AmusedParts) -> None:
+    """Format 2 wrote the same keys and per-layer shapes (one tensor per layer's A, then B): relabelled, a format 3
+    checkpoint is one; resuming from it continues bit for bit like resuming from the format 3 bytes."""
+    cfg = TrainConfig(steps=4, checkpoint_every=2, progress_every=1)
+    spec = StyleSpec([pattern_image(1)], "dots", seed=3)
+    saved: list[Checkpoint] = []
+    train_styles(engine_parts, [spec], cfg, Callbacks(on_checkpoint=lambda _i, c: saved.append(c)))
+    raw = saved[0].to_bytes()
+    tensors, header = st_load(raw), read_safetensors_metadata(raw)
+    old = st_save(tensors, metadata={**header, "format": "styledrop-checkpoint-2"})
+    runs = []
+    for data in (raw, old):
+        ckpt = Checkpoint.from_bytes(data)
+        (result,) = train_styles(engine_parts, [StyleSpec(spec.images, "dots", seed=3, resume=ckpt)], cfg)
+        assert result.adapter is not None and result.step == 4
+        runs.append(result)
+    assert runs[0].losses == runs[1].losses
+    for k, v in runs[0].adapter.tensors.items():  # type: ignore[union-attr]
+        assert torch.equal(v, runs[1].adapter.tensors[k])  # type: ignore[union-attr]
