@@ -156,3 +156,22 @@ def test_a_format_2_adamw_checkpoint_resumes_exactly_like_format_3(engine_parts:
     assert runs[0].losses == runs[1].losses
     for k, v in runs[0].adapter.tensors.items():  # type: ignore[union-attr]
         assert torch.equal(v, runs[1].adapter.tensors[k])  # type: ignore[union-attr]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_rms_norm_on_cuda_is_one_kernel_each_way_and_equals_diffusers(dtype: torch.dtype) -> None:
+    module = RMSNorm(64, 1e-6, True).to("cuda", dtype)
+    module.weight.requires_grad_(False)
+    x = torch.randn(4, 33, 64, device="cuda", dtype=dtype, requires_grad=True)
+    grad = torch.randn_like(x)
+    want = module(x)
+    (want_grad,) = torch.autograd.grad(want, x, grad)
+    with OpCounter() as counter:
+        got = norm(module, x)
+        (got_grad,) = torch.autograd.grad(got, x, grad)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+    torch.testing.assert_close(got_grad, want_grad, rtol=tol, atol=tol)
+    assert counter.by_name["_fused_rms_norm"] == 1 and counter.by_name["_fused_rms_norm_backward"] == 1

@@ -3,10 +3,12 @@
 diffusers' `RMSNorm.forward` is six to eight element-wise ops (cast to fp32, pow, mean, add, rsqrt, mul, cast,
 mul by the weight) and its autograd backward about fifteen more; the U-ViT runs ≈90 of them per training step.
 On CUDA torch has the fused forward and backward (`aten::_fused_rms_norm` / `_fused_rms_norm_backward`, what
-`F.rms_norm` dispatches to there); on the CPU `F.rms_norm` is a composite of the same small ops. `rms_norm` here is
-a `torch.library` custom op, so the dispatcher (and `torch.compile`, and a CUDA graph capture) sees ONE op each
-way on every device: torch's fused kernels on CUDA, the same maths written out on the CPU, where launches cost
-nothing. Numerics: normalised in fp32 and rounded to the input's dtype once, as the fused kernel does; equal to
+`F.rms_norm` dispatches to there); on the CPU `F.rms_norm` is a composite of the same small ops. `norm` calls the
+fused op directly on CUDA (its own autograd formula is the fused backward: one kernel each way, no Python in
+between) and, on the CPU, `styledrop::rms_norm`, a `torch.library` custom op doing the same maths, so that the
+dispatcher — and the op counts of bench/train_ops.py, which run on the CPU — see ONE op each way there too (a
+custom op costs ≈0.1 ms of Python per call, which on the CPU, whose "launches" cost nothing, is noise).
+Numerics: normalised in fp32 and rounded to the input's dtype once, as the fused kernel does; equal to
 diffusers' RMSNorm within fp32 rounding (tests/test_engine_fused.py).
 """
 
@@ -78,4 +80,6 @@ def norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     weight = module.weight
     if weight is not None and x.dtype != weight.dtype:
         return module(x)  # mixed dtypes (autocast over fp32 weights): diffusers' own promotion rules decide
+    if x.is_cuda:
+        return torch.ops.aten._fused_rms_norm(x, [x.shape[-1]], weight, float(module.eps))[0]
     return _rms_norm(x, weight, float(module.eps))[0]
