@@ -6,8 +6,9 @@ the model's device, shared by all layers, is set once per batch (`set_rows` / `r
 (`bank_sites.BankSite`) adds `scale[s] · (x_i @ A[s]ᵀ) @ B[s]ᵀ` for row i with slot s, as gather + batched
 matmul: no host read, no Python-list indexing, the same ops whatever the mix of adapters, so a fixed-shape forward
 can be captured in a CUDA graph. Serving banks (`trainable=False`) cost two ops per layer per forward; trainable
-banks (fp32 `nn.Parameter`s) gather inside autograd; `init_slot` initialises a slot like peft (A
-Kaiming-uniform(a=√5), B = 0) from the given generator, so a style's initial weights depend on its own seed only.
+banks keep every slot in one flat fp32 master (`bank_train.TrainableStore`: one gather per forward for all layers,
+fused Q/K/V projections, one element-wise optimizer over the whole bank); `init_slot` initialises a slot like peft
+(A Kaiming-uniform(a=√5), B = 0) from the given generator, so a style's initial weights depend on its own seed only.
 
 Loading copies an adapter into a slot in place (no new modules, no recompiles); slots are sized by memory
 (`slot_bytes`): a thousand amused-256 adapters are ≈10 GB in bf16. `extract` gives back an `Adapter` with the keys
@@ -18,12 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from .bank_sites import BankSite, default_capacity, slot_bytes, target_linears
+from .bank_train import FlatLayout, TrainableStore
 from .lora import TARGET_MODULES, Adapter, AdapterError, AdapterMeta, base_fingerprint, check_compatible
 
 __all__ = ["LoraBank", "default_capacity", "find_bank", "slot_bytes", "target_linears"]
@@ -40,9 +43,10 @@ def find_bank(transformer: nn.Module) -> LoraBank | None:
 class LoraBank(nn.Module):
     """`capacity` LoRA slots (1..capacity; slot 0 = base) of one rank and target set, installed on a U-ViT.
 
-    The bank is an `nn.Module` of its own (its `parameters()` are the stacked A/B tensors, for an optimizer) but is
-    not registered as a submodule of the transformer, so the model's state dict and `save_pretrained` are
-    unchanged. One bank per model: installing a new one removes the old one.
+    The bank is an `nn.Module` of its own (its `parameters()`: the stacked A/B tensors of a serving bank, the one
+    flat `[slots, P]` master of a trainable bank, for an optimizer) but is not registered as a submodule of the
+    transformer, so the model's state dict and `save_pretrained` are unchanged. One bank per model: installing a new
+    one removes the old one.
     """
 
     def __init__(self, transformer: nn.Module, capacity: int, *, rank: int = 16,
@@ -64,27 +68,41 @@ class LoraBank(nn.Module):
         self.fingerprint = base_fingerprint(transformer)
         self.keys = list(linears)
         s = capacity + 1
-        self.lora_A = nn.ParameterList(
-            nn.Parameter(torch.zeros(s, rank, m.in_features, device=device, dtype=dtype), requires_grad=trainable)
-            for m in linears.values()
-        )
-        self.lora_B = nn.ParameterList(
-            nn.Parameter(torch.zeros(s, m.out_features, rank, device=device, dtype=dtype), requires_grad=trainable)
-            for m in linears.values()
-        )
+        self.store: TrainableStore | None = None
+        self.lora_A: nn.ParameterList | list[torch.Tensor]  # per linear: (slots, r, in)
+        self.lora_B: nn.ParameterList | list[torch.Tensor]  # per linear: (slots, out, r)
+        if trainable:
+            self.store = TrainableStore(FlatLayout(transformer, linears, rank), s, device)
+            self.master = self.store.master  # registered: the bank's one parameter
+            self.lora_A, self.lora_B = self.store.layout.views(self.master.detach())  # views into the master
+        else:
+            self.lora_A = nn.ParameterList(
+                nn.Parameter(torch.zeros(s, rank, m.in_features, device=device, dtype=dtype), requires_grad=False)
+                for m in linears.values()
+            )
+            self.lora_B = nn.ParameterList(
+                nn.Parameter(torch.zeros(s, m.out_features, rank, device=device, dtype=dtype), requires_grad=False)
+                for m in linears.values()
+            )
         self.register_buffer("scale", torch.zeros(s, device=device, dtype=dtype))
         self.scale: torch.Tensor
         self._rows_buf = torch.zeros(0, dtype=torch.long, device=device)
         self._rows: torch.Tensor | None = None  # view of _rows_buf while a route is set
         self._start = 0  # rows before this one are base rows (no LoRA work at all)
-        self._row_scale: torch.Tensor | None = None  # (n, 1, 1), gathered once per forward (trainable banks)
         self._loaded: list[str | None] = [None] * s  # host-side: the name of the adapter in each slot
         self._transformer = [transformer]  # a list, so nn.Module does not register the model as a child
-        self._sites = [BankSite(self, a, b) for a, b in zip(self.lora_A, self.lora_B, strict=True)]
-        self._handles = [lin.register_forward_hook(site) for lin, site in zip(linears.values(), self._sites,
-                                                                             strict=True)]
-        if trainable:
-            self._handles.append(transformer.register_forward_pre_hook(self._gather_scale))
+        self._sites = [] if trainable else [BankSite(self, a, b) for a, b in zip(self.lora_A, self.lora_B,
+                                                                              strict=True)]
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._hook(transformer, linears)
+
+    def _hook(self, transformer: nn.Module, linears: dict[str, nn.Linear]) -> None:
+        hooks: list[Callable[[nn.Module, tuple[Any, ...], torch.Tensor], torch.Tensor | None]] = (
+            list(self.store.sites) if self.store is not None else list(self._sites))
+        self._handles = [lin.register_forward_hook(site) for lin, site in zip(linears.values(), hooks, strict=True)]
+        if self.store is not None:
+            self._handles.append(transformer.register_forward_pre_hook(self.prepare))
+            self._handles.append(transformer.register_forward_hook(self._finish))
         transformer.__dict__[_BANK_ATTR] = self
 
     @property
@@ -94,6 +112,27 @@ class LoraBank(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.scale.device
+
+    @property
+    def rows(self) -> torch.Tensor | None:
+        """(m,) the slot of each routed row (a device tensor), or None without a route."""
+        return self._rows
+
+    @property
+    def start(self) -> int:
+        """Rows before this one are base rows (no LoRA work)."""
+        return self._start
+
+    def state_views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """`site_views` as one list, every A then every B: the order of a checkpoint's per-layer state."""
+        a, b = self.site_views(flat)
+        return [*a, *b]
+
+    def site_views(self, flat: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """A trainable bank: per-linear (slots, r, in) / (slots, out, r) views of a tensor laid out like its master
+        (the master's gradient, an optimizer moment), in `keys` order."""
+        assert self.store is not None, "a serving bank has no flat master"
+        return self.store.layout.views(flat)
 
     # --- slots -----------------------------------------------------------------------------------------------
 
@@ -221,7 +260,10 @@ class LoraBank(nn.Module):
 
     @torch.no_grad()
     def _regather(self) -> None:
-        if self.trainable or self._rows is None:
+        if self.store is not None:  # the routed rows' α/r on their B columns, once per route
+            self.store.route(None if self._rows is None else self.scale.index_select(0, self._rows))
+            return
+        if self._rows is None:
             return
         rows = self._rows
         row_scale = self.scale.index_select(0, rows).view(-1, 1, 1)  # (m,) -> (m, 1, 1)
@@ -230,7 +272,8 @@ class LoraBank(nn.Module):
 
     def clear_rows(self) -> None:
         self._rows = None
-        self._row_scale = None
+        if self.store is not None:
+            self.store.route(None)
 
     @contextlib.contextmanager
     def route(self, slots: Sequence[int] | torch.Tensor, *, start: int = 0) -> Iterator[torch.Tensor]:
@@ -245,10 +288,19 @@ class LoraBank(nn.Module):
             else:
                 self.set_rows(previous[0], start=previous[1])
 
-    def _gather_scale(self, _module: nn.Module, _args: tuple[object, ...]) -> None:
-        """Trainable banks: the per-row scale, gathered once per forward for all layers."""
-        rows = self._rows
-        self._row_scale = None if rows is None else self.scale.index_select(0, rows).view(-1, 1, 1)  # (n,) -> (n, 1, 1)
+    def prepare(self, module: nn.Module, _args: tuple[object, ...] = ()) -> None:
+        """Trainable banks, before each forward of `module` (the model's pre-hook): the routed rows' weights for
+        every layer at once."""
+        assert self.store is not None
+        device = self.device.type
+        dtype = (torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device)
+                 else next(module.parameters()).dtype)
+        self.store.prepare(self._rows, dtype)
+
+    def _finish(self, _module: nn.Module, _args: tuple[object, ...], _out: object) -> None:
+        """After each forward: drop the forward's views and cached projections (autograd keeps what it needs)."""
+        assert self.store is not None
+        self.store.release()
 
     def remove(self) -> None:
         """Uninstall every hook and forget the model: it computes exactly what it did before the bank."""
@@ -259,6 +311,8 @@ class LoraBank(nn.Module):
         if t.__dict__.get(_BANK_ATTR) is self:
             del t.__dict__[_BANK_ATTR]
         self.clear_rows()
+        if self.store is not None:
+            self.store.pieces = None
         for site in self._sites:
             site.at = site.bt = None
 
@@ -270,9 +324,4 @@ class LoraBank(nn.Module):
         old = find_bank(t)
         if old is not None:
             old.remove()
-        linears = target_linears(t, self.targets)
-        self._handles = [lin.register_forward_hook(site) for lin, site in zip(linears.values(), self._sites,
-                                                                             strict=True)]
-        if self.trainable:
-            self._handles.append(t.register_forward_pre_hook(self._gather_scale))
-        t.__dict__[_BANK_ATTR] = self
+        self._hook(t, target_linears(t, self.targets))

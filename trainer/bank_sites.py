@@ -6,7 +6,7 @@ base rows and cost nothing. The sampler puts its adapted rows last, so only they
 - Serving banks gather the routed rows' A and scale·B once per route into static buffers (`at`, `bt`), so each
   forward costs two ops per layer (`bmm`, in-place `baddbmm_`) whatever the mix of adapters (Punica's BGMV form,
   arXiv 2310.18547, written as gather + batched matmul).
-- Trainable banks gather inside every forward, inside autograd, so gradients reach exactly the routed slots.
+- Trainable banks use `bank_train.TrainSite` instead: one flat master, taken once per forward for every layer.
 """
 
 from __future__ import annotations
@@ -79,15 +79,13 @@ class BankSite:
 
     def __call__(self, _module: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor | None:
         bank = self.bank
-        rows = bank._rows
+        rows = bank.rows
         if rows is None or rows.shape[0] == 0:
             return None  # no route, or no routed row: the base model
         x = args[0]
-        start, m = bank._start, rows.shape[0]  # routed rows: start .. start + m
+        start, m = bank.start, rows.shape[0]  # routed rows: start .. start + m
         if x.shape[0] != start + m:
             raise AdapterError(f"the batch has {x.shape[0]} rows but the bank routes {start} + {m}")
-        if bank.trainable:
-            return self._autograd(x, rows, out)
         at, bt = self.at, self.bt
         assert at is not None and bt is not None
         if at.shape[0] != m:  # buffers sized for a bigger route earlier: use their first m rows
@@ -106,20 +104,3 @@ class BankSite:
         else:
             o.add_(torch.bmm(h, bt).to(o.dtype))
         return None
-
-    def _autograd(self, x: torch.Tensor, rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        if self.bank._start:
-            raise AdapterError("a trainable bank routes every row of the batch (start=0)")
-        n = rows.shape[0]
-        if x.dim() != 3:
-            x = x.reshape(n, -1, x.shape[-1])  # (n, ..., in) -> (n, L, in)
-        a = self.a.index_select(0, rows)  # (n, r, in)
-        b = self.b.index_select(0, rows)  # (n, out, r)
-        if x.dtype != a.dtype and not torch.is_autocast_enabled(x.device.type):
-            x = x.to(a.dtype)  # fp32 training weights on a bf16 base, as peft casts to the LoRA dtype
-        assert self.bank._row_scale is not None
-        h = torch.bmm(x, a.transpose(1, 2)) * self.bank._row_scale  # (n, L, r) · (n, 1, 1)
-        if out.dim() == 3 and out.dtype == h.dtype:
-            return torch.baddbmm(out, h, b.transpose(1, 2))  # out + h @ Bᵀ: (n, L, out)
-        delta = torch.bmm(h, b.transpose(1, 2))  # (n, L, out)
-        return out + delta.reshape(out.shape).to(out.dtype)  # (n, L, out) -> out's shape

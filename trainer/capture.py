@@ -64,7 +64,11 @@ class OpCounter(TorchDispatchMode):
         if name == "repeat_interleave" and kwargs.get("output_size") is None and len(args) == 1:
             read = True
         if name == "_to_copy" and kwargs.get("device") is not None and torch.device(kwargs["device"]).type == "cpu":
-            read = True  # an explicit copy to the host (`.to("cpu", copy=True)`): on a GPU, a device→host read
+            # an explicit copy to the host (`.to("cpu", copy=True)`): on a GPU, a device→host read. Not a dtype
+            # conversion of a tensor already on the CPU: autograd and `.to(dtype)` pass the tensor's own device,
+            # which on a GPU is the GPU.
+            src = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            read = src is None or src.device.type != "cpu" or kwargs.get("dtype") in (None, src.dtype)
         if read:
             self.host_reads += 1
             self.reads_by_name[name] += 1

@@ -3,11 +3,15 @@ its random stream and the loss scaler — no pickle.
 
 One checkpoint holds ONE style, whatever else shared its run: a style resumes into whichever bank slot it gets,
 alone or beside others. Tensors: `adapter.<module>.lora_A.weight` / `.lora_B.weight` (the adapter file's keys),
-`<state>.<i>` (the optimizer's per-slot state named `<state>` for the i-th stacked bank parameter: `exp_avg` /
-`exp_avg_sq` for AdamW, `state1` / `state2` / `absmax1` / `absmax2` for 8-bit AdamW), `rng` (the style's
-generator state). The JSON header holds the step, the optimizer, the GradScaler state (empty unless fp16) and
-`base`: what the adapter slice was trained on (base fingerprint, base weights hash, rank, alpha), which a resume
-checks against the model it resumes into.
+`<state>.<i>` (the optimizer's per-slot state named `<state>` for the i-th targeted layer's A, then B: `exp_avg` /
+`exp_avg_sq` for AdamW, `state1` / `state2` for 8-bit AdamW; `absmax1` / `absmax2`, 8-bit AdamW's per-block
+scales, one tensor over the bank's flat layout), `rng` (the style's generator state). The JSON header holds the
+step, the optimizer, the GradScaler state (empty unless fp16) and `base`: what the adapter slice was trained on
+(base fingerprint, base weights hash, rank, alpha), which a resume checks against the model it resumes into.
+
+Versions: format 3 (the flat bank layout) reads format 2 AdamW checkpoints unchanged (their per-layer moments are
+the same numbers, element for element); a format 2 checkpoint of 8-bit AdamW is refused with its version named
+(its absmax blocks ran per layer, not over the flat layout).
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "styledrop-checkpoint-2"  # 1: one peft adapter with a torch AdamW state dict (before batched training)
+FORMAT = "styledrop-checkpoint-3"  # the flat bank layout (8-bit AdamW's absmax blocks over the flat buffer)
+_FORMAT_2 = "styledrop-checkpoint-2"  # per-layer bank tensors: AdamW ones still load (the same per-layer moments)
+# 1: one peft adapter with a torch AdamW state dict (before batched training): refused
 _STATE_KEY = re.compile(r"([a-z_0-9]+)\.(\d+)")
 
 
@@ -48,6 +54,7 @@ class Checkpoint:
     optimizer: str = "adamw"  # TrainConfig.optimizer that wrote it (headers without one are from AdamW)
     # What the slice was trained on: base_fingerprint, base_weights, rank, alpha ({} in older checkpoints).
     base: dict[str, str] = field(default_factory=dict)
+    format: str = FORMAT  # the header's format: FORMAT or _FORMAT_2
 
     @classmethod
     def capture(cls, step: int, adapter: dict[str, torch.Tensor], state: dict[str, list[torch.Tensor]],
@@ -88,8 +95,8 @@ class Checkpoint:
     def _parse(cls, data: bytes) -> Checkpoint:
         try:
             header = read_safetensors_metadata(data)
-            if header.get("format") != FORMAT:
-                raise CheckpointError(f"not a Styledrop training checkpoint of format {FORMAT} "
+            if header.get("format") not in (FORMAT, _FORMAT_2):
+                raise CheckpointError(f"not a Styledrop training checkpoint of format {FORMAT} or {_FORMAT_2} "
                                       f"(found {header.get('format')!r})")
             raw = st_load(data)
             step = int(header["step"])
@@ -110,7 +117,8 @@ class Checkpoint:
             rng = raw["rng"]
         except KeyError as exc:
             raise CheckpointError(f"incomplete checkpoint: no {exc}") from exc
-        return cls(step, adapter, state, rng, scaler, header.get("optimizer", "adamw"), base)
+        return cls(step, adapter, state, rng, scaler, header.get("optimizer", "adamw"), base,
+                   header["format"])
 
     def check_base(self, transformer: torch.nn.Module) -> None:
         """Raise CheckpointError when the checkpoint's record names another base (config or weights) than
@@ -126,6 +134,10 @@ class Checkpoint:
         if self.optimizer != optimizer:
             raise CheckpointError(f"checkpoint was written with optimizer '{self.optimizer}'; this run uses "
                                   f"'{optimizer}' (resume with the same optimizer)")
+        if self.format != FORMAT and self.optimizer != "adamw":
+            raise CheckpointError(f"checkpoint format {self.format} with optimizer '{self.optimizer}' cannot resume "
+                                  f"on this engine ({FORMAT}: 8-bit state is blocked over the flat bank layout); "
+                                  "restart the style, or resume it with an engine of the older format")
         mine = {k: v.shape for k, v in self.adapter.items()}
         states = {name: [t.shape for t in ts] for name, ts in self.state.items()}
         if mine != adapter_shapes or states != state_shapes:

@@ -193,7 +193,7 @@ def train_styles(parts: AmusedParts, styles: Sequence[StyleSpec], config: TrainC
         bank = LoraBank(transformer, n, rank=cfg.rank, trainable=True)
         optimizer_cls = SlotAdamW8bit if cfg.optimizer == "adamw8bit" else SlotAdamW
         optimizer = optimizer_cls(list(bank.parameters()), n + 1, betas=(cfg.beta1, cfg.beta2),
-                                  weight_decay=cfg.weight_decay)
+                                  weight_decay=cfg.weight_decay, views=bank.state_views)
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.mixed_precision == "fp16")  # no-op unless fp16
         for r in runs:
             bank.init_slot(r.slot, torch.Generator().manual_seed(r.seed), alpha=cfg.alpha)
