@@ -16,3 +16,4 @@ DEFAULT_STYLE_STRENGTH = 1.0
 MIN_TEXT_GUIDANCE, MAX_TEXT_GUIDANCE = MIN_GUIDANCE_SCALE - 1, MAX_GUIDANCE_SCALE - 1  # λB = guidance_scale − 1
 PAPER_TEXT_GUIDANCE = 5.0  # StyleDrop's λB ("fixing λB = 5.0 and controlling λA is sufficient"), arXiv 2306.00983
 DEFAULT_SUBJECT_WEIGHT = 0.5  # γ of style + subject mixing; the paper uses 0.5–0.7
+MAX_BATCH_ROWS = 64  # requests in one sampler batch: its memory (docs/benchmarks.md §7) is stated for 64 rows
