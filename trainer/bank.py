@@ -222,8 +222,8 @@ class LoraBank(nn.Module):
                 src = src.pin_memory()  # so the copy below is asynchronous
             host = values
         m = int(src.shape[0])
-        if m > self._rows_buf.shape[0]:
-            self._rows_buf = torch.zeros(m, dtype=torch.long, device=self.device)
+        if m > self._rows_buf.shape[0]:  # grown geometrically: each growth means recapturing a graph
+            self._rows_buf = torch.zeros(max(m, 2 * self._rows_buf.shape[0]), dtype=torch.long, device=self.device)
             self.buffers_version += 1
         rows = self._rows_buf[:m]
         rows.copy_(src, non_blocking=True)
@@ -253,7 +253,7 @@ class LoraBank(nn.Module):
                                                                                              non_blocking=True)
             index = torch.tensor(index_list, dtype=torch.long, pin_memory=pin)
         if m > self._index_buf.shape[0]:
-            self._index_buf = torch.zeros(m, dtype=torch.long, device=self.device)
+            self._index_buf = torch.zeros(max(m, 2 * self._index_buf.shape[0]), dtype=torch.long, device=self.device)
             self.buffers_version += 1
         self._row_index = self._index_buf[:m]
         self._row_index.copy_(index, non_blocking=True)

@@ -20,6 +20,7 @@ with no compiler in the way (nothing to compile cold on a fresh machine).
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -88,6 +89,47 @@ class OpCounter(TorchDispatchMode):
     def summary(self) -> dict[str, Any]:
         return {"ops": self.ops, "host_reads": self.host_reads, "transfers": self.transfers,
                 "reads": dict(self.reads_by_name)}
+
+
+class MemoryCounter(TorchDispatchMode):
+    """`with MemoryCounter() as m: ...` then `m.peak`: the most bytes of tensor storage that ops dispatched inside
+    the block had allocated and not yet freed at once (`m.live`: still allocated now). Storage an op writes in
+    place or views is not new; a storage is counted until torch frees it. Device-independent and deterministic,
+    so a test can measure memory on the CPU (on CUDA, `torch.cuda.max_memory_allocated` is the allocator's own)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._tracked: dict[int, int] = {}
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in _tensors((args, kwargs))}
+        for t in _tensors(out):
+            storage = t.untyped_storage()
+            ptr, size = storage.data_ptr(), storage.nbytes()
+            if size and ptr not in inputs and ptr not in self._tracked:
+                self._tracked[ptr] = size
+                self.live += size
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(storage, self._free, ptr, size)  # storages keep their Python object while alive
+        return out
+
+    def _free(self, ptr: int, size: int) -> None:
+        if self._tracked.get(ptr) == size:
+            del self._tracked[ptr]
+            self.live -= size
+
+
+def _tensors(tree: Any) -> list[torch.Tensor]:
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, (list, tuple)):
+        return [t for x in tree for t in _tensors(x)]
+    if isinstance(tree, dict):
+        return [t for x in tree.values() for t in _tensors(x)]
+    return []
 
 
 def compile_transformer(transformer: torch.nn.Module, *, backend: str | None = None) -> torch.nn.Module:
