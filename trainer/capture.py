@@ -209,14 +209,14 @@ class SamplingGraphs:
     def __init__(self, transformer: torch.nn.Module, most: int = 4) -> None:
         self.transformer, self.most = transformer, most
         self.graphs: OrderedDict[tuple[Any, ...], _Captured] = OrderedDict()
-        self.version = -1
+        self.version: tuple[int, int] | None = None
         self.captures = 0
 
     def _key(self, cond: Conditioning, ids: torch.Tensor) -> tuple[Any, ...]:
         bank = find_bank(self.transformer)
         rows = None if bank is None else bank._rows
         route = None if bank is None or rows is None or rows.shape[0] == 0 else (bank._start, rows.shape[0])
-        version = -1 if bank is None else bank.buffers_version
+        version = None if bank is None else (id(bank), bank.buffers_version)  # another bank: other buffers
         if version != self.version:
             self.graphs.clear()
             self.version = version

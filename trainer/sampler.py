@@ -215,8 +215,10 @@ def sample(
 
     One forward per round runs three groups of passes, negatives G(n) first, then G(t) for every row, then Ĝ(t)
     for the rows with an adapter (for a single request without an adapter that is diffusers' [uncond, cond] order,
-    so the forward is the same computation). The groups, text embeddings, micro-conditions and adapter routes are
-    built once; the loop itself reads nothing back from the device.
+    so the forward is the same computation). The groups, text embeddings, micro-conditions, the U-ViT's
+    prompt-only conditioning (`capture.step_forward`) and adapter routes are built once; the loop itself reads
+    nothing back from the device. Guidance and token update run in chunks of rows (`scratch_rows`), so their float32
+    scratch is bounded by a chunk whatever the batch; more than `limits.MAX_BATCH_ROWS` requests are refused.
     """
     if not requests:
         return []
