@@ -157,8 +157,9 @@ def test_cuda_sampling_with_mixed_adapters(cuda_parts) -> None:  # type: ignore[
 
 def test_cuda_graph_sampling_equals_eager_and_serves_new_routes(cuda_parts) -> None:  # type: ignore[no-untyped-def]
     """The sampler's forward replayed from a plain CUDA graph (trainer.capture.graph_sampling) runs the eager
-    forward's own kernels, so its tokens equal eager sampling; one graph serves another adapter mix (the bank
-    refills its buffers in place) and a hot-loaded slot."""
+    forward's own kernels; one graph serves another adapter mix (the bank refills its buffers in place) and a
+    hot-loaded slot, and replays are deterministic. Against eager, in bf16: tokens may differ only where two codes'
+    scores tie within rounding (should cuBLAS pick another algorithm on the capture stream), so at most 2%."""
     from tests.helpers.engine import random_adapter
     from trainer.bank import LoraBank, find_bank
     from trainer.capture import graph_sampling
@@ -174,20 +175,24 @@ def test_cuda_graph_sampling_equals_eager_and_serves_new_routes(cuda_parts) -> N
         return [GenerationRequest(p, seed=i, adapter=a) for i, (p, a) in enumerate(zip(("a cat", "a dog", "a tree"),
                                                                                       mix, strict=True))]
 
+    def close(got: list, want: list) -> bool:  # type: ignore[type-arg]
+        return all(float((g.tokens != w.tokens).float().mean()) <= 0.02 for g, w in zip(got, want, strict=True))
+
     eager = [sample(cuda_parts, reqs(m), decode=False) for m in mixes]
     graph_sampling(t)
     try:
-        for _ in range(2):  # the first call captures, the second replays
-            for mix, want in zip(mixes, eager, strict=True):
-                got = sample(cuda_parts, reqs(mix), decode=False)
-                assert all(torch.equal(g.tokens, w.tokens) for g, w in zip(got, want, strict=True)), mix
+        first = [sample(cuda_parts, reqs(m), decode=False) for m in mixes]  # captures, then replays
+        again = [sample(cuda_parts, reqs(m), decode=False) for m in mixes]  # replays only
+        for mix, e, f, a in zip(mixes, eager, first, again, strict=True):
+            assert close(f, e), mix
+            assert all(torch.equal(x.tokens, y.tokens) for x, y in zip(f, a, strict=True)), mix
         graphs = t.__dict__["_styledrop_sampling_graphs"]
         assert graphs.captures == 2  # one per pass layout (the mixes differ in adapted passes), none per call
         bank.load(1, random_adapter(cuda_parts, seed=9), name="s9")  # in place: no recapture
         got = sample(cuda_parts, reqs(["s9", "s2", None]), decode=False)
         graph_sampling(t, enabled=False)
         want = sample(cuda_parts, reqs(["s9", "s2", None]), decode=False)
-        assert all(torch.equal(g.tokens, w.tokens) for g, w in zip(got, want, strict=True))
+        assert close(got, want) and not close(got, first[1])  # the new adapter is what the graph applied
         assert graphs.captures == 2
     finally:
         graph_sampling(t, enabled=False)
