@@ -93,3 +93,13 @@ def test_a_batch_beyond_the_row_limit_is_refused_naming_the_limit(engine_parts: 
     with MemoryCounter() as m, pytest.raises(SamplingError, match=f"at most {limits.MAX_BATCH_ROWS} requests"):
         sample(engine_parts, too_many)
     assert m.peak == 0  # refused before any tensor was made
+
+
+def test_graph_sampling_is_a_clear_error_on_a_cpu_model_and_sampling_stays_eager(engine_parts: AmusedParts) -> None:
+    from trainer.capture import graph_sampling
+
+    t = engine_parts.transformer
+    with pytest.raises(ValueError, match="needs a model on a CUDA device"):
+        graph_sampling(t)
+    graph_sampling(t, enabled=False)  # turning it off where it was never on is fine
+    assert "_styledrop_sampling_graphs" not in t.__dict__
