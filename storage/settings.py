@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     adapter_prefetch: int = Field(default=16, ge=0, description=(
         "adapters of queued generations read into the host cache while a batch samples"))
     compile: bool = Field(default=False, description=(
-        "CUDA only: compile the U-ViT forward with CUDA graphs (torch.compile, reduce-overhead)"))
+        "CUDA only: replay the sampler's U-ViT forward from CUDA graphs (a plain capture per pass layout)"))
 
     # --- uploads -----------------------------------------------------------------------------------------------
     max_upload_bytes: int = 20 * 1024 * 1024

@@ -5,10 +5,11 @@ Per targeted linear (to_q/to_k/to_v of every U-ViT attention): `A: [S, r, in]`, 
 the model's device, shared by all layers, is set once per batch (`set_rows` / `route`); each linear's forward hook
 (`bank_sites.BankSite`) adds `scale[s] · (x_i @ A[s]ᵀ) @ B[s]ᵀ` for row i with slot s, as gather + batched
 matmul: no host read, no Python-list indexing, the same ops whatever the mix of adapters, so a fixed-shape forward
-can be captured in a CUDA graph. Serving banks (`trainable=False`) cost two ops per layer per forward; trainable
-banks keep every slot in one flat fp32 master (`bank_train.TrainableStore`: one gather per forward for all layers,
-fused Q/K/V projections, one element-wise optimizer over the whole bank); `init_slot` initialises a slot like peft
-(A Kaiming-uniform(a=√5), B = 0) from the given generator, so a style's initial weights depend on its own seed only.
+can be captured in a CUDA graph. Serving banks (`trainable=False`) gather each distinct routed adapter once per
+route (memory per adapter, not per row) and cost four ops per layer per forward; trainable banks keep every slot in
+one flat fp32 master (`bank_train.TrainableStore`: one gather per forward for all layers, fused Q/K/V projections,
+one element-wise optimizer over the whole bank); `init_slot` initialises a slot like peft (A Kaiming-uniform(a=√5),
+B = 0) from the given generator, so a style's initial weights depend on its own seed only.
 
 Loading copies an adapter into a slot in place (no new modules, no recompiles); slots are sized by memory
 (`slot_bytes`): a thousand amused-256 adapters are ≈10 GB in bf16. `extract` gives back an `Adapter` with the keys
@@ -88,6 +89,13 @@ class LoraBank(nn.Module):
         self.scale: torch.Tensor
         self._rows_buf = torch.zeros(0, dtype=torch.long, device=device)
         self._rows: torch.Tensor | None = None  # view of _rows_buf while a route is set
+        # Serving banks: the route's distinct slots (D,), and each routed row's index into them (a view of a
+        # grow-only buffer); `buffers_version` counts buffer reallocations (a captured graph holds their addresses).
+        self._distinct = torch.zeros(0, dtype=torch.long, device=device)
+        self._index_buf = torch.zeros(0, dtype=torch.long, device=device)
+        self._row_index: torch.Tensor | None = None
+        self._route_slots: list[int] | None = None  # host copy of the route when it was given as a list
+        self.buffers_version = 0
         self._start = 0  # rows before this one are base rows (no LoRA work at all)
         self._loaded: list[str | None] = [None] * s  # host-side: the name of the adapter in each slot
         self._transformer = [transformer]  # a list, so nn.Module does not register the model as a child
@@ -117,6 +125,11 @@ class LoraBank(nn.Module):
     def rows(self) -> torch.Tensor | None:
         """(m,) the slot of each routed row (a device tensor), or None without a route."""
         return self._rows
+
+    @property
+    def row_index(self) -> torch.Tensor | None:
+        """Serving banks: (m,) each routed row's place in the route's distinct slots, or None without a route."""
+        return self._row_index
 
     @property
     def start(self) -> int:
@@ -234,11 +247,13 @@ class LoraBank(nn.Module):
         Rows before `start` are base rows and do no LoRA work (the sampler puts its adapted rows last); a forward
         must then have exactly `start + len(slots)` rows. The indices go into one static device buffer (reused while
         the row count does not grow, so a captured graph sees new routes). A list is checked on the host; a device
-        tensor is used as is, without any host read. A serving bank then gathers the routed rows' weights once, for
-        all the forwards of this route (memory: one slot's size per routed row, ≈10 MB in bf16 on amused-256).
+        tensor is used as is, without any host read. A serving bank then gathers the route's distinct adapters'
+        weights once, for all the forwards of this route (memory: one slot's size, ≈10 MB in bf16 on amused-256,
+        per distinct adapter of a list route; per row of a tensor route, whose distinct set is not read back).
         """
         if start < 0 or (start and self.trainable):
             raise AdapterError(f"start must be 0 for a trainable bank and >= 0 otherwise, got {start}")
+        host: list[int] | None = None
         if isinstance(slots, torch.Tensor):
             src = slots.to(dtype=torch.long)
         else:
@@ -249,36 +264,76 @@ class LoraBank(nn.Module):
             src = torch.tensor(values, dtype=torch.long)
             if self.device.type == "cuda":
                 src = src.pin_memory()  # so the copy below is asynchronous
+            host = values
         m = int(src.shape[0])
-        if m > self._rows_buf.shape[0]:
-            self._rows_buf = torch.zeros(m, dtype=torch.long, device=self.device)
+        if m > self._rows_buf.shape[0]:  # grown geometrically: each growth means recapturing a graph
+            self._rows_buf = torch.zeros(max(m, 2 * self._rows_buf.shape[0]), dtype=torch.long, device=self.device)
+            self.buffers_version += 1
         rows = self._rows_buf[:m]
         rows.copy_(src, non_blocking=True)
         self._rows, self._start = rows, start
-        self._regather()
+        if self.trainable:
+            self._regather()
+        else:
+            self._route_serving(host)
         return rows
+
+    def _route_serving(self, host: list[int] | None) -> None:
+        """Serving banks: each distinct routed slot once, and each row's index into that set (no host read).
+
+        Given a list, the distinct slots are found on the host, so 64 rows of one adapter hold one gathered copy
+        of it; given a device tensor (no host read allowed), every row counts as distinct.
+        """
+        rows = self._rows
+        assert rows is not None
+        m = rows.shape[0]
+        self._route_slots = host
+        if host is None:
+            self._distinct = rows
+            index = torch.arange(m, device=self.device)
+        else:
+            order: dict[int, int] = {}
+            index_list = [order.setdefault(s, len(order)) for s in host]  # row -> its slot's place in `order`
+            pin = self.device.type == "cuda"
+            self._distinct = torch.tensor(list(order), dtype=torch.long, pin_memory=pin).to(self.device,
+                                                                                             non_blocking=True)
+            index = torch.tensor(index_list, dtype=torch.long, pin_memory=pin)
+        if m > self._index_buf.shape[0]:
+            self._index_buf = torch.zeros(max(m, 2 * self._index_buf.shape[0]), dtype=torch.long, device=self.device)
+            self.buffers_version += 1
+        self._row_index = self._index_buf[:m]
+        self._row_index.copy_(index, non_blocking=True)
+        self._regather()
 
     @torch.no_grad()
     def _regather(self) -> None:
+        """Refill what a route needs after a route or a load: a trainable bank's per-row α/r, a serving bank's
+        buffers of the route's distinct slots."""
         if self.store is not None:  # the routed rows' α/r on their B columns, once per route
             self.store.route(None if self._rows is None else self.scale.index_select(0, self._rows))
             return
         if self._rows is None:
             return
-        rows = self._rows
-        row_scale = self.scale.index_select(0, rows).view(-1, 1, 1)  # (m,) -> (m, 1, 1)
+        distinct = self._distinct
+        slot_scale = self.scale.index_select(0, distinct).view(-1, 1, 1)  # (D,) -> (D, 1, 1)
+        grown = False
         for site in self._sites:
-            site.gather(rows, row_scale)
+            grown |= site.gather(distinct, slot_scale)
+        self.buffers_version += grown
 
     def clear_rows(self) -> None:
         self._rows = None
+        self._row_index = None
+        self._route_slots = None
         if self.store is not None:
             self.store.route(None)
 
     @contextlib.contextmanager
     def route(self, slots: Sequence[int] | torch.Tensor, *, start: int = 0) -> Iterator[torch.Tensor]:
         """`with bank.route(slots):` — `set_rows` for the block, then the previous route (or none) again."""
-        previous = None if self._rows is None else (self._rows.clone(), self._start)
+        previous: tuple[Sequence[int] | torch.Tensor, int] | None = None
+        if self._rows is not None:  # the host copy when there is one, so the distinct set is found again
+            previous = (self._route_slots or self._rows.clone(), self._start)
         rows = self.set_rows(slots, start=start)
         try:
             yield rows

@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 from .bank import find_bank
+from .capture import step_forward
 from .contracts.images import to_rgb
 from .encode import (
     TextEmbedding,
@@ -52,6 +53,16 @@ from .schedule import MaskGitSchedule, RowPlan, noise_tokens
 __all__ = ["GenerationRequest", "SampleResult", "SamplingError", "cached_text", "sample"]
 
 TEXT_CACHE_SIZE = 256  # prompts whose CLIP embeddings stay on the device (≈120 KB each at amused-256 in bf16)
+# Float32 guidance and token-update scratch per chunk of rows: a row needs ≈6 (seq, codebook) float32 planes
+# (its passes' logits upcast, the guided logits, the probabilities, the Exp(1) draws), 48 MB at amused-256, so
+# a batch runs in chunks of ≈5 rows and a 64-row batch's scratch is ≈4 MB per row instead of ≈80 MB.
+SCRATCH_BYTES = 256 * 2**20
+SCRATCH_PLANES = 6
+
+
+def scratch_rows(seq_len: int, codebook: int, batch: int) -> int:
+    """Rows per chunk of the sampler's float32 scratch (at least 1, at most the batch)."""
+    return max(1, min(batch, SCRATCH_BYTES // (SCRATCH_PLANES * seq_len * codebook * 4)))
 
 
 @dataclass
@@ -151,8 +162,10 @@ def sample(
 
     One forward per round runs three groups of passes, negatives G(n) first, then G(t) for every row, then Ĝ(t)
     for the rows with an adapter (for a single request without an adapter that is diffusers' [uncond, cond] order,
-    so the forward is the same computation). The groups, text embeddings, micro-conditions and adapter routes are
-    built once; the loop itself reads nothing back from the device.
+    so the forward is the same computation). The groups, text embeddings, micro-conditions, the U-ViT's
+    prompt-only conditioning (`capture.step_forward`) and adapter routes are built once; the loop itself reads
+    nothing back from the device. Guidance and token update run in chunks of rows (`scratch_rows`), so their float32
+    scratch is bounded by a chunk whatever the batch; more than `MAX_SAMPLE_ROWS` requests (trainer/contracts/limits.py) are refused.
     """
     if not requests:
         return []
@@ -202,28 +215,45 @@ def sample(
     tokens = torch.cat([r.tokens for r in rows])  # (B, seq)
     generators = [r.generator for r in rows]
     c = parts.codebook_size
-    draws = torch.zeros(b, h * w, c, device=device)  # (B, seq, C) scratch for each round's Exp(1) draws
-    noise = torch.zeros(b, h * w, device=device)  # (B, seq) scratch for each round's Gumbel noise
+    n = scratch_rows(h * w, c, b)
+    draws = torch.zeros(n, h * w, c, device=device)  # (n, seq, C) scratch for a chunk's Exp(1) draws
+    noise = torch.zeros(n, h * w, device=device)  # (n, seq) scratch for a chunk's Gumbel noise
+    # The guidance's per-row values, cut once into the chunks of rows the loop runs (views, made here once).
+    chunks = [(lo, min(lo + n, b)) for lo in range(0, b, n)]
+    cols = [(lo, u_idx[lo:hi], s_idx[lo:hi], j_idx[lo:hi], has_neg[lo:hi], has_sty[lo:hi], has_sub[lo:hi],
+             g[lo:hi], k[lo:hi], gamma[lo:hi], draws[:hi - lo], noise[:hi - lo]) for lo, hi in chunks]
+    # Prompt-only conditioning (text projections, micro-conditions, every AdaLN / ConvNeXt modulation), computed
+    # once for the call's passes instead of in each of the loop's forwards (trainer/uvit_forward.py): the same
+    # operations on the same P rows as the model's own forward, so the logits are bitwise those of `transformer`.
+    forward = step_forward(parts.transformer, hidden, pooled, conds)
 
     adapters = [rows[i].req.adapter or "" for i in styled] + [rows[i].req.subject or "" for i in subject]
     with _route(parts, adapters, start=n_neg + b):
         for rnd in range(schedule.rounds):
             ids = tokens.index_select(0, pass_idx).view(len(pass_rows), h, w)  # (P, seq) -> (P, h, w)
-            out = parts.transformer(ids, encoder_hidden_states=hidden, pooled_text_emb=pooled, micro_conds=conds)
-            out = out.float() if out.dtype != torch.float32 else out  # (P, C, h, w)
-            # StyleDrop's two-scale guidance, Eq. 4 as G(n) + g·(G(t) − G(n)) + (1 + λA)·(Ĝ(t) − G(t)).
-            cond = out[n_neg:n_neg + b]
-            logits = cond
-            if neg:
-                u = out.index_select(0, u_idx)
-                logits = torch.where(has_neg, u + g * (cond - u), cond) if len(neg) < b else u + g * (cond - u)
-            if styled or subject:
-                delta = out.index_select(0, s_idx) - cond  # Ĝ(t) − G(t); 0 for rows without a style adapter
-                if subject:
-                    sub = out.index_select(0, j_idx) - cond  # Ĝs(t) − G(t)
-                    delta = torch.where(has_sub, (1 - gamma) * delta + gamma * sub, delta)
-                logits = torch.where(has_sty, logits + k * delta, logits)
-            tokens = schedule.step(rnd, logits, tokens, generators, draws, noise)
+            out = forward(ids)  # (P, C, h, w) in the model's dtype
+            for lo, ui, si, ji, hn, hs, hj, gi, ki, gm, dr, nz in cols:
+                # StyleDrop's two-scale guidance in float32, Eq. 4 as G(n) + g·(G(t) − G(n)) + (1 + λA)·(Ĝ(t) −
+                # G(t)), for one chunk of rows: the float32 scratch is a chunk's, whatever the batch.
+                hi = lo + gi.shape[0]
+                cond = out[n_neg + lo:n_neg + hi].float()
+                logits = cond
+                if neg:
+                    u = out.index_select(0, ui).float()
+                    logits = torch.where(hn, u + gi * (cond - u), cond) if len(neg) < b else u + gi * (cond - u)
+                    del u
+                if styled or subject:
+                    delta = out.index_select(0, si).float() - cond  # Ĝ(t) − G(t); 0 for rows without a style
+                    if subject:
+                        sub = out.index_select(0, ji).float() - cond  # Ĝs(t) − G(t)
+                        delta = torch.where(hj, (1 - gm) * delta + gm * sub, delta)
+                        del sub
+                    logits = torch.where(hs, logits + ki * delta, logits)
+                    del delta
+                del cond
+                tokens[lo:hi] = schedule.step(rnd, logits, tokens[lo:hi], generators, dr, nz, start=lo)
+                del logits
+            del out
             if on_step is not None:
                 on_step(rnd + 1, schedule.rounds)
 

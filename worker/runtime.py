@@ -113,7 +113,8 @@ class Runtime:
         """The adapter cache over a LoRA bank installed on the resident model once (1 slot in a train worker).
 
         `adapter_gpu_slots = 0` sizes the bank by memory (`trainer.default_capacity`). With `compile` on a CUDA
-        generate worker the U-ViT forward is compiled with CUDA graphs after the bank is installed.
+        generate worker the sampler's U-ViT forward is replayed from CUDA graphs (`trainer.capture.graph_sampling`: a
+        plain capture, no compiler) after the bank is installed.
         """
         parts = self.parts()
         with self._lock:
@@ -132,7 +133,9 @@ class Runtime:
                     if bank.device.type != "cuda":
                         logger.warning("STYLEDROP_COMPILE is for CUDA devices; ignored on %s", bank.device)
                     else:
-                        trainer.compile_transformer(parts.transformer)
+                        from trainer.capture import graph_sampling  # the sampler's forward, replayed
+
+                        graph_sampling(parts.transformer)
                 self._cache = AdapterCache(
                     bank,
                     cpu_capacity=s.adapter_cpu_cache,

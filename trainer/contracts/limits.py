@@ -25,6 +25,7 @@ MIN_SEED, MAX_SEED = 0, 2**64 - 1
 # then 134 MB per row at 8192 codes; an unbounded side asked for tens of GB in one allocation.
 MAX_IMAGE_SIDE = 1024
 # Rows (requests) in one `sample` call: the worker's largest batch (generate_batch_size x max_images_per_request
-# = 8 x 4) twice over; at the largest side that is the scratch above times 64.
+# = 8 x 4) twice over; at the largest side that is the scratch above times 64. The sampler's memory
+# (docs/benchmarks.md §7) is stated for this many rows.
 MAX_SAMPLE_ROWS = 64
 MAX_RANK = 256  # LoRA rank: the CLI's and the engine's bound (the recipe uses 16)
