@@ -4,8 +4,9 @@
    every 4 steps; a TorchDispatchMode counts every aten op and every op that makes a CUDA host wait (a scalar read,
    a data-dependent shape, a copy to the host) between two progress callbacks: steps 5..8, including the one
    read-back of their losses. Bars: at most 1 host read per interval (the read-back), kernels per step at
-   S = 16 ≤ 1.05x S = 1, and on the full layer structure ≤ 4,500 kernels per step at S = 1 in fp32 and bf16. `--per-step-conditioning` counts the step as it
-   was before the constant conditioning (the model's own forward recomputing the prompt-only values each step).
+   S = 16 ≤ 1.05x S = 1, and on the full layer structure ≤ 4,500 kernels per step at S = 1 in fp32 and bf16.
+   `--per-step-conditioning` counts the step as it was before the constant conditioning (the model's own
+   forward recomputing the prompt-only values each step).
    Kernels = non-view ops (a view is metadata only; every other op is one launch on a GPU). With `--narrow` and
    `--config full`, the model has the full amused-256 layer STRUCTURE (22 transformer layers, 3+3 ConvNeXt/attention
    blocks, 16/12 heads, LoRA on all 168 to_q/to_k/to_v) at narrow widths: counts depend on structure, not widths.

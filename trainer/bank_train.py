@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .lora import AdapterError
+
 
 @dataclass(frozen=True)
 class _Group:
@@ -175,7 +177,6 @@ class TrainSite:
         x = args[0]
         n = store.pieces[0].shape[0]
         if x.shape[0] != n:
-            from .lora import AdapterError
             raise AdapterError(f"the batch has {x.shape[0]} rows but the bank routes {n}")
         layout = store.layout
         group, col = layout.group_of[self.site]
