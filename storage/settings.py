@@ -124,7 +124,10 @@ class Settings(BaseSettings):
     webhook_allow_private: bool = Field(
         default=False, description="Allow webhooks to loopback/private/link-local addresses (local development)."
     )
-    webhook_timeout_seconds: float = Field(default=10.0, description="One delivery attempt's HTTP timeout.")
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=10.0,
+        description="One delivery attempt's wall-clock deadline: connect, send and the (bounded) answer.",
+    )
     webhook_max_attempts: int = Field(default=8, description="Attempts per event before it is given up (failed).")
     webhook_retry_base_seconds: float = Field(
         default=5.0, description="First retry delay; each next one is 4x longer (5 s, 20 s, 80 s, ... up to 6 h)."
