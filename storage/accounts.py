@@ -11,6 +11,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from storage.cancels import cancel_user_work
 from storage.models import ApiKey, User
 from storage.sessions import close_user_sessions
 from storage.users import BadUserName, create_api_key, create_user, revoke_api_key, validate_user_name
@@ -108,13 +109,15 @@ def rotate_key(session: Session, *, key_id: str) -> tuple[ApiKey, str]:
 
 
 def set_disabled(session: Session, *, user_id: str, disabled: bool) -> User:
-    """Disable (its keys stop working and its sessions end) or enable a user again."""
+    """Disable (its keys stop working, its sessions end and its queued work is cancelled: nothing of a disabled
+    user runs any more) or enable a user again."""
     user = session.get(User, user_id)
     if user is None:
         raise UserNotFound(f"no user {user_id!r}")
     user.disabled = disabled
     if disabled:
         close_user_sessions(session, user_id)
+        cancel_user_work(session, user_id, running=False, why="Cancelled: the user was disabled.")
     session.commit()
     logger.info("user %s %s", user_id, "disabled" if disabled else "enabled")
     return user

@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     # --- generation --------------------------------------------------------------------------------------------
     generate_batch_size: int = 8
     max_images_per_request: int = 4
+    max_unfinished_images_per_user: int = Field(default=128, ge=0, description=(
+        "Images of one user's queued and running generations (samples included) at once; 0 = no limit."))
     max_wait_seconds: float = 60.0
     adapter_gpu_slots: int = Field(default=0, ge=0, description=(
         "LoRA-bank slots (adapters resident on the device) per generate worker; 0 = sized by memory: 10% of the "

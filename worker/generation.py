@@ -24,7 +24,7 @@ from storage.states import GenerationState
 from trainer import GenerationRequest
 from trainer.contracts.limits import DEFAULT_SUBJECT_WEIGHT
 from worker.adapter_cache import AdapterMissing, split_by_slots
-from worker.progress import StepRecorder
+from worker.progress import BatchGone, StepRecorder
 from worker.runtime import Runtime
 from worker.scoring import generation_scores
 from worker.shared import TRANSIENT, IdLogger, open_image, png
@@ -131,6 +131,9 @@ def run_chunk(rt: Runtime, rows: list[Generation], log: IdLogger) -> None:
             results = trainer.sample(rt.parts(), requests, on_step=progress)
         except TRANSIENT:
             raise
+        except BatchGone as exc:
+            log.info("sampling stopped: %s", exc)
+            return
         except trainer.SamplingError as exc:
             fail_invalid(rt, list(dict.fromkeys(owners)), exc)
             return

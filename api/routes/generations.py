@@ -205,6 +205,15 @@ def get_generation_image(
     return Response(lookup.read_blob(blobs, key, what="image"), media_type="image/png")
 
 
+@router.post("/{generation_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=GenerationPublic)
+def cancel_generation(generation_id: str, user: CurrentUser, session: SessionDep) -> GenerationPublic:
+    """Cancel a queued or running generation: it ends `failed` with `error_code` `cancelled` at once (a running
+    one's worker drops its images and stops sampling at its next step when nothing of its batch is left); 409
+    `generation_final` when it has already finished."""
+    gen = generations.cancel_generation(session=session, owner=user, generation_id=generation_id)
+    return generations.generation_view(session, gen)
+
+
 @router.delete("/{generation_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_generation(generation_id: str, user: CurrentUser, session: SessionDep, blobs: BlobsDep) -> None:
     """Delete a finished generation and its images (409 while it is queued or running; 404 for others' ids)."""
