@@ -109,8 +109,13 @@ class Settings(BaseSettings):
     max_concurrent_decodes: int = Field(default=2, description="Image decodes at once per API process.")
     min_image_side: int = 64
     max_json_bytes: int = Field(default=64 * 1024, description="Largest JSON request body (413 beyond).")
-    max_storage_bytes_per_user: int = Field(default=2 * 1024**3, description="Styles' images plus adapters' "
-                                            "files one user may keep; 0 = no limit.")
+    max_storage_bytes_per_user: int = Field(default=2 * 1024**3, description="Styles' images, adapters' files "
+                                            "and generated images one user may keep, counting what their waiting "
+                                            "work will write (storage/quotas.py); 0 = no limit.")
+    adapter_charge_bytes: int = Field(default=12 * 1024**2, ge=0, description="What the storage cap charges an "
+                                      "adapter before the first one exists (then: the newest adapter's size).")
+    image_charge_bytes: int = Field(default=3 * 512 * 512, ge=0, description="What the storage cap charges one "
+                                    "generated image (an RGB PNG's upper bound at 512 px).")
     blob_grace_seconds: float = Field(default=3600.0, description="Unreferenced blobs younger than this are kept.")
     reclaim_every: float = Field(default=600.0, description="Seconds between reclaimer passes (in the reconciler).")
 

@@ -27,7 +27,7 @@ from api.schemas import (
 )
 from api.services.adapters import get_adapter
 from api.services.lookup import get_owned
-from api.services.quotas import check_image_cap
+from api.services.quotas import check_image_cap, check_storage
 from api.services.uploads import hash_request, image_error, lock_owner, normalize_image
 from api.services.versions import generation_adapter
 from api.webhooks import checked_webhook
@@ -82,6 +82,8 @@ def create_generation(
         raise Invalid(f"num_images must be at most {settings.max_images_per_request}", code="bad_num_images",
                       field="body.num_images")
     check_image_cap(session, settings, owner, request.num_images)  # before any decode or write
+    adding = request.num_images * settings.image_charge_bytes + len(init_image or b"") + len(mask or b"")
+    check_storage(session, settings, owner, adding, "this generation")
     adapter_id = generation_adapter(session=session, owner=owner, adapter_id=request.adapter_id,
                                     style_id=request.style_id, version=request.version)
     subject_weight = check_subject(session, owner, request)
@@ -131,6 +133,7 @@ def create_generation(
     )
     lock_owner(session, owner)  # the cap again, under the owner's lock until the commit
     check_image_cap(session, settings, owner, request.num_images)
+    check_storage(session, settings, owner, adding, "this generation")
     session.add(gen)
     try:
         session.commit()

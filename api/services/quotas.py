@@ -1,14 +1,16 @@
 """Per-user caps checked before anything is written: unfinished generation images (429 `too_many_images` with
-Retry-After). Each check is cheap; callers run it once early (before decoding or storing anything) and again under
-the owner's lock (`api.services.uploads.lock_owner`) right before the commit, so concurrent requests of one user
-cannot pass it together."""
+Retry-After) and storage (413 `storage_quota_exceeded`, with `used` and `allowed`; storage/quotas.py). Each check
+is cheap; callers run it once early (before decoding or storing anything) and again under the owner's lock
+(`api.services.uploads.lock_owner`) right before the commit, so concurrent requests of one user cannot pass it
+together."""
 
 from __future__ import annotations
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.errors import RateLimited
+from api.errors import RateLimited, TooLarge
+from storage import quotas
 from storage.models import Generation, User
 from storage.settings import Settings
 from storage.states import GENERATION_UNFINISHED
@@ -36,3 +38,19 @@ def check_image_cap(session: Session, settings: Settings, owner: User, adding: i
             f"retry when some finish (about {retry} s), or cancel generations you no longer need",
             code="too_many_images", headers={"Retry-After": str(retry)},
         )
+
+
+def check_storage(session: Session, settings: Settings, owner: User, adding: int, what: str) -> None:
+    """413 `storage_quota_exceeded` when `adding` bytes (`what` says what they are) would take `owner` past
+    max_storage_bytes_per_user, counting what their waiting work will write."""
+    over = quotas.over_quota(session, settings, owner.id, adding)
+    if over is not None:
+        used, allowed = over
+        raise TooLarge(f"storage limit reached: you use {used} bytes (styles, adapters, generated images and what "
+                       f"your waiting work will write) and {what} adds {adding} (the limit is {allowed}); delete "
+                       "styles, adapters or generations you no longer need", code="storage_quota_exceeded",
+                       extensions={"used": used, "allowed": allowed, "adding": adding})
+
+
+def adapter_bytes(session: Session, settings: Settings) -> int:
+    return quotas.adapter_charge(session, settings)

@@ -17,7 +17,7 @@ from api.errors import Conflict, Invalid, NotFound
 from api.schemas import MAX_SEED, GenerationCreate, RoundCreate, RoundPick, SamplesCreate
 from api.services.generations import create_generation
 from api.services.lookup import get_owned
-from api.services.quotas import check_image_cap
+from api.services.quotas import check_image_cap, check_storage
 from api.services.styles import create_style_job
 from api.services.versions import default_of, generation_adapter, live_versions, styled
 from storage.blobs import BlobStore
@@ -38,7 +38,9 @@ def create_samples(*, session: Session, blobs: BlobStore, settings: Settings, ow
         raise Invalid(f"images_per_prompt must be at most {settings.max_images_per_request}",
                       code="bad_num_images", field="body.images_per_prompt")
     prompts = feedback_prompts(style.descriptor)[: body.prompts]
-    check_image_cap(session, settings, owner, len(prompts) * body.images_per_prompt)  # all of them, or none
+    images = len(prompts) * body.images_per_prompt
+    check_image_cap(session, settings, owner, images)  # all of them, or none
+    check_storage(session, settings, owner, images * settings.image_charge_bytes, "these samples")
     seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED // 2)
     gens = []
     for i, prompt in enumerate(prompts):

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api import queue
-from api.errors import Conflict, Invalid, NotFound, RateLimited, TooLarge
+from api.errors import Conflict, Invalid, NotFound, RateLimited
 from api.schemas import (
     MAX_SEED,
     JobPublic,
@@ -25,6 +25,7 @@ from api.schemas import (
 )
 from api.services.jobs import request_cancel
 from api.services.lookup import get_owned
+from api.services.quotas import adapter_bytes, check_storage
 from api.services.references import check_references, decode_references, store_references
 from api.services.uploads import hash_request, lock_owner
 from api.services.versions import default_of, live_versions
@@ -39,7 +40,6 @@ from storage.models import (
     User,
     utcnow,
 )
-from storage.reclaim import user_storage_bytes
 from storage.resources import job_views
 from storage.settings import Settings
 from storage.states import JOB_UNFINISHED, EventKind, JobState, WorkKind
@@ -80,15 +80,6 @@ def _check_job_cap(session: Session, settings: Settings, owner: User, *, lock: b
             f"retry when one finishes (about {retry} s), or cancel one",
             code="too_many_jobs", headers={"Retry-After": str(retry)},
         )
-
-
-def _check_storage_cap(session: Session, settings: Settings, owner: User, adding: int) -> None:
-    cap = settings.max_storage_bytes_per_user
-    used = user_storage_bytes(session, owner.id) if cap else 0
-    if cap and used + adding > cap:
-        raise TooLarge(f"storage limit reached: you keep {used} bytes of styles and adapters and this image adds "
-                       f"{adding} (the limit is {cap}); delete styles or adapters you no longer need",
-                       code="storage_quota_exceeded")
 
 
 def _check_steps_seed(settings: Settings, steps: int | None, seed: int | None) -> None:
@@ -155,7 +146,9 @@ def create_style(
         return replay
 
     normalized = decode_references(settings, refs)
-    _check_storage_cap(session, settings, owner, sum(len(n.png_bytes) for n in normalized))
+    # the images and the adapter the job will write, charged before anything is written
+    adding = sum(len(n.png_bytes) for n in normalized) + adapter_bytes(session, settings)
+    check_storage(session, settings, owner, adding, "this upload (its images and the adapter it will train)")
     references = store_references(blobs, normalized, refs)
     first = references[0]
 
@@ -172,6 +165,7 @@ def create_style(
             session.rollback()
             return replay
     _check_job_cap(session, settings, owner, lock=False)  # again under the owner's lock, just before insert
+    check_storage(session, settings, owner, adding, "this upload (its images and the adapter it will train)")
     session.add(style)
     session.flush()
     job = TrainingJob(
@@ -293,6 +287,7 @@ def create_style_job(
         raise Conflict(f"this style is still training (job {last.id} is {last.state}); cancel it first",
                        code="style_busy")
     _check_job_cap(session, settings, owner, lock=False)
+    check_storage(session, settings, owner, adapter_bytes(session, settings), "this training job's adapter")
     if steps is None:
         previous = (last.params or {}).get("steps") if last is not None else None
         default = min(settings.train_steps or DEFAULT_TRAIN_STEPS, settings.max_train_steps)
