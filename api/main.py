@@ -21,6 +21,7 @@ from api.request_guard import RequestGuard
 from api.routes import adapters, admin, generations, health, jobs, keys, pages, styles, webhooks
 from api.security import load_secret
 from api.streams import StreamHub
+from api.upload_gate import UploadGate
 from storage.blobs import blob_store_from_settings
 from storage.db import make_engine, make_sessionmaker, schema_problem
 from storage.settings import Settings, get_settings
@@ -82,6 +83,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # RequestGuard bounds the whole request body (style images, or init image + mask, plus fields) with a 413
     # problem; each file is then read in chunks against max_upload_bytes.
     app.add_middleware(RequestGuard, max_json_bytes=settings.max_json_bytes, max_body_bytes=settings.max_body_bytes)
+    # ... and, before that, an upload's caller, caps and place are checked without reading its body
+    app.add_middleware(UploadGate)
     for module in (styles, jobs, adapters, generations, webhooks, keys, admin, health, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -107,6 +107,10 @@ class Settings(BaseSettings):
         "reduced, larger PNG/WebP/GIF refused before decoding.",
     )
     max_concurrent_decodes: int = Field(default=2, description="Image decodes at once per API process.")
+    max_concurrent_uploads_per_user: int = Field(default=1, ge=1, description="Style uploads of one user read at "
+                                                 "once per API process (429 too_many_uploads beyond).")
+    max_concurrent_uploads_total: int = Field(default=2, ge=1, description="Style uploads read at once per API "
+                                              "process, all users together (429 too_many_uploads beyond).")
     min_image_side: int = 64
     max_json_bytes: int = Field(default=64 * 1024, description="Largest JSON request body (413 beyond).")
     max_storage_bytes_per_user: int = Field(default=2 * 1024**3, description="Styles' images, adapters' files "

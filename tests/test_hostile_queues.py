@@ -1,5 +1,5 @@
 """One user cannot take the generation queue from the others: batches are filled round-robin over users (checked
-against the queue positions the API shows), unfinished images are capped per user (429 `too_many_images`),
+against the queue positions the API shows), unfinished images are capped per user (429 `too_many_queued_images`),
 generations can be cancelled (queued at once; running ones too, and the worker stops sampling), an admin can cancel
 all of a user's work, and disabling a user cancels their queued work. SQLite and PostgreSQL."""
 
@@ -69,13 +69,13 @@ def test_unfinished_images_are_capped_per_user_samples_included(api_client: Any,
     first = _post(api_client, alice, 4)
     assert first.status_code == 202, first.text
     refused = _post(api_client, alice, 3)
-    assert refused.status_code == 429 and refused.json()["code"] == "too_many_images"
+    assert refused.status_code == 429 and refused.json()["code"] == "too_many_queued_images"
     assert int(refused.headers["Retry-After"]) > 0 and "the limit is 6" in refused.json()["detail"]
     assert _post(api_client, api_keys["bob"], 4).status_code == 202  # another user's own budget
     style_id, _ = style_with_versions(api_client, alice, 1)
     samples = api_client.post(f"/v1/styles/{style_id}/samples", headers=bearer(alice),
                               json={"prompts": 2, "images_per_prompt": 2, "steps": 2})
-    assert samples.status_code == 429 and samples.json()["code"] == "too_many_images"
+    assert samples.status_code == 429 and samples.json()["code"] == "too_many_queued_images"
     with api_client.app.state.sessionmaker() as s:
         assert len(s.scalars(select(Generation)).all()) == 2  # nothing of the refused samples was written
     cancelled = api_client.post(f"/v1/generations/{first.json()['id']}/cancel", headers=bearer(alice))

@@ -1,5 +1,5 @@
-"""Per-user caps checked before anything is written: unfinished generation images (429 `too_many_images` with
-Retry-After) and storage (413 `storage_quota_exceeded`, with `used` and `allowed`; storage/quotas.py). Each check
+"""Per-user caps checked before anything is written: unfinished generation images (429 `too_many_queued_images`
+with Retry-After) and storage (413 `storage_quota_exceeded`, with `used` and `allowed`; storage/quotas.py). Each check
 is cheap; callers run it once early (before decoding or storing anything) and again under the owner's lock
 (`api.services.uploads.lock_owner`) right before the commit, so concurrent requests of one user cannot pass it
 together."""
@@ -26,7 +26,8 @@ def unfinished_images(session: Session, owner_id: str) -> int:
 
 
 def check_image_cap(session: Session, settings: Settings, owner: User, adding: int) -> None:
-    """429 `too_many_images` when `adding` more images would take `owner` past max_unfinished_images_per_user."""
+    """429 `too_many_queued_images` when `adding` more images would take `owner` past
+    max_unfinished_images_per_user."""
     cap = settings.max_unfinished_images_per_user
     if not cap:
         return
@@ -36,7 +37,7 @@ def check_image_cap(session: Session, settings: Settings, owner: User, adding: i
         raise RateLimited(
             f"you have {waiting} images queued or rendering and this request adds {adding} (the limit is {cap}); "
             f"retry when some finish (about {retry} s), or cancel generations you no longer need",
-            code="too_many_images", headers={"Retry-After": str(retry)},
+            code="too_many_queued_images", headers={"Retry-After": str(retry)},
         )
 
 

@@ -129,7 +129,7 @@ def create_style(
     hook_url, hook_events = checked_webhook(webhook, webhook_events, settings=settings)
     extra = {"kind": refs.kind, "class_word": refs.class_word, "captions": refs.captions} if (
         refs.kind != "style" or len(images) > 1 or any(refs.captions)) else {}  # one plain image: hashes as before
-    request_hash = hash_request(b"\0image\0".join(images), {
+    request_hash = hash_request(images, sep=b"\0image\0", fields={
         "descriptor": descriptor, "content": content, "steps": steps, "seed": seed, **extra,
         **({"webhook": hook_url, "events": hook_events} if hook_url else {})})
     if idempotency_key is not None:

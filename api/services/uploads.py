@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any, BinaryIO
 
 from sqlalchemy import update
@@ -54,8 +55,13 @@ def normalize_image(data: bytes, *, settings: Settings, what: str) -> Normalized
         raise image_error(exc, what) from exc
 
 
-def hash_request(image: bytes, fields: dict[str, Any]) -> str:
-    digest = hashlib.sha256(image)
+def hash_request(image: bytes | Sequence[bytes], fields: dict[str, Any], *, sep: bytes = b"") -> str:
+    """The request's idempotency hash: its file(s), joined by `sep`, then its fields. Several files are hashed
+    one after another, never joined into one more copy of the upload."""
+    parts = [image] if isinstance(image, bytes) else list(image)
+    digest = hashlib.sha256()
+    for n, part in enumerate(parts):
+        digest.update((sep if n else b"") + part)
     digest.update(json.dumps(fields, sort_keys=True).encode())
     return digest.hexdigest()
 
