@@ -22,6 +22,7 @@ from api.routes import adapters, admin, generations, health, jobs, keys, pages, 
 from api.security import load_secret
 from api.streams import StreamHub
 from api.upload_gate import UploadGate
+from api.waiters import GenerationWaiters
 from storage.blobs import blob_store_from_settings
 from storage.db import make_engine, make_sessionmaker, schema_problem
 from storage.settings import Settings, get_settings
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.secret = load_secret(settings)
     app.state.streams = StreamHub(app.state.sessionmaker, per_user=settings.max_streams_per_user,
                                   total=settings.max_streams_total)
+    app.state.waiters = GenerationWaiters(app.state.sessionmaker, per_user=settings.max_waiters_per_user)
     app.state.rate_limiter = make_rate_limiter(settings)
     app.state.metrics_registry = make_registry(app.state.sessionmaker, settings)
     install_handlers(app)

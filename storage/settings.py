@@ -87,6 +87,8 @@ class Settings(BaseSettings):
     max_unfinished_images_per_user: int = Field(default=128, ge=0, description=(
         "Images of one user's queued and running generations (samples included) at once; 0 = no limit."))
     max_wait_seconds: float = 60.0
+    max_waiters_per_user: int = Field(default=10, ge=0, description="`?wait=` requests of one user waiting at "
+                                      "once per API process; more are answered at once (202), without waiting.")
     adapter_gpu_slots: int = Field(default=0, ge=0, description=(
         "LoRA-bank slots (adapters resident on the device) per generate worker; 0 = sized by memory: 10% of the "
         "GPU's free memory (a thousand amused-256 adapters on an H200), 16 on a CPU"))
