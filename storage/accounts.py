@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -66,12 +66,19 @@ def list_users(session: Session) -> Sequence[User]:
     return session.scalars(select(User).order_by(User.created_at, User.name)).all()
 
 
-def list_keys(session: Session, *, user_id: str | None = None) -> Sequence[ApiKey]:
-    """Keys (never their secrets), oldest first; of one user when `user_id` is given."""
+def list_keys(session: Session, *, user_id: str | None = None, limit: int | None = None,
+              offset: int = 0) -> Sequence[ApiKey]:
+    """Keys (never their secrets), oldest first; of one user when `user_id` is given; a page with `limit`."""
     query = select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)
     if user_id is not None:
         query = query.where(ApiKey.user_id == user_id)
-    return session.scalars(query).all()
+    return session.scalars(query.limit(limit).offset(offset)).all()
+
+
+def active_keys(session: Session, user_id: str) -> int:
+    """The user's keys that are not revoked."""
+    return int(session.scalar(select(func.count()).select_from(ApiKey).where(
+        ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None))) or 0)
 
 
 def add_key(session: Session, *, user_id: str) -> tuple[ApiKey, str]:

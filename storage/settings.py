@@ -166,7 +166,11 @@ class Settings(BaseSettings):
         "outside); by default /metrics needs an admin API key (Prometheus: `authorization: credentials`).",
     )
     max_streams_per_user: int = Field(default=10, description="Open event streams per user (429 beyond).")
+    max_active_keys_per_user: int = Field(default=20, ge=1, description="API keys a user may hold unrevoked "
+                                          "(POST /v1/keys answers 409 too_many_keys beyond; admins are not capped).")
     max_streams_total: int = Field(default=1000, description="Open event streams per API process (429 beyond).")
+    stream_recheck_seconds: float = Field(default=5.0, gt=0, description="How often an open event stream checks "
+                                          "that its key or session is still valid (it ends when not).")
     db_pool_size: int = 5
     db_max_overflow: int = 10
     db_pool_timeout: float = Field(default=10.0, description="Seconds to wait for a pooled connection (then 503).")

@@ -30,6 +30,7 @@ from api.services.lookup import get_owned
 from api.services.quotas import check_image_cap, check_storage
 from api.services.uploads import hash_request, image_error, lock_owner, normalize_image
 from api.services.versions import generation_adapter
+from api.text import unsafe_character
 from api.webhooks import checked_webhook
 from storage import cancels
 from storage.blobs import BlobStore, content_key
@@ -81,6 +82,9 @@ def create_generation(
     if request.num_images > settings.max_images_per_request:
         raise Invalid(f"num_images must be at most {settings.max_images_per_request}", code="bad_num_images",
                       field="body.num_images")
+    for name, text in (("prompt", request.prompt), ("negative_prompt", request.negative_prompt)):
+        if bad := unsafe_character(text or ""):
+            raise Invalid(f"{name} contains {bad}", code="bad_prompt", field=f"body.{name}")
     check_image_cap(session, settings, owner, request.num_images)  # before any decode or write
     adding = request.num_images * settings.image_charge_bytes + len(init_image or b"") + len(mask or b"")
     check_storage(session, settings, owner, adding, "this generation")

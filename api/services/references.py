@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from api.errors import Invalid
 from api.services.uploads import normalize_image
-from api.text import is_invisible
+from api.text import is_invisible, unsafe_character
 from storage.blobs import BlobStore, content_key
 from storage.images import NormalizedImage
 from storage.settings import Settings
@@ -48,9 +48,13 @@ def check_references(*, settings: Settings, kind: str, images: Sequence[bytes], 
         if text and (len(text) > MAX_CAPTION or is_invisible(text)):
             raise Invalid(f"caption {n + 1} must be 1..{MAX_CAPTION} visible characters (empty = the StyleDrop "
                           "prompt)", code="bad_caption", field="body.caption")
+        if bad := unsafe_character(text):
+            raise Invalid(f"caption {n + 1} contains {bad}", code="bad_caption", field="body.caption")
         cleaned.append(text or None)
     cleaned += [None] * (len(images) - len(cleaned))
     word = (class_word or "").strip() or None
+    if word is not None and (bad := unsafe_character(word)):
+        raise Invalid(f"class_word contains {bad}", code="bad_class_word", field="body.class_word")
     if kind == "subject":
         if word is None or len(word) > MAX_CLASS_WORD or is_invisible(word):
             raise Invalid(f"a subject needs a class word of 1..{MAX_CLASS_WORD} visible characters (what the "

@@ -29,7 +29,7 @@ from api.services.quotas import adapter_bytes, check_storage
 from api.services.references import check_references, decode_references, store_references
 from api.services.uploads import hash_request, lock_owner
 from api.services.versions import default_of, live_versions
-from api.text import is_invisible
+from api.text import is_invisible, unsafe_character
 from api.webhooks import checked_webhook
 from storage import jobs as jobstore
 from storage.blobs import BlobStore
@@ -121,6 +121,10 @@ def create_style(
                       code="bad_descriptor", field="body.descriptor")
     if content is not None and len(content) > 500:
         raise Invalid("content must be at most 500 characters", code="bad_content", field="body.content")
+    for name, text in (("descriptor", descriptor), ("content", content)):
+        bad = unsafe_character(text or "")
+        if bad:
+            raise Invalid(f"{name} contains {bad}", code=f"bad_{name}", field=f"body.{name}")
     _check_steps_seed(settings, steps, seed)
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
         raise Invalid("Idempotency-Key must be 1..255 characters", code="bad_idempotency_key",
