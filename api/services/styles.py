@@ -26,8 +26,14 @@ from api.schemas import (
 from api.services.jobs import request_cancel
 from api.services.lookup import get_owned
 from api.services.quotas import adapter_bytes, check_storage
-from api.services.references import check_references, decode_references, store_references
-from api.services.uploads import hash_request, lock_owner
+from api.services.references import (
+    ImageSource,
+    check_references,
+    close_all,
+    decode_references,
+    store_references,
+)
+from api.services.uploads import BytesSource, hash_request, lock_owner
 from api.services.versions import default_of, live_versions
 from api.text import is_invisible, unsafe_character
 from api.webhooks import checked_webhook
@@ -96,7 +102,7 @@ def create_style(
     blobs: BlobStore,
     settings: Settings,
     owner: User,
-    images: Sequence[bytes],
+    images: Sequence[ImageSource | bytes],
     descriptor: str | None,
     content: str | None,
     steps: int | None,
@@ -108,7 +114,8 @@ def create_style(
     kind: str = "style",
     class_word: str | None = None,
 ) -> StyleCreated:
-    refs = check_references(settings=settings, kind=kind, images=images, captions=captions, class_word=class_word)
+    sources = [BytesSource(i) if isinstance(i, bytes) else i for i in images]
+    refs = check_references(settings=settings, kind=kind, images=sources, captions=captions, class_word=class_word)
     # A subject is named by its class word unless a descriptor is given (it shows in listings and the adapter).
     descriptor = (descriptor or "").strip() or (refs.class_word if refs.kind == "subject" else "") or ""
     content = content.strip() if content and content.strip() else None
@@ -133,7 +140,7 @@ def create_style(
     hook_url, hook_events = checked_webhook(webhook, webhook_events, settings=settings)
     extra = {"kind": refs.kind, "class_word": refs.class_word, "captions": refs.captions} if (
         refs.kind != "style" or len(images) > 1 or any(refs.captions)) else {}  # one plain image: hashes as before
-    request_hash = hash_request(images, sep=b"\0image\0", fields={
+    request_hash = hash_request((s.read() for s in sources), sep=b"\0image\0", fields={
         "descriptor": descriptor, "content": content, "steps": steps, "seed": seed, **extra,
         **({"webhook": hook_url, "events": hook_events} if hook_url else {})})
     if idempotency_key is not None:
@@ -150,10 +157,13 @@ def create_style(
         return replay
 
     normalized = decode_references(settings, refs)
-    # the images and the adapter the job will write, charged before anything is written
-    adding = sum(len(n.png_bytes) for n in normalized) + adapter_bytes(session, settings)
-    check_storage(session, settings, owner, adding, "this upload (its images and the adapter it will train)")
-    references = store_references(blobs, normalized, refs)
+    try:
+        # the images and the adapter the job will write, charged before anything is written
+        adding = sum(n.size for n in normalized) + adapter_bytes(session, settings)
+        check_storage(session, settings, owner, adding, "this upload (its images and the adapter it will train)")
+        references = store_references(blobs, normalized, refs)
+    finally:
+        close_all(normalized)
     first = references[0]
 
     total = steps or min(settings.train_steps or DEFAULT_TRAIN_STEPS, settings.max_train_steps)
