@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
@@ -101,6 +101,24 @@ def get_current_user(request: Request, session: SessionDep, bearer: BearerDep) -
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+def credential_check(request: Request, user_id: str) -> Callable[[], bool]:
+    """A check a long-lived response (an event stream) repeats: does the credential this request came with — its
+    API key, else its session cookie — still name the enabled user `user_id`? (Revoked or rotated keys, ended
+    sessions and disabled users fail it.) Runs in a short session of its own each time."""
+    authorization = request.headers.get("authorization") or ""
+    key = authorization[7:].strip() if authorization[:7].lower() == "bearer " else None
+    token = request.cookies.get(SESSION_COOKIE)
+    factory: sessionmaker[Session] = request.app.state.sessionmaker
+
+    def still_allowed() -> bool:
+        with factory() as session:
+            user = authenticate_key(session, key) if key else session_user(session, token) if token else None
+            session.rollback()  # a check, not a use: last_used_at is left as the request wrote it
+            return user is not None and user.id == user_id
+
+    return still_allowed
 
 
 def get_admin_user(user: CurrentUser) -> User:

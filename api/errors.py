@@ -38,9 +38,10 @@ class ServiceError(Exception):
         cls.status_code, cls.code = status, code
 
     def __init__(self, message: str, *, code: str | None = None, headers: dict[str, str] | None = None,
-                 field: str | None = None) -> None:
+                 field: str | None = None, extensions: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.extensions = extensions or {}  # further members of the problem (e.g. `used`, `allowed`)
         if code is not None:
             self.code = code
         self.headers = headers
@@ -77,7 +78,7 @@ async def _service_error(request: Request, exc: Exception) -> ProblemResponse:
     assert isinstance(exc, ServiceError)
     errors = [{"field": exc.field, "message": exc.message}] if exc.field else None
     return problem(exc.status_code, exc.code, exc.message, path=request.url.path, headers=exc.headers,
-                   errors=errors)
+                   errors=errors, **exc.extensions)
 
 
 def _database_error(status: int, code: str, message: str, *, retry_after: str | None, what: str) -> Handler:

@@ -21,6 +21,8 @@ from api.request_guard import RequestGuard
 from api.routes import adapters, admin, generations, health, jobs, keys, pages, styles, webhooks
 from api.security import load_secret
 from api.streams import StreamHub
+from api.upload_gate import UploadGate
+from api.waiters import GenerationWaiters
 from storage.blobs import blob_store_from_settings
 from storage.db import make_engine, make_sessionmaker, schema_problem
 from storage.settings import Settings, get_settings
@@ -76,12 +78,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.secret = load_secret(settings)
     app.state.streams = StreamHub(app.state.sessionmaker, per_user=settings.max_streams_per_user,
                                   total=settings.max_streams_total)
+    app.state.waiters = GenerationWaiters(app.state.sessionmaker, per_user=settings.max_waiters_per_user)
     app.state.rate_limiter = make_rate_limiter(settings)
     app.state.metrics_registry = make_registry(app.state.sessionmaker, settings)
     install_handlers(app)
     # RequestGuard bounds the whole request body (style images, or init image + mask, plus fields) with a 413
     # problem; each file is then read in chunks against max_upload_bytes.
     app.add_middleware(RequestGuard, max_json_bytes=settings.max_json_bytes, max_body_bytes=settings.max_body_bytes)
+    # ... and, before that, an upload's caller, caps and place are checked without reading its body
+    app.add_middleware(UploadGate)
     for module in (styles, jobs, adapters, generations, webhooks, keys, admin, health, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

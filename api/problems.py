@@ -98,7 +98,8 @@ _DESCRIPTIONS: dict[int, str] = {
     413: "The body or a file is over its limit (`body_too_large`, `too_large`, `storage_quota_exceeded`).",
     415: "Not a content type or image format this accepts.",
     422: "A field is invalid (`validation_error`, with `errors` naming each field; or a specific code).",
-    429: "Too many requests, jobs or event streams (`rate_limited`, `too_many_jobs`, `too_many_streams`).",
+    429: "Too many requests, jobs, queued images, uploads at once or event streams (`rate_limited`, "
+         "`too_many_jobs`, `too_many_queued_images`, `too_many_uploads`, `too_many_streams`).",
     500: "An unexpected error; it was logged (`internal_error`).",
     503: "The database is unreachable or busy, or the service is not ready (`database_unavailable`, "
          "`database_busy`, `not_ready`, `decoder_busy`).",

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
 from fastapi.routing import APIRoute
@@ -132,24 +132,48 @@ class StreamHub:
         if self._poller is None:
             self._poller = asyncio.get_running_loop().create_task(self._poll_forever())
 
+    @staticmethod
+    async def _allowed(still_allowed: Callable[[], bool]) -> bool:
+        try:
+            return await run_in_threadpool(still_allowed)
+        except Exception as exc:  # the database is down: keep the stream until it can tell
+            logger.warning("event stream credential check: %s", str(exc).splitlines()[0][:200])
+            return True
+
     def _read(self, job_id: str, after: int) -> tuple[list[JobEvent], str | None]:
         with self.factory() as session:
             events = list(jobstore.events_after(session, job_id, after, EVENTS_PER_READ))
             job = session.get(TrainingJob, job_id)
             return events, job.state if job is not None else None
 
-    async def events(self, job_id: str, after: int,
-                     public: Callable[[JobEvent], BaseModel]) -> AsyncIterator[ServerSentEvent]:
+    async def events(self, job_id: str, after: int, public: Callable[[JobEvent], BaseModel],
+                     still_allowed: Callable[[], bool] | None = None,
+                     recheck_seconds: float = 5.0) -> AsyncIterator[ServerSentEvent]:
         """The events of one admitted stream after event id `after` (`public`: an event as the API shows it), then
-        an `end` event once the job is final. FastAPI frames them and sends the keep-alives
+        an `end` event once the job is final. Every `recheck_seconds` `still_allowed` (run in a thread) is asked
+        whether the caller's key or session still holds; when it does not (revoked, rotated, signed out, user
+        disabled) the stream ends with an `end` event saying so. FastAPI frames them and sends the keep-alives
         (`EventSourceResponse`); the route's dependency gives the stream's place back however it ends."""
         watcher = _Watcher(job_id, after)
+        loop = asyncio.get_running_loop()
+        next_check = loop.time() + recheck_seconds
         try:
             yield ServerSentEvent(retry=RETRY_MS)
             self._watch(watcher)
             watcher.wake.set()  # read once at once: events before the stream opened
             while True:
-                await watcher.wake.wait()
+                if still_allowed is not None:
+                    with suppress(TimeoutError):
+                        await asyncio.wait_for(watcher.wake.wait(), timeout=max(next_check - loop.time(), 0.01))
+                    if loop.time() >= next_check:
+                        next_check = loop.time() + recheck_seconds
+                        if not await self._allowed(still_allowed):
+                            yield ServerSentEvent(event="end", data={"state": None, "reason": "unauthorized"})
+                            return
+                    if not watcher.wake.is_set():
+                        continue
+                else:
+                    await watcher.wake.wait()
                 watcher.wake.clear()
                 try:
                     events, state = await run_in_threadpool(self._read, job_id, watcher.after)

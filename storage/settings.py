@@ -84,7 +84,11 @@ class Settings(BaseSettings):
     # --- generation --------------------------------------------------------------------------------------------
     generate_batch_size: int = 8
     max_images_per_request: int = 4
+    max_unfinished_images_per_user: int = Field(default=128, ge=0, description=(
+        "Images of one user's queued and running generations (samples included) at once; 0 = no limit."))
     max_wait_seconds: float = 60.0
+    max_waiters_per_user: int = Field(default=10, ge=0, description="`?wait=` requests of one user waiting at "
+                                      "once per API process; more are answered at once (202), without waiting.")
     adapter_gpu_slots: int = Field(default=0, ge=0, description=(
         "LoRA-bank slots (adapters resident on the device) per generate worker; 0 = sized by memory: 10% of the "
         "GPU's free memory (a thousand amused-256 adapters on an H200), 16 on a CPU"))
@@ -105,10 +109,19 @@ class Settings(BaseSettings):
         "reduced, larger PNG/WebP/GIF refused before decoding.",
     )
     max_concurrent_decodes: int = Field(default=2, description="Image decodes at once per API process.")
+    max_concurrent_uploads_per_user: int = Field(default=1, ge=1, description="Style uploads of one user read at "
+                                                 "once per API process (429 too_many_uploads beyond).")
+    max_concurrent_uploads_total: int = Field(default=2, ge=1, description="Style uploads read at once per API "
+                                              "process, all users together (429 too_many_uploads beyond).")
     min_image_side: int = 64
     max_json_bytes: int = Field(default=64 * 1024, description="Largest JSON request body (413 beyond).")
-    max_storage_bytes_per_user: int = Field(default=2 * 1024**3, description="Styles' images plus adapters' "
-                                            "files one user may keep; 0 = no limit.")
+    max_storage_bytes_per_user: int = Field(default=2 * 1024**3, description="Styles' images, adapters' files "
+                                            "and generated images one user may keep, counting what their waiting "
+                                            "work will write (storage/quotas.py); 0 = no limit.")
+    adapter_charge_bytes: int = Field(default=12 * 1024**2, ge=0, description="What the storage cap charges an "
+                                      "adapter before the first one exists (then: the newest adapter's size).")
+    image_charge_bytes: int = Field(default=3 * 512 * 512, ge=0, description="What the storage cap charges one "
+                                    "generated image (an RGB PNG's upper bound at 512 px).")
     blob_grace_seconds: float = Field(default=3600.0, description="Unreferenced blobs younger than this are kept.")
     reclaim_every: float = Field(default=600.0, description="Seconds between reclaimer passes (in the reconciler).")
 
@@ -124,7 +137,10 @@ class Settings(BaseSettings):
     webhook_allow_private: bool = Field(
         default=False, description="Allow webhooks to loopback/private/link-local addresses (local development)."
     )
-    webhook_timeout_seconds: float = Field(default=10.0, description="One delivery attempt's HTTP timeout.")
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=10.0,
+        description="One delivery attempt's wall-clock deadline: connect, send and the (bounded) answer.",
+    )
     webhook_max_attempts: int = Field(default=8, description="Attempts per event before it is given up (failed).")
     webhook_retry_base_seconds: float = Field(
         default=5.0, description="First retry delay; each next one is 4x longer (5 s, 20 s, 80 s, ... up to 6 h)."
@@ -150,7 +166,11 @@ class Settings(BaseSettings):
         "outside); by default /metrics needs an admin API key (Prometheus: `authorization: credentials`).",
     )
     max_streams_per_user: int = Field(default=10, description="Open event streams per user (429 beyond).")
+    max_active_keys_per_user: int = Field(default=20, ge=1, description="API keys a user may hold unrevoked "
+                                          "(POST /v1/keys answers 409 too_many_keys beyond; admins are not capped).")
     max_streams_total: int = Field(default=1000, description="Open event streams per API process (429 beyond).")
+    stream_recheck_seconds: float = Field(default=5.0, gt=0, description="How often an open event stream checks "
+                                          "that its key or session is still valid (it ends when not).")
     db_pool_size: int = 5
     db_max_overflow: int = 10
     db_pool_timeout: float = Field(default=10.0, description="Seconds to wait for a pooled connection (then 503).")

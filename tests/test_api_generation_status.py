@@ -54,7 +54,7 @@ def test_pending_generation_has_location_retry_after_position_and_clamped_wait(a
 
     # running: 6 of 12 rounds in 6 s -> half done, about 6 s to go
     with factory() as session:
-        assert claims.claim_generations(session, first_id=first["id"], limit=1, worker_host="w")
+        assert claims.claim_generations(session, limit=1, worker_host="w")
         jobstore.record_generation_step(session, first["id"], 6, "w")
         session.get(Generation, first["id"]).started_at = utcnow() - timedelta(seconds=6)
         session.commit()
@@ -74,7 +74,7 @@ def test_delete_generation_removes_row_and_images_owner_only(api_client, api_key
     factory = api_client.app.state.sessionmaker
     assert api_client.delete(f"/v1/generations/{gen['id']}", headers=alice).status_code == 409  # still queued
     with factory() as session:
-        claims.claim_generations(session, first_id=gen["id"], limit=1, worker_host="w")
+        claims.claim_generations(session, limit=1, worker_host="w")
         blobs.put_bytes("images/t/0.png", b"png0")
         blobs.put_bytes("images/t/1.png", b"png1")
         jobstore.transition_generation(session, gen["id"], expected="running", new="succeeded",

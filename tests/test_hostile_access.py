@@ -51,6 +51,8 @@ def test_unfinished_job_cap_is_429_with_retry_after(api_client, api_keys) -> Non
 
 
 def test_cap_holds_under_concurrent_uploads(api_client, api_keys) -> None:
+    api_client.app.state.settings = api_client.app.state.settings.model_copy(update={
+        "max_concurrent_uploads_per_user": 8, "max_concurrent_uploads_total": 8})  # all 8 reach the job cap's check
     statuses: list[int] = []
     lock = threading.Lock()
 

@@ -97,7 +97,8 @@ def test_200_open_streams_hold_no_connection_and_are_bounded(stream_api: ApiProc
 
 @pytest.fixture
 def bomb_api(tmp_path: Path) -> Iterator[ApiProcess]:
-    with start_api(tmp_path) as api:
+    # all 8 bombs decode at once (max_concurrent_decodes is what bounds them here, not the upload places)
+    with start_api(tmp_path, STYLEDROP_MAX_CONCURRENT_UPLOADS_TOTAL="8") as api:
         yield api
 
 

@@ -209,6 +209,8 @@ def _concurrently(n: int, call: Any) -> list[Any]:
 
 
 def test_concurrent_retries_with_one_key_name_the_same_job_at_the_cap(api_client, api_keys) -> None:
+    api_client.app.state.settings = api_client.app.state.settings.model_copy(update={
+        "max_concurrent_uploads_per_user": 6, "max_concurrent_uploads_total": 6})  # all 6 reach the job cap's check
     alice = api_keys["alice"]
     assert post_style(api_client, alice, (1, 1, 1)).status_code == 202  # one place of two left
     results = _concurrently(6, lambda i: post_style(api_client, alice, (5, 5, 5), **{"Idempotency-Key": "retry-1"}))

@@ -112,7 +112,7 @@ def test_lost_answer_is_delivered_again_with_the_same_id(hooks_client, api_keys,
     assert gen.json()["webhook_events_filter"] == ["completed"]
     factory = client.app.state.sessionmaker
     with factory() as s:  # what the generate worker does; "start" and "progress" are filtered out
-        claims.claim_generations(s, first_id=gen.json()["id"], limit=1, worker_host="w")
+        claims.claim_generations(s, limit=1, worker_host="w")
         jobstore.record_generation_step(s, gen.json()["id"], 12, "w")
         jobstore.transition_generation(s, gen.json()["id"], expected="running", new="succeeded",
                                        image_keys=["images/x.png"], finished_at=utcnow())
@@ -161,7 +161,7 @@ def test_private_addresses_refused_by_default_and_at_delivery(api_client, api_ke
     answers["hooks.example.test"] = [ipaddress.ip_address("127.0.0.1")]
     factory, settings = api_client.app.state.sessionmaker, api_client.app.state.settings
     with factory() as s:
-        claims.claim_generations(s, first_id=gen.json()["id"], limit=1, worker_host="w")
+        claims.claim_generations(s, limit=1, worker_host="w")
         s.commit()
     outcomes = delivery.deliver_due(factory, settings)
     assert list(outcomes.values()) == ["retrying"] and receiver.requests == []

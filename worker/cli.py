@@ -4,6 +4,7 @@
     styledrop worker --queue train|generate             one Celery worker (--pool solo: one process per GPU)
     styledrop migrate                                   bring the database to the newest schema
     styledrop reconcile [--once]                        re-send lost messages, requeue jobs of dead workers
+    styledrop webhooks                                  deliver webhook events (a child of `up`, or on its own)
     styledrop users create NAME [--admin]               prints the new API key once
     styledrop users list | keys | add-key | revoke-key | rotate-key | disable | enable   (worker/users_cli.py)
     styledrop train / generate / eval ...               the engine on its own (trainer/cli.py)
@@ -78,6 +79,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                 "--timeout-graceful-shutdown", "5"],
         "train": [sys.executable, "-m", "worker.cli", "worker", "--queue", "train"],
         "generate": [sys.executable, "-m", "worker.cli", "worker", "--queue", "generate"],
+        # receivers' answers are read here, never in this supervisor (worker/webhook_pool.py)
+        "webhooks": [sys.executable, "-m", "worker.cli", "webhooks"],
     }
     logger.info("data in %s, database %s, broker %s, model %s", settings.data_dir.resolve(),
                 "sqlite (embedded)" if settings.database_url is None else "DATABASE_URL",
@@ -102,7 +105,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     supervisor = Supervisor(commands, env=_child_env(settings.data_dir), on_exit=on_exit,
                             max_crashes=settings.restart_max_crashes, window=settings.restart_window_seconds,
                             stop_grace=STOP_GRACE_SECONDS)
-    reconciler.start_thread(factory, settings, send=send, stop=rec_stop)
+    reconciler.start_thread(factory, settings, send=send, stop=rec_stop, deliver_webhooks=False)
     logger.info("API on http://%s:%s  (Ctrl-C stops everything)", host, port)
     try:
         return supervisor.run(stop)
@@ -153,6 +156,19 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_webhooks(_args: argparse.Namespace) -> int:
+    settings = _settings()
+    from storage.db import make_engine, make_sessionmaker
+    from worker import webhook_pool
+
+    factory = make_sessionmaker(make_engine(settings.resolved_database_url))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        webhook_pool.run_forever(factory, settings, stop)
+    return 0
+
+
 # --- the parser ----------------------------------------------------------------------------------------------------
 
 
@@ -177,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--once", action="store_true", help="one pass, then exit")
     rec.set_defaults(func=cmd_reconcile)
 
+    sub.add_parser("webhooks", help="deliver due webhook events (each attempt bounded in time and size)"
+                   ).set_defaults(func=cmd_webhooks)
+
     from trainer.cli import add_engine_commands
     from worker.users_cli import add_users_commands
 
@@ -189,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in {"up", "worker", "reconcile"}:
+    if args.command in {"up", "worker", "reconcile", "webhooks"}:
         _setup_logging(sys.stdout)
     elif args.command in {"train", "generate"}:  # the engine's progress lines and its user-facing errors
         from trainer.cli import run

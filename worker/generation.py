@@ -28,7 +28,7 @@ from trainer import GenerationRequest
 from trainer.contracts.limits import DEFAULT_SUBJECT_WEIGHT
 from trainer.requests import check_request
 from worker.adapter_cache import AdapterMissing, split_by_slots
-from worker.progress import StepRecorder
+from worker.progress import BatchGone, StepRecorder
 from worker.runtime import Runtime
 from worker.scoring import generation_scores
 from worker.shared import TRANSIENT, IdLogger, open_image, png
@@ -143,6 +143,8 @@ def run_chunk(rt: Runtime, rows: list[Generation], log: IdLogger) -> None:
                     results[i] = res
             except TRANSIENT:
                 raise
+            except BatchGone as exc:  # none of this group is this worker's any more (cancelled, taken over)
+                log.info("sampling stopped: %s", exc)
             except trainer.SamplingError as exc:  # checked alone before: not expected, but never a stuck row
                 fail_invalid(rt, gens, exc)
         log.info("sampled %d images for %d generations in %.2f s", sum(r is not None for r in results),

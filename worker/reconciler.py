@@ -9,8 +9,9 @@
   without persistence, a flushed queue), every waiting row sent before the grace period is sent again at once,
   instead of after `visibility_timeout`.
 
-Run it in a thread inside `styledrop up`, or as `styledrop reconcile [--once]`. `run_forever` also runs the webhook
-delivery loop (worker/webhooks.py) in a thread of its own.
+Run it in a thread inside `styledrop up`, or as `styledrop reconcile [--once]`. A stand-alone `run_forever` also runs
+the webhook delivery loop (worker/webhook_pool.py) in a thread of its own; `styledrop up` runs that loop as a
+supervised process instead (`styledrop webhooks`), so no receiver's answer is ever read inside the supervisor.
 """
 
 from __future__ import annotations
@@ -203,15 +204,15 @@ def celery_sender() -> Send:
 
 def run_forever(
     session_factory: sessionmaker[Session], settings: Settings, stop: threading.Event,
-    send: Send | None = None,
+    send: Send | None = None, *, deliver_webhooks: bool = True,
 ) -> None:
     """Reconcile every `settings.reconcile_every` seconds until `stop` is set; errors are logged, not raised."""
     send = send or celery_sender()
     store = blob_store_from_settings(settings)
     next_sweep = next_reclaim = 0.0
-    from worker import webhooks  # webhook delivery runs beside the reconciler, in its own thread
+    from worker import webhook_pool  # webhook delivery beside a stand-alone reconciler, in its own thread
 
-    hooks = webhooks.start_thread(session_factory, settings, stop)
+    hooks = webhook_pool.start_thread(session_factory, settings, stop) if deliver_webhooks else None
     while not stop.is_set():
         try:
             reconcile_once(session_factory, settings, send, depths=broker_depths(settings))
@@ -230,16 +231,17 @@ def run_forever(
                 logger.exception("reclaim pass failed")
             next_reclaim = time.monotonic() + settings.reclaim_every
         stop.wait(settings.reconcile_every)
-    hooks.join(timeout=settings.webhook_timeout_seconds + 5)
+    if hooks is not None:
+        hooks.join(timeout=settings.webhook_timeout_seconds + 5)
 
 
 def start_thread(
     session_factory: sessionmaker[Session], settings: Settings, *, send: Send | None = None,
-    stop: threading.Event | None = None,
+    stop: threading.Event | None = None, deliver_webhooks: bool = True,
 ) -> tuple[threading.Event, threading.Thread]:
     """`run_forever` in a daemon thread (inside `styledrop up`); set the returned event to stop it."""
     stop = stop or threading.Event()
     thread = threading.Thread(target=run_forever, args=(session_factory, settings, stop, send), name="reconciler",
-                              daemon=True)
+                              kwargs={"deliver_webhooks": deliver_webhooks}, daemon=True)
     thread.start()
     return stop, thread

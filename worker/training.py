@@ -20,8 +20,7 @@ from typing import Any
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select, update
 
 import trainer
 from storage import jobs
@@ -36,6 +35,7 @@ from worker.rounds import RoundError, job_examples
 from worker.runtime import SHUTDOWN, Runtime
 from worker.scoring import record_adapter_scores
 from worker.shared import TRANSIENT, IdLogger, open_image, png
+from worker.versions import insert_version
 
 logger = logging.getLogger(__name__)
 
@@ -300,28 +300,11 @@ class TrainingRun:
                 return existing.id
         self.rt.store.put_bytes(key, data)
         meta = adapter.meta
-        with self.rt.session_factory() as s:
-            # One unfinished job per style (the API refuses a second), so max + 1 does not race; the unique
-            # (style_id, version) constraint would turn a race into the IntegrityError handled below.
-            version = (s.scalar(select(func.max(AdapterRow.version)).where(AdapterRow.style_id == j.job.style_id))
-                       or 0) + 1
-        row = AdapterRow(version=version,
-            owner_id=j.job.owner_id, style_id=j.job.style_id, job_id=j.id, blob_key=key, sha256=sha,
-            bytes=len(data), base_model=meta.base_model, base_revision=meta.base_revision, rank=meta.rank,
-            alpha=meta.alpha, targets=list(meta.targets), descriptor=meta.descriptor, train_prompt=meta.train_prompt,
-            steps=meta.steps, seed=meta.seed, engine_version=meta.engine_version,
-        )
-        with self.rt.session_factory() as s:
-            s.add(row)
-            try:
-                s.commit()
-                return row.id
-            except IntegrityError:
-                s.rollback()
-        with self.rt.session_factory() as s:
-            adapter_id = s.scalar(select(AdapterRow.id).where(AdapterRow.job_id == j.id))
-            assert adapter_id is not None
-            return adapter_id
+        return insert_version(self.rt.session_factory, style_id=j.job.style_id, job_id=j.id, fields=dict(
+            owner_id=j.job.owner_id, blob_key=key, sha256=sha, bytes=len(data), base_model=meta.base_model,
+            base_revision=meta.base_revision, rank=meta.rank, alpha=meta.alpha, targets=list(meta.targets),
+            descriptor=meta.descriptor, train_prompt=meta.train_prompt, steps=meta.steps, seed=meta.seed,
+            engine_version=meta.engine_version))
 
     def render_previews(self, j: JobRun, adapter_id: str, adapter: trainer.Adapter) -> None:
         descriptor = adapter.meta.descriptor

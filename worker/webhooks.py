@@ -1,4 +1,5 @@
-"""Webhook delivery: a loop (a thread beside the reconciler) that POSTs due outbox events and retries failures.
+"""Webhook delivery: one attempt at a due outbox event, and the retry schedule (the loop that runs them, each on its
+own, is worker/webhook_pool.py).
 
 Each event is claimed with one conditional UPDATE that counts the attempt and leases the row until the attempt
 can no longer be in flight, so several loops never send one attempt twice at once, and an attempt cut short by a
@@ -12,28 +13,26 @@ job is recorded as a `webhook` event of that job. Training and generation never 
 
 from __future__ import annotations
 
-import ipaddress
+import http.client
 import logging
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-import httpx
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import jobs, webhooks
 from storage.models import WebhookDelivery, utcnow
 from storage.settings import Settings
+from worker import webhook_http
 
 logger = logging.getLogger(__name__)
 
 MAX_RETRY_DELAY_SECONDS = 6 * 3600.0
 CLAIM_BATCH = 16
-SENDERS = 4  # concurrent attempts: one slow receiver does not hold up the others
 USER_AGENT = "Styledrop-Webhooks/1"
 
 
@@ -59,9 +58,6 @@ def post_signed(url: str, body: str, *, msg_id: str, secret: str, event: str, re
     except webhooks.WebhookRefused as exc:
         return Attempt(None, f"refused: {exc.reason}")
     parts = urlsplit(url)
-    host = f"[{address}]" if isinstance(address, ipaddress.IPv6Address) else str(address)
-    pinned = urlunsplit((parts.scheme, f"{host}:{parts.port}" if parts.port else host, parts.path or "/",
-                         parts.query, ""))
     timestamp = int(time.time())
     headers = {
         "Host": parts.netloc.rpartition("@")[2], "Content-Type": "application/json", "User-Agent": USER_AGENT,
@@ -69,14 +65,15 @@ def post_signed(url: str, body: str, *, msg_id: str, secret: str, event: str, re
         "webhook-signature": webhooks.sign(secret, msg_id, timestamp, body),
         "Styledrop-Event": event, "Styledrop-Resource": resource,
     }
-    extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
-    try:
-        with httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False, trust_env=False) as client:
-            response = client.post(pinned, content=body.encode(), headers=headers, extensions=extensions)
-    except httpx.HTTPError as exc:
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:  # to the checked address; a wall-clock deadline and a bounded read (worker/webhook_http.py)
+        answer = webhook_http.post(str(address), port, path, body.encode(), headers,
+                                   tls_host=parts.hostname if parts.scheme == "https" else None,
+                                   deadline_seconds=settings.webhook_timeout_seconds)
+    except (OSError, http.client.HTTPException) as exc:  # DeadlineExceeded is a TimeoutError, ssl errors OSErrors
         return Attempt(None, f"{type(exc).__name__}: {exc}"[:300])
-    return Attempt(response.status_code, None if 200 <= response.status_code < 300 else
-                   f"the receiver answered {response.status_code}")
+    return Attempt(answer.status, None if 200 <= answer.status < 300 else f"the receiver answered {answer.status}")
 
 
 def _claim(session: Session, delivery_id: str, settings: Settings) -> bool:
@@ -152,24 +149,3 @@ def deliver_due(factory: sessionmaker[Session], settings: Settings,
     else:
         outcomes = list(pool.map(lambda i: deliver_one(factory, settings, i), ids))
     return {i: o for i, o in zip(ids, outcomes, strict=True) if o is not None}
-
-
-def run_forever(factory: sessionmaker[Session], settings: Settings, stop: threading.Event) -> None:
-    """Deliver due events every `webhook_poll_seconds` until `stop` is set; errors are logged, not raised."""
-    with ThreadPoolExecutor(SENDERS, thread_name_prefix="webhook") as pool:
-        while not stop.is_set():
-            try:
-                if len(deliver_due(factory, settings, pool)) >= CLAIM_BATCH:
-                    continue  # a backlog: the next batch at once
-            except Exception:
-                logger.exception("webhook delivery pass failed")
-            stop.wait(settings.webhook_poll_seconds)
-
-
-def start_thread(factory: sessionmaker[Session], settings: Settings,
-                 stop: threading.Event) -> threading.Thread:
-    thread = threading.Thread(target=run_forever, args=(factory, settings, stop), name="webhooks", daemon=True)
-    thread.start()
-    return thread
-
-

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Annotated, Any
 
@@ -27,6 +26,7 @@ from api.forms import StrictFormRoute
 from api.problems import problem_responses
 from api.schemas import GenerationCreate, GenerationPublic
 from api.services import generations, lookup, uploads
+from api.waiters import GenerationWaiters
 from storage.blobs import BlobStore
 from storage.models import Generation, User
 from storage.settings import Settings
@@ -37,7 +37,6 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/generations", tags=["generations"], route_class=StrictFormRoute,
                    responses=problem_responses(400, 401, 403, 404, 409, 410, 413, 415, 429))
 
-WAIT_POLL_SECONDS = 0.25
 RETRY_AFTER_MAX = 30
 
 
@@ -159,13 +158,9 @@ async def create_generation(
     gen, created = await run_in_threadpool(_create, factory, blobs, settings, user, parsed, init, mask, idempotency_key)
     if not created:
         response.status_code = status.HTTP_200_OK
-    if wait > 0:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        while gen.state not in GENERATION_FINAL and loop.time() < deadline:
-            await asyncio.sleep(min(WAIT_POLL_SECONDS, max(deadline - loop.time(), 0)))
-            if await request.is_disconnected():
-                break
+    if wait > 0 and gen.state not in GENERATION_FINAL:  # the process's one poller watches it (api/waiters.py)
+        waiters: GenerationWaiters = request.app.state.waiters
+        if await waiters.wait(user.id, gen.id, wait, request.is_disconnected):
             current = await run_in_threadpool(_load, factory, gen.id)
             if current is not None:
                 gen = current
@@ -203,6 +198,15 @@ def get_generation_image(
     gen = generations.get_generation(session=session, owner=user, generation_id=generation_id)
     key = generations.generation_image_key(gen, n)
     return Response(lookup.read_blob(blobs, key, what="image"), media_type="image/png")
+
+
+@router.post("/{generation_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=GenerationPublic)
+def cancel_generation(generation_id: str, user: CurrentUser, session: SessionDep) -> GenerationPublic:
+    """Cancel a queued or running generation: it ends `failed` with `error_code` `cancelled` at once (a running
+    one's worker drops its images and stops sampling at its next step when nothing of its batch is left); 409
+    `generation_final` when it has already finished."""
+    gen = generations.cancel_generation(session=session, owner=user, generation_id=generation_id)
+    return generations.generation_view(session, gen)
 
 
 @router.delete("/{generation_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from api.deps import BlobsDep, CurrentUser, PageLimit, PageOffset, SessionDep
+from api.deps import BlobsDep, CurrentUser, PageLimit, PageOffset, SessionDep, credential_check
 from api.errors import Invalid
 from api.problems import problem_responses
 from api.schemas import MAX_OFFSET, JobEventPublic, JobPublic
@@ -63,7 +63,8 @@ def _admitted_stream(job_id: str, request: Request, user: CurrentUser, session: 
     hub: StreamHub = request.app.state.streams
     with hub.admitted(user.id):
         session.close()  # the stream must not keep the request's pooled connection for its whole life
-        yield hub.events(job_id, after, event_public)
+        yield hub.events(job_id, after, event_public, still_allowed=credential_check(request, user.id),
+                         recheck_seconds=request.app.state.settings.stream_recheck_seconds)
 
 
 @router.get("", response_model=list[JobPublic])

@@ -17,6 +17,7 @@ from api.schemas import (
     UserPublic,
 )
 from storage import accounts
+from storage.cancels import CancelledWork, cancel_user_work
 from storage.models import (
     ApiKey,
     User,
@@ -83,6 +84,15 @@ def rotate_key(*, session: Session, key_id: str) -> ApiKeyCreatedPublic:
     with _account_errors():
         key, plaintext = accounts.rotate_key(session, key_id=key_id)
     return _key_public(key, plaintext)
+
+
+def cancel_all_work(*, session: Session, user_id: str) -> CancelledWork:
+    """An admin's "cancel all of this user": queued and running generations and training jobs."""
+    if session.get(User, user_id) is None:
+        raise NotFound(f"no user {user_id!r}")
+    done = cancel_user_work(session, user_id, running=True, why="Cancelled by an admin.")
+    session.commit()
+    return done
 
 
 def set_disabled(*, session: Session, user_id: str, disabled: bool) -> UserPublic:

@@ -18,13 +18,14 @@ from storage.models import (
     User,
     utcnow,
 )
+from storage.visibility import visible_adapter
 
 logger = logging.getLogger(__name__)
 
 
 def list_adapters(*, session: Session, owner: User, limit: int, offset: int) -> Sequence[Adapter]:
     return session.scalars(
-        select(Adapter).where(Adapter.owner_id == owner.id, Adapter.deleted_at.is_(None))
+        select(Adapter).where(Adapter.owner_id == owner.id, visible_adapter())
         .order_by(Adapter.created_at.desc(), Adapter.id.desc()).limit(limit).offset(offset)
     ).all()
 

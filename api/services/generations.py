@@ -27,9 +27,12 @@ from api.schemas import (
 )
 from api.services.adapters import get_adapter
 from api.services.lookup import get_owned
-from api.services.uploads import hash_request, image_error, normalize_image
+from api.services.quotas import check_image_cap, check_storage
+from api.services.uploads import hash_request, image_error, lock_owner, normalize_image
 from api.services.versions import generation_adapter
+from api.text import unsafe_character
 from api.webhooks import checked_webhook
+from storage import cancels
 from storage.blobs import BlobStore, content_key
 from storage.dispatch import dispatch
 from storage.images import ImageRejected, load_mask
@@ -79,6 +82,12 @@ def create_generation(
     if request.num_images > settings.max_images_per_request:
         raise Invalid(f"num_images must be at most {settings.max_images_per_request}", code="bad_num_images",
                       field="body.num_images")
+    for name, text in (("prompt", request.prompt), ("negative_prompt", request.negative_prompt)):
+        if bad := unsafe_character(text or ""):
+            raise Invalid(f"{name} contains {bad}", code="bad_prompt", field=f"body.{name}")
+    check_image_cap(session, settings, owner, request.num_images)  # before any decode or write
+    adding = request.num_images * settings.image_charge_bytes + len(init_image or b"") + len(mask or b"")
+    check_storage(session, settings, owner, adding, "this generation")
     adapter_id = generation_adapter(session=session, owner=owner, adapter_id=request.adapter_id,
                                     style_id=request.style_id, version=request.version)
     subject_weight = check_subject(session, owner, request)
@@ -126,6 +135,9 @@ def create_generation(
         state=GenerationState.QUEUED, image_keys=[], idempotency_key=idempotency_key, request_hash=request_hash,
         webhook=hook_url, webhook_events=hook_events,
     )
+    lock_owner(session, owner)  # the cap again, under the owner's lock until the commit
+    check_image_cap(session, settings, owner, request.num_images)
+    check_storage(session, settings, owner, adding, "this generation")
     session.add(gen)
     try:
         session.commit()
@@ -138,6 +150,18 @@ def create_generation(
     logger.info("user %s: generation %s queued", owner.id, gen.id)
     dispatch(session, WorkKind.GENERATE, gen.id, queue.sender(settings))  # also updates `gen`: no re-read
     return GenerationCreated(gen, created=True)
+
+
+def cancel_generation(*, session: Session, owner: User, generation_id: str) -> Generation:
+    """Cancel `owner`'s queued or running generation (storage/cancels.py); 409 `generation_final` once final."""
+    gen = get_owned(session, Generation, generation_id, owner, "generation")
+    if not cancels.cancel_generation(session, gen.id):
+        session.rollback()
+        raise Conflict(f"the generation has already {gen.state}", code="generation_final")
+    session.commit()
+    session.refresh(gen)
+    logger.info("user %s: generation %s cancelled", owner.id, gen.id)
+    return gen
 
 
 def _generation_replay(session: Session, owner_id: str, key: str, request_hash: str) -> Generation | None:

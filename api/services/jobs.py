@@ -14,6 +14,7 @@ from api import queue
 from api.errors import Conflict, NotFound
 from api.schemas import JobPublic
 from api.services.lookup import get_owned
+from api.services.uploads import lock_owner
 from storage import jobs as jobstore
 from storage.dispatch import dispatch
 from storage.models import (
@@ -24,7 +25,7 @@ from storage.models import (
 )
 from storage.resources import job_views
 from storage.settings import Settings
-from storage.states import JOB_FINAL, EventKind, JobState, WorkKind
+from storage.states import JOB_FINAL, JOB_UNFINISHED, EventKind, JobState, WorkKind
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,15 @@ def retry_job(*, session: Session, settings: Settings, job_id: str) -> TrainingJ
     if job is None:
         raise NotFound("job not found")
     previous_attempts = job.attempts
+    owner = session.get(User, job.owner_id)
+    assert owner is not None
+    lock_owner(session, owner)  # as a retrain: one unfinished job per style, checked until the commit
+    busy = session.scalar(select(TrainingJob.id).where(
+        TrainingJob.style_id == job.style_id, TrainingJob.id != job.id, TrainingJob.state.in_(JOB_UNFINISHED)))
+    if busy is not None:
+        session.rollback()
+        raise Conflict(f"the style has another unfinished job ({busy}); cancel it or wait for it before retrying "
+                       "this one", code="style_busy")
     if not jobstore.transition(
         session, job.id, expected=(JobState.FAILED, JobState.CANCELLED), new=JobState.QUEUED, error_code=None,
         error_message=None, cancel_requested_at=None, finished_at=None, heartbeat_at=None, attempts=0,

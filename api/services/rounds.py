@@ -17,6 +17,7 @@ from api.errors import Conflict, Invalid, NotFound
 from api.schemas import MAX_SEED, GenerationCreate, RoundCreate, RoundPick, SamplesCreate
 from api.services.generations import create_generation
 from api.services.lookup import get_owned
+from api.services.quotas import check_image_cap, check_storage
 from api.services.styles import create_style_job
 from api.services.versions import default_of, generation_adapter, live_versions, styled
 from storage.blobs import BlobStore
@@ -36,9 +37,13 @@ def create_samples(*, session: Session, blobs: BlobStore, settings: Settings, ow
     if body.images_per_prompt > settings.max_images_per_request:
         raise Invalid(f"images_per_prompt must be at most {settings.max_images_per_request}",
                       code="bad_num_images", field="body.images_per_prompt")
+    prompts = feedback_prompts(style.descriptor)[: body.prompts]
+    images = len(prompts) * body.images_per_prompt
+    check_image_cap(session, settings, owner, images)  # all of them, or none
+    check_storage(session, settings, owner, images * settings.image_charge_bytes, "these samples")
     seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED // 2)
     gens = []
-    for i, prompt in enumerate(feedback_prompts(style.descriptor)[: body.prompts]):
+    for i, prompt in enumerate(prompts):
         request = GenerationCreate(prompt=prompt, adapter_id=adapter_id, steps=body.steps,
                                    num_images=body.images_per_prompt,
                                    seed=(seed + i * body.images_per_prompt) % (MAX_SEED + 1))

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api import queue
-from api.errors import Conflict, Invalid, NotFound, RateLimited, TooLarge
+from api.errors import Conflict, Invalid, NotFound, RateLimited
 from api.schemas import (
     MAX_SEED,
     JobPublic,
@@ -25,10 +25,17 @@ from api.schemas import (
 )
 from api.services.jobs import request_cancel
 from api.services.lookup import get_owned
-from api.services.references import check_references, decode_references, store_references
-from api.services.uploads import hash_request, lock_owner
+from api.services.quotas import adapter_bytes, check_storage
+from api.services.references import (
+    ImageSource,
+    check_references,
+    close_all,
+    decode_references,
+    store_references,
+)
+from api.services.uploads import BytesSource, hash_request, lock_owner
 from api.services.versions import default_of, live_versions
-from api.text import is_invisible
+from api.text import is_invisible, unsafe_character
 from api.webhooks import checked_webhook
 from storage import jobs as jobstore
 from storage.blobs import BlobStore
@@ -39,7 +46,6 @@ from storage.models import (
     User,
     utcnow,
 )
-from storage.reclaim import user_storage_bytes
 from storage.resources import job_views
 from storage.settings import Settings
 from storage.states import JOB_UNFINISHED, EventKind, JobState, WorkKind
@@ -82,15 +88,6 @@ def _check_job_cap(session: Session, settings: Settings, owner: User, *, lock: b
         )
 
 
-def _check_storage_cap(session: Session, settings: Settings, owner: User, adding: int) -> None:
-    cap = settings.max_storage_bytes_per_user
-    used = user_storage_bytes(session, owner.id) if cap else 0
-    if cap and used + adding > cap:
-        raise TooLarge(f"storage limit reached: you keep {used} bytes of styles and adapters and this image adds "
-                       f"{adding} (the limit is {cap}); delete styles or adapters you no longer need",
-                       code="storage_quota_exceeded")
-
-
 def _check_steps_seed(settings: Settings, steps: int | None, seed: int | None) -> None:
     if steps is not None and not 1 <= steps <= settings.max_train_steps:
         raise Invalid(f"steps must be between 1 and {settings.max_train_steps}", code="bad_steps",
@@ -105,7 +102,7 @@ def create_style(
     blobs: BlobStore,
     settings: Settings,
     owner: User,
-    images: Sequence[bytes],
+    images: Sequence[ImageSource | bytes],
     descriptor: str | None,
     content: str | None,
     steps: int | None,
@@ -117,7 +114,8 @@ def create_style(
     kind: str = "style",
     class_word: str | None = None,
 ) -> StyleCreated:
-    refs = check_references(settings=settings, kind=kind, images=images, captions=captions, class_word=class_word)
+    sources = [BytesSource(i) if isinstance(i, bytes) else i for i in images]
+    refs = check_references(settings=settings, kind=kind, images=sources, captions=captions, class_word=class_word)
     # A subject is named by its class word unless a descriptor is given (it shows in listings and the adapter).
     descriptor = (descriptor or "").strip() or (refs.class_word if refs.kind == "subject" else "") or ""
     content = content.strip() if content and content.strip() else None
@@ -130,6 +128,10 @@ def create_style(
                       code="bad_descriptor", field="body.descriptor")
     if content is not None and len(content) > 500:
         raise Invalid("content must be at most 500 characters", code="bad_content", field="body.content")
+    for name, text in (("descriptor", descriptor), ("content", content)):
+        bad = unsafe_character(text or "")
+        if bad:
+            raise Invalid(f"{name} contains {bad}", code=f"bad_{name}", field=f"body.{name}")
     _check_steps_seed(settings, steps, seed)
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
         raise Invalid("Idempotency-Key must be 1..255 characters", code="bad_idempotency_key",
@@ -138,7 +140,7 @@ def create_style(
     hook_url, hook_events = checked_webhook(webhook, webhook_events, settings=settings)
     extra = {"kind": refs.kind, "class_word": refs.class_word, "captions": refs.captions} if (
         refs.kind != "style" or len(images) > 1 or any(refs.captions)) else {}  # one plain image: hashes as before
-    request_hash = hash_request(b"\0image\0".join(images), {
+    request_hash = hash_request((s.read() for s in sources), sep=b"\0image\0", fields={
         "descriptor": descriptor, "content": content, "steps": steps, "seed": seed, **extra,
         **({"webhook": hook_url, "events": hook_events} if hook_url else {})})
     if idempotency_key is not None:
@@ -155,8 +157,13 @@ def create_style(
         return replay
 
     normalized = decode_references(settings, refs)
-    _check_storage_cap(session, settings, owner, sum(len(n.png_bytes) for n in normalized))
-    references = store_references(blobs, normalized, refs)
+    try:
+        # the images and the adapter the job will write, charged before anything is written
+        adding = sum(n.size for n in normalized) + adapter_bytes(session, settings)
+        check_storage(session, settings, owner, adding, "this upload (its images and the adapter it will train)")
+        references = store_references(blobs, normalized, refs)
+    finally:
+        close_all(normalized)
     first = references[0]
 
     total = steps or min(settings.train_steps or DEFAULT_TRAIN_STEPS, settings.max_train_steps)
@@ -172,6 +179,7 @@ def create_style(
             session.rollback()
             return replay
     _check_job_cap(session, settings, owner, lock=False)  # again under the owner's lock, just before insert
+    check_storage(session, settings, owner, adding, "this upload (its images and the adapter it will train)")
     session.add(style)
     session.flush()
     job = TrainingJob(
@@ -293,6 +301,7 @@ def create_style_job(
         raise Conflict(f"this style is still training (job {last.id} is {last.state}); cancel it first",
                        code="style_busy")
     _check_job_cap(session, settings, owner, lock=False)
+    check_storage(session, settings, owner, adapter_bytes(session, settings), "this training job's adapter")
     if steps is None:
         previous = (last.params or {}).get("steps") if last is not None else None
         default = min(settings.train_steps or DEFAULT_TRAIN_STEPS, settings.max_train_steps)

@@ -19,6 +19,7 @@ from api.schemas import VersionPublic
 from api.services.adapters import get_adapter
 from api.services.lookup import get_owned
 from storage.models import Adapter, Style, User
+from storage.visibility import visible_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +28,8 @@ def live_versions(session: Session, style_ids: Sequence[str]) -> dict[str, list[
     """Each style's live adapters, oldest version first (one query for any number of styles)."""
     out: dict[str, list[Adapter]] = {sid: [] for sid in style_ids}
     if style_ids:
-        for a in session.scalars(select(Adapter).where(Adapter.style_id.in_(list(style_ids)),
-                                                       Adapter.deleted_at.is_(None)).order_by(Adapter.version)):
+        for a in session.scalars(select(Adapter).where(Adapter.style_id.in_(list(style_ids)), visible_adapter())
+                                 .order_by(Adapter.version)):
             out[a.style_id].append(a)
     return out
 
@@ -47,7 +48,7 @@ def list_versions(*, session: Session, owner: User, style_id: str) -> list[Versi
 
 def version_of(session: Session, style: Style, version: int) -> Adapter:
     adapter = session.scalar(select(Adapter).where(Adapter.style_id == style.id, Adapter.version == version,
-                                                   Adapter.deleted_at.is_(None)))
+                                                   visible_adapter()))
     if adapter is None:
         raise NotFound(f"style {style.id} has no version {version}", code="version_not_found")
     return adapter

@@ -35,5 +35,8 @@ def style_with_versions(client: Any, key: str, n: int) -> tuple[str, list[str]]:
             s.add(a)
             s.flush()
             ids.append(a.id)
+        first = s.get(TrainingJob, first_job)
+        assert first is not None
+        first.state = JobState.SUCCEEDED  # a version is visible once its job has succeeded
         s.commit()
     return style_id, ids
