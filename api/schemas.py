@@ -17,9 +17,9 @@ from pydantic import AliasPath, BaseModel, ConfigDict, Field, computed_field, fi
 from storage.resources import WEBHOOK_DOC, WEBHOOK_EVENTS_DOC, FromRow, JobPublic, WebhookEvent, WithError
 from storage.resources import GenerationPublic as GenerationPublic  # re-exported: the API's name for it
 from storage.users import BadUserName, validate_user_name
+from trainer.contracts import limits
 
 MAX_SEED = 2**31 - 1
-DEFAULT_SUBJECT_WEIGHT = 0.5  # γ, as trainer/contracts/limits.py (a test keeps them equal)
 MAX_OFFSET = 2**31 - 1  # list offsets and event cursors: larger ones overflow SQLite/PostgreSQL integers
 
 
@@ -96,7 +96,7 @@ class SamplesCreate(BaseModel):
     version: int | None = Field(default=None, ge=1, description="Default: the style's default version.")
     prompts: int = Field(default=10, ge=1, le=30, description="How many of the 30 feedback prompts, in order.")
     images_per_prompt: int = Field(default=2, ge=1, description="At most settings.max_images_per_request.")
-    steps: int = Field(default=12, ge=1, le=100)
+    steps: int = Field(default=limits.DEFAULT_STEPS, ge=limits.MIN_STEPS, le=limits.MAX_STEPS)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Default: random.")
 
 
@@ -159,8 +159,7 @@ class StyleUpdate(BaseModel):
 
 
 class GenerationCreate(BaseModel):
-    """The bounds and defaults are the engine's (trainer/contracts/limits.py); a test keeps the
-    two in step."""
+    """The bounds and defaults are the engine's (trainer/contracts/limits.py)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -170,25 +169,30 @@ class GenerationCreate(BaseModel):
     style_id: str | None = Field(default=None, description="Use this style's adapter: `version`, else its "
                                  "default version. Not together with adapter_id.")
     version: int | None = Field(default=None, ge=1, description="An adapter version of `style_id`.")
-    style_strength: float = Field(default=1.0, ge=-1.0, le=10.0, description=(
+    style_strength: float = Field(default=limits.DEFAULT_STYLE_STRENGTH, ge=limits.MIN_STYLE_STRENGTH,
+                                  le=limits.MAX_STYLE_STRENGTH, description=(
         "λA, StyleDrop's style guidance: −1 = no style (the base model's prediction), 0 = the adapter as trained, "
         "above 0 pushes the style further (the paper uses 0–2; default 1)."))
-    guidance_scale: float = Field(default=10.0, ge=0.0, le=50.0, description=(
+    guidance_scale: float = Field(default=limits.DEFAULT_GUIDANCE_SCALE, ge=limits.MIN_GUIDANCE_SCALE,
+                                  le=limits.MAX_GUIDANCE_SCALE, description=(
         "Classifier-free guidance g; the text guidance λB is g − 1 unless text_guidance is given."))
-    text_guidance: float | None = Field(default=None, ge=-1.0, le=49.0, description=(
+    text_guidance: float | None = Field(default=None, ge=limits.MIN_TEXT_GUIDANCE, le=limits.MAX_TEXT_GUIDANCE,
+                                        description=(
         "λB, StyleDrop's text guidance, overriding guidance_scale (g = 1 + λB); the paper fixes λB = 5. "
         "Null = guidance_scale − 1."))
     subject_adapter_id: str | None = Field(default=None, description=(
         'A subject adapter (a style of kind "subject") mixed with the style adapter at every step: '
         "l = (1 − γ)·l_style + γ·l_subject."))
-    subject_weight: float | None = Field(default=None, ge=0.0, le=1.0, description=(
+    subject_weight: float | None = Field(default=None, ge=limits.MIN_SUBJECT_WEIGHT, le=limits.MAX_SUBJECT_WEIGHT,
+                                         description=(
         "γ, the subject's share (0 = the style alone, 1 = the subject alone; the paper uses 0.5–0.7). "
-        "Default 0.5 when subject_adapter_id is given; only with it."))
+        f"Default {limits.DEFAULT_SUBJECT_WEIGHT:g} when subject_adapter_id is given; only with it."))
     steps: int = Field(default=12, ge=1, le=100)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Default: random.")
     num_images: int = Field(default=1, ge=1, description="At most settings.max_images_per_request.")
     strength: float | None = Field(
-        default=None, gt=0.0, le=1.0, description="Image-to-image only (multipart with init_image)."
+        default=None, gt=0.0, le=1.0, description="Image-to-image only (multipart with init_image); default "
+        f"{limits.DEFAULT_IMG2IMG_STRENGTH:g}."
     )
     webhook: str | None = Field(default=None, min_length=1, max_length=2048, description=WEBHOOK_DOC)
     webhook_events_filter: list[WebhookEvent] | None = Field(

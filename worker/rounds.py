@@ -23,7 +23,7 @@ from storage.blobs import BlobNotFound
 from storage.models import Generation, TrainingJob
 from storage.states import EventKind
 from trainer import TrainingExample
-from trainer.train import training_prompt
+from trainer.contracts.prompts import training_prompt
 from worker.runtime import Runtime
 from worker.shared import TRANSIENT, open_image
 

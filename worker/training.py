@@ -29,7 +29,7 @@ from storage.blobs import BlobNotFound, content_key, new_key, sha256_hex
 from storage.models import Adapter as AdapterRow
 from storage.models import Style, TrainingJob, utcnow
 from storage.states import JOB_ACTIVE, EventKind, JobState
-from trainer import Checkpoint, CheckpointError, GenerationRequest
+from trainer import Checkpoint, CheckpointError, GenerationRequest, training_prompt
 from trainer.examples import subject_prompt
 from trainer.train import Callbacks, Progress, StyleSpec, TrainResult, train_styles
 from worker.rounds import RoundError, job_examples
@@ -325,7 +325,7 @@ class TrainingRun:
 
     def render_previews(self, j: JobRun, adapter_id: str, adapter: trainer.Adapter) -> None:
         descriptor = adapter.meta.descriptor
-        prompts = [f"{p} in {descriptor} style" for p in self.rt.settings.preview_prompts[:2]]
+        prompts = [training_prompt(descriptor, p) for p in self.rt.settings.preview_prompts[:2]]
         if j.subject is not None:
             prompts = [j.subject, f"{j.subject} on a beach"][: len(prompts)]
         if not prompts:

@@ -20,7 +20,6 @@ from api import queue
 from api.decoding import decode_slot
 from api.errors import Conflict, Invalid, NotFound
 from api.schemas import (
-    DEFAULT_SUBJECT_WEIGHT,
     MAX_SEED,
     GenerationCreate,
     GenerationPublic,
@@ -41,11 +40,9 @@ from storage.models import (
 from storage.resources import generation_views
 from storage.settings import Settings
 from storage.states import GenerationState, WorkKind
+from trainer.contracts.limits import DEFAULT_IMG2IMG_STRENGTH, DEFAULT_SUBJECT_WEIGHT
 
 logger = logging.getLogger(__name__)
-
-
-DEFAULT_IMG2IMG_STRENGTH = 0.75
 
 
 @dataclass(frozen=True)

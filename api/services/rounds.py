@@ -20,10 +20,10 @@ from api.services.lookup import get_owned
 from api.services.styles import create_style_job
 from api.services.versions import default_of, generation_adapter, live_versions, styled
 from storage.blobs import BlobStore
-from storage.feedback import feedback_prompts
 from storage.models import Adapter, Generation, Style, TrainingJob, User
 from storage.settings import Settings
 from storage.states import GenerationState
+from trainer.contracts.prompts import feedback_prompts
 
 
 def create_samples(*, session: Session, blobs: BlobStore, settings: Settings, owner: User, style_id: str,

@@ -43,11 +43,9 @@ from storage.reclaim import user_storage_bytes
 from storage.resources import job_views
 from storage.settings import Settings
 from storage.states import JOB_UNFINISHED, EventKind, JobState, WorkKind
+from trainer.contracts.limits import DEFAULT_TRAIN_STEPS
 
 logger = logging.getLogger(__name__)
-
-
-DEFAULT_TRAIN_STEPS = 1500
 
 
 DEFAULT_JOB_RETRY_AFTER = 30

@@ -11,9 +11,9 @@ from tests.helpers.app import bearer
 from tests.helpers.images import png_bytes
 
 
-def style_with_versions(client: Any, key: str, n: int) -> tuple[str, list[str]]:
+def style_with_versions(client: Any, key: str, n: int, descriptor: str = "ink") -> tuple[str, list[str]]:
     """A style uploaded through the API and `n` adapter versions recorded as the train worker records them."""
-    resp = client.post("/v1/styles", headers=bearer(key), data={"descriptor": "ink", "steps": "3"},
+    resp = client.post("/v1/styles", headers=bearer(key), data={"descriptor": descriptor, "steps": "3"},
                        files={"image": ("s.png", png_bytes(), "image/png")})
     assert resp.status_code == 202, resp.text
     style_id, first_job = resp.json()["style"]["id"], resp.json()["job"]["id"]
@@ -30,7 +30,7 @@ def style_with_versions(client: Any, key: str, n: int) -> tuple[str, list[str]]:
                 job_id = job.id
             a = Adapter(version=v, owner_id=owner, style_id=style_id, job_id=job_id, blob_key=f"adapters/v{v}",
                         sha256="0" * 64, bytes=1, base_model="tiny", rank=4, alpha=4.0, targets=["to_q"],
-                        descriptor="ink", train_prompt="p", steps=3, seed=0, engine_version="t",
+                        descriptor=descriptor, train_prompt="p", steps=3, seed=0, engine_version="t",
                         text_score=0.1 * v, style_score=None if v == 1 else 0.5)
             s.add(a)
             s.flush()
