@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from api.errors import Unavailable
+from storage.error_codes import ErrorCode
 
 WAIT_SECONDS = 30.0
 _lock = threading.Lock()
@@ -30,7 +31,7 @@ def decode_slot(max_concurrent: int) -> Iterator[None]:
     """Hold one of `max_concurrent` process-wide decode slots (called from worker threads, never the loop)."""
     slots = _semaphore(max(1, max_concurrent))
     if not slots.acquire(timeout=WAIT_SECONDS):
-        raise Unavailable("too many images are being decoded right now; retry shortly", code="decoder_busy",
+        raise Unavailable("too many images are being decoded right now; retry shortly", code=ErrorCode.DECODER_BUSY,
                           headers={"Retry-After": "5"})
     try:
         yield

@@ -16,6 +16,7 @@ from api.ratelimit import Limiter
 from api.schemas import MAX_OFFSET
 from api.security import CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE, check_csrf
 from storage.blobs import BlobStore
+from storage.error_codes import ErrorCode
 from storage.models import User
 from storage.sessions import session_user
 from storage.settings import Settings
@@ -68,7 +69,8 @@ def _require_csrf(request: Request) -> None:
     form or script cannot read it). Bearer-key requests need none: browsers never attach those by themselves."""
     if not check_csrf(request.app.state.secret, request.cookies[SESSION_COOKIE], request.headers.get(CSRF_HEADER)):
         logger.warning("refused %s %s: missing or wrong CSRF token", request.method, request.url.path)
-        raise Forbidden(f"missing or invalid {CSRF_HEADER} header (reload the page and try again)", code="csrf_failed")
+        raise Forbidden(f"missing or invalid {CSRF_HEADER} header (reload the page and try again)",
+                        code=ErrorCode.CSRF_FAILED)
 
 
 def current_user_from_cookie(request: Request, session: Session) -> User | None:
@@ -93,7 +95,7 @@ def get_current_user(request: Request, session: SessionDep, bearer: BearerDep) -
             "the Authorization header must be `Bearer <API key>`: add `Bearer ` before the key"
             if authorization.strip().startswith("sd_") else
             "the Authorization header must be `Bearer <API key>` (other schemes are not accepted)",
-            code="bad_authorization_scheme", headers={"WWW-Authenticate": "Bearer"})
+            code=ErrorCode.BAD_AUTHORIZATION_SCHEME, headers={"WWW-Authenticate": "Bearer"})
     if user is None:
         reason = "invalid, revoked or disabled API key" if bearer or request.cookies else "missing API key"
         raise Unauthorized(reason, headers={"WWW-Authenticate": "Bearer"})

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from api.problems import ProblemResponse, code_for, problem
+from storage.error_codes import ErrorCode
 
 logger = logging.getLogger(__name__)
 
@@ -31,13 +32,13 @@ class ServiceError(Exception):
     `field` names the refused input (`body.descriptor`), for the problem's `errors` list."""
 
     status_code = 400
-    code = "bad_request"
+    code: ErrorCode = ErrorCode.BAD_REQUEST
 
-    def __init_subclass__(cls, *, status: int, code: str, **kwargs: Any) -> None:
+    def __init_subclass__(cls, *, status: int, code: ErrorCode, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.status_code, cls.code = status, code
 
-    def __init__(self, message: str, *, code: str | None = None, headers: dict[str, str] | None = None,
+    def __init__(self, message: str, *, code: ErrorCode | None = None, headers: dict[str, str] | None = None,
                  field: str | None = None) -> None:
         super().__init__(message)
         self.message = message
@@ -47,23 +48,23 @@ class ServiceError(Exception):
         self.field = field
 
 
-class Unauthorized(ServiceError, status=401, code="unauthorized"): ...
-class Forbidden(ServiceError, status=403, code="forbidden"): ...
-class NotFound(ServiceError, status=404, code="not_found"): ...
-class Conflict(ServiceError, status=409, code="conflict"): ...
-class Gone(ServiceError, status=410, code="gone"): ...
-class TooLarge(ServiceError, status=413, code="too_large"): ...
-class UnsupportedMedia(ServiceError, status=415, code="unsupported_media_type"): ...
-class Invalid(ServiceError, status=422, code="invalid"): ...
-class RateLimited(ServiceError, status=429, code="rate_limited"): ...
-class Unavailable(ServiceError, status=503, code="unavailable"): ...
+class Unauthorized(ServiceError, status=401, code=ErrorCode.UNAUTHORIZED): ...
+class Forbidden(ServiceError, status=403, code=ErrorCode.FORBIDDEN): ...
+class NotFound(ServiceError, status=404, code=ErrorCode.NOT_FOUND): ...
+class Conflict(ServiceError, status=409, code=ErrorCode.CONFLICT): ...
+class Gone(ServiceError, status=410, code=ErrorCode.GONE): ...
+class TooLarge(ServiceError, status=413, code=ErrorCode.TOO_LARGE): ...
+class UnsupportedMedia(ServiceError, status=415, code=ErrorCode.UNSUPPORTED_MEDIA_TYPE): ...
+class Invalid(ServiceError, status=422, code=ErrorCode.INVALID): ...
+class RateLimited(ServiceError, status=429, code=ErrorCode.RATE_LIMITED): ...
+class Unavailable(ServiceError, status=503, code=ErrorCode.UNAVAILABLE): ...
 
 
 class BodyTooLarge(HTTPException):
     """A request body that passes its limit while it streams (api/request_guard.py). A FastAPI HTTPException,
     because FastAPI's body reader passes those on as they are and turns any other exception into a 400."""
 
-    code = "body_too_large"
+    code = ErrorCode.BODY_TOO_LARGE
 
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"the request body is larger than the limit of {limit} bytes",
@@ -80,7 +81,7 @@ async def _service_error(request: Request, exc: Exception) -> ProblemResponse:
                    errors=errors)
 
 
-def _database_error(status: int, code: str, message: str, *, retry_after: str | None, what: str) -> Handler:
+def _database_error(status: int, code: ErrorCode, message: str, *, retry_after: str | None, what: str) -> Handler:
     """A handler answering one database failure the same way every time (and logging its first line)."""
 
     async def handle(request: Request, exc: Exception) -> ProblemResponse:
@@ -92,14 +93,15 @@ def _database_error(status: int, code: str, message: str, *, retry_after: str | 
 
 
 DATABASE_ERRORS: dict[type[Exception], Handler] = {
-    OperationalError: _database_error(503, "database_unavailable", "the database cannot be reached; try again shortly",
-                                      retry_after="5", what="database unavailable"),
+    OperationalError: _database_error(503, ErrorCode.DATABASE_UNAVAILABLE,
+                                      "the database cannot be reached; try again shortly", retry_after="5",
+                                      what="database unavailable"),
     # Every pooled connection is in use (QueuePool timeout): the service is overloaded, not broken.
-    PoolTimeout: _database_error(503, "database_busy", "the service is busy; try again shortly", retry_after="2",
-                                 what="database pool exhausted"),
+    PoolTimeout: _database_error(503, ErrorCode.DATABASE_BUSY, "the service is busy; try again shortly",
+                                 retry_after="2", what="database pool exhausted"),
     # A value the database refuses (a NUL character, an out-of-range number) that no validator caught.
-    DataError: _database_error(422, "bad_value", "a value in the request cannot be stored", retry_after=None,
-                               what="database refused a value"),
+    DataError: _database_error(422, ErrorCode.BAD_VALUE, "a value in the request cannot be stored",
+                               retry_after=None, what="database refused a value"),
 }
 
 
@@ -130,7 +132,8 @@ async def _internal_error(request: Request, exc: Exception) -> ProblemResponse:
     """Any exception no other handler took: logged with its traceback, answered with a message that says nothing
     about the code."""
     logger.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path, exc_info=exc)
-    return problem(500, "internal_error", "an unexpected error occurred; it has been logged, please try again later",
+    return problem(500, ErrorCode.INTERNAL_ERROR,
+                   "an unexpected error occurred; it has been logged, please try again later",
                    path=request.url.path)
 
 
@@ -201,7 +204,7 @@ async def _validation_error(request: Request, exc: Exception) -> ProblemResponse
     listed = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:3])
     detail = listed if len(errors) == 1 else f"{len(exc.errors())} values are invalid: {listed}" + (
         "; …" if len(errors) > 3 else "")
-    return problem(422, "validation_error", detail, path=request.url.path, errors=jsonable_encoder(errors))
+    return problem(422, ErrorCode.VALIDATION_ERROR, detail, path=request.url.path, errors=jsonable_encoder(errors))
 
 
 def install_handlers(app: FastAPI) -> None:

@@ -9,7 +9,9 @@ from sqlalchemy.orm import Session
 
 from api.errors import Conflict, NotFound
 from storage.blobs import BlobStore
+from storage.error_codes import ErrorCode
 from storage.models import Generation, User
+from storage.states import GENERATION_FINAL
 
 logger = logging.getLogger(__name__)
 
@@ -22,9 +24,9 @@ def delete_generation(*, session: Session, blobs: BlobStore, owner: User, genera
     gen = session.get(Generation, generation_id)
     if gen is None or gen.owner_id != owner.id:
         raise NotFound("generation not found")
-    if gen.state not in ("succeeded", "failed"):
+    if gen.state not in GENERATION_FINAL:
         raise Conflict(f"the generation is still {gen.state}; delete it once it has finished",
-                       code="generation_active")
+                       code=ErrorCode.GENERATION_ACTIVE)
     keys = list(gen.image_keys or [])
     # init images and masks are stored by content hash and may be shared by other generations
     for key in (gen.init_image_key, gen.mask_key):

@@ -23,6 +23,8 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from storage.error_codes import ErrorCode
+
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_REF = "#/components/schemas/Problem"
 
@@ -64,8 +66,9 @@ def title_for(status: int) -> str:
 
 def code_for(status: int) -> str:
     """The code of an error that has none of its own: the reason phrase in snake case (405 method_not_allowed)."""
-    known = {400: "bad_request", 413: "too_large", 415: "unsupported_media_type", 422: "invalid",
-             429: "rate_limited", 500: "internal_error", 503: "unavailable"}
+    known = {400: ErrorCode.BAD_REQUEST, 404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED,
+             413: ErrorCode.TOO_LARGE, 415: ErrorCode.UNSUPPORTED_MEDIA_TYPE, 422: ErrorCode.INVALID,
+             429: ErrorCode.RATE_LIMITED, 500: ErrorCode.INTERNAL_ERROR, 503: ErrorCode.UNAVAILABLE}
     return known.get(status) or title_for(status).lower().replace(" ", "_").replace("-", "_").replace("'", "")
 
 

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import BodyTooLarge
 from api.problems import problem
+from storage.error_codes import ErrorCode
 
 logger = logging.getLogger(__name__)
 
@@ -98,11 +99,11 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         if "\x00" in scope["path"]:
-            await _answer(scope, receive, send, 404, "not_found", "not found")
+            await _answer(scope, receive, send, 404, ErrorCode.NOT_FOUND, "not found")
             return
         query: bytes = scope.get("query_string", b"")
         if b"\x00" in query or b"%00" in query:
-            await _answer(scope, receive, send, 422, "bad_query", "the query string contains a NUL character")
+            await _answer(scope, receive, send, 422, ErrorCode.BAD_QUERY, "the query string contains a NUL character")
             return
         headers = {k.lower(): v for k, v in scope["headers"]}
         if scope["method"] not in _BODY_METHODS:
@@ -136,7 +137,7 @@ class RequestGuard:
         try:
             check_json(body)
         except JsonRejected as exc:
-            await _answer(scope, receive, send, 422, "bad_json", str(exc))
+            await _answer(scope, receive, send, 422, ErrorCode.BAD_JSON, str(exc))
             return
         replayed = False
 
@@ -152,7 +153,7 @@ class RequestGuard:
     async def _too_large(self, scope: Scope, receive: Receive, send: Send, limit: int, is_json: bool) -> None:
         what = "JSON" if is_json else "request"
         logger.info("refused a %s body over %d bytes on %s", what, limit, scope["path"])
-        await _answer(scope, receive, send, 413, "body_too_large",
+        await _answer(scope, receive, send, 413, ErrorCode.BODY_TOO_LARGE,
                       f"the {what} body is larger than the limit of {limit} bytes")
 
 
@@ -177,6 +178,6 @@ def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:
     return value.decode("latin-1") if value is not None else None
 
 
-async def _answer(scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str) -> None:
+async def _answer(scope: Scope, receive: Receive, send: Send, status: int, code: ErrorCode, message: str) -> None:
     headers = {"Connection": "close"} if status == 413 else None
     await problem(status, code, message, path=scope["path"], headers=headers)(scope, receive, send)

@@ -29,6 +29,7 @@ from starlette.types import Scope
 
 from api.errors import RateLimited
 from storage import jobs as jobstore
+from storage.error_codes import ErrorCode
 from storage.models import JobEvent, TrainingJob
 from storage.states import JOB_FINAL
 
@@ -44,7 +45,7 @@ def wants_event_stream(headers: Headers) -> bool:
 
 
 def _full(message: str) -> RateLimited:
-    return RateLimited(message, code="too_many_streams", headers={"Retry-After": "10"})
+    return RateLimited(message, code=ErrorCode.TOO_MANY_STREAMS, headers={"Retry-After": "10"})
 
 
 class EventStreamRoute(APIRoute):

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import Invalid
 from storage import webhooks
+from storage.error_codes import ErrorCode
 from storage.models import User
 from storage.settings import Settings
 
@@ -20,18 +21,18 @@ def checked_webhook(
     (not http(s), unresolvable, or a loopback/private/link-local address unless webhook_allow_private)."""
     if url is None or not url.strip():
         if events:
-            raise Invalid("webhook_events_filter needs a webhook URL", code="webhook_events_without_url")
+            raise Invalid("webhook_events_filter needs a webhook URL", code=ErrorCode.WEBHOOK_EVENTS_WITHOUT_URL)
         return None, None
     url = url.strip()
     if len(url) > 2048:
-        raise Invalid("the webhook URL must be at most 2048 characters", code="webhook_refused")
+        raise Invalid("the webhook URL must be at most 2048 characters", code=ErrorCode.WEBHOOK_REFUSED)
     try:
         webhooks.check_url(url, allow_private=settings.webhook_allow_private)
         return url, webhooks.events_filter(list(events) if events else None)
     except webhooks.WebhookRefused as exc:
-        raise Invalid(exc.reason, code="webhook_refused") from exc
+        raise Invalid(exc.reason, code=ErrorCode.WEBHOOK_REFUSED) from exc
     except ValueError as exc:
-        raise Invalid(str(exc), code="bad_webhook_events") from exc
+        raise Invalid(str(exc), code=ErrorCode.BAD_WEBHOOK_EVENTS) from exc
 
 
 def signing_secret(*, session: Session, owner: User, rotate: bool = False) -> str:

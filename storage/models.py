@@ -287,7 +287,7 @@ class WebhookDelivery(Base):
     event: Mapped[str] = mapped_column(String(16))
     url: Mapped[str] = mapped_column(String(2048))
     body: Mapped[str] = mapped_column(Text)  # the resource as GET returned it when the event happened
-    state: Mapped[str] = mapped_column(String(16), default="pending")
+    state: Mapped[str] = mapped_column(String(16), default=DeliveryState.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -30,6 +30,7 @@ from storage import jobs
 from storage.blobs import blob_store_from_settings
 from storage.broker import ROUTES
 from storage.dispatch import MODELS, Send, celery_send, dispatch
+from storage.error_codes import FailureCode
 from storage.models import Generation, TrainingJob, utcnow
 from storage.reclaim import reclaim
 from storage.settings import Settings
@@ -74,7 +75,7 @@ def _requeue(session: Session, settings: Settings, report: ReconcileReport, dead
         elif job.attempts >= job.max_attempts:
             if jobs.transition(
                 session, job.id, expected=JobState.RUNNING, new=JobState.FAILED, finished_at=now,
-                error_code="too_many_attempts",
+                error_code=FailureCode.TOO_MANY_ATTEMPTS,
                 error_message=f"The worker running this job stopped responding {job.attempts} times "
                 f"(the limit is {job.max_attempts}); giving up. Retry the job to start it again.",
             ):
@@ -88,7 +89,7 @@ def _requeue(session: Session, settings: Settings, report: ReconcileReport, dead
         if gen.attempts >= settings.max_attempts:
             if jobs.transition_generation(
                 session, gen.id, expected=GenerationState.RUNNING, new=GenerationState.FAILED, finished_at=now,
-                error_code="too_many_attempts",
+                error_code=FailureCode.TOO_MANY_ATTEMPTS,
                 error_message="The worker running this generation stopped responding too often; giving up.",
             ):
                 report.failed_generations.append(gen.id)

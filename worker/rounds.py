@@ -20,6 +20,7 @@ from sqlalchemy import select
 import trainer
 from storage import jobs
 from storage.blobs import BlobNotFound
+from storage.error_codes import FailureCode
 from storage.models import Generation, TrainingJob
 from storage.states import EventKind
 from trainer import TrainingExample
@@ -33,7 +34,7 @@ logger = logging.getLogger(__name__)
 class RoundError(Exception):
     """The round cannot run; `code` and `message` end its job `failed`."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: FailureCode, message: str) -> None:
         super().__init__(message)
         self.code, self.message = code, message
 
@@ -77,8 +78,9 @@ def picked_examples(rt: Runtime, selection: list[dict[str, Any]]) -> list[Traini
                 raise BlobNotFound(f"{p['generation_id']}/{index}")
             image = open_image(rt.store.get_bytes(gen.image_keys[index])).convert("RGB")
         except (BlobNotFound, UnidentifiedImageError, OSError, ValueError) as exc:
-            raise RoundError("selection_missing", f"Picked image {index} of generation {p['generation_id']} no "
-                             "longer exists; start the round again with a new selection.") from exc
+            raise RoundError(FailureCode.SELECTION_MISSING, f"Picked image {index} of generation "
+                             f"{p['generation_id']} no longer exists; start the round again with a new "
+                             "selection.") from exc
         out.append(TrainingExample(image, gen.prompt))
     return out
 
@@ -87,16 +89,18 @@ def automatic_examples(rt: Runtime, job: TrainingJob, feedback: dict[str, Any], 
                        descriptor: str, seed: int) -> list[TrainingExample]:
     clip = rt.clip()
     if clip is None:
-        raise RoundError("clip_unavailable", "An automatic round scores images with CLIP, which this worker could not "
-                         "load; an operator has to set STYLEDROP_CLIP_MODEL (a human round works without it).")
+        raise RoundError(FailureCode.CLIP_UNAVAILABLE, "An automatic round scores images with CLIP, which this "
+                         "worker could not load; an operator has to set STYLEDROP_CLIP_MODEL (a human round works "
+                         "without it).")
     adapter_id = str(feedback["adapter_id"])
     prompts = trainer.feedback_prompts(descriptor)[: int(feedback.get("prompts", 10))]
     errors: dict[str, Exception] = {}
     try:
         with rt.cache().batch([adapter_id], errors) as slots:
             if adapter_id in errors:
-                raise RoundError("adapter_missing", f"Version {feedback.get('version')} could not be loaded "
-                                 f"({errors[adapter_id]}); make another version the default and start again.")
+                raise RoundError(FailureCode.ADAPTER_MISSING, f"Version {feedback.get('version')} could not be "
+                                 f"loaded ({errors[adapter_id]}); make another version the default and start "
+                                 "again.")
             settings = trainer.EvalSettings(adapter=slots[adapter_id], seed=seed, steps=rt.settings.preview_steps)
             candidates = trainer.render_candidates(rt.parts(), prompts, per_prompt=int(feedback.get("per_prompt", 4)),
                                                    settings=settings)
@@ -107,7 +111,7 @@ def automatic_examples(rt: Runtime, job: TrainingJob, feedback: dict[str, Any], 
         raise
     except Exception as exc:  # a sampling or scoring failure ends this round's job, not the worker
         logger.exception("automatic round of job %s failed", job.id)
-        raise RoundError("round_error", f"The round's samples could not be made: {exc}") from exc
+        raise RoundError(FailureCode.ROUND_ERROR, f"The round's samples could not be made: {exc}") from exc
     with rt.session_factory() as s:  # what was kept and why, on the job's event stream
         jobs.add_event(s, job.id, EventKind.LOG, {
             "message": f"automatic round: kept {len(picked)} of {len(candidates)} images by CLIP score",

@@ -26,11 +26,11 @@ from sqlalchemy.exc import IntegrityError
 import trainer
 from storage import jobs
 from storage.blobs import BlobNotFound, content_key, new_key, sha256_hex
+from storage.error_codes import FailureCode
 from storage.models import Adapter as AdapterRow
 from storage.models import Style, TrainingJob, utcnow
 from storage.states import JOB_ACTIVE, EventKind, JobState
-from trainer import Checkpoint, CheckpointError, GenerationRequest, training_prompt
-from trainer.examples import subject_prompt
+from trainer import Checkpoint, CheckpointError, GenerationRequest, subject_prompt, training_prompt
 from trainer.train import Callbacks, Progress, StyleSpec, TrainResult, train_styles
 from worker.rounds import RoundError, job_examples
 from worker.runtime import SHUTDOWN, Runtime
@@ -101,13 +101,13 @@ class TrainingRun:
         except trainer.ModelLoadError as exc:
             logger.error("%s", exc)
             for j in ready:
-                outcomes[j.id] = self.fail(j, "model_unavailable", "The worker could not load the base model; an "
-                                           "operator has to fix its configuration.")
+                outcomes[j.id] = self.fail(j, FailureCode.MODEL_UNAVAILABLE, "The worker could not load the base "
+                                           "model; an operator has to fix its configuration.")
             return outcomes
         except (ValueError, CheckpointError) as exc:
             logger.error("training failed: %s", exc)
             for j in ready:
-                outcomes[j.id] = self.fail(j, "training_error", f"Training could not run: {exc}")
+                outcomes[j.id] = self.fail(j, FailureCode.TRAINING_ERROR, f"Training could not run: {exc}")
             return outcomes
         for j, result in zip(ready, results, strict=True):
             try:
@@ -116,7 +116,7 @@ class TrainingRun:
                 raise
             except Exception as exc:  # one job's finish failing must not take the others' results with it
                 j.log.exception("finishing failed")
-                outcomes[j.id] = self.fail(j, "training_error", f"Training could not finish: {exc}")
+                outcomes[j.id] = self.fail(j, FailureCode.TRAINING_ERROR, f"Training could not finish: {exc}")
         return outcomes
 
     def mark_run(self) -> None:
@@ -134,7 +134,7 @@ class TrainingRun:
         with self.rt.session_factory() as s:
             style = s.get(Style, j.job.style_id)
             if style is None or style.deleted_at is not None:
-                outcomes[j.id] = self.fail(j, "style_missing", "The style of this job was deleted.")
+                outcomes[j.id] = self.fail(j, FailureCode.STYLE_MISSING, "The style of this job was deleted.")
                 return False
             descriptor, content, kind, class_word = style.descriptor, style.content, style.kind, style.class_word
             refs = [(r["key"], r.get("caption")) for r in style.references or []] or [(style.image_key, None)]
@@ -142,8 +142,8 @@ class TrainingRun:
             images = [open_image(store.get_bytes(key)).convert("RGB") for key, _ in refs]
         except (BlobNotFound, UnidentifiedImageError, OSError, ValueError) as exc:
             j.log.error("style image unreadable: %s", exc)
-            outcomes[j.id] = self.fail(j, "bad_image", "The style image could not be read; upload it again as "
-                                       "PNG, JPEG or WebP.")
+            outcomes[j.id] = self.fail(j, FailureCode.BAD_IMAGE, "The style image could not be read; upload it "
+                                       "again as PNG, JPEG or WebP.")
             return False
         j.subject = subject_prompt(class_word or descriptor) if kind == "subject" else None  # "a photo of [V] dog"
         resume: Checkpoint | None = None
@@ -227,7 +227,7 @@ class TrainingRun:
             if isinstance(result.error, TRANSIENT):  # the database or broker blinked: the job runs again later
                 return self.requeue(j, count_attempt=True)
             j.log.error("training failed: %r", result.error)
-            return self.fail(j, "training_error", f"Training could not run: {result.error}")
+            return self.fail(j, FailureCode.TRAINING_ERROR, f"Training could not run: {result.error}")
         if result.stopped and j.stop == "shutdown":
             return self.requeue(j, count_attempt=False)
         if result.stopped or result.adapter is None:
@@ -239,8 +239,8 @@ class TrainingRun:
                     ok = jobs.transition(s, j.id, expected=JOB_ACTIVE, new=JobState.CANCELLED,
                                          finished_at=utcnow(), eta_seconds=None, gpu_seconds=j.gpu_seconds())
                 s.commit()
-            j.log.info("stopped at step %d (%s)", result.step, "cancelled" if ok else "no longer ours")
-            return "cancelled" if ok else "stopped"
+            j.log.info("stopped at step %d (%s)", result.step, JobState.CANCELLED if ok else "no longer ours")
+            return JobState.CANCELLED if ok else "stopped"
 
         # Stored in fp16 (10.5 MB instead of 21 MB at amused-256 size); previews use the stored copy, so they
         # show exactly what later generations with this adapter will produce.
@@ -264,17 +264,17 @@ class TrainingRun:
         if ok and old_ckpt:
             self.rt.store.delete(old_ckpt)
         j.log.info("succeeded in %.1f s: adapter %s", time.perf_counter() - j.t0, adapter_id)
-        return "succeeded" if ok else "lost"
+        return JobState.SUCCEEDED if ok else "lost"
 
     # --- helpers of the steps --------------------------------------------------------------------------------
 
-    def fail(self, j: JobRun, code: str, message: str) -> str:
+    def fail(self, j: JobRun, code: FailureCode, message: str) -> str:
         with self.rt.session_factory() as s:
             jobs.transition(s, j.id, expected=JOB_ACTIVE, new=JobState.FAILED, error_code=code,
                             error_message=message, finished_at=utcnow(), eta_seconds=None,
                             gpu_seconds=j.gpu_seconds())
             s.commit()
-        return "failed"
+        return JobState.FAILED
 
     def requeue(self, j: JobRun, *, count_attempt: bool) -> str:
         """Back to queued for the next worker. A clean stop gives its attempt back; no wake-up is sent from here

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from storage import jobs, webhooks
 from storage.models import WebhookDelivery, utcnow
 from storage.settings import Settings
+from storage.states import DeliveryState
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def _claim(session: Session, delivery_id: str, settings: Settings) -> bool:
     lease = timedelta(seconds=settings.webhook_timeout_seconds * 3 + 30)
     result = session.execute(
         update(WebhookDelivery)
-        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.state == "pending",
+        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.state == DeliveryState.PENDING,
                WebhookDelivery.next_attempt_at <= now)
         .values(attempts=WebhookDelivery.attempts + 1, next_attempt_at=now + lease)
         .execution_options(synchronize_session=False)
@@ -108,10 +109,11 @@ def deliver_one(factory: sessionmaker[Session], settings: Settings, delivery_id:
                          settings=settings)
     now = utcnow()
     next_at = None
+    outcome: str
     if result.ok:
-        outcome, values = "delivered", {"state": "delivered", "delivered_at": now}
+        outcome, values = DeliveryState.DELIVERED, {"state": DeliveryState.DELIVERED, "delivered_at": now}
     elif attempt >= settings.webhook_max_attempts:
-        outcome, values = "failed", {"state": "failed"}
+        outcome, values = DeliveryState.FAILED, {"state": DeliveryState.FAILED}
     else:
         next_at = now + timedelta(seconds=retry_delay(settings, attempt))
         outcome, values = "retrying", {"next_attempt_at": next_at}
@@ -138,7 +140,7 @@ def due_ids(factory: sessionmaker[Session], limit: int = CLAIM_BATCH) -> list[st
     with factory() as s:
         return list(s.scalars(
             select(WebhookDelivery.id)
-            .where(WebhookDelivery.state == "pending", WebhookDelivery.next_attempt_at <= utcnow())
+            .where(WebhookDelivery.state == DeliveryState.PENDING, WebhookDelivery.next_attempt_at <= utcnow())
             .order_by(WebhookDelivery.next_attempt_at).limit(limit)
         ))
 

@@ -28,6 +28,7 @@ from api.problems import problem_responses
 from api.schemas import GenerationCreate, GenerationPublic
 from api.services import generations, lookup, uploads
 from storage.blobs import BlobStore
+from storage.error_codes import ErrorCode
 from storage.models import Generation, User
 from storage.settings import Settings
 from storage.states import GENERATION_FINAL
@@ -78,7 +79,7 @@ async def _read_file(upload: Any, *, what: str, max_bytes: int) -> bytes | None:
     if upload is None or upload == "":
         return None
     if not isinstance(upload, UploadFile):
-        raise Invalid(f"{what} must be a file part", code="bad_field")
+        raise Invalid(f"{what} must be a file part", code=ErrorCode.BAD_FIELD)
     return await run_in_threadpool(uploads.read_bounded, upload.file, max_bytes=max_bytes, what=what)
 
 
@@ -88,9 +89,9 @@ async def _parse(request: Request, settings: Settings) -> tuple[GenerationCreate
         try:
             body = await request.json()
         except (ValueError, RecursionError) as exc:
-            raise Invalid("the body is not valid JSON", code="bad_json") from exc
+            raise Invalid("the body is not valid JSON", code=ErrorCode.BAD_JSON) from exc
         if not isinstance(body, dict):
-            raise Invalid("the body must be a JSON object", code="bad_json")
+            raise Invalid("the body must be a JSON object", code=ErrorCode.BAD_JSON)
         return _validate(body), None, None
     if content_type == "multipart/form-data":
         form = await request.form(max_files=2, max_fields=20)
@@ -99,14 +100,15 @@ async def _parse(request: Request, settings: Settings) -> tuple[GenerationCreate
             if name in ("init_image", "mask"):
                 continue
             if isinstance(value, UploadFile):
-                raise Invalid(f"{name} must be a plain field", code="bad_field")
+                raise Invalid(f"{name} must be a plain field", code=ErrorCode.BAD_FIELD)
             if value != "" or name in ("prompt",):
                 fields[name] = value
         parsed = _validate(fields)
         init = await _read_file(form.get("init_image"), what="init_image", max_bytes=settings.max_upload_bytes)
         mask = await _read_file(form.get("mask"), what="mask", max_bytes=settings.max_upload_bytes)
         return parsed, init, mask
-    raise UnsupportedMedia("send application/json, or multipart/form-data with init_image", code="bad_content_type")
+    raise UnsupportedMedia("send application/json, or multipart/form-data with init_image",
+                           code=ErrorCode.BAD_CONTENT_TYPE)
 
 
 def _create(

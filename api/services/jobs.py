@@ -16,6 +16,7 @@ from api.schemas import JobPublic
 from api.services.lookup import get_owned
 from storage import jobs as jobstore
 from storage.dispatch import dispatch
+from storage.error_codes import ErrorCode
 from storage.models import (
     JobEvent,
     TrainingJob,
@@ -68,9 +69,10 @@ def request_cancel(session: Session, job: TrainingJob) -> bool:
 
 
 # "the job has already succeeded", not "the job is already succeeded"
-STATE_PHRASES = {
-    "queued": "is still queued", "running": "is still running", "cancelling": "is being cancelled",
-    "succeeded": "has already succeeded", "failed": "has already failed", "cancelled": "has already been cancelled",
+STATE_PHRASES: dict[str, str] = {
+    JobState.QUEUED: "is still queued", JobState.RUNNING: "is still running", JobState.CANCELLING: "is being cancelled",
+    JobState.SUCCEEDED: "has already succeeded", JobState.FAILED: "has already failed",
+    JobState.CANCELLED: "has already been cancelled",
 }
 
 
@@ -78,7 +80,7 @@ def cancel_job(*, session: Session, job: TrainingJob) -> TrainingJob:
     """Cancel `job` (already authorised). Raises Conflict when it is final."""
     if not request_cancel(session, job):
         session.rollback()
-        raise Conflict(f"the job {STATE_PHRASES.get(job.state, 'is ' + job.state)}", code="job_final")
+        raise Conflict(f"the job {STATE_PHRASES.get(job.state, 'is ' + job.state)}", code=ErrorCode.JOB_FINAL)
     session.commit()
     session.refresh(job)
     logger.info("job %s: cancel requested (now %s)", job.id, job.state)
@@ -98,7 +100,7 @@ def retry_job(*, session: Session, settings: Settings, job_id: str) -> TrainingJ
     ):
         session.rollback()
         raise Conflict(f"only failed or cancelled jobs can be retried; this one {STATE_PHRASES[job.state]}",
-                       code="not_retryable")
+                       code=ErrorCode.NOT_RETRYABLE)
     jobstore.add_event(
         session, job.id, EventKind.LOG, {"message": "retried by an admin", "previous_attempts": previous_attempts}
     )

@@ -20,6 +20,7 @@ from api.services.lookup import get_owned
 from api.services.styles import create_style_job
 from api.services.versions import default_of, generation_adapter, live_versions, styled
 from storage.blobs import BlobStore
+from storage.error_codes import ErrorCode
 from storage.models import Adapter, Generation, Style, TrainingJob, User
 from storage.settings import Settings
 from storage.states import GenerationState
@@ -35,7 +36,7 @@ def create_samples(*, session: Session, blobs: BlobStore, settings: Settings, ow
                                     version=body.version)
     if body.images_per_prompt > settings.max_images_per_request:
         raise Invalid(f"images_per_prompt must be at most {settings.max_images_per_request}",
-                      code="bad_num_images", field="body.images_per_prompt")
+                      code=ErrorCode.BAD_NUM_IMAGES, field="body.images_per_prompt")
     seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED // 2)
     gens = []
     for i, prompt in enumerate(feedback_prompts(style.descriptor)[: body.prompts]):
@@ -72,12 +73,13 @@ def create_round(*, session: Session, settings: Settings, owner: User, style_id:
         feedback = {"mode": "human", "selection": _checked_selection(session, owner, style, body.selection)}
     else:
         if body.selection is not None:
-            raise Invalid("an automatic round picks its own images; send no selection", code="selection_not_allowed",
+            raise Invalid("an automatic round picks its own images; send no selection",
+                          code=ErrorCode.SELECTION_NOT_ALLOWED,
                           field="body.selection")
         default = default_of(style, live_versions(session, [style.id])[style.id])
         if default is None:
             raise Invalid("an automatic round renders the style's default version, and it has none yet",
-                          code="style_not_trained")
+                          code=ErrorCode.STYLE_NOT_TRAINED)
         feedback = {"mode": "automatic", "adapter_id": default.id, "version": default.version,
                     "prompts": body.prompts, "per_prompt": body.per_prompt}
     return create_style_job(session=session, settings=settings, owner=owner, style_id=style.id, steps=body.steps,
@@ -88,12 +90,13 @@ def _checked_selection(session: Session, owner: User, style: Style,
                        picks: list[RoundPick] | None) -> list[dict[str, Any]]:
     """The picks as job params, each naming an existing image of a succeeded generation of `style`'s."""
     if not picks:
-        raise Invalid("a human round needs a selection: at least one picked image", code="empty_selection",
+        raise Invalid("a human round needs a selection: at least one picked image", code=ErrorCode.EMPTY_SELECTION,
                       field="body.selection")
     seen: set[tuple[str, int]] = set()
     for n, p in enumerate(picks):
         if (p.generation_id, p.index) in seen:
-            raise Invalid(f"image {p.index} of generation {p.generation_id} is picked twice", code="duplicate_pick",
+            raise Invalid(f"image {p.index} of generation {p.generation_id} is picked twice",
+                          code=ErrorCode.DUPLICATE_PICK,
                           field=f"body.selection.{n}")
         seen.add((p.generation_id, p.index))
     ids = list({p.generation_id for p in picks})
@@ -103,15 +106,15 @@ def _checked_selection(session: Session, owner: User, style: Style,
     for n, p in enumerate(picks):
         field = f"body.selection.{n}"
         if p.generation_id not in found:  # another user's generation is as unknown as a missing one
-            raise NotFound(f"generation {p.generation_id} not found", code="generation_not_found", field=field)
+            raise NotFound(f"generation {p.generation_id} not found", code=ErrorCode.GENERATION_NOT_FOUND, field=field)
         gen, sid = found[p.generation_id]
         if sid != style.id:
             raise Invalid(f"generation {gen.id} was not made with a version of style {style.id}",
-                          code="generation_not_of_style", field=field)
+                          code=ErrorCode.GENERATION_NOT_OF_STYLE, field=field)
         if gen.state != GenerationState.SUCCEEDED:
             raise Conflict(f"generation {gen.id} is {gen.state}; pick images of succeeded generations",
-                           code="generation_not_ready")
+                           code=ErrorCode.GENERATION_NOT_READY)
         if p.index >= len(gen.image_keys or []):
             raise Invalid(f"generation {gen.id} has {len(gen.image_keys or [])} images; there is no image {p.index}",
-                          code="unknown_image_index", field=field)
+                          code=ErrorCode.UNKNOWN_IMAGE_INDEX, field=field)
     return [{"generation_id": p.generation_id, "index": p.index} for p in picks]

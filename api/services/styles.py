@@ -33,6 +33,7 @@ from api.webhooks import checked_webhook
 from storage import jobs as jobstore
 from storage.blobs import BlobStore
 from storage.dispatch import dispatch
+from storage.error_codes import ErrorCode
 from storage.models import (
     Style,
     TrainingJob,
@@ -76,7 +77,7 @@ def _check_job_cap(session: Session, settings: Settings, owner: User, *, lock: b
         raise RateLimited(
             f"you already have {int(active[0])} unfinished training jobs (the limit is {cap}); "
             f"retry when one finishes (about {retry} s), or cancel one",
-            code="too_many_jobs", headers={"Retry-After": str(retry)},
+            code=ErrorCode.TOO_MANY_JOBS, headers={"Retry-After": str(retry)},
         )
 
 
@@ -86,15 +87,15 @@ def _check_storage_cap(session: Session, settings: Settings, owner: User, adding
     if cap and used + adding > cap:
         raise TooLarge(f"storage limit reached: you keep {used} bytes of styles and adapters and this image adds "
                        f"{adding} (the limit is {cap}); delete styles or adapters you no longer need",
-                       code="storage_quota_exceeded")
+                       code=ErrorCode.STORAGE_QUOTA_EXCEEDED)
 
 
 def _check_steps_seed(settings: Settings, steps: int | None, seed: int | None) -> None:
     if steps is not None and not 1 <= steps <= settings.max_train_steps:
-        raise Invalid(f"steps must be between 1 and {settings.max_train_steps}", code="bad_steps",
+        raise Invalid(f"steps must be between 1 and {settings.max_train_steps}", code=ErrorCode.BAD_STEPS,
                       field="body.steps")
     if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise Invalid(f"seed must be between 0 and {MAX_SEED}", code="bad_seed", field="body.seed")
+        raise Invalid(f"seed must be between 0 and {MAX_SEED}", code=ErrorCode.BAD_SEED, field="body.seed")
 
 
 def create_style(
@@ -120,17 +121,18 @@ def create_style(
     descriptor = (descriptor or "").strip() or (refs.class_word if refs.kind == "subject" else "") or ""
     content = content.strip() if content and content.strip() else None
     if not descriptor:
-        raise Invalid("descriptor must not be empty", code="bad_descriptor", field="body.descriptor")
+        raise Invalid("descriptor must not be empty", code=ErrorCode.BAD_DESCRIPTOR, field="body.descriptor")
     if len(descriptor) > 200:
-        raise Invalid("descriptor must be at most 200 characters", code="bad_descriptor", field="body.descriptor")
+        raise Invalid("descriptor must be at most 200 characters",
+                      code=ErrorCode.BAD_DESCRIPTOR, field="body.descriptor")
     if is_invisible(descriptor):
         raise Invalid("descriptor has no visible characters (only spaces, control or zero-width ones)",
-                      code="bad_descriptor", field="body.descriptor")
+                      code=ErrorCode.BAD_DESCRIPTOR, field="body.descriptor")
     if content is not None and len(content) > 500:
-        raise Invalid("content must be at most 500 characters", code="bad_content", field="body.content")
+        raise Invalid("content must be at most 500 characters", code=ErrorCode.BAD_CONTENT, field="body.content")
     _check_steps_seed(settings, steps, seed)
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
-        raise Invalid("Idempotency-Key must be 1..255 characters", code="bad_idempotency_key",
+        raise Invalid("Idempotency-Key must be 1..255 characters", code=ErrorCode.BAD_IDEMPOTENCY_KEY,
                       field="header.Idempotency-Key")
 
     hook_url, hook_events = checked_webhook(webhook, webhook_events, settings=settings)
@@ -204,7 +206,7 @@ def _idempotent_replay(session: Session, owner_id: str, key: str, request_hash: 
     if job is None:
         return None
     if job.request_hash != request_hash:
-        raise Conflict("this Idempotency-Key was used with a different request", code="idempotency_mismatch")
+        raise Conflict("this Idempotency-Key was used with a different request", code=ErrorCode.IDEMPOTENCY_MISMATCH)
     style = session.get(Style, job.style_id)
     assert style is not None
     return StyleCreated(style=style, job=job, created=False)
@@ -258,7 +260,8 @@ def reference_key(style: Style, n: int) -> str:
     """The blob key of reference image `n`; 404 past the last one (a style from before several images has one)."""
     keys = [r["key"] for r in style.references or []] or [style.image_key]
     if not 0 <= n < len(keys):
-        raise NotFound(f"this style has {len(keys)} reference image(s), numbered from 0", code="image_not_found")
+        raise NotFound(f"this style has {len(keys)} reference image(s), numbered from 0",
+                       code=ErrorCode.IMAGE_NOT_FOUND)
     return keys[n]
 
 
@@ -289,7 +292,7 @@ def create_style_job(
     )
     if last is not None and last.state in JOB_UNFINISHED:
         raise Conflict(f"this style is still training (job {last.id} is {last.state}); cancel it first",
-                       code="style_busy")
+                       code=ErrorCode.STYLE_BUSY)
     _check_job_cap(session, settings, owner, lock=False)
     if steps is None:
         previous = (last.params or {}).get("steps") if last is not None else None
