@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.schemas import GenerationPublic
+from storage.generation_settings import SETTING_NAMES
 from storage.models import Adapter, Generation, Style, User
 
 PER_PAGE = 24
@@ -33,7 +34,7 @@ class Shot:
     gen: GenerationPublic
     style_id: str | None
     files: list[tuple[str, str]]  # (image URL, download file name)
-    reuse: dict[str, Any]  # the request fields "use these settings again" puts back into the form
+    reuse: dict[str, Any]  # every setting (SETTING_NAMES): what "use these settings again" puts back in the form
 
 
 @dataclass
@@ -69,11 +70,7 @@ def _shot(gen: Generation, style_id: str | None, descriptor: str | None) -> Shot
     public = GenerationPublic.model_validate(gen)
     name = slug(descriptor, "base-model")
     files = [(url, f"{name}-{gen.seed}-{n}.png") for n, url in enumerate(public.image_urls)]
-    reuse = {
-        "adapter_id": gen.adapter_id, "prompt": gen.prompt, "negative_prompt": gen.negative_prompt or "",
-        "style_strength": gen.style_strength, "guidance_scale": gen.guidance_scale, "steps": gen.steps,
-        "seed": gen.seed, "num_images": gen.num_images,
-    }
+    reuse = {name: getattr(public, name) for name in SETTING_NAMES}
     return Shot(gen=public, style_id=style_id, files=files, reuse=reuse)
 
 

@@ -14,12 +14,13 @@ from typing import Any, Literal
 
 from pydantic import AliasPath, BaseModel, ConfigDict, Field, computed_field, field_validator
 
+from storage.generation_settings import MAX_SEED as MAX_SEED  # re-exported: the seed bound of every request
+from storage.generation_settings import GenerationSettings
 from storage.resources import WEBHOOK_DOC, WEBHOOK_EVENTS_DOC, FromRow, JobPublic, WebhookEvent, WithError
 from storage.resources import GenerationPublic as GenerationPublic  # re-exported: the API's name for it
 from storage.users import BadUserName, validate_user_name
 from trainer.contracts import limits
 
-MAX_SEED = 2**31 - 1
 MAX_OFFSET = 2**31 - 1  # list offsets and event cursors: larger ones overflow SQLite/PostgreSQL integers
 
 
@@ -158,42 +159,12 @@ class StyleUpdate(BaseModel):
     default_version: int = Field(ge=1, description="An existing, not deleted version of this style.")
 
 
-class GenerationCreate(BaseModel):
-    """The bounds and defaults are the engine's (trainer/contracts/limits.py)."""
+class GenerationCreate(GenerationSettings):
+    """The settings (storage/generation_settings.py), how to name the adapter, and the webhook."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    prompt: str = Field(min_length=1, max_length=500)
-    negative_prompt: str | None = Field(default=None, max_length=500)
-    adapter_id: str | None = Field(default=None, description="A style adapter (null = the base model).")
     style_id: str | None = Field(default=None, description="Use this style's adapter: `version`, else its "
                                  "default version. Not together with adapter_id.")
     version: int | None = Field(default=None, ge=1, description="An adapter version of `style_id`.")
-    style_strength: float = Field(default=limits.DEFAULT_STYLE_STRENGTH, ge=limits.MIN_STYLE_STRENGTH,
-                                  le=limits.MAX_STYLE_STRENGTH, description=(
-        "λA, StyleDrop's style guidance: −1 = no style (the base model's prediction), 0 = the adapter as trained, "
-        "above 0 pushes the style further (the paper uses 0–2; default 1)."))
-    guidance_scale: float = Field(default=limits.DEFAULT_GUIDANCE_SCALE, ge=limits.MIN_GUIDANCE_SCALE,
-                                  le=limits.MAX_GUIDANCE_SCALE, description=(
-        "Classifier-free guidance g; the text guidance λB is g − 1 unless text_guidance is given."))
-    text_guidance: float | None = Field(default=None, ge=limits.MIN_TEXT_GUIDANCE, le=limits.MAX_TEXT_GUIDANCE,
-                                        description=(
-        "λB, StyleDrop's text guidance, overriding guidance_scale (g = 1 + λB); the paper fixes λB = 5. "
-        "Null = guidance_scale − 1."))
-    subject_adapter_id: str | None = Field(default=None, description=(
-        'A subject adapter (a style of kind "subject") mixed with the style adapter at every step: '
-        "l = (1 − γ)·l_style + γ·l_subject."))
-    subject_weight: float | None = Field(default=None, ge=limits.MIN_SUBJECT_WEIGHT, le=limits.MAX_SUBJECT_WEIGHT,
-                                         description=(
-        "γ, the subject's share (0 = the style alone, 1 = the subject alone; the paper uses 0.5–0.7). "
-        f"Default {limits.DEFAULT_SUBJECT_WEIGHT:g} when subject_adapter_id is given; only with it."))
-    steps: int = Field(default=12, ge=1, le=100)
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Default: random.")
-    num_images: int = Field(default=1, ge=1, description="At most settings.max_images_per_request.")
-    strength: float | None = Field(
-        default=None, gt=0.0, le=1.0, description="Image-to-image only (multipart with init_image); default "
-        f"{limits.DEFAULT_IMG2IMG_STRENGTH:g}."
-    )
     webhook: str | None = Field(default=None, min_length=1, max_length=2048, description=WEBHOOK_DOC)
     webhook_events_filter: list[WebhookEvent] | None = Field(
         default=None, min_length=1, max_length=3, description=WEBHOOK_EVENTS_DOC + " In multipart: comma-separated."

@@ -252,7 +252,8 @@ def test_gallery_groups_by_style_and_version_pages_and_names_downloads(pages_cli
     assert reuse is not None
     settings = json.loads(reuse.group(1).replace("&#34;", '"'))
     assert settings == {"adapter_id": v2, "prompt": "new 9", "negative_prompt": "blurry", "style_strength": 1.5,
-                        "guidance_scale": 8.0, "steps": 6, "seed": 109, "num_images": 2}
+                        "guidance_scale": 8.0, "text_guidance": None, "subject_adapter_id": None,
+                        "subject_weight": None, "steps": 6, "seed": 109, "num_images": 2, "strength": None}
     # the form offers what the API takes, adapters by style and version
     for needle in ('<label for="negative_prompt">', '<label for="gen_steps">Steps</label>', 'id="curl-box"',
                    f'<option value="{v2}">Ink &lt;wash&gt; / Poster! · v2</option>',
