@@ -27,6 +27,7 @@ import trainer
 from storage import jobs
 from storage.blobs import BlobNotFound, content_key, new_key, sha256_hex
 from storage.error_codes import FailureCode
+from storage.job_params import JobParams
 from storage.models import Adapter as AdapterRow
 from storage.models import Style, TrainingJob, utcnow
 from storage.states import JOB_ACTIVE, EventKind, JobState
@@ -154,17 +155,14 @@ class TrainingRun:
             except (BlobNotFound, CheckpointError) as exc:
                 j.log.warning("checkpoint %s unusable (%s); starting from step 0", j.job.checkpoint_key, exc)
         j.references = images
-        params = dict(j.job.params or {})
-        j.seed = int(params.get("seed", 0))
+        j.seed = JobParams.of(j.job).seed
         try:  # a feedback round's picks, or the references with their captions (None: images under one prompt)
             examples = job_examples(self.rt, j.job, images, [c for _, c in refs], descriptor, content, j.subject)
         except RoundError as exc:
             outcomes[j.id] = self.fail(j, exc.code, exc.message)
             return False
-        lr = params.get("learning_rate")
         j.spec = StyleSpec([] if examples else images, descriptor, content, steps=j.job.total_steps, seed=j.seed,
-                           learning_rate=float(lr) if lr is not None else None, resume=resume, examples=examples,
-                           prompt=j.subject)
+                           resume=resume, examples=examples, prompt=j.subject)
         return True
 
     def report(self, j: JobRun, p: Progress) -> None:

@@ -21,6 +21,7 @@ from api.services.styles import create_style_job
 from api.services.versions import default_of, generation_adapter, live_versions, styled
 from storage.blobs import BlobStore
 from storage.error_codes import ErrorCode
+from storage.job_params import AutomaticRound, HumanRound, Pick
 from storage.models import Adapter, Generation, Style, TrainingJob, User
 from storage.settings import Settings
 from storage.states import GenerationState
@@ -68,9 +69,9 @@ def sample_images(*, session: Session, owner: User, style: Style, limit: int = 6
 def create_round(*, session: Session, settings: Settings, owner: User, style_id: str,
                  body: RoundCreate) -> TrainingJob:
     style = styled(get_owned(session, Style, style_id, owner, "style"))
-    feedback: dict[str, Any]
+    feedback: HumanRound | AutomaticRound
     if body.mode == "human":
-        feedback = {"mode": "human", "selection": _checked_selection(session, owner, style, body.selection)}
+        feedback = HumanRound(selection=_checked_selection(session, owner, style, body.selection))
     else:
         if body.selection is not None:
             raise Invalid("an automatic round picks its own images; send no selection",
@@ -80,14 +81,14 @@ def create_round(*, session: Session, settings: Settings, owner: User, style_id:
         if default is None:
             raise Invalid("an automatic round renders the style's default version, and it has none yet",
                           code=ErrorCode.STYLE_NOT_TRAINED)
-        feedback = {"mode": "automatic", "adapter_id": default.id, "version": default.version,
-                    "prompts": body.prompts, "per_prompt": body.per_prompt}
+        feedback = AutomaticRound(adapter_id=default.id, version=default.version, prompts=body.prompts,
+                                  per_prompt=body.per_prompt)
     return create_style_job(session=session, settings=settings, owner=owner, style_id=style.id, steps=body.steps,
                             seed=body.seed, feedback=feedback)
 
 
 def _checked_selection(session: Session, owner: User, style: Style,
-                       picks: list[RoundPick] | None) -> list[dict[str, Any]]:
+                       picks: list[RoundPick] | None) -> list[Pick]:
     """The picks as job params, each naming an existing image of a succeeded generation of `style`'s."""
     if not picks:
         raise Invalid("a human round needs a selection: at least one picked image", code=ErrorCode.EMPTY_SELECTION,
@@ -117,4 +118,4 @@ def _checked_selection(session: Session, owner: User, style: Style,
         if p.index >= len(gen.image_keys or []):
             raise Invalid(f"generation {gen.id} has {len(gen.image_keys or [])} images; there is no image {p.index}",
                           code=ErrorCode.UNKNOWN_IMAGE_INDEX, field=field)
-    return [{"generation_id": p.generation_id, "index": p.index} for p in picks]
+    return [Pick(generation_id=p.generation_id, index=p.index) for p in picks]

@@ -10,7 +10,6 @@ import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -34,6 +33,7 @@ from storage import jobs as jobstore
 from storage.blobs import BlobStore
 from storage.dispatch import dispatch
 from storage.error_codes import ErrorCode
+from storage.job_params import AutomaticRound, HumanRound, JobParams
 from storage.models import (
     Style,
     TrainingJob,
@@ -177,8 +177,8 @@ def create_style(
     job = TrainingJob(
         style_id=style.id, owner_id=owner.id, state=JobState.QUEUED, total_steps=total,
         max_attempts=settings.max_attempts,
-        params={"steps": total, "seed": seed if seed is not None else secrets.randbelow(MAX_SEED + 1),
-                "descriptor": descriptor, "content": content},
+        params=JobParams(steps=total, seed=seed if seed is not None else secrets.randbelow(MAX_SEED + 1),
+                         descriptor=descriptor, content=content).to_json(),
         idempotency_key=idempotency_key, request_hash=request_hash, webhook=hook_url, webhook_events=hook_events,
     )
     session.add(job)
@@ -278,7 +278,7 @@ def delete_style(*, session: Session, owner: User, style_id: str) -> None:
 
 def create_style_job(
     *, session: Session, settings: Settings, owner: User, style_id: str, steps: int | None, seed: int | None,
-    feedback: dict[str, Any] | None = None,
+    feedback: HumanRound | AutomaticRound | None = None,
 ) -> TrainingJob:
     """Train a style again from the image it stored (the way out after a cancelled or failed job, or a deleted
     adapter). Default steps: those of the style's last job; default seed: random. 409 while the style still has
@@ -295,15 +295,14 @@ def create_style_job(
                        code=ErrorCode.STYLE_BUSY)
     _check_job_cap(session, settings, owner, lock=False)
     if steps is None:
-        previous = (last.params or {}).get("steps") if last is not None else None
+        previous = JobParams.of(last).steps if last is not None else None
         default = min(settings.train_steps or DEFAULT_TRAIN_STEPS, settings.max_train_steps)
         steps = previous if isinstance(previous, int) and 1 <= previous <= settings.max_train_steps else default
     job = TrainingJob(
         style_id=style.id, owner_id=owner.id, state=JobState.QUEUED, total_steps=steps,
         max_attempts=settings.max_attempts,
-        params={"steps": steps, "seed": seed if seed is not None else secrets.randbelow(MAX_SEED + 1),
-                "descriptor": style.descriptor, "content": style.content,
-                **({"round": feedback} if feedback is not None else {})},
+        params=JobParams(steps=steps, seed=seed if seed is not None else secrets.randbelow(MAX_SEED + 1),
+                         descriptor=style.descriptor, content=style.content, round=feedback).to_json(),
     )
     session.add(job)
     session.flush()

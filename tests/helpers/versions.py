@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from storage.job_params import JobParams
 from storage.models import Adapter, TrainingJob
 from storage.states import JobState
 from tests.helpers.app import bearer
@@ -23,7 +24,8 @@ def style_with_versions(client: Any, key: str, n: int, descriptor: str = "ink") 
         for v in range(1, n + 1):
             job_id = first_job
             if v > 1:
-                job = TrainingJob(style_id=style_id, owner_id=owner, total_steps=3, params={},
+                job = TrainingJob(style_id=style_id, owner_id=owner, total_steps=3,
+                                  params=JobParams(steps=3, seed=0, descriptor=descriptor).to_json(),
                                   state=JobState.SUCCEEDED)
                 s.add(job)
                 s.flush()
