@@ -269,7 +269,7 @@ class Generation(Base):
 
 class WebhookDelivery(Base):
     """One webhook event (the outbox): written in the transaction that changed the resource, sent by the
-    delivery loop (worker/webhooks.py) until a 2xx answer or `max_attempts`. The id is the `webhook-id` header,
+    delivery loop (worker/ops/webhooks.py) until a 2xx answer or `max_attempts`. The id is the `webhook-id` header,
     the same on every retry."""
 
     __tablename__ = "webhook_deliveries"

@@ -11,7 +11,7 @@ from sqlalchemy import update
 from storage.models import TrainingJob, utcnow
 from storage.states import WorkKind
 from tests.helpers.db import get_row, make_job
-from worker.reconciler import reconcile_once
+from worker.ops.reconciler import reconcile_once
 from worker.runtime import Runtime
 
 

@@ -1,7 +1,7 @@
 """Webhooks (issue #12 item 7) against a real HTTP receiver on 127.0.0.1: Standard Webhooks signatures, retries
 after a 500, at-least-once delivery with a stable event id, event filters, progress throttling, and refusal of
 private addresses (when set and again at delivery). State changes go through storage.jobs (the functions the
-workers call) and delivery through worker.webhooks, on the real databases."""
+workers call) and delivery through worker.ops.webhooks, on the real databases."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from storage import jobs as jobstore
 from storage import webhooks as hookstore
 from storage.models import JobEvent, WebhookDelivery, utcnow
 from tests.helpers.webhooks import Receiver, verify
-from worker import webhooks as delivery
+from worker.ops import webhooks as delivery
 
 
 def bearer(key: str) -> dict[str, str]:

@@ -15,7 +15,7 @@ from storage.webhooks import PROGRESS_MIN_SECONDS
 from tests.helpers.db import make_generation as _generation
 from tests.helpers.db import make_job as _job
 from tests.helpers.webhooks import Receiver, verify
-from worker import webhooks as delivery
+from worker.ops import webhooks as delivery
 from worker.runtime import Runtime
 
 

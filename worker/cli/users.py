@@ -21,14 +21,16 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from storage import accounts
+from storage.db import make_engine, make_sessionmaker
+from storage.settings import get_settings
+
 
 def _when(value: datetime | None) -> str:
     return value.isoformat(timespec="seconds") if value is not None else "-"
 
 
 def _run(session: Session, args: argparse.Namespace) -> int:
-    from storage import accounts
-
     command = args.users_command
     if command == "create":
         user, _, plaintext = accounts.add_user(session, name=args.name, is_admin=args.admin)
@@ -63,10 +65,6 @@ def _run(session: Session, args: argparse.Namespace) -> int:
 
 
 def cmd_users(args: argparse.Namespace) -> int:
-    from storage import accounts
-    from storage.db import make_engine, make_sessionmaker
-    from storage.settings import get_settings
-
     get_settings.cache_clear()
     engine = make_engine(get_settings().resolved_database_url)
     try:

@@ -10,7 +10,7 @@
   instead of after `visibility_timeout`.
 
 Run it in a thread inside `styledrop up`, or as `styledrop reconcile [--once]`. `run_forever` also runs the webhook
-delivery loop (worker/webhooks.py) in a thread of its own.
+delivery loop (worker/ops/webhooks.py) in a thread of its own.
 """
 
 from __future__ import annotations
@@ -28,13 +28,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from storage import jobs
 from storage.blobs import blob_store_from_settings
-from storage.broker import ROUTES
+from storage.broker import ROUTES, queue_depths
 from storage.dispatch import MODELS, Send, celery_send, dispatch
 from storage.error_codes import FailureCode
 from storage.models import Generation, TrainingJob, utcnow
 from storage.reclaim import reclaim
 from storage.settings import Settings
 from storage.states import GENERATION_ACTIVE, JOB_ACTIVE, GenerationState, JobState, WorkKind
+from worker.ops import webhooks  # webhook delivery runs beside the reconciler, in its own thread
 
 logger = logging.getLogger(__name__)
 
@@ -190,13 +191,13 @@ def _lost_queues(depths: Depths | None, waiting: dict[WorkKind, list[Any]]) -> s
 
 
 def broker_depths(settings: Settings) -> Depths:
-    from storage.broker import queue_depths
-
     return lambda: queue_depths(settings)
 
 
 def celery_sender() -> Send:
     """Sends through the worker's Celery app (by task name; `task_routes` picks the queue)."""
+    # Imported here: importing worker.celery_app builds the Celery app from the settings of that moment and
+    # connects the worker's signal handlers, which only a process that sends or runs tasks should do.
     from worker.celery_app import app
 
     return celery_send(app)
@@ -210,8 +211,6 @@ def run_forever(
     send = send or celery_sender()
     store = blob_store_from_settings(settings)
     next_sweep = next_reclaim = 0.0
-    from worker import webhooks  # webhook delivery runs beside the reconciler, in its own thread
-
     hooks = webhooks.start_thread(session_factory, settings, stop)
     while not stop.is_set():
         try:

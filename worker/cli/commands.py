@@ -5,7 +5,7 @@
     styledrop migrate                                   bring the database to the newest schema
     styledrop reconcile [--once]                        re-send lost messages, requeue jobs of dead workers
     styledrop users create NAME [--admin]               prints the new API key once
-    styledrop users list | keys | add-key | revoke-key | rotate-key | disable | enable   (worker/users_cli.py)
+    styledrop users list | keys | add-key | revoke-key | rotate-key | disable | enable   (worker/cli/users.py)
     styledrop train / generate / eval ...               the engine on its own (trainer/cli.py)
 
 With no DATABASE_URL / BROKER_URL everything is embedded under STYLEDROP_DATA_DIR (default ./.styledrop): a SQLite
@@ -27,9 +27,16 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
+from storage.db import make_engine, make_sessionmaker, upgrade_to_head
+from storage.settings import get_settings
+from trainer.cli import add_engine_commands, run
+from worker.cli.users import add_users_commands
+from worker.ops import reconciler
+from worker.ops.supervisor import Supervisor
+
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 STOP_GRACE_SECONDS = 15.0
 
 
@@ -41,8 +48,6 @@ def _setup_logging(stream: TextIO = sys.stdout, level: int = logging.INFO) -> No
 
 
 def _settings():  # type: ignore[no-untyped-def]
-    from storage.settings import get_settings
-
     get_settings.cache_clear()
     return get_settings()
 
@@ -63,9 +68,6 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.model:
         os.environ["STYLEDROP_MODEL"] = args.model
     settings = _settings()
-    from storage.db import make_engine, make_sessionmaker, upgrade_to_head
-    from worker import reconciler
-    from worker.supervisor import Supervisor
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     url = settings.resolved_database_url
@@ -116,6 +118,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings()
+    # Imported here: importing worker.celery_app builds the Celery app from the settings of that moment (after
+    # _settings() has re-read the environment) and connects the worker's signal handlers.
     from worker.celery_app import app
 
     argv = ["worker", "--pool", "solo", "-Q", args.queue, "-n", f"{args.queue}-{os.getpid()}@%h",
@@ -128,7 +132,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_migrate(_args: argparse.Namespace) -> int:
     settings = _settings()
-    from storage.db import upgrade_to_head
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade_to_head(settings.resolved_database_url)
@@ -137,8 +140,6 @@ def cmd_migrate(_args: argparse.Namespace) -> int:
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
     settings = _settings()
-    from storage.db import make_engine, make_sessionmaker
-    from worker import reconciler
 
     factory = make_sessionmaker(make_engine(settings.resolved_database_url))
     if args.once:
@@ -177,9 +178,6 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--once", action="store_true", help="one pass, then exit")
     rec.set_defaults(func=cmd_reconcile)
 
-    from trainer.cli import add_engine_commands
-    from worker.users_cli import add_users_commands
-
     add_users_commands(sub)
 
     add_engine_commands(sub)
@@ -192,8 +190,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in {"up", "worker", "reconcile"}:
         _setup_logging(sys.stdout)
     elif args.command in {"train", "generate"}:  # the engine's progress lines and its user-facing errors
-        from trainer.cli import run
-
         _setup_logging(sys.stderr)
         return run(args, parser)
     else:
