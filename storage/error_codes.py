@@ -1,6 +1,6 @@
 """Every error code the service reports: the one place a code is defined, so none is a free string.
 
-`ErrorCode` is the `code` of an RFC 9457 problem the JSON API answers with (api/problems.py); the README's table of
+`ErrorCode` is the `code` of an RFC 9457 problem the JSON API answers with (api/http/problems.py); the README's table of
 codes lists exactly these, by HTTP status (`tests/test_codes_and_states.py` checks both ways and the statuses).
 `FailureCode` is the `error.code` of a job or generation that ended `failed` (the worker writes it, the API and
 the webhooks show it). Both are `StrEnum`s, so a member is its string wherever a string is stored or compared.

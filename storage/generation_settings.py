@@ -3,7 +3,7 @@
 `POST /v1/generations` takes these fields (`api.schemas.GenerationCreate` adds how to name the adapter and the
 webhook), each is one column of `generations` (storage/models.py), `GenerationPublic` shows them back, the page's
 generate form has an input named for each and "use these settings again" puts them all back into it
-(api/gallery.py, api/static/styledrop.js), and the generate worker turns them into the sampler's
+(api/services/gallery.py, api/static/styledrop.js), and the generate worker turns them into the sampler's
 `GenerationRequest` (worker/generation.py). A new setting is a field here plus its column and migration;
 tests/test_generation_settings.py fails until every one of those places carries it.
 

@@ -253,7 +253,7 @@ def test_previews(api_client, api_keys) -> None:
 
 
 def test_rate_limit_429_with_retry_after(api_client, api_keys) -> None:
-    from api.security import RateLimiter
+    from api.http.security import RateLimiter
 
     api_client.app.state.rate_limiter = RateLimiter(2)
     key = api_keys["alice"]

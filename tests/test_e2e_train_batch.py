@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
-from api.queue import sender
+from api.services.queue import sender
 from storage.blobs import blob_store_from_settings, content_key, sha256_hex
 from storage.dispatch import dispatch
 from storage.job_params import JobParams

@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from api.security import SESSION_COOKIE
+from api.http.security import SESSION_COOKIE
 from storage.models import Style
 from storage.settings import Settings
 from tests.helpers.app import app_client, bearer
@@ -120,7 +120,7 @@ def test_secure_cookie_behind_a_tls_proxy_with_uvicorn_proxy_headers(tmp_path: P
 
 
 def test_rate_limit_is_shared_by_two_api_processes_through_redis(tmp_path: Path, api_redis) -> None:
-    from api.ratelimit import RedisRateLimiter
+    from api.http.ratelimit import RedisRateLimiter
     from storage.users import create_api_key, create_user
 
     settings = Settings(data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path / 'shared.db'}",

@@ -239,7 +239,7 @@ def test_non_utf8_descriptor_and_prompt(client, keys, tmpdir_watch) -> None:
     resp = client.post("/v1/styles", headers={**bearer(keys["alice"]),
                                               "Content-Type": f"multipart/form-data; boundary={boundary}"},
                        content=body)
-    # Starlette would decode it as Latin-1 and hand the route other text; api/forms.py makes that a 400 instead.
+    # Starlette would decode it as Latin-1 and hand the route other text; api/http/forms.py makes that a 400 instead.
     assert resp.status_code == 400, resp.text
     assert "not valid utf-8" in resp.json()["detail"]
     assert counts(client)["Style"] == 0 and counts(client)["TrainingJob"] == 0

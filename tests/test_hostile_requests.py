@@ -144,7 +144,7 @@ def test_form_text_is_checked_across_chunk_boundaries(body: bytes, refused: str 
     from starlette.datastructures import Headers
     from starlette.formparsers import MultiPartException
 
-    from api.forms import FormTextCheck
+    from api.http.forms import FormTextCheck
 
     check = FormTextCheck.for_headers(Headers({"content-type": "multipart/form-data; boundary=bnd"}))
     assert check is not None

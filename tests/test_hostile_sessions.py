@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
-from api.security import CSRF_HEADER, SESSION_COOKIE
+from api.http.security import CSRF_HEADER, SESSION_COOKIE
 from storage.models import ApiKey, User, WebSession, utcnow
 from storage.users import hash_key
 

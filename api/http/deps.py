@@ -11,10 +11,10 @@ from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.errors import Forbidden, RateLimited, Unauthorized
-from api.ratelimit import Limiter
+from api.http.errors import Forbidden, RateLimited, Unauthorized
+from api.http.ratelimit import Limiter
+from api.http.security import CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE, check_csrf
 from api.schemas import MAX_OFFSET
-from api.security import CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE, check_csrf
 from storage.blobs import BlobStore
 from storage.error_codes import ErrorCode
 from storage.models import User

@@ -1,6 +1,6 @@
 """Domain errors raised by the service functions, and the handlers that turn every error into one shape.
 
-Every 4xx/5xx body is an RFC 9457 problem (`application/problem+json`, api/problems.py): service errors, database
+Every 4xx/5xx body is an RFC 9457 problem (`application/problem+json`, api/http/problems.py): service errors, database
 outages, validation errors, Starlette's 404/405 and body limits, and unhandled exceptions (a generic 500; the
 traceback goes to the log, never to the client).
 """
@@ -21,7 +21,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from api.problems import ProblemResponse, code_for, problem
+from api.http.problems import ProblemResponse, code_for, problem
 from storage.error_codes import ErrorCode
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class Unavailable(ServiceError, status=503, code=ErrorCode.UNAVAILABLE): ...
 
 
 class BodyTooLarge(HTTPException):
-    """A request body that passes its limit while it streams (api/request_guard.py). A FastAPI HTTPException,
+    """A request body that passes its limit while it streams (api/http/request_guard.py). A FastAPI HTTPException,
     because FastAPI's body reader passes those on as they are and turns any other exception into a 400."""
 
     code = ErrorCode.BODY_TOO_LARGE

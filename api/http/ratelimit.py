@@ -1,6 +1,6 @@
 """The per-user request rate limit, shared by every API process through Redis when the broker is Redis.
 
-An in-process window (api.security.RateLimiter) lets each of N uvicorn workers grant the full budget, so N API
+An in-process window (api.http.security.RateLimiter) lets each of N uvicorn workers grant the full budget, so N API
 processes allowed N × the limit. With a Redis broker the window lives in Redis (one sorted set per user, updated
 by one Lua script, so concurrent processes cannot both take the last slot); with the embedded broker there is
 only one API process and the in-process window is exact.
@@ -13,7 +13,7 @@ import secrets
 import time
 from typing import Protocol
 
-from api.security import RateLimiter
+from api.http.security import RateLimiter
 from storage.settings import Settings
 
 logger = logging.getLogger(__name__)

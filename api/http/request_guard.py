@@ -23,8 +23,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import BodyTooLarge
-from api.problems import problem
+from api.http.errors import BodyTooLarge
+from api.http.problems import problem
 from storage.error_codes import ErrorCode
 
 logger = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from starlette.datastructures import Headers
 from starlette.routing import Match
 from starlette.types import Scope
 
-from api.errors import RateLimited
+from api.http.errors import RateLimited
 from storage import jobs as jobstore
 from storage.error_codes import ErrorCode
 from storage.models import JobEvent, TrainingJob

@@ -4,8 +4,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
-from api.deps import AdminUser, PageOffset, SessionDep, SettingsDep
-from api.problems import problem_responses
+from api.http.deps import AdminUser, PageOffset, SessionDep, SettingsDep
+from api.http.problems import problem_responses
 from api.routes.jobs import StateFilter
 from api.schemas import (
     AdminJobPublic,

@@ -11,8 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from api import generation_ops
-from api.deps import (
+from api.http.deps import (
     BlobsDep,
     CurrentUser,
     PageLimit,
@@ -22,11 +21,11 @@ from api.deps import (
     SessionFactoryDep,
     SettingsDep,
 )
-from api.errors import Invalid, UnsupportedMedia
-from api.forms import StrictFormRoute
-from api.problems import problem_responses
+from api.http.errors import Invalid, UnsupportedMedia
+from api.http.forms import StrictFormRoute
+from api.http.problems import problem_responses
 from api.schemas import GenerationCreate, GenerationPublic
-from api.services import generations, lookup, uploads
+from api.services import generation_ops, generations, lookup, uploads
 from storage.blobs import BlobStore
 from storage.error_codes import ErrorCode
 from storage.models import Generation, User

@@ -7,8 +7,8 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import MetricsAccess, SettingsDep
-from api.problems import problem, problem_responses
+from api.http.deps import MetricsAccess, SettingsDep
+from api.http.problems import problem, problem_responses
 from storage import broker
 from storage.db import schema_problem
 from storage.error_codes import ErrorCode

@@ -7,12 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from api.deps import BlobsDep, CurrentUser, PageLimit, PageOffset, SessionDep
-from api.errors import Invalid
-from api.problems import problem_responses
+from api.http.deps import BlobsDep, CurrentUser, PageLimit, PageOffset, SessionDep
+from api.http.errors import Invalid
+from api.http.problems import problem_responses
+from api.http.streams import EventStreamRoute, StreamHub
 from api.schemas import MAX_OFFSET, JobEventPublic, JobPublic
 from api.services import jobs, lookup
-from api.streams import EventStreamRoute, StreamHub
 from storage.error_codes import ErrorCode
 from storage.models import JobEvent
 from storage.states import JobState

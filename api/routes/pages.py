@@ -19,11 +19,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 
-from api import gallery
-from api.deps import SessionDep, current_user_from_cookie
-from api.errors import NotFound
-from api.security import CSRF_FIELD, SESSION_COOKIE, check_csrf, csrf_token
-from api.services import rounds, styles, versions
+from api.http.deps import SessionDep, current_user_from_cookie
+from api.http.errors import NotFound
+from api.http.security import CSRF_FIELD, SESSION_COOKIE, check_csrf, csrf_token
+from api.services import gallery, rounds, styles, versions
 from storage.generation_settings import MAX_SEED, SETTING_NAMES
 from storage.models import User
 from storage.sessions import close_session, open_session
@@ -89,7 +88,7 @@ def _render(request: Request, name: str, user: User | None, status_code: int = 2
         status_code=status_code,
     )
     response.headers["Cache-Control"] = "no-store"
-    # CSP, nosniff, framing and Referrer-Policy: api/headers.py, on every HTML response
+    # CSP, nosniff, framing and Referrer-Policy: api/http/headers.py, on every HTML response
     return response
 
 

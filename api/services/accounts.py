@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 from sqlalchemy.orm import Session
 
-from api.errors import Conflict, Invalid, NotFound
+from api.http.errors import Conflict, Invalid, NotFound
 from api.schemas import (
     ApiKeyCreatedPublic,
     ApiKeyPublic,

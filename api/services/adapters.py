@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.errors import Conflict, Gone
+from api.http.errors import Conflict, Gone
 from api.services.lookup import get_owned
 from storage.blobs import BlobIntegrityError, BlobNotFound, BlobStore, get_verified
 from storage.error_codes import ErrorCode

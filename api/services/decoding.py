@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from api.errors import Unavailable
+from api.http.errors import Unavailable
 from storage.error_codes import ErrorCode
 
 WAIT_SECONDS = 30.0

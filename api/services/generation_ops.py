@@ -7,7 +7,7 @@ import logging
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from api.errors import Conflict, NotFound
+from api.http.errors import Conflict, NotFound
 from storage.blobs import BlobStore
 from storage.error_codes import ErrorCode
 from storage.models import Generation, User

@@ -16,19 +16,19 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api import queue
-from api.decoding import decode_slot
-from api.errors import Conflict, Invalid, NotFound
+from api.http.errors import Conflict, Invalid, NotFound
 from api.schemas import (
     MAX_SEED,
     GenerationCreate,
     GenerationPublic,
 )
+from api.services import queue
 from api.services.adapters import get_adapter
+from api.services.decoding import decode_slot
 from api.services.lookup import get_owned
 from api.services.uploads import hash_request, image_error, normalize_image
 from api.services.versions import generation_adapter
-from api.webhooks import checked_webhook
+from api.services.webhooks import checked_webhook
 from storage.blobs import BlobStore, content_key
 from storage.dispatch import dispatch
 from storage.error_codes import ErrorCode

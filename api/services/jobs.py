@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api import queue
-from api.errors import Conflict, NotFound
+from api.http.errors import Conflict, NotFound
 from api.schemas import JobPublic
+from api.services import queue
 from api.services.lookup import get_owned
 from storage import jobs as jobstore
 from storage.dispatch import dispatch

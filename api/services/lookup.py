@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from sqlalchemy.orm import Session
 
-from api.errors import Gone, NotFound
+from api.http.errors import Gone, NotFound
 from storage.blobs import BlobNotFound, BlobStore
 from storage.error_codes import ErrorCode
 from storage.models import (

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from api.errors import NotFound
+from api.http.errors import NotFound
 from api.schemas import ApiKeyCreatedPublic, ApiKeyPublic
 from api.services.accounts import key_public
 from storage import accounts

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from api.errors import Invalid
+from api.http.errors import Invalid
+from api.services.text import is_invisible
 from api.services.uploads import normalize_image
-from api.text import is_invisible
 from storage.blobs import BlobStore, content_key
 from storage.error_codes import ErrorCode
 from storage.images import NormalizedImage

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.errors import Conflict, Invalid, NotFound
+from api.http.errors import Conflict, Invalid, NotFound
 from api.schemas import MAX_SEED, GenerationCreate, RoundCreate, RoundPick, SamplesCreate
 from api.services.generations import create_generation
 from api.services.lookup import get_owned

@@ -15,20 +15,20 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api import queue
-from api.errors import Conflict, Invalid, NotFound, RateLimited, TooLarge
+from api.http.errors import Conflict, Invalid, NotFound, RateLimited, TooLarge
 from api.schemas import (
     MAX_SEED,
     JobPublic,
     StylePublic,
 )
+from api.services import queue
 from api.services.jobs import request_cancel
 from api.services.lookup import get_owned
 from api.services.references import check_references, decode_references, store_references
+from api.services.text import is_invisible
 from api.services.uploads import hash_request, lock_owner
 from api.services.versions import default_of, live_versions
-from api.text import is_invisible
-from api.webhooks import checked_webhook
+from api.services.webhooks import checked_webhook
 from storage import jobs as jobstore
 from storage.blobs import BlobStore
 from storage.dispatch import dispatch

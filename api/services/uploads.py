@@ -12,8 +12,8 @@ from typing import Any, BinaryIO
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from api.decoding import decode_slot
-from api.errors import Invalid, TooLarge, UnsupportedMedia
+from api.http.errors import Invalid, TooLarge, UnsupportedMedia
+from api.services.decoding import decode_slot
 from storage.error_codes import ErrorCode
 from storage.images import ImageRejected, NormalizedImage, normalize_upload
 from storage.models import (

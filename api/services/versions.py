@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.errors import Invalid, NotFound
+from api.http.errors import Invalid, NotFound
 from api.schemas import VersionPublic
 from api.services.adapters import get_adapter
 from api.services.lookup import get_owned

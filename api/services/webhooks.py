@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.orm import Session
 
-from api.errors import Invalid
+from api.http.errors import Invalid
 from storage import webhooks
 from storage.error_codes import ErrorCode
 from storage.models import User
