@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from storage.db import upgrade_to_head
-from tests.helpers.stack import Stack, free_port, service_env, wait_http
+from testkit.stack import Stack, free_port, service_env, wait_http
 
 
 class ApiProcess:

@@ -16,9 +16,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from storage.settings import Settings
+from testkit.images import png_bytes
 from tests.helpers.app import add_users, app_client, bearer
 from tests.helpers.db import API_REDIS_URL
-from tests.helpers.images import png_bytes
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 PROBLEM_KEYS = {"type", "title", "status", "detail", "code", "instance"}

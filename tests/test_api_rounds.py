@@ -9,8 +9,8 @@ from sqlalchemy import func, select
 
 from storage.models import Adapter, Generation, JobEvent, TrainingJob
 from storage.states import GenerationState, JobState
+from testkit.images import png_bytes
 from tests.helpers.app import bearer
-from tests.helpers.images import png_bytes
 from tests.helpers.versions import style_with_versions
 from trainer.contracts.prompts import feedback_prompts
 

@@ -209,3 +209,14 @@ def test_engine_contracts_import_without_torch() -> None:
             "print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "", f"importing the contracts loaded {out.stdout.strip()}"
+
+
+def test_tests_and_benchmarks_do_not_import_each_other() -> None:
+    """What both need is testkit/ (which imports neither), so a benchmark runs without the test suite's helpers
+    and a test never depends on a benchmark script."""
+    problems = []
+    for folder, banned in (("tests", {"bench"}), ("bench", {"tests"}), ("testkit", {"tests", "bench"})):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for bad in sorted(imported_roots(path) & banned):
+                problems.append(f"{path.relative_to(ROOT)} imports {bad}")
+    assert not problems, "\n".join(problems)

@@ -25,8 +25,8 @@ from storage.models import Adapter, JobEvent, Style, TrainingJob, utcnow
 from storage.settings import Settings
 from storage.states import WorkKind
 from storage.users import create_user
+from testkit.images import style_png
 from tests.helpers.db import API_REDIS_URL
-from tests.helpers.images import style_png
 
 REPO = Path(__file__).resolve().parent.parent
 

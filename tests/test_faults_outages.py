@@ -23,6 +23,8 @@ import httpx
 import pytest
 from PIL import Image
 
+from testkit.images import style_png
+from testkit.stack import wait_http
 from tests.helpers.faults import (
     FINAL,
     Db,
@@ -40,8 +42,6 @@ from tests.helpers.faults import (
     unfinished,
     wait_for,
 )
-from tests.helpers.images import style_png
-from tests.helpers.stack import wait_http
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from testkit.stack import Stack, free_port, port_free, process_alive, service_env
 from tests.helpers.faults import Db, assert_all_final_one_adapter_each, post_style, progress_steps, wait_for
-from tests.helpers.stack import Stack, free_port, port_free, process_alive, service_env
 
 pytestmark = pytest.mark.integration
 

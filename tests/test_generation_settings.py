@@ -16,7 +16,7 @@ from api.schemas import GenerationCreate
 from storage.generation_settings import SETTING_NAMES
 from storage.models import Generation
 from storage.resources import GenerationPublic
-from tests.helpers.images import png_bytes, style_png
+from testkit.images import png_bytes, style_png
 from tests.helpers.pages import make_style, sign_in, trained
 from trainer.sampler import GenerationRequest
 from worker.generation import build_requests

@@ -19,10 +19,10 @@ from sqlalchemy import func, select
 from api.http.security import SESSION_COOKIE
 from storage.models import Style
 from storage.settings import Settings
+from testkit.images import style_png
+from testkit.stack import free_port
 from tests.helpers.app import app_client, bearer
 from tests.helpers.db import API_REDIS_URL
-from tests.helpers.images import style_png
-from tests.helpers.stack import free_port
 
 INLINE_SCRIPT = re.compile(r"<script(?![^>]*\ssrc=)[^>]*>", re.I)
 INLINE_HANDLER = re.compile(r"<[^>]+\son[a-z]+\s*=", re.I)

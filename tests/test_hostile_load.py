@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers.api_process import ApiProcess, open_stream, process_memory, start_api
+from testkit.api_process import ApiProcess, open_stream, process_memory, start_api
+from testkit.images import decode_bomb, style_png
 from tests.helpers.app import bearer
-from tests.helpers.images import decode_bomb, style_png
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import re
 from fastapi.testclient import TestClient
 
 from api.http.security import SESSION_COOKIE
-from tests.helpers.images import style_png
+from testkit.images import style_png
 from tests.helpers.pages import META, finished_generations, make_style, sign_in, trained
 
 

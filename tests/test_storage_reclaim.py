@@ -18,7 +18,7 @@ from storage.db import make_engine, make_sessionmaker
 from storage.models import Adapter, Generation, Style, TrainingJob, utcnow
 from storage.reclaim import reclaim, user_storage_bytes
 from storage.users import create_user
-from tests.helpers.images import style_png
+from testkit.images import style_png
 
 HOUR = 3600.0
 

@@ -54,7 +54,7 @@ def deliver_until_settled(client: Any, rounds: int = 40) -> None:
 
 
 def _style(client: Any, key: str, **fields: Any) -> dict[str, Any]:
-    from tests.helpers.images import png_bytes
+    from testkit.images import png_bytes
 
     resp = client.post("/v1/styles", headers=bearer(key), data={"descriptor": "ink", **fields},
                        files={"image": ("s.png", png_bytes(), "image/png")})
@@ -138,7 +138,7 @@ def test_private_addresses_refused_by_default_and_at_delivery(api_client, api_ke
         resp = api_client.post("/v1/generations", headers=key, json={"prompt": "x", "webhook": url})
         assert resp.status_code == 422, url
         assert resp.json()["code"] == "webhook_refused", url
-    from tests.helpers.images import png_bytes
+    from testkit.images import png_bytes
 
     style = api_client.post("/v1/styles", headers=key, data={"descriptor": "ink", "webhook": receiver.url},
                             files={"image": ("s.png", png_bytes(), "image/png")})

@@ -87,7 +87,7 @@ def test_missing_clip_leaves_scores_empty_and_the_work_succeeds(worker_runtime: 
 
 def test_the_style_score_compares_with_every_reference_image(worker_runtime: Runtime) -> None:
     from storage.blobs import content_key, sha256_hex
-    from tests.helpers.images import style_png
+    from testkit.images import style_png
 
     rt = worker_runtime
     job_id = make_job(rt, steps=2)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.stack import free_port, port_free, process_alive
+from testkit.stack import free_port, port_free, process_alive
 from worker.ops.supervisor import Supervisor
 
 PY = sys.executable

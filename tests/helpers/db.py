@@ -94,7 +94,7 @@ def make_job(rt: Any, *, steps: int = 12, seed: int = 3,
     from storage.job_params import JobParams
     from storage.models import Style, TrainingJob, utcnow
     from storage.users import create_user
-    from tests.helpers.images import style_png
+    from testkit.images import style_png
 
     data = style_png(color)
     sha = sha256_hex(data)

@@ -20,8 +20,8 @@ import httpx
 from sqlalchemy import create_engine, text
 
 from storage.states import JOB_FINAL
-from tests.helpers.images import style_png
-from tests.helpers.stack import Stack, free_port, service_env, wait_http
+from testkit.images import style_png
+from testkit.stack import Stack, free_port, service_env, wait_http
 
 FINAL = JOB_FINAL
 

@@ -8,8 +8,8 @@ from typing import Any
 from storage.job_params import JobParams
 from storage.models import Adapter, TrainingJob
 from storage.states import JobState
+from testkit.images import png_bytes
 from tests.helpers.app import bearer
-from tests.helpers.images import png_bytes
 
 
 def style_with_versions(client: Any, key: str, n: int, descriptor: str = "ink") -> tuple[str, list[str]]:
