@@ -28,12 +28,12 @@ run() { local lim=$1; shift; [ $((SECONDS + 30)) -lt $BUDGET ] || { echo "=== sk
 # 1. The GPU tests on the tiny model (bf16 training, multi-style syncs, CUDA sampling with mixed adapters, and
 #    any captured-step / 8-bit AdamW tests), with only the engine's fixtures (no service packages on the device).
 run 120 python3 -m pytest -q -p no:cacheprovider --noconftest -p tests.helpers.engine_fixtures tests/test_engine_gpu.py
-# 2. Serving (issue #8): ours vs AmusedPipeline at batch 1 and 8, with the pipeline on a CUDA generator (fair) and
+# 2. Serving: ours vs AmusedPipeline at batch 1 and 8, with the pipeline on a CUDA generator (fair) and
 #    8 requests on 8 adapters vs 8 calls, full amused-256 shape in bf16.
 run 150 python3 bench/sample.py --device cuda --config full --dtype bf16 --reps 3 --pipeline-generator device
 # 3. Serving sweep: 0/1/2/4/8 distinct adapters in a batch of 8, eager and captured (torch.compile + CUDA graphs).
 run 120 python3 bench/gpu_serving.py --device cuda --config full --dtype bf16 --rows 8 --sweep 0,1,2,4,8
-# 4. Training (issue #9): 1500 steps on the full shape in bf16 (wall time, peak memory), styles per GPU-hour for
+# 4. Training: 1500 steps on the full shape in bf16 (wall time, peak memory), styles per GPU-hour for
 #    S = 1, 4, 8, 16, eager and captured (bench/gpu_train.py; present once the training work has landed).
 if [ -f bench/gpu_train.py ]; then run 200 python3 bench/gpu_train.py --device cuda; fi
 echo "done in ${SECONDS}s"

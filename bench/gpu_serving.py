@@ -1,4 +1,4 @@
-"""GPU serving probe: a distinct-adapter sweep, eager and captured, and the batch-of-8 goals (issue #8).
+"""GPU serving probe: a distinct-adapter sweep, eager and captured, and the batch-of-8 goals.
 
 For k distinct adapters in a batch of `--rows` requests (k = 0 is the base model), one `trainer.sample` call of
 12 steps at guidance 10 on the full amused-256 shape in bf16, eager and then with `trainer.compile_transformer`

@@ -6,7 +6,7 @@ bf16 weights, bf16 autocast, TF32 on, progress (one loss read-back) every 50 ste
 
 - LONG runs: 1500 steps at S = 1, eager and captured (`TrainConfig.cuda_graph`): wall time of the whole call
   (encoding, encoder offload, warm-up and capture included), the loop's own time, and peak memory
-  (`torch.cuda.max_memory_allocated`). Goals (issue #9): 1500 steps <= 30 s (moonshot <= 10 s), peak <= 3 GB.
+  (`torch.cuda.max_memory_allocated`). Goals: 1500 steps <= 30 s (moonshot <= 10 s), peak <= 3 GB.
 - RATE runs, styles per GPU-hour for S = 1, 4, 8, 16, eager and captured: `--rate-steps` steps of S styles; the
   steady-state time per step between the first and the last progress report (after warm-up and capture) gives
   S x 3600 / (1500 x step time): styles of 1500 steps each per GPU-hour. Goal: >= 500.

@@ -13,7 +13,7 @@ timings are noise. Times are medians of a few runs in the same process, reported
   swapped for peft's `adapter_names`). Host reads and transfers are counted inside the decoding loop (between
   the first and last step callbacks). A first call caches the prompts' CLIP embeddings and the schedule tables
   (steady state).
-Bars (issue #8): forward ops with 64 distinct adapters ≤ 1.1× those with 1; ≤ 1.3× the base forward; 0 host
+Bars: forward ops with 64 distinct adapters ≤ 1.1× those with 1; ≤ 1.3× the base forward; 0 host
 reads inside the sampling loop.
 
     python bench/ops_count.py --config tiny        # and --config mid

@@ -3,7 +3,7 @@
 1. OPS (deterministic): `train_styles` with S = 1, 2, 4, 8, 16 styles (different images and seeds), progress
    every 4 steps; a TorchDispatchMode counts every aten op and every op that makes a CUDA host wait (a scalar read,
    a data-dependent shape, a copy to the host) between two progress callbacks: steps 5..8, including the one
-   read-back of their losses. Bars (issue #9): 0 host reads per step between intervals (the interval read is
+   read-back of their losses. Bars: 0 host reads per step between intervals (the interval read is
    counted separately); ops per step at S = 16 ≤ 1.2x S = 1. `--per-step-conditioning` counts the step as it
    was before the constant conditioning (the model's own forward recomputing the prompt-only values each step).
 2. TIME (`--timed-steps N`, default 6; 0 skips): one `train_styles` call with S styles x N steps vs S

@@ -1,4 +1,4 @@
-"""Issue #12 items 8-10: pending generations say where they stand, event lists page with a cursor, generations can
+"""Pending generations say where they stand, event lists page with a cursor, generations can
 be deleted, jobs report device seconds, and error messages read as English."""
 
 from __future__ import annotations

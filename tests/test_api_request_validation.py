@@ -1,6 +1,6 @@
 """Hostile requests over HTTP (in-process, SQLite and PostgreSQL): oversized and odd JSON, NUL bytes, huge
 indices and cursors, concurrent idempotent retries and a full connection pool. Each answers a 4xx (or 503 with
-Retry-After for the pool) with a reason, never a 500; issue #11 items 2, 6, 7 and 8.
+Retry-After for the pool) with a reason, never a 500.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def assert_4xx(resp: Any, *codes: int) -> None:
     assert resp.json()["detail"]
 
 
-# --- item 2: JSON body size and echo --------------------------------------------------------------------------
+# --- JSON body size and echo ------------------------------------------------------------------------------------------
 
 
 def test_json_body_over_the_limit_is_413_and_422_echo_is_short(api_client, api_keys) -> None:
@@ -66,7 +66,7 @@ def test_json_body_over_the_limit_is_413_and_422_echo_is_short(api_client, api_k
     assert count(api_client, Generation) == 0
 
 
-# --- item 8: non-finite numbers, nesting, Last-Event-ID --------------------------------------------------------
+# --- non-finite numbers, nesting, Last-Event-ID -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("body", [
@@ -101,7 +101,7 @@ def test_large_numeric_last_event_id_is_clamped(api_client, api_keys) -> None:
     assert resp.status_code == 200 and resp.json() == []
 
 
-# --- item 7: NUL bytes and preview indices -----------------------------------------------------------------------
+# --- NUL bytes and preview indices ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("field", ["prompt", "negative_prompt", "adapter_id"])
@@ -189,7 +189,7 @@ def test_preview_indices_out_of_range_are_4xx(api_client, api_keys) -> None:
         assert_4xx(api_client.get(f"/v1/jobs/{job_id}/previews/{n}", headers=bearer(api_keys["alice"])))
 
 
-# --- item 6: idempotency under concurrency, and for generations -----------------------------------------------
+# --- idempotency under concurrency, and for generations ---------------------------------------------------------------
 
 
 def _concurrently(n: int, call: Any) -> list[Any]:
@@ -242,7 +242,7 @@ def test_generations_honour_idempotency_key(api_client, api_keys) -> None:
                422)
 
 
-# --- item 1: a full connection pool is a 503 -------------------------------------------------------------------
+# --- a full connection pool is a 503 ----------------------------------------------------------------------------------
 
 
 def test_pool_exhaustion_is_503_with_retry_after(api_client, api_keys) -> None:

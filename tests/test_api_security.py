@@ -1,4 +1,4 @@
-"""Hardening (issue 11, item 11): security headers on pages, /metrics access, the Secure cookie behind a TLS proxy,
+"""Hardening: security headers on pages, /metrics access, the Secure cookie behind a TLS proxy,
 the rate limit shared across API processes through Redis, and descriptors made only of invisible characters."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Browser sessions are server-side rows (issue 11, item 9): sign-out, key revocation or rotation, disabling the user
+"""Browser sessions are server-side rows: sign-out, key revocation or rotation, disabling the user
 and expiry each end a session, also for a copy of the cookie; admins manage keys and users through the API.
 
 SQLite and PostgreSQL (api_client), sign-in through the real form.

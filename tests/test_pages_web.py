@@ -167,7 +167,7 @@ def test_pages_render_styles_and_style_page(pages_client: TestClient, pages_keys
     assert other.status_code == 404 and "Style not found" in other.text
 
 
-# --- issue #12 items 11-14: dead ends, the gallery, own API keys ------------------------------------------------
+# --- dead ends, the gallery, own API keys --------------------------------------------------------------------
 
 
 def test_style_page_offers_a_way_on_after_a_cancel_and_after_a_deleted_adapter(pages_client: TestClient,

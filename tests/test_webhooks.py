@@ -1,4 +1,4 @@
-"""Webhooks (issue #12 item 7) against a real HTTP receiver on 127.0.0.1: Standard Webhooks signatures, retries
+"""Webhooks against a real HTTP receiver on 127.0.0.1: Standard Webhooks signatures, retries
 after a 500, at-least-once delivery with a stable event id, event filters, progress throttling, and refusal of
 private addresses (when set and again at delivery). State changes go through storage.jobs (the functions the
 workers call) and delivery through worker.ops.webhooks, on the real databases."""

@@ -1,4 +1,4 @@
-"""Helpers for the fault tests (tests/test_faults_*.py): a private redis-server, the real stack as processes,
+"""Helpers for the end-to-end failure tests (tests/test_e2e_*.py): a private redis-server, the real stack as processes,
 and direct reads of the job tables. Not a test module."""
 
 from __future__ import annotations
