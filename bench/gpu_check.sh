@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# Styledrop GPU check: one fresh H200, <= 8 minutes, everything to $OUT/gpu.log. Issues #8 (serving) and #9
-# (training). Run it when a session is lent a device (`status` says so); record every figure it prints in
-# docs/benchmarks.md with the device and the commit.
+# Styledrop GPU check: one fresh H200, <= 8 minutes, everything to $OUT/gpu.log: serving and training. Run it on
+# a machine with a GPU; record every figure it prints in docs/benchmarks.md with the device and the command.
 #
 # Before the call, on the dev machine in the checkout's root (nothing committed; the wheels travel with `carry`):
 #   echo /.whl/ >> .git/info/exclude

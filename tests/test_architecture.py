@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -219,4 +220,23 @@ def test_tests_and_benchmarks_do_not_import_each_other() -> None:
         for path in sorted((ROOT / folder).rglob("*.py")):
             for bad in sorted(imported_roots(path) & banned):
                 problems.append(f"{path.relative_to(ROOT)} imports {bad}")
+    assert not problems, "\n".join(problems)
+
+
+def test_code_and_docs_point_at_code_papers_or_docs_not_at_issues_or_commits() -> None:
+    """Comments and docs cite the code, papers or docs/; an issue number, a commit hash or a work session means
+    nothing to the next reader. (Upstream projects' issues, such as diffusers', are citations and stay.)"""
+    patterns = [re.compile(r"\bissues? #?\d+\b", re.I), re.compile(r"\bcommits? [0-9a-f]{7,40}\b"),
+                re.compile(r"\bnot_drawn\b"), re.compile(r"\b(this|other) sessions?'? (load|work)\b|this session\b")]
+    upstream = re.compile(r"(diffusers|peft|transformers|torch|pytorch|celery|starlette)[ /]?(issue|#)", re.I)
+    problems = []
+    folders = ["trainer", "storage", "api", "worker", "tests", "bench", "testkit", "docs", "scripts", "alembic"]
+    paths = [ROOT / "README.md"] + [p for f in folders for p in sorted((ROOT / f).rglob("*")) if p.is_file()]
+    for path in paths:
+        if (path.suffix not in {".py", ".md", ".sh", ".html", ".js", ""} or "__pycache__" in path.parts
+                or path == Path(__file__).resolve()):  # this test names the patterns it looks for
+            continue
+        for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if any(p.search(line) for p in patterns) and not upstream.search(line):
+                problems.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()[:100]}")
     assert not problems, "\n".join(problems)
