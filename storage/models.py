@@ -124,12 +124,23 @@ class Style(Base):
     kind: Mapped[str] = mapped_column(String(16), default="style", server_default="style")
     class_word: Mapped[str | None] = mapped_column(String(64))
     # Every reference image, the first being image_key: [{"key", "sha256", "bytes", "width", "height",
-    # "caption"}] (caption None = the StyleDrop prompt). None on styles from before several images (image_key only).
+    # "caption"}] (caption None = the StyleDrop prompt). None for one uncaptioned style image (image_key only):
+    # read them through `reference_images`.
     references: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     # The version a generation naming only the style uses. No foreign key: styles and adapters would reference
     # each other, and every insert/delete order between them would need a deferred constraint; the service checks
     # the id belongs to this style, and a deleted adapter falls back to the newest live version.
     default_adapter_id: Mapped[str | None] = mapped_column(ID)
+
+    @property
+    def reference_images(self) -> list[tuple[str, str | None]]:
+        return reference_images(self.image_key, self.references)
+
+
+def reference_images(image_key: str, references: list[dict[str, Any]] | None) -> list[tuple[str, str | None]]:
+    """(blob key, caption) of every reference image of a style, in upload order: its `references`, or its one
+    image when it has no list (a single uncaptioned upload stores none). Every reader goes through this."""
+    return [(r["key"], r.get("caption")) for r in references or []] or [(image_key, None)]
 
 
 class TrainingJob(Base):

@@ -138,7 +138,7 @@ class TrainingRun:
                 outcomes[j.id] = self.fail(j, FailureCode.STYLE_MISSING, "The style of this job was deleted.")
                 return False
             descriptor, content, kind, class_word = style.descriptor, style.content, style.kind, style.class_word
-            refs = [(r["key"], r.get("caption")) for r in style.references or []] or [(style.image_key, None)]
+            refs = style.reference_images
         try:
             images = [open_image(store.get_bytes(key)).convert("RGB") for key, _ in refs]
         except (BlobNotFound, UnidentifiedImageError, OSError, ValueError) as exc:

@@ -257,8 +257,8 @@ def get_style(*, session: Session, owner: User, style_id: str) -> Style:
 
 
 def reference_key(style: Style, n: int) -> str:
-    """The blob key of reference image `n`; 404 past the last one (a style from before several images has one)."""
-    keys = [r["key"] for r in style.references or []] or [style.image_key]
+    """The blob key of reference image `n`; 404 past the last one."""
+    keys = [key for key, _ in style.reference_images]
     if not 0 <= n < len(keys):
         raise NotFound(f"this style has {len(keys)} reference image(s), numbered from 0",
                        code=ErrorCode.IMAGE_NOT_FOUND)
