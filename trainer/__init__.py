@@ -2,14 +2,15 @@
 
 Public API:
 - model:      load_base, build_tiny, ensure_tiny, AmusedParts, ModelLoadError
-- train:      train_style, train_styles, StyleSpec, Callbacks, TrainConfig, Progress, TrainResult, training_prompt
+- train:      train_style, train_styles, StyleSpec, Callbacks, TrainConfig, Progress, TrainResult
 - sampler:    sample, GenerationRequest, SampleResult, SamplingError
 - lora:       Adapter, AdapterMeta, save_adapter, load_adapter, adapter_to_bytes, adapter_from_bytes, AdapterError
 - bank:       LoraBank (resident adapters applied per batch row), find_bank, slot_bytes, default_capacity
 - capture:    OpCounter (aten ops and host reads per call), compile_transformer (the captured forward)
 - checkpoint: Checkpoint, CheckpointError
 - clip:       load_clip, ClipParts, clip_text_score, clip_style_score (the paper's two metrics)
-- feedback:   select_best, feedback_prompts, Candidate, ClipScorer (round-2 selection)
+- feedback:   select_best, Candidate, ClipScorer (round-2 selection)
+- contracts:  training_prompt, feedback_prompts (contracts/prompts.py), the limits (contracts/limits.py): torch-free
 - examples:   TrainingExample (image, caption) pairs to train on, subject_prompt (a subject's caption)
 - evaluate:   evaluate, EvalSettings, EvalReport (what `styledrop eval` runs), render_candidates
 
@@ -27,9 +28,10 @@ if TYPE_CHECKING:  # the names as mypy and editors see them; at run time `__geta
     from .capture import OpCounter, compile_transformer
     from .checkpoint import Checkpoint, CheckpointError
     from .clip import ClipParts, clip_style_score, clip_text_score, load_clip
+    from .contracts.prompts import feedback_prompts, training_prompt
     from .evaluate import EvalReport, EvalSettings, evaluate, render_candidates
     from .examples import TrainingExample, subject_prompt
-    from .feedback import Candidate, ClipScorer, feedback_prompts, select_best
+    from .feedback import Candidate, ClipScorer, select_best
     from .lora import (
         ENGINE_VERSION,
         Adapter,
@@ -59,7 +61,6 @@ if TYPE_CHECKING:  # the names as mypy and editors see them; at run time `__geta
         TrainResult,
         train_style,
         train_styles,
-        training_prompt,
     )
 
 _MODULE_OF: dict[str, str] = {
@@ -96,7 +97,7 @@ _MODULE_OF: dict[str, str] = {
     "default_capacity": "bank",
     "ensure_tiny": "model",
     "evaluate": "evaluate",
-    "feedback_prompts": "feedback",
+    "feedback_prompts": "contracts.prompts",
     "find_bank": "bank",
     "load_adapter": "lora",
     "load_base": "model",
@@ -112,7 +113,7 @@ _MODULE_OF: dict[str, str] = {
     "subject_prompt": "examples",
     "train_style": "train",
     "train_styles": "train",
-    "training_prompt": "train",
+    "training_prompt": "contracts.prompts",
 }
 
 
