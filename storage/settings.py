@@ -71,8 +71,6 @@ class Settings(BaseSettings):
                                description="MaskGIT steps for the preview images of a new adapter.")
     max_attempts: int = Field(
         default=3,
-        # the old name keeps working for existing deployments
-        validation_alias=AliasChoices("STYLEDROP_MAX_ATTEMPTS", "STYLEDROP_MAX_JOB_ATTEMPTS"),
         description="Runs of a training job or a generation whose worker died before it ends failed.",
     )
     max_concurrent_jobs_per_user: int = 2
