@@ -11,18 +11,18 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from api.docs import install_docs
-from api.errors import install_handlers
-from api.headers import SecurityHeadersMiddleware
-from api.metrics import make_registry
-from api.problems import install_problem_schema
-from api.ratelimit import make_rate_limiter
-from api.request_guard import RequestGuard
+from api.http.docs import install_docs
+from api.http.errors import install_handlers
+from api.http.headers import SecurityHeadersMiddleware
+from api.http.metrics import make_registry
+from api.http.problems import install_problem_schema
+from api.http.ratelimit import make_rate_limiter
+from api.http.request_guard import RequestGuard
+from api.http.security import load_secret
+from api.http.streams import StreamHub
+from api.http.upload_gate import UploadGate
+from api.http.waiters import GenerationWaiters
 from api.routes import adapters, admin, generations, health, jobs, keys, pages, styles, webhooks
-from api.security import load_secret
-from api.streams import StreamHub
-from api.upload_gate import UploadGate
-from api.waiters import GenerationWaiters
 from storage.blobs import blob_store_from_settings
 from storage.db import make_engine, make_sessionmaker, schema_problem
 from storage.settings import Settings, get_settings
@@ -33,7 +33,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
 def _pool_args(settings: Settings) -> dict[str, float]:
-    # A bounded wait for a pooled connection: past it the request is a 503 with Retry-After (api/errors.py).
+    # A bounded wait for a pooled connection: past it the request is a 503 with Retry-After (api/http/errors.py).
     if settings.resolved_database_url.startswith("sqlite:///:memory:"):
         return {}
     return {"pool_size": settings.db_pool_size, "max_overflow": settings.db_max_overflow,

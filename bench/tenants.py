@@ -27,9 +27,9 @@ from storage.db import make_engine, make_sessionmaker, upgrade_to_head
 from storage.models import Generation, WebhookDelivery, utcnow
 from storage.queue_order import generation_queue_positions
 from storage.users import create_user
-from tests.helpers.api_process import process_memory, start_api
-from tests.helpers.stack import Stack, service_env
-from tests.helpers.webhooks import HostileReceiver
+from testkit.api_process import process_memory, start_api
+from testkit.stack import Stack, service_env
+from testkit.webhooks import HostileReceiver
 
 MB = 1024 * 1024
 

@@ -1,6 +1,6 @@
 """Cancelling generations, and all of one user's waiting work at once (an admin's "cancel all", disabling a user).
 
-A generation has no `cancelled` state: a cancelled one ends `failed` with `error_code = "cancelled"` (a final
+A generation has no `cancelled` state: a cancelled one ends `failed` with `error_code = "cancelled_on_request"` (a final
 state, so its webhook's `completed` event fires and nothing moves it again). A queued one ends at once; a running
 one too — its worker's `finish` is a conditional UPDATE from `running`, so the images it is still rendering are
 never attached, and the worker stops sampling at its next progress write when none of its batch is still its own
@@ -17,12 +17,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from storage import jobs
+from storage.error_codes import FailureCode
 from storage.models import Generation, TrainingJob, utcnow
 from storage.states import GenerationState, JobState
 
 logger = logging.getLogger(__name__)
 
-CANCELLED_CODE = "cancelled"
+CANCELLED_CODE = FailureCode.CANCELLED
 
 
 def cancel_generation(session: Session, generation_id: str, *, why: str = "Cancelled by its owner.") -> bool:

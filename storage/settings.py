@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from trainer.contracts.limits import DEFAULT_STEPS, DEFAULT_TRAIN_STEPS
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STYLEDROP_", extra="ignore", populate_by_name=True)
@@ -59,16 +61,16 @@ class Settings(BaseSettings):
     clip_revision: str | None = None
 
     # --- training ----------------------------------------------------------------------------------------------
-    train_steps: int | None = Field(default=None, description="Default steps; None = the recipe's 1500.")
+    train_steps: int | None = Field(default=None,
+                                    description=f"Default steps; None = the recipe's {DEFAULT_TRAIN_STEPS}.")
     max_train_steps: int = 4000
     checkpoint_every: int = 100
     progress_every: int = 5
     preview_prompts: list[str] = Field(default_factory=lambda: ["a cat", "a house by the sea"])
-    preview_steps: int = Field(default=12, description="MaskGIT steps for the preview images of a new adapter.")
+    preview_steps: int = Field(default=DEFAULT_STEPS,
+                               description="MaskGIT steps for the preview images of a new adapter.")
     max_attempts: int = Field(
         default=3,
-        # the old name keeps working for existing deployments
-        validation_alias=AliasChoices("STYLEDROP_MAX_ATTEMPTS", "STYLEDROP_MAX_JOB_ATTEMPTS"),
         description="Runs of a training job or a generation whose worker died before it ends failed.",
     )
     max_concurrent_jobs_per_user: int = 2

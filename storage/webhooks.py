@@ -1,7 +1,7 @@
 """Webhooks: which URLs may receive them, the per-user signing secret, Standard Webhooks signatures, and the
 outbox that records each event in the same transaction as the change it reports.
 
-Delivery is worker/webhooks.py (a loop beside the reconciler): the outbox makes it at-least-once, because an event
+Delivery is worker/ops/webhooks.py (a loop beside the reconciler): the outbox makes it at-least-once, because an event
 row exists exactly when its state change was committed. A webhook body is the resource as `GET` returns it at the
 moment of the event (storage/resources.py), so every retry of one event sends the same bytes with the same id.
 """

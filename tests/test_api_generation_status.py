@@ -1,4 +1,4 @@
-"""Issue #12 items 8-10: pending generations say where they stand, event lists page with a cursor, generations can
+"""Pending generations say where they stand, event lists page with a cursor, generations can
 be deleted, jobs report device seconds, and error messages read as English."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def bearer(key: str) -> dict[str, str]:
 
 
 def _create_style(client: Any, key: str) -> dict[str, Any]:
-    from tests.helpers.images import png_bytes
+    from testkit.images import png_bytes
 
     resp = client.post("/v1/styles", headers=bearer(key), data={"descriptor": "ink"},
                        files={"image": ("s.png", png_bytes(), "image/png")})
@@ -66,7 +66,7 @@ def test_pending_generation_has_location_retry_after_position_and_clamped_wait(a
 
 def test_delete_generation_removes_row_and_images_owner_only(api_client, api_keys) -> None:
     alice, bob = bearer(api_keys["alice"]), bearer(api_keys["bob"])
-    from tests.helpers.images import png_bytes
+    from testkit.images import png_bytes
 
     gen = api_client.post("/v1/generations", headers=alice, data={"prompt": "a cat"},
                           files={"init_image": ("i.png", png_bytes(), "image/png")}).json()

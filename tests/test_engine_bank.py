@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 
-from bench.common import build_mid
+from testkit.models import build_mid
 from tests.helpers.engine import peft_copy, random_adapter
 from trainer.bank import LoraBank, find_bank, target_linears
 from trainer.capture import OpCounter, compile_transformer

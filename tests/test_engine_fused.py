@@ -18,7 +18,7 @@ from diffusers.models.normalization import RMSNorm
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from bench.common import build_mid
+from testkit.models import build_mid
 from tests.helpers.engine import pattern_image, random_adapter
 from tests.helpers.reference_train import reference_train
 from trainer.bank import LoraBank

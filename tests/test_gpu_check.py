@@ -22,10 +22,8 @@ def test_dry_run_prints_every_section_and_figure(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     sections = re.findall(r"^## (.+?) \[\d+ s\]$", out, flags=re.M)
-    sys.path.insert(0, str(REPO))
-    from bench.gpu_all import SECTIONS
-
-    assert tuple(sections) == SECTIONS  # every section, in order: training before serving before the tests
+    # every section, in order: training before serving before the tests (the order the device call needs)
+    assert sections == ["environment", "build", "training", "serving", "gpu tests", "summary"]
     figures = json.loads((tmp_path / "gpu_figures.json").read_text())
     for n in (1, 4, 8, 16):
         assert f"train eager S={n} x 2 steps" in figures

@@ -15,11 +15,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from storage import cancels, claims
 from storage.db import make_engine, make_sessionmaker
+from storage.error_codes import FailureCode
 from storage.models import Generation, TrainingJob, User, utcnow
 from storage.queue_order import generation_queue_positions
 from storage.users import create_user
+from testkit.images import png_bytes
 from tests.helpers.app import bearer
-from tests.helpers.images import png_bytes
 from tests.helpers.versions import style_with_versions
 
 
@@ -81,7 +82,7 @@ def test_unfinished_images_are_capped_per_user_samples_included(api_client: Any,
         assert len(s.scalars(select(Generation)).all()) == 2  # nothing of the refused samples was written
     cancelled = api_client.post(f"/v1/generations/{first.json()['id']}/cancel", headers=bearer(alice))
     assert cancelled.status_code == 202 and cancelled.json()["state"] == "failed"
-    assert cancelled.json()["error"]["code"] == "cancelled"
+    assert cancelled.json()["error"]["code"] == FailureCode.CANCELLED
     assert _post(api_client, alice, 3).status_code == 202  # the cancelled images no longer count
 
 
@@ -105,7 +106,7 @@ def test_cancel_generation_queued_running_final_and_others(api_client: Any, api_
         from storage import jobs
 
         assert not jobs.transition_generation(s, running, expected="running", new="succeeded", image_keys=["x"])
-        assert s.get(Generation, running).error_code == "cancelled"  # type: ignore[union-attr]
+        assert s.get(Generation, running).error_code == FailureCode.CANCELLED  # type: ignore[union-attr]
 
 
 def test_admin_cancels_all_of_a_user_and_disabling_cancels_queued_work(

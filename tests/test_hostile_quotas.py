@@ -11,8 +11,8 @@ from sqlalchemy import func, select
 
 from storage.models import Adapter, Generation, TrainingJob
 from storage.quotas import charged_bytes
+from testkit.images import png_bytes
 from tests.helpers.app import bearer
-from tests.helpers.images import png_bytes
 
 ADAPTER, IMAGE = 50_000, 10_000
 

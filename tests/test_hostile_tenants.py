@@ -19,9 +19,9 @@ from storage import accounts
 from storage.db import make_engine, make_sessionmaker
 from storage.models import Adapter, Generation, Style, TrainingJob, User
 from storage.users import create_user
-from tests.helpers.api_process import ApiProcess, open_stream, start_api
+from testkit.api_process import ApiProcess, open_stream, start_api
+from testkit.images import png_bytes, style_png
 from tests.helpers.app import bearer
-from tests.helpers.images import png_bytes, style_png
 from worker.versions import insert_version
 
 

@@ -9,7 +9,7 @@ import asyncio
 import json
 from typing import Any
 
-from tests.helpers.images import png_bytes
+from testkit.images import png_bytes
 
 BOUNDARY = "b0undary"
 

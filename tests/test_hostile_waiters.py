@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import waiters as waiters_module
-from api.waiters import GenerationWaiters
+from api.http import waiters as waiters_module
+from api.http.waiters import GenerationWaiters
 from storage import claims
 from storage import jobs as jobstore
 from storage.db import make_engine, make_sessionmaker

@@ -19,10 +19,10 @@ from storage.db import make_engine, make_sessionmaker
 from storage.models import WebhookDelivery, utcnow
 from storage.settings import Settings
 from storage.users import create_user
-from tests.helpers.stack import Stack, service_env
-from tests.helpers.webhooks import HostileReceiver
-from worker import webhook_http
-from worker import webhooks as delivery
+from testkit.stack import Stack, service_env
+from testkit.webhooks import HostileReceiver
+from worker.ops import webhook_http
+from worker.ops import webhooks as delivery
 
 REFUSED = [
     "::ffff:127.0.0.1",  # IPv4-mapped

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from storage import claims, jobs, queue_order
 from storage.db import make_engine, make_sessionmaker
+from storage.job_params import JobParams
 from storage.models import Generation, JobEvent, Style, TrainingJob, User, utcnow
 from storage.states import JOB_ACTIVE
 from storage.users import authenticate_key, create_api_key, create_user
@@ -46,7 +47,8 @@ def _job(session: Session, user: User, **kw: object) -> TrainingJob:
     )
     session.add(style)
     session.flush()
-    job = TrainingJob(style_id=style.id, owner_id=user.id, total_steps=100, params={"seed": 0}, **kw)
+    job = TrainingJob(style_id=style.id, owner_id=user.id, total_steps=100,
+                      params=JobParams(steps=100, seed=0, descriptor=style.descriptor).to_json(), **kw)
     session.add(job)
     session.flush()
     return job

@@ -19,7 +19,7 @@ from storage.models import Adapter, Generation, Style, TrainingJob, utcnow
 from storage.quotas import charged_bytes
 from storage.reclaim import reclaim, user_storage_bytes
 from storage.users import create_user
-from tests.helpers.images import style_png
+from testkit.images import style_png
 
 HOUR = 3600.0
 

@@ -165,7 +165,8 @@ def sample(
     so the forward is the same computation). The groups, text embeddings, micro-conditions, the U-ViT's
     prompt-only conditioning (`capture.step_forward`) and adapter routes are built once; the loop itself reads
     nothing back from the device. Guidance and token update run in chunks of rows (`scratch_rows`), so their float32
-    scratch is bounded by a chunk whatever the batch; more than `MAX_SAMPLE_ROWS` requests (trainer/contracts/limits.py) are refused.
+    scratch is bounded by a chunk whatever the batch; more than `MAX_SAMPLE_ROWS`
+    (trainer/contracts/limits.py) requests are refused.
     """
     if not requests:
         return []

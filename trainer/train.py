@@ -29,6 +29,8 @@ from PIL import Image
 from .bank import LoraBank, find_bank
 from .checkpoint import Checkpoint, capture_slot, restore_slot
 from .checks import check_training
+from .contracts import limits
+from .contracts.prompts import training_prompt
 from .examples import TrainingExample
 from .lora import ENGINE_VERSION, Adapter, AdapterMeta, base_fingerprint, weights_hash
 from .model import AmusedParts
@@ -47,7 +49,7 @@ __all__ = ["Callbacks", "Progress", "StyleData", "StyleSpec", "TrainConfig", "Tr
 class TrainConfig:
     """Flat defaults: the aMUSEd StyleDrop recipe (aMUSEd report Table 4 and its README "Styledrop" section)."""
 
-    steps: int = 1500  # recipe: 1500-2000 steps at batch 1 (per style: a StyleSpec may set its own)
+    steps: int = limits.DEFAULT_TRAIN_STEPS  # recipe: 1500-2000 steps at batch 1 (a StyleSpec may set its own)
     learning_rate: float | None = None  # None = recipe per base: 4e-4 (256) / 1e-3 (512)
     rank: int = 16  # LoRA rank on every to_q/to_k/to_v
     alpha: float | None = None  # None = recipe per base: 32 (256) / 1 (512); scale = alpha / rank
@@ -122,15 +124,6 @@ def recipe_for(parts: AmusedParts, config: TrainConfig) -> TrainConfig:
     lr = config.learning_rate if config.learning_rate is not None else (1e-3 if is_512 else 4e-4)
     alpha = config.alpha if config.alpha is not None else (1.0 if is_512 else 32.0)
     return replace(config, learning_rate=lr, alpha=alpha)
-
-
-def training_prompt(descriptor: str, content: str | None = None) -> str:
-    """StyleDrop's prompt form "⟨content⟩ in ⟨style descriptor⟩ style" (arXiv 2306.00983, §3)."""
-    descriptor = descriptor.strip()
-    if descriptor.lower().endswith(" style"):
-        descriptor = descriptor[: -len(" style")].rstrip()
-    subject = (content or "").strip() or "an image"
-    return f"{subject} in {descriptor} style"
 
 
 def train_style(

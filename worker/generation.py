@@ -22,6 +22,7 @@ from PIL import UnidentifiedImageError
 import trainer
 from storage import claims, jobs
 from storage.blobs import BlobIntegrityError, BlobNotFound, new_key
+from storage.error_codes import FailureCode
 from storage.models import Generation, utcnow
 from storage.states import GenerationState
 from trainer import GenerationRequest
@@ -36,11 +37,12 @@ from worker.shared import TRANSIENT, IdLogger, open_image, png
 logger = logging.getLogger(__name__)
 
 # What a user reads when the adapter of their generation cannot be used.
-ADAPTER_ERRORS: dict[type[Exception], tuple[str, str]] = {
-    BlobIntegrityError: ("adapter_corrupt", "The adapter file is damaged (its checksum does not match); "
+ADAPTER_ERRORS: dict[type[Exception], tuple[FailureCode, str]] = {
+    BlobIntegrityError: (FailureCode.ADAPTER_CORRUPT, "The adapter file is damaged (its checksum does not match); "
                          "train the style again."),
-    trainer.AdapterError: ("adapter_incompatible", "The adapter does not fit the model this server runs: {exc}"),
-    AdapterMissing: ("adapter_missing", "The adapter no longer exists."),
+    trainer.AdapterError: (FailureCode.ADAPTER_INCOMPATIBLE,
+                           "The adapter does not fit the model this server runs: {exc}"),
+    AdapterMissing: (FailureCode.ADAPTER_MISSING, "The adapter no longer exists."),
 }
 
 
@@ -96,7 +98,7 @@ def drop_worn_out(rt: Runtime, claimed: Sequence[Generation]) -> list[Generation
     rows: list[Generation] = []
     for gen in claimed:
         if gen.attempts > rt.settings.max_attempts:
-            finish(rt, gen.id, GenerationState.FAILED, error_code="too_many_attempts",
+            finish(rt, gen.id, GenerationState.FAILED, error_code=FailureCode.TOO_MANY_ATTEMPTS,
                    error_message=f"The generation was interrupted {gen.attempts - 1} times; giving up.")
         else:
             rows.append(gen)
@@ -121,6 +123,8 @@ def run_chunk(rt: Runtime, rows: list[Generation], log: IdLogger) -> None:
             try:
                 reqs = build_requests(rt, gen, slots.get(gen.adapter_id) if gen.adapter_id else None,
                                       slots.get(gen.subject_adapter_id) if gen.subject_adapter_id else None)
+                for req in reqs:  # each checked alone, so a bad one fails only its own generation
+                    output_size(rt, req)
             except (trainer.SamplingError, BlobNotFound, UnidentifiedImageError, OSError) as exc:
                 log.warning("generation %s is invalid: %s", gen.id, exc)
                 fail_invalid(rt, [gen], exc)
@@ -176,8 +180,6 @@ def build_requests(rt: Runtime, gen: Generation, slot: str | None,
         )
         for i in range(max(1, gen.num_images))
     ]
-    for req in reqs:
-        output_size(rt, req)
     return reqs
 
 
@@ -199,16 +201,16 @@ def store_images(rt: Runtime, owners: Sequence[Generation], results: Sequence[tr
     return keys
 
 
-def adapter_error(exc: Exception) -> tuple[str, str]:
+def adapter_error(exc: Exception) -> tuple[FailureCode, str]:
     for cls, (code, message) in ADAPTER_ERRORS.items():
         if isinstance(exc, cls):
             return code, message.format(exc=exc)
-    return "adapter_error", f"The adapter could not be loaded: {exc}"
+    return FailureCode.ADAPTER_ERROR, f"The adapter could not be loaded: {exc}"
 
 
 def fail_invalid(rt: Runtime, gens: Sequence[Generation], exc: Exception) -> None:
     for gen in gens:
-        finish(rt, gen.id, GenerationState.FAILED, error_code="invalid_request",
+        finish(rt, gen.id, GenerationState.FAILED, error_code=FailureCode.INVALID_REQUEST,
                error_message=f"The request cannot be run: {exc}")
 
 

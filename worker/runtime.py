@@ -14,11 +14,14 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.blobs import BlobStore, blob_store_from_settings
 from storage.db import make_engine, make_sessionmaker
+from storage.models import Generation, TrainingJob, Worker, utcnow
 from storage.settings import Settings, get_settings
+from storage.states import GENERATION_ACTIVE, JOB_ACTIVE
 
 if TYPE_CHECKING:
     from trainer import AmusedParts, ClipParts
@@ -174,11 +177,6 @@ def get_runtime(kind: str) -> Runtime:
 def beat_once(rt: Runtime) -> None:
     """Upsert this process's `workers` row; bump the heartbeat of the training job or generations it runs (else
     the reconciler would take a batch that runs longer than heartbeat_stale_seconds away from a live worker)."""
-    from sqlalchemy import update
-
-    from storage.models import Generation, TrainingJob, Worker, utcnow
-    from storage.states import GENERATION_ACTIVE, JOB_ACTIVE
-
     now = utcnow()
     with rt.session_factory() as s:
         row = s.get(Worker, rt.worker_id)

@@ -5,8 +5,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 from pydantic import BaseModel, Field
 
-from api.deps import AdminUser, PageOffset, SessionDep, SettingsDep
-from api.problems import problem_responses
+from api.http.deps import AdminUser, PageOffset, SessionDep, SettingsDep
+from api.http.problems import problem_responses
 from api.routes.jobs import StateFilter
 from api.schemas import (
     AdminJobPublic,
@@ -79,7 +79,7 @@ def disable_user(user_id: str, _: AdminUser, session: SessionDep) -> UserPublic:
 
 
 class CancelledWorkPublic(BaseModel):
-    generations: int = Field(description="Generations cancelled (they end failed with error_code cancelled).")
+    generations: int = Field(description="Generations cancelled (they end failed, error code cancelled_on_request).")
     jobs: int = Field(description="Training jobs cancelled (queued) or asked to stop (running).")
 
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from api.deps import CurrentUser, PageLimit, PageOffset, SessionDep, SettingsDep
-from api.problems import problem_responses
+from api.http.deps import CurrentUser, PageLimit, PageOffset, SessionDep, SettingsDep
+from api.http.problems import problem_responses
 from api.schemas import ApiKeyCreatedPublic, ApiKeyPublic
 from api.services import own_keys
 

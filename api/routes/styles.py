@@ -4,9 +4,9 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Header, Response, UploadFile, status
 
-from api.deps import BlobsDep, CurrentUser, PageLimit, PageOffset, RateLimitedUser, SessionDep, SettingsDep
-from api.forms import StrictFormRoute
-from api.problems import problem_responses
+from api.http.deps import BlobsDep, CurrentUser, PageLimit, PageOffset, RateLimitedUser, SessionDep, SettingsDep
+from api.http.forms import StrictFormRoute
+from api.http.problems import problem_responses
 from api.schemas import (
     WEBHOOK_DOC,
     WEBHOOK_EVENTS_DOC,

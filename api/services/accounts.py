@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 from sqlalchemy.orm import Session
 
-from api.errors import Conflict, Invalid, NotFound
+from api.http.errors import Conflict, Invalid, NotFound
 from api.schemas import (
     ApiKeyCreatedPublic,
     ApiKeyPublic,
@@ -18,6 +18,7 @@ from api.schemas import (
 )
 from storage import accounts
 from storage.cancels import CancelledWork, cancel_user_work
+from storage.error_codes import ErrorCode
 from storage.models import (
     ApiKey,
     User,
@@ -38,11 +39,11 @@ def _account_errors() -> Iterator[None]:
     except (accounts.UserNotFound, accounts.KeyNotFound) as exc:
         raise NotFound(str(exc)) from exc
     except accounts.UserExists as exc:
-        raise Conflict(str(exc), code="user_exists") from exc
+        raise Conflict(str(exc), code=ErrorCode.USER_EXISTS) from exc
     except accounts.KeyRevoked as exc:
-        raise Conflict(str(exc), code="key_revoked") from exc
+        raise Conflict(str(exc), code=ErrorCode.KEY_REVOKED) from exc
     except accounts.BadUserName as exc:
-        raise Invalid(str(exc), code="bad_user_name") from exc
+        raise Invalid(str(exc), code=ErrorCode.BAD_USER_NAME) from exc
 
 
 def _key_public(key: ApiKey, plaintext: str) -> ApiKeyCreatedPublic:

@@ -10,13 +10,14 @@ from collections.abc import Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api import queue
-from api.errors import Conflict, NotFound
+from api.http.errors import Conflict, NotFound
 from api.schemas import JobPublic
+from api.services import queue
 from api.services.lookup import get_owned
 from api.services.uploads import lock_owner
 from storage import jobs as jobstore
 from storage.dispatch import dispatch
+from storage.error_codes import ErrorCode
 from storage.models import (
     JobEvent,
     TrainingJob,
@@ -69,9 +70,10 @@ def request_cancel(session: Session, job: TrainingJob) -> bool:
 
 
 # "the job has already succeeded", not "the job is already succeeded"
-STATE_PHRASES = {
-    "queued": "is still queued", "running": "is still running", "cancelling": "is being cancelled",
-    "succeeded": "has already succeeded", "failed": "has already failed", "cancelled": "has already been cancelled",
+STATE_PHRASES: dict[str, str] = {
+    JobState.QUEUED: "is still queued", JobState.RUNNING: "is still running", JobState.CANCELLING: "is being cancelled",
+    JobState.SUCCEEDED: "has already succeeded", JobState.FAILED: "has already failed",
+    JobState.CANCELLED: "has already been cancelled",
 }
 
 
@@ -79,7 +81,7 @@ def cancel_job(*, session: Session, job: TrainingJob) -> TrainingJob:
     """Cancel `job` (already authorised). Raises Conflict when it is final."""
     if not request_cancel(session, job):
         session.rollback()
-        raise Conflict(f"the job {STATE_PHRASES.get(job.state, 'is ' + job.state)}", code="job_final")
+        raise Conflict(f"the job {STATE_PHRASES.get(job.state, 'is ' + job.state)}", code=ErrorCode.JOB_FINAL)
     session.commit()
     session.refresh(job)
     logger.info("job %s: cancel requested (now %s)", job.id, job.state)
@@ -100,7 +102,7 @@ def retry_job(*, session: Session, settings: Settings, job_id: str) -> TrainingJ
     if busy is not None:
         session.rollback()
         raise Conflict(f"the style has another unfinished job ({busy}); cancel it or wait for it before retrying "
-                       "this one", code="style_busy")
+                       "this one", code=ErrorCode.STYLE_BUSY)
     if not jobstore.transition(
         session, job.id, expected=(JobState.FAILED, JobState.CANCELLED), new=JobState.QUEUED, error_code=None,
         error_message=None, cancel_requested_at=None, finished_at=None, heartbeat_at=None, attempts=0,
@@ -108,7 +110,7 @@ def retry_job(*, session: Session, settings: Settings, job_id: str) -> TrainingJ
     ):
         session.rollback()
         raise Conflict(f"only failed or cancelled jobs can be retried; this one {STATE_PHRASES[job.state]}",
-                       code="not_retryable")
+                       code=ErrorCode.NOT_RETRYABLE)
     jobstore.add_event(
         session, job.id, EventKind.LOG, {"message": "retried by an admin", "previous_attempts": previous_attempts}
     )

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from api.errors import Conflict, NotFound
+from api.http.errors import Conflict, NotFound
 from api.schemas import ApiKeyCreatedPublic, ApiKeyPublic
 from api.services.accounts import key_public
 from api.services.uploads import lock_owner
 from storage import accounts
+from storage.error_codes import ErrorCode
 from storage.models import ApiKey, User
 from storage.settings import Settings
 
@@ -27,7 +28,7 @@ def create_own_key(*, session: Session, settings: Settings, owner: User) -> ApiK
     if active >= settings.max_active_keys_per_user:
         session.rollback()
         raise Conflict(f"you have {active} active API keys, the limit; revoke one you no longer use first",
-                       code="too_many_keys")
+                       code=ErrorCode.TOO_MANY_KEYS)
     key, plaintext = accounts.add_key(session, user_id=owner.id)
     return ApiKeyCreatedPublic(id=key.id, user_id=key.user_id, key=plaintext, created_at=key.created_at)
 

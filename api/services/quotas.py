@@ -9,8 +9,9 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.errors import RateLimited, TooLarge
+from api.http.errors import RateLimited, TooLarge
 from storage import quotas
+from storage.error_codes import ErrorCode
 from storage.models import Generation, User
 from storage.settings import Settings
 from storage.states import GENERATION_UNFINISHED
@@ -37,7 +38,7 @@ def check_image_cap(session: Session, settings: Settings, owner: User, adding: i
         raise RateLimited(
             f"you have {waiting} images queued or rendering and this request adds {adding} (the limit is {cap}); "
             f"retry when some finish (about {retry} s), or cancel generations you no longer need",
-            code="too_many_queued_images", headers={"Retry-After": str(retry)},
+            code=ErrorCode.TOO_MANY_QUEUED_IMAGES, headers={"Retry-After": str(retry)},
         )
 
 
@@ -49,7 +50,7 @@ def check_storage(session: Session, settings: Settings, owner: User, adding: int
         used, allowed = over
         raise TooLarge(f"storage limit reached: you use {used} bytes (styles, adapters, generated images and what "
                        f"your waiting work will write) and {what} adds {adding} (the limit is {allowed}); delete "
-                       "styles, adapters or generations you no longer need", code="storage_quota_exceeded",
+                       "styles, adapters or generations you no longer need", code=ErrorCode.STORAGE_QUOTA_EXCEEDED,
                        extensions={"used": used, "allowed": allowed, "adding": adding})
 
 

@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Literal, Protocol
 
-from api.errors import Invalid
+from api.http.errors import Invalid
+from api.services.text import is_invisible, unsafe_character
 from api.services.uploads import normalize_image
-from api.text import is_invisible, unsafe_character
 from storage.blobs import BlobStore, content_key
+from storage.error_codes import ErrorCode
 from storage.images import NormalizedImage
 from storage.settings import Settings
 
@@ -58,39 +59,40 @@ class ReferenceInput:
 def check_references(*, settings: Settings, kind: str, images: Sequence[ImageSource], captions: Sequence[str] | None,
                      class_word: str | None) -> ReferenceInput:
     if kind not in ("style", "subject"):
-        raise Invalid("kind must be 'style' or 'subject'", code="bad_kind", field="body.kind")
+        raise Invalid("kind must be 'style' or 'subject'", code=ErrorCode.BAD_KIND, field="body.kind")
     cap = settings.max_style_images
     if not images:
-        raise Invalid("at least one image is needed", code="no_image", field="body.image")
+        raise Invalid("at least one image is needed", code=ErrorCode.NO_IMAGE, field="body.image")
     if len(images) > cap:
-        raise Invalid(f"{len(images)} images sent; a {kind} takes at most {cap}", code="too_many_images",
+        raise Invalid(f"{len(images)} images sent; a {kind} takes at most {cap}", code=ErrorCode.TOO_MANY_IMAGES,
                       field="body.image")
     given = list(captions or [])
     if len(given) > len(images):
         raise Invalid(f"{len(given)} captions for {len(images)} images: send at most one caption per image, in "
-                      "the images' order", code="bad_caption", field="body.caption")
+                      "the images' order", code=ErrorCode.BAD_CAPTION, field="body.caption")
     cleaned: list[str | None] = []
     for n, caption in enumerate(given):
         text = caption.strip()
         if text and (len(text) > MAX_CAPTION or is_invisible(text)):
             raise Invalid(f"caption {n + 1} must be 1..{MAX_CAPTION} visible characters (empty = the StyleDrop "
-                          "prompt)", code="bad_caption", field="body.caption")
+                          "prompt)", code=ErrorCode.BAD_CAPTION, field="body.caption")
         if bad := unsafe_character(text):
-            raise Invalid(f"caption {n + 1} contains {bad}", code="bad_caption", field="body.caption")
+            raise Invalid(f"caption {n + 1} contains {bad}", code=ErrorCode.BAD_CAPTION, field="body.caption")
         cleaned.append(text or None)
     cleaned += [None] * (len(images) - len(cleaned))
     word = (class_word or "").strip() or None
     if word is not None and (bad := unsafe_character(word)):
-        raise Invalid(f"class_word contains {bad}", code="bad_class_word", field="body.class_word")
+        raise Invalid(f"class_word contains {bad}", code=ErrorCode.BAD_CLASS_WORD, field="body.class_word")
     if kind == "subject":
         if word is None or len(word) > MAX_CLASS_WORD or is_invisible(word):
             raise Invalid(f"a subject needs a class word of 1..{MAX_CLASS_WORD} visible characters (what the "
-                          "subject is, e.g. 'dog')", code="bad_class_word", field="body.class_word")
+                          "subject is, e.g. 'dog')", code=ErrorCode.BAD_CLASS_WORD, field="body.class_word")
         if any(c is not None for c in cleaned):
             raise Invalid("subject photos take no captions: each trains on 'a photo of [V] <class_word>'",
-                          code="bad_caption", field="body.caption")
+                          code=ErrorCode.BAD_CAPTION, field="body.caption")
     elif word is not None:
-        raise Invalid("class_word applies to kind 'subject' only", code="bad_class_word", field="body.class_word")
+        raise Invalid("class_word applies to kind 'subject' only", code=ErrorCode.BAD_CLASS_WORD,
+                      field="body.class_word")
     return ReferenceInput(kind, list(images), cleaned, word)  # type: ignore[arg-type]
 
 

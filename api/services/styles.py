@@ -10,19 +10,18 @@ import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api import queue
-from api.errors import Conflict, Invalid, NotFound, RateLimited
+from api.http.errors import Conflict, Invalid, NotFound, RateLimited
 from api.schemas import (
     MAX_SEED,
     JobPublic,
     StylePublic,
 )
+from api.services import queue
 from api.services.jobs import request_cancel
 from api.services.lookup import get_owned
 from api.services.quotas import adapter_bytes, check_storage
@@ -33,13 +32,15 @@ from api.services.references import (
     decode_references,
     store_references,
 )
+from api.services.text import is_invisible, unsafe_character
 from api.services.uploads import BytesSource, hash_request, lock_owner
 from api.services.versions import default_of, live_versions
-from api.text import is_invisible, unsafe_character
-from api.webhooks import checked_webhook
+from api.services.webhooks import checked_webhook
 from storage import jobs as jobstore
 from storage.blobs import BlobStore
 from storage.dispatch import dispatch
+from storage.error_codes import ErrorCode
+from storage.job_params import AutomaticRound, HumanRound, JobParams
 from storage.models import (
     Style,
     TrainingJob,
@@ -49,11 +50,9 @@ from storage.models import (
 from storage.resources import job_views
 from storage.settings import Settings
 from storage.states import JOB_UNFINISHED, EventKind, JobState, WorkKind
+from trainer.contracts.limits import DEFAULT_TRAIN_STEPS
 
 logger = logging.getLogger(__name__)
-
-
-DEFAULT_TRAIN_STEPS = 1500
 
 
 DEFAULT_JOB_RETRY_AFTER = 30
@@ -84,16 +83,16 @@ def _check_job_cap(session: Session, settings: Settings, owner: User, *, lock: b
         raise RateLimited(
             f"you already have {int(active[0])} unfinished training jobs (the limit is {cap}); "
             f"retry when one finishes (about {retry} s), or cancel one",
-            code="too_many_jobs", headers={"Retry-After": str(retry)},
+            code=ErrorCode.TOO_MANY_JOBS, headers={"Retry-After": str(retry)},
         )
 
 
 def _check_steps_seed(settings: Settings, steps: int | None, seed: int | None) -> None:
     if steps is not None and not 1 <= steps <= settings.max_train_steps:
-        raise Invalid(f"steps must be between 1 and {settings.max_train_steps}", code="bad_steps",
+        raise Invalid(f"steps must be between 1 and {settings.max_train_steps}", code=ErrorCode.BAD_STEPS,
                       field="body.steps")
     if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise Invalid(f"seed must be between 0 and {MAX_SEED}", code="bad_seed", field="body.seed")
+        raise Invalid(f"seed must be between 0 and {MAX_SEED}", code=ErrorCode.BAD_SEED, field="body.seed")
 
 
 def create_style(
@@ -120,21 +119,23 @@ def create_style(
     descriptor = (descriptor or "").strip() or (refs.class_word if refs.kind == "subject" else "") or ""
     content = content.strip() if content and content.strip() else None
     if not descriptor:
-        raise Invalid("descriptor must not be empty", code="bad_descriptor", field="body.descriptor")
+        raise Invalid("descriptor must not be empty", code=ErrorCode.BAD_DESCRIPTOR, field="body.descriptor")
     if len(descriptor) > 200:
-        raise Invalid("descriptor must be at most 200 characters", code="bad_descriptor", field="body.descriptor")
+        raise Invalid("descriptor must be at most 200 characters",
+                      code=ErrorCode.BAD_DESCRIPTOR, field="body.descriptor")
     if is_invisible(descriptor):
         raise Invalid("descriptor has no visible characters (only spaces, control or zero-width ones)",
-                      code="bad_descriptor", field="body.descriptor")
+                      code=ErrorCode.BAD_DESCRIPTOR, field="body.descriptor")
     if content is not None and len(content) > 500:
-        raise Invalid("content must be at most 500 characters", code="bad_content", field="body.content")
-    for name, text in (("descriptor", descriptor), ("content", content)):
+        raise Invalid("content must be at most 500 characters", code=ErrorCode.BAD_CONTENT, field="body.content")
+    checked = (("descriptor", descriptor, ErrorCode.BAD_DESCRIPTOR), ("content", content, ErrorCode.BAD_CONTENT))
+    for name, text, code in checked:
         bad = unsafe_character(text or "")
         if bad:
-            raise Invalid(f"{name} contains {bad}", code=f"bad_{name}", field=f"body.{name}")
+            raise Invalid(f"{name} contains {bad}", code=code, field=f"body.{name}")
     _check_steps_seed(settings, steps, seed)
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
-        raise Invalid("Idempotency-Key must be 1..255 characters", code="bad_idempotency_key",
+        raise Invalid("Idempotency-Key must be 1..255 characters", code=ErrorCode.BAD_IDEMPOTENCY_KEY,
                       field="header.Idempotency-Key")
 
     hook_url, hook_events = checked_webhook(webhook, webhook_events, settings=settings)
@@ -185,8 +186,8 @@ def create_style(
     job = TrainingJob(
         style_id=style.id, owner_id=owner.id, state=JobState.QUEUED, total_steps=total,
         max_attempts=settings.max_attempts,
-        params={"steps": total, "seed": seed if seed is not None else secrets.randbelow(MAX_SEED + 1),
-                "descriptor": descriptor, "content": content},
+        params=JobParams(steps=total, seed=seed if seed is not None else secrets.randbelow(MAX_SEED + 1),
+                         descriptor=descriptor, content=content).to_json(),
         idempotency_key=idempotency_key, request_hash=request_hash, webhook=hook_url, webhook_events=hook_events,
     )
     session.add(job)
@@ -214,7 +215,7 @@ def _idempotent_replay(session: Session, owner_id: str, key: str, request_hash: 
     if job is None:
         return None
     if job.request_hash != request_hash:
-        raise Conflict("this Idempotency-Key was used with a different request", code="idempotency_mismatch")
+        raise Conflict("this Idempotency-Key was used with a different request", code=ErrorCode.IDEMPOTENCY_MISMATCH)
     style = session.get(Style, job.style_id)
     assert style is not None
     return StyleCreated(style=style, job=job, created=False)
@@ -265,10 +266,11 @@ def get_style(*, session: Session, owner: User, style_id: str) -> Style:
 
 
 def reference_key(style: Style, n: int) -> str:
-    """The blob key of reference image `n`; 404 past the last one (a style from before several images has one)."""
-    keys = [r["key"] for r in style.references or []] or [style.image_key]
+    """The blob key of reference image `n`; 404 past the last one."""
+    keys = [key for key, _ in style.reference_images]
     if not 0 <= n < len(keys):
-        raise NotFound(f"this style has {len(keys)} reference image(s), numbered from 0", code="image_not_found")
+        raise NotFound(f"this style has {len(keys)} reference image(s), numbered from 0",
+                       code=ErrorCode.IMAGE_NOT_FOUND)
     return keys[n]
 
 
@@ -285,7 +287,7 @@ def delete_style(*, session: Session, owner: User, style_id: str) -> None:
 
 def create_style_job(
     *, session: Session, settings: Settings, owner: User, style_id: str, steps: int | None, seed: int | None,
-    feedback: dict[str, Any] | None = None,
+    feedback: HumanRound | AutomaticRound | None = None,
 ) -> TrainingJob:
     """Train a style again from the image it stored (the way out after a cancelled or failed job, or a deleted
     adapter). Default steps: those of the style's last job; default seed: random. 409 while the style still has
@@ -299,19 +301,18 @@ def create_style_job(
     )
     if last is not None and last.state in JOB_UNFINISHED:
         raise Conflict(f"this style is still training (job {last.id} is {last.state}); cancel it first",
-                       code="style_busy")
+                       code=ErrorCode.STYLE_BUSY)
     _check_job_cap(session, settings, owner, lock=False)
     check_storage(session, settings, owner, adapter_bytes(session, settings), "this training job's adapter")
     if steps is None:
-        previous = (last.params or {}).get("steps") if last is not None else None
+        previous = JobParams.of(last).steps if last is not None else None
         default = min(settings.train_steps or DEFAULT_TRAIN_STEPS, settings.max_train_steps)
         steps = previous if isinstance(previous, int) and 1 <= previous <= settings.max_train_steps else default
     job = TrainingJob(
         style_id=style.id, owner_id=owner.id, state=JobState.QUEUED, total_steps=steps,
         max_attempts=settings.max_attempts,
-        params={"steps": steps, "seed": seed if seed is not None else secrets.randbelow(MAX_SEED + 1),
-                "descriptor": style.descriptor, "content": style.content,
-                **({"round": feedback} if feedback is not None else {})},
+        params=JobParams(steps=steps, seed=seed if seed is not None else secrets.randbelow(MAX_SEED + 1),
+                         descriptor=style.descriptor, content=style.content, round=feedback).to_json(),
     )
     session.add(job)
     session.flush()

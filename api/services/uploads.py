@@ -13,8 +13,9 @@ from typing import Any, BinaryIO
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from api.decoding import decode_slot
-from api.errors import Invalid, TooLarge, UnsupportedMedia
+from api.http.errors import Invalid, TooLarge, UnsupportedMedia
+from api.services.decoding import decode_slot
+from storage.error_codes import ErrorCode
 from storage.images import ImageRejected, NormalizedImage, normalize_upload
 from storage.models import (
     User,
@@ -65,8 +66,8 @@ class FileSource:
 def image_error(exc: ImageRejected, what: str) -> Exception:
     message = f"{what}: {exc.reason}"
     if exc.reason.startswith("not a "):
-        return UnsupportedMedia(message, code="unsupported_image")
-    return Invalid(message, code="bad_image")
+        return UnsupportedMedia(message, code=ErrorCode.UNSUPPORTED_IMAGE)
+    return Invalid(message, code=ErrorCode.BAD_IMAGE)
 
 
 def normalize_image(data: bytes, *, settings: Settings, what: str) -> NormalizedImage:

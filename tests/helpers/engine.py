@@ -11,7 +11,7 @@ import torch
 from peft import set_peft_model_state_dict
 from PIL import Image
 
-from bench.common import random_adapter as bench_random_adapter
+from testkit.models import random_adapter as random_lora
 from trainer.bank import find_bank
 from trainer.checkpoint import Checkpoint
 from trainer.lora import Adapter, lora_config
@@ -21,7 +21,7 @@ from trainer.train import TrainResult
 
 def random_adapter(parts: AmusedParts, seed: int, rank: int = 16, alpha: float = 32.0) -> Adapter:
     """An adapter file's content with non-zero A and B (N(0, 0.3²)), for the model's Q/K/V linears."""
-    return bench_random_adapter(parts.transformer, seed, rank=rank, alpha=alpha, base_model="tiny")
+    return random_lora(parts.transformer, seed, rank=rank, alpha=alpha, base_model="tiny")
 
 
 def peft_copy(transformer: torch.nn.Module, adapter: Adapter) -> torch.nn.Module:
