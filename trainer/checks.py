@@ -9,6 +9,7 @@ rate), an obscure error deep inside torch (`steps=2.5`, `rank=0`, `seed=2**70`) 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -22,9 +23,10 @@ __all__ = ["check_finite", "check_int", "check_seed", "check_side", "check_train
 
 def check_int(name: str, value: object, lo: int, hi: int | None = None,
               error: Callable[[str], Exception] = ValueError) -> int:
-    """An int (not a bool, not 2.5) in [lo, hi]."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    """A whole number (an int or a numpy integer; not a bool, not 2.5) in [lo, hi]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise error(f"{name} must be a whole number, got {value!r}")
+    value = int(value)
     if value < lo or (hi is not None and value > hi):
         bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
         raise error(f"{name} must be {bound}, got {value}")
@@ -34,8 +36,9 @@ def check_int(name: str, value: object, lo: int, hi: int | None = None,
 def check_finite(name: str, value: object, *, lo: float | None = None, hi: float | None = None,
                  positive: bool = False, error: Callable[[str], Exception] = ValueError) -> float:
     """A finite real number (NaN and ±inf refused), > 0 when `positive`, within [lo, hi] when given."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise error(f"{name} must be a finite number, got {value!r}")
+    value = float(value)
     if positive and value <= 0:
         raise error(f"{name} must be > 0, got {value}")
     if lo is not None and hi is not None and not lo <= value <= hi:
