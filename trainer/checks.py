@@ -9,22 +9,26 @@ rate), an obscure error deep inside torch (`steps=2.5`, `rank=0`, `seed=2**70`) 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from .contracts import limits
 
 if TYPE_CHECKING:
+    import torch
+
     from .train import StyleSpec, TrainConfig
 
-__all__ = ["check_finite", "check_int", "check_seed", "check_side", "check_training"]
+__all__ = ["check_device_options", "check_finite", "check_int", "check_seed", "check_side", "check_training"]
 
 
 def check_int(name: str, value: object, lo: int, hi: int | None = None,
               error: Callable[[str], Exception] = ValueError) -> int:
-    """An int (not a bool, not 2.5) in [lo, hi]."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    """A whole number (an int or a numpy integer; not a bool, not 2.5) in [lo, hi]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise error(f"{name} must be a whole number, got {value!r}")
+    value = int(value)
     if value < lo or (hi is not None and value > hi):
         bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
         raise error(f"{name} must be {bound}, got {value}")
@@ -34,8 +38,9 @@ def check_int(name: str, value: object, lo: int, hi: int | None = None,
 def check_finite(name: str, value: object, *, lo: float | None = None, hi: float | None = None,
                  positive: bool = False, error: Callable[[str], Exception] = ValueError) -> float:
     """A finite real number (NaN and ±inf refused), > 0 when `positive`, within [lo, hi] when given."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise error(f"{name} must be a finite number, got {value!r}")
+    value = float(value)
     if positive and value <= 0:
         raise error(f"{name} must be > 0, got {value}")
     if lo is not None and hi is not None and not lo <= value <= hi:
@@ -61,10 +66,10 @@ def check_side(name: str, value: object, multiple: int, error: Callable[[str], E
     return side
 
 
-def check_training(cfg: TrainConfig, styles: Sequence[StyleSpec]) -> None:
-    """Refuse, before any encoding or any change to the model, the config and style values training cannot use.
-
-    `cfg` has had `recipe_for` applied (learning rate and alpha filled in)."""
+def check_training(cfg: TrainConfig, styles: Sequence[StyleSpec], device: torch.device) -> None:
+    """Refuse, before any encoding or any change to the model, the config and style values training cannot use
+    (and the options `device` cannot run). `cfg` has had `recipe_for` applied (learning rate and alpha filled in)."""
+    check_device_options(cfg, device)
     if not styles:
         raise ValueError("at least one style is needed")
     check_int("steps", cfg.steps, 1)
@@ -95,3 +100,19 @@ def check_training(cfg: TrainConfig, styles: Sequence[StyleSpec]) -> None:
             check_seed(f"{where}.seed", s.seed)
         if s.learning_rate is not None:
             check_finite(f"{where}.learning_rate", s.learning_rate, positive=True)
+
+
+def check_device_options(cfg: TrainConfig, device: torch.device) -> None:
+    """Refuse, before any work, the options this device or their combination cannot run."""
+    if cfg.mixed_precision != "no" and device.type != "cuda":
+        raise ValueError(f"mixed_precision '{cfg.mixed_precision}' needs a CUDA device; use 'no' on CPU")
+    if cfg.optimizer == "adamw8bit" and device.type != "cuda":
+        raise ValueError("optimizer 'adamw8bit' needs a CUDA device (bitsandbytes); use 'adamw' on CPU")
+    if cfg.optimizer == "adamw8bit" and cfg.mixed_precision == "fp16":  # no per-style overflow skip in its kernel
+        raise ValueError("optimizer 'adamw8bit' supports mixed_precision 'no' or 'bf16', not 'fp16'")
+    if cfg.cuda_graph:
+        if device.type != "cuda":
+            raise ValueError("cuda_graph needs a CUDA device; use cuda_graph=False on CPU")
+        if cfg.mixed_precision == "fp16" or cfg.optimizer != "adamw":
+            raise ValueError("cuda_graph captures the step with optimizer 'adamw' and mixed_precision 'no' or "
+                             "'bf16' only (fp16 loss scaling and 8-bit AdamW decide on the host)")

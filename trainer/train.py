@@ -156,8 +156,7 @@ def train_styles(parts: AmusedParts, styles: Sequence[StyleSpec], config: TrainC
     cfg = recipe_for(parts, config or TrainConfig())
     cb = callbacks or Callbacks()
     device = parts.device
-    check_training(cfg, styles)  # every value, before the model is touched
-    _check_options(cfg, device)
+    check_training(cfg, styles, device)  # every value and option, before the model is touched
     assert cfg.learning_rate is not None and cfg.alpha is not None
     n = len(styles)
     runs = [_StyleRun.of(i, spec, cfg, device) for i, spec in enumerate(styles)]
@@ -318,22 +317,6 @@ def _read_losses(pending: list[tuple[list[_StyleRun], torch.Tensor]]) -> None:
             r.result.losses.append(values[k])
             k += 1
     pending.clear()
-
-
-def _check_options(cfg: TrainConfig, device: torch.device) -> None:
-    """Refuse, before any work, the options this device or their combination cannot run."""
-    if cfg.mixed_precision != "no" and device.type != "cuda":
-        raise ValueError(f"mixed_precision '{cfg.mixed_precision}' needs a CUDA device; use 'no' on CPU")
-    if cfg.optimizer == "adamw8bit" and device.type != "cuda":
-        raise ValueError("optimizer 'adamw8bit' needs a CUDA device (bitsandbytes); use 'adamw' on CPU")
-    if cfg.optimizer == "adamw8bit" and cfg.mixed_precision == "fp16":  # no per-style overflow skip in its kernel
-        raise ValueError("optimizer 'adamw8bit' supports mixed_precision 'no' or 'bf16', not 'fp16'")
-    if cfg.cuda_graph:
-        if device.type != "cuda":
-            raise ValueError("cuda_graph needs a CUDA device; use cuda_graph=False on CPU")
-        if cfg.mixed_precision == "fp16" or cfg.optimizer != "adamw":
-            raise ValueError("cuda_graph captures the step with optimizer 'adamw' and mixed_precision 'no' or "
-                             "'bf16' only (fp16 loss scaling and 8-bit AdamW decide on the host)")
 
 
 def _capture(r: _StyleRun, bank: LoraBank, optimizer: SlotAdamW, scaler: torch.amp.GradScaler,
