@@ -15,7 +15,7 @@ from PIL import Image
 
 from storage.images import load_mask, normalize_upload
 from tests.helpers.engine import amused_pipeline
-from trainer.cli import _read_image
+from trainer.cli_args import read_image
 from trainer.contracts import limits
 from trainer.contracts.images import to_mask, to_rgb
 from trainer.encode import encode_tokens, pil_to_tensor
@@ -112,7 +112,7 @@ def test_the_cli_and_the_service_read_images_by_the_same_rule(tmp_path, case: st
     data, rgb = CASES[case]()
     path = tmp_path / "image"
     path.write_bytes(data)
-    via_cli = _read_image(str(path))
+    via_cli = read_image(str(path))
     via_service = Image.open(io.BytesIO(normalize_upload(data, max_pixels=10**6, min_side=8).png_bytes))
     assert np.array_equal(np.asarray(via_cli), np.asarray(rgb))
     assert np.array_equal(np.asarray(via_service.convert("RGB")), np.asarray(rgb))
