@@ -11,16 +11,18 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from api.docs import install_docs
-from api.errors import install_handlers
-from api.headers import SecurityHeadersMiddleware
-from api.metrics import make_registry
-from api.problems import install_problem_schema
-from api.ratelimit import make_rate_limiter
-from api.request_guard import RequestGuard
+from api.http.docs import install_docs
+from api.http.errors import install_handlers
+from api.http.headers import SecurityHeadersMiddleware
+from api.http.metrics import make_registry
+from api.http.problems import install_problem_schema
+from api.http.ratelimit import make_rate_limiter
+from api.http.request_guard import RequestGuard
+from api.http.security import load_secret
+from api.http.streams import StreamHub
+from api.http.upload_gate import UploadGate
+from api.http.waiters import GenerationWaiters
 from api.routes import adapters, admin, generations, health, jobs, keys, pages, styles, webhooks
-from api.security import load_secret
-from api.streams import StreamHub
 from storage.blobs import blob_store_from_settings
 from storage.db import make_engine, make_sessionmaker, schema_problem
 from storage.settings import Settings, get_settings
@@ -31,7 +33,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
 def _pool_args(settings: Settings) -> dict[str, float]:
-    # A bounded wait for a pooled connection: past it the request is a 503 with Retry-After (api/errors.py).
+    # A bounded wait for a pooled connection: past it the request is a 503 with Retry-After (api/http/errors.py).
     if settings.resolved_database_url.startswith("sqlite:///:memory:"):
         return {}
     return {"pool_size": settings.db_pool_size, "max_overflow": settings.db_max_overflow,
@@ -76,12 +78,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.secret = load_secret(settings)
     app.state.streams = StreamHub(app.state.sessionmaker, per_user=settings.max_streams_per_user,
                                   total=settings.max_streams_total)
+    app.state.waiters = GenerationWaiters(app.state.sessionmaker, per_user=settings.max_waiters_per_user)
     app.state.rate_limiter = make_rate_limiter(settings)
     app.state.metrics_registry = make_registry(app.state.sessionmaker, settings)
     install_handlers(app)
     # RequestGuard bounds the whole request body (style images, or init image + mask, plus fields) with a 413
     # problem; each file is then read in chunks against max_upload_bytes.
     app.add_middleware(RequestGuard, max_json_bytes=settings.max_json_bytes, max_body_bytes=settings.max_body_bytes)
+    # ... and, before that, an upload's caller, caps and place are checked without reading its body
+    app.add_middleware(UploadGate)
     for module in (styles, jobs, adapters, generations, webhooks, keys, admin, health, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -14,12 +14,13 @@ from typing import Any, Literal
 
 from pydantic import AliasPath, BaseModel, ConfigDict, Field, computed_field, field_validator
 
+from storage.generation_settings import MAX_SEED as MAX_SEED  # re-exported: the seed bound of every request
+from storage.generation_settings import GenerationSettings
 from storage.resources import WEBHOOK_DOC, WEBHOOK_EVENTS_DOC, FromRow, JobPublic, WebhookEvent, WithError
 from storage.resources import GenerationPublic as GenerationPublic  # re-exported: the API's name for it
 from storage.users import BadUserName, validate_user_name
+from trainer.contracts import limits
 
-MAX_SEED = 2**31 - 1
-DEFAULT_SUBJECT_WEIGHT = 0.5  # γ, as trainer/contracts/limits.py (a test keeps them equal)
 MAX_OFFSET = 2**31 - 1  # list offsets and event cursors: larger ones overflow SQLite/PostgreSQL integers
 
 
@@ -96,7 +97,7 @@ class SamplesCreate(BaseModel):
     version: int | None = Field(default=None, ge=1, description="Default: the style's default version.")
     prompts: int = Field(default=10, ge=1, le=30, description="How many of the 30 feedback prompts, in order.")
     images_per_prompt: int = Field(default=2, ge=1, description="At most settings.max_images_per_request.")
-    steps: int = Field(default=12, ge=1, le=100)
+    steps: int = Field(default=limits.DEFAULT_STEPS, ge=limits.MIN_STEPS, le=limits.MAX_STEPS)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Default: random.")
 
 
@@ -158,38 +159,12 @@ class StyleUpdate(BaseModel):
     default_version: int = Field(ge=1, description="An existing, not deleted version of this style.")
 
 
-class GenerationCreate(BaseModel):
-    """The bounds and defaults are the engine's (trainer/contracts/limits.py); a test keeps the
-    two in step."""
+class GenerationCreate(GenerationSettings):
+    """The settings (storage/generation_settings.py), how to name the adapter, and the webhook."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    prompt: str = Field(min_length=1, max_length=500)
-    negative_prompt: str | None = Field(default=None, max_length=500)
-    adapter_id: str | None = Field(default=None, description="A style adapter (null = the base model).")
     style_id: str | None = Field(default=None, description="Use this style's adapter: `version`, else its "
                                  "default version. Not together with adapter_id.")
     version: int | None = Field(default=None, ge=1, description="An adapter version of `style_id`.")
-    style_strength: float = Field(default=1.0, ge=-1.0, le=10.0, description=(
-        "λA, StyleDrop's style guidance: −1 = no style (the base model's prediction), 0 = the adapter as trained, "
-        "above 0 pushes the style further (the paper uses 0–2; default 1)."))
-    guidance_scale: float = Field(default=10.0, ge=0.0, le=50.0, description=(
-        "Classifier-free guidance g; the text guidance λB is g − 1 unless text_guidance is given."))
-    text_guidance: float | None = Field(default=None, ge=-1.0, le=49.0, description=(
-        "λB, StyleDrop's text guidance, overriding guidance_scale (g = 1 + λB); the paper fixes λB = 5. "
-        "Null = guidance_scale − 1."))
-    subject_adapter_id: str | None = Field(default=None, description=(
-        'A subject adapter (a style of kind "subject") mixed with the style adapter at every step: '
-        "l = (1 − γ)·l_style + γ·l_subject."))
-    subject_weight: float | None = Field(default=None, ge=0.0, le=1.0, description=(
-        "γ, the subject's share (0 = the style alone, 1 = the subject alone; the paper uses 0.5–0.7). "
-        "Default 0.5 when subject_adapter_id is given; only with it."))
-    steps: int = Field(default=12, ge=1, le=100)
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Default: random.")
-    num_images: int = Field(default=1, ge=1, description="At most settings.max_images_per_request.")
-    strength: float | None = Field(
-        default=None, gt=0.0, le=1.0, description="Image-to-image only (multipart with init_image)."
-    )
     webhook: str | None = Field(default=None, min_length=1, max_length=2048, description=WEBHOOK_DOC)
     webhook_events_filter: list[WebhookEvent] | None = Field(
         default=None, min_length=1, max_length=3, description=WEBHOOK_EVENTS_DOC + " In multipart: comma-separated."

@@ -6,7 +6,7 @@ Measures, in one process:
 - warm: switching the next batch to another already-resident adapter (cache hit + setting the bank's route);
 - baseline: what plain diffusers does for the same two operations — `load_lora_adapter` of the file into a new
   adapter name (cold), and `set_adapter` between resident adapters (warm).
-Goals (issue 3): cold <= 100 ms, warm <= 5 ms on CPU.
+Goals: cold <= 100 ms, warm <= 5 ms on CPU.
 
     python bench/adapter_hotload.py [--adapters 6] [--repeats 5] [--resident 8]
 """

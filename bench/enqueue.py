@@ -25,7 +25,7 @@ from collections.abc import Callable
 import httpx
 from service_stack import api_stack, pct
 
-from tests.helpers.images import style_png
+from testkit.images import style_png
 
 REDIS = "redis://127.0.0.1:6379/12"
 

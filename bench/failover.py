@@ -1,7 +1,8 @@
 """Seconds from a train worker's SIGKILL to its job's resumed progress, in the scaled-out shape.
 
-PostgreSQL (a throwaway database), a private redis-server and moto's S3 server on 127.0.0.1; one API, two train
-workers and a reconciler, each with its own data directory (tests/helpers/topology.py). Both workers are warmed
+PostgreSQL (a throwaway database), Redis (127.0.0.1:6379 db 12, flushed; 12 and 13 are the benchmarks') and moto's
+S3 server on 127.0.0.1; one API, two train workers and a reconciler, each with its own data directory
+(testkit/topology.py). Both workers are warmed
 by a short job each; then a long job runs, and once it has a checkpoint its worker is SIGKILLed. Printed: the
 seconds from the kill to the job back in the queue (`queued`), to `running` on the other worker, and to its first
 progress past the checkpoint — with this build's settings, and with `--baseline` also with the old ones
@@ -14,29 +15,47 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy import Engine, create_engine, text  # noqa: E402
 
 from storage.db import upgrade_to_head  # noqa: E402
-from tests.helpers.faults import Db, RedisServer, kill, wait_for  # noqa: E402
-from tests.helpers.images import style_png  # noqa: E402
-from tests.helpers.stack import free_port  # noqa: E402
-from tests.helpers.topology import Topology, create_users, topology_env  # noqa: E402
+from testkit.images import style_png  # noqa: E402
+from testkit.stack import free_port  # noqa: E402
+from testkit.topology import Topology, create_users, topology_env  # noqa: E402
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379/12"
 OLD = {"STYLEDROP_HEARTBEAT_STALE_SECONDS": "120", "STYLEDROP_HEARTBEAT_EVERY_SECONDS": "5",
        "STYLEDROP_RECONCILE_EVERY": "30"}
+
+
+def job_row(db: Engine, job_id: str) -> Any:
+    with db.connect() as conn:
+        return conn.execute(text("SELECT * FROM training_jobs WHERE id = :i"), {"i": job_id}).one()
+
+
+def wait_for(what: str, predicate: Callable[[], Any], top: Topology, timeout: float, every: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(every)
+    raise RuntimeError(f"timed out waiting for {what}\n{top.logs()}")
 
 
 def post(client, key: str, steps: int, shade: int) -> str:  # type: ignore[no-untyped-def]
@@ -61,10 +80,11 @@ def measure(s3_endpoint: str, **settings: str) -> dict[str, float]:
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="test",
                  aws_secret_access_key="test").create_bucket(Bucket=bucket)
     tmp = Path(tempfile.mkdtemp(prefix="styledrop-failover-"))
-    redis = RedisServer(tmp)
-    redis.start()
-    db = Db(db_url)
-    top = Topology(tmp, topology_env(tmp, db_url, redis.url, s3_endpoint, bucket, STYLEDROP_CHECKPOINT_EVERY="10",
+    import redis
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    db = create_engine(db_url, pool_pre_ping=True)
+    top = Topology(tmp, topology_env(tmp, db_url, REDIS_URL, s3_endpoint, bucket, STYLEDROP_CHECKPOINT_EVERY="10",
                                      STYLEDROP_PROGRESS_EVERY="1", **settings))
     try:
         api = top.api("api0")
@@ -73,22 +93,23 @@ def measure(s3_endpoint: str, **settings: str) -> dict[str, float]:
         (key,) = create_users(db_url, 1)
         for attempt in range(4):  # warm both workers (model loaded), each by a job of its own
             warm = [post(api, key, 2, 10 * attempt + i) for i in (0, 1)]
-            wait_for("warm-up", lambda w=warm: all(db.job(j).state == "succeeded" for j in w), top, 600)
-            hosts = {r.worker_host for r in db.rows("SELECT worker_host FROM training_jobs WHERE state = "
-                                                    "'succeeded'")}
+            wait_for("warm-up", lambda w=warm: all(job_row(db, j).state == "succeeded" for j in w), top, 600)
+            with db.connect() as conn:
+                hosts = set(conn.execute(text("SELECT worker_host FROM training_jobs WHERE state = 'succeeded'"))
+                            .scalars())
             if len(hosts) == 2:
                 break
         else:
             raise RuntimeError("the warm-up never reached both workers")
         job = post(api, key, 2000, 200)
-        wait_for("a checkpoint", lambda: (db.job(job).checkpoint_step or 0) >= 10, top, 600, every=0.05)
-        victim = db.job(job)
-        kill(top.proc_of(victim.worker_host))
+        wait_for("a checkpoint", lambda: (job_row(db, job).checkpoint_step or 0) >= 10, top, 600, every=0.05)
+        victim = job_row(db, job)
+        os.killpg(top.proc_of(victim.worker_host).pid, signal.SIGKILL)
         killed = datetime.now(UTC)
         assert {p for p in workers if p.poll() is None}, "no train worker left"
 
         def resumed() -> bool:
-            row = db.job(job)
+            row = job_row(db, job)
             return row.attempts == 2 and row.state == "running" and row.step > victim.checkpoint_step
 
         wait_for("resumed progress", resumed, top, timeout=900, every=0.1)
@@ -98,14 +119,14 @@ def measure(s3_endpoint: str, **settings: str) -> dict[str, float]:
             ("running", "kind = 'state' AND payload->>'to' = 'running'"),
             ("progress", "kind = 'progress'"),
         ):
-            at = db.one(f"SELECT min(created_at) AS at FROM job_events WHERE job_id = :j AND created_at > :k "
-                        f"AND {sql}", j=job, k=killed).at
+            with db.connect() as conn:
+                at = conn.execute(text(f"SELECT min(created_at) FROM job_events WHERE job_id = :j AND "
+                                       f"created_at > :k AND {sql}"), {"j": job, "k": killed}).scalar_one()
             out[label] = (at - killed).total_seconds()
         return out
     finally:
         top.stop()
-        db.close()
-        redis.stop()
+        db.dispose()
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()

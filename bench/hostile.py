@@ -25,8 +25,8 @@ from typing import Any
 import httpx
 from service_stack import pct
 
-from tests.helpers.api_process import open_stream, process_memory, start_api
-from tests.helpers.images import decode_bomb, style_png
+from testkit.api_process import open_stream, process_memory, start_api
+from testkit.images import decode_bomb, style_png
 
 
 def timed(client: httpx.Client, n: int, path: str, headers: dict[str, str]) -> tuple[list[float], set[int]]:

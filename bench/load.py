@@ -20,7 +20,7 @@ import httpx
 from service_stack import api_stack, pct
 from sqlalchemy import create_engine, text
 
-from tests.helpers.images import style_png
+from testkit.images import style_png
 
 REDIS = "redis://127.0.0.1:6379/13"
 

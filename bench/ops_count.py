@@ -13,7 +13,9 @@ timings are noise. Times are medians of a few runs in the same process, reported
   swapped for peft's `adapter_names`). Host reads and transfers are counted inside the decoding loop (between
   the first and last step callbacks). A first call caches the prompts' CLIP embeddings and the schedule tables
   (steady state).
-Bars (issue #8): forward ops with 64 distinct adapters ≤ 1.1× those with 1; ≤ 1.3× the base forward; 0 host
+- the sampler's per-round forward: ops of the model's own forward vs the forward from the prompt-only
+  conditioning the sampler computes once per call, on this config and on amused-256's layer structure.
+Bars: forward ops with 64 distinct adapters ≤ 1.1× those with 1; ≤ 1.3× the base forward; 0 host
 reads inside the sampling loop.
 
     python bench/ops_count.py --config tiny        # and --config mid
@@ -33,6 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
+from diffusers import UVit2DModel
 from peft import set_peft_model_state_dict
 
 import trainer.sampler as sampler_module
@@ -43,6 +46,7 @@ from trainer.encode import encode_text
 from trainer.lora import Adapter, lora_config, lora_layers
 from trainer.model import AmusedParts
 from trainer.sampler import GenerationRequest, sample
+from trainer.uvit_forward import forward_with_conditioning, precompute_conditioning
 
 COUNTS = (0, 1, 2, 4, 8, 16, 64)
 ROWS = 64
@@ -92,6 +96,33 @@ def median_time(fn: Callable[[], object], reps: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def full_depth_uvit() -> torch.nn.Module:
+    """amused-256's U-ViT layer structure (22 layers, 3 + 3 ConvNeXt blocks with attention, 16 / 12 heads, a
+    kv_mapper per block attention) at narrow widths: op counts depend on the structure, not the widths."""
+    torch.manual_seed(0)
+    return UVit2DModel(hidden_size=64, use_bias=False, cond_embed_dim=32, micro_cond_encode_dim=8,
+                       micro_cond_embed_dim=40, encoder_hidden_size=32, vocab_size=1088, codebook_size=1024,
+                       in_channels=16, block_out_channels=48, num_res_blocks=3, block_num_heads=12,
+                       num_hidden_layers=22, num_attention_heads=16, intermediate_size=128,
+                       sample_size=16).requires_grad_(False).eval()
+
+
+def hoisting_counts(t: torch.nn.Module, passes: int = 3) -> tuple[int, int, int]:
+    """(ops of the model's own forward, of the sampler's per-round forward from precomputed conditioning, of the
+    once-per-call precomputation), for `passes` rows (G(n), G(t), Ĝ(t) of one request)."""
+    c = t.config  # type: ignore[attr-defined]
+    ids = torch.full((passes, c.sample_size, c.sample_size), c.vocab_size - 1)
+    hidden = torch.randn(passes, 77, c.encoder_hidden_size)
+    pooled = torch.randn(passes, c.cond_embed_dim)
+    micro = torch.tensor([[256.0, 256.0, 0.0, 0.0, 6.0]] * passes)
+    with torch.no_grad():
+        own = counted(lambda: t(ids, encoder_hidden_states=hidden, pooled_text_emb=pooled, micro_conds=micro))
+        pre = counted(lambda: precompute_conditioning(t, hidden, pooled, micro))  # type: ignore[arg-type]
+        cond = precompute_conditioning(t, hidden, pooled, micro)  # type: ignore[arg-type]
+        hoisted = counted(lambda: forward_with_conditioning(t, cond, ids))  # type: ignore[arg-type]
+    return own.ops, hoisted.ops, pre.ops
 
 
 def sampling_counts(parts: AmusedParts, requests: list[GenerationRequest]) -> tuple[int, int, int]:
@@ -152,6 +183,14 @@ def main() -> None:
         print(f"| {k} | {ours.ops} | {per_one} | {ours.ops / base.ops:.3f}x | {ours.host_reads} + {ours.transfers} "
               f"| {ref.ops} | {ref.host_reads} + {ref.transfers} | {ref.ops / ours.ops:.2f}x | {ref_s / ours_s:.2f}x |")
     print(f"\n<!-- base forward {base_s * 1e3:.1f} ms (timing as ratios only) -->")
+
+    print("\n### The sampler's per-round forward: the model's own vs from the prompt-only conditioning computed once "
+          "per call (3 passes)\n")
+    print("| U-ViT | model forward ops | per-round forward ops | saved per round | once per call |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, model in ((args.config, t), ("full amused-256 layer structure, narrow widths", full_depth_uvit())):
+        own, hoisted, pre = hoisting_counts(model)
+        print(f"| {name} | {own} | {hoisted} | {own - hoisted} | {pre} |")
 
     if args.no_sample:
         return

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from storage.db import upgrade_to_head  # noqa: E402
-from tests.helpers.stack import (  # noqa: E402
+from testkit.stack import (  # noqa: E402
     Stack,
     free_port,
     service_env,

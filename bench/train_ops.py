@@ -3,9 +3,14 @@
 1. OPS (deterministic): `train_styles` with S = 1, 2, 4, 8, 16 styles (different images and seeds), progress
    every 4 steps; a TorchDispatchMode counts every aten op and every op that makes a CUDA host wait (a scalar read,
    a data-dependent shape, a copy to the host) between two progress callbacks: steps 5..8, including the one
-   read-back of their losses. Bars (issue #9): 0 host reads per step between intervals (the interval read is
-   counted separately); ops per step at S = 16 ≤ 1.2x S = 1. `--per-step-conditioning` counts the step as it
-   was before the constant conditioning (the model's own forward recomputing the prompt-only values each step).
+   read-back of their losses. Bars: at most 1 host read per interval (the read-back), kernels per step at
+   S = 16 ≤ 1.05x S = 1, and on the full layer structure ≤ 4,500 kernels per step at S = 1 in fp32 and bf16.
+   `--per-step-conditioning` counts the step as it was before the constant conditioning (the model's own
+   forward recomputing the prompt-only values each step).
+   Kernels = non-view ops (a view is metadata only; every other op is one launch on a GPU). With `--narrow` and
+   `--config full`, the model has the full amused-256 layer STRUCTURE (22 transformer layers, 3+3 ConvNeXt/attention
+   blocks, 16/12 heads, LoRA on all 168 to_q/to_k/to_v) at narrow widths: counts depend on structure, not widths.
+   `--breakdown` adds, at S = 1, where one step's kernels go (draw, forward + loss, backward, optimizer).
 2. TIME (`--timed-steps N`, default 6; 0 skips): one `train_styles` call with S styles x N steps vs S
    sequential `train_style` calls of N steps each, same process, after one warm-up step of each; reported as
    styles per hour and their ratio (batched / sequential). On a CPU the batch is compute-bound, so this ratio
@@ -21,9 +26,26 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import build_parts, common_args, describe_parts, print_environment, setup, style_image, sync
+import torch
+from diffusers import UVit2DModel
+
+from bench.common import (
+    _finish,
+    _text_encoder,
+    _vqvae,
+    build_parts,
+    common_args,
+    describe_parts,
+    print_environment,
+    setup,
+    style_image,
+    sync,
+)
 from trainer.capture import OpCounter
+from trainer.model import AmusedParts, _tiny_tokenizer
+from trainer.optim import SlotAdamW
 from trainer.train import Callbacks, Progress, StyleSpec, TrainConfig, train_style, train_styles
+from trainer.train_step import TrainStep
 
 INTERVAL = 4
 
@@ -40,19 +62,90 @@ def config(**kw: Any) -> TrainConfig:
     return TrainConfig(mixed_precision=MIXED, constant_conditioning=CONSTANT, **kw)
 
 
-def count(parts: Any, n: int) -> tuple[float, int]:
-    """Ops per step and host reads in one progress interval (steps 5..8 and the read-back at 8)."""
-    counter = OpCounter()
-    marks: list[tuple[int, int]] = []
+def build_full_narrow(seed: int = 0) -> AmusedParts:
+    """The amused-256 layer structure (bench.common.build_full's config) at narrow widths: same op counts, fast."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        tok = _tiny_tokenizer()
+        text = _text_encoder(tok, vocab=len(tok), hidden=64, layers=2, heads=4, intermediate=128, projection=64)
+        vq = _vqvae((32, 32, 64, 64, 128), layers_per_block=2, latent=64, codes=1024, groups=16)
+        transformer = UVit2DModel(
+            hidden_size=64, use_bias=False, hidden_dropout=0.0, cond_embed_dim=64, micro_cond_encode_dim=16,
+            micro_cond_embed_dim=80, encoder_hidden_size=64, vocab_size=1088, codebook_size=1024,
+            in_channels=48, block_out_channels=48, num_res_blocks=3, downsample=False, upsample=False,
+            block_num_heads=12, num_hidden_layers=22, num_attention_heads=16, attention_dropout=0.0,
+            intermediate_size=128, layer_norm_eps=1e-6, ln_elementwise_affine=True, sample_size=16,
+        )
+    finally:
+        torch.random.set_rng_state(state)
+    return _finish(transformer, vq, text, tok, mask_token_id=1087, name="bench-full-256-narrow")
+
+
+class KernelCounter(OpCounter):
+    """OpCounter that also counts kernels: every op that is not a view (views are metadata only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kernels = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if not func.is_view:
+            self.kernels += 1
+        return super().__torch_dispatch__(func, types, args, kwargs)
+
+
+def count(parts: Any, n: int) -> tuple[float, float, int]:
+    """Ops and kernels per step and host reads in one progress interval (steps 5..8 and the read-back at 8)."""
+    counter = KernelCounter()
+    marks: list[tuple[int, int, int]] = []
 
     def on_progress(i: int, _p: Progress) -> None:
         if i == 0:
-            marks.append((counter.ops, counter.host_reads))
+            marks.append((counter.ops, counter.kernels, counter.host_reads))
 
     with counter:
         train_styles(parts, specs(n, 2 * INTERVAL), config(progress_every=INTERVAL), Callbacks(on_progress=on_progress))
-    (ops_a, reads_a), (ops_b, reads_b) = marks[0], marks[1]
-    return (ops_b - ops_a) / INTERVAL, reads_b - reads_a
+    (ops_a, k_a, reads_a), (ops_b, k_b, reads_b) = marks[0], marks[1]
+    return (ops_b - ops_a) / INTERVAL, (k_b - k_a) / INTERVAL, reads_b - reads_a
+
+
+def breakdown(parts: Any) -> dict[str, tuple[int, int]]:
+    """(ops, kernels) of the 6th step of one style, by part: TrainStep's own methods and the optimizer's step."""
+    counter = KernelCounter()
+    parts_seen: dict[str, tuple[int, int]] = {}
+    step_no = [0]
+    originals = {"draw": TrainStep.draw, "forward + loss": TrainStep.forward_loss,
+                 "backward + optimizer": TrainStep.backward_update, "optimizer": SlotAdamW.step}
+
+    def wrap(name: str, fn: Any) -> Any:
+        def wrapped(*a: Any, **kw: Any) -> Any:
+            before = (counter.ops, counter.kernels)
+            out = fn(*a, **kw)
+            if step_no[0] == 6:
+                parts_seen[name] = (counter.ops - before[0], counter.kernels - before[1])
+            return out
+        return wrapped
+
+    def draw(*a: Any, **kw: Any) -> Any:
+        step_no[0] += 1
+        return wrap("draw", originals["draw"])(*a, **kw)
+
+    TrainStep.draw = draw  # type: ignore[method-assign]
+    TrainStep.forward_loss = wrap("forward + loss", originals["forward + loss"])  # type: ignore[method-assign]
+    TrainStep.backward_update = wrap("backward + optimizer", originals["backward + optimizer"])  # type: ignore
+    SlotAdamW.step = wrap("optimizer", originals["optimizer"])  # type: ignore[method-assign]
+    try:
+        with counter:
+            train_styles(parts, specs(1, 8), config(progress_every=INTERVAL))
+    finally:
+        TrainStep.draw = originals["draw"]  # type: ignore[method-assign]
+        TrainStep.forward_loss = originals["forward + loss"]  # type: ignore[method-assign]
+        TrainStep.backward_update = originals["backward + optimizer"]  # type: ignore[method-assign]
+        SlotAdamW.step = originals["optimizer"]  # type: ignore[method-assign]
+    bo, opt = parts_seen.pop("backward + optimizer"), parts_seen["optimizer"]
+    parts_seen["backward"] = (bo[0] - opt[0], bo[1] - opt[1])
+    return parts_seen
 
 
 def timed(parts: Any, n: int, steps: int, device: str) -> tuple[float, float]:
@@ -77,6 +170,8 @@ def main() -> None:
     p.add_argument("--styles", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     p.add_argument("--timed-steps", type=int, default=6, help="steps per style in the timed part (0 = skip)")
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no", help="autocast (CUDA only)")
+    p.add_argument("--narrow", action="store_true", help="with --config full: narrow widths, same layer structure")
+    p.add_argument("--breakdown", action="store_true", help="also where one S = 1 step's kernels go")
     p.add_argument("--per-step-conditioning", action="store_true",
                    help="TrainConfig(constant_conditioning=False): the step as before, for comparison")
     args = p.parse_args()
@@ -84,19 +179,32 @@ def main() -> None:
     MIXED = args.mixed_precision
     CONSTANT = not args.per_step_conditioning
     dtype = setup(args)
-    parts = build_parts(args.config, args.device, dtype, args.seed)
+    if args.narrow and args.config == "full":
+        parts = build_full_narrow(args.seed)
+        for m in (parts.transformer, parts.text_encoder):
+            m.to(args.device, dtype)
+        parts.vqvae.to(args.device)
+    else:
+        parts = build_parts(args.config, args.device, dtype, args.seed)
     print_environment(args.device, {"model": describe_parts(parts), "weights dtype": args.dtype,
                                     "progress interval": f"{INTERVAL} steps",
                                     "mixed precision": MIXED,
                                     "conditioning": "once per style" if CONSTANT else "every step"})
 
-    print("| styles S | aten ops / step | vs S = 1 | host reads in one interval (4 steps + read-back) |")
-    print("| --- | --- | --- | --- |")
+    if args.breakdown:
+        print("| part of one S = 1 step | aten ops | kernels (non-view ops) |")
+        print("| --- | --- | --- |")
+        for name, (ops, kernels) in breakdown(parts).items():
+            print(f"| {name} | {ops} | {kernels} |", flush=True)
+        print()
+    print("| styles S | aten ops / step | kernels / step | kernels vs S = 1 | host reads in one interval "
+          "(4 steps + read-back) |")
+    print("| --- | --- | --- | --- | --- |")
     base = None
     for n in args.styles:
-        ops, reads = count(parts, n)
-        base = base or ops
-        print(f"| {n} | {ops:.0f} | {ops / base:.3f}x | {reads} |", flush=True)
+        ops, kernels, reads = count(parts, n)
+        base = base or kernels
+        print(f"| {n} | {ops:.0f} | {kernels:.0f} | {kernels / base:.3f}x | {reads} |", flush=True)
 
     if args.timed_steps > 0:
         print("\n| styles S | batched s | sequential s | styles/hour batched | sequential | ratio |")

@@ -7,10 +7,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from storage.cancels import cancel_user_work
 from storage.models import ApiKey, User
 from storage.sessions import close_user_sessions
 from storage.users import BadUserName, create_api_key, create_user, revoke_api_key, validate_user_name
@@ -65,12 +66,19 @@ def list_users(session: Session) -> Sequence[User]:
     return session.scalars(select(User).order_by(User.created_at, User.name)).all()
 
 
-def list_keys(session: Session, *, user_id: str | None = None) -> Sequence[ApiKey]:
-    """Keys (never their secrets), oldest first; of one user when `user_id` is given."""
+def list_keys(session: Session, *, user_id: str | None = None, limit: int | None = None,
+              offset: int = 0) -> Sequence[ApiKey]:
+    """Keys (never their secrets), oldest first; of one user when `user_id` is given; a page with `limit`."""
     query = select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)
     if user_id is not None:
         query = query.where(ApiKey.user_id == user_id)
-    return session.scalars(query).all()
+    return session.scalars(query.limit(limit).offset(offset)).all()
+
+
+def active_keys(session: Session, user_id: str) -> int:
+    """The user's keys that are not revoked."""
+    return int(session.scalar(select(func.count()).select_from(ApiKey).where(
+        ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None))) or 0)
 
 
 def add_key(session: Session, *, user_id: str) -> tuple[ApiKey, str]:
@@ -108,13 +116,15 @@ def rotate_key(session: Session, *, key_id: str) -> tuple[ApiKey, str]:
 
 
 def set_disabled(session: Session, *, user_id: str, disabled: bool) -> User:
-    """Disable (its keys stop working and its sessions end) or enable a user again."""
+    """Disable (its keys stop working, its sessions end and its queued work is cancelled: nothing of a disabled
+    user runs any more) or enable a user again."""
     user = session.get(User, user_id)
     if user is None:
         raise UserNotFound(f"no user {user_id!r}")
     user.disabled = disabled
     if disabled:
         close_user_sessions(session, user_id)
+        cancel_user_work(session, user_id, running=False, why="Cancelled: the user was disabled.")
     session.commit()
     logger.info("user %s %s", user_id, "disabled" if disabled else "enabled")
     return user

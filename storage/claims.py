@@ -2,9 +2,10 @@
 
 Training jobs are claimed in the database's order (`storage.queue_order.train_queue`: fair across users, then
 oldest), never the broker's; `storage.queue_order.queue_positions` reports that same order. Generations are
-claimed in batches (the message's own row first). A row a worker holds may be taken over when it is abandoned
-(`is_abandoned`: its worker is the claimer itself, or its heartbeat is stale) — the reconciler's sweep
-(`storage.jobs.stale_rows`) applies the same rule in SQL. Every claim is a conditional UPDATE; nothing here commits.
+claimed in batches, round-robin over users (`storage.queue_order.generation_queue`); the message is a wake-up.
+A row a worker holds may be taken over when it is abandoned (`is_abandoned`: its worker is the claimer itself, or
+its heartbeat is stale) — the reconciler's sweep (`storage.jobs.stale_rows`) applies the same rule in SQL. Every
+claim is a conditional UPDATE; nothing here commits.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import CursorResult, case, func, or_, select, update
+from sqlalchemy import CursorResult, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from storage import webhooks
 from storage.jobs import transition, transition_generation
 from storage.models import Generation, TrainingJob, utcnow
-from storage.queue_order import train_queue
+from storage.queue_order import generation_queue, train_queue
 from storage.states import GENERATION_ACTIVE, JOB_ACTIVE, GenerationState, JobState
 
 logger = logging.getLogger(__name__)
@@ -65,23 +66,21 @@ def claim_train_jobs(session: Session, *, limit: int, worker: str) -> list[Train
     return [rows[i] for i in claimed]
 
 
-def claim_generations(session: Session, *, first_id: str, limit: int, worker_host: str) -> list[Generation]:
-    """Atomically move `first_id` and up to `limit - 1` other queued generations (oldest first) to running.
+def claim_generations(session: Session, *, limit: int, worker_host: str) -> list[Generation]:
+    """Atomically move up to `limit` queued generations to running, in `generation_queue` order (round-robin over
+    users, oldest first within a user; the message that woke the worker is only a wake-up, as for training).
 
-    Returns the rows this call claimed (possibly none, possibly without `first_id` when another worker has
-    it). On PostgreSQL the candidates are locked with `FOR UPDATE SKIP LOCKED`, so concurrent claimers never
-    share a row; on SQLite each row is taken by its own conditional UPDATE. The caller commits.
+    Returns the rows this call claimed (possibly none). On PostgreSQL the candidates are locked with `FOR UPDATE
+    SKIP LOCKED`, so concurrent claimers never share a row; on SQLite each row is taken by its own conditional
+    UPDATE. The caller commits.
     """
     if limit < 1:
         return []
     now = utcnow()
-    first_first = case((Generation.id == first_id, 0), else_=1)
-    candidates = (
-        select(Generation.id)
-        .where(Generation.state == GenerationState.QUEUED)
-        .order_by(first_first, Generation.queued_at, Generation.id)
-        .limit(limit)
-    )
+    q = generation_queue()
+    order = (q.c.turn, q.c.queued_at, q.c.id)
+    # A few spare candidates: on PostgreSQL some may be locked by a concurrent claimer.
+    ranked = list(session.scalars(select(q.c.id).order_by(*order).limit(limit * 4 + 8)))
     claim_values = {
         "state": GenerationState.RUNNING,
         "attempts": Generation.attempts + 1,
@@ -93,7 +92,11 @@ def claim_generations(session: Session, *, first_id: str, limit: int, worker_hos
     claimed: list[str] = []
     bind = session.get_bind()
     if bind.dialect.name == "postgresql":
-        ids = list(session.scalars(candidates.with_for_update(skip_locked=True)))
+        free = set(session.scalars(
+            select(Generation.id).where(Generation.id.in_(ranked), Generation.state == GenerationState.QUEUED)
+            .with_for_update(skip_locked=True)
+        )) if ranked else set()
+        ids = [i for i in ranked if i in free][:limit]
         if ids:
             result = session.execute(
                 update(Generation)
@@ -104,7 +107,9 @@ def claim_generations(session: Session, *, first_id: str, limit: int, worker_hos
             )
             claimed = list(result.scalars())
     else:
-        for gen_id in session.scalars(candidates).all():
+        for gen_id in ranked:
+            if len(claimed) == limit:
+                break
             result = session.execute(
                 update(Generation)
                 .where(Generation.id == gen_id, Generation.state == GenerationState.QUEUED)
@@ -116,12 +121,9 @@ def claim_generations(session: Session, *, first_id: str, limit: int, worker_hos
                 claimed.append(gen_id)
     if not claimed:
         return []
-    rows = session.scalars(
-        select(Generation)
-        .where(Generation.id.in_(claimed))
-        .order_by(first_first, Generation.queued_at, Generation.id)
-        .execution_options(populate_existing=True)
-    ).all()
+    by_id = {g.id: g for g in session.scalars(
+        select(Generation).where(Generation.id.in_(claimed)).execution_options(populate_existing=True))}
+    rows = [by_id[i] for i in sorted(claimed, key=ranked.index)]
     for row in rows:
         webhooks.state_changed(session, Generation, row.id, GenerationState.RUNNING)
     logger.debug("%s claimed %d generations", worker_host, len(rows))
@@ -145,26 +147,26 @@ def is_abandoned(row: TrainingJob | Generation, *, worker_host: str, older_than:
 def claim_generation_batch(
     session: Session, *, first_id: str, limit: int, worker_host: str, older_than: timedelta
 ) -> list[Generation]:
-    """The generate task's claim: `first_id` (requeued first when it was abandoned, see `is_abandoned`) and up to
-    `limit - 1` other queued generations, oldest first, moved to running for `worker_host`. The caller commits."""
+    """The generate task's claim: `first_id`, the message's row, requeued when it was abandoned (see
+    `is_abandoned`); then up to `limit` queued generations in fair order (`claim_generations`), moved to running
+    for `worker_host`. The caller commits."""
     gen = session.get(Generation, first_id)
-    if gen is None:
-        return []
-    if is_abandoned(gen, worker_host=worker_host, older_than=older_than):
+    if gen is not None and is_abandoned(gen, worker_host=worker_host, older_than=older_than):
         logger.warning("generation %s: requeued (was running on %s, last seen %s)", gen.id, gen.worker_host,
                        last_seen(gen))
         transition_generation(session, first_id, expected=GenerationState.RUNNING, new=GenerationState.QUEUED)
-    return claim_generations(session, first_id=first_id, limit=limit, worker_host=worker_host)
+    return claim_generations(session, limit=limit, worker_host=worker_host)
 
 
 def queued_adapter_ids(session: Session, *, limit: int) -> list[str]:
-    """The adapters the next `limit` queued generations will need, oldest first (a generate worker prefetches
+    """The adapters the next `limit` queued generations will need, in claim order (a generate worker prefetches
     them into its host cache while it samples the current batch)."""
+    q = generation_queue()
     rows = session.execute(
         select(Generation.adapter_id, Generation.subject_adapter_id)
-        .where(Generation.state == GenerationState.QUEUED,
-               or_(Generation.adapter_id.is_not(None), Generation.subject_adapter_id.is_not(None)))
-        .order_by(Generation.queued_at, Generation.id)
+        .join(q, q.c.id == Generation.id)
+        .where(or_(Generation.adapter_id.is_not(None), Generation.subject_adapter_id.is_not(None)))
+        .order_by(q.c.turn, q.c.queued_at, q.c.id)
         .limit(limit)
     ).all()
     return list(dict.fromkeys(a for row in rows for a in row if a is not None))

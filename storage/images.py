@@ -2,8 +2,10 @@
 
 The file name and Content-Type are never consulted. Only PNG, JPEG, WEBP and GIF are opened; the pixel count
 is checked from the header before any pixel is decoded; truncated files are rejected; EXIF orientation is
-applied; every mode is turned into 8-bit RGB (transparency composited on white); animations keep their first
-frame; and the result is written as a new PNG with no metadata (EXIF, ICC, text chunks) at all.
+applied; every mode is turned into 8-bit RGB by the engine's one image rule (trainer/contracts/images.py: 16-bit
+and float scaled, transparency composited on white), and masks into 8-bit grey by the same rule (transparent =
+keep); animations keep their first frame; and the result is written as a new PNG with no metadata (EXIF, ICC, text
+chunks) at all.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from storage.blobs import sha256_hex
+from trainer.contracts.images import ImageModeError, to_mask, to_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -101,22 +104,10 @@ def _decode(data: bytes, *, max_bytes: int, max_pixels: int, max_decode_pixels: 
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
-    mode = im.mode
-    if mode.startswith("I;16") or mode == "I":
-        # 16-bit grayscale: scale 0..65535 to 0..255 (a plain convert would clip nearly everything to white).
-        im = im.convert("I").point(lambda v: v / 256).convert("L")
-        mode = "L"
-    elif mode == "F":
-        im = im.convert("L")
-        mode = "L"
-    has_alpha = mode in {"RGBA", "LA", "La", "RGBa", "PA"} or (mode == "P" and "transparency" in im.info)
-    if mode in {"L", "1"} and "transparency" in im.info:
-        has_alpha = True
-    if has_alpha:
-        rgba = im.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return im.convert("RGB")
+    try:
+        return to_rgb(im)
+    except ImageModeError as exc:
+        raise ImageRejected(f"unsupported image: {exc}") from exc
 
 
 def _clean_png(im: Image.Image) -> bytes:
@@ -157,11 +148,10 @@ def load_mask(
     `size` resizes (nearest) to the init image's size; `threshold` binarises to 0/255 (None: grey levels).
     """
     im = _decode(data, max_bytes=max_bytes, max_pixels=max_pixels, max_decode_pixels=max_decode_pixels)
-    if im.mode.startswith("I;16") or im.mode == "I":
-        im = im.convert("I").point(lambda v: v / 256).convert("L")
-    rgba = im.convert("RGBA")
-    background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-    mask = Image.alpha_composite(background, rgba).convert("L")
+    try:
+        mask = to_mask(im)
+    except ImageModeError as exc:
+        raise ImageRejected(f"unsupported mask: {exc}") from exc
     if size is not None and mask.size != size:
         mask = mask.resize(size, Image.Resampling.NEAREST)
     if threshold is not None:

@@ -124,12 +124,23 @@ class Style(Base):
     kind: Mapped[str] = mapped_column(String(16), default="style", server_default="style")
     class_word: Mapped[str | None] = mapped_column(String(64))
     # Every reference image, the first being image_key: [{"key", "sha256", "bytes", "width", "height",
-    # "caption"}] (caption None = the StyleDrop prompt). None on styles from before several images (image_key only).
+    # "caption"}] (caption None = the StyleDrop prompt). None for one uncaptioned style image (image_key only):
+    # read them through `reference_images`.
     references: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     # The version a generation naming only the style uses. No foreign key: styles and adapters would reference
     # each other, and every insert/delete order between them would need a deferred constraint; the service checks
     # the id belongs to this style, and a deleted adapter falls back to the newest live version.
     default_adapter_id: Mapped[str | None] = mapped_column(ID)
+
+    @property
+    def reference_images(self) -> list[tuple[str, str | None]]:
+        return reference_images(self.image_key, self.references)
+
+
+def reference_images(image_key: str, references: list[dict[str, Any]] | None) -> list[tuple[str, str | None]]:
+    """(blob key, caption) of every reference image of a style, in upload order: its `references`, or its one
+    image when it has no list (a single uncaptioned upload stores none). Every reader goes through this."""
+    return [(r["key"], r.get("caption")) for r in references or []] or [(image_key, None)]
 
 
 class TrainingJob(Base):
@@ -269,7 +280,7 @@ class Generation(Base):
 
 class WebhookDelivery(Base):
     """One webhook event (the outbox): written in the transaction that changed the resource, sent by the
-    delivery loop (worker/webhooks.py) until a 2xx answer or `max_attempts`. The id is the `webhook-id` header,
+    delivery loop (worker/ops/webhooks.py) until a 2xx answer or `max_attempts`. The id is the `webhook-id` header,
     the same on every retry."""
 
     __tablename__ = "webhook_deliveries"
@@ -287,7 +298,7 @@ class WebhookDelivery(Base):
     event: Mapped[str] = mapped_column(String(16))
     url: Mapped[str] = mapped_column(String(2048))
     body: Mapped[str] = mapped_column(Text)  # the resource as GET returned it when the event happened
-    state: Mapped[str] = mapped_column(String(16), default="pending")
+    state: Mapped[str] = mapped_column(String(16), default=DeliveryState.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

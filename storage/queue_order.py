@@ -1,10 +1,11 @@
 """The order work is taken in, and where a queued row stands in it (its queue position).
 
 Training jobs: the database's order, never the broker's (`train_queue`: fair across users, then oldest);
-`storage.claims.claim_train_jobs` claims in it and `queue_positions` reports it. Generations: oldest first (a
-batch claim takes the message's own row first, then the oldest). Only reads: this module sits below the state
-machine (`storage.jobs`) and the claims, so the resource views (`storage.resources`) can show positions without
-importing them.
+`storage.claims.claim_train_jobs` claims in it and `queue_positions` reports it. Generations: round-robin over
+users, oldest first within a user (`generation_queue`), so a batch takes one row of every waiting user before a
+second of anyone's: one user's flood costs another user at most the batch already running. Only reads: this
+module sits below the state machine (`storage.jobs`) and the claims, so the resource views (`storage.resources`)
+can show positions without importing them.
 """
 
 from __future__ import annotations
@@ -59,12 +60,22 @@ def queue_position(session: Session, job: TrainingJob) -> int:
     return queue_positions(session, [job.id]).get(job.id, 0) if job.state == JobState.QUEUED else 0
 
 
+def generation_queue() -> Any:
+    """Queued generations with their claim order `(turn, queued_at, id)`: `turn` is the row's place among its
+    owner's queued rows (1 = the owner's oldest), so every user's oldest comes before anyone's second — round-robin
+    over users, oldest first within a user, whatever order the requests (or the broker's messages) came in."""
+    turn = func.row_number().over(partition_by=Generation.owner_id, order_by=(Generation.queued_at, Generation.id))
+    return (select(Generation.id, Generation.queued_at, turn.label("turn"))
+            .where(Generation.state == GenerationState.QUEUED).subquery())
+
+
 def generation_queue_positions(session: Session, gens: Sequence[Generation]) -> dict[str, int]:
-    """Queue positions (1 = next) of the queued ones among `gens`, in one query whatever their number."""
+    """Queue positions (1 = next) of the queued ones among `gens` in `generation_queue` order, in one query
+    whatever their number."""
     ids = [g.id for g in gens if g.state == GenerationState.QUEUED]
     if not ids:
         return {}
-    ordered = select(Generation.id, func.row_number().over(order_by=(Generation.queued_at, Generation.id))
-                     .label("n")).where(Generation.state == GenerationState.QUEUED).subquery()
+    q = generation_queue()
+    ordered = select(q.c.id, func.row_number().over(order_by=(q.c.turn, q.c.queued_at, q.c.id)).label("n")).subquery()
     rows = session.execute(select(ordered.c.id, ordered.c.n).where(ordered.c.id.in_(ids)))
     return {gen_id: int(n) for gen_id, n in rows}

@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from trainer.contracts.limits import DEFAULT_STEPS, DEFAULT_TRAIN_STEPS
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STYLEDROP_", extra="ignore", populate_by_name=True)
@@ -59,16 +61,16 @@ class Settings(BaseSettings):
     clip_revision: str | None = None
 
     # --- training ----------------------------------------------------------------------------------------------
-    train_steps: int | None = Field(default=None, description="Default steps; None = the recipe's 1500.")
+    train_steps: int | None = Field(default=None,
+                                    description=f"Default steps; None = the recipe's {DEFAULT_TRAIN_STEPS}.")
     max_train_steps: int = 4000
     checkpoint_every: int = 100
     progress_every: int = 5
     preview_prompts: list[str] = Field(default_factory=lambda: ["a cat", "a house by the sea"])
-    preview_steps: int = Field(default=12, description="MaskGIT steps for the preview images of a new adapter.")
+    preview_steps: int = Field(default=DEFAULT_STEPS,
+                               description="MaskGIT steps for the preview images of a new adapter.")
     max_attempts: int = Field(
         default=3,
-        # the old name keeps working for existing deployments
-        validation_alias=AliasChoices("STYLEDROP_MAX_ATTEMPTS", "STYLEDROP_MAX_JOB_ATTEMPTS"),
         description="Runs of a training job or a generation whose worker died before it ends failed.",
     )
     max_concurrent_jobs_per_user: int = 2
@@ -84,7 +86,11 @@ class Settings(BaseSettings):
     # --- generation --------------------------------------------------------------------------------------------
     generate_batch_size: int = 8
     max_images_per_request: int = 4
+    max_unfinished_images_per_user: int = Field(default=128, ge=0, description=(
+        "Images of one user's queued and running generations (samples included) at once; 0 = no limit."))
     max_wait_seconds: float = 60.0
+    max_waiters_per_user: int = Field(default=10, ge=0, description="`?wait=` requests of one user waiting at "
+                                      "once per API process; more are answered at once (202), without waiting.")
     adapter_gpu_slots: int = Field(default=0, ge=0, description=(
         "LoRA-bank slots (adapters resident on the device) per generate worker; 0 = sized by memory: 10% of the "
         "GPU's free memory (a thousand amused-256 adapters on an H200), 16 on a CPU"))
@@ -92,7 +98,7 @@ class Settings(BaseSettings):
     adapter_prefetch: int = Field(default=16, ge=0, description=(
         "adapters of queued generations read into the host cache while a batch samples"))
     compile: bool = Field(default=False, description=(
-        "CUDA only: compile the U-ViT forward with CUDA graphs (torch.compile, reduce-overhead)"))
+        "CUDA only: replay the sampler's U-ViT forward from CUDA graphs (a plain capture per pass layout)"))
 
     # --- uploads -----------------------------------------------------------------------------------------------
     max_upload_bytes: int = 20 * 1024 * 1024
@@ -105,10 +111,19 @@ class Settings(BaseSettings):
         "reduced, larger PNG/WebP/GIF refused before decoding.",
     )
     max_concurrent_decodes: int = Field(default=2, description="Image decodes at once per API process.")
+    max_concurrent_uploads_per_user: int = Field(default=1, ge=1, description="Style uploads of one user read at "
+                                                 "once per API process (429 too_many_uploads beyond).")
+    max_concurrent_uploads_total: int = Field(default=2, ge=1, description="Style uploads read at once per API "
+                                              "process, all users together (429 too_many_uploads beyond).")
     min_image_side: int = 64
     max_json_bytes: int = Field(default=64 * 1024, description="Largest JSON request body (413 beyond).")
-    max_storage_bytes_per_user: int = Field(default=2 * 1024**3, description="Styles' images plus adapters' "
-                                            "files one user may keep; 0 = no limit.")
+    max_storage_bytes_per_user: int = Field(default=2 * 1024**3, description="Styles' images, adapters' files "
+                                            "and generated images one user may keep, counting what their waiting "
+                                            "work will write (storage/quotas.py); 0 = no limit.")
+    adapter_charge_bytes: int = Field(default=12 * 1024**2, ge=0, description="What the storage cap charges an "
+                                      "adapter before the first one exists (then: the newest adapter's size).")
+    image_charge_bytes: int = Field(default=3 * 512 * 512, ge=0, description="What the storage cap charges one "
+                                    "generated image (an RGB PNG's upper bound at 512 px).")
     blob_grace_seconds: float = Field(default=3600.0, description="Unreferenced blobs younger than this are kept.")
     reclaim_every: float = Field(default=600.0, description="Seconds between reclaimer passes (in the reconciler).")
 
@@ -130,7 +145,10 @@ class Settings(BaseSettings):
     webhook_allow_private: bool = Field(
         default=False, description="Allow webhooks to loopback/private/link-local addresses (local development)."
     )
-    webhook_timeout_seconds: float = Field(default=10.0, description="One delivery attempt's HTTP timeout.")
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=10.0,
+        description="One delivery attempt's wall-clock deadline: connect, send and the (bounded) answer.",
+    )
     webhook_max_attempts: int = Field(default=8, description="Attempts per event before it is given up (failed).")
     webhook_retry_base_seconds: float = Field(
         default=5.0, description="First retry delay; each next one is 4x longer (5 s, 20 s, 80 s, ... up to 6 h)."
@@ -156,7 +174,11 @@ class Settings(BaseSettings):
         "outside); by default /metrics needs an admin API key (Prometheus: `authorization: credentials`).",
     )
     max_streams_per_user: int = Field(default=10, description="Open event streams per user (429 beyond).")
+    max_active_keys_per_user: int = Field(default=20, ge=1, description="API keys a user may hold unrevoked "
+                                          "(POST /v1/keys answers 409 too_many_keys beyond; admins are not capped).")
     max_streams_total: int = Field(default=1000, description="Open event streams per API process (429 beyond).")
+    stream_recheck_seconds: float = Field(default=5.0, gt=0, description="How often an open event stream checks "
+                                          "that its key or session is still valid (it ends when not).")
     db_pool_size: int = 5
     db_max_overflow: int = 10
     db_pool_timeout: float = Field(default=10.0, description="Seconds to wait for a pooled connection (then 503).")

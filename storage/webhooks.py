@@ -1,7 +1,7 @@
 """Webhooks: which URLs may receive them, the per-user signing secret, Standard Webhooks signatures, and the
 outbox that records each event in the same transaction as the change it reports.
 
-Delivery is worker/webhooks.py (a loop beside the reconciler): the outbox makes it at-least-once, because an event
+Delivery is worker/ops/webhooks.py (a loop beside the reconciler): the outbox makes it at-least-once, because an event
 row exists exactly when its state change was committed. A webhook body is the resource as `GET` returns it at the
 moment of the event (storage/resources.py), so every retry of one event sends the same bytes with the same id.
 """
@@ -55,9 +55,35 @@ def resolve(host: str, port: int) -> list[IPAddress]:
     return list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
 
 
+NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052: the IPv4 address is the last 32 bits
+NAT64_LOCAL_USE = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215: a local translator, any RFC 6052 length
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # RFC 4291 §2.5.5.1 (deprecated): ::a.b.c.d
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries and that a connection to it may end up at: IPv4-mapped,
+    IPv4-compatible, NAT64 (well-known prefix), 6to4 and Teredo (server and client). Empty for a plain IPv6."""
+    low32 = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address.ipv4_mapped is not None:
+        return [address.ipv4_mapped]
+    if address in IPV4_COMPATIBLE or address in NAT64_WELL_KNOWN:
+        return [low32]
+    if address.sixtofour is not None:
+        return [address.sixtofour]
+    if address.teredo is not None:
+        return list(address.teredo)
+    return []
+
+
 def _public(address: IPAddress) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # ::ffff:127.0.0.1 is loopback too
+    """Whether a webhook may be sent to `address`: a global unicast address, judged for an IPv6 that embeds IPv4
+    by the IPv4 it carries (64:ff9b::7f00:1 is 127.0.0.1 through a translator)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in NAT64_LOCAL_USE:
+            return False  # where its IPv4 sits depends on the local prefix length; a local translator anyway
+        inner = embedded_ipv4(address)
+        if inner:
+            return all(_public(v4) for v4 in inner)
     return address.is_global and not address.is_multicast
 
 
@@ -67,9 +93,11 @@ def check_url(url: str, *, allow_private: bool, resolver: Resolver | None = None
     and again before every delivery attempt, so a name that later resolves elsewhere (DNS rebinding) is caught."""
     try:
         parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        port = parts.port if parts.port is not None else (443 if parts.scheme == "https" else 80)
     except ValueError as exc:
         raise WebhookRefused(f"the webhook is not a valid URL: {exc}") from exc
+    if port == 0:
+        raise WebhookRefused("the webhook URL names port 0, which no server listens on")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise WebhookRefused("the webhook must be an http:// or https:// URL with a host")
     addresses = list((resolver or resolve)(parts.hostname, port))

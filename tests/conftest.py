@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from testkit.stack import BROWSER_ARGS, BROWSER_CHROMIUM, BrowserStack
 from tests.helpers.app import add_users, app_client
 from tests.helpers.db import API_REDIS_URL, PG_ADMIN_URL, pg_admin_engine
-from tests.helpers.stack import BROWSER_ARGS, BROWSER_CHROMIUM, BrowserStack
 
 pytest_plugins = ["tests.helpers.engine_fixtures"]  # engine_tiny_dir, engine_parts, engine_style_image, ...
 

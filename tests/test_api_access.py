@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from api.security import SESSION_COOKIE
+from api.http.security import SESSION_COOKIE
 from storage.models import Adapter, ApiKey, Generation, utcnow
 from tests.helpers.app import bearer
 
@@ -171,13 +171,16 @@ def test_adapter_download_verified(api_client, api_keys, alice_objects) -> None:
     assert gen.status_code == 404
 
 
-def test_api_never_imports_torch_trainer_or_worker() -> None:
+def test_api_never_imports_torch_the_engine_or_worker() -> None:
+    """The API process loads the engine's torch-free contracts (trainer/contracts/) and nothing else of it."""
     import subprocess
     import sys
 
     code = (
-        "import sys; from api.main import create_app; import api.queue, api.metrics; "
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'trainer', 'worker', 'diffusers')); "
+        "import sys; from api.main import create_app; import api.services.queue, api.http.metrics; "
+        "contracts = lambda m: m == 'trainer' or m == 'trainer.contracts' or m.startswith('trainer.contracts.'); "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'trainer', 'worker', 'diffusers') "
+        "and not contracts(m)); "
         "print(bad); sys.exit(1 if bad else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -16,9 +16,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from storage.settings import Settings
+from testkit.images import png_bytes
 from tests.helpers.app import add_users, app_client, bearer
 from tests.helpers.db import API_REDIS_URL
-from tests.helpers.images import png_bytes
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 PROBLEM_KEYS = {"type", "title", "status", "detail", "code", "instance"}
@@ -181,12 +181,12 @@ def test_unhandled_exception_is_a_generic_500_and_logged(client: TestClient, cap
         raise RuntimeError("secret-internal-state /srv/styledrop/api")
 
     client.app.add_api_route("/v1/test-explode", explode)  # type: ignore[attr-defined]
-    with caplog.at_level(logging.ERROR, logger="api.errors"):
+    with caplog.at_level(logging.ERROR, logger="api.http.errors"):
         resp = client.get("/v1/test-explode")
     body = assert_problem(resp, 500, "internal_error", "/v1/test-explode")
     assert "secret" not in resp.text and "Traceback" not in resp.text and "RuntimeError" not in resp.text
     assert body["title"] == "Internal Server Error"
-    logged = [r for r in caplog.records if r.name == "api.errors" and r.levelno == logging.ERROR]
+    logged = [r for r in caplog.records if r.name == "api.http.errors" and r.levelno == logging.ERROR]
     assert logged and logged[0].exc_info and "secret-internal-state" in str(logged[0].exc_info[1])
     assert "/v1/test-explode" in logged[0].getMessage()
 

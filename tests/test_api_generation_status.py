@@ -1,4 +1,4 @@
-"""Issue #12 items 8-10: pending generations say where they stand, event lists page with a cursor, generations can
+"""Pending generations say where they stand, event lists page with a cursor, generations can
 be deleted, jobs report device seconds, and error messages read as English."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def bearer(key: str) -> dict[str, str]:
 
 
 def _create_style(client: Any, key: str) -> dict[str, Any]:
-    from tests.helpers.images import png_bytes
+    from testkit.images import png_bytes
 
     resp = client.post("/v1/styles", headers=bearer(key), data={"descriptor": "ink"},
                        files={"image": ("s.png", png_bytes(), "image/png")})
@@ -54,7 +54,7 @@ def test_pending_generation_has_location_retry_after_position_and_clamped_wait(a
 
     # running: 6 of 12 rounds in 6 s -> half done, about 6 s to go
     with factory() as session:
-        assert claims.claim_generations(session, first_id=first["id"], limit=1, worker_host="w")
+        assert claims.claim_generations(session, limit=1, worker_host="w")
         jobstore.record_generation_step(session, first["id"], 6, "w")
         session.get(Generation, first["id"]).started_at = utcnow() - timedelta(seconds=6)
         session.commit()
@@ -66,7 +66,7 @@ def test_pending_generation_has_location_retry_after_position_and_clamped_wait(a
 
 def test_delete_generation_removes_row_and_images_owner_only(api_client, api_keys) -> None:
     alice, bob = bearer(api_keys["alice"]), bearer(api_keys["bob"])
-    from tests.helpers.images import png_bytes
+    from testkit.images import png_bytes
 
     gen = api_client.post("/v1/generations", headers=alice, data={"prompt": "a cat"},
                           files={"init_image": ("i.png", png_bytes(), "image/png")}).json()
@@ -74,7 +74,7 @@ def test_delete_generation_removes_row_and_images_owner_only(api_client, api_key
     factory = api_client.app.state.sessionmaker
     assert api_client.delete(f"/v1/generations/{gen['id']}", headers=alice).status_code == 409  # still queued
     with factory() as session:
-        claims.claim_generations(session, first_id=gen["id"], limit=1, worker_host="w")
+        claims.claim_generations(session, limit=1, worker_host="w")
         blobs.put_bytes("images/t/0.png", b"png0")
         blobs.put_bytes("images/t/1.png", b"png1")
         jobstore.transition_generation(session, gen["id"], expected="running", new="succeeded",

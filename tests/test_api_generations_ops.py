@@ -17,8 +17,8 @@ from storage.db import downgrade_to_base, make_engine, schema_problem
 from storage.models import Generation, Worker, utcnow
 from storage.settings import Settings
 from storage.states import WorkKind
+from testkit.images import png_bytes
 from tests.helpers.app import add_users, app_client, bearer
-from tests.helpers.images import png_bytes
 
 
 def _generation(client: Any, gen_id: str) -> Generation:

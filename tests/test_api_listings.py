@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
+from storage.job_params import JobParams
 from storage.models import Adapter, Generation, Style, TrainingJob, User, utcnow
 from storage.settings import Settings
 from storage.states import GenerationState, JobState
@@ -26,7 +27,8 @@ def _add_work(session: Session, owner: User, n: int) -> list[str]:
         session.add(style)
         session.flush()
         done = i % 2 == 0
-        job = TrainingJob(style_id=style.id, owner_id=owner.id, total_steps=10, params={},
+        job = TrainingJob(style_id=style.id, owner_id=owner.id, total_steps=10,
+                          params=JobParams(steps=10, seed=0, descriptor=style.descriptor).to_json(),
                           state=JobState.SUCCEEDED if done else JobState.QUEUED)
         session.add(job)
         session.flush()

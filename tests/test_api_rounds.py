@@ -7,18 +7,12 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-import trainer
-from storage.feedback import feedback_prompts
 from storage.models import Adapter, Generation, JobEvent, TrainingJob
 from storage.states import GenerationState, JobState
+from testkit.images import png_bytes
 from tests.helpers.app import bearer
-from tests.helpers.images import png_bytes
 from tests.helpers.versions import style_with_versions
-
-
-def test_the_services_feedback_prompts_are_the_engines() -> None:
-    for descriptor in ("watercolor painting", "flat cartoon style"):
-        assert feedback_prompts(descriptor) == trainer.feedback_prompts(descriptor)
+from trainer.contracts.prompts import feedback_prompts
 
 
 def _finish_jobs(client: Any) -> None:

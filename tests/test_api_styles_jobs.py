@@ -70,7 +70,7 @@ def test_create_style_commits_row_and_sends_train_message(api_client, api_keys, 
 
 
 def test_broker_down_still_answers_202_and_leaves_row_queued(api_client, api_keys) -> None:
-    from api import queue
+    from api.services import queue
 
     api_client.app.state.settings.broker_url = "redis://127.0.0.1:1/0"
     queue.reset()
@@ -253,7 +253,7 @@ def test_previews(api_client, api_keys) -> None:
 
 
 def test_rate_limit_429_with_retry_after(api_client, api_keys) -> None:
-    from api.security import RateLimiter
+    from api.http.security import RateLimiter
 
     api_client.app.state.rate_limiter = RateLimiter(2)
     key = api_keys["alice"]

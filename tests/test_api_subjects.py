@@ -8,8 +8,8 @@ from typing import Any
 from sqlalchemy import func, select
 
 from storage.models import Adapter, Generation, Style, TrainingJob
+from testkit.images import png_bytes
 from tests.helpers.app import bearer
-from tests.helpers.images import png_bytes
 
 
 def _post(client: Any, key: str, images: list[bytes], **fields: Any) -> Any:

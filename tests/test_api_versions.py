@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from storage.models import Generation
+from testkit.images import png_bytes
 from tests.helpers.app import bearer
-from tests.helpers.images import png_bytes
 from tests.helpers.versions import style_with_versions
 
 

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers.images import style_png
-from tests.helpers.stack import BrowserStack
+from testkit.images import style_png
+from testkit.stack import BrowserStack
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 

@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
+from testkit.images import style_png
+from testkit.stack import BrowserStack
 from tests.helpers.browser import api, new_page, screenshots, sign_in
-from tests.helpers.images import style_png
-from tests.helpers.stack import BrowserStack
 
 logger = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ def test_f_admin_rotates_a_key_and_disables_a_user_from_the_page(browser: Any, b
     erin.context.close()
 
 
-# --- issue #12 items 11-14: queue position, dead ends, the gallery, admin and API keys at 390 px -------------------
+# --- queue position, dead ends, the gallery, admin and API keys at 390 px ---------------------------------------
 
 # Counts the SSE messages each EventSource delivers, so a test knows the `queued` replay has arrived.
 SSE_RECORDER = """

@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
+from testkit.images import style_png
+from testkit.stack import BrowserStack
 from tests.helpers.browser import api, new_page, screenshots, sign_in
-from tests.helpers.images import style_png
-from tests.helpers.stack import BrowserStack
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from worker.cli import build_parser
+from worker.cli.commands import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers.images import style_png
-from tests.helpers.stack import Stack, free_port, service_env, wait_http
+from testkit.images import style_png
+from testkit.stack import Stack, free_port, service_env, wait_http
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
+from testkit.images import style_png
+from testkit.stack import Stack, free_port, service_env, wait_http
 from tests.helpers.db import API_REDIS_URL
-from tests.helpers.images import style_png
-from tests.helpers.stack import Stack, free_port, service_env, wait_http
 
 
 def _train(client: httpx.Client, stack: Stack, color: tuple[int, int, int], descriptor: str) -> dict[str, Any]:

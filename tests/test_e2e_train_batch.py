@@ -17,15 +17,16 @@ import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
-from api.queue import sender
+from api.services.queue import sender
 from storage.blobs import blob_store_from_settings, content_key, sha256_hex
 from storage.dispatch import dispatch
+from storage.job_params import JobParams
 from storage.models import Adapter, JobEvent, Style, TrainingJob, utcnow
 from storage.settings import Settings
 from storage.states import WorkKind
 from storage.users import create_user
+from testkit.images import style_png
 from tests.helpers.db import API_REDIS_URL
-from tests.helpers.images import style_png
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -49,7 +50,8 @@ def test_five_queued_jobs_run_as_a_batch_of_three_then_two(tmp_path: Path, pg_ur
             s.add(style)
             s.flush()
             job = TrainingJob(style_id=style.id, owner_id=owners[i % 2], total_steps=3 + i % 2,
-                              params={"seed": i}, queued_at=t0 + timedelta(seconds=i))
+                              params=JobParams(steps=3 + i % 2, seed=i, descriptor=style.descriptor).to_json(),
+                              queued_at=t0 + timedelta(seconds=i))
             s.add(job)
             s.flush()
             ids.append(job.id)

@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 
-from bench.common import build_mid
+from testkit.models import build_mid
 from tests.helpers.engine import peft_copy, random_adapter
 from trainer.bank import LoraBank, find_bank, target_linears
 from trainer.capture import OpCounter, compile_transformer
@@ -102,14 +102,19 @@ def test_trainable_bank_logits_and_gradients_equal_peft(parts: AmusedParts) -> N
         torch.testing.assert_close(out[rows].detach(), ref_out.detach(), rtol=RTOL, atol=ATOL)
         (ref_out * weights).sum().backward()
         params = dict(ref.named_parameters())
-        for k, a_param, b_param in zip(bank.keys, bank.lora_A, bank.lora_B, strict=True):
-            for ab, got in (("A", a_param.grad[s]), ("B", b_param.grad[s])):  # type: ignore[index]
+        assert bank.master.grad is not None
+        grad_a, grad_b = bank.site_views(bank.master.grad)  # per-layer views of the flat master's gradient
+        for k, a_grad, b_grad in zip(bank.keys, grad_a, grad_b, strict=True):
+            for ab, got in (("A", a_grad[s]), ("B", b_grad[s])):
                 want = params[f"{k}.lora_{ab}.ref.weight"].grad
                 assert want is not None and float(want.abs().max()) > 0
-                # Sums over rows and positions: compared to the gradient's scale (measured ≤ 6e-7 of it).
+                # Sums over rows and positions: compared to the gradient's scale. The bank projects q, k and v with
+                # one fused matmul, which BLAS sums in another order than peft's three; on the random mid model
+                # that rounding is amplified to ≤ 4.7e-5 (its fp32 gradient is 0.28 away from its own fp64
+                # value, while in fp64 the bank and peft agree to 4e-8: the maths is the same).
                 err = float((got - want).abs().max() / want.abs().max())
-                assert err <= 1e-5, f"{k} lora_{ab} slot {s}: relative error {err:.1e}"
-    assert float(bank.lora_A[0].grad[0].abs().sum()) == 0.0  # type: ignore[index]  # slot 0 (base) learns nothing
+                assert err <= 1e-4, f"{k} lora_{ab} slot {s}: relative error {err:.1e}"
+    assert float(bank.master.grad[0].abs().sum()) == 0.0  # slot 0 (base) learns nothing
 
 
 def test_unknown_or_empty_adapter_names_and_bad_slots_raise(engine_parts: AmusedParts) -> None:

@@ -5,7 +5,8 @@ Bound (CPU, fp32): the prompt-side products run over a different number of rows 
 of once per batch row), and BLAS may block them differently: the modulations then differ in the last bit (1.2e-7)
 and the logits by at most 7.5e-7 of the largest logit (measured, all three models). Asserted: max |difference|
 <= RTOL · max |logit| for logits and LoRA gradients; trained adapters within TRAIN_RTOL (measured 3.3e-8).
-With one row per prompt and image (the full-batch form) nothing is re-blocked and the logits are bitwise equal.
+The full-batch form (one row per prompt and image) too: the fused RMSNorm and AdaLN `addcmul` round once where
+diffusers rounds twice, so it is no longer bitwise.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def test_logits_and_lora_gradients_equal_the_models_own_forward(model: UVit2DMod
             base = model(ids[:3], encoder_hidden_states=hidden[prompt_of_cond], pooled_text_emb=pooled[prompt_of_cond],
                          micro_conds=micro)
             full = precompute_conditioning(model, hidden[prompt_of_cond], pooled[prompt_of_cond], micro)
-            assert torch.equal(forward_with_conditioning(model, full, ids[:3]), base)
+            assert_close_rel(forward_with_conditioning(model, full, ids[:3]), base)
         assert not torch.allclose(base[0], want[3])  # routed rows differ from the base (row 3 uses slot 3)
     finally:
         bank.remove()

@@ -163,8 +163,8 @@ def test_512_layout_tokens_equal_amused_pipeline(engine_tiny_dir) -> None:  # ty
 
 
 def test_api_and_settings_agree_with_the_engine_limits() -> None:
-    """The API restates the engine's request limits (it cannot import trainer/): a request the API accepts must be
-    one the sampler runs, with the same defaults."""
+    """The API's request schema and the settings take the engine's limits (trainer/contracts/limits.py): a request
+    the API accepts must be one the sampler runs, with the same defaults."""
     from api.schemas import GenerationCreate
     from storage.settings import Settings
     from trainer.contracts import limits
@@ -185,9 +185,10 @@ def test_api_and_settings_agree_with_the_engine_limits() -> None:
     tg = props["text_guidance"]["anyOf"][0]
     assert (tg["minimum"], tg["maximum"]) == (limits.MIN_TEXT_GUIDANCE, limits.MAX_TEXT_GUIDANCE)
     sw = props["subject_weight"]["anyOf"][0]
-    assert (sw["minimum"], sw["maximum"]) == (0.0, 1.0)
-    from api.schemas import DEFAULT_SUBJECT_WEIGHT
-    assert DEFAULT_SUBJECT_WEIGHT == limits.DEFAULT_SUBJECT_WEIGHT
+    assert (sw["minimum"], sw["maximum"]) == (limits.MIN_SUBJECT_WEIGHT, limits.MAX_SUBJECT_WEIGHT)
+    GenerationRequest("a cat", subject_weight=limits.MAX_SUBJECT_WEIGHT).validate()
+    with pytest.raises(SamplingError, match="subject_weight"):
+        GenerationRequest("a cat", subject_weight=limits.MAX_SUBJECT_WEIGHT + 0.1).validate()
 
 
 def test_repeated_prompts_reuse_their_text_embeddings(engine_parts: AmusedParts) -> None:

@@ -8,8 +8,8 @@ import re
 from fastapi.testclient import TestClient
 
 from storage.models import Adapter, Style, TrainingJob
+from testkit.images import style_png
 from tests.helpers.app import bearer
-from tests.helpers.images import style_png
 
 
 def sign_in(client: TestClient, key: str) -> None:

@@ -8,9 +8,9 @@ import re
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
-from storage.feedback import feedback_prompts
 from storage.models import Adapter, Generation
 from tests.helpers.pages import finished_generations, make_style, sign_in, trained
+from trainer.contracts.prompts import feedback_prompts
 
 
 def test_style_page_lists_versions_with_scores_and_the_samples_to_pick(pages_client: TestClient,

@@ -7,8 +7,8 @@ import re
 
 from fastapi.testclient import TestClient
 
-from api.security import SESSION_COOKIE
-from tests.helpers.images import style_png
+from api.http.security import SESSION_COOKIE
+from testkit.images import style_png
 from tests.helpers.pages import META, finished_generations, make_style, sign_in, trained
 
 
@@ -167,7 +167,7 @@ def test_pages_render_styles_and_style_page(pages_client: TestClient, pages_keys
     assert other.status_code == 404 and "Style not found" in other.text
 
 
-# --- issue #12 items 11-14: dead ends, the gallery, own API keys ------------------------------------------------
+# --- dead ends, the gallery, own API keys --------------------------------------------------------------------
 
 
 def test_style_page_offers_a_way_on_after_a_cancel_and_after_a_deleted_adapter(pages_client: TestClient,
@@ -252,7 +252,8 @@ def test_gallery_groups_by_style_and_version_pages_and_names_downloads(pages_cli
     assert reuse is not None
     settings = json.loads(reuse.group(1).replace("&#34;", '"'))
     assert settings == {"adapter_id": v2, "prompt": "new 9", "negative_prompt": "blurry", "style_strength": 1.5,
-                        "guidance_scale": 8.0, "steps": 6, "seed": 109, "num_images": 2}
+                        "guidance_scale": 8.0, "text_guidance": None, "subject_adapter_id": None,
+                        "subject_weight": None, "steps": 6, "seed": 109, "num_images": 2, "strength": None}
     # the form offers what the API takes, adapters by style and version
     for needle in ('<label for="negative_prompt">', '<label for="gen_steps">Steps</label>', 'id="curl-box"',
                    f'<option value="{v2}">Ink &lt;wash&gt; / Poster! · v2</option>',

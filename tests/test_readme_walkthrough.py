@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.images import style_png
-from tests.helpers.stack import BrowserStack
+from testkit.images import style_png
+from testkit.stack import BrowserStack
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

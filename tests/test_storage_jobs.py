@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from storage import claims, jobs, queue_order
 from storage.db import make_engine, make_sessionmaker
+from storage.job_params import JobParams
 from storage.models import Generation, JobEvent, Style, TrainingJob, User, utcnow
 from storage.states import JOB_ACTIVE
 from storage.users import authenticate_key, create_api_key, create_user
@@ -46,7 +47,8 @@ def _job(session: Session, user: User, **kw: object) -> TrainingJob:
     )
     session.add(style)
     session.flush()
-    job = TrainingJob(style_id=style.id, owner_id=user.id, total_steps=100, params={"seed": 0}, **kw)
+    job = TrainingJob(style_id=style.id, owner_id=user.id, total_steps=100,
+                      params=JobParams(steps=100, seed=0, descriptor=style.descriptor).to_json(), **kw)
     session.add(job)
     session.flush()
     return job
@@ -187,13 +189,11 @@ def test_generation_transition_and_claim(db: sessionmaker[Session]) -> None:
         t0 = utcnow() - timedelta(minutes=1)
         gens = [_generation(s, user, queued_at=t0 + timedelta(seconds=i)) for i in range(5)]
         s.commit()
-        claimed = claims.claim_generations(s, first_id=gens[3].id, limit=3, worker_host="w1")
+        claimed = claims.claim_generations(s, limit=3, worker_host="w1")
         s.commit()
-        assert [g.id for g in claimed] == [gens[3].id, gens[0].id, gens[1].id]
+        assert [g.id for g in claimed] == [gens[0].id, gens[1].id, gens[2].id]  # one user: oldest first
         assert all(g.state == "running" and g.attempts == 1 and g.worker_host == "w1" for g in claimed)
-        assert claims.claim_generations(s, first_id=gens[3].id, limit=1, worker_host="w2") == [
-            s.get(Generation, gens[2].id)
-        ]
+        assert claims.claim_generations(s, limit=1, worker_host="w2") == [s.get(Generation, gens[3].id)]
         assert jobs.transition_generation(
             s, gens[3].id, expected="running", new="succeeded", image_keys=["x"]
         )
@@ -238,11 +238,9 @@ def test_concurrent_claims_never_share_a_row_on_postgres(pg_url: str) -> None:
         def claimer(i: int) -> None:
             try:
                 barrier.wait()
-                for round_ in range(40):
+                for _round in range(40):
                     with maker() as s:
-                        got = claims.claim_generations(
-                            s, first_id=ids[(i * 7 + round_) % len(ids)], limit=4, worker_host=f"w{i}"
-                        )
+                        got = claims.claim_generations(s, limit=4, worker_host=f"w{i}")
                         s.commit()
                         results[i].extend(g.id for g in got)
             except BaseException as exc:  # pragma: no cover - reported below

@@ -169,3 +169,58 @@ def test_sqlite_0009_numbers_existing_adapters_per_style(sqlite_empty_url: str) 
 @pytest.mark.integration
 def test_postgres_0009_numbers_existing_adapters_per_style(pg_empty_url: str) -> None:
     _versions_backfill(pg_empty_url)
+
+
+def _job_params_rewrite(url: str) -> None:
+    """0010 gives every job's params the shape the API writes (storage/job_params.py), from what older rows hold."""
+    import json
+
+    from alembic import command
+    from sqlalchemy import text
+
+    from storage.db import alembic_config
+    from storage.job_params import JobParams
+
+    command.upgrade(alembic_config(url), "0009")
+    legacy = {
+        "bare": {}, "seed_only": {"seed": 5},
+        "extra_key": {"steps": 3, "seed": 1, "descriptor": "old", "content": None, "learning_rate": 0.1},
+        "round": {"seed": 2, "round": {"mode": "automatic", "adapter_id": "a", "version": 1}},
+    }
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO users (id, name, is_admin, disabled, created_at) "
+                              "VALUES ('u', 'u', false, false, '2026-01-01 00:00:00+00')"))
+            conn.execute(text("INSERT INTO styles (id, owner_id, image_key, image_sha256, image_bytes, width, height, "
+                              "descriptor, content, created_at) VALUES ('s', 'u', 'k', 'h', 1, 1, 1, 'ink', 'a cat', "
+                              "'2026-01-01 00:00:00+00')"))
+            for job_id, params in legacy.items():
+                conn.execute(text("INSERT INTO training_jobs (id, style_id, owner_id, state, attempts, max_attempts, "
+                                  "step, total_steps, params, queued_at, gpu_seconds) VALUES (:j, 's', 'u', "
+                                  "'queued', 0, 3, 0, 7, :p, '2026-01-01 00:00:00+00', 0)"),
+                             {"j": job_id, "p": json.dumps(params)})
+        upgrade_to_head(url)
+        with engine.connect() as conn:
+            got = {j: json.loads(p) if isinstance(p, str) else p
+                   for j, p in conn.execute(text("SELECT id, params FROM training_jobs"))}
+    finally:
+        engine.dispose()
+    base = {"steps": 7, "descriptor": "ink", "content": "a cat"}
+    assert got == {
+        "bare": {**base, "seed": 0}, "seed_only": {**base, "seed": 5},
+        "extra_key": {"steps": 3, "seed": 1, "descriptor": "old", "content": None},
+        "round": {**base, "seed": 2, "round": {"mode": "automatic", "adapter_id": "a", "version": 1, "prompts": 10,
+                                               "per_prompt": 4}},
+    }
+    for params in got.values():
+        assert JobParams.model_validate(params).to_json() == params  # the worker reads every row as it is
+
+
+def test_sqlite_0010_rewrites_legacy_job_params(sqlite_empty_url: str) -> None:
+    _job_params_rewrite(sqlite_empty_url)
+
+
+@pytest.mark.integration
+def test_postgres_0010_rewrites_legacy_job_params(pg_empty_url: str) -> None:
+    _job_params_rewrite(pg_empty_url)

@@ -16,9 +16,10 @@ from storage import jobs
 from storage.blobs import BlobStore, LocalBlobStore, S3BlobStore
 from storage.db import make_engine, make_sessionmaker
 from storage.models import Adapter, Generation, Style, TrainingJob, utcnow
+from storage.quotas import charged_bytes
 from storage.reclaim import reclaim, user_storage_bytes
 from storage.users import create_user
-from tests.helpers.images import style_png
+from testkit.images import style_png
 
 HOUR = 3600.0
 
@@ -138,8 +139,9 @@ def test_delete_style_frees_its_file_and_the_storage_cap_is_413(api_client, api_
     with maker() as s:
         style = s.get(Style, first.json()["style"]["id"])
         key, used = style.image_key, user_storage_bytes(s, style.owner_id)
-    assert used == style.image_bytes > 0
-    settings.max_storage_bytes_per_user = used + 10  # room for nothing more
+        charged = charged_bytes(s, settings, style.owner_id)  # the image, and the adapter its job will write
+    assert used == style.image_bytes > 0 and charged == used + settings.adapter_charge_bytes
+    settings.max_storage_bytes_per_user = charged + 2048  # room for a multipart envelope, nothing more
     refused = upload((10, 200, 10))
     assert refused.status_code == 413 and refused.json()["code"] == "storage_quota_exceeded", refused.text
     assert "limit" in refused.json()["detail"]

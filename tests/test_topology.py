@@ -24,6 +24,9 @@ from storage.blobs import blob_store_from_settings
 from storage.db import make_engine, make_sessionmaker
 from storage.reclaim import reclaim, referenced_keys
 from storage.settings import Settings
+from testkit.images import style_png
+from testkit.topology import S3_CREDENTIALS, Topology, create_users, local_blob_files, topology_env
+from testkit.webhooks import Receiver
 from tests.helpers.faults import (
     Db,
     RedisServer,
@@ -33,9 +36,6 @@ from tests.helpers.faults import (
     unfinished,
     wait_for,
 )
-from tests.helpers.images import style_png
-from tests.helpers.topology import S3_CREDENTIALS, Topology, create_users, local_blob_files, running_on, topology_env
-from tests.helpers.webhooks import Receiver
 
 pytestmark = pytest.mark.integration
 
@@ -47,6 +47,11 @@ def _bucket_keys(endpoint: str, bucket: str) -> set[str]:
                       aws_secret_access_key="test")
     return {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
             for o in page.get("Contents", [])}
+
+
+def running_on(db: Db, table: str) -> list[tuple[str, str]]:
+    """(id, worker_host) of the rows of `table` running now."""
+    return [(r.id, r.worker_host) for r in db.rows(f"SELECT id, worker_host FROM {table} WHERE state = 'running'")]
 
 
 def test_two_apis_two_by_two_workers_on_s3_survive_sigkills_exactly_once(

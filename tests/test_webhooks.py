@@ -1,7 +1,7 @@
-"""Webhooks (issue #12 item 7) against a real HTTP receiver on 127.0.0.1: Standard Webhooks signatures, retries
+"""Webhooks against a real HTTP receiver on 127.0.0.1: Standard Webhooks signatures, retries
 after a 500, at-least-once delivery with a stable event id, event filters, progress throttling, and refusal of
 private addresses (when set and again at delivery). State changes go through storage.jobs (the functions the
-workers call) and delivery through worker.webhooks, on the real databases."""
+workers call) and delivery through worker.ops.webhooks, on the real databases."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from storage import claims
 from storage import jobs as jobstore
 from storage import webhooks as hookstore
 from storage.models import JobEvent, WebhookDelivery, utcnow
-from tests.helpers.webhooks import Receiver, verify
-from worker import webhooks as delivery
+from testkit.webhooks import Receiver, verify
+from worker.ops import webhooks as delivery
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -54,7 +54,7 @@ def deliver_until_settled(client: Any, rounds: int = 40) -> None:
 
 
 def _style(client: Any, key: str, **fields: Any) -> dict[str, Any]:
-    from tests.helpers.images import png_bytes
+    from testkit.images import png_bytes
 
     resp = client.post("/v1/styles", headers=bearer(key), data={"descriptor": "ink", **fields},
                        files={"image": ("s.png", png_bytes(), "image/png")})
@@ -112,7 +112,7 @@ def test_lost_answer_is_delivered_again_with_the_same_id(hooks_client, api_keys,
     assert gen.json()["webhook_events_filter"] == ["completed"]
     factory = client.app.state.sessionmaker
     with factory() as s:  # what the generate worker does; "start" and "progress" are filtered out
-        claims.claim_generations(s, first_id=gen.json()["id"], limit=1, worker_host="w")
+        claims.claim_generations(s, limit=1, worker_host="w")
         jobstore.record_generation_step(s, gen.json()["id"], 12, "w")
         jobstore.transition_generation(s, gen.json()["id"], expected="running", new="succeeded",
                                        image_keys=["images/x.png"], finished_at=utcnow())
@@ -138,7 +138,7 @@ def test_private_addresses_refused_by_default_and_at_delivery(api_client, api_ke
         resp = api_client.post("/v1/generations", headers=key, json={"prompt": "x", "webhook": url})
         assert resp.status_code == 422, url
         assert resp.json()["code"] == "webhook_refused", url
-    from tests.helpers.images import png_bytes
+    from testkit.images import png_bytes
 
     style = api_client.post("/v1/styles", headers=key, data={"descriptor": "ink", "webhook": receiver.url},
                             files={"image": ("s.png", png_bytes(), "image/png")})
@@ -161,7 +161,7 @@ def test_private_addresses_refused_by_default_and_at_delivery(api_client, api_ke
     answers["hooks.example.test"] = [ipaddress.ip_address("127.0.0.1")]
     factory, settings = api_client.app.state.sessionmaker, api_client.app.state.settings
     with factory() as s:
-        claims.claim_generations(s, first_id=gen.json()["id"], limit=1, worker_host="w")
+        claims.claim_generations(s, limit=1, worker_host="w")
         s.commit()
     outcomes = delivery.deliver_due(factory, settings)
     assert list(outcomes.values()) == ["retrying"] and receiver.requests == []

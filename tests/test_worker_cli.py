@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from storage.settings import get_settings
-from worker import cli
+from worker.cli import commands as cli
 
 
 @pytest.fixture

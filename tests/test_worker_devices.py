@@ -19,7 +19,8 @@ from storage.db import make_engine, make_sessionmaker
 from storage.models import TrainingJob
 from storage.settings import get_settings
 from tests.helpers.db import make_job
-from worker import cli, devices
+from worker import devices
+from worker.cli import commands as cli
 
 
 @pytest.fixture
@@ -38,7 +39,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 class FakeSupervisor:
-    """Stands in for worker.supervisor.Supervisor: records what `up` would start, then lets the test play a
+    """Stands in for worker.ops.supervisor.Supervisor: records what `up` would start, then lets the test play a
     child's death through `on_exit`."""
 
     seen: ClassVar[dict[str, Any]] = {}
@@ -55,9 +56,7 @@ class FakeSupervisor:
 def test_up_with_two_gpus_starts_a_train_and_a_generate_worker_per_gpu(
     env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import worker.supervisor
-
-    monkeypatch.setattr(worker.supervisor, "Supervisor", FakeSupervisor)
+    monkeypatch.setattr(cli, "Supervisor", FakeSupervisor)
     requeued: list[str] = []
 
     def play(on_exit: Any) -> None:  # train-cuda1 (pid 4242) dies holding a running job
@@ -65,7 +64,7 @@ def test_up_with_two_gpus_starts_a_train_and_a_generate_worker_per_gpu(
         engine = make_engine(settings.resolved_database_url)
         rt = SimpleNamespace(session_factory=make_sessionmaker(engine), store=blob_store_from_settings(settings))
         job = make_job(rt, state="running", attempts=1, worker_host=f"{socket.gethostname()}:4242")
-        monkeypatch.setattr("worker.reconciler.dispatch", lambda s, kind, row_id, send: requeued.append(row_id))
+        monkeypatch.setattr("worker.ops.reconciler.dispatch", lambda s, kind, row_id, send: requeued.append(row_id))
         on_exit("generate-cuda0", 4343)  # another pid: nothing of its to requeue
         on_exit("train-cuda1", 4242)
         with rt.session_factory() as s:
@@ -75,9 +74,11 @@ def test_up_with_two_gpus_starts_a_train_and_a_generate_worker_per_gpu(
     FakeSupervisor.play = play
     assert cli.main(["up", "--gpus", "2", "--port", "1"]) == 0
     commands = FakeSupervisor.seen["commands"]
-    assert set(commands) == {"api", "train-cuda0", "generate-cuda0", "train-cuda1", "generate-cuda1"}
+    workers = {"train-cuda0", "generate-cuda0", "train-cuda1", "generate-cuda1"}
+    assert set(commands) == {"api", "webhooks", *workers}
+    assert not devices.is_worker("webhooks") and not devices.is_worker("api")  # their exits requeue nothing
     for name, argv in commands.items():
-        if name == "api":
+        if name not in workers:
             continue
         kind, gpu = name.split("-")
         args = cli.build_parser().parse_args(argv[argv.index("worker.cli") + 1:])

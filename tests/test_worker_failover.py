@@ -25,7 +25,7 @@ from storage.states import WorkKind
 from storage.users import create_user
 from tests.helpers.db import get_row, make_generation, make_job
 from worker import generation
-from worker.reconciler import requeue_stale
+from worker.ops.reconciler import requeue_stale
 from worker.runtime import Runtime, start_heartbeat
 
 STALE = 1.0  # seconds: the stale window of this test; the step below blocks for three of them

@@ -16,6 +16,7 @@ from sqlalchemy import select, update
 import trainer
 import worker.tasks as tasks
 import worker.training as training
+from storage.job_params import JobParams
 from storage.models import Adapter, Generation, JobEvent, TrainingJob, utcnow
 from tests.helpers.db import get_row, make_generation, make_job
 from worker import generation
@@ -31,9 +32,10 @@ def _v1(rt: Runtime) -> Adapter:
 
 
 def _round_job(rt: Runtime, v1: Adapter, feedback: dict[str, Any]) -> str:
+    """A round's job as the API writes it (api/services/rounds.py)."""
     with rt.session_factory() as s:
-        job = TrainingJob(style_id=v1.style_id, owner_id=v1.owner_id, total_steps=3,
-                          params={"seed": 5, "round": feedback})
+        params = JobParams.model_validate({"steps": 3, "seed": 5, "descriptor": v1.descriptor, "round": feedback})
+        job = TrainingJob(style_id=v1.style_id, owner_id=v1.owner_id, total_steps=3, params=params.to_json())
         s.add(job)
         s.commit()
         return job.id

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 import trainer
 import worker.tasks as tasks
+from storage.job_params import JobParams
 from storage.models import Adapter, Generation, JobEvent, Style, TrainingJob
 from tests.helpers.db import get_row, make_generation, make_job
 from worker import generation
@@ -42,7 +43,8 @@ def test_adapter_and_generation_scores_match_a_direct_clip_computation(worker_ru
 
     # A second version of the same style gets v2 and its own scores.
     with rt.session_factory() as s:
-        again = TrainingJob(style_id=style.id, owner_id=style.owner_id, total_steps=2, params={"seed": 9})
+        again = TrainingJob(style_id=style.id, owner_id=style.owner_id, total_steps=2,
+                            params=JobParams(steps=2, seed=9, descriptor=style.descriptor).to_json())
         s.add(again)
         s.commit()
         again_id = again.id
@@ -85,7 +87,7 @@ def test_missing_clip_leaves_scores_empty_and_the_work_succeeds(worker_runtime: 
 
 def test_the_style_score_compares_with_every_reference_image(worker_runtime: Runtime) -> None:
     from storage.blobs import content_key, sha256_hex
-    from tests.helpers.images import style_png
+    from testkit.images import style_png
 
     rt = worker_runtime
     job_id = make_job(rt, steps=2)

@@ -13,8 +13,8 @@ import worker.tasks as tasks
 import worker.training as training
 from storage.blobs import content_key, sha256_hex
 from storage.models import Adapter, Generation, JobEvent, Style, TrainingJob
+from testkit.images import style_png
 from tests.helpers.db import get_row, make_generation, make_job
-from tests.helpers.images import style_png
 from tests.helpers.spies import record_calls
 from worker import generation
 from worker.runtime import Runtime

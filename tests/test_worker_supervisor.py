@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.stack import free_port, port_free, process_alive
-from worker.supervisor import Supervisor
+from testkit.stack import free_port, port_free, process_alive
+from worker.ops.supervisor import Supervisor
 
 PY = sys.executable
 
@@ -35,7 +35,7 @@ def test_crash_loop_gives_up_loudly(caplog: pytest.LogCaptureFixture) -> None:
     exits: list[tuple[str, int]] = []
     sup = Supervisor({"bad": [PY, "-c", "import sys; sys.exit(3)"]}, on_exit=lambda n, p: exits.append((n, p)),
                      max_crashes=3, window=600, backoff=0.01)
-    with caplog.at_level(logging.ERROR, logger="worker.supervisor"):
+    with caplog.at_level(logging.ERROR, logger="worker.ops.supervisor"):
         assert sup.run(threading.Event(), poll=0.01) == 1
     assert [n for n, _ in exits] == ["bad"] * 3 and len({p for _, p in exits}) == 3  # restarted twice
     assert "crash-looping" in caplog.text and "exited with code 3; restarting it" in caplog.text
@@ -65,7 +65,7 @@ def test_a_dead_child_is_restarted_after_a_backoff(tmp_path: Path) -> None:
 
 SUPERVISED = """
 import sys, threading
-from worker.supervisor import Supervisor
+from worker.ops.supervisor import Supervisor
 port = sys.argv[1]
 sup = Supervisor({
     "web": [sys.executable, "-m", "http.server", port, "--bind", "127.0.0.1"],

@@ -18,7 +18,7 @@ from storage.states import WorkKind
 from tests.helpers.db import get_row, make_generation, make_job
 from tests.helpers.spies import record_calls
 from worker import generation
-from worker.reconciler import reconcile_once
+from worker.ops.reconciler import reconcile_once
 from worker.runtime import Runtime, beat_once
 
 

@@ -12,10 +12,10 @@ import worker.tasks as tasks
 from storage.models import Generation, JobEvent, WebhookDelivery
 from storage.users import create_user
 from storage.webhooks import PROGRESS_MIN_SECONDS
+from testkit.webhooks import Receiver, verify
 from tests.helpers.db import make_generation as _generation
 from tests.helpers.db import make_job as _job
-from tests.helpers.webhooks import Receiver, verify
-from worker import webhooks as delivery
+from worker.ops import webhooks as delivery
 from worker.runtime import Runtime
 
 

@@ -5,9 +5,11 @@ Per targeted linear (to_q/to_k/to_v of every U-ViT attention): `A: [S, r, in]`, 
 the model's device, shared by all layers, is set once per batch (`set_rows` / `route`); each linear's forward hook
 (`bank_sites.BankSite`) adds `scale[s] · (x_i @ A[s]ᵀ) @ B[s]ᵀ` for row i with slot s, as gather + batched
 matmul: no host read, no Python-list indexing, the same ops whatever the mix of adapters, so a fixed-shape forward
-can be captured in a CUDA graph. Serving banks (`trainable=False`) cost two ops per layer per forward; trainable
-banks (fp32 `nn.Parameter`s) gather inside autograd; `init_slot` initialises a slot like peft (A
-Kaiming-uniform(a=√5), B = 0) from the given generator, so a style's initial weights depend on its own seed only.
+can be captured in a CUDA graph. Serving banks (`trainable=False`) gather each distinct routed adapter once per
+route (memory per adapter, not per row) and cost four ops per layer per forward; trainable banks keep every slot in
+one flat fp32 master (`bank_train.TrainableStore`: one gather per forward for all layers, fused Q/K/V projections,
+one element-wise optimizer over the whole bank); `init_slot` initialises a slot like peft (A Kaiming-uniform(a=√5),
+B = 0) from the given generator, so a style's initial weights depend on its own seed only.
 
 Loading copies an adapter into a slot in place (no new modules, no recompiles); slots are sized by memory
 (`slot_bytes`): a thousand amused-256 adapters are ≈10 GB in bf16. `extract` gives back an `Adapter` with the keys
@@ -18,12 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from .bank_sites import BankSite, default_capacity, slot_bytes, target_linears
+from .bank_train import FlatLayout, TrainableStore
 from .lora import TARGET_MODULES, Adapter, AdapterError, AdapterMeta, base_fingerprint, check_compatible
 
 __all__ = ["LoraBank", "default_capacity", "find_bank", "slot_bytes", "target_linears"]
@@ -40,9 +44,10 @@ def find_bank(transformer: nn.Module) -> LoraBank | None:
 class LoraBank(nn.Module):
     """`capacity` LoRA slots (1..capacity; slot 0 = base) of one rank and target set, installed on a U-ViT.
 
-    The bank is an `nn.Module` of its own (its `parameters()` are the stacked A/B tensors, for an optimizer) but is
-    not registered as a submodule of the transformer, so the model's state dict and `save_pretrained` are
-    unchanged. One bank per model: installing a new one removes the old one.
+    The bank is an `nn.Module` of its own (its `parameters()`: the stacked A/B tensors of a serving bank, the one
+    flat `[slots, P]` master of a trainable bank, for an optimizer) but is not registered as a submodule of the
+    transformer, so the model's state dict and `save_pretrained` are unchanged. One bank per model: installing a new
+    one removes the old one.
     """
 
     def __init__(self, transformer: nn.Module, capacity: int, *, rank: int = 16,
@@ -64,27 +69,48 @@ class LoraBank(nn.Module):
         self.fingerprint = base_fingerprint(transformer)
         self.keys = list(linears)
         s = capacity + 1
-        self.lora_A = nn.ParameterList(
-            nn.Parameter(torch.zeros(s, rank, m.in_features, device=device, dtype=dtype), requires_grad=trainable)
-            for m in linears.values()
-        )
-        self.lora_B = nn.ParameterList(
-            nn.Parameter(torch.zeros(s, m.out_features, rank, device=device, dtype=dtype), requires_grad=trainable)
-            for m in linears.values()
-        )
+        self.store: TrainableStore | None = None
+        self.lora_A: nn.ParameterList | list[torch.Tensor]  # per linear: (slots, r, in)
+        self.lora_B: nn.ParameterList | list[torch.Tensor]  # per linear: (slots, out, r)
+        if trainable:
+            self.store = TrainableStore(FlatLayout(transformer, linears, rank), s, device)
+            self.master = self.store.master  # registered: the bank's one parameter
+            self.lora_A, self.lora_B = self.store.layout.views(self.master.detach())  # views into the master
+        else:
+            self.lora_A = nn.ParameterList(
+                nn.Parameter(torch.zeros(s, rank, m.in_features, device=device, dtype=dtype), requires_grad=False)
+                for m in linears.values()
+            )
+            self.lora_B = nn.ParameterList(
+                nn.Parameter(torch.zeros(s, m.out_features, rank, device=device, dtype=dtype), requires_grad=False)
+                for m in linears.values()
+            )
         self.register_buffer("scale", torch.zeros(s, device=device, dtype=dtype))
         self.scale: torch.Tensor
         self._rows_buf = torch.zeros(0, dtype=torch.long, device=device)
         self._rows: torch.Tensor | None = None  # view of _rows_buf while a route is set
+        # Serving banks: the route's distinct slots (D,), and each routed row's index into them (a view of a
+        # grow-only buffer); `buffers_version` counts buffer reallocations (a captured graph holds their addresses).
+        self._distinct = torch.zeros(0, dtype=torch.long, device=device)
+        self._index_buf = torch.zeros(0, dtype=torch.long, device=device)
+        self._row_index: torch.Tensor | None = None
+        self._route_slots: list[int] | None = None  # host copy of the route when it was given as a list
+        self.buffers_version = 0
         self._start = 0  # rows before this one are base rows (no LoRA work at all)
-        self._row_scale: torch.Tensor | None = None  # (n, 1, 1), gathered once per forward (trainable banks)
         self._loaded: list[str | None] = [None] * s  # host-side: the name of the adapter in each slot
         self._transformer = [transformer]  # a list, so nn.Module does not register the model as a child
-        self._sites = [BankSite(self, a, b) for a, b in zip(self.lora_A, self.lora_B, strict=True)]
-        self._handles = [lin.register_forward_hook(site) for lin, site in zip(linears.values(), self._sites,
-                                                                             strict=True)]
-        if trainable:
-            self._handles.append(transformer.register_forward_pre_hook(self._gather_scale))
+        self._sites = [] if trainable else [BankSite(self, a, b) for a, b in zip(self.lora_A, self.lora_B,
+                                                                              strict=True)]
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._hook(transformer, linears)
+
+    def _hook(self, transformer: nn.Module, linears: dict[str, nn.Linear]) -> None:
+        hooks: list[Callable[[nn.Module, tuple[Any, ...], torch.Tensor], torch.Tensor | None]] = (
+            list(self.store.sites) if self.store is not None else list(self._sites))
+        self._handles = [lin.register_forward_hook(site) for lin, site in zip(linears.values(), hooks, strict=True)]
+        if self.store is not None:
+            self._handles.append(transformer.register_forward_pre_hook(self.prepare))
+            self._handles.append(transformer.register_forward_hook(self._finish))
         transformer.__dict__[_BANK_ATTR] = self
 
     @property
@@ -94,6 +120,32 @@ class LoraBank(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.scale.device
+
+    @property
+    def rows(self) -> torch.Tensor | None:
+        """(m,) the slot of each routed row (a device tensor), or None without a route."""
+        return self._rows
+
+    @property
+    def row_index(self) -> torch.Tensor | None:
+        """Serving banks: (m,) each routed row's place in the route's distinct slots, or None without a route."""
+        return self._row_index
+
+    @property
+    def start(self) -> int:
+        """Rows before this one are base rows (no LoRA work)."""
+        return self._start
+
+    def state_views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """`site_views` as one list, every A then every B: the order of a checkpoint's per-layer state."""
+        a, b = self.site_views(flat)
+        return [*a, *b]
+
+    def site_views(self, flat: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """A trainable bank: per-linear (slots, r, in) / (slots, out, r) views of a tensor laid out like its master
+        (the master's gradient, an optimizer moment), in `keys` order."""
+        assert self.store is not None, "a serving bank has no flat master"
+        return self.store.layout.views(flat)
 
     # --- slots -----------------------------------------------------------------------------------------------
 
@@ -195,11 +247,13 @@ class LoraBank(nn.Module):
         Rows before `start` are base rows and do no LoRA work (the sampler puts its adapted rows last); a forward
         must then have exactly `start + len(slots)` rows. The indices go into one static device buffer (reused while
         the row count does not grow, so a captured graph sees new routes). A list is checked on the host; a device
-        tensor is used as is, without any host read. A serving bank then gathers the routed rows' weights once, for
-        all the forwards of this route (memory: one slot's size per routed row, ≈10 MB in bf16 on amused-256).
+        tensor is used as is, without any host read. A serving bank then gathers the route's distinct adapters'
+        weights once, for all the forwards of this route (memory: one slot's size, ≈10 MB in bf16 on amused-256,
+        per distinct adapter of a list route; per row of a tensor route, whose distinct set is not read back).
         """
         if start < 0 or (start and self.trainable):
             raise AdapterError(f"start must be 0 for a trainable bank and >= 0 otherwise, got {start}")
+        host: list[int] | None = None
         if isinstance(slots, torch.Tensor):
             src = slots.to(dtype=torch.long)
         else:
@@ -210,32 +264,76 @@ class LoraBank(nn.Module):
             src = torch.tensor(values, dtype=torch.long)
             if self.device.type == "cuda":
                 src = src.pin_memory()  # so the copy below is asynchronous
+            host = values
         m = int(src.shape[0])
-        if m > self._rows_buf.shape[0]:
-            self._rows_buf = torch.zeros(m, dtype=torch.long, device=self.device)
+        if m > self._rows_buf.shape[0]:  # grown geometrically: each growth means recapturing a graph
+            self._rows_buf = torch.zeros(max(m, 2 * self._rows_buf.shape[0]), dtype=torch.long, device=self.device)
+            self.buffers_version += 1
         rows = self._rows_buf[:m]
         rows.copy_(src, non_blocking=True)
         self._rows, self._start = rows, start
-        self._regather()
+        if self.trainable:
+            self._regather()
+        else:
+            self._route_serving(host)
         return rows
+
+    def _route_serving(self, host: list[int] | None) -> None:
+        """Serving banks: each distinct routed slot once, and each row's index into that set (no host read).
+
+        Given a list, the distinct slots are found on the host, so 64 rows of one adapter hold one gathered copy
+        of it; given a device tensor (no host read allowed), every row counts as distinct.
+        """
+        rows = self._rows
+        assert rows is not None
+        m = rows.shape[0]
+        self._route_slots = host
+        if host is None:
+            self._distinct = rows
+            index = torch.arange(m, device=self.device)
+        else:
+            order: dict[int, int] = {}
+            index_list = [order.setdefault(s, len(order)) for s in host]  # row -> its slot's place in `order`
+            pin = self.device.type == "cuda"
+            self._distinct = torch.tensor(list(order), dtype=torch.long, pin_memory=pin).to(self.device,
+                                                                                             non_blocking=True)
+            index = torch.tensor(index_list, dtype=torch.long, pin_memory=pin)
+        if m > self._index_buf.shape[0]:
+            self._index_buf = torch.zeros(max(m, 2 * self._index_buf.shape[0]), dtype=torch.long, device=self.device)
+            self.buffers_version += 1
+        self._row_index = self._index_buf[:m]
+        self._row_index.copy_(index, non_blocking=True)
+        self._regather()
 
     @torch.no_grad()
     def _regather(self) -> None:
-        if self.trainable or self._rows is None:
+        """Refill what a route needs after a route or a load: a trainable bank's per-row α/r, a serving bank's
+        buffers of the route's distinct slots."""
+        if self.store is not None:  # the routed rows' α/r on their B columns, once per route
+            self.store.route(None if self._rows is None else self.scale.index_select(0, self._rows))
             return
-        rows = self._rows
-        row_scale = self.scale.index_select(0, rows).view(-1, 1, 1)  # (m,) -> (m, 1, 1)
+        if self._rows is None:
+            return
+        distinct = self._distinct
+        slot_scale = self.scale.index_select(0, distinct).view(-1, 1, 1)  # (D,) -> (D, 1, 1)
+        grown = False
         for site in self._sites:
-            site.gather(rows, row_scale)
+            grown |= site.gather(distinct, slot_scale)
+        self.buffers_version += grown
 
     def clear_rows(self) -> None:
         self._rows = None
-        self._row_scale = None
+        self._row_index = None
+        self._route_slots = None
+        if self.store is not None:
+            self.store.route(None)
 
     @contextlib.contextmanager
     def route(self, slots: Sequence[int] | torch.Tensor, *, start: int = 0) -> Iterator[torch.Tensor]:
         """`with bank.route(slots):` — `set_rows` for the block, then the previous route (or none) again."""
-        previous = None if self._rows is None else (self._rows.clone(), self._start)
+        previous: tuple[Sequence[int] | torch.Tensor, int] | None = None
+        if self._rows is not None:  # the host copy when there is one, so the distinct set is found again
+            previous = (self._route_slots or self._rows.clone(), self._start)
         rows = self.set_rows(slots, start=start)
         try:
             yield rows
@@ -245,10 +343,19 @@ class LoraBank(nn.Module):
             else:
                 self.set_rows(previous[0], start=previous[1])
 
-    def _gather_scale(self, _module: nn.Module, _args: tuple[object, ...]) -> None:
-        """Trainable banks: the per-row scale, gathered once per forward for all layers."""
-        rows = self._rows
-        self._row_scale = None if rows is None else self.scale.index_select(0, rows).view(-1, 1, 1)  # (n,) -> (n, 1, 1)
+    def prepare(self, module: nn.Module, _args: tuple[object, ...] = ()) -> None:
+        """Trainable banks, before each forward of `module` (the model's pre-hook): the routed rows' weights for
+        every layer at once."""
+        assert self.store is not None
+        device = self.device.type
+        dtype = (torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device)
+                 else next(module.parameters()).dtype)
+        self.store.prepare(self._rows, dtype)
+
+    def _finish(self, _module: nn.Module, _args: tuple[object, ...], _out: object) -> None:
+        """After each forward: drop the forward's views and cached projections (autograd keeps what it needs)."""
+        assert self.store is not None
+        self.store.release()
 
     def remove(self) -> None:
         """Uninstall every hook and forget the model: it computes exactly what it did before the bank."""
@@ -259,6 +366,8 @@ class LoraBank(nn.Module):
         if t.__dict__.get(_BANK_ATTR) is self:
             del t.__dict__[_BANK_ATTR]
         self.clear_rows()
+        if self.store is not None:
+            self.store.pieces = None
         for site in self._sites:
             site.at = site.bt = None
 
@@ -270,9 +379,4 @@ class LoraBank(nn.Module):
         old = find_bank(t)
         if old is not None:
             old.remove()
-        linears = target_linears(t, self.targets)
-        self._handles = [lin.register_forward_hook(site) for lin, site in zip(linears.values(), self._sites,
-                                                                             strict=True)]
-        if self.trainable:
-            self._handles.append(t.register_forward_pre_hook(self._gather_scale))
-        t.__dict__[_BANK_ATTR] = self
+        self._hook(t, target_linears(t, self.targets))

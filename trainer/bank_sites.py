@@ -3,10 +3,11 @@
 Each targeted linear gets one `BankSite`, a forward hook reading the bank's per-row slot indices. Rows
 `start .. start + m` of the batch are routed (`LoraBank.set_rows(slots, start=...)`); rows before `start` are
 base rows and cost nothing. The sampler puts its adapted rows last, so only they pay for LoRA.
-- Serving banks gather the routed rows' A and scale·B once per route into static buffers (`at`, `bt`), so each
-  forward costs two ops per layer (`bmm`, in-place `baddbmm_`) whatever the mix of adapters (Punica's BGMV form,
-  arXiv 2310.18547, written as gather + batched matmul).
-- Trainable banks gather inside every forward, inside autograd, so gradients reach exactly the routed slots.
+- Serving banks gather each DISTINCT routed adapter's A and scale·B once per route into static buffers (`at`,
+  `bt`: memory per adapter, not per row), and each forward picks every row's pair from them and applies it:
+  four ops per layer (two `index_select`, `bmm`, in-place `baddbmm_`) whatever the mix of adapters (Punica's
+  BGMV form, arXiv 2310.18547, written as gather + batched matmul).
+- Trainable banks use `bank_train.TrainSite` instead: one flat master, taken once per forward for every layer.
 """
 
 from __future__ import annotations
@@ -63,35 +64,45 @@ class BankSite:
         self.bank = bank
         self.a = a  # [S, r, in]
         self.b = b  # [S, out, r]
-        self.at: torch.Tensor | None = None  # [m, in, r] gathered for the routed rows (serving banks)
-        self.bt: torch.Tensor | None = None  # [m, r, out], the row's scale folded in
+        self.at: torch.Tensor | None = None  # [D, in, r] the route's distinct slots' A (serving banks)
+        self.bt: torch.Tensor | None = None  # [D, r, out], the slot's scale folded in
 
-    def gather(self, rows: torch.Tensor, row_scale: torch.Tensor) -> None:
-        """Fill the static per-row buffers for `rows` (m,) with `row_scale` (m, 1, 1); no host read."""
-        m = rows.shape[0]
-        if self.at is None or self.at.shape[0] < m or self.at.dtype != self.a.dtype:
-            self.at = self.a.new_empty(m, self.a.shape[2], self.a.shape[1])
-            self.bt = self.b.new_empty(m, self.b.shape[2], self.b.shape[1])
-        assert self.bt is not None
-        at, bt = self.at[:m], self.bt[:m]
-        at.copy_(self.a.index_select(0, rows).transpose(1, 2))  # (m, r, in) -> (m, in, r)
-        torch.mul(self.b.index_select(0, rows).transpose(1, 2), row_scale, out=bt)  # (m, out, r) -> (m, r, out)
+    def gather(self, distinct: torch.Tensor, slot_scale: torch.Tensor) -> bool:
+        """Fill the static buffers with the `distinct` (D,) slots' weights, B scaled by `slot_scale` (D, 1, 1).
+
+        No host read. The buffers only grow (a captured graph holds their addresses): True when they were
+        reallocated. Their size is the most distinct adapters a route has had, never the number of rows.
+        """
+        d = distinct.shape[0]
+        grown = self.at is None or self.at.shape[0] < d or self.at.dtype != self.a.dtype
+        if grown:
+            self.at = self.a.new_zeros(max(d, 1), self.a.shape[2], self.a.shape[1])
+            self.bt = self.b.new_zeros(max(d, 1), self.b.shape[2], self.b.shape[1])
+        assert self.at is not None and self.bt is not None
+        at, bt = self.at[:d], self.bt[:d]
+        at.copy_(self.a.index_select(0, distinct).transpose(1, 2))  # (D, r, in) -> (D, in, r)
+        torch.mul(self.b.index_select(0, distinct).transpose(1, 2), slot_scale, out=bt)  # (D, out, r) -> (D, r, out)
+        return grown
 
     def __call__(self, _module: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor | None:
         bank = self.bank
-        rows = bank._rows
+        rows = bank.rows
         if rows is None or rows.shape[0] == 0:
             return None  # no route, or no routed row: the base model
         x = args[0]
-        start, m = bank._start, rows.shape[0]  # routed rows: start .. start + m
+        start, m = bank.start, rows.shape[0]  # routed rows: start .. start + m
         if x.shape[0] != start + m:
             raise AdapterError(f"the batch has {x.shape[0]} rows but the bank routes {start} + {m}")
-        if bank.trainable:
-            return self._autograd(x, rows, out)
-        at, bt = self.at, self.bt
-        assert at is not None and bt is not None
-        if at.shape[0] != m:  # buffers sized for a bigger route earlier: use their first m rows
-            at, bt = at[:m], bt[:m]
+        self._serve(x, out, start, m)
+        return None
+
+    def _serve(self, x: torch.Tensor, out: torch.Tensor, start: int, m: int) -> None:
+        """Serving: each routed row's A and scale·B picked from the distinct set (a transient, one layer at a
+        time), then `out += (x @ A) @ (scale·B)` in place."""
+        index = self.bank.row_index
+        assert self.at is not None and self.bt is not None and index is not None
+        at = self.at.index_select(0, index)  # (m, in, r)
+        bt = self.bt.index_select(0, index)  # (m, r, out)
         o = out
         if start:
             x, o = x[start:], o[start:]  # the routed rows: a view, written in place below
@@ -105,21 +116,3 @@ class BankSite:
             o.baddbmm_(h, bt)  # out += h @ (scale·B)ᵀ in place: (m, L, out)
         else:
             o.add_(torch.bmm(h, bt).to(o.dtype))
-        return None
-
-    def _autograd(self, x: torch.Tensor, rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        if self.bank._start:
-            raise AdapterError("a trainable bank routes every row of the batch (start=0)")
-        n = rows.shape[0]
-        if x.dim() != 3:
-            x = x.reshape(n, -1, x.shape[-1])  # (n, ..., in) -> (n, L, in)
-        a = self.a.index_select(0, rows)  # (n, r, in)
-        b = self.b.index_select(0, rows)  # (n, out, r)
-        if x.dtype != a.dtype and not torch.is_autocast_enabled(x.device.type):
-            x = x.to(a.dtype)  # fp32 training weights on a bf16 base, as peft casts to the LoRA dtype
-        assert self.bank._row_scale is not None
-        h = torch.bmm(x, a.transpose(1, 2)) * self.bank._row_scale  # (n, L, r) · (n, 1, 1)
-        if out.dim() == 3 and out.dtype == h.dtype:
-            return torch.baddbmm(out, h, b.transpose(1, 2))  # out + h @ Bᵀ: (n, L, out)
-        delta = torch.bmm(h, b.transpose(1, 2))  # (n, L, out)
-        return out + delta.reshape(out.shape).to(out.dtype)  # (n, L, out) -> out's shape

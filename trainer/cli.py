@@ -12,82 +12,25 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from PIL import Image, UnidentifiedImageError
-
+from .cli_args import (
+    CliError,
+    add_guidance_args,
+    add_model_args,
+    device_and_dtype,
+    load_base_with,
+    progress,
+    ranged,
+    read_image,
+)
+from .cli_eval import add_eval_command
 from .contracts import limits
-
-if TYPE_CHECKING:
-    from .lora import Adapter
-    from .model import AmusedParts
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILENAME = "checkpoint.safetensors"
-
-
-class CliError(Exception):
-    """A user-facing error: printed as `styledrop: error: <message>`, exit status 2."""
-
-
-def _ranged(kind: Callable[[str], float | int], lo: float, hi: float) -> Callable[[str], float | int]:
-    def parse(text: str) -> float | int:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"must be between {lo:g} and {hi:g}, got {text}")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def _read_image(path: str, what: str = "image") -> Image.Image:
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
-    except FileNotFoundError:
-        raise CliError(f"cannot read {what} '{path}': no such file") from None
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise CliError(f"cannot read {what} '{path}': not a readable image ({exc})") from None
-
-
-def _device_and_dtype(args: argparse.Namespace) -> tuple[str, Any]:
-    from .model import resolve_device, resolve_dtype
-
-    try:
-        return resolve_device(args.device), resolve_dtype(args.dtype)
-    except ValueError as exc:
-        raise CliError(f"--{exc}") from None
-
-
-def _add_model_args(p: argparse.ArgumentParser, default: str | None) -> None:
-    p.add_argument("--model", default=default,
-                   help="amused-256, amused-512, tiny (offline test model), a hub id or a local directory"
-                        + (f" (default {default})" if default else " (default: the adapter's base, else amused-256)"))
-    p.add_argument("--revision", default=None, help="hub revision of the model")
-    p.add_argument("--variant", default=None, choices=["fp16"], help="load the fp16 hub files")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
-                   help="U-ViT and text encoder dtype; the VQ-GAN always runs in float32")
-
-
-def _add_guidance_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--style-strength", type=_ranged(float, limits.MIN_STYLE_STRENGTH, limits.MAX_STYLE_STRENGTH),
-                   default=limits.DEFAULT_STYLE_STRENGTH,
-                   help="StyleDrop style guidance λA: -1 = no style, 0 = the adapter as trained, higher = stronger "
-                        f"(the paper uses 0-2; default {limits.DEFAULT_STYLE_STRENGTH:g})")
-    p.add_argument("--guidance-scale", type=_ranged(float, limits.MIN_GUIDANCE_SCALE, limits.MAX_GUIDANCE_SCALE),
-                   default=limits.DEFAULT_GUIDANCE_SCALE,
-                   help=f"classifier-free guidance g; text guidance λB = g - 1 (default "
-                        f"{limits.DEFAULT_GUIDANCE_SCALE:g})")
 
 
 def add_engine_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -97,13 +40,14 @@ def add_engine_commands(sub: argparse._SubParsersAction) -> None:  # type: ignor
     t.add_argument("--descriptor", required=True, help='style descriptor, e.g. "watercolor painting"')
     t.add_argument("--content", default=None, help='what the image shows, e.g. "a mushroom" (recommended)')
     t.add_argument("--out", required=True, type=Path, help="directory for adapter.safetensors and checkpoints")
-    _add_model_args(t, "amused-256")
-    t.add_argument("--steps", type=_ranged(int, 1, 100_000), default=1500, help="training steps (default 1500)")
-    t.add_argument("--lr", type=_ranged(float, 1e-7, 1.0), default=None, help="default: 4e-4 (256) / 1e-3 (512)")
-    t.add_argument("--rank", type=_ranged(int, 1, 256), default=16, help="LoRA rank (default 16)")
-    t.add_argument("--alpha", type=_ranged(float, 1e-3, 1e4), default=None, help="default: 32 (256) / 1 (512)")
-    t.add_argument("--seed", type=_ranged(int, 0, 2**63 - 1), default=0)
-    t.add_argument("--checkpoint-every", type=_ranged(int, 0, 100_000), default=100,
+    add_model_args(t, "amused-256")
+    t.add_argument("--steps", type=ranged(int, 1, 100_000), default=limits.DEFAULT_TRAIN_STEPS,
+                   help=f"training steps (default {limits.DEFAULT_TRAIN_STEPS})")
+    t.add_argument("--lr", type=ranged(float, 1e-7, 1.0), default=None, help="default: 4e-4 (256) / 1e-3 (512)")
+    t.add_argument("--rank", type=ranged(int, 1, limits.MAX_RANK), default=16, help="LoRA rank (default 16)")
+    t.add_argument("--alpha", type=ranged(float, 1e-3, 1e4), default=None, help="default: 32 (256) / 1 (512)")
+    t.add_argument("--seed", type=ranged(int, 0, 2**63 - 1), default=0)
+    t.add_argument("--checkpoint-every", type=ranged(int, 0, 100_000), default=100,
                    help="write OUT/checkpoint.safetensors every N steps (0 = never)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     t.add_argument("--optimizer", choices=["adamw", "adamw8bit"], default="adamw",
@@ -118,63 +62,27 @@ def add_engine_commands(sub: argparse._SubParsersAction) -> None:  # type: ignor
     g.add_argument("prompt", help='e.g. "a cat in watercolor painting style"')
     g.add_argument("--out", required=True, type=Path, help="directory for the PNG files")
     g.add_argument("--adapter", default=None, help="adapter.safetensors or a directory holding it")
-    _add_guidance_args(g)
-    g.add_argument("--text-guidance", type=_ranged(float, limits.MIN_TEXT_GUIDANCE, limits.MAX_TEXT_GUIDANCE),
+    add_guidance_args(g)
+    g.add_argument("--text-guidance", type=ranged(float, limits.MIN_TEXT_GUIDANCE, limits.MAX_TEXT_GUIDANCE),
                    default=None, help="StyleDrop text guidance λB, overriding --guidance-scale "
                                       f"(the paper fixes {limits.PAPER_TEXT_GUIDANCE:g})")
     g.add_argument("--negative-prompt", default=None)
-    g.add_argument("--seed", type=_ranged(int, 0, 2**63 - 1), default=0)
-    g.add_argument("--num-images", type=_ranged(int, 1, 64), default=1)
-    g.add_argument("--steps", type=_ranged(int, limits.MIN_STEPS, limits.MAX_STEPS), default=limits.DEFAULT_STEPS)
+    g.add_argument("--seed", type=ranged(int, 0, 2**63 - 1), default=0)
+    g.add_argument("--num-images", type=ranged(int, 1, 64), default=1)
+    g.add_argument("--steps", type=ranged(int, limits.MIN_STEPS, limits.MAX_STEPS), default=limits.DEFAULT_STEPS)
     g.add_argument("--init-image", default=None, help="image-to-image / inpainting source")
-    g.add_argument("--strength", type=_ranged(float, 0.01, 1.0), default=None,
-                   help="image-to-image strength (default 0.75; 1.0 repaints everything)")
+    g.add_argument("--strength", type=ranged(float, 0.01, 1.0), default=None,
+                   help=f"image-to-image strength (default {limits.DEFAULT_IMG2IMG_STRENGTH:g}; 1.0 repaints "
+                        "everything)")
     g.add_argument("--mask", default=None, help="inpainting mask (white = repaint), same size as --init-image")
-    _add_model_args(g, None)
+    add_model_args(g, None)
     g.set_defaults(func=cmd_generate)
-
-    from .cli_eval import add_eval_command  # its own module; it uses this module's helpers
 
     add_eval_command(sub)
 
 
-class _PlainProgress:
-    """Progress for logs and pipes: a plain line every ~10% with one rate, instead of tqdm's carriage returns."""
-
-    def __init__(self, total: int, desc: str, unit: str = "step") -> None:
-        self.total, self.desc, self.unit, self.n = total, desc, unit, 0
-        self._start = time.perf_counter()
-        self._next = max(total // 10, 1)
-        self.postfix = ""
-
-    def update(self, k: int = 1) -> None:
-        self.n += k
-        if self.n >= self._next or self.n >= self.total:
-            elapsed = time.perf_counter() - self._start
-            rate = self.n / elapsed if elapsed > 0 else 0.0
-            sys.stderr.write(f"{self.desc}: {self.n}/{self.total} {self.unit}s, {rate:.2f} {self.unit}s/s"
-                             f"{self.postfix}\n")
-            while self._next <= self.n:
-                self._next += max(self.total // 10, 1)
-
-    def set_postfix(self, **values: str) -> None:
-        self.postfix = "".join(f", {k} {v}" for k, v in values.items())
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, desc: str, unit: str = "step"):  # type: ignore[no-untyped-def]
-    """A tqdm bar on a terminal; plain progress lines when stderr goes to a file or pipe."""
-    if not sys.stderr.isatty():
-        return _PlainProgress(total, desc, unit)
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    images = [_read_image(p, "style image") for p in args.images]  # before the (slow) model load
+    images = [read_image(p, "style image") for p in args.images]  # before the (slow) model load
     if not args.descriptor.strip():
         raise CliError("--descriptor must not be empty")
     out: Path = args.out
@@ -187,14 +95,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .model import load_base
     from .train import TrainConfig, train_style
 
-    device, dtype = _device_and_dtype(args)
+    device, dtype = device_and_dtype(args)
     parts = load_base(args.model, revision=args.revision, variant=args.variant, device=device, dtype=dtype)
     out.mkdir(parents=True, exist_ok=True)  # only once the model loaded: a failed load leaves no empty --out
     config = TrainConfig(steps=args.steps, learning_rate=args.lr, rank=args.rank, alpha=args.alpha, seed=args.seed,
                          optimizer=args.optimizer, mixed_precision=args.mixed_precision,
                          checkpoint_every=args.checkpoint_every, cuda_graph=args.cuda_graph)
     resume = Checkpoint.from_bytes(ckpt_path.read_bytes()) if args.resume else None
-    bar = _progress(args.steps, "train")
+    bar = progress(args.steps, "train")
     bar.update(resume.step if resume else 0)
 
     def on_progress(p) -> None:  # type: ignore[no-untyped-def]
@@ -223,8 +131,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    init = _read_image(args.init_image, "init image") if args.init_image else None
-    mask = _read_image(args.mask, "mask") if args.mask else None
+    init = read_image(args.init_image, "init image") if args.init_image else None
+    mask = read_image(args.mask, "mask", mask=True) if args.mask else None
     if mask is not None and init is None:
         raise CliError("--mask needs --init-image")
     if args.strength is not None and init is None:
@@ -241,15 +149,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
             adapter = load_adapter(args.adapter)
         except AdapterError as exc:
             raise CliError(f"--adapter {args.adapter}: {exc}") from None
-    parts, slot = _load_base_with(args, adapter, f"--adapter {args.adapter}")
+    parts, slot = load_base_with(args, adapter, f"--adapter {args.adapter}")
     requests = [
         GenerationRequest(args.prompt, negative_prompt=args.negative_prompt, seed=args.seed + i, adapter=slot,
                           style_strength=args.style_strength, guidance_scale=args.guidance_scale, steps=args.steps,
                           text_guidance=args.text_guidance, init_image=init, mask=mask,
-                          strength=args.strength if args.strength is not None else (1.0 if mask else 0.75))
+                          strength=args.strength if args.strength is not None else (
+                              limits.DEFAULT_INPAINT_STRENGTH if mask else limits.DEFAULT_IMG2IMG_STRENGTH))
         for i in range(args.num_images)
     ]
-    bar = _progress(args.steps, "generate")
+    bar = progress(args.steps, "generate")
     try:
         results = sample(parts, requests, on_step=lambda done, total: bar.update(1))
     except SamplingError as exc:
@@ -263,25 +172,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
         r.image.save(path)
         sys.stderr.write(f"{path}\n")
     return 0
-
-
-def _load_base_with(args: argparse.Namespace, adapter: Adapter | None, what: str) -> tuple[AmusedParts, str | None]:
-    """The base model (--model, else the adapter's base, else amused-256) with `adapter` resident; its name."""
-    from .bank import LoraBank
-    from .lora import AdapterError
-    from .model import load_base
-
-    model = args.model or (adapter.meta.base_model if adapter else "amused-256")
-    device, dtype = _device_and_dtype(args)
-    parts = load_base(model, revision=args.revision, variant=args.variant, device=device, dtype=dtype)
-    if adapter is None:
-        return parts, None
-    bank = LoraBank(parts.transformer, 1, rank=adapter.meta.rank, targets=adapter.meta.targets)
-    try:
-        bank.load(1, adapter, name="adapter")
-    except AdapterError as exc:
-        raise CliError(f"{what}: {exc}") from None
-    return parts, "adapter"
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

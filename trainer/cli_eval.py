@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cli import CliError, _add_guidance_args, _add_model_args, _load_base_with, _progress, _ranged, _read_image
+from .cli_args import CliError, add_guidance_args, add_model_args, load_base_with, progress, ranged, read_image
 from .clip import DEFAULT_CLIP, load_clip, resolve_clip_source
 from .evaluate import EvalReport, EvalSettings, evaluate, parse_prompts
 from .lora import AdapterError, load_adapter
@@ -33,11 +33,11 @@ def add_eval_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     e.add_argument("--clip-revision", default=None, help="hub revision of the CLIP model")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
     e.add_argument("--out", type=Path, default=None, help="also save the images in this directory")
-    _add_guidance_args(e)
-    e.add_argument("--seed", type=_ranged(int, 0, 2**63 - 1), default=0, help="seed of the first prompt (+1 each)")
-    e.add_argument("--steps", type=_ranged(int, 1, 100), default=12)
-    e.add_argument("--batch-size", type=_ranged(int, 1, 64), default=4, help="prompts per sampling batch")
-    _add_model_args(e, None)
+    add_guidance_args(e)
+    e.add_argument("--seed", type=ranged(int, 0, 2**63 - 1), default=0, help="seed of the first prompt (+1 each)")
+    e.add_argument("--steps", type=ranged(int, 1, 100), default=12)
+    e.add_argument("--batch-size", type=ranged(int, 1, 64), default=4, help="prompts per sampling batch")
+    add_model_args(e, None)
     e.set_defaults(func=cmd_eval)
 
 
@@ -52,7 +52,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     prompts = parse_prompts(prompts_text)
     if not prompts:
         raise CliError(f"--prompts {args.prompts}: no prompts (one per line; blank lines and # comments skipped)")
-    references = [_read_image(p, "reference image") for p in args.reference]
+    references = [read_image(p, "reference image") for p in args.reference]
 
     try:
         adapter = load_adapter(args.adapter)
@@ -62,11 +62,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         resolve_clip_source(args.clip)  # a --clip that names nothing fails now, not after the base model loads
     except ModelLoadError as exc:
         raise CliError(f"--clip {args.clip}: {exc}") from None
-    parts, slot = _load_base_with(args, adapter, f"adapter {args.adapter}")
+    parts, slot = load_base_with(args, adapter, f"adapter {args.adapter}")
     clip = load_clip(args.clip, revision=args.clip_revision, device=parts.device, dtype=parts.dtype)
     settings = EvalSettings(adapter=slot, seed=args.seed, steps=args.steps, style_strength=args.style_strength,
                             guidance_scale=args.guidance_scale, batch_size=args.batch_size)
-    bar = _progress(len(prompts), "eval", unit="image")
+    bar = progress(len(prompts), "eval", unit="image")
 
     def on_batch(done: int, total: int, report: EvalReport) -> None:
         bar.update(done - bar.n)

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
+from .contracts.images import to_rgb
 from .model import AmusedParts
 
 
@@ -24,9 +25,9 @@ class PreparedImage:
 
 
 def prepare_image(image: Image.Image, resolution: int) -> PreparedImage:
-    """EXIF-upright, RGB, shorter side resized to `resolution` (bilinear), centre square crop (train_amused.py)."""
-    image = ImageOps.exif_transpose(image) or image
-    image = image.convert("RGB")
+    """Upright 8-bit RGB from any mode (contracts/images.py: 16-bit, float and alpha included), shorter side
+    resized to `resolution` (bilinear), centre square crop (train_amused.py)."""
+    image = to_rgb(image)
     w, h = image.size
     scale = resolution / min(w, h)
     nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))

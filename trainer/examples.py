@@ -2,7 +2,7 @@
 photos, each captioned with DreamBooth's subject prompt (`subject_prompt`).
 
 Its own module with no project imports, so `train.py` can take these without importing the feedback code (which
-imports `train.training_prompt`): round 2 of StyleDrop trains on the selected feedback images, each captioned with the
+scores with CLIP): round 2 of StyleDrop trains on the selected feedback images, each captioned with the
 prompt it was rendered from ("A chihuahua in watercolor painting style").
 """
 

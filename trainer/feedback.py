@@ -1,8 +1,9 @@
 """Iterative training with feedback, the engine half (StyleDrop, arXiv 2306.00983, §3.3 and Table 2).
 
 Round 2 of StyleDrop: render the round-1 adapter over a fixed prompt set, keep the best images, and train a fresh
-adapter on them, each with the prompt it was made from as its caption. This module holds the prompt set and the
-selection rule; the (image, caption) pairs the training step takes are `examples.TrainingExample`.
+adapter on them, each with the prompt it was made from as its caption. This module holds the selection rule (the
+prompt set is in `trainer/contracts/prompts.py`, which the service shares); the (image, caption) pairs the training
+step takes are `examples.TrainingExample`.
 
 Selection rule. The paper's CLIP feedback keeps, per prompt, the image with the highest CLIP *text* score: that is
 what cuts the reference's content leaking into every image (Table 2: text score 0.313 → 0.329). It costs style
@@ -27,54 +28,11 @@ from typing import Protocol
 from PIL import Image
 
 from .clip import ClipParts, image_embeddings, style_score_from_embeddings, text_embeddings
+from .contracts.prompts import FEEDBACK_CONTENTS as FEEDBACK_CONTENTS  # the prompt set lives with the prompt rule
+from .contracts.prompts import feedback_prompts as feedback_prompts
 from .examples import TrainingExample
-from .train import training_prompt
 
 STYLE_WEIGHT = 0.25
-
-# The feedback prompt set: "<content> in <descriptor> style", 30 contents. The first five are the paper's own
-# examples (appendix: "A chihuahua {}", "A tabby cat walking on the street {}", ...); the other 25 are ours, in the
-# same pattern, spread over animals, objects, buildings, landscapes, people and vehicles so that no single kind of
-# content dominates what round 2 learns.
-FEEDBACK_CONTENTS: tuple[str, ...] = (
-    "A chihuahua",
-    "A tabby cat walking on the street",
-    "An apple on the table",
-    "A church in the mountain",
-    "A cabin on the beach",
-    "A bear",
-    "A penguin standing on ice",
-    "A horse in a field",
-    "An owl on a branch",
-    "A goldfish in a bowl",
-    "A cup of coffee",
-    "A vase of flowers",
-    "A pair of boots",
-    "A guitar",
-    "A teapot",
-    "A lighthouse on a cliff",
-    "A castle",
-    "A bridge over a river",
-    "A city street at night",
-    "A windmill",
-    "A waterfall in the forest",
-    "A snowy mountain",
-    "A desert with cacti",
-    "A sunflower field",
-    "An old man reading a book",
-    "A child flying a kite",
-    "A woman riding a bicycle",
-    "A sailboat on the sea",
-    "A steam train",
-    "A hot air balloon",
-)
-
-
-def feedback_prompts(descriptor: str, contents: Sequence[str] = FEEDBACK_CONTENTS) -> list[str]:
-    """The prompt set for `descriptor`: "A chihuahua in watercolor painting style", ... (one per content)."""
-    if not descriptor.strip():
-        raise ValueError("descriptor must not be empty")
-    return [training_prompt(descriptor, c) for c in contents]
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Sequence
@@ -33,6 +34,8 @@ from peft.tuners.lora import LoraLayer
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
+
+logger = logging.getLogger(__name__)
 
 ENGINE_VERSION = "0.1.0"
 TARGET_MODULES: tuple[str, ...] = ("to_q", "to_k", "to_v")
@@ -54,6 +57,7 @@ class AdapterMeta:
     alpha: float
     targets: tuple[str, ...] = TARGET_MODULES
     base_revision: str | None = None
+    base_weights: str = ""  # weights_hash of the base it was trained on; "" in files older than the check
     descriptor: str = ""
     train_prompt: str = ""
     steps: int = 0
@@ -97,6 +101,34 @@ def base_fingerprint(transformer: torch.nn.Module) -> str:
     config: dict[str, Any] = dict(getattr(transformer, "config", {}))
     config = {k: v for k, v in config.items() if not k.startswith("_")}
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+_WEIGHTS_ATTR = "_styledrop_weights_hash"  # where a model keeps its weights' hash (plain attribute, not state)
+
+
+def weights_hash(transformer: torch.nn.Module, *, recompute: bool = False) -> str:
+    """A content hash of the U-ViT's weights: sha256 over every state-dict entry (name, shape, values rounded to
+    bfloat16), first 16 hex digits. Two bases with the same config but other weights (a fine-tune, another
+    release) differ here, where `base_fingerprint` cannot tell them apart.
+
+    Values are hashed at bfloat16 precision so that one set of weights loaded in float32 or bfloat16 has one
+    identity (a bfloat16 load rounds exactly as `.to(torch.bfloat16)` does); a float16 copy is other weights.
+    `load_base` records it once at load time (`recompute=True`; ≈1 s per GB of weights on a CPU) and later calls
+    read the record: the engine never changes a base's weights (adapters live in a LoRA bank beside them).
+    """
+    cached = transformer.__dict__.get(_WEIGHTS_ATTR)
+    if isinstance(cached, str) and not recompute:
+        return cached
+    h = hashlib.sha256()
+    for name, t in sorted(transformer.state_dict().items()):
+        t = t.detach().to("cpu")
+        if t.is_floating_point():
+            t = t.to(torch.bfloat16).view(torch.int16)  # its bits: numpy has no bfloat16
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.contiguous().numpy().tobytes())
+    digest = h.hexdigest()[:16]
+    transformer.__dict__[_WEIGHTS_ATTR] = digest
+    return digest
 
 
 def extract_adapter(transformer: torch.nn.Module, adapter_name: str, meta: AdapterMeta) -> Adapter:
@@ -206,6 +238,14 @@ def check_compatible(adapter: Adapter, transformer: torch.nn.Module, *, rank: in
             f"adapter was trained for base model '{meta.base_model}' (fingerprint {meta.base_fingerprint}), "
             f"but the loaded base model has fingerprint {fp}"
         )
+    if meta.base_weights and meta.base_weights != weights_hash(transformer):
+        raise AdapterError(
+            f"adapter was trained on other weights of base model '{meta.base_model}' (weights hash "
+            f"{meta.base_weights}), but the loaded base model's weights hash to {weights_hash(transformer)}"
+        )
+    if not meta.base_weights:
+        logger.warning("adapter for '%s' (engine %s) has no record of its base's weights: loaded on the strength of "
+                       "its config alone; retrain it to have its base checked", meta.base_model, meta.engine_version)
     if rank is not None and meta.rank != rank:
         raise AdapterError(f"adapter has LoRA rank {meta.rank}, but the slots hold rank {rank}")
     if targets is not None and tuple(sorted(meta.targets)) != tuple(sorted(targets)):

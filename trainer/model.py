@@ -19,6 +19,8 @@ import torch
 from diffusers import AmusedScheduler, UVit2DModel, VQModel
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
 
+from .lora import weights_hash
+
 logger = logging.getLogger(__name__)
 
 # Preset name -> hub id. Anything else is a hub id or a local directory.
@@ -156,12 +158,14 @@ def load_base(
     if local_files_only is not None or is_local:
         kwargs["local_files_only"] = bool(local_files_only) or is_local
     try:
+        # Weights from safetensors files only: a pickled .bin can run code when it is read.
         transformer = UVit2DModel.from_pretrained(
-            source, subfolder="transformer", variant=variant, torch_dtype=dtype, **kwargs
+            source, subfolder="transformer", variant=variant, torch_dtype=dtype, use_safetensors=True, **kwargs
         )
-        vqvae = VQModel.from_pretrained(source, subfolder="vqvae", torch_dtype=torch.float32, **kwargs)
+        vqvae = VQModel.from_pretrained(source, subfolder="vqvae", torch_dtype=torch.float32, use_safetensors=True,
+                                        **kwargs)
         text_encoder = CLIPTextModelWithProjection.from_pretrained(
-            source, subfolder="text_encoder", variant=variant, dtype=dtype, **kwargs
+            source, subfolder="text_encoder", variant=variant, dtype=dtype, use_safetensors=True, **kwargs
         )
         tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kwargs)
         scheduler = AmusedScheduler.from_pretrained(source, subfolder="scheduler", **kwargs)
@@ -175,6 +179,7 @@ def load_base(
     for module in (transformer, vqvae, text_encoder):
         module.requires_grad_(False)
         module.eval()
+    weights_hash(transformer, recompute=True)  # the base's identity in adapter metadata (lora.check_compatible)
     transformer.to(device)
     vqvae.to(device)
     text_encoder.to(device)

@@ -1,9 +1,12 @@
 """AdamW over a LoRA bank: one update for every style in the batch, each slot with its own lr and step count.
 
-The bank's tensors are stacked per layer with the slot first (`A: [slots, r, in]`, `B: [slots, out, r]`), so
-one element-wise AdamW over them updates all styles at once with a number of operations that does not grow with
-the number of styles. Per-slot values (learning rate, step count, "is this slot training now") are small device
-tensors broadcast over the slot dimension, so the step reads nothing back to the host and can be captured.
+A trainable bank keeps every layer's A and B of every slot in ONE flat `[slots, P]` master
+(trainer/bank_train.py), so one element-wise AdamW over it — about 25 ops in all — updates every layer of every
+style at once: the number of operations grows neither with the number of styles nor with the number of layers.
+Any slot-first stacks work too (one set of element-wise ops per tensor). `views` maps a slot-first tensor to the
+per-layer views a checkpoint stores, so checkpoints keep the per-layer layout (trainer/checkpoint.py). Per-slot
+values (learning rate, step count, "is this slot training now") are small device tensors broadcast over the slot
+dimension, so the step reads nothing back to the host and can be captured.
 
 Slot independence (the point of it): a slot whose `active` flag is 0 is left bit-for-bit as it is — no moment
 decay, no weight decay (every change is multiplied by the flag, and x·0 adds exactly 0 to finite values) — and
@@ -21,7 +24,7 @@ replays it as is — what torch's `AdamW(capturable=True)` offers, per slot.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -31,13 +34,15 @@ class SlotAdamW(torch.optim.Optimizer):
     _step_supports_amp_scaling = True  # GradScaler sets .grad_scale / .found_inf instead of syncing to check
 
     def __init__(self, params: Sequence[torch.Tensor], num_slots: int, *, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 1e-2) -> None:
+                 eps: float = 1e-8, weight_decay: float = 1e-2,
+                 views: Callable[[torch.Tensor], list[torch.Tensor]] | None = None) -> None:
         params = list(params)
         if not params or any(p.shape[0] != num_slots for p in params):
             raise ValueError(f"every parameter must be stacked with {num_slots} slots first")
         super().__init__(params, {"betas": betas, "eps": eps, "weight_decay": weight_decay})
         device = params[0].device
         self.num_slots = num_slots
+        self.views = views or (lambda t: [t])  # slot-first state -> the per-layer views a checkpoint stores
         self.lr = torch.zeros(num_slots, device=device)  # per-slot learning rate
         self.steps = torch.zeros(num_slots, device=device)  # per-slot step count (float: it goes into pow)
         self.active = torch.zeros(num_slots, device=device)  # 1.0 = this slot takes the next step
@@ -69,11 +74,10 @@ class SlotAdamW(torch.optim.Optimizer):
         self.active.copy_(active)
 
     def slot_state(self, slot: int) -> dict[str, list[torch.Tensor]]:
-        """The slot's optimizer state by name, one tensor per parameter (views into the stacked state): what a
+        """The slot's optimizer state by name, one tensor per layer's A or B (views into the stacked state): what a
         checkpoint stores. Here the fp32 first and second moments."""
-        ps = self.params
-        return {"exp_avg": [self.state[p]["exp_avg"][slot] for p in ps],
-                "exp_avg_sq": [self.state[p]["exp_avg_sq"][slot] for p in ps]}
+        return {name: [v[slot] for p in self.params for v in self.views(self.state[p][name])]
+                for name in ("exp_avg", "exp_avg_sq")}
 
     @torch.no_grad()
     def load_slot_state(self, slot: int, state: dict[str, list[torch.Tensor]], step: int) -> None:
@@ -89,9 +93,9 @@ class SlotAdamW(torch.optim.Optimizer):
         one norm across styles, which would couple them)."""
         grads = [p.grad for p in self.params if p.grad is not None]
         sq = torch.stack([g.float().pow(2).flatten(1).sum(1) for g in grads]).sum(0)  # (params, slots) -> (slots,)
-        coef = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0).view(self.num_slots, 1, 1)  # (slots,) -> (slots, 1, 1)
+        coef = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)  # (slots,)
         for g in grads:
-            g.mul_(coef)
+            g.mul_(coef.view(-1, *[1] * (g.dim() - 1)))  # (slots,) -> (slots, 1, ...)
 
     # --- the step ------------------------------------------------------------------------------------------------
 
@@ -117,22 +121,22 @@ class SlotAdamW(torch.optim.Optimizer):
         t = self.steps.clamp(min=1.0)  # slots that never stepped have m = 0 below; avoid 0/0 in their factors
         bias1 = 1 - beta1**t
         bias2_sqrt = (1 - beta2**t).sqrt()
-        shape = (self.num_slots, 1, 1)  # (slots,) -> (slots, 1, 1): broadcast over each stacked [slots, x, y]
-        decay = (1 - self.lr * wd * m).view(shape)
-        step_size = (self.lr * m / bias1).view(shape)
-        w1 = ((1 - beta1) * m).view(shape)
-        w2 = ((1 - beta2) * m).view(shape)
+        decay = 1 - self.lr * wd * m  # (slots,) each
+        step_size = self.lr * m / bias1
+        w1 = (1 - beta1) * m
+        w2 = (1 - beta2) * m
         keep2 = 1 - w2
-        denom_scale = bias2_sqrt.view(shape)
+        denom_scale = bias2_sqrt
         for p, g in zip(params, grads, strict=True):
+            shape = (self.num_slots, *[1] * (p.dim() - 1))  # (slots,) -> (slots, 1, ...): over each [slots, ...]
             st = self.state[p]
             exp_avg, exp_avg_sq = st["exp_avg"], st["exp_avg_sq"]
             g = g.float()
-            p.mul_(decay)
-            exp_avg.lerp_(g, w1)
-            exp_avg_sq.mul_(keep2).addcmul_(g * w2, g)
-            denom = (exp_avg_sq.sqrt() / denom_scale).add_(eps)
-            p.addcdiv_(exp_avg * step_size, denom, value=-1.0)
+            p.mul_(decay.view(shape))
+            exp_avg.lerp_(g, w1.view(shape))
+            exp_avg_sq.mul_(keep2.view(shape)).addcmul_(g * w2.view(shape), g)
+            denom = (exp_avg_sq.sqrt() / denom_scale.view(shape)).add_(eps)
+            p.addcdiv_(exp_avg * step_size.view(shape), denom, value=-1.0)
 
     # --- checkpoints: the per-slot tensors travel with each style's checkpoint, not through state_dict ---------------
 

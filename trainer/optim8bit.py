@@ -6,8 +6,11 @@ bank's slot-first stacks as is, it would couple the styles: one step count and l
 decay and weight decay on slots that are not training, and blocks that could span two slots. So the update runs
 per slot: bitsandbytes' `optimizer_update_8bit_blockwise` on each active slot's contiguous slice of every stacked
 parameter, with that slot's own learning rate, step count, codes and absmax blocks (a slice starts its own
-blocks). Idle slots are not touched. The step counts and learning rates are host numbers, known without reading
-anything back.
+blocks). Idle slots are not touched. Over a trainable bank's one flat `[slots, P]` master (trainer/bank_train.py)
+that is ONE kernel per active slot per step, whatever the number of layers; the blocks then run over the flat
+layout, so a checkpoint stores each slot's absmax as one tensor (format 3: an 8-bit checkpoint of format 2, whose
+blocks were per layer, is refused by trainer/checkpoint.py). The step counts and learning rates are host numbers,
+known without reading anything back.
 
 The price: one kernel per (active slot, parameter) instead of SlotAdamW's fixed count, for 2 bytes of optimizer
 state per LoRA weight instead of 8; and the host-number step counts mean a CUDA graph cannot capture it
@@ -16,7 +19,7 @@ state per LoRA weight instead of 8; and the host-number step counts mean a CUDA 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -30,7 +33,8 @@ class SlotAdamW8bit(SlotAdamW):
     _step_supports_amp_scaling = False
 
     def __init__(self, params: Sequence[torch.Tensor], num_slots: int, *, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 1e-2) -> None:
+                 eps: float = 1e-8, weight_decay: float = 1e-2,
+                 views: Callable[[torch.Tensor], list[torch.Tensor]] | None = None) -> None:
         try:
             import bitsandbytes.functional as bnbf
         except ImportError as exc:  # an optional dependency: the `gpu` extra
@@ -43,6 +47,7 @@ class SlotAdamW8bit(SlotAdamW):
         torch.optim.Optimizer.__init__(self, params, {"betas": betas, "eps": eps, "weight_decay": weight_decay})
         device = params[0].device
         self.num_slots = num_slots
+        self.views = views or (lambda t: [t])
         self._update = bnbf.optimizer_update_8bit_blockwise
         self.qmap1 = bnbf.create_dynamic_map(signed=True).to(device)  # first moment: signed
         self.qmap2 = bnbf.create_dynamic_map(signed=False).to(device)  # second moment: non-negative
@@ -73,9 +78,12 @@ class SlotAdamW8bit(SlotAdamW):
         self.active_slots = sorted(slots)
 
     def slot_state(self, slot: int) -> dict[str, list[torch.Tensor]]:
-        """uint8 codes of both moments and their per-block fp32 absmax, one tensor per parameter (views)."""
+        """uint8 codes of both moments, one tensor per layer's A or B (views, element for element like the
+        weights), and their per-block fp32 absmax, one tensor per parameter (blocks run over the flat layout)."""
         ps = self.params
-        return {name: [self.state[p][name][slot] for p in ps] for name in ("state1", "state2", "absmax1", "absmax2")}
+        state = {name: [v[slot] for p in ps for v in self.views(self.state[p][name])] for name in ("state1", "state2")}
+        state.update({name: [self.state[p][name][slot] for p in ps] for name in ("absmax1", "absmax2")})
+        return state
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:  # type: ignore[override]

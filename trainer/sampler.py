@@ -33,7 +33,8 @@ import torch
 from PIL import Image
 
 from .bank import find_bank
-from .contracts import limits
+from .capture import step_forward
+from .contracts.images import to_rgb
 from .encode import (
     TextEmbedding,
     decode_tokens,
@@ -46,63 +47,22 @@ from .encode import (
 )
 from .lora import AdapterError
 from .model import AmusedParts
+from .requests import GenerationRequest, SamplingError, check_requests, mask_grid
 from .schedule import MaskGitSchedule, RowPlan, noise_tokens
 
+__all__ = ["GenerationRequest", "SampleResult", "SamplingError", "cached_text", "sample"]
+
 TEXT_CACHE_SIZE = 256  # prompts whose CLIP embeddings stay on the device (≈120 KB each at amused-256 in bf16)
+# Float32 guidance and token-update scratch per chunk of rows: a row needs ≈6 (seq, codebook) float32 planes
+# (its passes' logits upcast, the guided logits, the probabilities, the Exp(1) draws), 48 MB at amused-256, so
+# a batch runs in chunks of ≈5 rows and a 64-row batch's scratch is ≈4 MB per row instead of ≈80 MB.
+SCRATCH_BYTES = 256 * 2**20
+SCRATCH_PLANES = 6
 
 
-class SamplingError(ValueError):
-    """A request the sampler cannot run (bad numbers, mask/init mismatch); the message names the field."""
-
-
-@dataclass
-class GenerationRequest:
-    prompt: str
-    negative_prompt: str | None = None
-    seed: int = 0
-    adapter: str | None = None  # name of an adapter loaded in the model's LoraBank, None = base model
-    style_strength: float = limits.DEFAULT_STYLE_STRENGTH  # λA; 0 keeps the adapter as trained, larger pushes
-    guidance_scale: float = limits.DEFAULT_GUIDANCE_SCALE  # CFG g (λB = g − 1); ≤ 1 disables the negative branch
-    text_guidance: float | None = None  # λB itself (the paper's 5.0: limits.PAPER_TEXT_GUIDANCE); overrides g
-    subject: str | None = None  # a subject adapter mixed with the style one: l = (1 − γ)·l_style + γ·l_subject
-    subject_weight: float = limits.DEFAULT_SUBJECT_WEIGHT  # γ
-    steps: int = limits.DEFAULT_STEPS
-    init_image: Image.Image | None = None  # image-to-image / inpainting source
-    strength: float = 1.0  # share of the schedule re-run from init_image; 1.0 repaints everything
-    mask: Image.Image | None = None  # inpainting: white = repaint, black = keep (binarised at 0.5)
-    temperature: tuple[float, float] = (2.0, 0.0)  # Gumbel noise on confidences, annealed linearly
-    aesthetic_score: float = 6.0
-
-    @property
-    def cfg_scale(self) -> float:
-        """The classifier-free guidance scale g = 1 + λB actually used."""
-        return self.guidance_scale if self.text_guidance is None else 1.0 + self.text_guidance
-
-    def validate(self) -> None:
-        if not self.prompt or not self.prompt.strip():
-            raise SamplingError("prompt must not be empty")
-        for name, value, lo, hi in (
-            ("steps", self.steps, limits.MIN_STEPS, limits.MAX_STEPS),
-            ("guidance_scale", self.guidance_scale, limits.MIN_GUIDANCE_SCALE, limits.MAX_GUIDANCE_SCALE),
-            ("style_strength", self.style_strength, limits.MIN_STYLE_STRENGTH, limits.MAX_STYLE_STRENGTH),
-            ("subject_weight", self.subject_weight, 0.0, 1.0),
-        ):
-            if not lo <= value <= hi:
-                raise SamplingError(f"{name} must be between {lo:g} and {hi:g}, got {value}")
-        if self.text_guidance is not None and not (
-                limits.MIN_TEXT_GUIDANCE <= self.text_guidance <= limits.MAX_TEXT_GUIDANCE):
-            raise SamplingError(f"text_guidance must be between {limits.MIN_TEXT_GUIDANCE:g} and "
-                                f"{limits.MAX_TEXT_GUIDANCE:g}, got {self.text_guidance}")
-        if not 0.0 < self.strength <= 1.0:
-            raise SamplingError(f"strength must be in (0, 1], got {self.strength}")
-        if (self.init_image is not None or self.mask is not None) and int(self.steps * self.strength) < 1:
-            raise SamplingError(f"strength {self.strength} with {self.steps} steps leaves no step to run")
-        if self.mask is not None and self.init_image is None:
-            raise SamplingError("mask needs an init_image")
-        if self.mask is not None and self.init_image is not None and self.mask.size != self.init_image.size:
-            raise SamplingError(
-                f"mask size {self.mask.size} differs from init_image size {self.init_image.size}"
-            )
+def scratch_rows(seq_len: int, codebook: int, batch: int) -> int:
+    """Rows per chunk of the sampler's float32 scratch (at least 1, at most the batch)."""
+    return max(1, min(batch, SCRATCH_BYTES // (SCRATCH_PLANES * seq_len * codebook * 4)))
 
 
 @dataclass
@@ -122,6 +82,7 @@ class _Row:
 
 
 def _prepare_rows(parts: AmusedParts, requests: Sequence[GenerationRequest], height: int, width: int) -> list[_Row]:
+    """Each request's starting tokens and plan; `requests` have passed `check_requests` at this size."""
     f = parts.vae_scale_factor
     h, w = height // f, width // f
     mask_id = parts.mask_token_id
@@ -130,7 +91,6 @@ def _prepare_rows(parts: AmusedParts, requests: Sequence[GenerationRequest], hei
     dev = parts.device
     rows: list[_Row] = []
     for req in requests:
-        req.validate()
         g = torch.Generator(device=dev).manual_seed(int(req.seed))
         n = req.steps
         start = n - int(n * req.strength) if req.init_image is not None else 0
@@ -138,15 +98,13 @@ def _prepare_rows(parts: AmusedParts, requests: Sequence[GenerationRequest], hei
             plan = RowPlan(n, 0, "cosine", 1.0, req.temperature)
             rows.append(_Row(req, g, torch.full((1, h * w), mask_id, dtype=torch.long, device=dev), plan))
             continue
-        pixels = pil_to_tensor(resize_exact(req.init_image.convert("RGB"), (width, height)))[None]
+        # Any mode, upright (contracts/images.py), resized to the output size with Lanczos as diffusers does.
+        pixels = pil_to_tensor(resize_exact(to_rgb(req.init_image), (width, height)))[None]
         codes = encode_tokens(parts, pixels).reshape(1, h * w).to(dev)  # (1, h, w) -> (1, seq)
         if req.mask is not None:
-            # Inpainting: the mask is resized to the token grid (Lanczos) and binarised at 0.5, as diffusers does;
-            # read on the host before it goes to the device (its share of tokens is part of the row's plan).
-            m = resize_exact(req.mask.convert("L"), (w, h))
-            mask = (pil_to_tensor(m.convert("RGB"))[0] >= 0.5).reshape(1, h * w)  # (h, w) -> (1, seq)
-            if not bool(mask.any()):
-                raise SamplingError("mask selects no region to repaint (it is black at token resolution)")
+            # Inpainting: the mask at token resolution (requests.mask_grid: Lanczos, binarised at 0.5, as
+            # diffusers), computed on the host (its share of tokens is part of the row's plan).
+            mask = torch.tensor(mask_grid(req.mask, (h, w))).reshape(1, h * w)  # (seq,) -> (1, seq)
             codes = torch.where(mask.to(dev), mask_id, codes)
             plan = RowPlan(n, start, "linear", float(mask.sum() / mask.numel()), req.temperature)
             rows.append(_Row(req, g, codes, plan))
@@ -204,13 +162,16 @@ def sample(
 
     One forward per round runs three groups of passes, negatives G(n) first, then G(t) for every row, then Ĝ(t)
     for the rows with an adapter (for a single request without an adapter that is diffusers' [uncond, cond] order,
-    so the forward is the same computation). The groups, text embeddings, micro-conditions and adapter routes are
-    built once; the loop itself reads nothing back from the device.
+    so the forward is the same computation). The groups, text embeddings, micro-conditions, the U-ViT's
+    prompt-only conditioning (`capture.step_forward`) and adapter routes are built once; the loop itself reads
+    nothing back from the device. Guidance and token update run in chunks of rows (`scratch_rows`), so their float32
+    scratch is bounded by a chunk whatever the batch; more than `MAX_SAMPLE_ROWS`
+    (trainer/contracts/limits.py) requests are refused.
     """
     if not requests:
         return []
-    height = height or parts.resolution
-    width = width or parts.resolution
+    # Every request checked before anything runs (requests.py); None sizes: an init image's own, else native.
+    height, width = check_requests(requests, height, width, scale=parts.vae_scale_factor, default=parts.resolution)
     f = parts.vae_scale_factor
     h, w = height // f, width // f
     rows = _prepare_rows(parts, requests, height, width)
@@ -255,34 +216,53 @@ def sample(
     tokens = torch.cat([r.tokens for r in rows])  # (B, seq)
     generators = [r.generator for r in rows]
     c = parts.codebook_size
-    draws = torch.zeros(b, h * w, c, device=device)  # (B, seq, C) scratch for each round's Exp(1) draws
-    noise = torch.zeros(b, h * w, device=device)  # (B, seq) scratch for each round's Gumbel noise
+    n = scratch_rows(h * w, c, b)
+    draws = torch.zeros(n, h * w, c, device=device)  # (n, seq, C) scratch for a chunk's Exp(1) draws
+    noise = torch.zeros(n, h * w, device=device)  # (n, seq) scratch for a chunk's Gumbel noise
+    # The guidance's per-row values, cut once into the chunks of rows the loop runs (views, made here once).
+    chunks = [(lo, min(lo + n, b)) for lo in range(0, b, n)]
+    cols = [(lo, u_idx[lo:hi], s_idx[lo:hi], j_idx[lo:hi], has_neg[lo:hi], has_sty[lo:hi], has_sub[lo:hi],
+             g[lo:hi], k[lo:hi], gamma[lo:hi], draws[:hi - lo], noise[:hi - lo]) for lo, hi in chunks]
+    # Prompt-only conditioning (text projections, micro-conditions, every AdaLN / ConvNeXt modulation), computed
+    # once for the call's passes instead of in each of the loop's forwards (trainer/uvit_forward.py): the same
+    # operations on the same P rows as the model's own forward, so the logits are bitwise those of `transformer`.
+    forward = step_forward(parts.transformer, hidden, pooled, conds)
 
     adapters = [rows[i].req.adapter or "" for i in styled] + [rows[i].req.subject or "" for i in subject]
     with _route(parts, adapters, start=n_neg + b):
         for rnd in range(schedule.rounds):
             ids = tokens.index_select(0, pass_idx).view(len(pass_rows), h, w)  # (P, seq) -> (P, h, w)
-            out = parts.transformer(ids, encoder_hidden_states=hidden, pooled_text_emb=pooled, micro_conds=conds)
-            out = out.float() if out.dtype != torch.float32 else out  # (P, C, h, w)
-            # StyleDrop's two-scale guidance, Eq. 4 as G(n) + g·(G(t) − G(n)) + (1 + λA)·(Ĝ(t) − G(t)).
-            cond = out[n_neg:n_neg + b]
-            logits = cond
-            if neg:
-                u = out.index_select(0, u_idx)
-                logits = torch.where(has_neg, u + g * (cond - u), cond) if len(neg) < b else u + g * (cond - u)
-            if styled or subject:
-                delta = out.index_select(0, s_idx) - cond  # Ĝ(t) − G(t); 0 for rows without a style adapter
-                if subject:
-                    sub = out.index_select(0, j_idx) - cond  # Ĝs(t) − G(t)
-                    delta = torch.where(has_sub, (1 - gamma) * delta + gamma * sub, delta)
-                logits = torch.where(has_sty, logits + k * delta, logits)
-            tokens = schedule.step(rnd, logits, tokens, generators, draws, noise)
+            out = forward(ids)  # (P, C, h, w) in the model's dtype
+            for lo, ui, si, ji, hn, hs, hj, gi, ki, gm, dr, nz in cols:
+                # StyleDrop's two-scale guidance in float32, Eq. 4 as G(n) + g·(G(t) − G(n)) + (1 + λA)·(Ĝ(t) −
+                # G(t)), for one chunk of rows: the float32 scratch is a chunk's, whatever the batch.
+                hi = lo + gi.shape[0]
+                cond = out[n_neg + lo:n_neg + hi].float()
+                logits = cond
+                if neg:
+                    u = out.index_select(0, ui).float()
+                    logits = torch.where(hn, u + gi * (cond - u), cond) if len(neg) < b else u + gi * (cond - u)
+                    del u
+                if styled or subject:
+                    delta = out.index_select(0, si).float() - cond  # Ĝ(t) − G(t); 0 for rows without a style
+                    if subject:
+                        sub = out.index_select(0, ji).float() - cond  # Ĝs(t) − G(t)
+                        delta = torch.where(hj, (1 - gm) * delta + gm * sub, delta)
+                        del sub
+                    logits = torch.where(hs, logits + ki * delta, logits)
+                    del delta
+                del cond
+                tokens[lo:hi] = schedule.step(rnd, logits, tokens[lo:hi], generators, dr, nz, start=lo)
+                del logits
+            del out
             if on_step is not None:
                 on_step(rnd + 1, schedule.rounds)
 
     tokens = tokens.reshape(b, h, w)  # (B, seq) -> (B, h, w)
     images: list[Image.Image | None] = [None] * b
     if decode:
-        images = list(tensor_to_pil(decode_tokens(parts, tokens)))
+        # One row at a time: the VQ-GAN's convolutions round differently at another batch size, and a row's
+        # image must equal the one it gets alone, as its tokens do (the decoder is a small share of the time).
+        images = [tensor_to_pil(decode_tokens(parts, tokens[i:i + 1]))[0] for i in range(b)]
     tokens = tokens.cpu()
     return [SampleResult(tokens=tokens[i], image=images[i]) for i in range(b)]

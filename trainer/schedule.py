@@ -95,29 +95,36 @@ class MaskGitSchedule:
         self._noised = [[i for i, p in enumerate(self.plans) if k < p.rounds - 1] for k in range(self.rounds)]
 
     def step(self, k: int, logits: torch.Tensor, tokens: torch.Tensor, generators: Sequence[torch.Generator],
-             draws: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Round `k` for every row: `logits` (B, C, h, w) float32, `tokens` (B, seq) → the new tokens (B, seq).
+             draws: torch.Tensor, noise: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Round `k` for rows `start .. start + n`: `logits` (n, C, h, w) float32, `tokens` (n, seq) → new tokens.
 
-        `draws` (B, seq, C) and `noise` (B, seq) are float32 scratch buffers reused across rounds.
+        `draws` (n, seq, C) and `noise` (n, seq) are float32 scratch buffers reused across rounds; `generators`
+        holds every row's generator (indexed by batch row). The sampler runs the batch in chunks of rows so that
+        this scratch is bounded by the chunk, not the batch; a row's result does not depend on its chunk.
         Mirrors AmusedScheduler.step draw for draw: `multinomial(p, 1)` is computed as torch computes it,
         argmax(p / q) with q ~ Exp(1) (aten's one-sample fast path), each row's q from its own generator.
         """
         b, c = logits.shape[:2]
-        probs = logits.reshape(b, c, -1).permute(0, 2, 1).softmax(dim=-1)  # (B, C, h, w) -> (B, seq, C)
+        end = start + b
+        table = slice(start, end)
+        probs = logits.reshape(b, c, -1).permute(0, 2, 1).softmax(dim=-1)  # (n, C, h, w) -> (n, seq, C)
         for i in self._active[k]:
-            draws[i].exponential_(generator=generators[i])
-        chosen = torch.div(probs, draws, out=draws).argmax(dim=-1)  # (B, seq)
+            if start <= i < end:
+                draws[i - start].exponential_(generator=generators[i])
+        chosen = torch.div(probs, draws, out=draws).argmax(dim=-1)  # (n, seq)
         unknown = tokens == self.mask_id
         chosen = torch.where(unknown, chosen, tokens)
-        selected = torch.gather(probs, -1, chosen[:, :, None])[:, :, 0]  # (B, seq, 1) -> (B, seq)
+        selected = torch.gather(probs, -1, chosen[:, :, None])[:, :, 0]  # (n, seq, 1) -> (n, seq)
+        del probs  # the largest scratch of the step: free it before the (small) rest
         selected = torch.where(unknown, selected, torch.finfo(selected.dtype).max)  # known tokens stay
         for i in self._noised[k]:
-            noise[i].uniform_(0, 1, generator=generators[i])
+            if start <= i < end:
+                noise[i - start].uniform_(0, 1, generator=generators[i])
         gumbel = -torch.log((-torch.log(noise.clamp(1e-20))).clamp(1e-20))
-        confidence = torch.log(selected.clamp(1e-20)) + self.temp[k][:, None] * gumbel  # (B,) -> (B, 1)
-        mask_len = torch.min(unknown.sum(dim=-1, keepdim=True) - 1, self.cap[k][:, None])  # never more than before
+        confidence = torch.log(selected.clamp(1e-20)) + self.temp[k, table][:, None] * gumbel  # (n,) -> (n, 1)
+        mask_len = torch.min(unknown.sum(dim=-1, keepdim=True) - 1, self.cap[k, table][:, None])  # never more
         mask_len = mask_len.clamp(min=1)  # always mask at least one
-        cut_off = torch.gather(torch.sort(confidence, dim=-1).values, 1, mask_len.long())  # (B, 1)
+        cut_off = torch.gather(torch.sort(confidence, dim=-1).values, 1, mask_len.long())  # (n, 1)
         remasked = torch.where(confidence < cut_off, self.mask_id, chosen)
-        new = torch.where(self.last[k][:, None], chosen, remasked)
-        return torch.where(self.active[k][:, None], new, tokens)
+        new = torch.where(self.last[k, table][:, None], chosen, remasked)
+        return torch.where(self.active[k, table][:, None], new, tokens)

@@ -28,8 +28,11 @@ from PIL import Image
 
 from .bank import LoraBank, find_bank
 from .checkpoint import Checkpoint, capture_slot, restore_slot
+from .checks import check_training
+from .contracts import limits
+from .contracts.prompts import training_prompt
 from .examples import TrainingExample
-from .lora import ENGINE_VERSION, Adapter, AdapterMeta, base_fingerprint
+from .lora import ENGINE_VERSION, Adapter, AdapterMeta, base_fingerprint, weights_hash
 from .model import AmusedParts
 from .optim import SlotAdamW
 from .optim8bit import SlotAdamW8bit
@@ -46,7 +49,7 @@ __all__ = ["Callbacks", "Progress", "StyleData", "StyleSpec", "TrainConfig", "Tr
 class TrainConfig:
     """Flat defaults: the aMUSEd StyleDrop recipe (aMUSEd report Table 4 and its README "Styledrop" section)."""
 
-    steps: int = 1500  # recipe: 1500-2000 steps at batch 1 (per style: a StyleSpec may set its own)
+    steps: int = limits.DEFAULT_TRAIN_STEPS  # recipe: 1500-2000 steps at batch 1 (a StyleSpec may set its own)
     learning_rate: float | None = None  # None = recipe per base: 4e-4 (256) / 1e-3 (512)
     rank: int = 16  # LoRA rank on every to_q/to_k/to_v
     alpha: float | None = None  # None = recipe per base: 32 (256) / 1 (512); scale = alpha / rank
@@ -59,7 +62,9 @@ class TrainConfig:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast on CUDA only
     aesthetic_score: float = 6.0  # micro-conditioning value aMUSEd uses at sampling time
     checkpoint_every: int = 0  # hand a Checkpoint to on_checkpoint every N steps of a style (0 = never)
-    progress_every: int = 1  # losses are read back and on_progress called every N steps (and on the last one)
+    # Losses are read back and on_progress called every N steps (and on the last one). Each read waits for the
+    # device (a host synchronisation on a GPU), so the default reads rarely; every loss still reaches the result.
+    progress_every: int = 50
     offload_encoders: bool = True  # move VQ-GAN and text encoder to CPU while training on an accelerator
     constant_conditioning: bool = True  # prompt-only U-ViT values once per style, not every step (uvit_forward.py)
     cuda_graph: bool = False  # capture the whole step as a CUDA graph, once per batch size (train_step.py)
@@ -121,15 +126,6 @@ def recipe_for(parts: AmusedParts, config: TrainConfig) -> TrainConfig:
     return replace(config, learning_rate=lr, alpha=alpha)
 
 
-def training_prompt(descriptor: str, content: str | None = None) -> str:
-    """StyleDrop's prompt form "⟨content⟩ in ⟨style descriptor⟩ style" (arXiv 2306.00983, §3)."""
-    descriptor = descriptor.strip()
-    if descriptor.lower().endswith(" style"):
-        descriptor = descriptor[: -len(" style")].rstrip()
-    subject = (content or "").strip() or "an image"
-    return f"{subject} in {descriptor} style"
-
-
 def train_style(
     parts: AmusedParts,
     images: Sequence[Image.Image],
@@ -159,54 +155,56 @@ def train_styles(parts: AmusedParts, styles: Sequence[StyleSpec], config: TrainC
     """Train one adapter per style in shared batches; one TrainResult per style, in order."""
     cfg = recipe_for(parts, config or TrainConfig())
     cb = callbacks or Callbacks()
-    assert cfg.learning_rate is not None and cfg.alpha is not None
-    if not styles:
-        raise ValueError("at least one style is needed")
     device = parts.device
-    _check_options(cfg, device)
-    if min((s.steps if s.steps is not None else cfg.steps) for s in styles) < 1:
-        raise ValueError("steps must be >= 1")
+    check_training(cfg, styles, device)  # every value and option, before the model is touched
+    assert cfg.learning_rate is not None and cfg.alpha is not None
     n = len(styles)
     runs = [_StyleRun.of(i, spec, cfg, device) for i, spec in enumerate(styles)]
     t_start = time.perf_counter()
-
-    # 1. Encode every style's images and prompt once, onto the device; then free the accelerator of the encoders.
-    batch = StyleBatch([
-        prepare_style(parts, [e.image for e in s.examples], r.result.prompt, cfg.aesthetic_score,
-                      captions=[e.caption for e in s.examples]) if s.examples
-        else prepare_style(parts, s.images, r.result.prompt, cfg.aesthetic_score)
-        for s, r in zip(styles, runs, strict=True)], parts.mask_token_id)
-    encoders_home = next(parts.vqvae.parameters()).device
-    if cfg.offload_encoders and device.type != "cpu":
-        parts.vqvae.to("cpu")
-        parts.text_encoder.to("cpu")
-        torch.cuda.empty_cache()
-
-    # 2. A LoRA bank with one trainable slot per style (slot 0 is the base: zeros). Style i trains slot i + 1,
-    #    initialised like peft (B = 0: it starts exactly at the base model) from the style's own seed.
     transformer = parts.transformer
     serving = find_bank(transformer)  # one bank per model: a serving bank steps aside and comes back after
-    bank = LoraBank(transformer, n, rank=cfg.rank, trainable=True)
-    optimizer_cls = SlotAdamW8bit if cfg.optimizer == "adamw8bit" else SlotAdamW
-    optimizer = optimizer_cls(list(bank.parameters()), n + 1, betas=(cfg.beta1, cfg.beta2),
-                              weight_decay=cfg.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.mixed_precision == "fp16")  # a no-op unless fp16
-    for r in runs:
-        bank.init_slot(r.slot, torch.Generator().manual_seed(r.seed), alpha=cfg.alpha)
-        optimizer.reset_slot(r.slot, r.lr)
-
-    # 3. Resume: per style, adapter slice, optimizer moments, step count, RNG state (and loss scale).
-    for r, spec in zip(runs, styles, strict=True):
-        if spec.resume is not None:
-            r.step = r.first = restore_slot(spec.resume, bank, r.slot, optimizer, r.generator, scaler,
-                                            alpha=cfg.alpha, optimizer_name=cfg.optimizer)
-            logger.info("style %d resumed from step %d", r.index, r.step)
-
-    pending: list[tuple[list[_StyleRun], torch.Tensor]] = []  # (rows, their losses) since the last read-back
-    active: list[_StyleRun] = []
-    t_loop = time.perf_counter()
-    transformer.eval()  # frozen base: no dropout while training adapters, so a resume has no dropout RNG to restore
+    encoders_home = next(parts.vqvae.parameters()).device
+    bank: LoraBank | None = None
+    # From here on the model is changed (encoders offloaded, the training bank installed): whatever any phase
+    # raises, the `finally` below leaves it as it was found, serving bank included.
     try:
+        # 1. Encode every style's images and prompt once, onto the device; then free the accelerator of the
+        #    encoders.
+        batch = StyleBatch([
+            prepare_style(parts, [e.image for e in s.examples], r.result.prompt, cfg.aesthetic_score,
+                          captions=[e.caption for e in s.examples]) if s.examples
+            else prepare_style(parts, s.images, r.result.prompt, cfg.aesthetic_score)
+            for s, r in zip(styles, runs, strict=True)], parts.mask_token_id)
+        if cfg.offload_encoders and device.type != "cpu":
+            parts.vqvae.to("cpu")
+            parts.text_encoder.to("cpu")
+            torch.cuda.empty_cache()
+
+        # 2. A LoRA bank with one trainable slot per style (slot 0 is the base: zeros). Style i trains slot i + 1,
+        #    initialised like peft (B = 0: it starts exactly at the base model) from the style's own seed.
+        bank = LoraBank(transformer, n, rank=cfg.rank, trainable=True)
+        optimizer_cls = SlotAdamW8bit if cfg.optimizer == "adamw8bit" else SlotAdamW
+        optimizer = optimizer_cls(list(bank.parameters()), n + 1, betas=(cfg.beta1, cfg.beta2),
+                                  weight_decay=cfg.weight_decay, views=bank.state_views)
+        scaler = torch.amp.GradScaler(device.type, enabled=cfg.mixed_precision == "fp16")  # no-op unless fp16
+        for r in runs:
+            bank.init_slot(r.slot, torch.Generator().manual_seed(r.seed), alpha=cfg.alpha)
+            optimizer.reset_slot(r.slot, r.lr)
+
+        # 3. Resume: per style, adapter slice, optimizer moments, step count, RNG state (and loss scale). A style
+        #    whose checkpoint is already at (or past) its step count does not train: its adapter is the
+        #    checkpoint's, recorded with the checkpoint's step count.
+        for r, spec in zip(runs, styles, strict=True):
+            if spec.resume is not None:
+                r.step = r.first = restore_slot(spec.resume, bank, r.slot, optimizer, r.generator, scaler,
+                                                alpha=cfg.alpha, optimizer_name=cfg.optimizer)
+                r.running = r.step < r.total
+                logger.info("style %d resumed from step %d of %d", r.index, r.step, r.total)
+
+        pending: list[tuple[list[_StyleRun], torch.Tensor]] = []  # (rows, their losses) since the last read
+        active: list[_StyleRun] = []
+        t_loop = time.perf_counter()
+        transformer.eval()  # frozen base: no dropout while training adapters, so a resume has no dropout RNG
         # 4. The step: prompt-only conditioning computed here, once; eager or captured (train_step.py).
         step = TrainStep(parts, batch, bank, optimizer, scaler, max_grad_norm=cfg.max_grad_norm,
                          autocast_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision),
@@ -244,24 +242,26 @@ def train_styles(parts: AmusedParts, styles: Sequence[StyleSpec], config: TrainC
                     r.result.error, r.running = exc, False
         _read_losses(pending)
     finally:
-        bank.remove()  # leave the base model as we found it
+        if bank is not None:
+            bank.remove()  # leave the base model as we found it
+            for p in bank.parameters():
+                p.requires_grad_(False)
         if serving is not None:
             serving.install()
-        for p in bank.parameters():
-            p.requires_grad_(False)
         if cfg.offload_encoders and device.type != "cpu":
             parts.vqvae.to(encoders_home)
             parts.text_encoder.to(encoders_home)
 
-    # 7. The adapters of the styles that reached their step count.
-    fingerprint = base_fingerprint(transformer)
+    # 7. The adapters of the styles that reached their step count (steps recorded: what the adapter has had).
+    assert bank is not None
+    fingerprint, weights = base_fingerprint(transformer), weights_hash(transformer)
     for r, spec in zip(runs, styles, strict=True):
         r.result.step, r.result.seconds = r.step, time.perf_counter() - t_start
         if r.step >= r.total and r.result.error is None:
             meta = AdapterMeta(
                 base_model=parts.model_id, base_fingerprint=fingerprint, rank=cfg.rank, alpha=float(cfg.alpha),
-                base_revision=parts.revision, descriptor=spec.descriptor, train_prompt=r.result.prompt,
-                steps=r.total, seed=r.seed, engine_version=ENGINE_VERSION,
+                base_revision=parts.revision, base_weights=weights, descriptor=spec.descriptor,
+                train_prompt=r.result.prompt, steps=r.step, seed=r.seed, engine_version=ENGINE_VERSION,
             )
             r.result.adapter = bank.extract(r.slot, meta)
     return [r.result for r in runs]
@@ -319,22 +319,7 @@ def _read_losses(pending: list[tuple[list[_StyleRun], torch.Tensor]]) -> None:
     pending.clear()
 
 
-def _check_options(cfg: TrainConfig, device: torch.device) -> None:
-    """Refuse, before any work, the options this device or their combination cannot run."""
-    if cfg.mixed_precision != "no" and device.type != "cuda":
-        raise ValueError(f"mixed_precision '{cfg.mixed_precision}' needs a CUDA device; use 'no' on CPU")
-    if cfg.optimizer == "adamw8bit" and device.type != "cuda":
-        raise ValueError("optimizer 'adamw8bit' needs a CUDA device (bitsandbytes); use 'adamw' on CPU")
-    if cfg.optimizer == "adamw8bit" and cfg.mixed_precision == "fp16":  # no per-style overflow skip in its kernel
-        raise ValueError("optimizer 'adamw8bit' supports mixed_precision 'no' or 'bf16', not 'fp16'")
-    if cfg.cuda_graph:
-        if device.type != "cuda":
-            raise ValueError("cuda_graph needs a CUDA device; use cuda_graph=False on CPU")
-        if cfg.mixed_precision == "fp16" or cfg.optimizer != "adamw":
-            raise ValueError("cuda_graph captures the step with optimizer 'adamw' and mixed_precision 'no' or "
-                             "'bf16' only (fp16 loss scaling and 8-bit AdamW decide on the host)")
-
-
 def _capture(r: _StyleRun, bank: LoraBank, optimizer: SlotAdamW, scaler: torch.amp.GradScaler,
              cfg: TrainConfig) -> Checkpoint:
-    return capture_slot(r.step, bank, r.slot, optimizer, r.generator, scaler, cfg.optimizer)
+    assert cfg.alpha is not None
+    return capture_slot(r.step, bank, r.slot, optimizer, r.generator, scaler, cfg.optimizer, alpha=cfg.alpha)

@@ -10,13 +10,21 @@ not on the image tokens — is recomputed on every call although a StyleDrop sty
 The base is frozen, so none of these needs a gradient. `precompute_conditioning` computes them once (the text
 side per prompt, the pooled side per prompt-and-image row) and `forward_with_conditioning` runs the rest of the
 model from them, gathering each batch row's entries with one `index_select` per table — calling the model's own
-submodules, so LoRA hooks and peft layers on `to_q/to_k/to_v` still apply. The cross-attention `to_k`/`to_v` of
-the encoder states are LoRA targets and stay in the step (they depend on trainable weights).
+submodules, so LoRA hooks and peft layers on `to_q/to_k/to_v` still apply.
 
-Equality: the same operations on the same values as `transformer(...)`; only the prompt-side matrix products run
-over a different number of rows (once per prompt or image instead of once per batch row), which BLAS may block
-differently. On CPU in fp32: bitwise equal logits when the rows match one to one; with gathered rows the
-modulations differ in the last bit and the logits by ≤ 7.5e-7 of the largest one (tests/test_engine_conditioning.py).
+Two more savings per step, where the model allows them (`_fast_attention`: diffusers' `AttnProcessor2_0` on plain
+`nn.Linear` keys and values, which is what aMUSEd has):
+- the cross-attentions' keys and values of the constant prompt: their base projections `to_k(c)`, `to_v(c)` are
+  computed here once per prompt, and each step adds only the LoRA terms, by running the linears' forward hooks
+  (the bank's) on the precomputed base output — 34 attentions x 2 linears fewer per forward on amused-256;
+- every text-side value (encoder states, kv mappings, base keys and values) lives in ONE (T, L, width) table, so a
+  step gathers its rows with one `index_select` instead of one per attention.
+Every diffusers `RMSNorm` the step calls goes through `fused_norm.norm`: one fused kernel forward and backward.
+
+Equality: the same maths on the same values as `transformer(...)`, in other roundings: the prompt-side matrix
+products run over a different number of rows (once per prompt or image instead of once per batch row), which BLAS
+may block differently, the norms are fused (one rounding instead of several) and each AdaLN modulation is one
+`addcmul`. On CPU in fp32 the logits differ by ≤ 1e-5 of the largest one (tests/test_engine_conditioning.py).
 Call both functions under the same autocast context (train.py does), or the modulations' dtype would differ.
 """
 
@@ -28,10 +36,13 @@ import torch
 import torch.nn.functional as F
 from diffusers import UVit2DModel
 from diffusers.models.attention import BasicTransformerBlock, SkipFFTransformerBlock
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from diffusers.models.embeddings import get_timestep_embedding
 from diffusers.models.normalization import AdaLayerNormContinuous
 from diffusers.models.unets.uvit_2d import ConvNextBlock, UVitBlock
 from torch import nn
+
+from .fused_norm import norm
 
 __all__ = ["Conditioning", "forward_with_conditioning", "precompute_conditioning"]
 
@@ -42,6 +53,8 @@ class Conditioning:
 
     encoder: torch.Tensor  # (T, L, hidden) encoder_proj_layer_norm(encoder_proj(hidden states))
     kv: list[torch.Tensor | None]  # per U-ViT attention block (down then up): (T, L, channels) kv_mapper output
+    text: torch.Tensor | None  # (T, L, width): encoder | kv mappings | base keys, values per cross-attention
+    text_sizes: list[int]  # widths of `text`'s parts, in that order (cross-attentions in forward order)
     adaln: torch.Tensor  # (B, 1, layers·3·2·hidden): per layer and norm, (1 + scale, shift)
     adaln_sizes: list[int]
     conv: torch.Tensor  # (B, res blocks·2·channels, 1, 1): per ConvNeXt block, (1 + scale, shift)
@@ -90,19 +103,74 @@ def precompute_conditioning(transformer: UVit2DModel, hidden: torch.Tensor, pool
             kv.append(None if attn.kv_mapper is None else attn.kv_mapper(F.silu(encoder)))
     adaln: list[torch.Tensor] = []
     for layer in t.transformer_layers:
-        for norm in (layer.norm1, layer.norm2, layer.norm3):
+        for ada in (layer.norm1, layer.norm2, layer.norm3):
             # AdaLayerNormContinuous: linear(silu(c).to(x.dtype)); x (the layer's input) has the model's dtype
             # without autocast, and under autocast the linear casts its input to the autocast dtype anyway.
-            scale, shift = torch.chunk(norm.linear(norm.silu(cond).to(t.dtype)), 2, dim=1)  # (B, hidden) each
+            scale, shift = torch.chunk(ada.linear(ada.silu(cond).to(t.dtype)), 2, dim=1)  # (B, hidden) each
             adaln += [1 + scale, shift]
+    text = None
+    text_sizes: list[int] = []
+    if _fast_attention(t):
+        sources = [k for k in kv if k is not None]
+        for src, attn in _cross_attentions(t, encoder, kv):
+            sources += [F.linear(src, attn.to_k.weight, attn.to_k.bias), F.linear(src, attn.to_v.weight,
+                                                                               attn.to_v.bias)]  # base only
+        parts = [encoder, *sources]
+        text, text_sizes = torch.cat(parts, dim=2), [p.shape[2] for p in parts]  # (T, L, Σ widths)
     return Conditioning(
         encoder=encoder,
         kv=kv,
+        text=text,
+        text_sizes=text_sizes,
         adaln=torch.cat(adaln, dim=1)[:, None, :].contiguous(),  # (B, n·hidden) -> (B, 1, n·hidden)
         adaln_sizes=[a.shape[1] for a in adaln],
         conv=torch.cat(conv, dim=1)[:, :, None, None].contiguous(),  # (B, n·C) -> (B, n·C, 1, 1)
         conv_sizes=[c.shape[1] for c in conv],
     )
+
+
+def _cross_attentions(t: UVit2DModel, encoder: torch.Tensor,
+                      kv: list[torch.Tensor | None]) -> list[tuple[torch.Tensor, Attention]]:
+    """(keys' and values' input, attention) of every cross-attention, in the order the forward runs them."""
+    mapped = iter(kv)  # down block's attentions, then the up block's (as precompute_conditioning makes them)
+
+    def block(b: UVitBlock) -> list[tuple[torch.Tensor, Attention]]:
+        found: list[tuple[torch.Tensor, Attention]] = []
+        for attn in b.attention_blocks:
+            m = next(mapped)
+            found += [(encoder if m is None else m, attn.attn1), (encoder if m is None else m, attn.attn2)]
+        return found
+
+    down, up = block(t.down_block), block(t.up_block)
+    return [*down, *[(encoder, layer.attn2) for layer in t.transformer_layers], *up]
+
+
+def _fast_attention(t: UVit2DModel) -> bool:
+    """Every cross-attention runs AttnProcessor2_0 exactly as `_cross_attention` below does."""
+    for _src, a in _cross_attentions(t, torch.empty(0), [None] * sum(len(b.attention_blocks) for b in _blocks(t))):
+        if not (type(a.processor) is AttnProcessor2_0 and a.spatial_norm is None and a.group_norm is None
+                and not a.norm_cross and a.norm_q is None and a.norm_k is None and not a.residual_connection
+                and a.rescale_output_factor == 1.0 and type(a.to_k) is nn.Linear and type(a.to_v) is nn.Linear
+                and not a.to_k._forward_pre_hooks and not a.to_v._forward_pre_hooks):
+            return False
+    return True
+
+
+def _cross_attention(attn: Attention, x: torch.Tensor, src: torch.Tensor, key: torch.Tensor,
+                     value: torch.Tensor) -> torch.Tensor:
+    """`attn(x, encoder_hidden_states=src)` (AttnProcessor2_0, diffusers 0.42) with the base `to_k(src)`,
+    `to_v(src)` given: the linears' forward hooks (LoRA) add their terms to them."""
+    b = x.shape[0]
+    query = attn.to_q(x)
+    key = _run_hooks(attn.to_k, (src,), key)
+    value = _run_hooks(attn.to_v, (src,), value)
+    head_dim = key.shape[-1] // attn.heads
+    query = query.view(b, -1, attn.heads, head_dim).transpose(1, 2)  # (S, L, inner) -> (S, heads, L, head_dim)
+    key = key.view(b, -1, attn.heads, head_dim).transpose(1, 2)
+    value = value.view(b, -1, attn.heads, head_dim).transpose(1, 2)
+    h = F.scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False)
+    h = h.transpose(1, 2).reshape(b, -1, attn.heads * head_dim).to(query.dtype)  # -> (S, L, inner)
+    return attn.to_out[1](attn.to_out[0](h))
 
 
 def _run_pre_hooks(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
@@ -131,28 +199,42 @@ def forward_with_conditioning(transformer: UVit2DModel, cond: Conditioning, inpu
     """
     t = transformer
     _run_pre_hooks(t, (input_ids,))
-    encoder = cond.encoder if text_rows is None else cond.encoder.index_select(0, text_rows)  # (S, L, hidden)
-    kv = [k if k is None or text_rows is None else k.index_select(0, text_rows) for k in cond.kv]
+    bases: list[torch.Tensor] | None = None
+    if cond.text is not None and text_rows is not None:
+        # one gather for every text-side value: (T, L, width) -> (S, L, width), then views per part
+        views = list(cond.text.index_select(0, text_rows).split(cond.text_sizes, dim=2))
+        encoder = views[0]
+        mapped = iter(views[1:])
+        kv = [None if k is None else next(mapped) for k in cond.kv]
+        bases = views[1 + sum(k is not None for k in cond.kv):]
+    else:
+        encoder = cond.encoder if text_rows is None else cond.encoder.index_select(0, text_rows)  # (S, L, hidden)
+        kv = [k if k is None or text_rows is None else k.index_select(0, text_rows) for k in cond.kv]
+    base_kv = None if bases is None else iter(bases)
     adaln_table = cond.adaln if cond_rows is None else cond.adaln.index_select(0, cond_rows)  # (S, 1, n·hidden)
     conv_table = cond.conv if cond_rows is None else cond.conv.index_select(0, cond_rows)  # (S, n·C, 1, 1)
     adaln = iter(adaln_table.split(cond.adaln_sizes, dim=2))  # (S, 1, hidden) views, in use order
     conv = iter(conv_table.split(cond.conv_sizes, dim=1))  # (S, C, 1, 1) views, in use order
     kv_iter = iter(kv)
 
-    h = t.embed(input_ids)  # (S, C, h, w)
-    h = _uvit_block(t.down_block, h, encoder, kv_iter, conv)
+    e = t.embed
+    h = e.conv(norm(e.layer_norm, e.embeddings(input_ids)).permute(0, 3, 1, 2))  # (S, h, w, C) -> (S, C, h, w)
+    h = _uvit_block(t.down_block, h, encoder, kv_iter, conv, base_kv)
     b, c, height, width = h.shape
     h = h.permute(0, 2, 3, 1).reshape(b, height * width, c)  # (S, C, h, w) -> (S, h·w, C)
-    h = t.project_to_hidden(t.project_to_hidden_norm(h))  # (S, h·w, hidden)
+    h = t.project_to_hidden(norm(t.project_to_hidden_norm, h))  # (S, h·w, hidden)
     for layer in t.transformer_layers:
-        h = _transformer_layer(layer, h, encoder, adaln)
-    h = t.project_from_hidden(t.project_from_hidden_norm(h))  # (S, h·w, C)
+        h = _transformer_layer(layer, h, encoder, adaln, base_kv)
+    h = t.project_from_hidden(norm(t.project_from_hidden_norm, h))  # (S, h·w, C)
     h = h.reshape(b, height, width, c).permute(0, 3, 1, 2)  # (S, h·w, C) -> (S, C, h, w)
-    h = _uvit_block(t.up_block, h, encoder, kv_iter, conv)
-    return _run_hooks(t, (input_ids,), t.mlm_layer(h))
+    h = _uvit_block(t.up_block, h, encoder, kv_iter, conv, base_kv)
+    mlm = t.mlm_layer
+    h = norm(mlm.layer_norm, mlm.conv1(h).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # channels last and back
+    return _run_hooks(t, (input_ids,), mlm.conv2(h))
 
 
-def _uvit_block(block: UVitBlock, x: torch.Tensor, encoder: torch.Tensor, kv: object, conv: object) -> torch.Tensor:
+def _uvit_block(block: UVitBlock, x: torch.Tensor, encoder: torch.Tensor, kv: object, conv: object,
+                base_kv: object) -> torch.Tensor:
     """UVitBlock.forward with each ConvNeXt modulation and attention kv mapping taken from the tables."""
     if block.downsample is not None:
         x = block.downsample(x)
@@ -161,7 +243,7 @@ def _uvit_block(block: UVitBlock, x: torch.Tensor, encoder: torch.Tensor, kv: ob
         b, c, h, w = x.shape
         x = x.view(b, c, h * w).permute(0, 2, 1)  # (S, C, h, w) -> (S, h·w, C)
         mapped = next(kv)  # type: ignore[call-overload]
-        x = _skip_ff(attn, x, encoder if mapped is None else mapped)
+        x = _skip_ff(attn, x, encoder if mapped is None else mapped, base_kv)
         x = x.permute(0, 2, 1).view(b, c, h, w)
     if block.upsample is not None:
         x = block.upsample(x)
@@ -171,27 +253,35 @@ def _uvit_block(block: UVitBlock, x: torch.Tensor, encoder: torch.Tensor, kv: ob
 def _convnext(res: ConvNextBlock, x: torch.Tensor, scale1: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     x_res = x
     x = res.depthwise(x).permute(0, 2, 3, 1)  # (S, C, h, w) -> (S, h, w, C)
-    x = res.channelwise_norm(res.channelwise_act(res.channelwise_linear_1(res.norm(x))))
+    x = res.channelwise_norm(res.channelwise_act(res.channelwise_linear_1(norm(res.norm, x))))
     x = res.channelwise_dropout(res.channelwise_linear_2(x)).permute(0, 3, 1, 2)  # -> (S, C, h, w)
     x = x + x_res
     return x * scale1 + shift  # scale1 = 1 + scale: (S, C, 1, 1)
 
 
-def _skip_ff(attn: SkipFFTransformerBlock, x: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-    x = attn.attn1(attn.norm1(x), encoder_hidden_states=kv) + x
-    return attn.attn2(attn.norm2(x), encoder_hidden_states=kv) + x
+def _skip_ff(attn: SkipFFTransformerBlock, x: torch.Tensor, kv: torch.Tensor, base_kv: object) -> torch.Tensor:
+    if base_kv is None:
+        x = attn.attn1(norm(attn.norm1, x), encoder_hidden_states=kv) + x
+        return attn.attn2(norm(attn.norm2, x), encoder_hidden_states=kv) + x
+    x = _cross_attention(attn.attn1, norm(attn.norm1, x), kv, next(base_kv), next(base_kv)) + x  # type: ignore
+    return _cross_attention(attn.attn2, norm(attn.norm2, x), kv, next(base_kv), next(base_kv)) + x  # type: ignore
 
 
 def _transformer_layer(layer: BasicTransformerBlock, x: torch.Tensor, encoder: torch.Tensor,
-                       adaln: object) -> torch.Tensor:
+                       adaln: object, base_kv: object) -> torch.Tensor:
     """BasicTransformerBlock.forward for norm_type 'ada_norm_continuous', modulations from the table."""
-    def modulated(norm: AdaLayerNormContinuous, h: torch.Tensor) -> torch.Tensor:
-        return norm.norm(h) * next(adaln) + next(adaln)  # type: ignore[call-overload]
+    def modulated(ada: AdaLayerNormContinuous, h: torch.Tensor) -> torch.Tensor:
+        scale1, shift = next(adaln), next(adaln)  # type: ignore[call-overload]
+        return torch.addcmul(shift, norm(ada.norm, h), scale1)  # normed · (1 + scale) + shift, one kernel
 
     x = layer.attn1(modulated(layer.norm1, x), encoder_hidden_states=None, attention_mask=None) + x
     if x.ndim == 4:
         x = x.squeeze(1)
-    x = layer.attn2(modulated(layer.norm2, x), encoder_hidden_states=encoder, attention_mask=None) + x
+    if base_kv is None:
+        x = layer.attn2(modulated(layer.norm2, x), encoder_hidden_states=encoder, attention_mask=None) + x
+    else:
+        x = _cross_attention(layer.attn2, modulated(layer.norm2, x), encoder, next(base_kv),  # type: ignore
+                             next(base_kv)) + x  # type: ignore[call-overload]
     x = layer.ff(modulated(layer.norm3, x)) + x
     if x.ndim == 4:
         x = x.squeeze(1)

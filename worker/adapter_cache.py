@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.blobs import BlobStore, get_verified
+from storage.blobs import BlobNotFound, BlobStore, get_verified
 from storage.models import Adapter as AdapterRow
 from trainer import Adapter, LoraBank, adapter_from_bytes
 
@@ -43,8 +43,6 @@ class TooManyAdapters(ValueError):
 
 def adapter_fetcher(session_factory: sessionmaker[Session], store: BlobStore) -> Callable[[str], Adapter]:
     """Read adapter `id` from the DB row and the store: raises AdapterMissing, BlobIntegrityError, AdapterError."""
-    from storage.blobs import BlobNotFound
-
     def fetch(adapter_id: str) -> Adapter:
         with session_factory() as session:
             row = session.get(AdapterRow, adapter_id)

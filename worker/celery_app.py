@@ -18,6 +18,7 @@ from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from storage.broker import ROUTES, celery_config
 from storage.settings import get_settings
 from storage.states import WorkKind
+from worker.runtime import SHUTDOWN, get_runtime, start_heartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +57,6 @@ def _consumed_queues(consumer: Any) -> list[str]:
 
 @worker_ready.connect
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
-    from worker.runtime import get_runtime, start_heartbeat
-
     queues = _consumed_queues(sender)
     kinds = [kind for kind, route in ROUTES.items() if route.queue in queues] or [WorkKind.GENERATE]
     for kind in kinds:
@@ -68,8 +67,6 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
 @worker_shutting_down.connect
 def _on_worker_shutting_down(**_: Any) -> None:
     # Runs in the signal handler, between two training steps of the solo pool's task: only set a flag.
-    from worker.runtime import SHUTDOWN
-
     SHUTDOWN.set()
 
 

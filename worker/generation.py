@@ -1,9 +1,12 @@
 """The generation batch, in named steps: claim, drop the worn out, prefetch the adapters queued work will need,
-group by adapter slots, load adapters, build requests, sample, store the images, finish each row.
+group by adapter slots, load adapters, build and check requests, sample (one call per output size), store the
+images, finish each row.
 
 One message claims its own generation and up to `generate_batch_size - 1` other queued ones, so a busy worker
 serves several users' requests (and adapters) in one sampling loop. A generation that cannot run ends `failed`
-with a reason without failing its neighbours; only transient errors (database, broker) escape to Celery.
+with a reason without failing its neighbours: every request is checked alone (`trainer.requests.check_request`,
+everything `sample` would refuse) before the batch is assembled, so only the bad one is dropped; only transient
+errors (database, broker) escape to Celery.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ from PIL import UnidentifiedImageError
 import trainer
 from storage import claims, jobs
 from storage.blobs import BlobIntegrityError, BlobNotFound, new_key
+from storage.error_codes import FailureCode
 from storage.models import Generation, utcnow
 from storage.states import GenerationState
 from trainer import GenerationRequest
 from trainer.contracts.limits import DEFAULT_SUBJECT_WEIGHT
+from trainer.requests import check_request
 from worker.adapter_cache import AdapterMissing, split_by_slots
-from worker.progress import StepRecorder
+from worker.progress import BatchGone, StepRecorder
 from worker.runtime import Runtime
 from worker.scoring import generation_scores
 from worker.shared import TRANSIENT, IdLogger, open_image, png
@@ -32,11 +37,12 @@ from worker.shared import TRANSIENT, IdLogger, open_image, png
 logger = logging.getLogger(__name__)
 
 # What a user reads when the adapter of their generation cannot be used.
-ADAPTER_ERRORS: dict[type[Exception], tuple[str, str]] = {
-    BlobIntegrityError: ("adapter_corrupt", "The adapter file is damaged (its checksum does not match); "
+ADAPTER_ERRORS: dict[type[Exception], tuple[FailureCode, str]] = {
+    BlobIntegrityError: (FailureCode.ADAPTER_CORRUPT, "The adapter file is damaged (its checksum does not match); "
                          "train the style again."),
-    trainer.AdapterError: ("adapter_incompatible", "The adapter does not fit the model this server runs: {exc}"),
-    AdapterMissing: ("adapter_missing", "The adapter no longer exists."),
+    trainer.AdapterError: (FailureCode.ADAPTER_INCOMPATIBLE,
+                           "The adapter does not fit the model this server runs: {exc}"),
+    AdapterMissing: (FailureCode.ADAPTER_MISSING, "The adapter no longer exists."),
 }
 
 
@@ -92,7 +98,7 @@ def drop_worn_out(rt: Runtime, claimed: Sequence[Generation]) -> list[Generation
     rows: list[Generation] = []
     for gen in claimed:
         if gen.attempts > rt.settings.max_attempts:
-            finish(rt, gen.id, GenerationState.FAILED, error_code="too_many_attempts",
+            finish(rt, gen.id, GenerationState.FAILED, error_code=FailureCode.TOO_MANY_ATTEMPTS,
                    error_message=f"The generation was interrupted {gen.attempts - 1} times; giving up.")
         else:
             rows.append(gen)
@@ -117,6 +123,8 @@ def run_chunk(rt: Runtime, rows: list[Generation], log: IdLogger) -> None:
             try:
                 reqs = build_requests(rt, gen, slots.get(gen.adapter_id) if gen.adapter_id else None,
                                       slots.get(gen.subject_adapter_id) if gen.subject_adapter_id else None)
+                for req in reqs:  # each checked alone, so a bad one fails only its own generation
+                    output_size(rt, req)
             except (trainer.SamplingError, BlobNotFound, UnidentifiedImageError, OSError) as exc:
                 log.warning("generation %s is invalid: %s", gen.id, exc)
                 fail_invalid(rt, [gen], exc)
@@ -126,18 +134,29 @@ def run_chunk(rt: Runtime, rows: list[Generation], log: IdLogger) -> None:
         if not requests:
             return
         t0 = time.perf_counter()
-        try:
-            progress = StepRecorder(rt, [(g.id, g.steps) for g in dict.fromkeys(owners)])
-            results = trainer.sample(rt.parts(), requests, on_step=progress)
-        except TRANSIENT:
-            raise
-        except trainer.SamplingError as exc:
-            fail_invalid(rt, list(dict.fromkeys(owners)), exc)
-            return
-        log.info("sampled %d images for %d generations in %.2f s", len(results), len(set(map(id, owners))),
-                 time.perf_counter() - t0)
-    stored = store_images(rt, owners, results)
-    scores = generation_scores(rt, owners, [res.image for res in results if res.image is not None])
+        results: list[trainer.SampleResult | None] = [None] * len(requests)
+        by_size: dict[tuple[int, int], list[int]] = {}  # an init image keeps its own size: one call per size
+        for i, req in enumerate(requests):
+            by_size.setdefault(output_size(rt, req), []).append(i)
+        for group in by_size.values():
+            gens = list(dict.fromkeys(owners[i] for i in group))
+            try:
+                progress = StepRecorder(rt, [(g.id, g.steps) for g in gens])
+                for i, res in zip(group, trainer.sample(rt.parts(), [requests[i] for i in group], on_step=progress),
+                                  strict=True):
+                    results[i] = res
+            except TRANSIENT:
+                raise
+            except BatchGone as exc:  # none of this group is this worker's any more (cancelled, taken over)
+                log.info("sampling stopped: %s", exc)
+            except trainer.SamplingError as exc:  # checked alone before: not expected, but never a stuck row
+                fail_invalid(rt, gens, exc)
+        log.info("sampled %d images for %d generations in %.2f s", sum(r is not None for r in results),
+                 len(set(map(id, owners))), time.perf_counter() - t0)
+    done = [i for i, r in enumerate(results) if r is not None]
+    owners, kept = [owners[i] for i in done], [r for r in results if r is not None]
+    stored = store_images(rt, owners, kept)
+    scores = generation_scores(rt, owners, [res.image for res in kept if res.image is not None])
     for gen_id, image_keys in stored.items():
         score = scores.get(gen_id)
         finish(rt, gen_id, GenerationState.SUCCEEDED, image_keys=image_keys, error_code=None, error_message=None,
@@ -146,10 +165,11 @@ def run_chunk(rt: Runtime, rows: list[Generation], log: IdLogger) -> None:
 
 def build_requests(rt: Runtime, gen: Generation, slot: str | None,
                    subject: str | None = None) -> list[GenerationRequest]:
-    """The sampler requests of one generation (one per image, seeds counting up), validated. `slot` and `subject`
-    are the bank names of its style and subject adapters."""
-    init = open_image(rt.store.get_bytes(gen.init_image_key)).convert("RGB") if gen.init_image_key else None
-    mask = open_image(rt.store.get_bytes(gen.mask_key)).convert("L") if gen.mask_key else None
+    """The sampler requests of one generation (one per image, seeds counting up), each checked alone as `sample`
+    would check it. `slot` and `subject` are the bank names of its style and subject adapters. The images stay
+    in their stored mode: the engine's one image rule converts them (trainer/contracts/images.py)."""
+    init = open_image(rt.store.get_bytes(gen.init_image_key)) if gen.init_image_key else None
+    mask = open_image(rt.store.get_bytes(gen.mask_key)) if gen.mask_key else None
     reqs = [
         GenerationRequest(
             prompt=gen.prompt, negative_prompt=gen.negative_prompt, seed=gen.seed + i, adapter=slot,
@@ -160,9 +180,13 @@ def build_requests(rt: Runtime, gen: Generation, slot: str | None,
         )
         for i in range(max(1, gen.num_images))
     ]
-    for req in reqs:
-        req.validate()
     return reqs
+
+
+def output_size(rt: Runtime, req: GenerationRequest) -> tuple[int, int]:
+    """The (height, width) `req` samples at; SamplingError for anything `trainer.sample` would refuse in it."""
+    parts = rt.parts()
+    return check_request(req, scale=parts.vae_scale_factor, default=parts.resolution)
 
 
 def store_images(rt: Runtime, owners: Sequence[Generation], results: Sequence[trainer.SampleResult],
@@ -177,16 +201,16 @@ def store_images(rt: Runtime, owners: Sequence[Generation], results: Sequence[tr
     return keys
 
 
-def adapter_error(exc: Exception) -> tuple[str, str]:
+def adapter_error(exc: Exception) -> tuple[FailureCode, str]:
     for cls, (code, message) in ADAPTER_ERRORS.items():
         if isinstance(exc, cls):
             return code, message.format(exc=exc)
-    return "adapter_error", f"The adapter could not be loaded: {exc}"
+    return FailureCode.ADAPTER_ERROR, f"The adapter could not be loaded: {exc}"
 
 
 def fail_invalid(rt: Runtime, gens: Sequence[Generation], exc: Exception) -> None:
     for gen in gens:
-        finish(rt, gen.id, GenerationState.FAILED, error_code="invalid_request",
+        finish(rt, gen.id, GenerationState.FAILED, error_code=FailureCode.INVALID_REQUEST,
                error_message=f"The request cannot be run: {exc}")
 
 

@@ -14,6 +14,10 @@ logger = logging.getLogger(__name__)
 WRITE_EVERY_SECONDS = 1.0  # a database write per round would cost more than a tiny model's round
 
 
+class BatchGone(Exception):
+    """None of the batch's generations is this worker's any more (cancelled, or taken over): stop sampling."""
+
+
 class StepRecorder:
     """`on_step` for `trainer.sample`: records rounds done (capped at each generation's own steps) on the first
     round, the last one, and at most every WRITE_EVERY_SECONDS in between."""
@@ -29,6 +33,8 @@ class StepRecorder:
             return
         self._last = now
         with self.rt.session_factory() as s:
-            for gen_id, steps in self.generations:
-                jobs.record_generation_step(s, gen_id, min(rounds, steps), self.rt.worker_host)
+            ours = [jobs.record_generation_step(s, gen_id, min(rounds, steps), self.rt.worker_host)
+                    for gen_id, steps in self.generations]
             s.commit()
+        if not any(ours):  # e.g. every row cancelled (storage/cancels.py): the rest of the loop is wasted work
+            raise BatchGone(f"none of {len(ours)} generations is still ours at round {rounds}/{total}")

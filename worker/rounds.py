@@ -1,6 +1,6 @@
 """What a training job trains on when it is more than the style's images under one prompt: the references with
 their own captions, a subject's photos under its prompt, or a feedback round's (image, caption) pairs, those of
-`params.round` (api/services/rounds.py):
+`params.round` (storage/job_params.py, written by api/services/rounds.py):
 
 - human: the picked images (generation id and index), each captioned with its generation's prompt;
 - automatic: the style's default version (as it was when the round was asked for) rendered over the feedback
@@ -12,7 +12,6 @@ their own captions, a subject's photos under its prompt, or a feedback round's (
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 from sqlalchemy import select
@@ -20,10 +19,12 @@ from sqlalchemy import select
 import trainer
 from storage import jobs
 from storage.blobs import BlobNotFound
+from storage.error_codes import FailureCode
+from storage.job_params import AutomaticRound, HumanRound, JobParams, Pick
 from storage.models import Generation, TrainingJob
 from storage.states import EventKind
 from trainer import TrainingExample
-from trainer.train import training_prompt
+from trainer.contracts.prompts import training_prompt
 from worker.runtime import Runtime
 from worker.shared import TRANSIENT, open_image
 
@@ -33,7 +34,7 @@ logger = logging.getLogger(__name__)
 class RoundError(Exception):
     """The round cannot run; `code` and `message` end its job `failed`."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: FailureCode, message: str) -> None:
         super().__init__(message)
         self.code, self.message = code, message
 
@@ -56,49 +57,51 @@ def job_examples(rt: Runtime, job: TrainingJob, references: list[Image.Image], c
 def round_examples(rt: Runtime, job: TrainingJob, references: list[Image.Image],
                    descriptor: str) -> list[TrainingExample] | None:
     """The job's training pairs when it is a feedback round; None for a plain job (it trains on the style image)."""
-    params: dict[str, Any] = job.params or {}
-    feedback = params.get("round")
-    if not isinstance(feedback, dict):
+    params = JobParams.of(job)
+    if params.round is None:
         return None
-    if feedback.get("mode") == "human":
-        return picked_examples(rt, feedback.get("selection") or [])
-    return automatic_examples(rt, job, feedback, references, descriptor, int(params.get("seed", 0)))
+    if isinstance(params.round, HumanRound):
+        return picked_examples(rt, params.round.selection)
+    return automatic_examples(rt, job, params.round, references, descriptor, params.seed)
 
 
-def picked_examples(rt: Runtime, selection: list[dict[str, Any]]) -> list[TrainingExample]:
+def picked_examples(rt: Runtime, selection: list[Pick]) -> list[TrainingExample]:
     with rt.session_factory() as s:
         gens = {g.id: g for g in s.scalars(select(Generation).where(
-            Generation.id.in_([p["generation_id"] for p in selection])))}
+            Generation.id.in_([p.generation_id for p in selection])))}
     out = []
     for p in selection:
-        gen, index = gens.get(p["generation_id"]), int(p["index"])
+        gen, index = gens.get(p.generation_id), p.index
         try:
             if gen is None or index >= len(gen.image_keys or []):
-                raise BlobNotFound(f"{p['generation_id']}/{index}")
+                raise BlobNotFound(f"{p.generation_id}/{index}")
             image = open_image(rt.store.get_bytes(gen.image_keys[index])).convert("RGB")
         except (BlobNotFound, UnidentifiedImageError, OSError, ValueError) as exc:
-            raise RoundError("selection_missing", f"Picked image {index} of generation {p['generation_id']} no "
-                             "longer exists; start the round again with a new selection.") from exc
+            raise RoundError(FailureCode.SELECTION_MISSING, f"Picked image {index} of generation "
+                             f"{p.generation_id} no longer exists; start the round again with a new "
+                             "selection.") from exc
         out.append(TrainingExample(image, gen.prompt))
     return out
 
 
-def automatic_examples(rt: Runtime, job: TrainingJob, feedback: dict[str, Any], references: list[Image.Image],
+def automatic_examples(rt: Runtime, job: TrainingJob, feedback: AutomaticRound, references: list[Image.Image],
                        descriptor: str, seed: int) -> list[TrainingExample]:
     clip = rt.clip()
     if clip is None:
-        raise RoundError("clip_unavailable", "An automatic round scores images with CLIP, which this worker could not "
-                         "load; an operator has to set STYLEDROP_CLIP_MODEL (a human round works without it).")
-    adapter_id = str(feedback["adapter_id"])
-    prompts = trainer.feedback_prompts(descriptor)[: int(feedback.get("prompts", 10))]
+        raise RoundError(FailureCode.CLIP_UNAVAILABLE, "An automatic round scores images with CLIP, which this "
+                         "worker could not load; an operator has to set STYLEDROP_CLIP_MODEL (a human round works "
+                         "without it).")
+    adapter_id = feedback.adapter_id
+    prompts = trainer.feedback_prompts(descriptor)[: feedback.prompts]
     errors: dict[str, Exception] = {}
     try:
         with rt.cache().batch([adapter_id], errors) as slots:
             if adapter_id in errors:
-                raise RoundError("adapter_missing", f"Version {feedback.get('version')} could not be loaded "
-                                 f"({errors[adapter_id]}); make another version the default and start again.")
+                raise RoundError(FailureCode.ADAPTER_MISSING, f"Version {feedback.version} could not be "
+                                 f"loaded ({errors[adapter_id]}); make another version the default and start "
+                                 "again.")
             settings = trainer.EvalSettings(adapter=slots[adapter_id], seed=seed, steps=rt.settings.preview_steps)
-            candidates = trainer.render_candidates(rt.parts(), prompts, per_prompt=int(feedback.get("per_prompt", 4)),
+            candidates = trainer.render_candidates(rt.parts(), prompts, per_prompt=feedback.per_prompt,
                                                    settings=settings)
         picked = trainer.select_best(candidates, trainer.ClipScorer(clip, references), per_prompt=1)
     except RoundError:
@@ -107,7 +110,7 @@ def automatic_examples(rt: Runtime, job: TrainingJob, feedback: dict[str, Any], 
         raise
     except Exception as exc:  # a sampling or scoring failure ends this round's job, not the worker
         logger.exception("automatic round of job %s failed", job.id)
-        raise RoundError("round_error", f"The round's samples could not be made: {exc}") from exc
+        raise RoundError(FailureCode.ROUND_ERROR, f"The round's samples could not be made: {exc}") from exc
     with rt.session_factory() as s:  # what was kept and why, on the job's event stream
         jobs.add_event(s, job.id, EventKind.LOG, {
             "message": f"automatic round: kept {len(picked)} of {len(candidates)} images by CLIP score",

@@ -14,11 +14,14 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.blobs import BlobStore, blob_store_from_settings
 from storage.db import make_engine, make_sessionmaker
+from storage.models import Generation, TrainingJob, Worker, utcnow
 from storage.settings import Settings, get_settings
+from storage.states import GENERATION_ACTIVE, JOB_ACTIVE
 from worker.devices import bind
 
 if TYPE_CHECKING:
@@ -115,7 +118,8 @@ class Runtime:
         """The adapter cache over a LoRA bank installed on the resident model once (1 slot in a train worker).
 
         `adapter_gpu_slots = 0` sizes the bank by memory (`trainer.default_capacity`). With `compile` on a CUDA
-        generate worker the U-ViT forward is compiled with CUDA graphs after the bank is installed.
+        generate worker the sampler's U-ViT forward is replayed from CUDA graphs (`trainer.capture.graph_sampling`: a
+        plain capture, no compiler) after the bank is installed.
         """
         parts = self.parts()
         with self._lock:
@@ -134,7 +138,9 @@ class Runtime:
                     if bank.device.type != "cuda":
                         logger.warning("STYLEDROP_COMPILE is for CUDA devices; ignored on %s", bank.device)
                     else:
-                        trainer.compile_transformer(parts.transformer)
+                        from trainer.capture import graph_sampling  # the sampler's forward, replayed
+
+                        graph_sampling(parts.transformer)
                 self._cache = AdapterCache(
                     bank,
                     cpu_capacity=s.adapter_cpu_cache,
@@ -173,11 +179,6 @@ def get_runtime(kind: str) -> Runtime:
 def beat_once(rt: Runtime) -> None:
     """Upsert this process's `workers` row; bump the heartbeat of the training job or generations it runs (else
     the reconciler would take a batch that runs longer than heartbeat_stale_seconds away from a live worker)."""
-    from sqlalchemy import update
-
-    from storage.models import Generation, TrainingJob, Worker, utcnow
-    from storage.states import GENERATION_ACTIVE, JOB_ACTIVE
-
     now = utcnow()
     with rt.session_factory() as s:
         row = s.get(Worker, rt.worker_id)

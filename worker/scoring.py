@@ -16,7 +16,7 @@ from sqlalchemy import select, update
 
 import trainer
 from storage.blobs import BlobNotFound
-from storage.models import Adapter, Generation, Style
+from storage.models import Adapter, Generation, Style, reference_images
 from worker.runtime import Runtime
 from worker.shared import TRANSIENT, open_image
 
@@ -78,7 +78,7 @@ def generation_scores(rt: Runtime, owners: Sequence[Generation], images: Sequenc
     for adapter_id, image_key, refs in rows:
         try:
             references[adapter_id] = [open_image(rt.store.get_bytes(key)).convert("RGB")
-                                      for key in [r["key"] for r in refs or []] or [image_key]]
+                                      for key, _ in reference_images(image_key, refs)]
         except (BlobNotFound, UnidentifiedImageError, OSError, ValueError) as exc:
             logger.warning("style images of adapter %s unreadable (%s): no style score", adapter_id, exc)
     out: dict[str, Scores] = {}

@@ -12,6 +12,7 @@ import logging
 from datetime import timedelta
 
 from storage import claims, jobs
+from storage.error_codes import FailureCode
 from storage.models import TrainingJob, utcnow
 from storage.states import JOB_ACTIVE, JobState
 from worker.runtime import Runtime
@@ -51,7 +52,7 @@ def settle_message_job(rt: Runtime, job_id: str, log: IdLogger) -> None:
             return
         if job.attempts >= job.max_attempts:
             jobs.transition(
-                s, job_id, expected=JobState.QUEUED, new=JobState.FAILED, error_code="too_many_attempts",
+                s, job_id, expected=JobState.QUEUED, new=JobState.FAILED, error_code=FailureCode.TOO_MANY_ATTEMPTS,
                 finished_at=now,
                 error_message=f"Training was interrupted {job.attempts} times (the limit is {job.max_attempts}); "
                 "giving up. Retry the job to start it again.",

@@ -20,22 +20,23 @@ from typing import Any
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select, update
 
 import trainer
 from storage import jobs
 from storage.blobs import BlobNotFound, content_key, new_key, sha256_hex
+from storage.error_codes import FailureCode
+from storage.job_params import JobParams
 from storage.models import Adapter as AdapterRow
 from storage.models import Style, TrainingJob, utcnow
 from storage.states import JOB_ACTIVE, EventKind, JobState
-from trainer import Checkpoint, CheckpointError, GenerationRequest
-from trainer.examples import subject_prompt
+from trainer import Checkpoint, CheckpointError, GenerationRequest, subject_prompt, training_prompt
 from trainer.train import Callbacks, Progress, StyleSpec, TrainResult, train_styles
 from worker.rounds import RoundError, job_examples
 from worker.runtime import SHUTDOWN, Runtime
 from worker.scoring import record_adapter_scores
 from worker.shared import TRANSIENT, IdLogger, open_image, png
+from worker.versions import insert_version
 
 logger = logging.getLogger(__name__)
 
@@ -101,13 +102,13 @@ class TrainingRun:
         except trainer.ModelLoadError as exc:
             logger.error("%s", exc)
             for j in ready:
-                outcomes[j.id] = self.fail(j, "model_unavailable", "The worker could not load the base model; an "
-                                           "operator has to fix its configuration.")
+                outcomes[j.id] = self.fail(j, FailureCode.MODEL_UNAVAILABLE, "The worker could not load the base "
+                                           "model; an operator has to fix its configuration.")
             return outcomes
         except (ValueError, CheckpointError) as exc:
             logger.error("training failed: %s", exc)
             for j in ready:
-                outcomes[j.id] = self.fail(j, "training_error", f"Training could not run: {exc}")
+                outcomes[j.id] = self.fail(j, FailureCode.TRAINING_ERROR, f"Training could not run: {exc}")
             return outcomes
         for j, result in zip(ready, results, strict=True):
             try:
@@ -116,7 +117,7 @@ class TrainingRun:
                 raise
             except Exception as exc:  # one job's finish failing must not take the others' results with it
                 j.log.exception("finishing failed")
-                outcomes[j.id] = self.fail(j, "training_error", f"Training could not finish: {exc}")
+                outcomes[j.id] = self.fail(j, FailureCode.TRAINING_ERROR, f"Training could not finish: {exc}")
         return outcomes
 
     def mark_run(self) -> None:
@@ -134,37 +135,34 @@ class TrainingRun:
         with self.rt.session_factory() as s:
             style = s.get(Style, j.job.style_id)
             if style is None or style.deleted_at is not None:
-                outcomes[j.id] = self.fail(j, "style_missing", "The style of this job was deleted.")
+                outcomes[j.id] = self.fail(j, FailureCode.STYLE_MISSING, "The style of this job was deleted.")
                 return False
             descriptor, content, kind, class_word = style.descriptor, style.content, style.kind, style.class_word
-            refs = [(r["key"], r.get("caption")) for r in style.references or []] or [(style.image_key, None)]
+            refs = style.reference_images
         try:
             images = [open_image(store.get_bytes(key)).convert("RGB") for key, _ in refs]
         except (BlobNotFound, UnidentifiedImageError, OSError, ValueError) as exc:
             j.log.error("style image unreadable: %s", exc)
-            outcomes[j.id] = self.fail(j, "bad_image", "The style image could not be read; upload it again as "
-                                       "PNG, JPEG or WebP.")
+            outcomes[j.id] = self.fail(j, FailureCode.BAD_IMAGE, "The style image could not be read; upload it "
+                                       "again as PNG, JPEG or WebP.")
             return False
         j.subject = subject_prompt(class_word or descriptor) if kind == "subject" else None  # "a photo of [V] dog"
         resume: Checkpoint | None = None
         if j.job.checkpoint_key:
             try:
-                resume = Checkpoint.from_bytes(store.get_bytes(j.job.checkpoint_key))
+                resume = Checkpoint.from_bytes(store.get_bytes(j.job.checkpoint_key), self.rt.parts().transformer)
                 j.log.info("resuming from checkpoint at step %d", resume.step)
             except (BlobNotFound, CheckpointError) as exc:
                 j.log.warning("checkpoint %s unusable (%s); starting from step 0", j.job.checkpoint_key, exc)
         j.references = images
-        params = dict(j.job.params or {})
-        j.seed = int(params.get("seed", 0))
+        j.seed = JobParams.of(j.job).seed
         try:  # a feedback round's picks, or the references with their captions (None: images under one prompt)
             examples = job_examples(self.rt, j.job, images, [c for _, c in refs], descriptor, content, j.subject)
         except RoundError as exc:
             outcomes[j.id] = self.fail(j, exc.code, exc.message)
             return False
-        lr = params.get("learning_rate")
         j.spec = StyleSpec([] if examples else images, descriptor, content, steps=j.job.total_steps, seed=j.seed,
-                           learning_rate=float(lr) if lr is not None else None, resume=resume, examples=examples,
-                           prompt=j.subject)
+                           resume=resume, examples=examples, prompt=j.subject)
         return True
 
     def report(self, j: JobRun, p: Progress) -> None:
@@ -227,7 +225,7 @@ class TrainingRun:
             if isinstance(result.error, TRANSIENT):  # the database or broker blinked: the job runs again later
                 return self.requeue(j, count_attempt=True)
             j.log.error("training failed: %r", result.error)
-            return self.fail(j, "training_error", f"Training could not run: {result.error}")
+            return self.fail(j, FailureCode.TRAINING_ERROR, f"Training could not run: {result.error}")
         if result.stopped and j.stop == "shutdown":
             return self.requeue(j, count_attempt=False)
         if result.stopped or result.adapter is None:
@@ -239,8 +237,8 @@ class TrainingRun:
                     ok = jobs.transition(s, j.id, expected=JOB_ACTIVE, new=JobState.CANCELLED,
                                          finished_at=utcnow(), eta_seconds=None, gpu_seconds=j.gpu_seconds())
                 s.commit()
-            j.log.info("stopped at step %d (%s)", result.step, "cancelled" if ok else "no longer ours")
-            return "cancelled" if ok else "stopped"
+            j.log.info("stopped at step %d (%s)", result.step, JobState.CANCELLED if ok else "no longer ours")
+            return JobState.CANCELLED if ok else "stopped"
 
         # Stored in fp16 (10.5 MB instead of 21 MB at amused-256 size); previews use the stored copy, so they
         # show exactly what later generations with this adapter will produce.
@@ -264,17 +262,17 @@ class TrainingRun:
         if ok and old_ckpt:
             self.rt.store.delete(old_ckpt)
         j.log.info("succeeded in %.1f s: adapter %s", time.perf_counter() - j.t0, adapter_id)
-        return "succeeded" if ok else "lost"
+        return JobState.SUCCEEDED if ok else "lost"
 
     # --- helpers of the steps --------------------------------------------------------------------------------
 
-    def fail(self, j: JobRun, code: str, message: str) -> str:
+    def fail(self, j: JobRun, code: FailureCode, message: str) -> str:
         with self.rt.session_factory() as s:
             jobs.transition(s, j.id, expected=JOB_ACTIVE, new=JobState.FAILED, error_code=code,
                             error_message=message, finished_at=utcnow(), eta_seconds=None,
                             gpu_seconds=j.gpu_seconds(), held_by=j.job.worker_host)  # not a job taken over
             s.commit()
-        return "failed"
+        return JobState.FAILED
 
     def requeue(self, j: JobRun, *, count_attempt: bool) -> str:
         """Back to queued for the next worker. A clean stop gives its attempt back; no wake-up is sent from here
@@ -300,32 +298,15 @@ class TrainingRun:
                 return existing.id
         self.rt.store.put_bytes(key, data)
         meta = adapter.meta
-        with self.rt.session_factory() as s:
-            # One unfinished job per style (the API refuses a second), so max + 1 does not race; the unique
-            # (style_id, version) constraint would turn a race into the IntegrityError handled below.
-            version = (s.scalar(select(func.max(AdapterRow.version)).where(AdapterRow.style_id == j.job.style_id))
-                       or 0) + 1
-        row = AdapterRow(version=version,
-            owner_id=j.job.owner_id, style_id=j.job.style_id, job_id=j.id, blob_key=key, sha256=sha,
-            bytes=len(data), base_model=meta.base_model, base_revision=meta.base_revision, rank=meta.rank,
-            alpha=meta.alpha, targets=list(meta.targets), descriptor=meta.descriptor, train_prompt=meta.train_prompt,
-            steps=meta.steps, seed=meta.seed, engine_version=meta.engine_version,
-        )
-        with self.rt.session_factory() as s:
-            s.add(row)
-            try:
-                s.commit()
-                return row.id
-            except IntegrityError:
-                s.rollback()
-        with self.rt.session_factory() as s:
-            adapter_id = s.scalar(select(AdapterRow.id).where(AdapterRow.job_id == j.id))
-            assert adapter_id is not None
-            return adapter_id
+        return insert_version(self.rt.session_factory, style_id=j.job.style_id, job_id=j.id, fields=dict(
+            owner_id=j.job.owner_id, blob_key=key, sha256=sha, bytes=len(data), base_model=meta.base_model,
+            base_revision=meta.base_revision, rank=meta.rank, alpha=meta.alpha, targets=list(meta.targets),
+            descriptor=meta.descriptor, train_prompt=meta.train_prompt, steps=meta.steps, seed=meta.seed,
+            engine_version=meta.engine_version))
 
     def render_previews(self, j: JobRun, adapter_id: str, adapter: trainer.Adapter) -> None:
         descriptor = adapter.meta.descriptor
-        prompts = [f"{p} in {descriptor} style" for p in self.rt.settings.preview_prompts[:2]]
+        prompts = [training_prompt(descriptor, p) for p in self.rt.settings.preview_prompts[:2]]
         if j.subject is not None:
             prompts = [j.subject, f"{j.subject} on a beach"][: len(prompts)]
         if not prompts:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from api.deps import BlobsDep, CurrentUser, PageLimit, PageOffset, SessionDep
-from api.problems import problem_responses
+from api.http.deps import BlobsDep, CurrentUser, PageLimit, PageOffset, SessionDep
+from api.http.problems import problem_responses
 from api.schemas import AdapterPublic
 from api.services import adapters
 

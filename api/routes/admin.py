@@ -3,9 +3,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
+from pydantic import BaseModel, Field
 
-from api.deps import AdminUser, PageOffset, SessionDep, SettingsDep
-from api.problems import problem_responses
+from api.http.deps import AdminUser, PageOffset, SessionDep, SettingsDep
+from api.http.problems import problem_responses
 from api.routes.jobs import StateFilter
 from api.schemas import (
     AdminJobPublic,
@@ -75,6 +76,18 @@ def create_key(user_id: str, _: AdminUser, session: SessionDep) -> ApiKeyCreated
 def disable_user(user_id: str, _: AdminUser, session: SessionDep) -> UserPublic:
     """Its keys stop working and its browser sessions end at once; its data stays."""
     return accounts.set_disabled(session=session, user_id=user_id, disabled=True)
+
+
+class CancelledWorkPublic(BaseModel):
+    generations: int = Field(description="Generations cancelled (they end failed, error code cancelled_on_request).")
+    jobs: int = Field(description="Training jobs cancelled (queued) or asked to stop (running).")
+
+
+@router.post("/users/{user_id}/cancel-work", response_model=CancelledWorkPublic)
+def cancel_user_work(user_id: str, _: AdminUser, session: SessionDep) -> CancelledWorkPublic:
+    """Cancel everything of this user that is queued or running (generations and training jobs)."""
+    done = accounts.cancel_all_work(session=session, user_id=user_id)
+    return CancelledWorkPublic(generations=done.generations, jobs=done.jobs)
 
 
 @router.post("/users/{user_id}/enable", response_model=UserPublic)

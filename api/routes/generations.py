@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Annotated, Any
 
@@ -11,8 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from api import generation_ops
-from api.deps import (
+from api.http.deps import (
     BlobsDep,
     CurrentUser,
     PageLimit,
@@ -22,12 +20,14 @@ from api.deps import (
     SessionFactoryDep,
     SettingsDep,
 )
-from api.errors import Invalid, UnsupportedMedia
-from api.forms import StrictFormRoute
-from api.problems import problem_responses
+from api.http.errors import Invalid, UnsupportedMedia
+from api.http.forms import StrictFormRoute
+from api.http.problems import problem_responses
+from api.http.waiters import GenerationWaiters
 from api.schemas import GenerationCreate, GenerationPublic
-from api.services import generations, lookup, uploads
+from api.services import generation_ops, generations, lookup, uploads
 from storage.blobs import BlobStore
+from storage.error_codes import ErrorCode
 from storage.models import Generation, User
 from storage.settings import Settings
 from storage.states import GENERATION_FINAL
@@ -37,7 +37,6 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/generations", tags=["generations"], route_class=StrictFormRoute,
                    responses=problem_responses(400, 401, 403, 404, 409, 410, 413, 415, 429))
 
-WAIT_POLL_SECONDS = 0.25
 RETRY_AFTER_MAX = 30
 
 
@@ -78,7 +77,7 @@ async def _read_file(upload: Any, *, what: str, max_bytes: int) -> bytes | None:
     if upload is None or upload == "":
         return None
     if not isinstance(upload, UploadFile):
-        raise Invalid(f"{what} must be a file part", code="bad_field")
+        raise Invalid(f"{what} must be a file part", code=ErrorCode.BAD_FIELD)
     return await run_in_threadpool(uploads.read_bounded, upload.file, max_bytes=max_bytes, what=what)
 
 
@@ -88,9 +87,9 @@ async def _parse(request: Request, settings: Settings) -> tuple[GenerationCreate
         try:
             body = await request.json()
         except (ValueError, RecursionError) as exc:
-            raise Invalid("the body is not valid JSON", code="bad_json") from exc
+            raise Invalid("the body is not valid JSON", code=ErrorCode.BAD_JSON) from exc
         if not isinstance(body, dict):
-            raise Invalid("the body must be a JSON object", code="bad_json")
+            raise Invalid("the body must be a JSON object", code=ErrorCode.BAD_JSON)
         return _validate(body), None, None
     if content_type == "multipart/form-data":
         form = await request.form(max_files=2, max_fields=20)
@@ -99,14 +98,15 @@ async def _parse(request: Request, settings: Settings) -> tuple[GenerationCreate
             if name in ("init_image", "mask"):
                 continue
             if isinstance(value, UploadFile):
-                raise Invalid(f"{name} must be a plain field", code="bad_field")
+                raise Invalid(f"{name} must be a plain field", code=ErrorCode.BAD_FIELD)
             if value != "" or name in ("prompt",):
                 fields[name] = value
         parsed = _validate(fields)
         init = await _read_file(form.get("init_image"), what="init_image", max_bytes=settings.max_upload_bytes)
         mask = await _read_file(form.get("mask"), what="mask", max_bytes=settings.max_upload_bytes)
         return parsed, init, mask
-    raise UnsupportedMedia("send application/json, or multipart/form-data with init_image", code="bad_content_type")
+    raise UnsupportedMedia("send application/json, or multipart/form-data with init_image",
+                           code=ErrorCode.BAD_CONTENT_TYPE)
 
 
 def _create(
@@ -159,13 +159,9 @@ async def create_generation(
     gen, created = await run_in_threadpool(_create, factory, blobs, settings, user, parsed, init, mask, idempotency_key)
     if not created:
         response.status_code = status.HTTP_200_OK
-    if wait > 0:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        while gen.state not in GENERATION_FINAL and loop.time() < deadline:
-            await asyncio.sleep(min(WAIT_POLL_SECONDS, max(deadline - loop.time(), 0)))
-            if await request.is_disconnected():
-                break
+    if wait > 0 and gen.state not in GENERATION_FINAL:  # the process's one poller watches it (api/waiters.py)
+        waiters: GenerationWaiters = request.app.state.waiters
+        if await waiters.wait(user.id, gen.id, wait, request.is_disconnected):
             current = await run_in_threadpool(_load, factory, gen.id)
             if current is not None:
                 gen = current
@@ -203,6 +199,15 @@ def get_generation_image(
     gen = generations.get_generation(session=session, owner=user, generation_id=generation_id)
     key = generations.generation_image_key(gen, n)
     return Response(lookup.read_blob(blobs, key, what="image"), media_type="image/png")
+
+
+@router.post("/{generation_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=GenerationPublic)
+def cancel_generation(generation_id: str, user: CurrentUser, session: SessionDep) -> GenerationPublic:
+    """Cancel a queued or running generation: it ends `failed` with `error_code` `cancelled_on_request` at once (a
+    running one's worker drops its images and stops sampling at its next step when nothing of its batch is left); 409
+    `generation_final` when it has already finished."""
+    gen = generations.cancel_generation(session=session, owner=user, generation_id=generation_id)
+    return generations.generation_view(session, gen)
 
 
 @router.delete("/{generation_id}", status_code=status.HTTP_204_NO_CONTENT)

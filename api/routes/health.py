@@ -7,10 +7,11 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import MetricsAccess, SettingsDep
-from api.problems import problem, problem_responses
+from api.http.deps import MetricsAccess, SettingsDep
+from api.http.problems import problem, problem_responses
 from storage import broker
 from storage.db import schema_problem
+from storage.error_codes import ErrorCode
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ async def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
         checks["broker"] = f"unreachable: {type(exc).__name__}: {str(exc)[:200]}"
     failed = {name: value for name, value in checks.items() if value != "ok"}
     if failed:
-        return problem(503, "not_ready", "not ready: " + "; ".join(f"{k}: {v}" for k, v in failed.items()),
+        return problem(503, ErrorCode.NOT_READY, "not ready: " + "; ".join(f"{k}: {v}" for k, v in failed.items()),
                        path=request.url.path, headers={"Retry-After": READY_RETRY_AFTER}, checks=checks)
     return JSONResponse({"status": "ready", "checks": checks})
 

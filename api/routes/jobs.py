@@ -7,12 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from api.deps import BlobsDep, CurrentUser, PageLimit, PageOffset, SessionDep
-from api.errors import Invalid
-from api.problems import problem_responses
+from api.http.deps import BlobsDep, CurrentUser, PageLimit, PageOffset, SessionDep, credential_check
+from api.http.errors import Invalid
+from api.http.problems import problem_responses
+from api.http.streams import EventStreamRoute, StreamHub
 from api.schemas import MAX_OFFSET, JobEventPublic, JobPublic
 from api.services import jobs, lookup
-from api.streams import EventStreamRoute, StreamHub
+from storage.error_codes import ErrorCode
 from storage.models import JobEvent
 from storage.states import JobState
 
@@ -48,7 +49,7 @@ def _event_cursor(
     if not value:
         return after
     if not (value.isascii() and value.isdigit()) or len(value) > 20:
-        raise Invalid("Last-Event-ID must be an event id (up to 20 ASCII digits)", code="bad_last_event_id")
+        raise Invalid("Last-Event-ID must be an event id (up to 20 ASCII digits)", code=ErrorCode.BAD_LAST_EVENT_ID)
     return max(after, min(int(value), MAX_OFFSET))
 
 
@@ -63,7 +64,8 @@ def _admitted_stream(job_id: str, request: Request, user: CurrentUser, session: 
     hub: StreamHub = request.app.state.streams
     with hub.admitted(user.id):
         session.close()  # the stream must not keep the request's pooled connection for its whole life
-        yield hub.events(job_id, after, event_public)
+        yield hub.events(job_id, after, event_public, still_allowed=credential_check(request, user.id),
+                         recheck_seconds=request.app.state.settings.stream_recheck_seconds)
 
 
 @router.get("", response_model=list[JobPublic])

@@ -2,24 +2,26 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from api.deps import CurrentUser, SessionDep
-from api.problems import problem_responses
+from api.http.deps import CurrentUser, PageLimit, PageOffset, SessionDep, SettingsDep
+from api.http.problems import problem_responses
 from api.schemas import ApiKeyCreatedPublic, ApiKeyPublic
 from api.services import own_keys
 
-router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=problem_responses(401, 403, 404))
+router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=problem_responses(401, 403, 404, 409))
 
 
 @router.get("", response_model=list[ApiKeyPublic])
-def list_keys(user: CurrentUser, session: SessionDep) -> list[ApiKeyPublic]:
-    """The caller's own API keys (never their secrets), oldest first."""
-    return own_keys.list_own_keys(session=session, owner=user)
+def list_keys(user: CurrentUser, session: SessionDep, limit: PageLimit = 50, offset: PageOffset = 0,
+              ) -> list[ApiKeyPublic]:
+    """The caller's own API keys (never their secrets), oldest first, a page at a time (`limit`, `offset`)."""
+    return own_keys.list_own_keys(session=session, owner=user, limit=limit, offset=offset)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreatedPublic)
-def create_key(user: CurrentUser, session: SessionDep) -> ApiKeyCreatedPublic:
-    """A new key for the caller; its secret is in this response only."""
-    return own_keys.create_own_key(session=session, owner=user)
+def create_key(user: CurrentUser, session: SessionDep, settings: SettingsDep) -> ApiKeyCreatedPublic:
+    """A new key for the caller; its secret is in this response only. 409 `too_many_keys` past
+    max_active_keys_per_user active keys."""
+    return own_keys.create_own_key(session=session, settings=settings, owner=user)
 
 
 @router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT)

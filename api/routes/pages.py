@@ -19,14 +19,15 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 
-from api import gallery
-from api.deps import SessionDep, current_user_from_cookie
-from api.errors import NotFound
-from api.security import CSRF_FIELD, SESSION_COOKIE, check_csrf, csrf_token
-from api.services import rounds, styles, versions
+from api.http.deps import SessionDep, current_user_from_cookie
+from api.http.errors import NotFound
+from api.http.security import CSRF_FIELD, SESSION_COOKIE, check_csrf, csrf_token
+from api.services import gallery, rounds, styles, versions
+from storage.generation_settings import MAX_SEED, SETTING_NAMES
 from storage.models import User
 from storage.sessions import close_session, open_session
 from storage.users import find_key
+from trainer.contracts import limits
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,9 @@ SignedInUser = Annotated[User, Depends(_signed_in)]
 
 router = APIRouter(include_in_schema=False, route_class=PageRoute)
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
+# The generate form's bounds and defaults, and the settings "use these settings again" restores
+templates.env.globals.update(limits=limits, setting_names=list(SETTING_NAMES), max_seed=MAX_SEED)
+templates.env.filters["g"] = lambda number: f"{number:g}"  # 1.0 → 1, as the API's docs write the numbers
 
 STYLES_PAGE_LIMIT = 200
 GALLERY_LIMIT = 24  # the style page shows the newest; the gallery pages through the rest
@@ -84,7 +88,7 @@ def _render(request: Request, name: str, user: User | None, status_code: int = 2
         status_code=status_code,
     )
     response.headers["Cache-Control"] = "no-store"
-    # CSP, nosniff, framing and Referrer-Policy: api/headers.py, on every HTML response
+    # CSP, nosniff, framing and Referrer-Policy: api/http/headers.py, on every HTML response
     return response
 
 

@@ -4,9 +4,9 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Header, Response, UploadFile, status
 
-from api.deps import BlobsDep, CurrentUser, PageLimit, PageOffset, RateLimitedUser, SessionDep, SettingsDep
-from api.forms import StrictFormRoute
-from api.problems import problem_responses
+from api.http.deps import BlobsDep, CurrentUser, PageLimit, PageOffset, RateLimitedUser, SessionDep, SettingsDep
+from api.http.forms import StrictFormRoute
+from api.http.problems import problem_responses
 from api.schemas import (
     WEBHOOK_DOC,
     WEBHOOK_EVENTS_DOC,
@@ -61,7 +61,8 @@ def create_style(
     """Upload a style's reference image(s), or a subject's photos, and queue its training job. A repeated
     `Idempotency-Key` with the same request returns the same style and job (200); with a different request it is
     refused (409)."""
-    data = [uploads.read_bounded(f.file, max_bytes=settings.max_upload_bytes, what="image")
+    # left where the parser spooled them, read one at a time when needed (api/services/references.py)
+    data = [uploads.FileSource(f.file, max_bytes=settings.max_upload_bytes, what="image")
             for f in image[: settings.max_style_images + 1]]  # one past the cap is enough to refuse it
     created = styles.create_style(
         session=session, blobs=blobs, settings=settings, owner=user, images=data, descriptor=descriptor,

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api import webhooks
-from api.deps import CurrentUser, SessionDep
-from api.problems import problem_responses
+from api.http.deps import CurrentUser, SessionDep
+from api.http.problems import problem_responses
 from api.schemas import WebhookSecretPublic
+from api.services import webhooks
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=problem_responses(401, 403))
 

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 from sqlalchemy.orm import Session
 
-from api.errors import Conflict, Invalid, NotFound
+from api.http.errors import Conflict, Invalid, NotFound
 from api.schemas import (
     ApiKeyCreatedPublic,
     ApiKeyPublic,
@@ -17,6 +17,8 @@ from api.schemas import (
     UserPublic,
 )
 from storage import accounts
+from storage.cancels import CancelledWork, cancel_user_work
+from storage.error_codes import ErrorCode
 from storage.models import (
     ApiKey,
     User,
@@ -37,11 +39,11 @@ def _account_errors() -> Iterator[None]:
     except (accounts.UserNotFound, accounts.KeyNotFound) as exc:
         raise NotFound(str(exc)) from exc
     except accounts.UserExists as exc:
-        raise Conflict(str(exc), code="user_exists") from exc
+        raise Conflict(str(exc), code=ErrorCode.USER_EXISTS) from exc
     except accounts.KeyRevoked as exc:
-        raise Conflict(str(exc), code="key_revoked") from exc
+        raise Conflict(str(exc), code=ErrorCode.KEY_REVOKED) from exc
     except accounts.BadUserName as exc:
-        raise Invalid(str(exc), code="bad_user_name") from exc
+        raise Invalid(str(exc), code=ErrorCode.BAD_USER_NAME) from exc
 
 
 def _key_public(key: ApiKey, plaintext: str) -> ApiKeyCreatedPublic:
@@ -83,6 +85,15 @@ def rotate_key(*, session: Session, key_id: str) -> ApiKeyCreatedPublic:
     with _account_errors():
         key, plaintext = accounts.rotate_key(session, key_id=key_id)
     return _key_public(key, plaintext)
+
+
+def cancel_all_work(*, session: Session, user_id: str) -> CancelledWork:
+    """An admin's "cancel all of this user": queued and running generations and training jobs."""
+    if session.get(User, user_id) is None:
+        raise NotFound(f"no user {user_id!r}")
+    done = cancel_user_work(session, user_id, running=True, why="Cancelled by an admin.")
+    session.commit()
+    return done
 
 
 def set_disabled(*, session: Session, user_id: str, disabled: bool) -> UserPublic:

@@ -10,21 +10,23 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.errors import Conflict, Gone
+from api.http.errors import Conflict, Gone
 from api.services.lookup import get_owned
 from storage.blobs import BlobIntegrityError, BlobNotFound, BlobStore, get_verified
+from storage.error_codes import ErrorCode
 from storage.models import (
     Adapter,
     User,
     utcnow,
 )
+from storage.visibility import visible_adapter
 
 logger = logging.getLogger(__name__)
 
 
 def list_adapters(*, session: Session, owner: User, limit: int, offset: int) -> Sequence[Adapter]:
     return session.scalars(
-        select(Adapter).where(Adapter.owner_id == owner.id, Adapter.deleted_at.is_(None))
+        select(Adapter).where(Adapter.owner_id == owner.id, visible_adapter())
         .order_by(Adapter.created_at.desc(), Adapter.id.desc()).limit(limit).offset(offset)
     ).all()
 
@@ -43,10 +45,11 @@ def adapter_bytes(*, blobs: BlobStore, adapter: Adapter) -> bytes:
         return get_verified(blobs, adapter.blob_key, adapter.sha256)
     except BlobNotFound as exc:
         logger.error("adapter %s: blob %s is missing", adapter.id, adapter.blob_key)
-        raise Gone("the adapter file is missing from the store", code="blob_missing") from exc
+        raise Gone("the adapter file is missing from the store", code=ErrorCode.BLOB_MISSING) from exc
     except BlobIntegrityError as exc:
         raise Conflict(
-            "the stored adapter file does not match its recorded sha256; it was not sent", code="adapter_corrupt"
+            "the stored adapter file does not match its recorded sha256; it was not sent",
+            code=ErrorCode.ADAPTER_CORRUPT,
         ) from exc
 
 

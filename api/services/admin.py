@@ -9,7 +9,7 @@ from datetime import timedelta
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, contains_eager, joinedload
 
-from api.errors import NotFound
+from api.http.errors import NotFound
 from api.schemas import (
     AdminJobPublic,
     FailurePublic,

@@ -16,22 +16,25 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api import queue
-from api.decoding import decode_slot
-from api.errors import Conflict, Invalid, NotFound
+from api.http.errors import Conflict, Invalid, NotFound
 from api.schemas import (
-    DEFAULT_SUBJECT_WEIGHT,
     MAX_SEED,
     GenerationCreate,
     GenerationPublic,
 )
+from api.services import queue
 from api.services.adapters import get_adapter
+from api.services.decoding import decode_slot
 from api.services.lookup import get_owned
-from api.services.uploads import hash_request, image_error, normalize_image
+from api.services.quotas import check_image_cap, check_storage
+from api.services.text import unsafe_character
+from api.services.uploads import hash_request, image_error, lock_owner, normalize_image
 from api.services.versions import generation_adapter
-from api.webhooks import checked_webhook
+from api.services.webhooks import checked_webhook
+from storage import cancels
 from storage.blobs import BlobStore, content_key
 from storage.dispatch import dispatch
+from storage.error_codes import ErrorCode
 from storage.images import ImageRejected, load_mask
 from storage.models import (
     Generation,
@@ -41,11 +44,9 @@ from storage.models import (
 from storage.resources import generation_views
 from storage.settings import Settings
 from storage.states import GenerationState, WorkKind
+from trainer.contracts.limits import DEFAULT_IMG2IMG_STRENGTH, DEFAULT_SUBJECT_WEIGHT
 
 logger = logging.getLogger(__name__)
-
-
-DEFAULT_IMG2IMG_STRENGTH = 0.75
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def create_generation(
     """Queue a generation. A repeated `idempotency_key` with the same request (fields and files) returns the
     first generation (`created=False`); with a different request it is a 409."""
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
-        raise Invalid("Idempotency-Key must be 1..255 characters", code="bad_idempotency_key",
+        raise Invalid("Idempotency-Key must be 1..255 characters", code=ErrorCode.BAD_IDEMPOTENCY_KEY,
                       field="header.Idempotency-Key")
     request_hash = hash_request(
         (init_image or b"") + b"\0mask\0" + (mask or b""), request.model_dump(mode="json"))
@@ -77,15 +78,22 @@ def create_generation(
         if replay is not None:
             return GenerationCreated(replay, created=False)
     if request.num_images > settings.max_images_per_request:
-        raise Invalid(f"num_images must be at most {settings.max_images_per_request}", code="bad_num_images",
+        raise Invalid(f"num_images must be at most {settings.max_images_per_request}", code=ErrorCode.BAD_NUM_IMAGES,
                       field="body.num_images")
+    for name, text in (("prompt", request.prompt), ("negative_prompt", request.negative_prompt)):
+        if bad := unsafe_character(text or ""):
+            raise Invalid(f"{name} contains {bad}", code=ErrorCode.BAD_PROMPT, field=f"body.{name}")
+    check_image_cap(session, settings, owner, request.num_images)  # before any decode or write
+    adding = request.num_images * settings.image_charge_bytes + len(init_image or b"") + len(mask or b"")
+    check_storage(session, settings, owner, adding, "this generation")
     adapter_id = generation_adapter(session=session, owner=owner, adapter_id=request.adapter_id,
                                     style_id=request.style_id, version=request.version)
     subject_weight = check_subject(session, owner, request)
     if mask is not None and init_image is None:
-        raise Invalid("a mask needs an init_image", code="mask_without_image")
+        raise Invalid("a mask needs an init_image", code=ErrorCode.MASK_WITHOUT_IMAGE)
     if request.strength is not None and init_image is None:
-        raise Invalid("strength applies to image-to-image only; send an init_image", code="strength_without_image")
+        raise Invalid("strength applies to image-to-image only; send an init_image",
+                      code=ErrorCode.STRENGTH_WITHOUT_IMAGE)
     hook_url, hook_events = checked_webhook(request.webhook, request.webhook_events_filter, settings=settings)
 
     init_key = mask_key = None
@@ -103,7 +111,7 @@ def create_generation(
             if mask_im.size != (init.width, init.height):
                 raise Invalid(
                     f"mask is {mask_im.size[0]}x{mask_im.size[1]} but init_image is {init.width}x{init.height}; "
-                    "they must be the same size", code="mask_size_mismatch",
+                    "they must be the same size", code=ErrorCode.MASK_SIZE_MISMATCH,
                 )
             buf = io.BytesIO()
             mask_im.save(buf, format="PNG")
@@ -126,6 +134,9 @@ def create_generation(
         state=GenerationState.QUEUED, image_keys=[], idempotency_key=idempotency_key, request_hash=request_hash,
         webhook=hook_url, webhook_events=hook_events,
     )
+    lock_owner(session, owner)  # the cap again, under the owner's lock until the commit
+    check_image_cap(session, settings, owner, request.num_images)
+    check_storage(session, settings, owner, adding, "this generation")
     session.add(gen)
     try:
         session.commit()
@@ -140,10 +151,22 @@ def create_generation(
     return GenerationCreated(gen, created=True)
 
 
+def cancel_generation(*, session: Session, owner: User, generation_id: str) -> Generation:
+    """Cancel `owner`'s queued or running generation (storage/cancels.py); 409 `generation_final` once final."""
+    gen = get_owned(session, Generation, generation_id, owner, "generation")
+    if not cancels.cancel_generation(session, gen.id):
+        session.rollback()
+        raise Conflict(f"the generation has already {gen.state}", code=ErrorCode.GENERATION_FINAL)
+    session.commit()
+    session.refresh(gen)
+    logger.info("user %s: generation %s cancelled", owner.id, gen.id)
+    return gen
+
+
 def _generation_replay(session: Session, owner_id: str, key: str, request_hash: str) -> Generation | None:
     gen = session.scalar(select(Generation).where(Generation.owner_id == owner_id, Generation.idempotency_key == key))
     if gen is not None and gen.request_hash != request_hash:
-        raise Conflict("this Idempotency-Key was used with a different request", code="idempotency_mismatch")
+        raise Conflict("this Idempotency-Key was used with a different request", code=ErrorCode.IDEMPOTENCY_MISMATCH)
     return gen
 
 
@@ -168,14 +191,14 @@ def check_subject(session: Session, owner: User, request: GenerationCreate) -> f
     subject), None without one; a weight without a subject is refused rather than ignored."""
     if request.subject_adapter_id is None:
         if request.subject_weight is not None:
-            raise Invalid("subject_weight needs a subject_adapter_id", code="subject_weight_without_subject",
+            raise Invalid("subject_weight needs a subject_adapter_id", code=ErrorCode.SUBJECT_WEIGHT_WITHOUT_SUBJECT,
                           field="body.subject_weight")
         return None
     adapter = get_adapter(session=session, owner=owner, adapter_id=request.subject_adapter_id)
     style = session.get(Style, adapter.style_id)
     if style is None or style.kind != "subject":
         raise Invalid("subject_adapter_id must name the adapter of a subject (a style created with kind "
-                      "'subject'); to use a style adapter, pass it as adapter_id", code="not_a_subject",
+                      "'subject'); to use a style adapter, pass it as adapter_id", code=ErrorCode.NOT_A_SUBJECT,
                       field="body.subject_adapter_id")
     return request.subject_weight if request.subject_weight is not None else DEFAULT_SUBJECT_WEIGHT
 

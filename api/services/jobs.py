@@ -10,12 +10,14 @@ from collections.abc import Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api import queue
-from api.errors import Conflict, NotFound
+from api.http.errors import Conflict, NotFound
 from api.schemas import JobPublic
+from api.services import queue
 from api.services.lookup import get_owned
+from api.services.uploads import lock_owner
 from storage import jobs as jobstore
 from storage.dispatch import dispatch
+from storage.error_codes import ErrorCode
 from storage.models import (
     JobEvent,
     TrainingJob,
@@ -24,7 +26,7 @@ from storage.models import (
 )
 from storage.resources import job_views
 from storage.settings import Settings
-from storage.states import JOB_FINAL, EventKind, JobState, WorkKind
+from storage.states import JOB_FINAL, JOB_UNFINISHED, EventKind, JobState, WorkKind
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +70,10 @@ def request_cancel(session: Session, job: TrainingJob) -> bool:
 
 
 # "the job has already succeeded", not "the job is already succeeded"
-STATE_PHRASES = {
-    "queued": "is still queued", "running": "is still running", "cancelling": "is being cancelled",
-    "succeeded": "has already succeeded", "failed": "has already failed", "cancelled": "has already been cancelled",
+STATE_PHRASES: dict[str, str] = {
+    JobState.QUEUED: "is still queued", JobState.RUNNING: "is still running", JobState.CANCELLING: "is being cancelled",
+    JobState.SUCCEEDED: "has already succeeded", JobState.FAILED: "has already failed",
+    JobState.CANCELLED: "has already been cancelled",
 }
 
 
@@ -78,7 +81,7 @@ def cancel_job(*, session: Session, job: TrainingJob) -> TrainingJob:
     """Cancel `job` (already authorised). Raises Conflict when it is final."""
     if not request_cancel(session, job):
         session.rollback()
-        raise Conflict(f"the job {STATE_PHRASES.get(job.state, 'is ' + job.state)}", code="job_final")
+        raise Conflict(f"the job {STATE_PHRASES.get(job.state, 'is ' + job.state)}", code=ErrorCode.JOB_FINAL)
     session.commit()
     session.refresh(job)
     logger.info("job %s: cancel requested (now %s)", job.id, job.state)
@@ -91,6 +94,15 @@ def retry_job(*, session: Session, settings: Settings, job_id: str) -> TrainingJ
     if job is None:
         raise NotFound("job not found")
     previous_attempts = job.attempts
+    owner = session.get(User, job.owner_id)
+    assert owner is not None
+    lock_owner(session, owner)  # as a retrain: one unfinished job per style, checked until the commit
+    busy = session.scalar(select(TrainingJob.id).where(
+        TrainingJob.style_id == job.style_id, TrainingJob.id != job.id, TrainingJob.state.in_(JOB_UNFINISHED)))
+    if busy is not None:
+        session.rollback()
+        raise Conflict(f"the style has another unfinished job ({busy}); cancel it or wait for it before retrying "
+                       "this one", code=ErrorCode.STYLE_BUSY)
     if not jobstore.transition(
         session, job.id, expected=(JobState.FAILED, JobState.CANCELLED), new=JobState.QUEUED, error_code=None,
         error_message=None, cancel_requested_at=None, finished_at=None, heartbeat_at=None, attempts=0,
@@ -98,7 +110,7 @@ def retry_job(*, session: Session, settings: Settings, job_id: str) -> TrainingJ
     ):
         session.rollback()
         raise Conflict(f"only failed or cancelled jobs can be retried; this one {STATE_PHRASES[job.state]}",
-                       code="not_retryable")
+                       code=ErrorCode.NOT_RETRYABLE)
     jobstore.add_event(
         session, job.id, EventKind.LOG, {"message": "retried by an admin", "previous_attempts": previous_attempts}
     )

@@ -9,8 +9,9 @@ from typing import TypeVar
 
 from sqlalchemy.orm import Session
 
-from api.errors import Gone, NotFound
+from api.http.errors import Gone, NotFound
 from storage.blobs import BlobNotFound, BlobStore
+from storage.error_codes import ErrorCode
 from storage.models import (
     Adapter,
     Generation,
@@ -40,4 +41,4 @@ def read_blob(blobs: BlobStore, key: str | None, *, what: str) -> bytes:
         return blobs.get_bytes(key)
     except BlobNotFound as exc:
         logger.error("blob %s (%s) is missing from the store", key, what)
-        raise Gone(f"the stored {what} is missing", code="blob_missing") from exc
+        raise Gone(f"the stored {what} is missing", code=ErrorCode.BLOB_MISSING) from exc

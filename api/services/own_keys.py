@@ -7,18 +7,28 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from api.errors import NotFound
+from api.http.errors import Conflict, NotFound
 from api.schemas import ApiKeyCreatedPublic, ApiKeyPublic
 from api.services.accounts import key_public
+from api.services.uploads import lock_owner
 from storage import accounts
+from storage.error_codes import ErrorCode
 from storage.models import ApiKey, User
+from storage.settings import Settings
 
 
-def list_own_keys(*, session: Session, owner: User) -> list[ApiKeyPublic]:
-    return [key_public(k) for k in accounts.list_keys(session, user_id=owner.id)]
+def list_own_keys(*, session: Session, owner: User, limit: int | None = None, offset: int = 0) -> list[ApiKeyPublic]:
+    return [key_public(k) for k in accounts.list_keys(session, user_id=owner.id, limit=limit, offset=offset)]
 
 
-def create_own_key(*, session: Session, owner: User) -> ApiKeyCreatedPublic:
+def create_own_key(*, session: Session, settings: Settings, owner: User) -> ApiKeyCreatedPublic:
+    """A new key, unless the caller already has `max_active_keys_per_user` (409 `too_many_keys`: revoke one)."""
+    lock_owner(session, owner)  # two concurrent creations cannot both pass the count
+    active = accounts.active_keys(session, owner.id)
+    if active >= settings.max_active_keys_per_user:
+        session.rollback()
+        raise Conflict(f"you have {active} active API keys, the limit; revoke one you no longer use first",
+                       code=ErrorCode.TOO_MANY_KEYS)
     key, plaintext = accounts.add_key(session, user_id=owner.id)
     return ApiKeyCreatedPublic(id=key.id, user_id=key.user_id, key=plaintext, created_at=key.created_at)
 

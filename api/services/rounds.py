@@ -13,17 +13,20 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.errors import Conflict, Invalid, NotFound
+from api.http.errors import Conflict, Invalid, NotFound
 from api.schemas import MAX_SEED, GenerationCreate, RoundCreate, RoundPick, SamplesCreate
 from api.services.generations import create_generation
 from api.services.lookup import get_owned
+from api.services.quotas import check_image_cap, check_storage
 from api.services.styles import create_style_job
 from api.services.versions import default_of, generation_adapter, live_versions, styled
 from storage.blobs import BlobStore
-from storage.feedback import feedback_prompts
+from storage.error_codes import ErrorCode
+from storage.job_params import AutomaticRound, HumanRound, Pick
 from storage.models import Adapter, Generation, Style, TrainingJob, User
 from storage.settings import Settings
 from storage.states import GenerationState
+from trainer.contracts.prompts import feedback_prompts
 
 
 def create_samples(*, session: Session, blobs: BlobStore, settings: Settings, owner: User, style_id: str,
@@ -35,10 +38,14 @@ def create_samples(*, session: Session, blobs: BlobStore, settings: Settings, ow
                                     version=body.version)
     if body.images_per_prompt > settings.max_images_per_request:
         raise Invalid(f"images_per_prompt must be at most {settings.max_images_per_request}",
-                      code="bad_num_images", field="body.images_per_prompt")
+                      code=ErrorCode.BAD_NUM_IMAGES, field="body.images_per_prompt")
+    prompts = feedback_prompts(style.descriptor)[: body.prompts]
+    images = len(prompts) * body.images_per_prompt
+    check_image_cap(session, settings, owner, images)  # all of them, or none
+    check_storage(session, settings, owner, images * settings.image_charge_bytes, "these samples")
     seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED // 2)
     gens = []
-    for i, prompt in enumerate(feedback_prompts(style.descriptor)[: body.prompts]):
+    for i, prompt in enumerate(prompts):
         request = GenerationCreate(prompt=prompt, adapter_id=adapter_id, steps=body.steps,
                                    num_images=body.images_per_prompt,
                                    seed=(seed + i * body.images_per_prompt) % (MAX_SEED + 1))
@@ -67,33 +74,35 @@ def sample_images(*, session: Session, owner: User, style: Style, limit: int = 6
 def create_round(*, session: Session, settings: Settings, owner: User, style_id: str,
                  body: RoundCreate) -> TrainingJob:
     style = styled(get_owned(session, Style, style_id, owner, "style"))
-    feedback: dict[str, Any]
+    feedback: HumanRound | AutomaticRound
     if body.mode == "human":
-        feedback = {"mode": "human", "selection": _checked_selection(session, owner, style, body.selection)}
+        feedback = HumanRound(selection=_checked_selection(session, owner, style, body.selection))
     else:
         if body.selection is not None:
-            raise Invalid("an automatic round picks its own images; send no selection", code="selection_not_allowed",
+            raise Invalid("an automatic round picks its own images; send no selection",
+                          code=ErrorCode.SELECTION_NOT_ALLOWED,
                           field="body.selection")
         default = default_of(style, live_versions(session, [style.id])[style.id])
         if default is None:
             raise Invalid("an automatic round renders the style's default version, and it has none yet",
-                          code="style_not_trained")
-        feedback = {"mode": "automatic", "adapter_id": default.id, "version": default.version,
-                    "prompts": body.prompts, "per_prompt": body.per_prompt}
+                          code=ErrorCode.STYLE_NOT_TRAINED)
+        feedback = AutomaticRound(adapter_id=default.id, version=default.version, prompts=body.prompts,
+                                  per_prompt=body.per_prompt)
     return create_style_job(session=session, settings=settings, owner=owner, style_id=style.id, steps=body.steps,
                             seed=body.seed, feedback=feedback)
 
 
 def _checked_selection(session: Session, owner: User, style: Style,
-                       picks: list[RoundPick] | None) -> list[dict[str, Any]]:
+                       picks: list[RoundPick] | None) -> list[Pick]:
     """The picks as job params, each naming an existing image of a succeeded generation of `style`'s."""
     if not picks:
-        raise Invalid("a human round needs a selection: at least one picked image", code="empty_selection",
+        raise Invalid("a human round needs a selection: at least one picked image", code=ErrorCode.EMPTY_SELECTION,
                       field="body.selection")
     seen: set[tuple[str, int]] = set()
     for n, p in enumerate(picks):
         if (p.generation_id, p.index) in seen:
-            raise Invalid(f"image {p.index} of generation {p.generation_id} is picked twice", code="duplicate_pick",
+            raise Invalid(f"image {p.index} of generation {p.generation_id} is picked twice",
+                          code=ErrorCode.DUPLICATE_PICK,
                           field=f"body.selection.{n}")
         seen.add((p.generation_id, p.index))
     ids = list({p.generation_id for p in picks})
@@ -103,15 +112,15 @@ def _checked_selection(session: Session, owner: User, style: Style,
     for n, p in enumerate(picks):
         field = f"body.selection.{n}"
         if p.generation_id not in found:  # another user's generation is as unknown as a missing one
-            raise NotFound(f"generation {p.generation_id} not found", code="generation_not_found", field=field)
+            raise NotFound(f"generation {p.generation_id} not found", code=ErrorCode.GENERATION_NOT_FOUND, field=field)
         gen, sid = found[p.generation_id]
         if sid != style.id:
             raise Invalid(f"generation {gen.id} was not made with a version of style {style.id}",
-                          code="generation_not_of_style", field=field)
+                          code=ErrorCode.GENERATION_NOT_OF_STYLE, field=field)
         if gen.state != GenerationState.SUCCEEDED:
             raise Conflict(f"generation {gen.id} is {gen.state}; pick images of succeeded generations",
-                           code="generation_not_ready")
+                           code=ErrorCode.GENERATION_NOT_READY)
         if p.index >= len(gen.image_keys or []):
             raise Invalid(f"generation {gen.id} has {len(gen.image_keys or [])} images; there is no image {p.index}",
-                          code="unknown_image_index", field=field)
-    return [{"generation_id": p.generation_id, "index": p.index} for p in picks]
+                          code=ErrorCode.UNKNOWN_IMAGE_INDEX, field=field)
+    return [Pick(generation_id=p.generation_id, index=p.index) for p in picks]

@@ -10,44 +10,49 @@ import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api import queue
-from api.errors import Conflict, Invalid, NotFound, RateLimited, TooLarge
+from api.http.errors import Conflict, Invalid, NotFound, RateLimited
 from api.schemas import (
     MAX_SEED,
     JobPublic,
     StylePublic,
 )
+from api.services import queue
 from api.services.jobs import request_cancel
 from api.services.lookup import get_owned
-from api.services.references import check_references, decode_references, store_references
-from api.services.uploads import hash_request, lock_owner
+from api.services.quotas import adapter_bytes, check_storage
+from api.services.references import (
+    ImageSource,
+    check_references,
+    close_all,
+    decode_references,
+    store_references,
+)
+from api.services.text import is_invisible, unsafe_character
+from api.services.uploads import BytesSource, hash_request, lock_owner
 from api.services.versions import default_of, live_versions
-from api.text import is_invisible
-from api.webhooks import checked_webhook
+from api.services.webhooks import checked_webhook
 from storage import jobs as jobstore
 from storage.blobs import BlobStore
 from storage.dispatch import dispatch
+from storage.error_codes import ErrorCode
+from storage.job_params import AutomaticRound, HumanRound, JobParams
 from storage.models import (
     Style,
     TrainingJob,
     User,
     utcnow,
 )
-from storage.reclaim import user_storage_bytes
 from storage.resources import job_views
 from storage.settings import Settings
 from storage.states import JOB_UNFINISHED, EventKind, JobState, WorkKind
+from trainer.contracts.limits import DEFAULT_TRAIN_STEPS
 
 logger = logging.getLogger(__name__)
-
-
-DEFAULT_TRAIN_STEPS = 1500
 
 
 DEFAULT_JOB_RETRY_AFTER = 30
@@ -78,25 +83,16 @@ def _check_job_cap(session: Session, settings: Settings, owner: User, *, lock: b
         raise RateLimited(
             f"you already have {int(active[0])} unfinished training jobs (the limit is {cap}); "
             f"retry when one finishes (about {retry} s), or cancel one",
-            code="too_many_jobs", headers={"Retry-After": str(retry)},
+            code=ErrorCode.TOO_MANY_JOBS, headers={"Retry-After": str(retry)},
         )
-
-
-def _check_storage_cap(session: Session, settings: Settings, owner: User, adding: int) -> None:
-    cap = settings.max_storage_bytes_per_user
-    used = user_storage_bytes(session, owner.id) if cap else 0
-    if cap and used + adding > cap:
-        raise TooLarge(f"storage limit reached: you keep {used} bytes of styles and adapters and this image adds "
-                       f"{adding} (the limit is {cap}); delete styles or adapters you no longer need",
-                       code="storage_quota_exceeded")
 
 
 def _check_steps_seed(settings: Settings, steps: int | None, seed: int | None) -> None:
     if steps is not None and not 1 <= steps <= settings.max_train_steps:
-        raise Invalid(f"steps must be between 1 and {settings.max_train_steps}", code="bad_steps",
+        raise Invalid(f"steps must be between 1 and {settings.max_train_steps}", code=ErrorCode.BAD_STEPS,
                       field="body.steps")
     if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise Invalid(f"seed must be between 0 and {MAX_SEED}", code="bad_seed", field="body.seed")
+        raise Invalid(f"seed must be between 0 and {MAX_SEED}", code=ErrorCode.BAD_SEED, field="body.seed")
 
 
 def create_style(
@@ -105,7 +101,7 @@ def create_style(
     blobs: BlobStore,
     settings: Settings,
     owner: User,
-    images: Sequence[bytes],
+    images: Sequence[ImageSource | bytes],
     descriptor: str | None,
     content: str | None,
     steps: int | None,
@@ -117,28 +113,35 @@ def create_style(
     kind: str = "style",
     class_word: str | None = None,
 ) -> StyleCreated:
-    refs = check_references(settings=settings, kind=kind, images=images, captions=captions, class_word=class_word)
+    sources = [BytesSource(i) if isinstance(i, bytes) else i for i in images]
+    refs = check_references(settings=settings, kind=kind, images=sources, captions=captions, class_word=class_word)
     # A subject is named by its class word unless a descriptor is given (it shows in listings and the adapter).
     descriptor = (descriptor or "").strip() or (refs.class_word if refs.kind == "subject" else "") or ""
     content = content.strip() if content and content.strip() else None
     if not descriptor:
-        raise Invalid("descriptor must not be empty", code="bad_descriptor", field="body.descriptor")
+        raise Invalid("descriptor must not be empty", code=ErrorCode.BAD_DESCRIPTOR, field="body.descriptor")
     if len(descriptor) > 200:
-        raise Invalid("descriptor must be at most 200 characters", code="bad_descriptor", field="body.descriptor")
+        raise Invalid("descriptor must be at most 200 characters",
+                      code=ErrorCode.BAD_DESCRIPTOR, field="body.descriptor")
     if is_invisible(descriptor):
         raise Invalid("descriptor has no visible characters (only spaces, control or zero-width ones)",
-                      code="bad_descriptor", field="body.descriptor")
+                      code=ErrorCode.BAD_DESCRIPTOR, field="body.descriptor")
     if content is not None and len(content) > 500:
-        raise Invalid("content must be at most 500 characters", code="bad_content", field="body.content")
+        raise Invalid("content must be at most 500 characters", code=ErrorCode.BAD_CONTENT, field="body.content")
+    checked = (("descriptor", descriptor, ErrorCode.BAD_DESCRIPTOR), ("content", content, ErrorCode.BAD_CONTENT))
+    for name, text, code in checked:
+        bad = unsafe_character(text or "")
+        if bad:
+            raise Invalid(f"{name} contains {bad}", code=code, field=f"body.{name}")
     _check_steps_seed(settings, steps, seed)
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
-        raise Invalid("Idempotency-Key must be 1..255 characters", code="bad_idempotency_key",
+        raise Invalid("Idempotency-Key must be 1..255 characters", code=ErrorCode.BAD_IDEMPOTENCY_KEY,
                       field="header.Idempotency-Key")
 
     hook_url, hook_events = checked_webhook(webhook, webhook_events, settings=settings)
     extra = {"kind": refs.kind, "class_word": refs.class_word, "captions": refs.captions} if (
         refs.kind != "style" or len(images) > 1 or any(refs.captions)) else {}  # one plain image: hashes as before
-    request_hash = hash_request(b"\0image\0".join(images), {
+    request_hash = hash_request((s.read() for s in sources), sep=b"\0image\0", fields={
         "descriptor": descriptor, "content": content, "steps": steps, "seed": seed, **extra,
         **({"webhook": hook_url, "events": hook_events} if hook_url else {})})
     if idempotency_key is not None:
@@ -155,8 +158,13 @@ def create_style(
         return replay
 
     normalized = decode_references(settings, refs)
-    _check_storage_cap(session, settings, owner, sum(len(n.png_bytes) for n in normalized))
-    references = store_references(blobs, normalized, refs)
+    try:
+        # the images and the adapter the job will write, charged before anything is written
+        adding = sum(n.size for n in normalized) + adapter_bytes(session, settings)
+        check_storage(session, settings, owner, adding, "this upload (its images and the adapter it will train)")
+        references = store_references(blobs, normalized, refs)
+    finally:
+        close_all(normalized)
     first = references[0]
 
     total = steps or min(settings.train_steps or DEFAULT_TRAIN_STEPS, settings.max_train_steps)
@@ -172,13 +180,14 @@ def create_style(
             session.rollback()
             return replay
     _check_job_cap(session, settings, owner, lock=False)  # again under the owner's lock, just before insert
+    check_storage(session, settings, owner, adding, "this upload (its images and the adapter it will train)")
     session.add(style)
     session.flush()
     job = TrainingJob(
         style_id=style.id, owner_id=owner.id, state=JobState.QUEUED, total_steps=total,
         max_attempts=settings.max_attempts,
-        params={"steps": total, "seed": seed if seed is not None else secrets.randbelow(MAX_SEED + 1),
-                "descriptor": descriptor, "content": content},
+        params=JobParams(steps=total, seed=seed if seed is not None else secrets.randbelow(MAX_SEED + 1),
+                         descriptor=descriptor, content=content).to_json(),
         idempotency_key=idempotency_key, request_hash=request_hash, webhook=hook_url, webhook_events=hook_events,
     )
     session.add(job)
@@ -206,7 +215,7 @@ def _idempotent_replay(session: Session, owner_id: str, key: str, request_hash: 
     if job is None:
         return None
     if job.request_hash != request_hash:
-        raise Conflict("this Idempotency-Key was used with a different request", code="idempotency_mismatch")
+        raise Conflict("this Idempotency-Key was used with a different request", code=ErrorCode.IDEMPOTENCY_MISMATCH)
     style = session.get(Style, job.style_id)
     assert style is not None
     return StyleCreated(style=style, job=job, created=False)
@@ -257,10 +266,11 @@ def get_style(*, session: Session, owner: User, style_id: str) -> Style:
 
 
 def reference_key(style: Style, n: int) -> str:
-    """The blob key of reference image `n`; 404 past the last one (a style from before several images has one)."""
-    keys = [r["key"] for r in style.references or []] or [style.image_key]
+    """The blob key of reference image `n`; 404 past the last one."""
+    keys = [key for key, _ in style.reference_images]
     if not 0 <= n < len(keys):
-        raise NotFound(f"this style has {len(keys)} reference image(s), numbered from 0", code="image_not_found")
+        raise NotFound(f"this style has {len(keys)} reference image(s), numbered from 0",
+                       code=ErrorCode.IMAGE_NOT_FOUND)
     return keys[n]
 
 
@@ -277,7 +287,7 @@ def delete_style(*, session: Session, owner: User, style_id: str) -> None:
 
 def create_style_job(
     *, session: Session, settings: Settings, owner: User, style_id: str, steps: int | None, seed: int | None,
-    feedback: dict[str, Any] | None = None,
+    feedback: HumanRound | AutomaticRound | None = None,
 ) -> TrainingJob:
     """Train a style again from the image it stored (the way out after a cancelled or failed job, or a deleted
     adapter). Default steps: those of the style's last job; default seed: random. 409 while the style still has
@@ -291,18 +301,18 @@ def create_style_job(
     )
     if last is not None and last.state in JOB_UNFINISHED:
         raise Conflict(f"this style is still training (job {last.id} is {last.state}); cancel it first",
-                       code="style_busy")
+                       code=ErrorCode.STYLE_BUSY)
     _check_job_cap(session, settings, owner, lock=False)
+    check_storage(session, settings, owner, adapter_bytes(session, settings), "this training job's adapter")
     if steps is None:
-        previous = (last.params or {}).get("steps") if last is not None else None
+        previous = JobParams.of(last).steps if last is not None else None
         default = min(settings.train_steps or DEFAULT_TRAIN_STEPS, settings.max_train_steps)
         steps = previous if isinstance(previous, int) and 1 <= previous <= settings.max_train_steps else default
     job = TrainingJob(
         style_id=style.id, owner_id=owner.id, state=JobState.QUEUED, total_steps=steps,
         max_attempts=settings.max_attempts,
-        params={"steps": steps, "seed": seed if seed is not None else secrets.randbelow(MAX_SEED + 1),
-                "descriptor": style.descriptor, "content": style.content,
-                **({"round": feedback} if feedback is not None else {})},
+        params=JobParams(steps=steps, seed=seed if seed is not None else secrets.randbelow(MAX_SEED + 1),
+                         descriptor=style.descriptor, content=style.content, round=feedback).to_json(),
     )
     session.add(job)
     session.flush()

@@ -14,11 +14,13 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.errors import Invalid, NotFound
+from api.http.errors import Invalid, NotFound
 from api.schemas import VersionPublic
 from api.services.adapters import get_adapter
 from api.services.lookup import get_owned
+from storage.error_codes import ErrorCode
 from storage.models import Adapter, Style, User
+from storage.visibility import visible_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +29,8 @@ def live_versions(session: Session, style_ids: Sequence[str]) -> dict[str, list[
     """Each style's live adapters, oldest version first (one query for any number of styles)."""
     out: dict[str, list[Adapter]] = {sid: [] for sid in style_ids}
     if style_ids:
-        for a in session.scalars(select(Adapter).where(Adapter.style_id.in_(list(style_ids)),
-                                                       Adapter.deleted_at.is_(None)).order_by(Adapter.version)):
+        for a in session.scalars(select(Adapter).where(Adapter.style_id.in_(list(style_ids)), visible_adapter())
+                                 .order_by(Adapter.version)):
             out[a.style_id].append(a)
     return out
 
@@ -47,9 +49,9 @@ def list_versions(*, session: Session, owner: User, style_id: str) -> list[Versi
 
 def version_of(session: Session, style: Style, version: int) -> Adapter:
     adapter = session.scalar(select(Adapter).where(Adapter.style_id == style.id, Adapter.version == version,
-                                                   Adapter.deleted_at.is_(None)))
+                                                   visible_adapter()))
     if adapter is None:
-        raise NotFound(f"style {style.id} has no version {version}", code="version_not_found")
+        raise NotFound(f"style {style.id} has no version {version}", code=ErrorCode.VERSION_NOT_FOUND)
     return adapter
 
 
@@ -66,7 +68,7 @@ def styled(style: Style, field: str | None = None) -> Style:
     rounds (judged by a style score) are for styles."""
     if style.kind != "style":
         raise Invalid(f"{style.id} is a subject, not a style: name its adapter as subject_adapter_id",
-                      code="not_a_style", field=field)
+                      code=ErrorCode.NOT_A_STYLE, field=field)
     return style
 
 
@@ -75,18 +77,18 @@ def generation_adapter(*, session: Session, owner: User, adapter_id: str | None,
     """The adapter a generation request names: by id, or by style (+ version, else the style's default)."""
     if style_id is None:
         if version is not None:
-            raise Invalid("version needs a style_id", code="version_without_style", field="body.version")
+            raise Invalid("version needs a style_id", code=ErrorCode.VERSION_WITHOUT_STYLE, field="body.version")
         if adapter_id is not None:
             get_adapter(session=session, owner=owner, adapter_id=adapter_id)
         return adapter_id
     if adapter_id is not None:
-        raise Invalid("name either adapter_id or style_id (+ version), not both", code="adapter_and_style",
+        raise Invalid("name either adapter_id or style_id (+ version), not both", code=ErrorCode.ADAPTER_AND_STYLE,
                       field="body.adapter_id")
     style = styled(get_owned(session, Style, style_id, owner, "style"), "body.style_id")
     if version is not None:
         return version_of(session, style, version).id
     default = default_of(style, live_versions(session, [style.id])[style.id])
     if default is None:
-        raise Invalid(f"style {style.id} has no trained version yet", code="style_not_trained",
+        raise Invalid(f"style {style.id} has no trained version yet", code=ErrorCode.STYLE_NOT_TRAINED,
                       field="body.style_id")
     return default.id

@@ -403,12 +403,15 @@
     return out || fallback;
   }
 
+  // Every setting of a generation, by the names the generate form's inputs carry (storage/generation_settings.py
+  // lists them; the form renders the list as data-setting-names).
+  function settingNames() {
+    const form = $("#gen-form");
+    return form ? JSON.parse(form.dataset.settingNames || "[]") : [];
+  }
+
   function reuseSettings(gen) {
-    return {
-      adapter_id: gen.adapter_id, prompt: gen.prompt, negative_prompt: gen.negative_prompt || "",
-      style_strength: gen.style_strength, guidance_scale: gen.guidance_scale, steps: gen.steps, seed: gen.seed,
-      num_images: gen.num_images,
-    };
+    return Object.fromEntries(settingNames().map((name) => [name, gen[name] ?? null]));
   }
 
   function smallButton(label, action, className) {
@@ -607,19 +610,21 @@
       if (target.dataset.action === "reuse") {
         const s = JSON.parse(target.dataset.settings);
         showError(genError, "");
-        if (adapterSelect) {
-          const known = [...adapterSelect.options].some((o) => o.value === (s.adapter_id || ""));
-          adapterSelect.value = known ? (s.adapter_id || "") : "";
-          if (!known) showError(genError, "The adapter of that image was deleted; the base model is selected instead.");
+        for (const [name, value] of Object.entries(s)) {
+          const input = form.elements.namedItem(name);
+          if (!input) continue;  // the style page has no adapter choice: its adapter is the page's
+          const text = value === null || value === undefined ? "" : String(value);
+          if (input.tagName === "SELECT") {
+            const known = [...input.options].some((o) => o.value === text);
+            input.value = known ? text : "";
+            if (!known) showError(genError, name === "adapter_id"
+              ? "The adapter of that image was deleted; the base model is selected instead."
+              : "The subject adapter of that image was deleted; no subject is selected instead.");
+          } else {
+            input.value = text === "" && input.type === "range" ? input.defaultValue : text;  // unset: the default
+          }
+          input.dispatchEvent(new Event("input"));
         }
-        $("#prompt").value = s.prompt;
-        $("#negative_prompt").value = s.negative_prompt || "";
-        $("#style_strength").value = String(s.style_strength);
-        $("#style_strength").dispatchEvent(new Event("input"));
-        $("#guidance_scale").value = String(s.guidance_scale);
-        $("#gen_steps").value = String(s.steps);
-        $("#gen_seed").value = String(s.seed);
-        $("#num_images").value = String(s.num_images);
         form.scrollIntoView({ block: "start" });
         $("#prompt").focus();
       } else if (target.dataset.action === "delete-generation") {

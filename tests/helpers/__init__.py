@@ -1,10 +1,8 @@
-"""Plain helpers shared by several test modules (fixtures stay in tests/conftest.py):
+"""Plain helpers shared by several test modules (fixtures stay in tests/conftest.py); what the benchmarks use
+too (images, service processes, one API process, random-weight models) is testkit/:
 
 - `app`: a TestClient over the app on a migrated database (`app_client`), `bearer` headers;
-- `images`: small PNGs to upload or train on;
 - `db`: this run's Redis database, PostgreSQL admin access, and work rows made directly in the database;
-- `stack`: real service processes (`Stack`, `service_env`, `wait_http`, `BrowserStack`), free ports;
-- `api_process`: one uvicorn API process (`start_api`), raw SSE sockets and its memory (hostile load, bench);
 - `faults`: what the fault tests break things with (a private redis-server, a TCP proxy, kill, wait_for);
 - `engine`: a random non-zero LoRA adapter made the way training makes one; pattern images and the "trained
   together equals trained alone" check;

@@ -20,8 +20,8 @@ def app_client(settings: Settings, *, migrate: bool = True, **client_args: Any) 
     """A TestClient over `create_app(settings)` (start-up and shut-down included), on a database migrated to
     head first as `styledrop migrate` leaves it, with the API's cached Celery producers reset around it (tests
     switch brokers). `client.app.state` holds the engine, the session maker, the settings and the blob store."""
-    from api import queue
     from api.main import create_app
+    from api.services import queue
     from storage.db import upgrade_to_head
 
     if migrate:

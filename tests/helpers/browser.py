@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from tests.helpers.stack import BROWSER_ARTIFACTS, BrowserStack
+from testkit.stack import BROWSER_ARTIFACTS, BrowserStack
 
 WIDTHS = {"phone": (390, 844), "desktop": (1280, 900)}
 

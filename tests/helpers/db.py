@@ -87,12 +87,14 @@ def pg_admin_engine() -> Engine:
 
 def make_job(rt: Any, *, steps: int = 12, seed: int = 3,
              color: tuple[int, int, int] = (200, 40, 40), owner: str | None = None, **kw: Any) -> str:
-    """A style (its striped image in the blob store) and its training job; returns the job id. `rt` is a worker
-    `Runtime` (or anything with `session_factory` and `store`); `kw` sets job columns."""
+    """A style (its striped image in the blob store) and its training job, as the API writes them (the job's params
+    a `JobParams`); returns the job id. `rt` is a worker `Runtime` (or anything with `session_factory` and
+    `store`); `kw` sets job columns."""
     from storage.blobs import content_key, sha256_hex
+    from storage.job_params import JobParams
     from storage.models import Style, TrainingJob, utcnow
     from storage.users import create_user
-    from tests.helpers.images import style_png
+    from testkit.images import style_png
 
     data = style_png(color)
     sha = sha256_hex(data)
@@ -104,7 +106,8 @@ def make_job(rt: Any, *, steps: int = 12, seed: int = 3,
                       height=256, descriptor="striped poster")
         s.add(style)
         s.flush()
-        job = TrainingJob(style_id=style.id, owner_id=owner_id, total_steps=steps, params={"seed": seed},
+        job = TrainingJob(style_id=style.id, owner_id=owner_id, total_steps=steps,
+                          params=JobParams(steps=steps, seed=seed, descriptor=style.descriptor).to_json(),
                           max_attempts=3, **kw)
         s.add(job)
         s.commit()

@@ -4,14 +4,16 @@ copy, small pattern images to train on, and the "same training result" check of 
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import numpy as np
 import torch
 from peft import set_peft_model_state_dict
 from PIL import Image
 
-from bench.common import random_adapter as bench_random_adapter
+from testkit.models import random_adapter as random_lora
 from trainer.bank import find_bank
+from trainer.checkpoint import Checkpoint
 from trainer.lora import Adapter, lora_config
 from trainer.model import AmusedParts
 from trainer.train import TrainResult
@@ -19,7 +21,7 @@ from trainer.train import TrainResult
 
 def random_adapter(parts: AmusedParts, seed: int, rank: int = 16, alpha: float = 32.0) -> Adapter:
     """An adapter file's content with non-zero A and B (N(0, 0.3²)), for the model's Q/K/V linears."""
-    return bench_random_adapter(parts.transformer, seed, rank=rank, alpha=alpha, base_model="tiny")
+    return random_lora(parts.transformer, seed, rank=rank, alpha=alpha, base_model="tiny")
 
 
 def peft_copy(transformer: torch.nn.Module, adapter: Adapter) -> torch.nn.Module:
@@ -69,3 +71,35 @@ def assert_same_result(got: TrainResult, want: TrainResult) -> None:
         err = float((got.adapter.tensors[k] - v).norm() / v.norm().clamp(min=1e-12))
         MEASURED.append(err)
         assert err <= NORM_RTOL, (k, err)
+
+
+# --- serving after training, resumable checkpoints, diffusers' pipelines --------------------------------------
+
+
+def serving_tokens(parts: AmusedParts, adapter: str = "served") -> torch.Tensor:
+    """Tokens of one short request through the serving bank's adapter `adapter` (raises if it is not loaded)."""
+    from trainer.sampler import GenerationRequest, sample
+
+    (res,) = sample(parts, [GenerationRequest("a cat", seed=3, steps=3, adapter=adapter)], decode=False)
+    return res.tokens
+
+
+def checkpoint_at(parts: AmusedParts, image: Image.Image, step: int, **config: object) -> Checkpoint:
+    """The checkpoint a training run of one style hands over at `step` (config: TrainConfig fields)."""
+    from trainer.train import TrainConfig, train_style
+
+    got: list[Checkpoint] = []
+    train_style(parts, [image], descriptor="stripes", on_checkpoint=got.append,
+                config=TrainConfig(**{"steps": step + 1, "checkpoint_every": step, **config}))  # type: ignore[arg-type]
+    assert [c.step for c in got] == [step]
+    return got[0]
+
+
+def amused_pipeline(cls: type, parts: AmusedParts) -> Any:
+    """diffusers' aMUSEd pipeline `cls` (AmusedPipeline, AmusedImg2ImgPipeline, ...) over `parts`' modules."""
+    from diffusers import AmusedScheduler
+
+    pipe = cls(vqvae=parts.vqvae, tokenizer=parts.tokenizer, text_encoder=parts.text_encoder,
+               transformer=parts.transformer, scheduler=AmusedScheduler(mask_token_id=parts.mask_token_id))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -1,4 +1,4 @@
-"""Helpers for the fault tests (tests/test_faults_*.py): a private redis-server, the real stack as processes,
+"""Helpers for the end-to-end failure tests (tests/test_e2e_*.py): a private redis-server, the real stack as processes,
 and direct reads of the job tables. Not a test module."""
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import httpx
 from sqlalchemy import create_engine, text
 
 from storage.states import JOB_FINAL
-from tests.helpers.images import style_png
-from tests.helpers.stack import Stack, free_port, service_env, wait_http
+from testkit.images import style_png
+from testkit.stack import Stack, free_port, service_env, wait_http
 
 FINAL = JOB_FINAL
 

@@ -7,7 +7,7 @@ import re
 
 from fastapi.testclient import TestClient
 
-from tests.helpers.images import style_png
+from testkit.images import style_png
 
 META = re.compile(r'<meta name="csrf-token" content="([0-9a-f]{64})">')
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from storage.job_params import JobParams
 from storage.models import Adapter, TrainingJob
 from storage.states import JobState
+from testkit.images import png_bytes
 from tests.helpers.app import bearer
-from tests.helpers.images import png_bytes
 
 
-def style_with_versions(client: Any, key: str, n: int) -> tuple[str, list[str]]:
+def style_with_versions(client: Any, key: str, n: int, descriptor: str = "ink") -> tuple[str, list[str]]:
     """A style uploaded through the API and `n` adapter versions recorded as the train worker records them."""
-    resp = client.post("/v1/styles", headers=bearer(key), data={"descriptor": "ink", "steps": "3"},
+    resp = client.post("/v1/styles", headers=bearer(key), data={"descriptor": descriptor, "steps": "3"},
                        files={"image": ("s.png", png_bytes(), "image/png")})
     assert resp.status_code == 202, resp.text
     style_id, first_job = resp.json()["style"]["id"], resp.json()["job"]["id"]
@@ -23,17 +24,21 @@ def style_with_versions(client: Any, key: str, n: int) -> tuple[str, list[str]]:
         for v in range(1, n + 1):
             job_id = first_job
             if v > 1:
-                job = TrainingJob(style_id=style_id, owner_id=owner, total_steps=3, params={},
+                job = TrainingJob(style_id=style_id, owner_id=owner, total_steps=3,
+                                  params=JobParams(steps=3, seed=0, descriptor=descriptor).to_json(),
                                   state=JobState.SUCCEEDED)
                 s.add(job)
                 s.flush()
                 job_id = job.id
             a = Adapter(version=v, owner_id=owner, style_id=style_id, job_id=job_id, blob_key=f"adapters/v{v}",
                         sha256="0" * 64, bytes=1, base_model="tiny", rank=4, alpha=4.0, targets=["to_q"],
-                        descriptor="ink", train_prompt="p", steps=3, seed=0, engine_version="t",
+                        descriptor=descriptor, train_prompt="p", steps=3, seed=0, engine_version="t",
                         text_score=0.1 * v, style_score=None if v == 1 else 0.5)
             s.add(a)
             s.flush()
             ids.append(a.id)
+        first = s.get(TrainingJob, first_job)
+        assert first is not None
+        first.state = JobState.SUCCEEDED  # a version is visible once its job has succeeded
         s.commit()
     return style_id, ids
