@@ -196,7 +196,8 @@ def test_api_killed_during_uploads(tmp_path: Path, pg_url: str) -> None:
     redis = RedisServer(tmp_path)
     redis.start()
     db = Db(pg_url)
-    env = fault_env(tmp_path, pg_url, redis.url, STYLEDROP_MAX_ATTEMPTS="2")
+    env = fault_env(tmp_path, pg_url, redis.url, STYLEDROP_MAX_ATTEMPTS="2",  # every upload reaches its kill
+                    STYLEDROP_MAX_CONCURRENT_UPLOADS_PER_USER="16", STYLEDROP_MAX_CONCURRENT_UPLOADS_TOTAL="16")
     blob_dir = tmp_path / "data" / "blobs"
     try:
         with running_stack(tmp_path, env) as (stack, client):

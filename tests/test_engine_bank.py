@@ -110,10 +110,11 @@ def test_trainable_bank_logits_and_gradients_equal_peft(parts: AmusedParts) -> N
                 assert want is not None and float(want.abs().max()) > 0
                 # Sums over rows and positions: compared to the gradient's scale. The bank projects q, k and v with
                 # one fused matmul, which BLAS sums in another order than peft's three; on the random mid model
-                # that rounding is amplified to ≤ 4.7e-5 (its fp32 gradient is 0.28 away from its own fp64
-                # value, while in fp64 the bank and peft agree to 4e-8: the maths is the same).
+                # that rounding is amplified to 4.7e-5 .. 1.3e-4 depending on the BLAS thread count (its fp32
+                # gradient is 0.28 away from its own fp64 value, while in fp64 the bank and peft agree to 4e-8:
+                # the maths is the same).
                 err = float((got - want).abs().max() / want.abs().max())
-                assert err <= 1e-4, f"{k} lora_{ab} slot {s}: relative error {err:.1e}"
+                assert err <= 5e-4, f"{k} lora_{ab} slot {s}: relative error {err:.1e}"
     assert float(bank.master.grad[0].abs().sum()) == 0.0  # slot 0 (base) learns nothing
 
 

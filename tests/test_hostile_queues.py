@@ -130,7 +130,7 @@ def test_admin_cancels_all_of_a_user_and_disabling_cancels_queued_work(
     assert api_client.post(f"/v1/admin/users/{ids['bob']}/disable", headers=admin).status_code == 200
     with factory() as s:
         gens = s.scalars(select(Generation)).all()
-        assert {(g.state, g.error_code) for g in gens} == {("failed", "cancelled")}
+        assert {(g.state, g.error_code) for g in gens} == {("failed", FailureCode.CANCELLED)}
         job = s.scalars(select(TrainingJob).where(TrainingJob.owner_id == ids["bob"])).one()
         assert job.state == "cancelled"
 

@@ -21,7 +21,8 @@ from storage.settings import Settings
 from storage.users import create_user
 from testkit.stack import Stack, service_env
 from testkit.webhooks import HostileReceiver
-from worker.ops import webhook_http
+from worker.cli import commands
+from worker.ops import reconciler, webhook_http
 from worker.ops import webhooks as delivery
 
 REFUSED = [
@@ -155,8 +156,6 @@ def test_styledrop_up_delivers_webhooks_in_a_child_process_not_in_the_supervisor
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`up` hands delivery to a supervised `styledrop webhooks` child and starts its reconciler thread without the
     delivery loop, so no receiver's answer is read in the process whose death takes every child with it."""
-    from worker import cli, reconciler, supervisor
-
     children: dict[str, list[str]] = {}
     loops: list[bool] = []
 
@@ -167,10 +166,10 @@ def test_styledrop_up_delivers_webhooks_in_a_child_process_not_in_the_supervisor
         def run(self, _stop: object) -> int:
             return 0
 
-    monkeypatch.setattr(supervisor, "Supervisor", Recorder)
+    monkeypatch.setattr(commands, "Supervisor", Recorder)
     monkeypatch.setattr(reconciler, "start_thread", lambda *a, **kw: loops.append(kw["deliver_webhooks"]))
-    monkeypatch.setattr(cli.signal, "signal", lambda *_a: None)
+    monkeypatch.setattr(commands.signal, "signal", lambda *_a: None)
     monkeypatch.setenv("STYLEDROP_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("DATABASE_URL", raising=False)
-    assert cli.main(["up", "--port", "1"]) == 0
+    assert commands.main(["up", "--port", "1"]) == 0
     assert children["webhooks"][-3:] == ["-m", "worker.cli", "webhooks"] and loops == [False]
