@@ -143,6 +143,31 @@ def test_a_joiner_that_cannot_start_fails_alone(engine_parts: AmusedParts, alone
     assert_same_result(results[2], alone[2])  # the slot the failed joiner never used went to the next
 
 
+def test_on_done_may_sample_with_the_new_adapter_while_the_others_train(engine_parts: AmusedParts,
+                                                                        alone: list[TrainResult]) -> None:
+    from trainer.bank import LoraBank, find_bank
+    from trainer.sampler import GenerationRequest, sample
+
+    served: dict[int, object] = {}
+
+    def on_done(i: int, r: TrainResult) -> None:  # what a worker does: previews with the adapter just trained
+        assert r.adapter is not None
+        bank = find_bank(engine_parts.transformer) or LoraBank(engine_parts.transformer, 1)
+        bank.load(1, r.adapter, name=f"style{i}")
+        (res,) = sample(engine_parts, [GenerationRequest("a cat", seed=3, steps=2, adapter=f"style{i}")],
+                        decode=False)
+        served[i] = res.tokens
+
+    specs = _specs()
+    results = train_styles(engine_parts, specs, TrainConfig(progress_every=1), Callbacks(on_done=on_done))
+    assert sorted(served) == [0, 1, 2]  # "gradient" (3 steps) sampled while the other two still trained
+    for got, want in zip(results, alone, strict=True):
+        assert_same_result(got, want)
+    serving = find_bank(engine_parts.transformer)
+    assert serving is not None and not serving.trainable  # the bank on_done installed is back after the run
+    serving.remove()
+
+
 def teardown_module() -> None:
     if MEASURED:
         print(f"\nlargest relative adapter difference: {max(MEASURED):.2e}")

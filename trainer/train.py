@@ -40,8 +40,8 @@ from .lora import ENGINE_VERSION, Adapter, AdapterMeta, base_fingerprint, weight
 from .model import AmusedParts
 from .optim import SlotAdamW
 from .optim8bit import SlotAdamW8bit
-from .train_data import StyleBatch, StyleData, evaluation_loss, prepare_style
-from .train_runs import StyleRun, capture, read_losses
+from .train_data import StyleData, evaluation_loss, prepare_style
+from .train_runs import StyleRun, ask_join, capture, prepare, read_losses, stack
 from .train_step import TrainStep
 
 logger = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ class TrainConfig:
     # Bank slots: 0 = one per given style. More leaves room for styles that `Callbacks.join` adds while the run
     # trains (continuous batching: a style joins at a step boundary instead of waiting for the whole run).
     capacity: int = 0
+    join_every: int = 1  # ask `Callbacks.join` (when a slot is free) every N steps of the run
 
 
 @dataclass
@@ -189,8 +190,8 @@ def train_styles(parts: AmusedParts, styles: Sequence[StyleSpec], config: TrainC
         #    encoded where the encoders are then).
         data: list[StyleData | None] = [None] * capacity
         for r, spec in zip(runs, styles, strict=True):
-            data[r.slot - 1] = _prepare(parts, spec, r, cfg)
-        batch = _stack(data, parts.mask_token_id)
+            data[r.slot - 1] = prepare(parts, spec, r.result.prompt, cfg.aesthetic_score)
+        batch = stack(data, parts.mask_token_id)
         if cfg.offload_encoders and device.type != "cpu":
             parts.vqvae.to("cpu")
             parts.text_encoder.to("cpu")
@@ -203,6 +204,7 @@ def train_styles(parts: AmusedParts, styles: Sequence[StyleSpec], config: TrainC
         optimizer = optimizer_cls(list(bank.parameters()), capacity + 1, betas=(cfg.beta1, cfg.beta2),
                                   weight_decay=cfg.weight_decay, views=bank.state_views)
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.mixed_precision == "fp16")  # no-op unless fp16
+        reroute = False  # whether the bank's routes were cleared (on_done's hand-over) and must be set again
 
         # 3. Each style's start: a fresh slot from its own seed, or its resume checkpoint (adapter slice,
         #    optimizer moments, step count, RNG state and loss scale). A style whose checkpoint is already at (or
@@ -230,10 +232,31 @@ def train_styles(parts: AmusedParts, styles: Sequence[StyleSpec], config: TrainC
                     engine_version=ENGINE_VERSION)
                 r.result.adapter = bank.extract(r.slot, meta)
             if cb.on_done is not None:
-                try:
-                    cb.on_done(r.index, r.result)
-                except Exception:  # the result stands (it is also returned); a listener's bug ends nothing
-                    logger.exception("on_done failed for style %d", r.index)
+                hand_over(r)
+
+        # `on_done` runs with the model as it was found (the training bank aside, the serving bank and the
+        # encoders back), so the listener may sample with the adapter it was just given (a job's previews).
+        def hand_over(r: StyleRun) -> None:
+            nonlocal serving, reroute
+            assert bank is not None and cb.on_done is not None
+            bank.remove()
+            if serving is not None:
+                serving.install()
+            offloaded = cfg.offload_encoders and device.type != "cpu"
+            if offloaded:
+                parts.vqvae.to(encoders_home)
+                parts.text_encoder.to(encoders_home)
+            try:
+                cb.on_done(r.index, r.result)
+            except Exception:  # the result stands (it is also returned); a listener's bug ends nothing
+                logger.exception("on_done failed for style %d", r.index)
+            finally:
+                if offloaded:
+                    parts.vqvae.to("cpu")
+                    parts.text_encoder.to("cpu")
+                serving = find_bank(transformer) or serving  # a bank the listener installed is put back at the end
+                bank.install()
+                reroute = True  # removing the bank cleared its routes
 
         specs = list(styles)
         for r, spec in zip(runs, styles, strict=True):
@@ -244,6 +267,7 @@ def train_styles(parts: AmusedParts, styles: Sequence[StyleSpec], config: TrainC
 
         pending: list[tuple[list[StyleRun], torch.Tensor]] = []  # (rows, their losses) since the last read
         active: list[StyleRun] = []
+        steps_run = 0
         transformer.eval()  # frozen base: no dropout while training adapters, so a resume has no dropout RNG
         # 4. The step: prompt-only conditioning computed here, once per set of styles; eager or captured.
         step = TrainStep(parts, batch, bank, optimizer, scaler, max_grad_norm=cfg.max_grad_norm,
@@ -253,14 +277,15 @@ def train_styles(parts: AmusedParts, styles: Sequence[StyleSpec], config: TrainC
             # 5. Continuous batching, at the step boundary: styles that `join` asks in take the free slots (a
             #    slot a finished, stopped or failed style left), each from its own seed or checkpoint.
             free = sorted(set(range(1, capacity + 1)) - {r.slot for r in runs if r.running})
-            joined = _ask(cb.join, len(free)) if free and cb.join is not None else []
+            asks = cb.join is not None and bool(free) and steps_run % cfg.join_every == 0
+            joined = ask_join(cb.join, len(free)) if asks and cb.join is not None else []
             for spec, slot in zip(joined, free, strict=False):
                 r = StyleRun.of(len(runs), slot, spec, cfg, device)
                 runs.append(r)
                 specs.append(spec)
                 try:  # a joiner that cannot start (bad values, unreadable checkpoint) ends alone
                     check_training(cfg, [spec], device)
-                    data[slot - 1] = _prepare(parts, spec, r, cfg)
+                    data[slot - 1] = prepare(parts, spec, r.result.prompt, cfg.aesthetic_score)
                     start(r, spec)
                     logger.info("style %d joined in slot %d", r.index, slot)
                 except Exception as exc:
@@ -269,16 +294,18 @@ def train_styles(parts: AmusedParts, styles: Sequence[StyleSpec], config: TrainC
                 if not r.running:
                     leave(r)
             if joined:
-                step.set_batch(_stack(data, parts.mask_token_id))
+                step.set_batch(stack(data, parts.mask_token_id))
             if not any(r.running for r in runs):
                 break
             # 6. The batch: one row per running style. Routes (and a captured graph) change only when the set
             #    of styles does.
-            if active != [r for r in runs if r.running] or joined:
+            if active != [r for r in runs if r.running] or joined or reroute:
+                reroute = False
                 active = [r for r in runs if r.running]
                 step.set_rows([r.slot - 1 for r in active], [r.generator for r in active])
             # One step: draw each row's masks, predict, sum each style's own loss, one optimizer step for all.
             pending.append((active, step()))
+            steps_run += 1
             for r in active:
                 r.step += 1
 
@@ -321,27 +348,3 @@ def train_styles(parts: AmusedParts, styles: Sequence[StyleSpec], config: TrainC
             parts.text_encoder.to(encoders_home)
     logger.debug("run of %d styles took %.1f s", len(runs), time.perf_counter() - t_start)
     return [r.result for r in runs]
-
-
-def _ask(join: Callable[[int], Sequence[StyleSpec]], free: int) -> list[StyleSpec]:
-    """Up to `free` styles from the `join` callback; a callback that raises adds none (the batch goes on)."""
-    try:
-        return list(join(free))[:free]
-    except Exception:
-        logger.exception("join callback failed; no style joins at this step")
-        return []
-
-
-def _prepare(parts: AmusedParts, spec: StyleSpec, r: StyleRun, cfg: TrainConfig) -> StyleData:
-    """A style's images (or picks with their captions) and prompt, encoded once onto the device."""
-    if spec.examples:
-        return prepare_style(parts, [e.image for e in spec.examples], r.result.prompt, cfg.aesthetic_score,
-                             captions=[e.caption for e in spec.examples])
-    return prepare_style(parts, spec.images, r.result.prompt, cfg.aesthetic_score)
-
-
-def _stack(data: list[StyleData | None], mask_id: int) -> StyleBatch:
-    """The batch by slot (row index slot - 1). A slot no style has taken yet holds a copy of another's data:
-    no row is routed to it, it only keeps the indices dense."""
-    filler = next(d for d in data if d is not None)
-    return StyleBatch([d if d is not None else filler for d in data], mask_id)

@@ -7,7 +7,9 @@ gives its slot to the next style that joins, which re-initialises it (bank, opti
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -15,11 +17,15 @@ import torch
 
 from .checkpoint import Checkpoint, capture_slot
 from .contracts.prompts import training_prompt
+from .train_data import StyleBatch, StyleData, prepare_style
 
 if TYPE_CHECKING:
     from .bank import LoraBank
+    from .model import AmusedParts
     from .optim import SlotAdamW
     from .train import Progress, StyleSpec, TrainConfig, TrainResult
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -82,3 +88,27 @@ def capture(r: StyleRun, bank: LoraBank, optimizer: SlotAdamW, scaler: torch.amp
             cfg: TrainConfig) -> Checkpoint:
     assert cfg.alpha is not None
     return capture_slot(r.step, bank, r.slot, optimizer, r.generator, scaler, cfg.optimizer, alpha=cfg.alpha)
+
+
+def ask_join(join: Callable[[int], Sequence[StyleSpec]], free: int) -> list[StyleSpec]:
+    """Up to `free` styles from the `join` callback; a callback that raises adds none (the batch goes on)."""
+    try:
+        return list(join(free))[:free]
+    except Exception:
+        logger.exception("join callback failed; no style joins at this step")
+        return []
+
+
+def prepare(parts: AmusedParts, spec: StyleSpec, prompt: str, aesthetic_score: float) -> StyleData:
+    """A style's images (or picks with their captions) and prompt, encoded once onto the device."""
+    if spec.examples:
+        return prepare_style(parts, [e.image for e in spec.examples], prompt, aesthetic_score,
+                             captions=[e.caption for e in spec.examples])
+    return prepare_style(parts, spec.images, prompt, aesthetic_score)
+
+
+def stack(data: list[StyleData | None], mask_id: int) -> StyleBatch:
+    """The batch by slot (row index slot - 1). A slot no style has taken yet holds a copy of another's data:
+    no row is routed to it, it only keeps the indices dense."""
+    filler = next(d for d in data if d is not None)
+    return StyleBatch([d if d is not None else filler for d in data], mask_id)
