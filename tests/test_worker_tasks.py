@@ -240,10 +240,12 @@ def test_messages_out_of_order_still_run_jobs_in_database_order(worker_runtime: 
     rt = worker_runtime
     t0 = utcnow() - timedelta(minutes=5)
     ids = [make_job(rt, steps=2, queued_at=t0 + timedelta(seconds=i), color=(40 * i, 90, 90)) for i in range(3)]
-    for message in reversed(ids):  # wake-ups arrive newest first
-        assert tasks.run_train(rt, message) == "succeeded"
+    # wake-ups arrive newest first; the first one's run takes the oldest job, and each next job joins that run as
+    # the slot frees (train_batch = 1, worker/train_batch.py): the later wake-ups find their jobs done
+    assert [tasks.run_train(rt, message) for message in reversed(ids)] == ["succeeded", "skipped", "skipped"]
     rows = [get_row(rt, TrainingJob, i) for i in ids]
     assert all(r.state == "succeeded" and r.attempts == 1 for r in rows)
+    assert rows[0].run_id == rows[1].run_id == rows[2].run_id
     assert [r.started_at for r in rows] == sorted(r.started_at for r in rows)
     assert rows[0].finished_at <= rows[1].started_at and rows[1].finished_at <= rows[2].started_at
     assert tasks.run_train(rt, ids[0]) == "skipped"  # a duplicate message of a finished job changes nothing
@@ -258,11 +260,12 @@ def test_a_train_batch_runs_claimed_jobs_together_each_with_its_own_results(work
     ids = [make_job(rt, steps=4 + i % 2, seed=i, queued_at=t0 + timedelta(seconds=i),
                     color=(40 * i, 90, 200 - 30 * i)) for i in range(5)]
     assert tasks.run_train(rt, ids[0]) == "succeeded"
-    assert [get_row(rt, TrainingJob, i).state for i in ids] == ["succeeded"] * 3 + ["queued"] * 2
-    assert tasks.run_train(rt, ids[1]) == "succeeded"  # its job already ran: the wake-up takes the next two
+    # three claimed together; the other two join that run when two of them leave at step 4 (worker/train_batch.py)
     rows = [get_row(rt, TrainingJob, i) for i in ids]
     assert all(r.state == "succeeded" and r.attempts == 1 and r.step == r.total_steps for r in rows)
-    assert rows[0].run_id == rows[1].run_id == rows[2].run_id != rows[3].run_id == rows[4].run_id
+    assert len({r.run_id for r in rows}) == 1 and rows[0].run_id is not None
+    assert min(r.started_at for r in rows[3:]) >= min(r.finished_at for r in rows[:3])
+    assert tasks.run_train(rt, ids[1]) == "skipped"  # its job already ran, and nothing is queued
     for r in rows:  # each job its own progress (every 2 steps and the last), adapter and previews
         want = [2, 4] if r.total_steps == 4 else [2, 4, 5]
         assert [e.payload["step"] for e in _events(rt, r.id, "progress")] == want
@@ -270,3 +273,34 @@ def test_a_train_batch_runs_claimed_jobs_together_each_with_its_own_results(work
         assert trainer.adapter_from_bytes(rt.store.get_bytes(adapter.blob_key)).meta.seed == r.params["seed"]
         assert len(_events(rt, r.id, "preview")) == 2
     assert tasks.run_train(rt, ids[4]) == "skipped"
+
+
+def test_a_job_queued_mid_batch_starts_inside_that_batch(worker_runtime: Runtime,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job queued while a run trains joins it at the next progress boundary (a slot free: train_batch = 2),
+    instead of waiting for the run to end; it gets its own progress, adapter and previews."""
+    rt = worker_runtime
+    rt.settings.train_batch = 2
+    first = make_job(rt, steps=6, seed=1)
+    late: list[str] = []
+    report = training.TrainingRun.report
+
+    def report_then_queue(run: training.TrainingRun, j: training.JobRun, p: trainer.Progress) -> None:
+        report(run, j, p)
+        if not late:  # a user submits a style while the first job is at step 2 of 6
+            late.append(make_job(rt, steps=4, seed=2, color=(30, 200, 60)))
+
+    monkeypatch.setattr(training.TrainingRun, "report", report_then_queue)
+    assert tasks.run_train(rt, first) == "succeeded"
+    a, b = get_row(rt, TrainingJob, first), get_row(rt, TrainingJob, late[0])
+    assert a.state == b.state == "succeeded" and a.run_id == b.run_id and b.attempts == 1
+    assert b.started_at < a.finished_at  # it trained beside the first job, not after it
+    # claimed at the first step boundary after it was queued: after the first job's step-2 report, before step 4
+    (claimed,) = [e.id for e in _events(rt, b.id, "state") if e.payload["to"] == "running"]
+    steps_of_a = {e.payload["step"]: e.id for e in _events(rt, a.id, "progress")}
+    assert steps_of_a[2] < claimed < steps_of_a[4]
+    assert [e.payload["step"] for e in _events(rt, b.id, "progress")] == [2, 4]
+    (adapter,) = _adapters_for(rt, b.id)
+    assert trainer.adapter_from_bytes(rt.store.get_bytes(adapter.blob_key)).meta.steps == 4
+    assert len(_events(rt, b.id, "preview")) == 2
+    assert tasks.run_train(rt, b.id) == "skipped"  # its own wake-up, delivered later, finds it done
