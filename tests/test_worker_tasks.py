@@ -240,12 +240,10 @@ def test_messages_out_of_order_still_run_jobs_in_database_order(worker_runtime: 
     rt = worker_runtime
     t0 = utcnow() - timedelta(minutes=5)
     ids = [make_job(rt, steps=2, queued_at=t0 + timedelta(seconds=i), color=(40 * i, 90, 90)) for i in range(3)]
-    # wake-ups arrive newest first; the first one's run takes the oldest job, and each next job joins that run as
-    # the slot frees (train_batch = 1, worker/train_batch.py): the later wake-ups find their jobs done
-    assert [tasks.run_train(rt, message) for message in reversed(ids)] == ["succeeded", "skipped", "skipped"]
+    for message in reversed(ids):  # wake-ups arrive newest first
+        assert tasks.run_train(rt, message) == "succeeded"
     rows = [get_row(rt, TrainingJob, i) for i in ids]
     assert all(r.state == "succeeded" and r.attempts == 1 for r in rows)
-    assert rows[0].run_id == rows[1].run_id == rows[2].run_id
     assert [r.started_at for r in rows] == sorted(r.started_at for r in rows)
     assert rows[0].finished_at <= rows[1].started_at and rows[1].finished_at <= rows[2].started_at
     assert tasks.run_train(rt, ids[0]) == "skipped"  # a duplicate message of a finished job changes nothing

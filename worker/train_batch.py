@@ -9,7 +9,8 @@ checkpoints, cancel, its own finish and failure isolation (worker/training.py).
 
 Its own wake-up message is then a no-op wherever it lands: the job is running with a live heartbeat
 (worker/train_claim.py). A queued job waits at most `progress_every` steps once a slot is free, instead of the
-rest of the batch.
+rest of the batch. With `STYLEDROP_TRAIN_BATCH` = 1 nothing joins: a run is one job, and the next job's own
+wake-up starts it (joining would save nothing but that message's delivery).
 """
 
 from __future__ import annotations

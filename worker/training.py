@@ -99,7 +99,7 @@ class TrainingRun:
             on_progress=lambda i, p: self.report(self.ready[i], p),
             should_stop=lambda i: self.should_stop(self.ready[i]),
             on_checkpoint=lambda i, c: self.checkpoint(self.ready[i], c),
-            join=RunJoiner(self, outcomes),
+            join=RunJoiner(self, outcomes) if settings.train_batch > 1 else None,  # 1: a run is one job
             on_done=lambda i, r: self.done(self.ready[i], r, outcomes),
         )
         try:
