@@ -8,8 +8,8 @@ hands the engine their `StyleSpec`s. From then on a joined job is one of the run
 checkpoints, cancel, its own finish and failure isolation (worker/training.py).
 
 Its own wake-up message is then a no-op wherever it lands: the job is running with a live heartbeat
-(worker/train_claim.py). A queued job waits at most `progress_every` steps once a slot is free, instead of the
-rest of the batch. With `STYLEDROP_TRAIN_BATCH` = 1 nothing joins: a run is one job, and the next job's own
+(worker/train_claim.py). A queued job waits at most `progress_every - 1` steps once a slot is free, instead of
+the rest of the batch. With `STYLEDROP_TRAIN_BATCH` = 1 nothing joins: a run is one job, and the next job's own
 wake-up starts it (joining would save nothing but that message's delivery).
 """
 
