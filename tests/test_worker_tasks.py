@@ -302,3 +302,30 @@ def test_a_job_queued_mid_batch_starts_inside_that_batch(worker_runtime: Runtime
     assert trainer.adapter_from_bytes(rt.store.get_bytes(adapter.blob_key)).meta.steps == 4
     assert len(_events(rt, b.id, "preview")) == 2
     assert tasks.run_train(rt, b.id) == "skipped"  # its own wake-up, delivered later, finds it done
+
+
+def test_cancelling_a_joined_job_ends_only_it_at_once(worker_runtime: Runtime,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    rt = worker_runtime
+    rt.settings.train_batch, rt.settings.cancel_poll_seconds = 2, 0  # cancel polled every step: exact stop step
+    first = make_job(rt, steps=8, seed=1)
+    late: list[str] = []
+    report = training.TrainingRun.report
+
+    def report_queue_and_cancel(run: training.TrainingRun, j: training.JobRun, p: trainer.Progress) -> None:
+        report(run, j, p)
+        if not late:
+            late.append(make_job(rt, steps=6, seed=2, color=(30, 200, 60)))
+        elif j.id == late[0] and p.step == 2:  # the user cancels the job that joined
+            with rt.session_factory() as s:
+                s.execute(update(TrainingJob).where(TrainingJob.id == late[0])
+                          .values(state="cancelling", cancel_requested_at=utcnow()))
+                s.commit()
+
+    monkeypatch.setattr(training.TrainingRun, "report", report_queue_and_cancel)
+    assert tasks.run_train(rt, first) == "succeeded"
+    a, b = get_row(rt, TrainingJob, first), get_row(rt, TrainingJob, late[0])
+    assert b.run_id == a.run_id and b.state == "cancelled" and b.step == 2 and _adapters_for(rt, b.id) == []
+    assert b.finished_at < a.finished_at  # ended when it stopped, not when the batch did
+    assert a.state == "succeeded" and a.step == 8 and len(_adapters_for(rt, a.id)) == 1
+    assert [e.payload["step"] for e in _events(rt, a.id, "progress")] == [2, 4, 6, 8]
