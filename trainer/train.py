@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -36,12 +36,12 @@ from .checks import check_training
 from .contracts import limits
 from .contracts.prompts import training_prompt
 from .examples import TrainingExample
-from .lora import ENGINE_VERSION, Adapter, AdapterMeta, base_fingerprint, weights_hash
+from .lora import ENGINE_VERSION, AdapterMeta, base_fingerprint, weights_hash
 from .model import AmusedParts
 from .optim import SlotAdamW
 from .optim8bit import SlotAdamW8bit
 from .train_data import StyleData, evaluation_loss, prepare_style
-from .train_runs import StyleRun, ask_join, capture, prepare, read_losses, stack
+from .train_runs import Progress, StyleRun, TrainResult, ask_join, capture, prepare, read_losses, stack
 from .train_step import TrainStep
 
 logger = logging.getLogger(__name__)
@@ -96,16 +96,6 @@ class StyleSpec:
     examples: Sequence[TrainingExample] | None = None
 
 
-@dataclass(frozen=True)
-class Progress:
-    step: int  # steps done
-    total: int
-    loss: float
-    learning_rate: float
-    steps_per_second: float
-    eta_seconds: float
-
-
 @dataclass
 class Callbacks:
     """Per-style hooks; each gets the style's index in the `styles` list. An exception raised by one ends that
@@ -120,17 +110,6 @@ class Callbacks:
     join: Callable[[int], Sequence[StyleSpec]] | None = None
     # Each style's result the moment it leaves the run (finished, stopped or failed), adapter included.
     on_done: Callable[[int, TrainResult], None] | None = None
-
-
-@dataclass
-class TrainResult:
-    adapter: Adapter | None  # None when stopped early or failed
-    losses: list[float]  # one per step run in this call
-    stopped: bool
-    step: int  # steps done in total (including those before a resume)
-    prompt: str
-    seconds: float = 0.0
-    error: BaseException | None = field(default=None, repr=False)  # what ended this style, if it failed
 
 
 def recipe_for(parts: AmusedParts, config: TrainConfig) -> TrainConfig:

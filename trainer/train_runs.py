@@ -1,5 +1,6 @@
 """One style's place in a training run (trainer/train.py `train_styles`): its bank slot, counters, random stream
-and result; and the two host-side helpers the loop calls on it (the batched loss read, a checkpoint capture).
+and result (`Progress`, `TrainResult`: what the callbacks and the caller get); and the host-side helpers the loop
+calls on it (the batched loss read, a checkpoint capture, a joining style's data).
 
 A slot is not a style: with continuous batching (`TrainConfig.capacity`, `Callbacks.join`) a style that leaves
 gives its slot to the next style that joins, which re-initialises it (bank, optimizer moments, step count).
@@ -17,15 +18,37 @@ import torch
 
 from .checkpoint import Checkpoint, capture_slot
 from .contracts.prompts import training_prompt
+from .lora import Adapter
 from .train_data import StyleBatch, StyleData, prepare_style
 
 if TYPE_CHECKING:
     from .bank import LoraBank
     from .model import AmusedParts
     from .optim import SlotAdamW
-    from .train import Progress, StyleSpec, TrainConfig, TrainResult
+    from .train import StyleSpec, TrainConfig
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int  # steps done
+    total: int
+    loss: float
+    learning_rate: float
+    steps_per_second: float
+    eta_seconds: float
+
+
+@dataclass
+class TrainResult:
+    adapter: Adapter | None  # None when stopped early or failed
+    losses: list[float]  # one per step run in this call
+    stopped: bool
+    step: int  # steps done in total (including those before a resume)
+    prompt: str
+    seconds: float = 0.0
+    error: BaseException | None = field(default=None, repr=False)  # what ended this style, if it failed
 
 
 @dataclass(eq=False)
@@ -48,8 +71,6 @@ class StyleRun:
 
     @classmethod
     def of(cls, index: int, slot: int, spec: StyleSpec, cfg: TrainConfig, device: torch.device) -> StyleRun:
-        from .train import TrainResult
-
         seed = spec.seed if spec.seed is not None else cfg.seed
         lr = spec.learning_rate if spec.learning_rate is not None else cfg.learning_rate
         assert lr is not None
@@ -62,8 +83,6 @@ class StyleRun:
         return self.step % max(cfg.progress_every, 1) == 0 or self.step == self.total
 
     def progress(self) -> Progress:
-        from .train import Progress
-
         elapsed = time.perf_counter() - self.t0
         sps = (self.step - self.first) / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.step) / sps if sps > 0 else float("inf")

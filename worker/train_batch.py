@@ -1,4 +1,5 @@
-"""Continuous batching for a training run: queued jobs join the running batch at a step boundary.
+"""Continuous batching for a training run: queued jobs join the running batch at a step boundary; and `JobRun`,
+one job's place in a run, whether claimed with it or joined later.
 
 The engine (`trainer.train_styles`) asks `RunJoiner` for up to `free` more styles whenever a slot of the run's
 `STYLEDROP_TRAIN_BATCH` is free (a job finished, was cancelled or failed), every `progress_every` steps. It
@@ -16,12 +17,16 @@ wake-up starts it (joining would save nothing but that message's delivery).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
+from PIL import Image
 from sqlalchemy import update
 
 from storage import claims
 from storage.models import TrainingJob
+from storage.states import JOB_ACTIVE
 from trainer.train import StyleSpec
 from worker.runtime import SHUTDOWN
 from worker.shared import TRANSIENT, IdLogger
@@ -30,6 +35,32 @@ if TYPE_CHECKING:
     from worker.training import TrainingRun
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class JobRun:
+    """One claimed job's place in a run."""
+
+    job: TrainingJob
+    log: IdLogger
+    spec: StyleSpec | None = None  # None until its inputs load
+    seed: int = 0
+    subject: str | None = None  # a subject adapter's prompt ("a photo of sks dog"): its previews show the subject
+    references: list[Image.Image] = field(default_factory=list)  # what the previews' style score compares with
+    stop: str | None = None  # why it must stop: "cancel", "lost" (no longer ours) or "shutdown"
+    t0: float = field(default_factory=time.perf_counter)
+
+    @property
+    def id(self) -> str:
+        return self.job.id
+
+    def gpu_seconds(self) -> float:
+        return (self.job.gpu_seconds or 0.0) + time.perf_counter() - self.t0
+
+    def mine(self) -> tuple[Any, ...]:
+        """The rows this worker may still write: its job, while it runs it."""
+        return (TrainingJob.id == self.id, TrainingJob.worker_host == self.job.worker_host,
+                TrainingJob.state.in_(JOB_ACTIVE))
 
 
 class RunJoiner:
@@ -42,8 +73,6 @@ class RunJoiner:
     def __call__(self, free: int) -> list[StyleSpec]:
         """Up to `free` queued jobs, claimed for this run and loaded; their specs in claim order (the engine
         gives them the next style indices, so `run.ready` grows in the same order)."""
-        from worker.training import JobRun
-
         rt = self.run.rt
         if SHUTDOWN.is_set():  # a warm shutdown drains: nothing new joins
             return []

@@ -16,11 +16,10 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from sqlalchemy import select, update
 
 import trainer
@@ -37,36 +36,10 @@ from worker.rounds import RoundError, job_examples
 from worker.runtime import SHUTDOWN, Runtime
 from worker.scoring import record_adapter_scores
 from worker.shared import TRANSIENT, IdLogger, open_image, png
-from worker.train_batch import RunJoiner
+from worker.train_batch import JobRun, RunJoiner
 from worker.versions import insert_version
 
 logger = logging.getLogger(__name__)
-
-@dataclass(eq=False)
-class JobRun:
-    """One claimed job's place in a run."""
-
-    job: TrainingJob
-    log: IdLogger
-    spec: StyleSpec | None = None  # None until its inputs load
-    seed: int = 0
-    subject: str | None = None  # a subject adapter's prompt ("a photo of sks dog"): its previews show the subject
-    references: list[Image.Image] = field(default_factory=list)  # what the previews' style score compares with
-    stop: str | None = None  # why it must stop: "cancel", "lost" (no longer ours) or "shutdown"
-    t0: float = field(default_factory=time.perf_counter)
-
-    @property
-    def id(self) -> str:
-        return self.job.id
-
-    def gpu_seconds(self) -> float:
-        return (self.job.gpu_seconds or 0.0) + time.perf_counter() - self.t0
-
-    def mine(self) -> tuple[Any, ...]:
-        """The rows this worker may still write: its job, while it runs it."""
-        return (TrainingJob.id == self.id, TrainingJob.worker_host == self.job.worker_host,
-                TrainingJob.state.in_(JOB_ACTIVE))
-
 
 class TrainingRun:
     def __init__(self, rt: Runtime, claimed: list[TrainingJob]) -> None:
