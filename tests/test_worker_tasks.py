@@ -251,9 +251,10 @@ def test_messages_out_of_order_still_run_jobs_in_database_order(worker_runtime: 
     assert all(len(_adapters_for(rt, i)) == 1 for i in ids)
 
 
-def test_a_train_batch_runs_claimed_jobs_together_each_with_its_own_results(worker_runtime: Runtime) -> None:
+def test_a_train_batch_runs_claimed_jobs_together_each_with_its_own_results(
+        worker_runtime: Runtime, caplog: pytest.LogCaptureFixture) -> None:
     rt = worker_runtime
-    rt.settings.train_batch = 3
+    rt.settings.train_batch, rt.settings.cancel_poll_seconds = 3, 0  # polled every step
     t0 = utcnow() - timedelta(minutes=5)
     ids = [make_job(rt, steps=4 + i % 2, seed=i, queued_at=t0 + timedelta(seconds=i),
                     color=(40 * i, 90, 200 - 30 * i)) for i in range(5)]
@@ -264,6 +265,7 @@ def test_a_train_batch_runs_claimed_jobs_together_each_with_its_own_results(work
     assert len({r.run_id for r in rows}) == 1 and rows[0].run_id is not None
     assert min(r.started_at for r in rows[3:]) >= min(r.finished_at for r in rows[:3])
     assert tasks.run_train(rt, ids[1]) == "skipped"  # its job already ran, and nothing is queued
+    assert "no longer ours" not in caplog.text  # a job finished while others train is not taken for a lost one
     for r in rows:  # each job its own progress (every 2 steps and the last), adapter and previews
         want = [2, 4] if r.total_steps == 4 else [2, 4, 5]
         assert [e.payload["step"] for e in _events(rt, r.id, "progress")] == want

@@ -47,7 +47,7 @@ class JobRun:
     seed: int = 0
     subject: str | None = None  # a subject adapter's prompt ("a photo of sks dog"): its previews show the subject
     references: list[Image.Image] = field(default_factory=list)  # what the previews' style score compares with
-    stop: str | None = None  # why it must stop: "cancel", "lost" (no longer ours) or "shutdown"
+    stop: str | None = None  # why it must stop: "cancel", "lost" (no longer ours) or "shutdown"; "done": it left
     t0: float = field(default_factory=time.perf_counter)
 
     @property

@@ -98,6 +98,7 @@ class TrainingRun:
     def done(self, j: JobRun, result: TrainResult, outcomes: dict[str, str]) -> None:
         """A job's style left the run: finish it now (the engine hands the model over: previews can render), so
         it never waits for the styles still training or joining."""
+        j.stop = j.stop or "done"  # out of the engine: no more cancel polls for it
         try:
             outcomes[j.id] = self.finish_guarded(j, result)
         except TRANSIENT:
