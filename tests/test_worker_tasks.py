@@ -331,3 +331,31 @@ def test_cancelling_a_joined_job_ends_only_it_at_once(worker_runtime: Runtime,
     assert b.finished_at < a.finished_at  # ended when it stopped, not when the batch did
     assert a.state == "succeeded" and a.step == 8 and len(_adapters_for(rt, a.id)) == 1
     assert [e.payload["step"] for e in _events(rt, a.id, "progress")] == [2, 4, 6, 8]
+
+
+def test_a_job_with_a_checkpoint_joins_a_running_batch_and_resumes(worker_runtime: Runtime,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.helpers.engine import checkpoint_at, pattern_image
+
+    rt = worker_runtime
+    rt.settings.train_batch = 2
+    first = make_job(rt, steps=8, seed=1)
+    ckpt = checkpoint_at(rt.parts(), pattern_image(0), 4)  # an earlier attempt's checkpoint (rank, alpha as here)
+    late: list[str] = []
+    report = training.TrainingRun.report
+
+    def report_then_queue(run: training.TrainingRun, j: training.JobRun, p: trainer.Progress) -> None:
+        report(run, j, p)
+        if not late:  # a requeued job, with its checkpoint at step 4 of 8, comes back while the first one trains
+            rt.store.put_bytes("checkpoints/earlier.safetensors", ckpt.to_bytes())
+            late.append(make_job(rt, steps=8, seed=2, color=(30, 200, 60), checkpoint_step=4,
+                                 checkpoint_key="checkpoints/earlier.safetensors"))
+
+    monkeypatch.setattr(training.TrainingRun, "report", report_then_queue)
+    assert tasks.run_train(rt, first) == "succeeded"
+    b = get_row(rt, TrainingJob, late[0])
+    assert b.state == "succeeded" and b.run_id == get_row(rt, TrainingJob, first).run_id
+    assert [e.payload["step"] for e in _events(rt, b.id, "progress")] == [6, 8]  # resumed at 4, not from 0
+    (adapter,) = _adapters_for(rt, b.id)
+    assert trainer.adapter_from_bytes(rt.store.get_bytes(adapter.blob_key)).meta.steps == 8
+    assert not rt.store.exists("checkpoints/earlier.safetensors")  # done with: deleted on success
