@@ -98,17 +98,18 @@ class StyleSpec:
 
 @dataclass
 class Callbacks:
-    """Per-style hooks; each gets the style's index in the `styles` list. An exception raised by one ends that
-    style only (its result carries the error), never the others."""
+    """Per-style hooks; each gets the style's index: its place in `styles`, or for a style `join` added, the next
+    index in the order they joined. An exception raised by one ends that style only (its result carries the
+    error), never the others; one raised by `join` or `on_done` is logged and ends nothing."""
 
     on_progress: Callable[[int, Progress], None] | None = None
     should_stop: Callable[[int], bool] | None = None  # polled every step: make it cheap (a flag, not a query)
     on_checkpoint: Callable[[int, Checkpoint], None] | None = None
-    # Continuous batching: asked at a step boundary whenever a slot is free (TrainConfig.capacity) for up to that
-    # many more styles; each joined style gets the next index (after the given styles) and trains exactly as it
-    # would alone. Asked every such step: make it cheap (the caller decides how often it really looks).
+    # Continuous batching: asked at a step boundary (every TrainConfig.join_every steps) whenever a slot is free
+    # (TrainConfig.capacity) for up to that many more styles; each joined style trains exactly as it would alone.
     join: Callable[[int], Sequence[StyleSpec]] | None = None
-    # Each style's result the moment it leaves the run (finished, stopped or failed), adapter included.
+    # Each style's result the moment it leaves the run (finished, stopped or failed), adapter included; called
+    # with the model as it was found (training bank aside, serving bank back), so it may sample with the adapter.
     on_done: Callable[[int, TrainResult], None] | None = None
 
 
