@@ -77,7 +77,8 @@ class Settings(BaseSettings):
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         default="auto", description="Training autocast; auto = bf16 on CUDA, none on CPU (CPU has no autocast).")
     train_batch: int = Field(default=1, ge=1, description="Training jobs one train worker runs together, one "
-                             "batch row each (e.g. 8 on a GPU).")
+                             "batch row each (e.g. 8 on a GPU); above 1, queued jobs join a running batch "
+                             "when a slot frees.")
     cancel_poll_seconds: float = Field(default=1.0, ge=0, description="How often a training run asks the "
                                        "database whether its jobs were cancelled (never per step).")
     train_cuda_graph: bool = Field(default=False, description="CUDA only: replay each training step as one CUDA "

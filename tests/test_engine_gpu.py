@@ -79,6 +79,35 @@ def test_cuda_graph_training_equals_eager(engine_tiny_dir: Path, engine_style_im
         assert torch.equal(captured_ckpt[i].rng_state, want_c.rng_state) and captured_ckpt[i].step == 10
 
 
+def test_cuda_graph_training_with_a_joining_style_equals_eager(engine_tiny_dir: Path,  # type: ignore[no-untyped-def]
+                                                               engine_style_image: Image.Image) -> None:
+    """A style joining a captured run at step 5 (new batch, new rows, a new capture; an on_done hand-over between)
+    trains as in an eager run: fp32, stated bound 1e-5 relative as above."""
+    from trainer.model import load_base
+    from trainer.train import Callbacks, StyleSpec, TrainConfig, TrainResult, train_styles
+
+    specs = [StyleSpec([engine_style_image.rotate(90 * k)], f"s{k}", steps=8 + 4 * k, seed=k, learning_rate=3e-3)
+             for k in range(3)]
+    def run(graph: bool) -> list[TrainResult]:
+        parts = load_base(str(engine_tiny_dir), device="cuda", dtype=torch.float32)
+        steps: list[int] = []
+        queue = [specs[2]]
+
+        def join(_free: int) -> list[StyleSpec]:
+            return [queue.pop()] if queue and steps and steps[-1] >= 5 else []
+
+        cb = Callbacks(on_progress=lambda i, p: steps.append(p.step) if i == 0 else None, join=join,
+                       on_done=lambda _i, _r: None)
+        return train_styles(parts, specs[:2], TrainConfig(progress_every=1, capacity=3, cuda_graph=graph), cb)
+
+    runs = [run(False), run(True)]
+    for got, want in zip(runs[1], runs[0], strict=True):
+        assert got.adapter is not None and want.adapter is not None and got.step == want.step
+        np.testing.assert_allclose(got.losses, want.losses, rtol=1e-5)
+        for k, v in want.adapter.tensors.items():
+            assert _rel(got.adapter.tensors[k], v) <= 1e-5, k
+
+
 def test_adamw8bit_trains_checkpoints_and_resumes_exactly(engine_tiny_dir: Path,  # type: ignore[no-untyped-def]
                                                           engine_style_image: Image.Image, monkeypatch) -> None:
     pytest.importorskip("bitsandbytes", reason="8-bit AdamW needs the gpu extra: pip install 'styledrop[gpu]'")

@@ -251,18 +251,21 @@ def test_messages_out_of_order_still_run_jobs_in_database_order(worker_runtime: 
     assert all(len(_adapters_for(rt, i)) == 1 for i in ids)
 
 
-def test_a_train_batch_runs_claimed_jobs_together_each_with_its_own_results(worker_runtime: Runtime) -> None:
+def test_a_train_batch_runs_claimed_jobs_together_each_with_its_own_results(
+        worker_runtime: Runtime, caplog: pytest.LogCaptureFixture) -> None:
     rt = worker_runtime
-    rt.settings.train_batch = 3
+    rt.settings.train_batch, rt.settings.cancel_poll_seconds = 3, 0  # polled every step
     t0 = utcnow() - timedelta(minutes=5)
     ids = [make_job(rt, steps=4 + i % 2, seed=i, queued_at=t0 + timedelta(seconds=i),
                     color=(40 * i, 90, 200 - 30 * i)) for i in range(5)]
     assert tasks.run_train(rt, ids[0]) == "succeeded"
-    assert [get_row(rt, TrainingJob, i).state for i in ids] == ["succeeded"] * 3 + ["queued"] * 2
-    assert tasks.run_train(rt, ids[1]) == "succeeded"  # its job already ran: the wake-up takes the next two
+    # three claimed together; the other two join that run when two of them leave at step 4 (worker/train_batch.py)
     rows = [get_row(rt, TrainingJob, i) for i in ids]
     assert all(r.state == "succeeded" and r.attempts == 1 and r.step == r.total_steps for r in rows)
-    assert rows[0].run_id == rows[1].run_id == rows[2].run_id != rows[3].run_id == rows[4].run_id
+    assert len({r.run_id for r in rows}) == 1 and rows[0].run_id is not None
+    assert min(r.started_at for r in rows[3:]) >= min(r.finished_at for r in rows[:3])
+    assert tasks.run_train(rt, ids[1]) == "skipped"  # its job already ran, and nothing is queued
+    assert "no longer ours" not in caplog.text  # a job finished while others train is not taken for a lost one
     for r in rows:  # each job its own progress (every 2 steps and the last), adapter and previews
         want = [2, 4] if r.total_steps == 4 else [2, 4, 5]
         assert [e.payload["step"] for e in _events(rt, r.id, "progress")] == want
@@ -270,3 +273,89 @@ def test_a_train_batch_runs_claimed_jobs_together_each_with_its_own_results(work
         assert trainer.adapter_from_bytes(rt.store.get_bytes(adapter.blob_key)).meta.seed == r.params["seed"]
         assert len(_events(rt, r.id, "preview")) == 2
     assert tasks.run_train(rt, ids[4]) == "skipped"
+
+
+def test_a_job_queued_mid_batch_starts_inside_that_batch(worker_runtime: Runtime,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job queued while a run trains joins it at the next progress boundary (a slot free: train_batch = 2),
+    instead of waiting for the run to end; it gets its own progress, adapter and previews."""
+    rt = worker_runtime
+    rt.settings.train_batch = 2
+    first = make_job(rt, steps=6, seed=1)
+    late: list[str] = []
+    report = training.TrainingRun.report
+
+    def report_then_queue(run: training.TrainingRun, j: training.JobRun, p: trainer.Progress) -> None:
+        report(run, j, p)
+        if not late:  # a user submits a style while the first job is at step 2 of 6
+            late.append(make_job(rt, steps=4, seed=2, color=(30, 200, 60)))
+
+    monkeypatch.setattr(training.TrainingRun, "report", report_then_queue)
+    assert tasks.run_train(rt, first) == "succeeded"
+    a, b = get_row(rt, TrainingJob, first), get_row(rt, TrainingJob, late[0])
+    assert a.state == b.state == "succeeded" and a.run_id == b.run_id and b.attempts == 1
+    assert b.started_at < a.finished_at  # it trained beside the first job, not after it
+    # claimed at the first step boundary after it was queued: after the first job's step-2 report, before step 4
+    (claimed,) = [e.id for e in _events(rt, b.id, "state") if e.payload["to"] == "running"]
+    steps_of_a = {e.payload["step"]: e.id for e in _events(rt, a.id, "progress")}
+    assert steps_of_a[2] < claimed < steps_of_a[4]
+    assert [e.payload["step"] for e in _events(rt, b.id, "progress")] == [2, 4]
+    (adapter,) = _adapters_for(rt, b.id)
+    assert trainer.adapter_from_bytes(rt.store.get_bytes(adapter.blob_key)).meta.steps == 4
+    assert len(_events(rt, b.id, "preview")) == 2
+    assert tasks.run_train(rt, b.id) == "skipped"  # its own wake-up, delivered later, finds it done
+
+
+def test_cancelling_a_joined_job_ends_only_it_at_once(worker_runtime: Runtime,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    rt = worker_runtime
+    rt.settings.train_batch, rt.settings.cancel_poll_seconds = 2, 0  # cancel polled every step: exact stop step
+    first = make_job(rt, steps=8, seed=1)
+    late: list[str] = []
+    report = training.TrainingRun.report
+
+    def report_queue_and_cancel(run: training.TrainingRun, j: training.JobRun, p: trainer.Progress) -> None:
+        report(run, j, p)
+        if not late:
+            late.append(make_job(rt, steps=6, seed=2, color=(30, 200, 60)))
+        elif j.id == late[0] and p.step == 2:  # the user cancels the job that joined
+            with rt.session_factory() as s:
+                s.execute(update(TrainingJob).where(TrainingJob.id == late[0])
+                          .values(state="cancelling", cancel_requested_at=utcnow()))
+                s.commit()
+
+    monkeypatch.setattr(training.TrainingRun, "report", report_queue_and_cancel)
+    assert tasks.run_train(rt, first) == "succeeded"
+    a, b = get_row(rt, TrainingJob, first), get_row(rt, TrainingJob, late[0])
+    assert b.run_id == a.run_id and b.state == "cancelled" and b.step == 2 and _adapters_for(rt, b.id) == []
+    assert b.finished_at < a.finished_at  # ended when it stopped, not when the batch did
+    assert a.state == "succeeded" and a.step == 8 and len(_adapters_for(rt, a.id)) == 1
+    assert [e.payload["step"] for e in _events(rt, a.id, "progress")] == [2, 4, 6, 8]
+
+
+def test_a_job_with_a_checkpoint_joins_a_running_batch_and_resumes(worker_runtime: Runtime,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.helpers.engine import checkpoint_at, pattern_image
+
+    rt = worker_runtime
+    rt.settings.train_batch = 2
+    first = make_job(rt, steps=8, seed=1)
+    ckpt = checkpoint_at(rt.parts(), pattern_image(0), 4)  # an earlier attempt's checkpoint (rank, alpha as here)
+    late: list[str] = []
+    report = training.TrainingRun.report
+
+    def report_then_queue(run: training.TrainingRun, j: training.JobRun, p: trainer.Progress) -> None:
+        report(run, j, p)
+        if not late:  # a requeued job, with its checkpoint at step 4 of 8, comes back while the first one trains
+            rt.store.put_bytes("checkpoints/earlier.safetensors", ckpt.to_bytes())
+            late.append(make_job(rt, steps=8, seed=2, color=(30, 200, 60), checkpoint_step=4,
+                                 checkpoint_key="checkpoints/earlier.safetensors"))
+
+    monkeypatch.setattr(training.TrainingRun, "report", report_then_queue)
+    assert tasks.run_train(rt, first) == "succeeded"
+    b = get_row(rt, TrainingJob, late[0])
+    assert b.state == "succeeded" and b.run_id == get_row(rt, TrainingJob, first).run_id
+    assert [e.payload["step"] for e in _events(rt, b.id, "progress")] == [6, 8]  # resumed at 4, not from 0
+    (adapter,) = _adapters_for(rt, b.id)
+    assert trainer.adapter_from_bytes(rt.store.get_bytes(adapter.blob_key)).meta.steps == 8
+    assert not rt.store.exists("checkpoints/earlier.safetensors")  # done with: deleted on success

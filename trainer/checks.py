@@ -85,6 +85,8 @@ def check_training(cfg: TrainConfig, styles: Sequence[StyleSpec], device: torch.
     check_finite("aesthetic_score", cfg.aesthetic_score)
     check_int("checkpoint_every", cfg.checkpoint_every, 0)
     check_int("progress_every", cfg.progress_every, 1)
+    check_int("capacity", cfg.capacity, 0)
+    check_int("join_every", cfg.join_every, 1)
     for i, s in enumerate(styles):
         where = f"styles[{i}]"
         if s.prompt is None and not (s.descriptor or "").strip():

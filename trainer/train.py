@@ -4,7 +4,11 @@ Read `train_styles` top to bottom: it is the whole loop. One run trains S styles
 seed, step count and learning rate, as S rows of one batch; row j goes through its own slot of a LoRA bank, the
 loss is the sum of each row's own masked-token mean and the optimizer treats every slot on its own, so a style
 trained beside others follows the arithmetic of the same style trained alone (fp32 batch-size rounding aside).
-`train_style` is the S = 1 case. What differs from diffusers' examples/amused/train_amused.py, and why:
+`train_style` is the S = 1 case. The set of styles is not fixed: with room in the bank (`TrainConfig.capacity`) a
+style that `Callbacks.join` hands in at a step boundary takes a free slot (re-initialised from its own seed or
+checkpoint) and one that finishes, stops or fails leaves with its adapter (`Callbacks.on_done`): continuous
+batching, each style still trained as it would be alone.
+What differs from diffusers' examples/amused/train_amused.py, and why:
 - images are VQ-encoded and prompts CLIP-encoded ONCE before the loop, and stay on the device, and so does the
   U-ViT's prompt-only conditioning (trainer/uvit_forward.py); masks are drawn on the device from each style's
   own generator; the loss is read back once per progress interval, not every step; the step itself
@@ -20,23 +24,24 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
 from PIL import Image
 
 from .bank import LoraBank, find_bank
-from .checkpoint import Checkpoint, capture_slot, restore_slot
+from .checkpoint import Checkpoint, restore_slot
 from .checks import check_training
 from .contracts import limits
 from .contracts.prompts import training_prompt
 from .examples import TrainingExample
-from .lora import ENGINE_VERSION, Adapter, AdapterMeta, base_fingerprint, weights_hash
+from .lora import ENGINE_VERSION, AdapterMeta, base_fingerprint, weights_hash
 from .model import AmusedParts
 from .optim import SlotAdamW
 from .optim8bit import SlotAdamW8bit
-from .train_data import StyleBatch, StyleData, evaluation_loss, prepare_style
+from .train_data import StyleData, evaluation_loss, prepare_style
+from .train_runs import Progress, StyleRun, TrainResult, ask_join, capture, prepare, read_losses, stack
 from .train_step import TrainStep
 
 logger = logging.getLogger(__name__)
@@ -68,6 +73,10 @@ class TrainConfig:
     offload_encoders: bool = True  # move VQ-GAN and text encoder to CPU while training on an accelerator
     constant_conditioning: bool = True  # prompt-only U-ViT values once per style, not every step (uvit_forward.py)
     cuda_graph: bool = False  # capture the whole step as a CUDA graph, once per batch size (train_step.py)
+    # Bank slots: 0 = one per given style. More leaves room for styles that `Callbacks.join` adds while the run
+    # trains (continuous batching: a style joins at a step boundary instead of waiting for the whole run).
+    capacity: int = 0
+    join_every: int = 1  # ask `Callbacks.join` (when a slot is free) every N steps of the run
 
 
 @dataclass
@@ -87,35 +96,21 @@ class StyleSpec:
     examples: Sequence[TrainingExample] | None = None
 
 
-@dataclass(frozen=True)
-class Progress:
-    step: int  # steps done
-    total: int
-    loss: float
-    learning_rate: float
-    steps_per_second: float
-    eta_seconds: float
-
-
 @dataclass
 class Callbacks:
-    """Per-style hooks; each gets the style's index in the `styles` list. An exception raised by one ends that
-    style only (its result carries the error), never the others."""
+    """Per-style hooks; each gets the style's index: its place in `styles`, or for a style `join` added, the next
+    index in the order they joined. An exception raised by one ends that style only (its result carries the
+    error), never the others; one raised by `join` or `on_done` is logged and ends nothing."""
 
     on_progress: Callable[[int, Progress], None] | None = None
     should_stop: Callable[[int], bool] | None = None  # polled every step: make it cheap (a flag, not a query)
     on_checkpoint: Callable[[int, Checkpoint], None] | None = None
-
-
-@dataclass
-class TrainResult:
-    adapter: Adapter | None  # None when stopped early or failed
-    losses: list[float]  # one per step run in this call
-    stopped: bool
-    step: int  # steps done in total (including those before a resume)
-    prompt: str
-    seconds: float = 0.0
-    error: BaseException | None = field(default=None, repr=False)  # what ended this style, if it failed
+    # Continuous batching: asked at a step boundary (every TrainConfig.join_every steps) whenever a slot is free
+    # (TrainConfig.capacity) for up to that many more styles; each joined style trains exactly as it would alone.
+    join: Callable[[int], Sequence[StyleSpec]] | None = None
+    # Each style's result the moment it leaves the run (finished, stopped or failed), adapter included; called
+    # with the model as it was found (training bank aside, serving bank back), so it may sample with the adapter.
+    on_done: Callable[[int, TrainResult], None] | None = None
 
 
 def recipe_for(parts: AmusedParts, config: TrainConfig) -> TrainConfig:
@@ -152,29 +147,31 @@ def train_style(
 
 def train_styles(parts: AmusedParts, styles: Sequence[StyleSpec], config: TrainConfig | None = None,
                  callbacks: Callbacks | None = None) -> list[TrainResult]:
-    """Train one adapter per style in shared batches; one TrainResult per style, in order."""
+    """Train one adapter per style in shared batches; one TrainResult per style, in order: the given styles,
+    then each style `callbacks.join` added, in the order it joined."""
     cfg = recipe_for(parts, config or TrainConfig())
     cb = callbacks or Callbacks()
     device = parts.device
     check_training(cfg, styles, device)  # every value and option, before the model is touched
     assert cfg.learning_rate is not None and cfg.alpha is not None
-    n = len(styles)
-    runs = [_StyleRun.of(i, spec, cfg, device) for i, spec in enumerate(styles)]
+    capacity = max(len(styles), cfg.capacity)  # bank slots: the given styles, or more for styles that join
+    runs = [StyleRun.of(i, i + 1, spec, cfg, device) for i, spec in enumerate(styles)]
     t_start = time.perf_counter()
     transformer = parts.transformer
     serving = find_bank(transformer)  # one bank per model: a serving bank steps aside and comes back after
     encoders_home = next(parts.vqvae.parameters()).device
+    fingerprint, weights = base_fingerprint(transformer), weights_hash(transformer)  # what each adapter records
     bank: LoraBank | None = None
     # From here on the model is changed (encoders offloaded, the training bank installed): whatever any phase
     # raises, the `finally` below leaves it as it was found, serving bank included.
     try:
         # 1. Encode every style's images and prompt once, onto the device; then free the accelerator of the
-        #    encoders.
-        batch = StyleBatch([
-            prepare_style(parts, [e.image for e in s.examples], r.result.prompt, cfg.aesthetic_score,
-                          captions=[e.caption for e in s.examples]) if s.examples
-            else prepare_style(parts, s.images, r.result.prompt, cfg.aesthetic_score)
-            for s, r in zip(styles, runs, strict=True)], parts.mask_token_id)
+        #    encoders. `data[slot - 1]` is what the style in that slot trains on (a style joining later is
+        #    encoded where the encoders are then).
+        data: list[StyleData | None] = [None] * capacity
+        for r, spec in zip(runs, styles, strict=True):
+            data[r.slot - 1] = prepare(parts, spec, r.result.prompt, cfg.aesthetic_score)
+        batch = stack(data, parts.mask_token_id)
         if cfg.offload_encoders and device.type != "cpu":
             parts.vqvae.to("cpu")
             parts.text_encoder.to("cpu")
@@ -182,65 +179,143 @@ def train_styles(parts: AmusedParts, styles: Sequence[StyleSpec], config: TrainC
 
         # 2. A LoRA bank with one trainable slot per style (slot 0 is the base: zeros). Style i trains slot i + 1,
         #    initialised like peft (B = 0: it starts exactly at the base model) from the style's own seed.
-        bank = LoraBank(transformer, n, rank=cfg.rank, trainable=True)
+        bank = LoraBank(transformer, capacity, rank=cfg.rank, trainable=True)
         optimizer_cls = SlotAdamW8bit if cfg.optimizer == "adamw8bit" else SlotAdamW
-        optimizer = optimizer_cls(list(bank.parameters()), n + 1, betas=(cfg.beta1, cfg.beta2),
+        optimizer = optimizer_cls(list(bank.parameters()), capacity + 1, betas=(cfg.beta1, cfg.beta2),
                                   weight_decay=cfg.weight_decay, views=bank.state_views)
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.mixed_precision == "fp16")  # no-op unless fp16
-        for r in runs:
+        reroute = False  # whether the bank's routes were cleared (on_done's hand-over) and must be set again
+
+        # 3. Each style's start: a fresh slot from its own seed, or its resume checkpoint (adapter slice,
+        #    optimizer moments, step count, RNG state and loss scale). A style whose checkpoint is already at (or
+        #    past) its step count does not train: its adapter is the checkpoint's, with the checkpoint's steps.
+        def start(r: StyleRun, spec: StyleSpec) -> None:
+            assert cfg.alpha is not None
             bank.init_slot(r.slot, torch.Generator().manual_seed(r.seed), alpha=cfg.alpha)
             optimizer.reset_slot(r.slot, r.lr)
-
-        # 3. Resume: per style, adapter slice, optimizer moments, step count, RNG state (and loss scale). A style
-        #    whose checkpoint is already at (or past) its step count does not train: its adapter is the
-        #    checkpoint's, recorded with the checkpoint's step count.
-        for r, spec in zip(runs, styles, strict=True):
             if spec.resume is not None:
                 r.step = r.first = restore_slot(spec.resume, bank, r.slot, optimizer, r.generator, scaler,
                                                 alpha=cfg.alpha, optimizer_name=cfg.optimizer)
                 r.running = r.step < r.total
                 logger.info("style %d resumed from step %d of %d", r.index, r.step, r.total)
+            r.t0 = time.perf_counter()
 
-        pending: list[tuple[list[_StyleRun], torch.Tensor]] = []  # (rows, their losses) since the last read
-        active: list[_StyleRun] = []
-        t_loop = time.perf_counter()
+        # A style leaves: its adapter (when it reached its step count) is taken out of its slot now, before a
+        # joining style re-initialises the slot; `on_done` hears of it at once.
+        def leave(r: StyleRun) -> None:
+            r.result.step, r.result.seconds = r.step, time.perf_counter() - r.created
+            if r.step >= r.total and r.result.error is None:
+                meta = AdapterMeta(
+                    base_model=parts.model_id, base_fingerprint=fingerprint, rank=cfg.rank,
+                    alpha=float(cfg.alpha or 0), base_revision=parts.revision, base_weights=weights,
+                    descriptor=specs[r.index].descriptor, train_prompt=r.result.prompt, steps=r.step, seed=r.seed,
+                    engine_version=ENGINE_VERSION)
+                r.result.adapter = bank.extract(r.slot, meta)
+            if cb.on_done is not None:
+                hand_over(r)
+
+        # `on_done` runs with the model as it was found (the training bank aside, the serving bank and the
+        # encoders back), so the listener may sample with the adapter it was just given (a job's previews).
+        def hand_over(r: StyleRun) -> None:
+            nonlocal serving, reroute
+            assert bank is not None and cb.on_done is not None
+            bank.remove()
+            if serving is not None:
+                serving.install()
+            offloaded = cfg.offload_encoders and device.type != "cpu"
+            if offloaded:
+                parts.vqvae.to(encoders_home)
+                parts.text_encoder.to(encoders_home)
+            try:
+                cb.on_done(r.index, r.result)
+            except Exception:  # the result stands (it is also returned); a listener's bug ends nothing
+                logger.exception("on_done failed for style %d", r.index)
+            finally:
+                if offloaded:
+                    parts.vqvae.to("cpu")
+                    parts.text_encoder.to("cpu")
+                serving = find_bank(transformer) or serving  # a bank the listener installed is put back at the end
+                bank.install()
+                reroute = True  # removing the bank cleared its routes
+
+        specs = list(styles)
+        for r, spec in zip(runs, styles, strict=True):
+            start(r, spec)
+        for r in runs:
+            if not r.running:
+                leave(r)
+
+        pending: list[tuple[list[StyleRun], torch.Tensor]] = []  # (rows, their losses) since the last read
+        active: list[StyleRun] = []
+        steps_run = 0
         transformer.eval()  # frozen base: no dropout while training adapters, so a resume has no dropout RNG
-        # 4. The step: prompt-only conditioning computed here, once; eager or captured (train_step.py).
+        # 4. The step: prompt-only conditioning computed here, once per set of styles; eager or captured.
         step = TrainStep(parts, batch, bank, optimizer, scaler, max_grad_norm=cfg.max_grad_norm,
                          autocast_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision),
                          constant_conditioning=cfg.constant_conditioning, cuda_graph=cfg.cuda_graph)
-        while any(r.running for r in runs):
-            # 5. The batch: one row per running style. Routes (and a captured graph) change only when one leaves.
-            if active != [r for r in runs if r.running]:
+        while True:
+            # 5. Continuous batching, at the step boundary: styles that `join` asks in take the free slots (a
+            #    slot a finished, stopped or failed style left), each from its own seed or checkpoint.
+            free = sorted(set(range(1, capacity + 1)) - {r.slot for r in runs if r.running})
+            asks = cb.join is not None and bool(free) and steps_run % cfg.join_every == 0
+            joined = ask_join(cb.join, len(free)) if asks and cb.join is not None else []
+            for spec, slot in zip(joined, free, strict=False):
+                r = StyleRun.of(len(runs), slot, spec, cfg, device)
+                runs.append(r)
+                specs.append(spec)
+                try:  # a joiner that cannot start (bad values, unreadable checkpoint) ends alone
+                    check_training(cfg, [spec], device)
+                    data[slot - 1] = prepare(parts, spec, r.result.prompt, cfg.aesthetic_score)
+                    start(r, spec)
+                    logger.info("style %d joined in slot %d", r.index, slot)
+                except Exception as exc:
+                    logger.warning("style %d could not join: %r", r.index, exc)
+                    r.result.error, r.running = exc, False
+                if not r.running:
+                    leave(r)
+            if joined:
+                step.set_batch(stack(data, parts.mask_token_id))
+            if not any(r.running for r in runs):
+                break
+            # 6. The batch: one row per running style. Routes (and a captured graph) change only when the set
+            #    of styles does.
+            if active != [r for r in runs if r.running] or joined or reroute:
+                reroute = False
                 active = [r for r in runs if r.running]
-                step.set_rows([r.index for r in active], [r.generator for r in active])
+                step.set_rows([r.slot - 1 for r in active], [r.generator for r in active])
             # One step: draw each row's masks, predict, sum each style's own loss, one optimizer step for all.
             pending.append((active, step()))
+            steps_run += 1
             for r in active:
                 r.step += 1
 
-            # 6. Per style: report (reading the losses back once for everyone), checkpoint, finish or stop.
+            # 7. Per style: report (reading the losses back once for everyone), checkpoint, finish or stop.
             if any(r.reports(cfg) for r in active):
-                _read_losses(pending)
+                read_losses(pending)
             for r in active:
                 try:
                     if r.step >= r.total:
-                        r.running = False  # leaves the batch; its adapter is extracted after the loop
+                        r.running = False  # leaves the batch, with its adapter (below)
                     if cb.on_progress is not None and r.reports(cfg):
-                        cb.on_progress(r.index, r.progress(t_loop))
+                        cb.on_progress(r.index, r.progress())
                     checkpoints = cb.on_checkpoint is not None and cfg.checkpoint_every > 0 and r.step < r.total
                     on_schedule = checkpoints and r.step % cfg.checkpoint_every == 0
                     if on_schedule:
-                        cb.on_checkpoint(r.index, _capture(r, bank, optimizer, scaler, cfg))  # type: ignore[misc]
+                        cb.on_checkpoint(r.index, capture(r, bank, optimizer, scaler, cfg))  # type: ignore[misc]
                     if cb.should_stop is not None and r.step < r.total and cb.should_stop(r.index):
                         logger.info("style %d stopped at step %d", r.index, r.step)
                         r.result.stopped, r.running = True, False
                         if checkpoints and not on_schedule:  # a last one where it stopped: a shutdown loses no steps
-                            cb.on_checkpoint(r.index, _capture(r, bank, optimizer, scaler, cfg))  # type: ignore[misc]
+                            cb.on_checkpoint(r.index, capture(r, bank, optimizer, scaler, cfg))  # type: ignore[misc]
                 except Exception as exc:  # this style's callback failed: it ends; the others go on
                     logger.warning("style %d failed at step %d: %r", r.index, r.step, exc)
                     r.result.error, r.running = exc, False
-        _read_losses(pending)
+            leaving = [r for r in active if not r.running]
+            if leaving:
+                read_losses(pending)  # its curve is complete when it leaves
+                for r in leaving:
+                    leave(r)
+        read_losses(pending)
     finally:
         if bank is not None:
             bank.remove()  # leave the base model as we found it
@@ -251,75 +326,5 @@ def train_styles(parts: AmusedParts, styles: Sequence[StyleSpec], config: TrainC
         if cfg.offload_encoders and device.type != "cpu":
             parts.vqvae.to(encoders_home)
             parts.text_encoder.to(encoders_home)
-
-    # 7. The adapters of the styles that reached their step count (steps recorded: what the adapter has had).
-    assert bank is not None
-    fingerprint, weights = base_fingerprint(transformer), weights_hash(transformer)
-    for r, spec in zip(runs, styles, strict=True):
-        r.result.step, r.result.seconds = r.step, time.perf_counter() - t_start
-        if r.step >= r.total and r.result.error is None:
-            meta = AdapterMeta(
-                base_model=parts.model_id, base_fingerprint=fingerprint, rank=cfg.rank, alpha=float(cfg.alpha),
-                base_revision=parts.revision, base_weights=weights, descriptor=spec.descriptor,
-                train_prompt=r.result.prompt, steps=r.step, seed=r.seed, engine_version=ENGINE_VERSION,
-            )
-            r.result.adapter = bank.extract(r.slot, meta)
+    logger.debug("run of %d styles took %.1f s", len(runs), time.perf_counter() - t_start)
     return [r.result for r in runs]
-
-
-@dataclass(eq=False)
-class _StyleRun:
-    """One style's place in a run: its bank slot (index + 1), counters, random stream and result."""
-
-    index: int
-    total: int
-    seed: int
-    lr: float
-    generator: torch.Generator  # masking and image choice, on the model's device
-    result: TrainResult
-    step: int = 0
-    first: int = 0  # the step this call started from (after a resume)
-    running: bool = True
-
-    @classmethod
-    def of(cls, index: int, spec: StyleSpec, cfg: TrainConfig, device: torch.device) -> _StyleRun:
-        seed = spec.seed if spec.seed is not None else cfg.seed
-        lr = spec.learning_rate if spec.learning_rate is not None else cfg.learning_rate
-        assert lr is not None
-        total = spec.steps if spec.steps is not None else cfg.steps
-        prompt = spec.prompt or training_prompt(spec.descriptor, spec.content)
-        return cls(index, total, seed, lr, torch.Generator(device).manual_seed(seed),
-                   TrainResult(None, [], False, 0, prompt))
-
-    @property
-    def slot(self) -> int:
-        return self.index + 1
-
-    def reports(self, cfg: TrainConfig) -> bool:
-        return self.step % max(cfg.progress_every, 1) == 0 or self.step == self.total
-
-    def progress(self, t_loop: float) -> Progress:
-        elapsed = time.perf_counter() - t_loop
-        sps = (self.step - self.first) / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - self.step) / sps if sps > 0 else float("inf")
-        return Progress(self.step, self.total, self.result.losses[-1], self.lr, sps, eta)
-
-
-def _read_losses(pending: list[tuple[list[_StyleRun], torch.Tensor]]) -> None:
-    """One host read for every loss since the last one; append each to its style's curve."""
-    if not pending:
-        return
-    # The one device -> host copy per interval (copy=True: a real copy on CPU too, so op counters see the read).
-    values = torch.cat([losses for _, losses in pending]).to("cpu", copy=True).tolist()
-    k = 0
-    for active, _ in pending:
-        for r in active:
-            r.result.losses.append(values[k])
-            k += 1
-    pending.clear()
-
-
-def _capture(r: _StyleRun, bank: LoraBank, optimizer: SlotAdamW, scaler: torch.amp.GradScaler,
-             cfg: TrainConfig) -> Checkpoint:
-    assert cfg.alpha is not None
-    return capture_slot(r.step, bank, r.slot, optimizer, r.generator, scaler, cfg.optimizer, alpha=cfg.alpha)

@@ -2,8 +2,8 @@
 
 `TrainStep` owns what a step touches: the run's `StyleBatch` (tokens, prompts and, by default, the constant
 conditioning computed once), the trainable LoRA bank, the per-slot optimizer and the loss scaler. `set_rows`
-routes a new set of styles (only when a style leaves: the batch shape S changes); `__call__` runs one step and
-returns the (S,) losses as a device tensor — nothing in it reads back to the host.
+routes a new set of styles (only when a style joins or leaves; `set_batch` first when one joins); `__call__` runs one
+step and returns the (S,) losses as a device tensor — nothing in it reads back to the host.
 
 With `cuda_graph=True` (CUDA only) the whole step is captured once per set of rows and replayed: every kernel of
 the step at one launch cost. The capture follows torch's whole-network recipe (docs: CUDA Graphs): a few eager
@@ -46,9 +46,8 @@ class TrainStep:
         self.cuda_graph = cuda_graph
         if cuda_graph and (self.device.type != "cuda" or scaler.is_enabled()):
             raise ValueError("cuda_graph needs a CUDA device and no fp16 loss scaling")
-        if constant_conditioning:
-            with torch.no_grad(), self._autocast():
-                batch.precompute(parts)  # once per run: prompts and micro-conditions never change
+        self.constant_conditioning = constant_conditioning
+        self.set_batch(batch)
         self.rows = torch.zeros(0, dtype=torch.long, device=self.device)
         self.generators: list[torch.Generator] = []
         self._graph: torch.cuda.CUDAGraph | None = None
@@ -61,8 +60,17 @@ class TrainStep:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype, cache_enabled=cache)
 
+    def set_batch(self, batch: StyleBatch) -> None:
+        """Train on `batch` from now on (a style joined); `set_rows` must follow before the next step."""
+        self.batch = batch
+        if self.constant_conditioning:
+            with torch.no_grad(), self._autocast():
+                batch.precompute(self.parts)  # once per set of styles: prompts and micro-conditions never change
+        self._graph = self._graph_losses = None  # the captured graph read the old batch's tensors
+
     def set_rows(self, styles: Sequence[int], generators: Sequence[torch.Generator]) -> None:
-        """Row j of the following steps trains style `styles[j]` (bank slot styles[j] + 1) with `generators[j]`."""
+        """Row j of the following steps trains the batch's style `styles[j]` (bank slot styles[j] + 1) with
+        `generators[j]`."""
         self.rows = torch.tensor(list(styles), device=self.device)  # (S,) style of each row
         self.generators = list(generators)
         self.bank.set_rows(self.rows + 1)

@@ -1,8 +1,9 @@
 """A training run: the jobs one train worker claimed together, trained in one `trainer.train_styles` call.
 
 Read `TrainingRun.run`: its named steps are `load_inputs` (per job: style image, resume checkpoint, config),
-then one engine call whose per-job callbacks are `report`, `should_stop` and `checkpoint`, then `finish` (per
-job: adapter file and row, previews, final state). Each job keeps its own progress, events, checkpoints,
+then one engine call whose per-job callbacks are `report`, `should_stop` and `checkpoint`, and `finish` (per
+job: adapter file and row, previews, final state) as each job's style leaves the run. Queued jobs join the run
+while it trains when a slot is free (worker/train_batch.py). Each job keeps its own progress, events, checkpoints,
 cancel, attempts and adapter, and a job that fails ends alone: the engine ends only the style whose callback
 raised, and every other per-job step is guarded the same way.
 
@@ -15,11 +16,10 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from sqlalchemy import select, update
 
 import trainer
@@ -36,41 +36,17 @@ from worker.rounds import RoundError, job_examples
 from worker.runtime import SHUTDOWN, Runtime
 from worker.scoring import record_adapter_scores
 from worker.shared import TRANSIENT, IdLogger, open_image, png
+from worker.train_batch import JobRun, RunJoiner
 from worker.versions import insert_version
 
 logger = logging.getLogger(__name__)
-
-@dataclass(eq=False)
-class JobRun:
-    """One claimed job's place in a run."""
-
-    job: TrainingJob
-    log: IdLogger
-    spec: StyleSpec | None = None  # None until its inputs load
-    seed: int = 0
-    subject: str | None = None  # a subject adapter's prompt ("a photo of sks dog"): its previews show the subject
-    references: list[Image.Image] = field(default_factory=list)  # what the previews' style score compares with
-    stop: str | None = None  # why it must stop: "cancel", "lost" (no longer ours) or "shutdown"
-    t0: float = field(default_factory=time.perf_counter)
-
-    @property
-    def id(self) -> str:
-        return self.job.id
-
-    def gpu_seconds(self) -> float:
-        return (self.job.gpu_seconds or 0.0) + time.perf_counter() - self.t0
-
-    def mine(self) -> tuple[Any, ...]:
-        """The rows this worker may still write: its job, while it runs it."""
-        return (TrainingJob.id == self.id, TrainingJob.worker_host == self.job.worker_host,
-                TrainingJob.state.in_(JOB_ACTIVE))
-
 
 class TrainingRun:
     def __init__(self, rt: Runtime, claimed: list[TrainingJob]) -> None:
         self.rt = rt
         self.run_id = uuid.uuid4().hex
         self.jobs = [JobRun(job, IdLogger(logger, {"kind": "job", "id": job.id})) for job in claimed]
+        self.ready: list[JobRun] = []  # in the engine's style order (run)
         self.next_poll = 0.0
 
     # --- the run ---------------------------------------------------------------------------------------------
@@ -90,10 +66,14 @@ class TrainingRun:
             mixed_precision=trainer.resolve_mixed_precision(settings.mixed_precision, device),  # type: ignore[arg-type]
             cuda_graph=settings.train_cuda_graph and device.startswith("cuda"),
         )
+        config.capacity, config.join_every = settings.train_batch, settings.progress_every  # worker/train_batch.py
+        self.ready = ready  # the engine's style i is ready[i]; jobs that join are appended as they join
         callbacks = Callbacks(
-            on_progress=lambda i, p: self.report(ready[i], p),
-            should_stop=lambda i: self.should_stop(ready[i]),
-            on_checkpoint=lambda i, c: self.checkpoint(ready[i], c),
+            on_progress=lambda i, p: self.report(self.ready[i], p),
+            should_stop=lambda i: self.should_stop(self.ready[i]),
+            on_checkpoint=lambda i, c: self.checkpoint(self.ready[i], c),
+            join=RunJoiner(self, outcomes) if settings.train_batch > 1 else None,  # 1: a run is one job
+            on_done=lambda i, r: self.done(self.ready[i], r, outcomes),
         )
         try:
             results = train_styles(self.rt.parts(), [j.spec for j in ready if j.spec is not None], config, callbacks)
@@ -101,24 +81,37 @@ class TrainingRun:
             raise
         except trainer.ModelLoadError as exc:
             logger.error("%s", exc)
-            for j in ready:
+            for j in self.ready:
                 outcomes[j.id] = self.fail(j, FailureCode.MODEL_UNAVAILABLE, "The worker could not load the base "
                                            "model; an operator has to fix its configuration.")
             return outcomes
         except (ValueError, CheckpointError) as exc:
             logger.error("training failed: %s", exc)
-            for j in ready:
+            for j in self.ready:
                 outcomes[j.id] = self.fail(j, FailureCode.TRAINING_ERROR, f"Training could not run: {exc}")
             return outcomes
-        for j, result in zip(ready, results, strict=True):
-            try:
-                outcomes[j.id] = self.finish(j, result)
-            except TRANSIENT:
-                raise
-            except Exception as exc:  # one job's finish failing must not take the others' results with it
-                j.log.exception("finishing failed")
-                outcomes[j.id] = self.fail(j, FailureCode.TRAINING_ERROR, f"Training could not finish: {exc}")
+        for j, result in zip(self.ready, results, strict=True):
+            if j.id not in outcomes:  # its finish in `done` met a transient error: once more, and it may raise
+                outcomes[j.id] = self.finish_guarded(j, result)
         return outcomes
+
+    def done(self, j: JobRun, result: TrainResult, outcomes: dict[str, str]) -> None:
+        """A job's style left the run: finish it now (the engine hands the model over: previews can render), so
+        it never waits for the styles still training or joining."""
+        j.stop = j.stop or "done"  # out of the engine: no more cancel polls for it
+        try:
+            outcomes[j.id] = self.finish_guarded(j, result)
+        except TRANSIENT:
+            j.log.exception("finishing met a transient error; tried again when the run ends")
+
+    def finish_guarded(self, j: JobRun, result: TrainResult) -> str:
+        try:
+            return self.finish(j, result)
+        except TRANSIENT:
+            raise
+        except Exception as exc:  # one job's finish failing must not take the others' results with it
+            j.log.exception("finishing failed")
+            return self.fail(j, FailureCode.TRAINING_ERROR, f"Training could not finish: {exc}")
 
     def mark_run(self) -> None:
         """Record which jobs share this run (the admin page groups them by run_id)."""
