@@ -193,7 +193,8 @@ def beat_once(rt: Runtime) -> None:
         if current is not None and rt.kind == "train":
             s.execute(
                 update(TrainingJob)
-                .where(TrainingJob.id.in_(rt.current_ids or [current]), TrainingJob.worker_host == rt.worker_host,
+                .where(TrainingJob.id.in_(list(rt.current_ids) or [current]),  # a copy: a joining job appends
+                       TrainingJob.worker_host == rt.worker_host,
                        TrainingJob.state.in_(JOB_ACTIVE))
                 .values(heartbeat_at=now)
             )
