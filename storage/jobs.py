@@ -47,14 +47,14 @@ class _Machine:
     states: type[StrEnum]
     edges: Mapping[Any, frozenset[Any]]
     active: frozenset[str]  # a worker holds the row; its heartbeat says whether that worker is alive
-    columns: frozenset[str]  # settable together with a transition
+    columns: frozenset[str]  # settable together with a transition (ORM attribute names)
 
 
 _MACHINES: dict[type, _Machine] = {
     TrainingJob: _Machine(JobState, JOB_TRANSITIONS, JOB_ACTIVE,
-                          frozenset(TrainingJob.__table__.columns.keys()) - {"id", "state"}),
+                          frozenset(TrainingJob.__mapper__.column_attrs.keys()) - {"id", "state"}),
     Generation: _Machine(GenerationState, GENERATION_TRANSITIONS, GENERATION_ACTIVE,
-                         frozenset(Generation.__table__.columns.keys()) - {"id", "state"}),
+                         frozenset(Generation.__mapper__.column_attrs.keys()) - {"id", "state"}),
 }
 
 

@@ -171,7 +171,8 @@ class TrainingJob(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     worker_host: Mapped[str | None] = mapped_column(String(255))
-    gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    # Seconds on the worker's device (GPU or CPU); the column keeps the name the first migration gave it.
+    device_seconds: Mapped[float] = mapped_column("gpu_seconds", Float, default=0.0)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

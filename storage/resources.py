@@ -84,7 +84,6 @@ class JobPublic(WithError):
     finished_at: datetime | None
     cancel_requested_at: datetime | None
     device_seconds: float = Field(
-        validation_alias=AliasChoices("device_seconds", "gpu_seconds"),
         description="Wall-clock seconds a worker spent running this job on its device (the GPU, or the CPU on a "
         "CPU-only worker), summed over attempts; not a GPU-only figure, so not 0 on a CPU worker.",
     )

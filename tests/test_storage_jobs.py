@@ -15,7 +15,7 @@ from storage import claims, jobs, queue_order
 from storage.db import make_engine, make_sessionmaker
 from storage.job_params import JobParams
 from storage.models import Generation, JobEvent, Style, TrainingJob, User, utcnow
-from storage.states import JOB_ACTIVE
+from storage.states import JOB_ACTIVE, JobState
 from storage.users import authenticate_key, create_api_key, create_user
 
 DB_KINDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.integration)]
@@ -313,11 +313,17 @@ def test_concurrent_train_claims_never_share_a_job_on_postgres(pg_url: str) -> N
         def claimer(i: int) -> None:
             try:
                 barrier.wait()
-                for _ in range(20):
+                # Until the queue is empty: under load a claim can come back empty while the others hold the
+                # rows it would take (SKIP LOCKED), so a fixed number of rounds could leave jobs unclaimed.
+                for _ in range(500):
                     with maker() as s:
                         got = claims.claim_train_jobs(s, limit=3, worker=f"w{i}")
                         s.commit()
                         results[i].extend(j.id for j in got)
+                        queued = s.scalar(select(func.count()).select_from(TrainingJob)
+                                          .where(TrainingJob.state == JobState.QUEUED))
+                    if not got and queued == 0:
+                        break
             except BaseException as exc:  # pragma: no cover - reported below
                 errors.append(exc)
 

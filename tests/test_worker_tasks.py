@@ -38,7 +38,7 @@ def test_train_succeeds_with_progress_adapter_and_previews(worker_runtime: Runti
     job_id = make_job(rt)
     assert tasks.run_train(rt, job_id) == "succeeded"
     job = get_row(rt, TrainingJob, job_id)
-    assert job.state == "succeeded" and job.step == 12 and job.attempts == 1 and job.gpu_seconds > 0
+    assert job.state == "succeeded" and job.step == 12 and job.attempts == 1 and job.device_seconds > 0
     assert job.finished_at is not None and job.worker_host == rt.worker_host
     progress = _events(rt, job_id, "progress")
     assert [e.payload["step"] for e in progress] == [2, 4, 6, 8, 10, 12]

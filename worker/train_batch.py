@@ -54,8 +54,8 @@ class JobRun:
     def id(self) -> str:
         return self.job.id
 
-    def gpu_seconds(self) -> float:
-        return (self.job.gpu_seconds or 0.0) + time.perf_counter() - self.t0
+    def device_seconds(self) -> float:
+        return (self.job.device_seconds or 0.0) + time.perf_counter() - self.t0
 
     def mine(self) -> tuple[Any, ...]:
         """The rows this worker may still write: its job, while it runs it."""

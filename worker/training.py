@@ -163,7 +163,7 @@ class TrainingRun:
         with self.rt.session_factory() as s:
             s.execute(update(TrainingJob).where(*j.mine()).values(
                 step=p.step, last_loss=p.loss, eta_seconds=eta, steps_per_second=p.steps_per_second,
-                heartbeat_at=utcnow(), gpu_seconds=j.gpu_seconds(),
+                heartbeat_at=utcnow(), device_seconds=j.device_seconds(),
             ))
             jobs.add_event(s, j.id, EventKind.PROGRESS, {
                 "step": p.step, "total": p.total, "loss": p.loss, "lr": p.learning_rate,
@@ -228,7 +228,7 @@ class TrainingRun:
                 ok = False
                 if row.cancel_requested_at is not None or row.state == JobState.CANCELLING:
                     ok = jobs.transition(s, j.id, expected=JOB_ACTIVE, new=JobState.CANCELLED,
-                                         finished_at=utcnow(), eta_seconds=None, gpu_seconds=j.gpu_seconds())
+                                         finished_at=utcnow(), eta_seconds=None, device_seconds=j.device_seconds())
                 s.commit()
             j.log.info("stopped at step %d (%s)", result.step, JobState.CANCELLED if ok else "no longer ours")
             return JobState.CANCELLED if ok else "stopped"
@@ -249,7 +249,7 @@ class TrainingRun:
             j.log.exception("preview rendering failed")
         with self.rt.session_factory() as s:
             ok = jobs.transition(s, j.id, expected=JOB_ACTIVE, new=JobState.SUCCEEDED, finished_at=utcnow(),
-                                 eta_seconds=0.0, gpu_seconds=j.gpu_seconds(), step=result.step)
+                                 eta_seconds=0.0, device_seconds=j.device_seconds(), step=result.step)
             old_ckpt = s.scalar(select(TrainingJob.checkpoint_key).where(TrainingJob.id == j.id))
             s.commit()
         if ok and old_ckpt:
@@ -263,7 +263,7 @@ class TrainingRun:
         with self.rt.session_factory() as s:
             jobs.transition(s, j.id, expected=JOB_ACTIVE, new=JobState.FAILED, error_code=code,
                             error_message=message, finished_at=utcnow(), eta_seconds=None,
-                            gpu_seconds=j.gpu_seconds(), held_by=j.job.worker_host)  # not a job taken over
+                            device_seconds=j.device_seconds(), held_by=j.job.worker_host)  # not a job taken over
             s.commit()
         return JobState.FAILED
 
@@ -273,7 +273,7 @@ class TrainingRun:
         extra: dict[str, Any] = {} if count_attempt else {"attempts": TrainingJob.attempts - 1}
         with self.rt.session_factory() as s:
             ok = jobs.transition(s, j.id, expected=JobState.RUNNING, new=JobState.QUEUED, heartbeat_at=None,
-                                 sent_at=None, eta_seconds=None, gpu_seconds=j.gpu_seconds(), **extra)
+                                 sent_at=None, eta_seconds=None, device_seconds=j.device_seconds(), **extra)
             s.commit()
         if not ok:  # cancelled meanwhile, or taken over: whoever moved it owns it now
             return "stopped"
