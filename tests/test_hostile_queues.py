@@ -163,4 +163,5 @@ def test_a_running_generation_cancelled_mid_loop_stops_the_sampler(worker_runtim
     assert rounds == [1]
     with rt.session_factory() as s:
         gen = s.get(Generation, gen_id)
-        assert gen is not None and gen.state == "failed" and gen.error_code == "cancelled" and not gen.image_keys
+        assert gen is not None and gen.state == "failed" and gen.error_code == FailureCode.CANCELLED
+        assert not gen.image_keys
