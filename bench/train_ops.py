@@ -26,13 +26,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch
-from diffusers import UVit2DModel
 
 from bench.common import (
-    _finish,
-    _text_encoder,
-    _vqvae,
     build_parts,
     common_args,
     describe_parts,
@@ -41,8 +36,8 @@ from bench.common import (
     style_image,
     sync,
 )
+from testkit.models import build_full_narrow
 from trainer.capture import OpCounter
-from trainer.model import AmusedParts, _tiny_tokenizer
 from trainer.optim import SlotAdamW
 from trainer.train import Callbacks, Progress, StyleSpec, TrainConfig, train_style, train_styles
 from trainer.train_step import TrainStep
@@ -62,24 +57,6 @@ def config(**kw: Any) -> TrainConfig:
     return TrainConfig(mixed_precision=MIXED, constant_conditioning=CONSTANT, **kw)
 
 
-def build_full_narrow(seed: int = 0) -> AmusedParts:
-    """The amused-256 layer structure (bench.common.build_full's config) at narrow widths: same op counts, fast."""
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        tok = _tiny_tokenizer()
-        text = _text_encoder(tok, vocab=len(tok), hidden=64, layers=2, heads=4, intermediate=128, projection=64)
-        vq = _vqvae((32, 32, 64, 64, 128), layers_per_block=2, latent=64, codes=1024, groups=16)
-        transformer = UVit2DModel(
-            hidden_size=64, use_bias=False, hidden_dropout=0.0, cond_embed_dim=64, micro_cond_encode_dim=16,
-            micro_cond_embed_dim=80, encoder_hidden_size=64, vocab_size=1088, codebook_size=1024,
-            in_channels=48, block_out_channels=48, num_res_blocks=3, downsample=False, upsample=False,
-            block_num_heads=12, num_hidden_layers=22, num_attention_heads=16, attention_dropout=0.0,
-            intermediate_size=128, layer_norm_eps=1e-6, ln_elementwise_affine=True, sample_size=16,
-        )
-    finally:
-        torch.random.set_rng_state(state)
-    return _finish(transformer, vq, text, tok, mask_token_id=1087, name="bench-full-256-narrow")
 
 
 class KernelCounter(OpCounter):

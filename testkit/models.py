@@ -12,7 +12,7 @@ from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
 from trainer.bank import target_linears
 from trainer.lora import Adapter, AdapterMeta, base_fingerprint, weights_hash
-from trainer.model import AmusedParts, _tiny_tokenizer
+from trainer.model import AmusedParts, tiny_tokenizer
 
 
 def _text_encoder(tokenizer, *, vocab: int, hidden: int, layers: int, heads: int, intermediate: int,
@@ -44,7 +44,7 @@ def build_mid(seed: int = 0) -> AmusedParts:
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        tok = _tiny_tokenizer()
+        tok = tiny_tokenizer()
         text = _text_encoder(tok, vocab=len(tok), hidden=256, layers=4, heads=4, intermediate=1024, projection=256)
         vq = _vqvae((32, 32, 64, 64, 128), layers_per_block=2, latent=64, codes=1024, groups=16)
         codebook = 1024
@@ -65,7 +65,7 @@ def build_full(seed: int = 0) -> AmusedParts:
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        tok = _tiny_tokenizer()
+        tok = tiny_tokenizer()
         text = _text_encoder(tok, vocab=49408, hidden=768, layers=12, heads=12, intermediate=3072, projection=768)
         vq = _vqvae((128, 256, 256, 512, 768), layers_per_block=2, latent=64, codes=8192, groups=32)
         transformer = UVit2DModel(
@@ -86,6 +86,25 @@ def _finish(transformer, vq, text, tok, *, mask_token_id: int, name: str) -> Amu
         m.eval()
     return AmusedParts(transformer=transformer, vqvae=vq, text_encoder=text, tokenizer=tok,
                        mask_token_id=mask_token_id, model_id=name)
+
+def build_full_narrow(seed: int = 0) -> AmusedParts:
+    """The amused-256 layer structure (build_full's config) at narrow widths: same op counts, fast."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        tok = tiny_tokenizer()
+        text = _text_encoder(tok, vocab=len(tok), hidden=64, layers=2, heads=4, intermediate=128, projection=64)
+        vq = _vqvae((32, 32, 64, 64, 128), layers_per_block=2, latent=64, codes=1024, groups=16)
+        transformer = UVit2DModel(
+            hidden_size=64, use_bias=False, hidden_dropout=0.0, cond_embed_dim=64, micro_cond_encode_dim=16,
+            micro_cond_embed_dim=80, encoder_hidden_size=64, vocab_size=1088, codebook_size=1024,
+            in_channels=48, block_out_channels=48, num_res_blocks=3, downsample=False, upsample=False,
+            block_num_heads=12, num_hidden_layers=22, num_attention_heads=16, attention_dropout=0.0,
+            intermediate_size=128, layer_norm_eps=1e-6, ln_elementwise_affine=True, sample_size=16,
+        )
+    finally:
+        torch.random.set_rng_state(state)
+    return _finish(transformer, vq, text, tok, mask_token_id=1087, name="bench-full-256-narrow")
 
 
 def random_adapter(transformer: torch.nn.Module, seed: int, *, rank: int = 16, alpha: float = 32.0,

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
 
-from .model import _HUB_ID, ModelLoadError, _tiny_tokenizer
+from .model import HUB_ID, ModelLoadError, tiny_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def resolve_clip_source(model: str, *, tiny_dir: str | os.PathLike[str] | None =
         return CLIP_PRESETS[model]
     if Path(model).is_dir():
         return model
-    if _HUB_ID.fullmatch(model):  # org/name, as for the base model: a bare word is a typo, not worth a hub retry
+    if HUB_ID.fullmatch(model):  # org/name, as for the base model: a bare word is a typo, not worth a hub retry
         return model
     raise ModelLoadError(
         f"CLIP model '{model}' is neither a preset ({', '.join([TINY_CLIP, *CLIP_PRESETS])}), an existing local "
@@ -180,7 +180,7 @@ def build_tiny_clip(seed: int = 0) -> ClipParts:
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        tokenizer = _tiny_tokenizer()
+        tokenizer = tiny_tokenizer()
         eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
         bos = tokenizer.convert_tokens_to_ids("<|startoftext|>")
         config = CLIPConfig(

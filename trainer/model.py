@@ -115,7 +115,7 @@ def resolve_mixed_precision(name: str, device: str) -> str:
     return name
 
 
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # `org/name`, the only shape a hub repository id has
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # `org/name`, the only shape a hub repository id has
 
 
 def resolve_source(model: str, *, tiny_dir: str | os.PathLike[str] | None = None) -> str:
@@ -124,7 +124,7 @@ def resolve_source(model: str, *, tiny_dir: str | os.PathLike[str] | None = None
     A name that is none of a preset, an existing directory or an `org/name` hub id fails at once, listing the
     presets: a typo such as `tinyy` would otherwise spend most of a minute on hub retries before failing.
     """
-    if model not in (TINY, TINY_512, *PRESETS) and not Path(model).is_dir() and not _HUB_ID.fullmatch(model):
+    if model not in (TINY, TINY_512, *PRESETS) and not Path(model).is_dir() and not HUB_ID.fullmatch(model):
         presets = ", ".join([*PRESETS, TINY, TINY_512])
         raise ModelLoadError(
             f"unknown model '{model}': not a preset ({presets}), not an existing directory, and not a hub id "
@@ -213,7 +213,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, [chr(c) for c in cs], strict=True))
 
 
-def _tiny_tokenizer() -> CLIPTokenizer:
+def tiny_tokenizer() -> CLIPTokenizer:
     """A CLIP byte-level BPE tokenizer with only the 512 single-character tokens and no merges.
 
     It needs no download, splits text the way CLIP does (lower-cased words, byte-level characters), and its ids
@@ -239,7 +239,7 @@ def build_tiny(seed: int = 0, resolution: int = 256) -> AmusedParts:
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        tokenizer = _tiny_tokenizer()
+        tokenizer = tiny_tokenizer()
         eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
         bos = tokenizer.convert_tokens_to_ids("<|startoftext|>")
         text_encoder = CLIPTextModelWithProjection(
