@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.common import CONFIGS, build_parts, describe_parts, random_adapter, sync  # noqa: E402
+from bench.common import CONFIGS, build_parts, describe_parts, random_adapter, sync, time_fn  # noqa: E402
 from bench.gpu_train import STEPS_PER_STYLE, Run, train  # noqa: E402
 from trainer.bank import LoraBank, find_bank, slot_bytes  # noqa: E402
 from trainer.capture import MemoryCounter, graph_sampling  # noqa: E402
@@ -96,15 +96,7 @@ def commit() -> str:
 
 def timed(fn: Callable[[], object], device: str, reps: int) -> float:
     """Median seconds of `reps` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(reps):
-        sync(device)
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return statistics.median(time_fn(fn, warmup=1, reps=reps, device=device))
 
 
 # --- training ----------------------------------------------------------------------------------------------------

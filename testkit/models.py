@@ -60,6 +60,19 @@ def build_mid(seed: int = 0) -> AmusedParts:
     return _finish(transformer, vq, text, tok, mask_token_id=codebook + 64 - 1, name="bench-mid")
 
 
+def _full_structure(*, hidden: int, cond: int, micro_encode: int, micro_embed: int, codebook: int, channels: int,
+                    intermediate: int) -> UVit2DModel:
+    """The amused-256 U-ViT's layer structure (22 transformer layers, 3+3 res blocks, 16/12 heads) at given widths:
+    what op counts depend on, defined once for the full-width and the narrow model."""
+    return UVit2DModel(
+        hidden_size=hidden, use_bias=False, hidden_dropout=0.0, cond_embed_dim=cond, micro_cond_encode_dim=micro_encode,
+        micro_cond_embed_dim=micro_embed, encoder_hidden_size=cond, vocab_size=codebook + 64, codebook_size=codebook,
+        in_channels=channels, block_out_channels=channels, num_res_blocks=3, downsample=False, upsample=False,
+        block_num_heads=12, num_hidden_layers=22, num_attention_heads=16, attention_dropout=0.0,
+        intermediate_size=intermediate, layer_norm_eps=1e-6, ln_elementwise_affine=True, sample_size=16,
+    )
+
+
 def build_full(seed: int = 0) -> AmusedParts:
     """The amused-256 architecture (hub configs of amused/amused-256), random weights."""
     state = torch.random.get_rng_state()
@@ -68,13 +81,8 @@ def build_full(seed: int = 0) -> AmusedParts:
         tok = tiny_tokenizer()
         text = _text_encoder(tok, vocab=49408, hidden=768, layers=12, heads=12, intermediate=3072, projection=768)
         vq = _vqvae((128, 256, 256, 512, 768), layers_per_block=2, latent=64, codes=8192, groups=32)
-        transformer = UVit2DModel(
-            hidden_size=1024, use_bias=False, hidden_dropout=0.0, cond_embed_dim=768, micro_cond_encode_dim=256,
-            micro_cond_embed_dim=1280, encoder_hidden_size=768, vocab_size=8256, codebook_size=8192,
-            in_channels=768, block_out_channels=768, num_res_blocks=3, downsample=False, upsample=False,
-            block_num_heads=12, num_hidden_layers=22, num_attention_heads=16, attention_dropout=0.0,
-            intermediate_size=2816, layer_norm_eps=1e-6, ln_elementwise_affine=True, sample_size=16,
-        )
+        transformer = _full_structure(hidden=1024, cond=768, micro_encode=256, micro_embed=1280, codebook=8192,
+                                      channels=768, intermediate=2816)
     finally:
         torch.random.set_rng_state(state)
     return _finish(transformer, vq, text, tok, mask_token_id=8255, name="bench-full-256")
@@ -88,20 +96,15 @@ def _finish(transformer, vq, text, tok, *, mask_token_id: int, name: str) -> Amu
                        mask_token_id=mask_token_id, model_id=name)
 
 def build_full_narrow(seed: int = 0) -> AmusedParts:
-    """The amused-256 layer structure (build_full's config) at narrow widths: same op counts, fast."""
+    """The amused-256 layer structure at narrow widths: the same op counts as `build_full`, fast."""
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
         tok = tiny_tokenizer()
         text = _text_encoder(tok, vocab=len(tok), hidden=64, layers=2, heads=4, intermediate=128, projection=64)
         vq = _vqvae((32, 32, 64, 64, 128), layers_per_block=2, latent=64, codes=1024, groups=16)
-        transformer = UVit2DModel(
-            hidden_size=64, use_bias=False, hidden_dropout=0.0, cond_embed_dim=64, micro_cond_encode_dim=16,
-            micro_cond_embed_dim=80, encoder_hidden_size=64, vocab_size=1088, codebook_size=1024,
-            in_channels=48, block_out_channels=48, num_res_blocks=3, downsample=False, upsample=False,
-            block_num_heads=12, num_hidden_layers=22, num_attention_heads=16, attention_dropout=0.0,
-            intermediate_size=128, layer_norm_eps=1e-6, ln_elementwise_affine=True, sample_size=16,
-        )
+        transformer = _full_structure(hidden=64, cond=64, micro_encode=16, micro_embed=80, codebook=1024,
+                                      channels=48, intermediate=128)
     finally:
         torch.random.set_rng_state(state)
     return _finish(transformer, vq, text, tok, mask_token_id=1087, name="bench-full-256-narrow")
