@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -233,15 +234,22 @@ def test_help_and_argument_errors_do_not_import_the_engine(tmp_path: Path) -> No
 
 def test_an_unreachable_hub_fails_at_once_with_one_line_per_command(tmp_path: Path, engine_tiny_dir: Path,
                                                                     eval_adapter: Path) -> None:
-    """No hub (a closed port as its address, an empty cache): `train` and `eval` each fail with one line naming the
-    hub id and how to point at local weights, without retries; the hub's own warnings print once, not twice."""
+    """No hub (a closed port as its address): `train` and `eval` each fail with one line naming the hub id and how to
+    point at local weights, without retries; the hub's own warnings print once, not twice; and a model that is in
+    the local cache loads from it."""
     (tmp_path / "prompts.txt").write_text("a cat in stripes style\n")
+    cached = tmp_path / "hf" / "hub" / "models--me--tiny"  # the cache layout a download leaves (refs -> snapshot)
+    shutil.copytree(engine_tiny_dir, cached / "snapshots" / ("ab" * 20))
+    (cached / "refs").mkdir()
+    (cached / "refs" / "main").write_text("ab" * 20)
     argvs = [["train", str(eval_adapter / "style.png"), "--descriptor", "x", "--out", "out"],
-             ["eval", str(eval_adapter / "adapter"), "--prompts", "prompts.txt", "--model", str(engine_tiny_dir)]]
+             ["eval", str(eval_adapter / "adapter"), "--prompts", "prompts.txt", "--model", str(engine_tiny_dir)],
+             ["generate", "a cat", "--model", "me/tiny", "--steps", "1", "--seed", "3", "--out", "cached"]]
     warn = "import logging; logging.getLogger('huggingface_hub.utils._http').warning('a hub warning')\n"
     results, err = run_each(tmp_path, argvs, then=warn, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="",
                             TRANSFORMERS_OFFLINE="", HF_ENDPOINT=f"http://127.0.0.1:{free_port()}")
-    assert [code for code, _ in results] == [1, 1]
+    assert [code for code, _ in results] == [1, 1, 0]
+    assert (tmp_path / "cached" / "000003.png").is_file()
     errors = [ln for ln in err.splitlines() if ln.startswith("styledrop: error:")]
     hub_id = PRESETS["amused-256"]
     assert len(errors) == 2 and "Traceback" not in err and "Retrying" not in err, err
