@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from trainer.contracts.limits import DEFAULT_STEPS, DEFAULT_TRAIN_STEPS
+from trainer.contracts.limits import DEFAULT_STEPS, DEFAULT_TRAIN_STEPS, MIN_IMAGE_SIDE
 
 
 class Settings(BaseSettings):
@@ -116,7 +116,7 @@ class Settings(BaseSettings):
                                                  "once per API process (429 too_many_uploads beyond).")
     max_concurrent_uploads_total: int = Field(default=2, ge=1, description="Style uploads read at once per API "
                                               "process, all users together (429 too_many_uploads beyond).")
-    min_image_side: int = 64
+    min_image_side: int = MIN_IMAGE_SIDE
     max_json_bytes: int = Field(default=64 * 1024, description="Largest JSON request body (413 beyond).")
     max_storage_bytes_per_user: int = Field(default=2 * 1024**3, description="Styles' images, adapters' files "
                                             "and generated images one user may keep, counting what their waiting "
