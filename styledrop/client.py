@@ -19,9 +19,12 @@ Only httpx and the standard library are imported: the client is usable without t
 
 from __future__ import annotations
 
+import base64
+import binascii
 import builtins
 import contextlib
 import hashlib
+import hmac
 import json
 import os
 import random
@@ -107,6 +110,7 @@ class Client:
         self.generations = Generations(self)
         self.rounds = Rounds(self)
         self.adapters = Adapters(self)
+        self.webhooks = Webhooks(self)
 
     def __enter__(self) -> Client:
         return self
@@ -310,7 +314,8 @@ class Jobs(_Resource):
         `Retry-After` on the answer sets the pace; otherwise every `poll_interval` seconds. Raises
         `WaitTimeoutError` (with the last job seen) after `timeout` seconds; None waits as long as it takes."""
         return _poll(lambda: self._client.request("GET", f"/v1/jobs/{job_id}"), Job.parse,
-                     timeout=timeout, poll_interval=poll_interval, what=f"job {job_id}")
+                     timeout=timeout, poll_interval=poll_interval, what=f"job {job_id}",
+                     max_pause=self._client.max_retry_wait)
 
     def events(self, job_id: str, *, after: int = 0, limit: int | None = None) -> Page[JobEvent]:
         """The job's events so far, oldest first, after event id `after` (iterate for all of them)."""
@@ -370,7 +375,7 @@ def _end_of_stream(data: str, response: httpx.Response) -> None:
 
 
 def _poll(fetch: Callable[[], httpx.Response], parse: Callable[[Mapping[str, Any]], T], *, timeout: float | None,
-          poll_interval: float, what: str) -> T:
+          poll_interval: float, what: str, max_pause: float) -> T:
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         response = fetch()
@@ -384,7 +389,7 @@ def _poll(fetch: Callable[[], httpx.Response], parse: Callable[[Mapping[str, Any
             if left <= 0:
                 raise WaitTimeoutError(f"{what} did not finish within {timeout} s", last=item)
             pause = min(pause, left)
-        _sleep(max(pause, 0.05))
+        _sleep(min(max(pause, 0.05), max_pause))
 
 
 class Generations(_Resource):
@@ -436,7 +441,8 @@ class Generations(_Resource):
         `Retry-After` when it has one, else every `poll_interval` seconds. Raises `WaitTimeoutError` after
         `timeout` seconds."""
         return _poll(lambda: self._client.request("GET", f"/v1/generations/{generation_id}"), Generation.parse,
-                     timeout=timeout, poll_interval=poll_interval, what=f"generation {generation_id}")
+                     timeout=timeout, poll_interval=poll_interval, what=f"generation {generation_id}",
+                     max_pause=self._client.max_retry_wait)
 
     def cancel(self, generation_id: str) -> Generation:
         """A queued or running generation ends `failed` with `cancelled_on_request`; a finished one raises
@@ -537,3 +543,42 @@ def _attachment_name(response: httpx.Response, default: str) -> str:
                 return name
     return default
 
+
+
+WEBHOOK_TOLERANCE = 300  # seconds a delivery's timestamp may be off: the Standard Webhooks libraries' default
+
+
+class Webhooks(_Resource):
+    """The signing secret of your webhook deliveries, and checking a delivery's signature."""
+
+    def secret(self) -> str:
+        """Your `whsec_...` secret."""
+        return str(self._client.get_json("/v1/webhooks/secret")["secret"])
+
+    def rotate_secret(self) -> str:
+        """Replace the secret; deliveries from now on (retries included) are signed with the new one."""
+        return str(self._client.request("POST", "/v1/webhooks/secret/rotate").json()["secret"])
+
+    @staticmethod
+    def verify(secret: str, headers: Mapping[str, str], body: bytes | str, *,
+               tolerance: float = WEBHOOK_TOLERANCE, now: float | None = None) -> bool:
+        """Whether a delivery is genuine, as Standard Webhooks specifies (https://www.standardwebhooks.com/):
+        one of `webhook-signature`'s `v1,<base64>` values is HMAC-SHA256 of "{webhook-id}.{webhook-timestamp}.{raw
+        body}" under the secret's key, and the timestamp is within `tolerance` seconds of now. `headers` as
+        received (any case); `body` the raw bytes, not re-serialised JSON."""
+        lower = {k.lower(): v for k, v in headers.items()}
+        msg_id, stamp, signatures = (lower.get(h, "") for h in ("webhook-id", "webhook-timestamp",
+                                                                  "webhook-signature"))
+        if not (msg_id and stamp.isascii() and stamp.isdigit() and signatures):
+            return False
+        if abs((time.time() if now is None else now) - int(stamp)) > tolerance:
+            return False
+        try:
+            key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        raw = body.encode() if isinstance(body, str) else body
+        expected = base64.b64encode(hmac.new(key, msg_id.encode() + b"." + stamp.encode() + b"." + raw,
+                                             hashlib.sha256).digest()).decode()
+        return any(version == "v1" and hmac.compare_digest(value, expected)
+                   for version, _, value in (s.partition(",") for s in signatures.split()))

@@ -276,3 +276,18 @@ def test_a_client_needs_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STYLEDROP_API_KEY", "sd_env")
     with Client(BASE) as client:
         assert client._headers["Authorization"] == "Bearer sd_env"
+
+
+def test_a_webhook_delivery_signed_by_the_service_verifies_and_a_changed_one_does_not() -> None:
+    from storage.webhooks import new_secret, sign
+
+    secret, body, stamp = new_secret(), '{"id": "G", "state": "succeeded"}', 1_800_000_000
+    headers = {"Webhook-Id": "msg_1", "Webhook-Timestamp": str(stamp),
+               "Webhook-Signature": "v1,bm90IHRoaXMgb25l " + sign(secret, "msg_1", stamp, body)}  # any listed one
+    verify = styledrop.client.Webhooks.verify
+    assert verify(secret, headers, body.encode(), now=stamp + 10)
+    assert not verify(secret, headers, body.replace("succeeded", "failed"), now=stamp)
+    assert not verify(secret, {**headers, "Webhook-Id": "msg_2"}, body, now=stamp)
+    assert not verify(new_secret(), headers, body, now=stamp)
+    assert not verify(secret, headers, body, now=stamp + 301)  # a replay outside the tolerance
+    assert not verify(secret, {k: v for k, v in headers.items() if k != "Webhook-Signature"}, body, now=stamp)
