@@ -286,7 +286,7 @@ class Styles(_Resource):
 
     def versions(self, style_id: str) -> builtins.list[Version]:
         """The style's adapter versions, v1 first, with their CLIP scores and which is the default."""
-        return [Version.parse(v) for v in _items(self._client.get_json(f"/v1/styles/{style_id}/versions"))]
+        return builtins.list(self._client.page(f"/v1/styles/{style_id}/versions", Version.parse))  # every page
 
     def set_default_version(self, style_id: str, version: int) -> Style:
         """The version a generation naming only the style uses."""
