@@ -10,8 +10,8 @@
 
 Every error answer is raised as an `APIError` subclass carrying the problem's `code` (styledrop.errors). 429 and
 503 answers are retried after their `Retry-After` (at most `max_retry_wait` seconds each, `max_retries` times); a
-request that got no answer is retried when repeating it is safe: a GET or DELETE, a POST with an
-`Idempotency-Key`, or any request that never connected. Uploads and generations get an `Idempotency-Key` by
+request that got no answer, or a proxy's 502/504, is retried when repeating it is safe: a GET or DELETE, a POST
+with an `Idempotency-Key`, or any request that never connected. Uploads and generations get an `Idempotency-Key` by
 default, the same one on every retry, so a retried POST never creates twice.
 
 Only httpx and the standard library are imported: the client is usable without the service's own packages.
@@ -54,7 +54,8 @@ from styledrop.models import Adapter, Generation, Job, JobEvent, Page, Style, St
 T = TypeVar("T")
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
-RETRY_STATUSES = frozenset({429, 502, 503, 504})  # refused before any work was done, or a proxy's hiccup
+REFUSED_STATUSES = frozenset({429, 503})  # the service refused before doing anything: any request may go again
+PROXY_STATUSES = frozenset({502, 504})  # a proxy's failure: the service may have acted, so only replayable ones
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})  # RFC 9110 section 9.2.2: idempotent
 STREAM_READ_TIMEOUT = 60.0  # the service sends a keep-alive comment every 15 s on an idle event stream
 
@@ -173,7 +174,8 @@ class Client:
                 response.read()
                 response.close()
             error = self._error(response)
-            if response.status_code in RETRY_STATUSES and attempt < self.max_retries:
+            retry = response.status_code in REFUSED_STATUSES or (replayable and response.status_code in PROXY_STATUSES)
+            if retry and attempt < self.max_retries:
                 delay = error.retry_after if error.retry_after is not None else self._backoff(attempt)
                 if delay <= self.max_retry_wait:
                     _sleep(delay)

@@ -176,6 +176,15 @@ def test_a_lost_connection_replays_only_what_is_safe_to_repeat(make, sleeps) -> 
         client.jobs.cancel("J")
     assert len(seen) == 1
 
+    proxy = httpx.Response(502, text="Bad Gateway")  # the service behind it may have acted
+    client, seen = make(lambda request: proxy, max_retries=1)
+    with pytest.raises(InternalServerError):
+        client.jobs.cancel("J")
+    assert len(seen) == 1
+    with pytest.raises(InternalServerError):
+        client.jobs.get("J")
+    assert len(seen) == 3  # the GET once more
+
 
 def test_listings_follow_next_and_keep_the_key_on_the_clients_own_origin(make, sleeps) -> None:  # type: ignore[no-untyped-def]
     def handler(request: httpx.Request) -> httpx.Response:
