@@ -21,12 +21,14 @@ OLD_KINDS = "kind IN ('state', 'progress', 'log', 'preview', 'webhook')"
 NEW_KINDS = "kind IN ('state', 'progress', 'log', 'preview', 'webhook', 'phase', 'picks')"
 
 
+# Plain ADD/DROP COLUMN, not batch mode: a batch rebuild of `generations` on SQLite would turn 0008b's inline
+# REFERENCES into a table constraint, which 0008b's own downgrade (a plain DROP COLUMN) cannot drop.
+
+
 def upgrade() -> None:
-    with op.batch_alter_table('training_jobs') as batch:
-        batch.add_column(sa.Column('phase', sa.JSON(), nullable=True))
-        batch.add_column(sa.Column('picks', sa.JSON(), nullable=True))
-    with op.batch_alter_table('generations') as batch:
-        batch.add_column(sa.Column('sample_set', sa.String(length=32), nullable=True))
+    op.add_column('training_jobs', sa.Column('phase', sa.JSON(), nullable=True))
+    op.add_column('training_jobs', sa.Column('picks', sa.JSON(), nullable=True))
+    op.add_column('generations', sa.Column('sample_set', sa.String(length=32), nullable=True))
     op.create_index(op.f('ix_generations_sample_set'), 'generations', ['sample_set'], unique=False)
     with op.batch_alter_table('job_events') as batch:
         batch.drop_constraint(op.f('ck_job_events_kind'), type_='check')
@@ -39,8 +41,6 @@ def downgrade() -> None:
         batch.drop_constraint(op.f('ck_job_events_kind'), type_='check')
         batch.create_check_constraint(op.f('ck_job_events_kind'), sa.text(OLD_KINDS))
     op.drop_index(op.f('ix_generations_sample_set'), table_name='generations')
-    with op.batch_alter_table('generations') as batch:
-        batch.drop_column('sample_set')
-    with op.batch_alter_table('training_jobs') as batch:
-        batch.drop_column('picks')
-        batch.drop_column('phase')
+    op.drop_column('generations', 'sample_set')
+    op.drop_column('training_jobs', 'picks')
+    op.drop_column('training_jobs', 'phase')
