@@ -127,16 +127,18 @@ class JobPublic(WithError):
     phase_row: dict[str, Any] | None = Field(default=None, exclude=True, validation_alias="phase")
     pick_rows: list[dict[str, Any]] | None = Field(default=None, exclude=True, validation_alias="picks")
 
-    @computed_field(description="What the job does now while it runs (null otherwise): an automatic round renders "
-                    "and scores its candidates before its first step; `phase` events report each change.")  # type: ignore[prop-decorator]
+    @computed_field(  # type: ignore[prop-decorator]
+        description="What the job does now while it runs (null otherwise): an automatic round renders and scores "
+        "its candidates before its first step; `phase` events report each change.")
     @property
     def phase(self) -> JobPhase | None:
         if self.state not in JOB_ACTIVE or not self.phase_row:
             return None
         return JobPhase.model_validate(self.phase_row)
 
-    @computed_field(description="The images an automatic round kept to train on, once chosen (null for other "
-                    "jobs), each with its scores and image URL.")  # type: ignore[prop-decorator]
+    @computed_field(  # type: ignore[prop-decorator]
+        description="The images an automatic round kept to train on, once chosen (null for other jobs), each with "
+        "its scores and image URL.")
     @property
     def picks(self) -> list[JobPick] | None:
         return None if self.pick_rows is None else pick_views(self.id, self.pick_rows)

@@ -156,14 +156,14 @@ def test_a_samples_set_reports_done_of_total_as_its_generations_finish(api_clien
     missing = api_client.get(f"/v1/styles/{style}/samples", headers=alice, params={"version": 9})
     assert (missing.status_code, missing.json()["code"]) == (404, "version_not_found")
     assert api_client.get(f"/v1/styles/{style}/samples", headers=bob).status_code == 404
-    assert v2 not in {g["adapter_id"] for g in now["items"]}
+    assert {g["adapter_id"] for g in now["items"]} == {v1} and {g["adapter_id"] for g in newer["items"]} == {v2}
 
 
 def test_a_rounds_phase_and_picks_show_on_the_job_and_picks_are_served_to_their_owner_only(
     api_client: Any, api_keys: dict[str, str]
 ) -> None:
     alice, bob = bearer(api_keys["alice"]), bearer(api_keys["bob"])
-    style, (v1,) = style_with_versions(api_client, api_keys["alice"], 1)
+    style, _ = style_with_versions(api_client, api_keys["alice"], 1)
     job_id = api_client.post(f"/v1/styles/{style}/rounds", headers=alice,
                              json={"mode": "automatic", "prompts": 2, "per_prompt": 2}).json()["id"]
     queued = api_client.get(f"/v1/jobs/{job_id}", headers=alice).json()
@@ -176,8 +176,9 @@ def test_a_rounds_phase_and_picks_show_on_the_job_and_picks_are_served_to_their_
         job = s.get(TrainingJob, job_id)
         job.state, job.phase = JobState.RUNNING, {"name": "rendering_candidates", "done": 2, "total": 4,
                                                   "eta_seconds": 12.5}
+        prompts = feedback_prompts("ink")[:2]
         job.picks = [{"prompt": p, "candidate": 2 * n, "text_score": 0.3, "style_score": 0.6, "score": 0.45,
-                      "image_key": key} for n, (p, key) in enumerate(zip(feedback_prompts("ink")[:2], keys))]
+                      "image_key": key} for n, (p, key) in enumerate(zip(prompts, keys, strict=True))]
         s.commit()
     running = api_client.get(f"/v1/jobs/{job_id}", headers=alice).json()
     assert running["phase"] == {"name": "rendering_candidates", "done": 2, "total": 4, "eta_seconds": 12.5}

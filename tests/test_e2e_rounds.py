@@ -102,7 +102,7 @@ def test_human_then_automatic_round_through_the_api(client: tuple[Stack, httpx.C
     (picks,) = [e["payload"]["picks"] for e in events if e["kind"] == "picks"]
     assert picks == job["picks"] and len(picks) == 2 and job["phase"] is None  # a phase only while it runs
     assert all(c.get(p["image_url"]).content.startswith(b"\x89PNG") for p in picks)
-    assert [e["payload"]["phase"] for e in events if e["kind"] == "phase"][0] == "rendering_candidates"
+    assert next(e["payload"]["phase"] for e in events if e["kind"] == "phase") == "rendering_candidates"
     versions = c.get(f"/v1/styles/{style}/versions").json()
     assert [v["version"] for v in versions] == [1, 2, 3] and _scored(versions[2])
 

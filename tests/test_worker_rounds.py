@@ -196,3 +196,38 @@ def test_an_automatic_round_resumed_after_a_crash_equals_one_run_through(
     for k, v in a.tensors.items():
         torch.testing.assert_close(b.tensors[k], v)
     assert [_adapter_of(rt, j).version for j in (straight, crashed)] == [2, 3]
+
+
+def test_an_automatic_round_cancelled_while_rendering_candidates_stops_there(
+    worker_runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel reaches a round before its first step: the rendered batch's phase report stops it, and it ends
+    cancelled without scoring, training or a version."""
+    rt = worker_runtime
+    v1 = _v1(rt)
+    job_id = _round_job(rt, v1, {"mode": "automatic", "adapter_id": v1.id, "version": 1, "prompts": 3,
+                                 "per_prompt": 4})
+    real = trainer.render_candidates
+
+    def cancelled_after_first_batch(*a: Any, on_batch: Any, **kw: Any) -> Any:
+        def batch(done: int, total: int) -> None:
+            with rt.session_factory() as s:  # what POST /v1/jobs/{id}/cancel does to a running job
+                s.execute(update(TrainingJob).where(TrainingJob.id == job_id)
+                          .values(state="cancelling", cancel_requested_at=utcnow()))
+                s.commit()
+            on_batch(done, total)
+
+        return real(*a, on_batch=batch, **kw)
+
+    monkeypatch.setattr(trainer, "render_candidates", cancelled_after_first_batch)
+    assert tasks.run_train(rt, job_id) == "cancelled"
+    with rt.session_factory() as s:
+        kinds = [e.kind for e in s.scalars(select(JobEvent).where(JobEvent.job_id == job_id))]
+        phases = [e.payload for e in s.scalars(select(JobEvent).where(JobEvent.job_id == job_id,
+                                                                     JobEvent.kind == "phase"))]
+        assert s.scalars(select(Adapter).where(Adapter.job_id == job_id)).first() is None
+    # Recorded up to the first batch of 4 (the batch it was cancelled in), and stopped there.
+    assert [(p["phase"], p["done"], p["total"]) for p in phases] == [("rendering_candidates", 0, 12),
+                                                                      ("rendering_candidates", 4, 12)]
+    assert "picks" not in kinds and "progress" not in kinds
+    assert get_row(rt, TrainingJob, job_id).state == "cancelled"

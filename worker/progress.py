@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Sequence
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 
 from storage import jobs
 from storage.models import TrainingJob, utcnow
@@ -58,24 +58,22 @@ def phase_value(p: PhaseProgress) -> dict[str, object]:
 
 class PhaseRecorder:
     """`on_phase` for the engine (trainer/feedback.py): writes the phase to the job's row (with a heartbeat) and
-    adds a `phase` event, at most every WRITE_EVERY_SECONDS except a phase's first and last report. With `stops`,
+    adds a `phase` event on every report (the engine reports per batch of images, seconds apart). With `stops`,
     raises `PhaseStopped` once the job is cancelled or no longer this worker's, so minutes of rendering stop with
     it (without: the training loop's own cancel poll, or the finish, decides)."""
 
     def __init__(self, rt: Runtime, job_id: str, worker_host: str | None, *, stops: bool = True) -> None:
         self.rt, self.job_id, self.worker_host, self.stops = rt, job_id, worker_host, stops
-        self._last = 0.0
 
     def __call__(self, p: PhaseProgress) -> None:
-        now = time.monotonic()
-        if 0 < p.done < p.total and now - self._last < WRITE_EVERY_SECONDS:
-            return
-        self._last = now
         value = phase_value(p)
         with self.rt.session_factory() as s:
-            mine = s.execute(update(TrainingJob).where(
+            result = s.execute(update(TrainingJob).where(
                 TrainingJob.id == self.job_id, TrainingJob.worker_host == self.worker_host,
-                TrainingJob.state.in_(JOB_ACTIVE)).values(phase=value, heartbeat_at=utcnow())).rowcount
+                TrainingJob.state.in_(JOB_ACTIVE)).values(phase=value, heartbeat_at=utcnow())
+                .execution_options(synchronize_session=False))
+            assert isinstance(result, CursorResult)
+            mine = result.rowcount == 1
             row = s.execute(select(TrainingJob.state, TrainingJob.cancel_requested_at)
                             .where(TrainingJob.id == self.job_id)).one_or_none()
             if mine:
