@@ -42,6 +42,8 @@ def test_a_human_round_from_the_style_page(browser: Any, browser_stack: BrowserS
     assert page.locator('#rounds tr[data-version="1"] .badge').inner_text() == "default"
     assert not page.locator("#start-round").is_visible()
     page.get_by_role("button", name="Make samples").click()
+    # The set's progress while it renders (GET /v1/styles/{id}/samples): "Samples 0/10 · 0% · ETA …".
+    page.wait_for_function("() => /^Samples \\d+\\/10/.test(document.querySelector('#samples-progress').textContent)")
     # The page waits for every sample and reloads: 10 feedback prompts, 2 images each, each with a tick box.
     page.wait_for_function("() => document.querySelectorAll('#samples .pick').length === 20", timeout=300_000)
     boxes = page.locator("#samples .pick")

@@ -151,6 +151,7 @@
       if (!cancellable) this.confirmBox.hidden = true;
       if (state === "succeeded") this.setProgress(this.total, this.total);
       if (FINAL.has(state)) this.part("eta").textContent = "—";
+      if (FINAL.has(state) || state === "queued") this.setPhase(null);
       if (state === "queued" && this.source) this.pollQueue();
     }
 
@@ -183,6 +184,35 @@
       this.part("pct").textContent = `${Math.round(frac * 100)}%`;
       this.part("step").textContent = String(step);
       this.part("total").textContent = String(this.total);
+    }
+
+    // The phase before or after the steps (an automatic round's candidates, the previews); training itself is
+    // the Step line, so a `training` phase (or none) hides this line. Words: data-words of _job.html.
+    setPhase(p) {
+      const line = this.part("phase-line");
+      const words = JSON.parse(line.dataset.words || "{}");
+      if (!p || !words[p.phase]) { line.hidden = true; return; }
+      this.part("phase").textContent = words[p.phase];
+      this.part("phase-count").textContent = `${p.done}/${p.total}`;
+      this.part("phase-eta").textContent = fmtSeconds(p.eta_seconds);
+      line.hidden = false;
+    }
+
+    addPicks(picks) {
+      const box = this.part("picks");
+      box.replaceChildren();
+      for (const p of picks || []) {
+        const img = document.createElement("img");
+        img.src = p.image_url;
+        img.alt = `Picked: ${p.prompt}`;
+        img.loading = "lazy";
+        const fig = document.createElement("figure");
+        const cap = document.createElement("figcaption");
+        cap.textContent = `picked · score ${Number(p.score).toFixed(3)}: ${p.prompt}`;
+        fig.append(img, cap);
+        box.append(fig);
+      }
+      box.hidden = !box.children.length;
     }
 
     setTook(job) {
@@ -258,6 +288,7 @@
     apply(event) {
       const p = event.payload || {};
       if (event.kind === "progress") {
+        this.setPhase(null);
         this.setProgress(p.step, p.total);
         this.part("eta").textContent = fmtSeconds(p.eta_seconds);
         this.addLoss(p.step, p.loss);
@@ -265,6 +296,10 @@
         this.setState(p.to);
       } else if (event.kind === "preview") {
         this.addPreview(p);
+      } else if (event.kind === "phase") {
+        if (!FINAL.has(this.state)) this.setPhase(p);
+      } else if (event.kind === "picks") {
+        this.addPicks(p.picks);
       }
     }
 
@@ -281,7 +316,7 @@
 
     listen() {
       this.source = new EventSource(`/v1/jobs/${this.id}/events`);
-      for (const kind of ["progress", "state", "preview"]) {
+      for (const kind of ["progress", "state", "preview", "phase", "picks"]) {
         this.source.addEventListener(kind, (msg) => this.apply(JSON.parse(msg.data)));
       }
       this.source.addEventListener("end", () => { this.source.close(); this.refresh(); });
@@ -749,20 +784,31 @@
         () => api("PATCH", url, { default_version: Number(b.dataset.version) })));
     }
 
+    // A samples set reports done/total and an ETA (GET /v1/styles/{id}/samples): shown until every sample is
+    // final, so the reloaded grid shows them all; a set still running when the page loads is followed the same way.
     const samples = $("#make-samples");
-    samples.addEventListener("click", () => run(samples, "Queueing…", async () => {
-      const gens = await api("POST", `${url}/samples`, { prompts: 10, images_per_prompt: 2 });
-      let done = 0;
-      for (const gen of gens) {  // wait for every sample, so the reloaded grid shows them all
-        let g = gen;
-        while (g.state !== "succeeded" && g.state !== "failed") {
-          await new Promise((resolve) => setTimeout(resolve, 700));
-          g = await api("GET", `/v1/generations/${gen.id}`);
-        }
-        done += 1;
-        samples.textContent = `Making samples… ${done}/${gens.length}`;
+    const samplesLine = $("#samples-progress");
+    async function followSamples(set) {
+      while (set.done < set.total) {
+        samplesLine.textContent = `Samples ${set.done}/${set.total} · ${Math.round(set.progress * 100)}% · ETA ${fmtSeconds(set.eta_seconds)}`;
+        samplesLine.hidden = false;
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+        set = await api("GET", `${url}/samples`);
       }
+      samplesLine.textContent = `Samples ${set.done}/${set.total}`;
+    }
+    samples.addEventListener("click", () => run(samples, "Queueing…", async () => {
+      const set = await api("POST", `${url}/samples`, { prompts: 10, images_per_prompt: 2 });
+      samples.textContent = "Making samples…";
+      await followSamples(set);
     }));
+    if (samplesLine) {
+      api("GET", `${url}/samples`).then((set) => {
+        if (set.done < set.total) {
+          run(samples, "Making samples…", () => followSamples(set));
+        }
+      }).catch(() => { /* the button still works; a failed look only misses a running set */ });
+    }
 
     const start = $("#start-round");
     start.addEventListener("click", () => {
