@@ -12,9 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from storage.settings import DEMO_TRAIN_STEPS, Settings
+from testkit.images import style_png
 from tests.helpers.app import app_client
 from tests.helpers.pages import sign_in
-from testkit.images import style_png
 from trainer.contracts.limits import DEFAULT_TRAIN_STEPS
 
 

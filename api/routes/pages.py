@@ -7,6 +7,7 @@ Sign-in and sign-out are the only page forms that change state here.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
@@ -245,7 +246,7 @@ def install_not_found_page(app: FastAPI) -> None:
                 return _render(request, "error.html", user, status_code=404, title="Page not found",
                                message=f"There is no page at {request.url.path[:200]}. Check the address, or go on "
                                        "from one of the links above.")
-        response: Response = await problem_handler(request, exc)
-        return response
+        response = problem_handler(request, exc)
+        return await response if inspect.isawaitable(response) else response
 
     app.add_exception_handler(StarletteHTTPException, not_found)
