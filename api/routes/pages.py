@@ -195,9 +195,11 @@ def style_page(style_id: str, request: Request, session: SessionDep, user: Signe
     shots = gallery.gallery_page(session=session, owner=user, page=1, per_page=GALLERY_LIMIT,
                                  adapter_ids=gallery.style_adapter_ids(session=session, style_id=style.id))
     versions = [(e.adapter_id, f"v{e.version} (default)" if e.is_default else f"v{e.version}") for e in past.live]
+    subjects = gallery.choices(session=session, owner=user, kind="subject") if style.kind == "style" else []
     return _render(request, "style.html", user, style=style_view, job=job, gallery=shots, history=past,
                    current=next((e for e in past.entries if job and e.job.id == job.id), None),
-                   version_choices=versions, round_limits=ROUND_LIMITS)
+                   version_choices=versions, round_limits=ROUND_LIMITS,
+                   subjects=subjects)
 
 
 @router.get("/gallery")
