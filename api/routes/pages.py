@@ -31,7 +31,7 @@ from storage.models import User
 from storage.sessions import close_session, open_session
 from storage.users import find_key
 from trainer.contracts import limits
-from trainer.contracts.prompts import FEEDBACK_CONTENTS
+from trainer.contracts.prompts import FEEDBACK_CONTENTS, training_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,8 @@ SignedInUser = Annotated[User, Depends(_signed_in)]
 router = APIRouter(include_in_schema=False, route_class=PageRoute)
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
 # The generate form's bounds and defaults, and the settings "use these settings again" restores
-templates.env.globals.update(limits=limits, setting_names=list(SETTING_NAMES), max_seed=MAX_SEED)
+templates.env.globals.update(limits=limits, setting_names=list(SETTING_NAMES), max_seed=MAX_SEED,
+                             training_prompt=training_prompt)  # what an uncaptioned reference trains on
 templates.env.filters["g"] = lambda number: f"{number:g}"  # 1.0 → 1, as the API's docs write the numbers
 # One time format on every page, the same as styledrop.js's fmtTime: "2026-05-01 14:03 UTC"
 templates.env.filters["when"] = lambda t: t.strftime("%Y-%m-%d %H:%M UTC") if t else "—"
