@@ -923,7 +923,7 @@
 
     async function load() {
       try {
-        const keys = items(await api("GET", "/v1/keys"));
+        const keys = items(await api("GET", "/v1/keys?limit=200"));
         body.replaceChildren();
         for (const k of keys) {
           const tr = document.createElement("tr");
@@ -1021,7 +1021,7 @@
 
     async function loadUsers() {
       try {
-        const users = items(await api("GET", "/v1/admin/users"));
+        const users = items(await api("GET", "/v1/admin/users?limit=500"));
         for (const u of users) {
           const opt = document.createElement("option");
           opt.value = u.name; opt.textContent = u.name + (u.is_admin ? " (admin)" : "");
@@ -1236,7 +1236,8 @@
 
     async function load() {
       try {
-        const [users, keys] = await Promise.all([api("GET", "/v1/admin/users"), api("GET", "/v1/admin/keys")]);
+        const [users, keys] = await Promise.all([api("GET", "/v1/admin/users?limit=500"),
+                                                 api("GET", "/v1/admin/keys?limit=500")]);
         render(items(users), items(keys));
         for (const table of [$("#admin-users"), $("#admin-keys")]) labelCells(table);
       } catch (err) { showError(errorEl, err.message); }
