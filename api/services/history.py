@@ -183,7 +183,3 @@ def _samples(session: Session, style: Style, adapters: list[Adapter], entries: l
             })
     return sorted(sets.values(), key=lambda s: -s.version)
 
-
-def sample_prompts(style: Style) -> list[str]:
-    """The feedback prompts of `style` (what tells a sample from an image in its gallery)."""
-    return feedback_prompts(style.descriptor) if style.kind == "style" else []
