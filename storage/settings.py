@@ -18,6 +18,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from trainer.contracts.limits import DEFAULT_STEPS, DEFAULT_TRAIN_STEPS, MIN_IMAGE_SIDE
 
+# Default training steps on the random-weight demo model: about a minute on a small CPU (the recipe's 1500 steps take
+# about 11 minutes there), so a first try shows the whole flow; real weights keep the recipe.
+DEMO_TRAIN_STEPS = 100
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STYLEDROP_", extra="ignore", populate_by_name=True)
@@ -62,8 +66,8 @@ class Settings(BaseSettings):
     clip_revision: str | None = None
 
     # --- training ----------------------------------------------------------------------------------------------
-    train_steps: int | None = Field(default=None,
-                                    description=f"Default steps; None = the recipe's {DEFAULT_TRAIN_STEPS}.")
+    train_steps: int | None = Field(default=None, description=(
+        f"Default steps; None = the recipe's {DEFAULT_TRAIN_STEPS}, or {DEMO_TRAIN_STEPS} on the demo model."))
     max_train_steps: int = 4000
     checkpoint_every: int = 100
     progress_every: int = 5
@@ -223,6 +227,13 @@ class Settings(BaseSettings):
         """The largest request body (413 beyond it, while it streams): every file a request may carry at
         max_upload_bytes (a style's images, or an init image + mask), plus 1 MiB of form fields and part headers."""
         return max(2, self.max_style_images) * self.max_upload_bytes + 1024 * 1024
+
+    @property
+    def default_train_steps(self) -> int:
+        """The steps of a job that names none: `train_steps`, else the recipe's on real weights and a short run on
+        the random demo model (its images are noise however long it trains), within `max_train_steps`."""
+        default = DEMO_TRAIN_STEPS if self.is_demo_model else DEFAULT_TRAIN_STEPS
+        return min(self.train_steps or default, self.max_train_steps)
 
     @property
     def is_demo_model(self) -> bool:
