@@ -46,9 +46,9 @@ class LoraBank(nn.Module):
     """`capacity` LoRA slots (1..capacity; slot 0 = base) of one rank and target set, installed on a U-ViT.
 
     The bank is an `nn.Module` of its own (its `parameters()`: the stacked A/B tensors of a serving bank; for an
-    optimizer, the one flat leaf of a trainable bank, the (n, P) view of its routed rows) but is not registered as a submodule of the
-    transformer, so the model's state dict and `save_pretrained` are unchanged. One bank per model: installing a new
-    one removes the old one.
+    optimizer, the one flat leaf of a trainable bank, the (n, P) view of its routed rows) but is not registered as a
+    submodule of the transformer, so the model's state dict and `save_pretrained` are unchanged. One bank per model:
+    installing a new one removes the old one.
     """
 
     def __init__(self, transformer: nn.Module, capacity: int, *, rank: int = 16,
@@ -255,11 +255,12 @@ class LoraBank(nn.Module):
 
         Rows before `start` are base rows and do no LoRA work (the sampler puts its adapted rows last); a forward
         must then have exactly `start + len(slots)` rows. A trainable bank takes a list of distinct slots and lays
-        them out as its first rows (`TrainableStore.pack`: a repack when the set differs from the last route's). The indices go into one static device buffer (reused while
-        the row count does not grow, so a captured graph sees new routes). A list is checked on the host; a device
-        tensor is used as is, without any host read. A serving bank then gathers the route's distinct adapters'
-        weights once, for all the forwards of this route (memory: one slot's size, ≈10 MB in bf16 on amused-256,
-        per distinct adapter of a list route; per row of a tensor route, whose distinct set is not read back).
+        them out as its first rows (`TrainableStore.pack`: a repack when the set differs from the last route's). The
+        indices go into one static device buffer (reused while the row count does not grow, so a captured graph sees
+        new routes). A list is checked on the host; a device tensor is used as is, without any host read. A serving
+        bank then gathers the route's distinct adapters' weights once, for all the forwards of this route (memory:
+        one slot's size, ≈10 MB in bf16 on amused-256, per distinct adapter of a list route; per row of a tensor
+        route, whose distinct set is not read back).
         """
         if start < 0 or (start and self.trainable):
             raise AdapterError(f"start must be 0 for a trainable bank and >= 0 otherwise, got {start}")

@@ -2,16 +2,16 @@
 
 bitsandbytes' AdamW8bit keeps each moment as uint8 codes of a dynamic quantisation map plus one fp32 absmax per
 block of 256 values, and its kernel updates one tensor with one learning rate and one step count. Run over the
-bank's slot-first stacks as is, it would couple the styles: one step count and learning rate for all, moment
-decay and weight decay on slots that are not training, and blocks that could span two slots. So the update runs
-per slot: bitsandbytes' `optimizer_update_8bit_blockwise` on each active slot's contiguous slice of every stacked
-parameter, with that slot's own learning rate, step count, codes and absmax blocks (a slice starts its own
-blocks). Idle slots are not touched. Over a trainable bank's one flat `[slots, P]` buffer (trainer/bank_train.py)
-that is ONE kernel per active slot per step, whatever the number of layers, on the slot's row of the leaf as it
-lies (the codes and absmax blocks are laid out by the bank's rows like the weights, reordered with them when the
-set of styles changes); the blocks run over the flat layout, so a checkpoint stores each slot's absmax as one tensor (format 3: an 8-bit checkpoint of format 2, whose
-blocks were per layer, is refused by trainer/checkpoint.py). The step counts and learning rates are host numbers,
-known without reading anything back.
+bank's slot-first stacks as is, it would couple the styles: one step count and learning rate for all, moment decay
+and weight decay on slots that are not training, and blocks that could span two slots. So the update runs per slot:
+bitsandbytes' `optimizer_update_8bit_blockwise` on each active slot's contiguous slice of every stacked parameter,
+with that slot's own learning rate, step count, codes and absmax blocks (a slice starts its own blocks). Idle slots
+are not touched. Over a trainable bank's one flat `[slots, P]` buffer (trainer/bank_train.py) that is ONE kernel per
+active slot per step, whatever the number of layers, on the slot's row of the leaf as it lies (the codes and absmax
+blocks are laid out by the bank's rows like the weights, reordered with them when the set of styles changes); the
+blocks run over the flat layout, so a checkpoint stores each slot's absmax as one tensor (format 3: an 8-bit
+checkpoint of format 2, whose blocks were per layer, is refused by trainer/checkpoint.py). The step counts and
+learning rates are host numbers, known without reading anything back.
 
 The price: one kernel per (active slot, parameter) instead of SlotAdamW's fixed count, for 2 bytes of optimizer
 state per LoRA weight instead of 8; and the host-number step counts mean a CUDA graph cannot capture it
