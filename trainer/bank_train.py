@@ -139,18 +139,21 @@ class RowPacking:
     def pack(self, route: list[int]) -> bool:
         """Put the (distinct) slots of `route` in rows 0..len(route)-1, in its order; False when they already are.
 
-        The other slots keep their relative order behind them. One gather and one copy per adopted tensor, in
-        place (a captured graph keeps their addresses) — the price of a set change, paid once per change.
+        The other slots keep their relative order behind them. Only the rows up to the last one whose slot
+        changes move: one gather and one copy of them per adopted tensor, in place (a captured graph keeps the
+        addresses) — the price of a set change, paid once per change. A style leaving from the end moves nothing.
         """
         if self.rows == len(route) and self.order[:len(route)] == route:
             return False
         routed = set(route)
         order = route + [s for s in self.order if s not in routed]
-        perm = [self.row(s) for s in order]  # new physical row -> old physical row
-        if perm != list(range(len(perm))) and self.tensors:  # a style leaving from the end moves nothing
-            index = torch.tensor(perm, device=self.tensors[0].device)
+        moved = len(order)
+        while moved and order[moved - 1] == self.order[moved - 1]:
+            moved -= 1  # rows moved.. keep their slot
+        if moved and self.tensors:
+            index = torch.tensor([self.row(s) for s in order[:moved]], device=self.tensors[0].device)
             for t in self.tensors:
-                t.copy_(t.index_select(0, index))  # (slots, ...) in the new row order, in place
+                t[:moved].copy_(t.index_select(0, index))  # (moved, ...): new row -> its slot's old row
         self.order, self.rows = order, len(route)
         self.repacks += 1
         return True
