@@ -149,7 +149,7 @@ class RowPacking:
         order = route + [s for s in self.order if s not in routed]
         moved = len(order)
         while moved and order[moved - 1] == self.order[moved - 1]:
-            moved -= 1  # rows moved.. keep their slot
+            moved -= 1  # from row `moved` on, every row keeps its slot: those rows stay where they are
         if moved and self.tensors:
             index = torch.tensor([self.row(s) for s in order[:moved]], device=self.tensors[0].device)
             for t in self.tensors:
