@@ -223,9 +223,9 @@ def main() -> None:
         base = base or kernels
         print(f"| {n} | {ops:.0f} | {kernels:.0f} | {kernels / base:.3f}x | {reads} | {gathers:g} |", flush=True)
     if args.set_change:
-        ops, kernels, gathers = set_change(parts)
-        print(f"\nOne set change (16 styles -> 15, `TrainStep.set_rows`): {ops} aten ops, {kernels} kernels; "
-              f"gathers/scatters on the bank: {gathers or 0}", flush=True)
+        change_ops, change_kernels, change_gathers = set_change(parts)
+        print(f"\nOne set change (16 styles -> 15, `TrainStep.set_rows`): {change_ops} aten ops, {change_kernels} "
+              f"kernels; gathers/scatters on the bank: {change_gathers or 0}", flush=True)
 
     if args.timed_steps > 0:
         print("\n| styles S | batched s | sequential s | styles/hour batched | sequential | ratio |")
