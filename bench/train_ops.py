@@ -11,6 +11,9 @@
    `--config full`, the model has the full amused-256 layer STRUCTURE (22 transformer layers, 3+3 ConvNeXt/attention
    blocks, 16/12 heads, LoRA on all 168 to_q/to_k/to_v) at narrow widths: counts depend on structure, not widths.
    `--breakdown` adds, at S = 1, where one step's kernels go (draw, forward + loss, backward, optimizer).
+   Also counted: the gathers and scatters on the trainable bank per step (`OpCounter(width=P)`: index ops on a
+   tensor as wide as the bank's flat layout), and what one change of the set of styles costs (`TrainStep.set_rows`
+   when one of 16 styles finishes: the new route and, since the bank is laid out by batch row, its repack).
 2. TIME (`--timed-steps N`, default 6; 0 skips): one `train_styles` call with S styles x N steps vs S
    sequential `train_style` calls of N steps each, same process, after one warm-up step of each; reported as
    styles per hour and their ratio (batched / sequential). On a CPU the batch is compute-bound, so this ratio
@@ -37,6 +40,7 @@ from bench.common import (
     sync,
 )
 from testkit.models import build_full_narrow
+from trainer.bank import LoraBank
 from trainer.capture import OpCounter
 from trainer.optim import SlotAdamW
 from trainer.train import Callbacks, Progress, StyleSpec, TrainConfig, train_style, train_styles
@@ -62,8 +66,8 @@ def config(**kw: Any) -> TrainConfig:
 class KernelCounter(OpCounter):
     """OpCounter that also counts kernels: every op that is not a view (views are metadata only)."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, width: int | None = None) -> None:
+        super().__init__(width)
         self.kernels = 0
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
@@ -72,19 +76,54 @@ class KernelCounter(OpCounter):
         return super().__torch_dispatch__(func, types, args, kwargs)
 
 
-def count(parts: Any, n: int) -> tuple[float, float, int]:
-    """Ops and kernels per step and host reads in one progress interval (steps 5..8 and the read-back at 8)."""
-    counter = KernelCounter()
-    marks: list[tuple[int, int, int]] = []
+def bank_width(parts: Any) -> int:
+    """P: the width of the trainable bank's flat layout (every LoRA weight of one slot, at the default rank)."""
+    bank = LoraBank(parts.transformer, 1, rank=TrainConfig().rank, trainable=True)
+    bank.remove()
+    assert bank.store is not None
+    return bank.store.layout.width
+
+
+def count(parts: Any, n: int) -> tuple[float, float, int, float]:
+    """Ops and kernels per step, host reads in one progress interval (steps 5..8 and the read-back at 8), and
+    gathers/scatters on the trainable bank per step."""
+    counter = KernelCounter(bank_width(parts))
+    marks: list[tuple[int, int, int, int]] = []
 
     def on_progress(i: int, _p: Progress) -> None:
         if i == 0:
-            marks.append((counter.ops, counter.kernels, counter.host_reads))
+            marks.append((counter.ops, counter.kernels, counter.host_reads, sum(counter.gathers_by_name.values())))
 
     with counter:
         train_styles(parts, specs(n, 2 * INTERVAL), config(progress_every=INTERVAL), Callbacks(on_progress=on_progress))
-    (ops_a, k_a, reads_a), (ops_b, k_b, reads_b) = marks[0], marks[1]
-    return (ops_b - ops_a) / INTERVAL, (k_b - k_a) / INTERVAL, reads_b - reads_a
+    (ops_a, k_a, reads_a, g_a), (ops_b, k_b, reads_b, g_b) = marks[0], marks[1]
+    return (ops_b - ops_a) / INTERVAL, (k_b - k_a) / INTERVAL, reads_b - reads_a, (g_b - g_a) / INTERVAL
+
+
+def set_change(parts: Any, n: int = 16) -> tuple[int, int, dict[str, int]]:
+    """(ops, kernels, bank gathers by name) of the one set change in a run of `n` styles where one finishes
+    after 2 steps and the others after 4: `TrainStep.set_rows` (the new route, the bank's repack)."""
+    counter = KernelCounter(bank_width(parts))
+    seen: list[tuple[int, int, dict[str, int]]] = []
+    original = TrainStep.set_rows
+
+    def set_rows(self: TrainStep, *a: Any, **kw: Any) -> Any:
+        before, kernels, gathers = counter.ops, counter.kernels, dict(counter.gathers_by_name)
+        out = original(self, *a, **kw)
+        seen.append((counter.ops - before, counter.kernels - kernels,
+                     {k: v - gathers.get(k, 0) for k, v in counter.gathers_by_name.items() if v > gathers.get(k, 0)}))
+        return out
+
+    runs = specs(n, 4)
+    runs[0].steps = 2
+    TrainStep.set_rows = set_rows  # type: ignore[method-assign]
+    try:
+        with counter:
+            train_styles(parts, runs, config(progress_every=INTERVAL))
+    finally:
+        TrainStep.set_rows = original  # type: ignore[method-assign]
+    assert len(seen) == 2, seen  # the first route, then the one change
+    return seen[1]
 
 
 def breakdown(parts: Any) -> dict[str, tuple[int, int]]:
@@ -149,6 +188,7 @@ def main() -> None:
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no", help="autocast (CUDA only)")
     p.add_argument("--narrow", action="store_true", help="with --config full: narrow widths, same layer structure")
     p.add_argument("--breakdown", action="store_true", help="also where one S = 1 step's kernels go")
+    p.add_argument("--set-change", action="store_true", help="also what one change of the set of styles costs")
     p.add_argument("--per-step-conditioning", action="store_true",
                    help="TrainConfig(constant_conditioning=False): the step as before, for comparison")
     args = p.parse_args()
@@ -175,13 +215,17 @@ def main() -> None:
             print(f"| {name} | {ops} | {kernels} |", flush=True)
         print()
     print("| styles S | aten ops / step | kernels / step | kernels vs S = 1 | host reads in one interval "
-          "(4 steps + read-back) |")
-    print("| --- | --- | --- | --- | --- |")
+          "(4 steps + read-back) | gathers/scatters on the bank / step |")
+    print("| --- | --- | --- | --- | --- | --- |")
     base = None
     for n in args.styles:
-        ops, kernels, reads = count(parts, n)
+        ops, kernels, reads, gathers = count(parts, n)
         base = base or kernels
-        print(f"| {n} | {ops:.0f} | {kernels:.0f} | {kernels / base:.3f}x | {reads} |", flush=True)
+        print(f"| {n} | {ops:.0f} | {kernels:.0f} | {kernels / base:.3f}x | {reads} | {gathers:g} |", flush=True)
+    if args.set_change:
+        change_ops, change_kernels, change_gathers = set_change(parts)
+        print(f"\nOne set change (16 styles -> 15, `TrainStep.set_rows`): {change_ops} aten ops, {change_kernels} "
+              f"kernels; gathers/scatters on the bank: {change_gathers or 0}", flush=True)
 
     if args.timed_steps > 0:
         print("\n| styles S | batched s | sequential s | styles/hour batched | sequential | ratio |")

@@ -45,7 +45,7 @@ def make_step(engine_tiny_dir: Path, engine_style_image: Image.Image) -> Iterato
                            parts.mask_token_id)
         bank = LoraBank(parts.transformer, 2, trainable=True)
         banks.append(bank)
-        optimizer = SlotAdamW(list(bank.parameters()), 3)
+        optimizer = SlotAdamW(list(bank.parameters()), 3, packing=bank.packing)
         for slot, lr in ((1, 3e-3), (2, 1e-3)):
             bank.init_slot(slot, torch.Generator().manual_seed(slot), alpha=32.0)
             optimizer.reset_slot(slot, lr)

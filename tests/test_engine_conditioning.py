@@ -74,7 +74,7 @@ def test_logits_and_lora_gradients_equal_the_models_own_forward(model: UVit2DMod
             with torch.no_grad():
                 for b in bank.lora_B:  # nonzero B (a trained adapter's size): B = 0 would test nothing
                     b[slot].normal_(std=0.05, generator=g)
-        bank.set_rows(torch.tensor([1, 2, 0, 3]))
+        bank.set_rows([1, 2, 0, 3])
         want = model(ids, encoder_hidden_states=hidden[text_rows], pooled_text_emb=pooled[text_rows],
                      micro_conds=micro[cond_rows])
         cond = precompute_conditioning(model, hidden, pooled[prompt_of_cond], micro)

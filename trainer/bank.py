@@ -7,8 +7,9 @@ the model's device, shared by all layers, is set once per batch (`set_rows` / `r
 matmul: no host read, no Python-list indexing, the same ops whatever the mix of adapters, so a fixed-shape forward
 can be captured in a CUDA graph. Serving banks (`trainable=False`) gather each distinct routed adapter once per
 route (memory per adapter, not per row) and cost four ops per layer per forward; trainable banks keep every slot in
-one flat fp32 master (`bank_train.TrainableStore`: one gather per forward for all layers, fused Q/K/V projections,
-one element-wise optimizer over the whole bank); `init_slot` initialises a slot like peft (A Kaiming-uniform(a=√5),
+one flat fp32 buffer laid out by batch row (`bank_train.TrainableStore`: the routed slots are its first rows, so a
+forward reads them with no gather, repacked only when the set of routed slots changes; fused Q/K/V projections;
+one element-wise optimizer over the batch's rows); `init_slot` initialises a slot like peft (A Kaiming-uniform(a=√5),
 B = 0) from the given generator, so a style's initial weights depend on its own seed only.
 
 Loading copies an adapter into a slot in place (no new modules, no recompiles); slots are sized by memory
@@ -44,10 +45,10 @@ def find_bank(transformer: nn.Module) -> LoraBank | None:
 class LoraBank(nn.Module):
     """`capacity` LoRA slots (1..capacity; slot 0 = base) of one rank and target set, installed on a U-ViT.
 
-    The bank is an `nn.Module` of its own (its `parameters()`: the stacked A/B tensors of a serving bank, the one
-    flat `[slots, P]` master of a trainable bank, for an optimizer) but is not registered as a submodule of the
-    transformer, so the model's state dict and `save_pretrained` are unchanged. One bank per model: installing a new
-    one removes the old one.
+    The bank is an `nn.Module` of its own (its `parameters()`: the stacked A/B tensors of a serving bank; for an
+    optimizer, the one flat leaf of a trainable bank, the (n, P) view of its routed rows) but is not registered as a
+    submodule of the transformer, so the model's state dict and `save_pretrained` are unchanged. One bank per model:
+    installing a new one removes the old one.
     """
 
     def __init__(self, transformer: nn.Module, capacity: int, *, rank: int = 16,
@@ -74,8 +75,10 @@ class LoraBank(nn.Module):
         self.lora_B: nn.ParameterList | list[torch.Tensor]  # per linear: (slots, out, r)
         if trainable:
             self.store = TrainableStore(FlatLayout(transformer, linears, rank), s, device)
-            self.master = self.store.master  # registered: the bank's one parameter
-            self.lora_A, self.lora_B = self.store.layout.views(self.master.detach())  # views into the master
+            self.master = self.store.master  # registered: the bank's one parameter (the routed rows)
+            self.packing = self.store.packing  # slot -> physical row of every [slots, ...] tensor below
+            # Views into the storage, by PHYSICAL row: `slot_params` maps a slot to its row.
+            self.lora_A, self.lora_B = self.store.layout.views(self.store.storage)
         else:
             self.lora_A = nn.ParameterList(
                 nn.Parameter(torch.zeros(s, rank, m.in_features, device=device, dtype=dtype), requires_grad=False)
@@ -153,9 +156,15 @@ class LoraBank(nn.Module):
         if not 1 <= slot <= self.capacity:
             raise AdapterError(f"slot {slot} is out of range 1..{self.capacity} (slot 0 is the base model)")
 
+    def row_of(self, slot: int) -> int:
+        """Where `slot` lies in the stacked tensors: itself in a serving bank, its physical row in a trainable one
+        (the routed slots first, in batch-row order: row j of the batch is row j of the leaf and its gradient)."""
+        return slot if self.store is None else self.packing.row(slot)
+
     def slot_params(self, slot: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Views of one slot's weights per module path: (A[slot] (r, in), B[slot] (out, r))."""
-        return {k: (a[slot], b[slot]) for k, a, b in zip(self.keys, self.lora_A, self.lora_B, strict=True)}
+        """Views of one slot's weights per module path: (A (r, in), B (out, r))."""
+        row = self.row_of(slot)
+        return {k: (a[row], b[row]) for k, a, b in zip(self.keys, self.lora_A, self.lora_B, strict=True)}
 
     @torch.no_grad()
     def load(self, slot: int, adapter: Adapter, name: str | None = None) -> None:
@@ -245,15 +254,20 @@ class LoraBank(nn.Module):
         """Route batch row `start + i` to slot `slots[i]` (0 = base) for the following forwards, until `clear_rows`.
 
         Rows before `start` are base rows and do no LoRA work (the sampler puts its adapted rows last); a forward
-        must then have exactly `start + len(slots)` rows. The indices go into one static device buffer (reused while
-        the row count does not grow, so a captured graph sees new routes). A list is checked on the host; a device
-        tensor is used as is, without any host read. A serving bank then gathers the route's distinct adapters'
-        weights once, for all the forwards of this route (memory: one slot's size, ≈10 MB in bf16 on amused-256,
-        per distinct adapter of a list route; per row of a tensor route, whose distinct set is not read back).
+        must then have exactly `start + len(slots)` rows. A trainable bank takes a list of distinct slots and lays
+        them out as its first rows (`TrainableStore.pack`: a repack when the set differs from the last route's). The
+        indices go into one static device buffer (reused while the row count does not grow, so a captured graph sees
+        new routes). A list is checked on the host; a device tensor is used as is, without any host read. A serving
+        bank then gathers the route's distinct adapters' weights once, for all the forwards of this route (memory:
+        one slot's size, ≈10 MB in bf16 on amused-256, per distinct adapter of a list route; per row of a tensor
+        route, whose distinct set is not read back).
         """
         if start < 0 or (start and self.trainable):
             raise AdapterError(f"start must be 0 for a trainable bank and >= 0 otherwise, got {start}")
         host: list[int] | None = None
+        if self.trainable and isinstance(slots, torch.Tensor):
+            raise AdapterError("a trainable bank takes its route as a list of slots (its rows are laid out on the "
+                               "host, once per set of styles)")
         if isinstance(slots, torch.Tensor):
             src = slots.to(dtype=torch.long)
         else:
@@ -261,6 +275,9 @@ class LoraBank(nn.Module):
             bad = [s for s in values if not 0 <= s <= self.capacity]
             if bad:
                 raise AdapterError(f"slot indices {bad[:3]} are out of range 0..{self.capacity}")
+            if self.trainable and len(set(values)) != len(values):
+                raise AdapterError(f"a trainable bank routes each slot to one batch row (its weights are laid out "
+                                   f"by row), got {values}")
             src = torch.tensor(values, dtype=torch.long)
             if self.device.type == "cuda":
                 src = src.pin_memory()  # so the copy below is asynchronous
@@ -272,7 +289,10 @@ class LoraBank(nn.Module):
         rows = self._rows_buf[:m]
         rows.copy_(src, non_blocking=True)
         self._rows, self._start = rows, start
-        if self.trainable:
+        if self.store is not None:
+            assert host is not None
+            self._route_slots = host
+            self.store.pack(host)
             self._regather()
         else:
             self._route_serving(host)
@@ -350,7 +370,7 @@ class LoraBank(nn.Module):
         device = self.device.type
         dtype = (torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device)
                  else next(module.parameters()).dtype)
-        self.store.prepare(self._rows, dtype)
+        self.store.prepare(dtype)
 
     def _finish(self, _module: nn.Module, _args: tuple[object, ...], _out: object) -> None:
         """After each forward: drop the forward's views and cached projections (autograd keeps what it needs)."""

@@ -1,6 +1,6 @@
 """The trainable half of the LoRA bank: every slot's weights in one flat fp32 buffer, fused Q/K/V low-rank maths.
 
-Storage (`FlatLayout`): one `[slots, P]` fp32 master holds every targeted linear's A and B for every slot, so the
+Storage (`FlatLayout`): one `[slots, P]` fp32 buffer holds every targeted linear's A and B for every slot, so the
 optimizer updates all of them with a handful of element-wise ops whatever the number of layers (trainer/optim.py),
 and a checkpoint or an adapter file reads per-module views of it (`FlatLayout.views`: A (r, in), B (out, r) as in
 the files — split on extract, joined on load, by views, without copies).
@@ -11,13 +11,21 @@ alone (k = 1). So one `bmm` computes all k low-rank projections of that input (`
 B is stored transposed too, `(r, out)`, so that every matmul's weight gradient comes out in storage order and the
 backward writes no transposed copies.
 
-Per forward (`TrainableStore.prepare`, the model's forward pre-hook) the routed rows' weights are taken ONCE for all
-layers — one `index_select` of the master, α/r folded into the B columns by one multiply, one cast to the model's
-dtype (bf16 LoRA maths on a bf16 base, fp32 master) — and split into per-group views; the backward is the reverse:
-one `cat` of every layer's gradient, one multiply, one cast, one `index_add` into the master's gradient. Each
-targeted linear then costs its share of one `bmm` (A) and one `baddbmm` (B, added into the base output in the same
-kernel): 4 kernels per self-attention instead of 15, with no per-layer gather in the forward nor scatter in the
-backward (LoRA: arXiv 2106.09685; batched per-row adapters: Punica, arXiv 2310.18547).
+Rows, not slots (`RowPacking`): the buffer's physical rows hold the slots in an order of their own, the slots
+routed to the batch first, in batch-row order. So rows 0..n-1 of the storage ARE this batch's n rows: the trainable
+leaf `master` is that (n, P) view, the forward reads it as it lies and the backward's gradient lands in it, with no
+gather in the forward nor scatter in the backward. Everything else laid out like it — the optimizer's moments and
+its per-slot learning rates, step counts and active flags (trainer/optim.py, trainer/optim8bit.py) — is packed the
+same way, so the optimizer steps rows 0..n-1 too. The rows are reordered (`RowPacking.pack`: one permutation of
+every packed tensor) only when the set of routed slots changes — a style joins, finishes, is cancelled or fails —
+never per step. Slot-addressed access (loading, extracting, checkpoints) goes through `RowPacking.row`.
+
+Per forward (`TrainableStore.prepare`, the model's forward pre-hook) the batch's weights are read once for all
+layers — α/r folded into the B columns by one multiply, one cast to the model's dtype (bf16 LoRA maths on a bf16
+base, fp32 master) — and split into per-group views; the backward is the reverse: one `cat` of every layer's
+gradient, one cast, one multiply, straight into the leaf's gradient. Each targeted linear then costs its share of
+one `bmm` (A) and one `baddbmm` (B, added into the base output in the same kernel): 4 kernels per self-attention
+instead of 15 (LoRA: arXiv 2106.09685; batched per-row adapters: Punica, arXiv 2310.18547).
 """
 
 from __future__ import annotations
@@ -109,33 +117,95 @@ def _input_groups(transformer: nn.Module, parent: str, keys: list[str], sites: l
     return sorted(groups, key=lambda g: g[0])
 
 
-class TrainableStore:
-    """The trainable bank's master weights and its per-forward view of the routed rows (see the module docstring).
+class RowPacking:
+    """Which slot each physical row of the trainable bank's `[slots, ...]` tensors holds: the routed slots first,
+    in batch-row order (see the module docstring). Every tensor `adopt`ed here is reordered with the others."""
 
-    `master` is the one leaf the optimizer steps; `prepare(rows, row_scale, dtype)` builds this forward's pieces.
+    def __init__(self, slots: int) -> None:
+        self.order = list(range(slots))  # physical row -> the slot it holds
+        self.rows = 0  # physical rows 0..rows-1 are the batch's rows, in batch order
+        self.repacks = 0  # layout changes so far: one per change of the set of routed slots
+        self.tensors: list[torch.Tensor] = []  # every [slots, ...] tensor laid out by these rows
+
+    def adopt(self, *tensors: torch.Tensor) -> None:
+        """Lay `tensors` ([slots, ...], in the current physical order) out with the others from now on."""
+        self.tensors.extend(tensors)
+
+    def row(self, slot: int) -> int:
+        """The physical row holding `slot`."""
+        return self.order.index(slot)
+
+    @torch.no_grad()
+    def pack(self, route: list[int]) -> bool:
+        """Put the (distinct) slots of `route` in rows 0..len(route)-1, in its order; False when they already are.
+
+        The other slots keep their relative order behind them. Only the rows up to the last one whose slot
+        changes move: one gather and one copy of them per adopted tensor, in place (a captured graph keeps the
+        addresses) — the price of a set change, paid once per change. A style leaving from the end moves nothing.
+        """
+        if self.rows == len(route) and self.order[:len(route)] == route:
+            return False
+        routed = set(route)
+        order = route + [s for s in self.order if s not in routed]
+        moved = len(order)
+        while moved and order[moved - 1] == self.order[moved - 1]:
+            moved -= 1  # from row `moved` on, every row keeps its slot: those rows stay where they are
+        if moved and self.tensors:
+            index = torch.tensor([self.row(s) for s in order[:moved]], device=self.tensors[0].device)
+            for t in self.tensors:
+                t[:moved].copy_(t.index_select(0, index))  # (moved, ...): new row -> its slot's old row
+        self.order, self.rows = order, len(route)
+        self.repacks += 1
+        return True
+
+
+def head(t: torch.Tensor, n: int) -> torch.Tensor:
+    """Rows 0..n-1 of a packed tensor: the batch's rows (the tensor itself when it has no others: no view op)."""
+    return t if t.shape[0] == n else t[:n]
+
+
+class TrainableStore:
+    """The trainable bank's storage, laid out by batch row, and this forward's view of it (module docstring).
+
+    `storage` ([slots, P] fp32) holds every slot, physical rows in `packing.order`; `master` is the one leaf the
+    optimizer steps: the (n, P) view of the routed rows. `pack(route)` lays a new set of routed slots out;
+    `prepare(dtype)` builds this forward's pieces.
     """
 
     def __init__(self, layout: FlatLayout, slots: int, device: torch.device) -> None:
         self.layout = layout
-        self.master = nn.Parameter(torch.zeros(slots, layout.width, device=device))
+        self.packing = RowPacking(slots)
+        self.storage = torch.zeros(slots, layout.width, device=device)
+        self.packing.adopt(self.storage)
+        # The leaf is a view of the storage's first rows: the same Parameter object for the whole run (the
+        # optimizer and autograd hold it), its `.data` re-pointed when the set of rows changes.
+        self.master = nn.Parameter(self.storage[:0])
         self.b_cols = layout.b_cols.to(device)
         self.col_scale: torch.Tensor | None = None  # (n, P): each routed row's α/r on its B columns, 1 elsewhere
         self.pieces: tuple[torch.Tensor, ...] | None = None  # this forward's (n, piece) views
         self.sites = [TrainSite(self, i) for i in range(len(layout.in_features))]
         self._cache: list[tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None] = [None] * len(layout.groups)
 
+    def pack(self, route: list[int]) -> bool:
+        """Rows 0..n-1 become the slots of `route` (distinct); the leaf is their (n, P) view. False: unchanged."""
+        if not self.packing.pack(route):
+            return False
+        self.master.data = self.storage[:len(route)]
+        self.master.grad = None  # a gradient of the old rows means nothing in the new ones
+        return True
+
     def route(self, row_scale: torch.Tensor | None) -> None:
         """New routed rows, `row_scale` (n,) their α/r (None: no route); built once per route, not per step."""
         self.col_scale = None if row_scale is None else torch.where(
             self.b_cols, row_scale[:, None], torch.ones((), device=row_scale.device))  # (n,) -> (n, P)
 
-    def prepare(self, rows: torch.Tensor | None, dtype: torch.dtype) -> None:
-        """This forward's weights for `rows` (n,): one gather, one scale, one cast for every layer at once."""
+    def prepare(self, dtype: torch.dtype) -> None:
+        """This forward's weights: the routed rows as they lie, one scale and one cast for every layer at once."""
         self._cache = [None] * len(self._cache)
-        if rows is None or self.col_scale is None:
+        if self.col_scale is None:
             self.pieces = None
             return
-        w = self.master.index_select(0, rows).mul_(self.col_scale)  # (n, P), α/r folded into B
+        w = self.master * self.col_scale  # (n, P), α/r folded into B
         if w.dtype != dtype:
             w = w.to(dtype)  # LoRA maths in the model's dtype against the fp32 master
         self.pieces = w.split(self.layout.sizes, dim=1)

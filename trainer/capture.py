@@ -37,6 +37,13 @@ HOST_READ_OPS = frozenset({
     "_unique2", "unique_dim", "unique_consecutive", "allclose",
 })
 CREATION_OPS = frozenset({"lift_fresh", "lift_fresh_copy"})  # torch.tensor(python data): a host→device copy on GPU
+# Ops that read or write rows picked by an index tensor: a gather forward, its scatter backward.
+GATHER_SCATTER_OPS = frozenset({
+    "index", "index_select", "index_select_backward", "index_add", "index_add_", "index_copy", "index_copy_",
+    "index_put", "index_put_", "_index_put_impl_", "index_fill", "index_fill_", "gather", "scatter", "scatter_",
+    "scatter_add", "scatter_add_", "scatter_reduce", "take", "embedding", "embedding_dense_backward",
+    "masked_scatter", "put_",
+})
 
 
 def _devices(args: Any) -> set[str]:
@@ -50,15 +57,23 @@ def _devices(args: Any) -> set[str]:
 
 
 class OpCounter(TorchDispatchMode):
-    """`with OpCounter() as c: ...` then `c.ops` (all aten ops), `c.host_reads`, `c.transfers`, `c.by_name`."""
+    """`with OpCounter() as c: ...` then `c.ops` (all aten ops), `c.host_reads`, `c.transfers`, `c.by_name`.
 
-    def __init__(self) -> None:
+    `OpCounter(width=P)` also counts, in `c.gathers_by_name`, the gather/scatter ops (`GATHER_SCATTER_OPS`) that
+    read or write a tensor whose last dimension is P: with P a trainable LoRA bank's flat width
+    (`FlatLayout.width`, every LoRA weight of one slot — no other tensor of a training step has it), the bank's
+    per-step gathers and scatters.
+    """
+
+    def __init__(self, width: int | None = None) -> None:
         super().__init__()
         self.ops = 0
         self.host_reads = 0
         self.transfers = 0
         self.by_name: Counter[str] = Counter()
         self.reads_by_name: Counter[str] = Counter()
+        self.width = width
+        self.gathers_by_name: Counter[str] = Counter()
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -88,7 +103,11 @@ class OpCounter(TorchDispatchMode):
             if kwargs.get("device") is not None:
                 devices.add(torch.device(kwargs["device"]).type)
             self.transfers += len(devices) > 1
-        return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        if self.width is not None and name in GATHER_SCATTER_OPS and any(
+                t.dim() >= 2 and t.shape[-1] == self.width for t in _tensors((args, kwargs, out))):
+            self.gathers_by_name[name] += 1
+        return out
 
     def summary(self) -> dict[str, Any]:
         return {"ops": self.ops, "host_reads": self.host_reads, "transfers": self.transfers,

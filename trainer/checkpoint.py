@@ -9,6 +9,10 @@ scales, one tensor over the bank's flat layout), `rng` (the style's generator st
 step, the optimizer, the GradScaler state (empty unless fp16) and `base`: what the adapter slice was trained on
 (base fingerprint, base weights hash, rank, alpha), which a resume checks against the model it resumes into.
 
+A checkpoint holds one slot's values, whatever row of the bank they lie in (the trainable bank lays its slots out
+by batch row, trainer/bank_train.py `RowPacking`; `slot_params` and `slot_state` read a slot at its row), so the
+row layout never reaches the file and did not change its format.
+
 Versions: format 3 (the flat bank layout) reads format 2 AdamW checkpoints unchanged (their per-layer moments are
 the same numbers, element for element); a format 2 checkpoint of 8-bit AdamW is refused with its version named
 (its absmax blocks ran per layer, not over the flat layout).

@@ -181,8 +181,9 @@ def train_styles(parts: AmusedParts, styles: Sequence[StyleSpec], config: TrainC
         #    initialised like peft (B = 0: it starts exactly at the base model) from the style's own seed.
         bank = LoraBank(transformer, capacity, rank=cfg.rank, trainable=True)
         optimizer_cls = SlotAdamW8bit if cfg.optimizer == "adamw8bit" else SlotAdamW
+        # Its state is laid out by the bank's rows (`bank.packing`): repacked with the weights when the set changes.
         optimizer = optimizer_cls(list(bank.parameters()), capacity + 1, betas=(cfg.beta1, cfg.beta2),
-                                  weight_decay=cfg.weight_decay, views=bank.state_views)
+                                  weight_decay=cfg.weight_decay, views=bank.state_views, packing=bank.packing)
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.mixed_precision == "fp16")  # no-op unless fp16
         reroute = False  # whether the bank's routes were cleared (on_done's hand-over) and must be set again
 
@@ -278,7 +279,8 @@ def train_styles(parts: AmusedParts, styles: Sequence[StyleSpec], config: TrainC
             if not any(r.running for r in runs):
                 break
             # 6. The batch: one row per running style. Routes (and a captured graph) change only when the set
-            #    of styles does.
+            #    of styles does; so does the bank's row layout (weights and optimizer state repacked so that row
+            #    j of the batch is row j of every trainable tensor: no gather or scatter in the steps between).
             if active != [r for r in runs if r.running] or joined or reroute:
                 reroute = False
                 active = [r for r in runs if r.running]

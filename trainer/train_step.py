@@ -2,8 +2,9 @@
 
 `TrainStep` owns what a step touches: the run's `StyleBatch` (tokens, prompts and, by default, the constant
 conditioning computed once), the trainable LoRA bank, the per-slot optimizer and the loss scaler. `set_rows`
-routes a new set of styles (only when a style joins or leaves; `set_batch` first when one joins); `__call__` runs one
-step and returns the (S,) losses as a device tensor — nothing in it reads back to the host.
+routes a new set of styles (only when a style joins or leaves; `set_batch` first when one joins), which lays the
+bank's weights and the optimizer's state out by batch row; `__call__` runs one step and returns the (S,) losses as a
+device tensor — nothing in it reads back to the host, gathers or scatters the bank's weights.
 
 With `cuda_graph=True` (CUDA only) the whole step is captured once per set of rows and replayed: every kernel of
 the step at one launch cost. The capture follows torch's whole-network recipe (docs: CUDA Graphs): a few eager
@@ -73,9 +74,10 @@ class TrainStep:
         `generators[j]`."""
         self.rows = torch.tensor(list(styles), device=self.device)  # (S,) style of each row
         self.generators = list(generators)
-        self.bank.set_rows(self.rows + 1)
+        slots = [s + 1 for s in styles]
+        self.bank.set_rows(slots)  # a new set of slots: the bank (and the optimizer's state) repacked by row
         active = torch.zeros(self.optimizer.num_slots, device=self.device).index_fill_(0, self.rows + 1, 1.0)
-        self.optimizer.set_active(active, [s + 1 for s in styles])
+        self.optimizer.set_active(active, slots)
         self._graph = self._graph_losses = None  # a new S: a new capture (after new warm-up steps)
         self._warm = 0
         self.optimizer.zero_grad(set_to_none=True)  # a replayed graph leaves its gradients in .grad
