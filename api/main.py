@@ -21,6 +21,7 @@ from api.http.request_guard import RequestGuard
 from api.http.security import load_secret
 from api.http.streams import StreamHub
 from api.http.upload_gate import UploadGate
+from api.http.urls import BaseUrlMiddleware
 from api.http.waiters import GenerationWaiters
 from api.routes import adapters, admin, generations, health, jobs, keys, pages, styles, webhooks
 from storage.blobs import blob_store_from_settings
@@ -93,4 +94,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_docs(app)
     install_problem_schema(app)
     app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(BaseUrlMiddleware)  # absolute URLs in answers
     return app

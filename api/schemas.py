@@ -10,7 +10,7 @@ sends them too; they are re-exported here with the rest.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import AliasPath, BaseModel, ConfigDict, Field, computed_field, field_validator
 
@@ -18,10 +18,21 @@ from storage.generation_settings import MAX_SEED as MAX_SEED  # re-exported: the
 from storage.generation_settings import GenerationSettings
 from storage.resources import WEBHOOK_DOC, WEBHOOK_EVENTS_DOC, FromRow, JobPublic, WebhookEvent, WithError
 from storage.resources import GenerationPublic as GenerationPublic  # re-exported: the API's name for it
+from storage.urls import absolute
 from storage.users import BadUserName, validate_user_name
 from trainer.contracts import limits
 
 MAX_OFFSET = 2**31 - 1  # list offsets and event cursors: larger ones overflow SQLite/PostgreSQL integers
+
+Item = TypeVar("Item")
+
+
+class Page(BaseModel, Generic[Item]):
+    """A page of a listing; each listing has its named subclass below (`JobPage`, ...)."""
+
+    items: list[Item]
+    next: str | None = Field(default=None, description=(
+        "The absolute URL of the next page (the same request, moved on); null on the last page."))
 
 
 class StylePublic(FromRow):
@@ -45,7 +56,7 @@ class StylePublic(FromRow):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def image_url(self) -> str:
-        return f"/v1/styles/{self.id}/image"
+        return absolute(f"/v1/styles/{self.id}/image")
 
     @computed_field(  # type: ignore[prop-decorator]
         description="Each reference image's caption, in upload order; null = the StyleDrop prompt (a subject's "
@@ -142,7 +153,7 @@ class AdapterPublic(FromRow):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def file_url(self) -> str:
-        return f"/v1/adapters/{self.id}/file"
+        return absolute(f"/v1/adapters/{self.id}/file")
 
 
 class VersionPublic(AdapterPublic):
@@ -262,3 +273,42 @@ class ApiKeyPublic(FromRow):
 class UserCreatedPublic(BaseModel):
     user: UserPublic
     key: ApiKeyCreatedPublic
+
+
+# --- pages of the listings (api/http/pagination.py) -----------------------------------------------------------
+
+
+class JobPage(Page[JobPublic]):
+    """Jobs, newest first."""
+
+
+class JobEventPage(Page[JobEventPublic]):
+    """A job's events, oldest first."""
+
+
+class StylePage(Page[StylePublic]):
+    """Styles and subjects, newest first."""
+
+
+class VersionPage(Page[VersionPublic]):
+    """A style's adapter versions, v1 first."""
+
+
+class GenerationPage(Page[GenerationPublic]):
+    """Generations, newest first."""
+
+
+class AdapterPage(Page[AdapterPublic]):
+    """Adapters, newest first."""
+
+
+class ApiKeyPage(Page[ApiKeyPublic]):
+    """API keys (never their secrets), oldest first."""
+
+
+class AdminJobPage(Page[AdminJobPublic]):
+    """Every user's jobs, newest first."""
+
+
+class UserPage(Page[UserPublic]):
+    """Users, oldest first."""

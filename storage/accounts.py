@@ -62,8 +62,9 @@ def find_user(session: Session, user: str) -> User:
     return row
 
 
-def list_users(session: Session) -> Sequence[User]:
-    return session.scalars(select(User).order_by(User.created_at, User.name)).all()
+def list_users(session: Session, *, limit: int | None = None, offset: int = 0) -> Sequence[User]:
+    """Users, oldest first; a page with `limit`."""
+    return session.scalars(select(User).order_by(User.created_at, User.name, User.id).limit(limit).offset(offset)).all()
 
 
 def list_keys(session: Session, *, user_id: str | None = None, limit: int | None = None,

@@ -22,6 +22,7 @@ from typing_extensions import TypeVar  # a TypeVar with a default (PEP 696) befo
 from storage.models import Adapter, Generation, TrainingJob, utcnow
 from storage.queue_order import generation_queue_positions, queue_positions
 from storage.states import GENERATION_FINAL, GenerationState, JobState
+from storage.urls import absolute
 
 RECENT_GENERATIONS = 20  # finished generations the queue estimate is taken from
 
@@ -132,7 +133,7 @@ class GenerationPublic(WithError):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def image_urls(self) -> list[str]:
-        return [f"/v1/generations/{self.id}/images/{n}" for n in range(len(self.image_keys or []))]
+        return [absolute(f"/v1/generations/{self.id}/images/{n}") for n in range(len(self.image_keys or []))]
     step: int = Field(default=0, description="Sampling rounds done so far (of `steps`).")
     queue_position: int = Field(default=0, description="1 = next to run; 0 when not queued.")
     eta_seconds: float | None = Field(

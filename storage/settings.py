@@ -11,8 +11,9 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from trainer.contracts.limits import DEFAULT_STEPS, DEFAULT_TRAIN_STEPS
@@ -159,6 +160,10 @@ class Settings(BaseSettings):
     # --- HTTP --------------------------------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = 8000
+    public_url: str | None = Field(default=None, description=(
+        "The service's address as its users reach it, e.g. https://styledrop.example.com (behind a proxy). URLs in "
+        "answers (image_urls, Location, next) and in webhook bodies start with it; unset, answers use the address "
+        "the request came to, and webhook bodies http://<host>:<port>."))
     secret_key: str | None = Field(default=None, description="Signs session cookies; default a file in data_dir.")
     rate_limit_per_minute: int = Field(
         default=120, description="Per user; shared by every API process through Redis when BROKER_URL is Redis."
@@ -184,7 +189,27 @@ class Settings(BaseSettings):
     db_max_overflow: int = 10
     db_pool_timeout: float = Field(default=10.0, description="Seconds to wait for a pooled connection (then 503).")
 
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError(f"STYLEDROP_PUBLIC_URL must be an http(s) URL without query, e.g. "
+                             f"https://styledrop.example.com; got {value!r}")
+        return value.strip().rstrip("/")
+
     # --- derived -----------------------------------------------------------------------------------------------
+    @property
+    def public_base_url(self) -> str:
+        """Where URLs sent without a request (webhook bodies) point: `public_url`, else the address the API serves
+        on (`styledrop up`: http://<host>:<port>; a wildcard bind address as 127.0.0.1)."""
+        if self.public_url:
+            return self.public_url
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'styledrop.db').resolve()}"

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from storage import resources
+from storage import resources, urls
 from storage.models import WEBHOOK_EVENTS, Generation, TrainingJob, User, WebhookDelivery, utcnow
 from storage.states import GENERATION_FINAL, JOB_FINAL, JobState
 
@@ -177,8 +177,10 @@ def _throttled(session: Session, resource_id: str) -> bool:
 def _record(session: Session, kind: str, row: TrainingJob | Generation, event: str,
             view: BaseModel) -> WebhookDelivery:
     assert row.webhook is not None
+    with urls.base_url(""):  # stored with root-relative URLs; the sender puts its base before them
+        body = view.model_dump_json()
     delivery = WebhookDelivery(owner_id=row.owner_id, resource=kind, resource_id=row.id, event=event,
-                               url=row.webhook, body=view.model_dump_json())
+                               url=row.webhook, body=body)
     session.add(delivery)
     session.flush()
     logger.info("%s %s: webhook %s queued as %s", kind, row.id, event, delivery.id)

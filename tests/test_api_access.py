@@ -83,7 +83,7 @@ def test_other_users_objects_answer_404(api_client, api_keys, alice_objects) -> 
                           json={"prompt": "x", "adapter_id": alice_objects["adapter"]})
     assert gen.status_code == 404
     for path in ("/v1/styles", "/v1/jobs", "/v1/adapters", "/v1/generations"):
-        assert api_client.get(path, headers=bearer(api_keys["bob"])).json() == []
+        assert api_client.get(path, headers=bearer(api_keys["bob"])).json() == {"items": [], "next": None}
     # the owner sees all of them
     assert api_client.get(f"/v1/generations/{alice_objects['generation']}/images/0",
                           headers=bearer(api_keys["alice"])).status_code == 200
@@ -110,9 +110,9 @@ def test_admin_routes_need_admin(api_client, api_keys, alice_objects) -> None:
     eve = api_client.post("/v1/admin/users", json={"name": "eve"}, headers=bearer(api_keys["alice"]))
     assert eve.status_code == 403
     admin = bearer(api_keys["admin"])
-    jobs = api_client.get("/v1/admin/jobs?user=alice&state=queued", headers=admin).json()
+    jobs = api_client.get("/v1/admin/jobs?user=alice&state=queued", headers=admin).json()["items"]
     assert [(j["id"], j["owner_name"]) for j in jobs] == [(alice_objects["job"], "alice")]
-    assert api_client.get("/v1/admin/jobs?user=bob", headers=admin).json() == []
+    assert api_client.get("/v1/admin/jobs?user=bob", headers=admin).json() == {"items": [], "next": None}
     cancelled = api_client.post(f"/v1/admin/jobs/{alice_objects['job']}/cancel", headers=admin)
     assert cancelled.status_code == 202 and cancelled.json()["state"] == "cancelled"
 
@@ -131,7 +131,7 @@ def test_admin_users_and_keys(api_client, api_keys) -> None:
     assert api_client.get("/v1/styles", headers=bearer(carol_key)).status_code == 401
     assert api_client.get("/v1/styles", headers=bearer(second.json()["key"])).status_code == 200
     assert api_client.delete("/v1/admin/keys/nope", headers=admin).status_code == 404
-    names = {u["name"] for u in api_client.get("/v1/admin/users", headers=admin).json()}
+    names = {u["name"] for u in api_client.get("/v1/admin/users", headers=admin).json()["items"]}
     assert names == {"admin", "alice", "bob", "carol"}
 
 

@@ -111,7 +111,7 @@ def test_wait_returns_200_when_final(api_client, api_keys) -> None:
     thread.join()
     assert resp.status_code == 200, resp.text
     assert resp.json()["state"] == "succeeded" and resp.json()["image_urls"] == [
-        f"/v1/generations/{resp.json()['id']}/images/0"]
+        f"http://testserver/v1/generations/{resp.json()['id']}/images/0"]
     short = api_client.post("/v1/generations?wait=0.3", headers=key, json={"prompt": "a dog"})
     assert short.status_code == 202 and short.json()["state"] == "queued"
 

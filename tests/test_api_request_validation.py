@@ -98,7 +98,7 @@ def test_large_numeric_last_event_id_is_clamped(api_client, api_keys) -> None:
     job_id = post_style(api_client, api_keys["alice"], (9, 9, 8)).json()["job"]["id"]
     resp = api_client.get(f"/v1/jobs/{job_id}/events",
                           headers=bearer(api_keys["alice"], **{"Last-Event-ID": "9" * 19}))
-    assert resp.status_code == 200 and resp.json() == []
+    assert resp.status_code == 200 and resp.json() == {"items": [], "next": None}
 
 
 # --- NUL bytes and preview indices ------------------------------------------------------------------------------------

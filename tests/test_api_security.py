@@ -38,7 +38,7 @@ def test_pages_send_csp_nosniff_and_frame_ancestors(pages_client: TestClient, pa
     signin = pages_client.get("/signin")
     assert post_style(pages_client, pages_keys["admin"]).status_code == 202
     pages_client.post("/signin", data={"api_key": pages_keys["admin"]}, follow_redirects=False)
-    style_id = pages_client.get("/v1/styles").json()[0]["id"]
+    style_id = pages_client.get("/v1/styles").json()["items"][0]["id"]
     pages = [signin] + [pages_client.get(p) for p in ("/styles", "/styles/new", f"/styles/{style_id}", "/admin",
                                                       "/styles/nope", "/gallery", "/keys")]
     for page in pages:

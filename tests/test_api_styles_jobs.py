@@ -65,7 +65,7 @@ def test_create_style_commits_row_and_sends_train_message(api_client, api_keys, 
     assert got.status_code == 200 and got.json()["progress"] == 0.0
     image = api_client.get(style["image_url"], headers=bearer(api_keys["alice"]))
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
-    listed = api_client.get("/v1/jobs?state=queued", headers=bearer(api_keys["alice"])).json()
+    listed = api_client.get("/v1/jobs?state=queued", headers=bearer(api_keys["alice"])).json()["items"]
     assert [j["id"] for j in listed] == [job["id"]]
 
 
@@ -210,7 +210,7 @@ def test_events_list_and_sse_stream_end_when_final(api_client, api_keys) -> None
         headers={**bearer(key), "Accept": "text/event-stream", "Last-Event-ID": str(ids[4])},
     )
     assert [int(e["id"]) for e in _parse_sse(resumed.text) if "id" in e] == ids[5:]
-    listed = api_client.get(f"/v1/jobs/{job_id}/events?after={ids[1]}&limit=3", headers=bearer(key)).json()
+    listed = api_client.get(f"/v1/jobs/{job_id}/events?after={ids[1]}&limit=3", headers=bearer(key)).json()["items"]
     assert [e["id"] for e in listed] == ids[2:5]
     job = api_client.get(f"/v1/jobs/{job_id}", headers=bearer(key)).json()
     assert job["state"] == "succeeded" and job["progress"] == 1.0

@@ -14,7 +14,7 @@ from tests.helpers.versions import style_with_versions
 def test_versions_default_and_generations_naming_a_version(api_client: Any, api_keys: dict[str, str]) -> None:
     alice = bearer(api_keys["alice"])
     style_id, (v1, v2) = style_with_versions(api_client, api_keys["alice"], 2)
-    listed = api_client.get(f"/v1/styles/{style_id}/versions", headers=alice).json()
+    listed = api_client.get(f"/v1/styles/{style_id}/versions", headers=alice).json()["items"]
     assert [(v["version"], v["id"], v["is_default"]) for v in listed] == [(1, v1, False), (2, v2, True)]
     assert listed[0]["text_score"] == 0.1 and listed[0]["style_score"] is None and listed[1]["style_score"] == 0.5
     assert api_client.get(f"/v1/styles/{style_id}", headers=alice).json()["default_version"] == 2
@@ -25,7 +25,7 @@ def test_versions_default_and_generations_naming_a_version(api_client: Any, api_
     assert generate(style_id=style_id).json()["adapter_id"] == v2  # newest, nothing chosen yet
     resp = api_client.patch(f"/v1/styles/{style_id}", headers=alice, json={"default_version": 1})
     assert resp.status_code == 200 and resp.json()["default_version"] == 1
-    assert [v["is_default"] for v in api_client.get(f"/v1/styles/{style_id}/versions", headers=alice).json()] \
+    assert [v["is_default"] for v in api_client.get(f"/v1/styles/{style_id}/versions", headers=alice).json()["items"]] \
         == [True, False]
     assert generate(style_id=style_id).json()["adapter_id"] == v1
     assert generate(style_id=style_id, version=2).json()["adapter_id"] == v2

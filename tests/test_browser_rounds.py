@@ -51,7 +51,7 @@ def test_a_human_round_from_the_style_page(browser: Any, browser_stack: BrowserS
               for i in (0, 3)]
     page.get_by_role("button", name="Start round 2").click()
     page.wait_for_selector('.job[data-job-id]')
-    round_job = _until("a round job", lambda: next((j for j in client.get("/v1/jobs").json()
+    round_job = _until("a round job", lambda: next((j for j in client.get("/v1/jobs").json()["items"]
                                                     if j["params"].get("round")), None), browser_stack)
     assert round_job["params"]["round"]["selection"] == [{"generation_id": g, "index": i} for g, i in picked]
     _until("v2", lambda: client.get(f"/v1/jobs/{round_job['id']}").json()["state"] == "succeeded", browser_stack)

@@ -255,7 +255,7 @@ def test_api_killed_during_uploads(tmp_path: Path, pg_url: str) -> None:
             assert_all_final_one_adapter_each(db)
             _check_blob_dir(blob_dir)
             body = client.get("/v1/jobs", headers=auth).json()
-            assert body, body
+            assert body["items"], body
     finally:
         db.close()
         redis.stop()
@@ -324,7 +324,7 @@ def test_database_cut_under_a_running_job(tmp_path: Path, pg_url: str) -> None:
                 assert resumed and resumed[0] > 4, events
             assert step_at_cut < 40
             assert_all_final_one_adapter_each(db)
-            assert client.get("/v1/adapters", headers=auth).json()[0]["job_id"] == job_id
+            assert client.get("/v1/adapters", headers=auth).json()["items"][0]["job_id"] == job_id
     finally:
         proxy.cut()
         db.close()

@@ -60,7 +60,7 @@ def test_human_then_automatic_round_through_the_api(client: tuple[Stack, httpx.C
     assert r.status_code == 202, r.text
     style = r.json()["style"]["id"]
     _job_done(c, stack, r.json()["job"]["id"])
-    (v1,) = c.get(f"/v1/styles/{style}/versions").json()
+    (v1,) = c.get(f"/v1/styles/{style}/versions").json()["items"]
     assert v1["version"] == 1 and v1["is_default"] and _scored(v1)
 
     # Round-1 samples over the feedback prompts; the user picks two images.
@@ -73,9 +73,9 @@ def test_human_then_automatic_round_through_the_api(client: tuple[Stack, httpx.C
     r = c.post(f"/v1/styles/{style}/rounds", json={"mode": "human", "selection": selection, "steps": 6})
     assert r.status_code == 202, r.text
     job = _job_done(c, stack, r.json()["id"])
-    events = c.get(f"/v1/jobs/{job['id']}/events").json()
+    events = c.get(f"/v1/jobs/{job['id']}/events").json()["items"]
     assert [e["payload"]["step"] for e in events if e["kind"] == "progress"][-1] == 6
-    v1_again, v2 = c.get(f"/v1/styles/{style}/versions").json()
+    v1_again, v2 = c.get(f"/v1/styles/{style}/versions").json()["items"]
     assert v2["version"] == 2 and v2["job_id"] == job["id"] and v2["is_default"] and _scored(v2)
     assert v2["sha256"] != v1_again["sha256"]
 
@@ -91,9 +91,9 @@ def test_human_then_automatic_round_through_the_api(client: tuple[Stack, httpx.C
                                                     "steps": 4})
     assert r.status_code == 202 and r.json()["params"]["round"]["adapter_id"] == v2["id"], r.text
     job = _job_done(c, stack, r.json()["id"])
-    (log,) = [e for e in c.get(f"/v1/jobs/{job['id']}/events").json() if e["kind"] == "log"]
+    (log,) = [e for e in c.get(f"/v1/jobs/{job['id']}/events").json()["items"] if e["kind"] == "log"]
     assert len(log["payload"]["picks"]) == 2
-    versions = c.get(f"/v1/styles/{style}/versions").json()
+    versions = c.get(f"/v1/styles/{style}/versions").json()["items"]
     assert [v["version"] for v in versions] == [1, 2, 3] and _scored(versions[2])
 
     # The user keeps v1 as the default after comparing scores.

@@ -33,11 +33,11 @@ def _train(client: httpx.Client, stack: Stack, color: tuple[int, int, int], desc
         time.sleep(0.5)
     assert job["state"] == "succeeded", f"{job}\n{stack.logs()}"
     assert job["step"] == 12
-    events = client.get(f"/v1/jobs/{job_id}/events").json()
+    events = client.get(f"/v1/jobs/{job_id}/events").json()["items"]
     progress = [e for e in events if e["kind"] == "progress"]
     assert progress and progress[-1]["payload"]["step"] == 12 and progress[-1]["payload"]["total"] == 12
     assert len([e for e in events if e["kind"] == "preview"]) == 2
-    (adapter,) = [a for a in client.get("/v1/adapters").json() if a["job_id"] == job_id]
+    (adapter,) = [a for a in client.get("/v1/adapters").json()["items"] if a["job_id"] == job_id]
     data = client.get(f"/v1/adapters/{adapter['id']}/file").content
     header_len = int.from_bytes(data[:8], "little")
     assert data[8:9] == b"{" and 8 + header_len < len(data)  # a safetensors file: u64 header size, JSON header

@@ -217,7 +217,7 @@ def test_train_again_checks_its_input_and_the_owner(pages_client: TestClient, pa
     ok = pages_client.post(f"/v1/styles/{style_id}/jobs", json={"steps": 7, "seed": 5}, headers=alice)
     assert ok.status_code == 202 and ok.json()["total_steps"] == 7 and ok.json()["params"]["seed"] == 5
     assert pages_client.post(f"/v1/styles/{style_id}/jobs", headers=alice).status_code == 409  # no body is fine
-    events = pages_client.get(f"/v1/jobs/{ok.json()['id']}/events", headers=alice).json()
+    events = pages_client.get(f"/v1/jobs/{ok.json()['id']}/events", headers=alice).json()["items"]
     assert [e["payload"]["to"] for e in events if e["kind"] == "state"] == ["queued"]
 
 
@@ -283,19 +283,19 @@ def test_gallery_offers_delete_on_each_generation(pages_client: TestClient, page
 def test_own_api_keys_list_create_revoke_and_others_are_404(pages_client: TestClient, pages_keys) -> None:
     alice = {"Authorization": f"Bearer {pages_keys['alice']}"}
     admin = {"Authorization": f"Bearer {pages_keys['admin']}"}
-    mine = pages_client.get("/v1/keys", headers=alice).json()
+    mine = pages_client.get("/v1/keys", headers=alice).json()["items"]
     assert len(mine) == 1 and mine[0]["prefix"] == pages_keys["alice"][3:11] and "key" not in mine[0]
     made = pages_client.post("/v1/keys", headers=alice)
     assert made.status_code == 201 and made.json()["key"].startswith("sd_")
     new_key, new_id = made.json()["key"], made.json()["id"]
     assert pages_client.get("/v1/styles", headers={"Authorization": f"Bearer {new_key}"}).status_code == 200
-    assert [k["id"] for k in pages_client.get("/v1/keys", headers=alice).json()] == [mine[0]["id"], new_id]
-    assert all("key" not in k for k in pages_client.get("/v1/keys", headers=alice).json())
+    assert [k["id"] for k in pages_client.get("/v1/keys", headers=alice).json()["items"]] == [mine[0]["id"], new_id]
+    assert all("key" not in k for k in pages_client.get("/v1/keys", headers=alice).json()["items"])
     assert pages_client.delete(f"/v1/keys/{new_id}", headers=admin).status_code == 404  # not the admin's own
     assert pages_client.delete("/v1/keys/nope", headers=alice).status_code == 404
     assert pages_client.delete(f"/v1/keys/{new_id}", headers=alice).status_code == 204
     assert pages_client.get("/v1/styles", headers={"Authorization": f"Bearer {new_key}"}).status_code == 401
-    assert len(pages_client.get("/v1/keys", headers=admin).json()) == 1  # the admin sees only its own here
+    assert len(pages_client.get("/v1/keys", headers=admin).json()["items"]) == 1  # the admin sees only its own here
     # the page: linked from the header, a table the script fills
     sign_in(pages_client, pages_keys["alice"])
     page = pages_client.get("/keys")

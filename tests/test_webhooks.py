@@ -91,7 +91,7 @@ def test_job_webhooks_signed_retried_after_500_and_visible_in_events(hooks_clien
     # the completed body is the job as GET returns it
     assert bodies["completed"] == client.get(f"/v1/jobs/{job['id']}", headers=bearer(key)).json()
 
-    listed = client.get(f"/v1/jobs/{job['id']}/events?limit=1000", headers=bearer(key)).json()
+    listed = client.get(f"/v1/jobs/{job['id']}/events?limit=1000", headers=bearer(key)).json()["items"]
     attempts = [e["payload"] for e in listed if e["kind"] == "webhook"]
     assert [(a["event"], a["attempt"], a["outcome"], a["status_code"]) for a in attempts] == [
         ("start", 1, "retrying", 500), ("progress", 1, "delivered", 200), ("completed", 1, "delivered", 200),
@@ -124,8 +124,12 @@ def test_lost_answer_is_delivered_again_with_the_same_id(hooks_client, api_keys,
     assert h1["webhook-id"] == h2["webhook-id"] and b1 == b2
     assert h1["styledrop-resource"] == "generation" and h1["styledrop-event"] == "completed"
     body = json.loads(b2)
-    assert body["state"] == "succeeded" and body["image_urls"] == [f"/v1/generations/{gen.json()['id']}/images/0"]
-    assert body == client.get(f"/v1/generations/{gen.json()['id']}", headers=bearer(api_keys["bob"])).json()
+    # no STYLEDROP_PUBLIC_URL here: the worker has no request, and names the address `styledrop up` serves on
+    image = f"http://127.0.0.1:8000/v1/generations/{gen.json()['id']}/images/0"
+    assert body["state"] == "succeeded" and body["image_urls"] == [image]
+    got = client.get(f"/v1/generations/{gen.json()['id']}", headers=bearer(api_keys["bob"])).json()
+    assert got["image_urls"] == [image.replace("http://127.0.0.1:8000", "http://testserver")]
+    assert body == {**got, "image_urls": [image]}
     with factory() as s:
         row = s.scalars(select(WebhookDelivery)).one()
         assert row.state == "delivered" and row.attempts == 2 and row.last_status == 200

@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.http.errors import Forbidden, RateLimited, Unauthorized
+from api.http.pagination import Paging
 from api.http.ratelimit import Limiter
 from api.http.security import CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE, check_csrf
 from api.schemas import MAX_OFFSET
@@ -53,9 +54,34 @@ SessionDep = Annotated[Session, Depends(get_session)]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_sessionmaker)]
 BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-# A page of a listing (`limit: PageLimit = 50, offset: PageOffset = 0`); an offset past a database integer is a 422.
-PageLimit = Annotated[int, Query(ge=1, le=200)]
-PageOffset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
+# A page of a listing (api/http/pagination.py); an offset past a database integer is a 422.
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+ADMIN_DEFAULT_LIMIT = 100
+ADMIN_MAX_LIMIT = 500
+LIMIT_DOC = "Items per page."
+OFFSET_DOC = "Items to skip (follow `next` rather than counting)."
+PageOffset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description=OFFSET_DOC)]
+
+
+def _paging(
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description=LIMIT_DOC)] = DEFAULT_LIMIT,
+    offset: PageOffset = 0,
+) -> Paging:
+    return Paging(request, limit, offset)
+
+
+def _admin_paging(
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=ADMIN_MAX_LIMIT, description=LIMIT_DOC)] = ADMIN_DEFAULT_LIMIT,
+    offset: PageOffset = 0,
+) -> Paging:
+    return Paging(request, limit, offset)
+
+
+PagingDep = Annotated[Paging, Depends(_paging)]
+AdminPagingDep = Annotated[Paging, Depends(_admin_paging)]
 
 
 def _user_from_cookie(request: Request, session: Session) -> User | None:

@@ -2,23 +2,19 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from api.http.deps import BlobsDep, CurrentUser, PageLimit, PageOffset, SessionDep
+from api.http.deps import BlobsDep, CurrentUser, PagingDep, SessionDep
 from api.http.problems import problem_responses
-from api.schemas import AdapterPublic
+from api.schemas import AdapterPage, AdapterPublic
 from api.services import adapters
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"], responses=problem_responses(401, 403, 404, 409, 410))
 
 
-@router.get("", response_model=list[AdapterPublic])
-def list_adapters(
-    user: CurrentUser,
-    session: SessionDep,
-    limit: PageLimit = 50,
-    offset: PageOffset = 0,
-) -> list[AdapterPublic]:
-    return [AdapterPublic.model_validate(a) for a in adapters.list_adapters(session=session, owner=user, limit=limit,
-                                                                      offset=offset)]
+@router.get("", response_model=AdapterPage)
+def list_adapters(user: CurrentUser, session: SessionDep, paging: PagingDep) -> AdapterPage:
+    """Your adapters (every version of every style), newest first, a page at a time (follow `next`)."""
+    found = adapters.list_adapters(session=session, owner=user, limit=paging.fetch, offset=paging.offset)
+    return paging.page(AdapterPage, [AdapterPublic.model_validate(a) for a in found])
 
 
 @router.get("/{adapter_id}", response_model=AdapterPublic)

@@ -5,16 +5,18 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 from pydantic import BaseModel, Field
 
-from api.http.deps import AdminUser, PageOffset, SessionDep, SettingsDep
+from api.http.deps import AdminPagingDep, AdminUser, SessionDep, SettingsDep
 from api.http.problems import problem_responses
 from api.routes.jobs import StateFilter
 from api.schemas import (
+    AdminJobPage,
     AdminJobPublic,
     ApiKeyCreatedPublic,
-    ApiKeyPublic,
+    ApiKeyPage,
     OverviewPublic,
     UserCreate,
     UserCreatedPublic,
+    UserPage,
     UserPublic,
 )
 from api.services import accounts, jobs
@@ -23,17 +25,17 @@ from api.services import admin as admin_views
 router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=problem_responses(401, 403, 404, 409))
 
 
-@router.get("/jobs", response_model=list[AdminJobPublic])
+@router.get("/jobs", response_model=AdminJobPage)
 def list_jobs(
     _: AdminUser,
     session: SessionDep,
+    paging: AdminPagingDep,
     state: StateFilter = None,
     user: Annotated[str | None, Query(description="A user name or id.")] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: PageOffset = 0,
-) -> list[AdminJobPublic]:
-    """Every user's jobs, newest first."""
-    return admin_views.list_jobs(session=session, state=state, user=user, limit=limit, offset=offset)
+) -> AdminJobPage:
+    """Every user's jobs, newest first, a page at a time (follow `next`)."""
+    return paging.page(AdminJobPage, admin_views.list_jobs(session=session, state=state, user=user,
+                                                           limit=paging.fetch, offset=paging.offset))
 
 
 @router.get("/overview", response_model=OverviewPublic)
@@ -56,9 +58,11 @@ def retry_job(job_id: str, _: AdminUser, session: SessionDep, settings: Settings
     return admin_views.admin_job(session=session, job=job)
 
 
-@router.get("/users", response_model=list[UserPublic])
-def list_users(_: AdminUser, session: SessionDep) -> list[UserPublic]:
-    return [UserPublic.model_validate(u) for u in accounts.list_users(session=session)]
+@router.get("/users", response_model=UserPage)
+def list_users(_: AdminUser, session: SessionDep, paging: AdminPagingDep) -> UserPage:
+    """Every user, oldest first, a page at a time (follow `next`)."""
+    found = accounts.list_users(session=session, limit=paging.fetch, offset=paging.offset)
+    return paging.page(UserPage, [UserPublic.model_validate(u) for u in found])
 
 
 @router.post("/users", status_code=status.HTTP_201_CREATED, response_model=UserCreatedPublic)
@@ -95,13 +99,14 @@ def enable_user(user_id: str, _: AdminUser, session: SessionDep) -> UserPublic:
     return accounts.set_disabled(session=session, user_id=user_id, disabled=False)
 
 
-@router.get("/keys", response_model=list[ApiKeyPublic])
+@router.get("/keys", response_model=ApiKeyPage)
 def list_keys(
-    _: AdminUser, session: SessionDep,
+    _: AdminUser, session: SessionDep, paging: AdminPagingDep,
     user: Annotated[str | None, Query(description="A user name or id.")] = None,
-) -> list[ApiKeyPublic]:
-    """Every key (never its secret), oldest first."""
-    return accounts.list_keys(session=session, user=user)
+) -> ApiKeyPage:
+    """Every user's keys (never their secrets), oldest first, a page at a time (follow `next`)."""
+    return paging.page(ApiKeyPage, accounts.list_keys(session=session, user=user, limit=paging.fetch,
+                                                      offset=paging.offset))
 
 
 @router.delete("/keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT)

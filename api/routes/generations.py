@@ -13,8 +13,7 @@ from starlette.datastructures import UploadFile
 from api.http.deps import (
     BlobsDep,
     CurrentUser,
-    PageLimit,
-    PageOffset,
+    PagingDep,
     RateLimitedUser,
     SessionDep,
     SessionFactoryDep,
@@ -24,8 +23,9 @@ from api.http.errors import Invalid, UnsupportedMedia
 from api.http.forms import StrictFormRoute
 from api.http.problems import problem_responses
 from api.http.waiters import GenerationWaiters
-from api.schemas import GenerationCreate, GenerationPublic
+from api.schemas import GenerationCreate, GenerationPage, GenerationPublic
 from api.services import generation_ops, generations, lookup, uploads
+from storage import urls
 from storage.blobs import BlobStore
 from storage.error_codes import ErrorCode
 from storage.models import Generation, User
@@ -167,21 +167,17 @@ async def create_generation(
                 gen = current
         if gen.state in GENERATION_FINAL:
             response.status_code = status.HTTP_200_OK
-    response.headers["Location"] = f"/v1/generations/{gen.id}"
+    response.headers["Location"] = urls.absolute(f"/v1/generations/{gen.id}")
     if gen.state not in GENERATION_FINAL:
         response.headers["Retry-After"] = str(retry_after(gen.eta_seconds))
     return gen
 
 
-@router.get("", response_model=list[GenerationPublic])
-def list_generations(
-    user: CurrentUser,
-    session: SessionDep,
-    limit: PageLimit = 50,
-    offset: PageOffset = 0,
-) -> list[GenerationPublic]:
-    gens = generations.list_generations(session=session, owner=user, limit=limit, offset=offset)
-    return generations.generation_views(session, gens)
+@router.get("", response_model=GenerationPage)
+def list_generations(user: CurrentUser, session: SessionDep, paging: PagingDep) -> GenerationPage:
+    """Your generations, newest first, a page at a time (follow `next`)."""
+    gens = generations.list_generations(session=session, owner=user, limit=paging.fetch, offset=paging.offset)
+    return paging.page(GenerationPage, generations.generation_views(session, gens))
 
 
 @router.get("/{generation_id}", response_model=GenerationPublic)

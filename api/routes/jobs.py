@@ -7,12 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from api.http.deps import BlobsDep, CurrentUser, PageLimit, PageOffset, SessionDep, credential_check
+from api.http.deps import BlobsDep, CurrentUser, PagingDep, SessionDep, credential_check
 from api.http.errors import Invalid
+from api.http.pagination import cursor_page
 from api.http.problems import problem_responses
 from api.http.streams import EventStreamRoute, StreamHub
-from api.schemas import MAX_OFFSET, JobEventPublic, JobPublic
+from api.schemas import MAX_OFFSET, JobEventPage, JobEventPublic, JobPage, JobPublic
 from api.services import jobs, lookup
+from storage import urls
 from storage.error_codes import ErrorCode
 from storage.models import JobEvent
 from storage.states import JobState
@@ -34,7 +36,7 @@ def event_public(event: JobEvent, preview_n: int | None = None) -> JobEventPubli
         n = payload.get("n", preview_n)
         if isinstance(n, int):
             payload["n"] = n
-            payload["url"] = f"/v1/jobs/{event.job_id}/previews/{n}"
+            payload["url"] = urls.absolute(f"/v1/jobs/{event.job_id}/previews/{n}")
     return JobEventPublic.model_validate(event).model_copy(update={"payload": payload})
 
 
@@ -68,16 +70,11 @@ def _admitted_stream(job_id: str, request: Request, user: CurrentUser, session: 
                          recheck_seconds=request.app.state.settings.stream_recheck_seconds)
 
 
-@router.get("", response_model=list[JobPublic])
-def list_jobs(
-    user: CurrentUser,
-    session: SessionDep,
-    state: StateFilter = None,
-    limit: PageLimit = 50,
-    offset: PageOffset = 0,
-) -> list[JobPublic]:
-    """Your jobs, newest first."""
-    return jobs.list_jobs(session=session, owner=user, state=state, limit=limit, offset=offset)
+@router.get("", response_model=JobPage)
+def list_jobs(user: CurrentUser, session: SessionDep, paging: PagingDep, state: StateFilter = None) -> JobPage:
+    """Your jobs, newest first, a page at a time (follow `next`)."""
+    return paging.page(JobPage, jobs.list_jobs(session=session, owner=user, state=state, limit=paging.fetch,
+                                               offset=paging.offset))
 
 
 @router.get("/{job_id}", response_model=JobPublic)
@@ -107,33 +104,30 @@ router.add_api_route("/{job_id}/events", job_event_stream, methods=["GET"], resp
 
 @router.get(
     "/{job_id}/events",
-    response_model=list[JobEventPublic],
-    responses={200: {"content": {"text/event-stream": {}}, "description": "JSON list, or SSE when asked."}},
+    response_model=JobEventPage,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "A page of events, or SSE when asked."}},
 )
 def job_events(
     job_id: str,
-    response: Response,
+    request: Request,
     user: CurrentUser,
     session: SessionDep,
     after: EventCursor,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
-) -> list[JobEventPublic]:
+) -> JobEventPage:
     """Progress, state, log and preview events, oldest first. With `Accept: text/event-stream`: a server-sent
     event stream (`id:` = event id, `event:` = kind) that honours `Last-Event-ID` and ends with an `end`
     event once the job is final. Open streams are limited per user and per server (429).
 
-    A list holds at most `limit` events; when more follow, the response has `Link: <...?after=ID&limit=N>;
-    rel="next"` and `X-Next-After: ID` (repeat with `after=ID` until no `Link` comes back). Preview events carry
-    `url` (`/v1/jobs/{id}/previews/{n}`); `webhook` events record each webhook delivery attempt."""
+    A page holds at most `limit` events; when more follow, `next` is the URL of the events after the last one
+    shown (`?after=ID`; follow it until `next` is null). Preview events carry `url` (the preview image);
+    `webhook` events record each webhook delivery attempt."""
     jobs.get_job(session=session, owner=user, job_id=job_id)
-    events, more = jobs.job_events_page(session=session, job_id=job_id, after=after, limit=limit)
-    if more:  # more events than this page: say where the rest is (RFC 8288 `Link`, and the bare cursor)
-        next_url = f"/v1/jobs/{job_id}/events?after={events[-1].id}&limit={limit}"
-        response.headers["Link"] = f'<{next_url}>; rel="next"'
-        response.headers["X-Next-After"] = str(events[-1].id)
+    events = jobs.job_events_after(session=session, job_id=job_id, after=after, limit=limit + 1)
     legacy = {e.id: jobs.preview_index(session=session, job_id=job_id, event_id=e.id)
-              for e in events if e.kind == "preview" and "n" not in (e.payload or {})}
-    return [event_public(e, legacy.get(e.id)) for e in events]
+              for e in events[:limit] if e.kind == "preview" and "n" not in (e.payload or {})}
+    return cursor_page(JobEventPage, request, [event_public(e, legacy.get(e.id)) for e in events], limit=limit,
+                       cursor="id")
 
 
 @router.get("/{job_id}/previews/{n}", response_class=Response,

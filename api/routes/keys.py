@@ -2,19 +2,19 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from api.http.deps import CurrentUser, PageLimit, PageOffset, SessionDep, SettingsDep
+from api.http.deps import CurrentUser, PagingDep, SessionDep, SettingsDep
 from api.http.problems import problem_responses
-from api.schemas import ApiKeyCreatedPublic, ApiKeyPublic
+from api.schemas import ApiKeyCreatedPublic, ApiKeyPage
 from api.services import own_keys
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=problem_responses(401, 403, 404, 409))
 
 
-@router.get("", response_model=list[ApiKeyPublic])
-def list_keys(user: CurrentUser, session: SessionDep, limit: PageLimit = 50, offset: PageOffset = 0,
-              ) -> list[ApiKeyPublic]:
-    """The caller's own API keys (never their secrets), oldest first, a page at a time (`limit`, `offset`)."""
-    return own_keys.list_own_keys(session=session, owner=user, limit=limit, offset=offset)
+@router.get("", response_model=ApiKeyPage)
+def list_keys(user: CurrentUser, session: SessionDep, paging: PagingDep) -> ApiKeyPage:
+    """The caller's own API keys (never their secrets), oldest first, a page at a time (follow `next`)."""
+    return paging.page(ApiKeyPage, own_keys.list_own_keys(session=session, owner=user, limit=paging.fetch,
+                                                          offset=paging.offset))
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreatedPublic)

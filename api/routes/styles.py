@@ -4,7 +4,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Header, Response, UploadFile, status
 
-from api.http.deps import BlobsDep, CurrentUser, PageLimit, PageOffset, RateLimitedUser, SessionDep, SettingsDep
+from api.http.deps import BlobsDep, CurrentUser, PagingDep, RateLimitedUser, SessionDep, SettingsDep
 from api.http.forms import StrictFormRoute
 from api.http.problems import problem_responses
 from api.schemas import (
@@ -16,9 +16,10 @@ from api.schemas import (
     SamplesCreate,
     StyleCreatedPublic,
     StyleJobCreate,
+    StylePage,
     StylePublic,
     StyleUpdate,
-    VersionPublic,
+    VersionPage,
 )
 from api.services import jobs, lookup, rounds, styles, uploads, versions
 from storage.resources import generation_views
@@ -77,14 +78,11 @@ def create_style(
     )
 
 
-@router.get("", response_model=list[StylePublic])
-def list_styles(
-    user: CurrentUser,
-    session: SessionDep,
-    limit: PageLimit = 50,
-    offset: PageOffset = 0,
-) -> list[StylePublic]:
-    return styles.list_styles(session=session, owner=user, limit=limit, offset=offset)
+@router.get("", response_model=StylePage)
+def list_styles(user: CurrentUser, session: SessionDep, paging: PagingDep) -> StylePage:
+    """Your styles and subjects, newest first, a page at a time (follow `next`)."""
+    return paging.page(StylePage, styles.list_styles(session=session, owner=user, limit=paging.fetch,
+                                                     offset=paging.offset))
 
 
 @router.get("/{style_id}", response_model=StylePublic)
@@ -100,11 +98,12 @@ def update_style(style_id: str, body: StyleUpdate, user: CurrentUser, session: S
     return styles.style_public(session, style)
 
 
-@router.get("/{style_id}/versions", response_model=list[VersionPublic])
-def list_versions(style_id: str, user: CurrentUser, session: SessionDep) -> list[VersionPublic]:
+@router.get("/{style_id}/versions", response_model=VersionPage)
+def list_versions(style_id: str, user: CurrentUser, session: SessionDep, paging: PagingDep) -> VersionPage:
     """The style's adapter versions, v1 first, each with its CLIP text and style scores and whether it is the
     default."""
-    return versions.list_versions(session=session, owner=user, style_id=style_id)
+    found = versions.list_versions(session=session, owner=user, style_id=style_id)
+    return paging.page(VersionPage, found[paging.offset: paging.offset + paging.fetch])
 
 
 @router.get("/{style_id}/image", response_class=Response, responses=PNG)

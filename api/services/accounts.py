@@ -27,8 +27,8 @@ from storage.models import (
 logger = logging.getLogger(__name__)
 
 
-def list_users(*, session: Session) -> Sequence[User]:
-    return accounts.list_users(session)
+def list_users(*, session: Session, limit: int | None = None, offset: int = 0) -> Sequence[User]:
+    return accounts.list_users(session, limit=limit, offset=offset)
 
 
 @contextmanager
@@ -64,10 +64,10 @@ def add_user(*, session: Session, name: str, is_admin: bool) -> UserCreatedPubli
     return UserCreatedPublic(user=user_public(user), key=_key_public(key, plaintext))
 
 
-def list_keys(*, session: Session, user: str | None) -> list[ApiKeyPublic]:
+def list_keys(*, session: Session, user: str | None, limit: int | None = None, offset: int = 0) -> list[ApiKeyPublic]:
     with _account_errors():
         user_id = accounts.find_user(session, user).id if user is not None else None
-        return [key_public(k) for k in accounts.list_keys(session, user_id=user_id)]
+        return [key_public(k) for k in accounts.list_keys(session, user_id=user_id, limit=limit, offset=offset)]
 
 
 def add_key(*, session: Session, user_id: str) -> ApiKeyCreatedPublic:

@@ -124,10 +124,9 @@ def job_events(*, session: Session, job_id: str, after: int, limit: int) -> Sequ
     return jobstore.events_after(session, job_id, after, limit)
 
 
-def job_events_page(*, session: Session, job_id: str, after: int, limit: int) -> tuple[Sequence[JobEvent], bool]:
-    """Up to `limit` events after `after`, and whether more follow (one extra row read to know)."""
-    events = jobstore.events_after(session, job_id, after, limit + 1)
-    return events[:limit], len(events) > limit
+def job_events_after(*, session: Session, job_id: str, after: int, limit: int) -> Sequence[JobEvent]:
+    """Up to `limit` events with an id above `after`, oldest first."""
+    return jobstore.events_after(session, job_id, after, limit)
 
 
 def preview_index(*, session: Session, job_id: str, event_id: int) -> int:

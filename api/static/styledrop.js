@@ -270,7 +270,7 @@
 
     async loadHistory() {
       try {
-        const events = await api("GET", `/v1/jobs/${this.id}/events?limit=1000`);
+        const events = (await api("GET", `/v1/jobs/${this.id}/events?limit=1000`)).items;
         const state = this.state;
         for (const ev of events) this.apply(ev);
         this.setState(state);
@@ -788,7 +788,7 @@
 
     async function load() {
       try {
-        const keys = await api("GET", "/v1/keys");
+        const keys = (await api("GET", "/v1/keys?limit=200")).items;
         body.replaceChildren();
         for (const k of keys) {
           const tr = document.createElement("tr");
@@ -883,7 +883,7 @@
 
     async function loadUsers() {
       try {
-        const users = await api("GET", "/v1/admin/users");
+        const users = (await api("GET", "/v1/admin/users?limit=500")).items;
         for (const u of users) {
           const opt = document.createElement("option");
           opt.value = u.name; opt.textContent = u.name + (u.is_admin ? " (admin)" : "");
@@ -994,7 +994,7 @@
         const [jobs, ov] = await Promise.all([
           api("GET", `/v1/admin/jobs?${params}`), api("GET", "/v1/admin/overview"),
         ]);
-        renderJobs(jobs);
+        renderJobs(jobs.items);
         renderOverview(ov);
         $("#admin-updated").textContent = new Date().toLocaleTimeString();
       } catch (err) {
@@ -1095,8 +1095,9 @@
 
     async function load() {
       try {
-        const [users, keys] = await Promise.all([api("GET", "/v1/admin/users"), api("GET", "/v1/admin/keys")]);
-        render(users, keys);
+        const [users, keys] = await Promise.all([api("GET", "/v1/admin/users?limit=500"),
+                                                 api("GET", "/v1/admin/keys?limit=500")]);
+        render(users.items, keys.items);
       } catch (err) { showError(errorEl, err.message); }
     }
 

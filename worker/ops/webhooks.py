@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage import jobs, webhooks
+from storage import jobs, urls, webhooks
 from storage.models import WebhookDelivery, utcnow
 from storage.settings import Settings
 from storage.states import DeliveryState
@@ -101,7 +101,8 @@ def deliver_one(factory: sessionmaker[Session], settings: Settings, delivery_id:
         assert d is not None
         secret = webhooks.user_secret(s, d.owner_id)
         s.commit()
-        url, body, event, resource, attempt = d.url, d.body, d.event, d.resource, d.attempts
+        url, event, resource, attempt = d.url, d.event, d.resource, d.attempts
+        body = urls.absolute_body(d.body, settings.public_base_url)  # the same bytes on every attempt
     result = post_signed(url, body, msg_id=delivery_id, secret=secret, event=event, resource=resource,
                          settings=settings)
     now = utcnow()
