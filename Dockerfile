@@ -12,6 +12,7 @@ COPY trainer ./trainer
 COPY storage ./storage
 COPY api ./api
 COPY worker ./worker
+COPY styledrop ./styledrop
 # A plain install: the migrations (alembic/, linked as storage/migrations/) ship inside the package.
 RUN pip install ".[gpu]"
 

@@ -83,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rate_limiter = make_rate_limiter(settings)
     app.state.metrics_registry = make_registry(app.state.sessionmaker, settings)
     install_handlers(app)
+    pages.install_not_found_page(app)  # after install_handlers: HTML 404s for browsers, problems for the rest
     # RequestGuard bounds the whole request body (style images, or init image + mask, plus fields) with a 413
     # problem; each file is then read in chunks against max_upload_bytes.
     app.add_middleware(RequestGuard, max_json_bytes=settings.max_json_bytes, max_body_bytes=settings.max_body_bytes)

@@ -112,6 +112,20 @@ class SamplesCreate(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Default: random.")
 
 
+class SamplesPublic(BaseModel):
+    """A samples request's generations (POST /v1/styles/{id}/samples) and how far they got: poll GET
+    /v1/styles/{id}/samples until `done` equals `total`."""
+
+    version: int | None = Field(description="The version they were made with; null while the style has none.")
+    total: int = Field(description="Generations in the set (one per feedback prompt).")
+    done: int = Field(description="Generations of the set that are final (succeeded or failed).")
+    progress: float = Field(description="Sampling rounds done over the whole set, 0..1.")
+    eta_seconds: float | None = Field(description="Seconds until the last one should be done; null when there is "
+                                      "nothing to estimate from, 0 once all are final.")
+    items: list[GenerationPublic] = Field(description="In feedback-prompt order.")
+    next: str | None = Field(default=None, description="Always null: a set fits one page.")
+
+
 class StyleCreatedPublic(BaseModel):
     style: StylePublic
     job: JobPublic

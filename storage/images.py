@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from storage.blobs import sha256_hex
-from trainer.contracts.images import ImageModeError, to_mask, to_rgb
+from trainer.contracts.images import ImageModeError, to_mask, to_rgb, too_small
 
 logger = logging.getLogger(__name__)
 
@@ -126,10 +126,8 @@ def normalize_upload(
     im = _decode(data, max_bytes=max_bytes, max_pixels=max_pixels, max_decode_pixels=max_decode_pixels)
     rgb = _to_rgb(im)
     width, height = rgb.size
-    if min(width, height) < min_side:
-        raise ImageRejected(
-            f"the image is too small ({width}x{height}); the shorter side must be ≥ {min_side}"
-        )
+    if (problem := too_small(width, height, min_side)) is not None:
+        raise ImageRejected(problem)
     png = _clean_png(rgb)
     return NormalizedImage(png_bytes=png, width=width, height=height, sha256=sha256_hex(png))
 

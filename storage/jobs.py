@@ -150,10 +150,10 @@ def add_event(session: Session, job_id: str, kind: str, payload: dict[str, Any])
     event = JobEvent(job_id=job_id, kind=kind, payload=payload)
     session.add(event)
     session.flush()
-    if kind in ("state", "progress"):  # the webhook event, if any, commits with the change it reports
-        if kind == "state":
+    if kind in (EventKind.STATE, EventKind.PROGRESS, EventKind.PHASE):  # its webhook commits with the change
+        if kind == EventKind.STATE:
             webhooks.state_changed(session, TrainingJob, job_id, str(payload.get("to")))
-        else:
+        else:  # a phase is progress too: the job's body carries it
             webhooks.queue_event(session, TrainingJob, job_id, "progress")
     return event
 

@@ -184,6 +184,10 @@ class TrainingJob(Base):
     webhook: Mapped[str | None] = mapped_column(String(2048))
     webhook_events: Mapped[list[str] | None] = mapped_column(JSON)
     run_id: Mapped[str | None] = mapped_column(String(32), index=True)  # jobs trained together share one
+    # What the running job does now: {name (trainer/contracts/phases.py), done, total, eta_seconds}.
+    phase: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # An automatic round's kept images: [{prompt, candidate, text_score, style_score, score, image_key}].
+    picks: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
 
     # Read-only, and loaded only when a query asks for it (`joinedload`): the admin listings show the owner's name.
     owner: Mapped[User] = relationship(User, viewonly=True, lazy="raise_on_sql")
@@ -277,6 +281,8 @@ class Generation(Base):
     # One CLIP score per image (text: against the prompt; style: against its adapter's style's references).
     text_scores: Mapped[list[float] | None] = mapped_column(JSON)
     style_scores: Mapped[list[float] | None] = mapped_column(JSON)
+    # The samples request (POST /v1/styles/{id}/samples) this generation was queued by; None for the others.
+    sample_set: Mapped[str | None] = mapped_column(String(32), index=True)
 
 
 class WebhookDelivery(Base):

@@ -2,7 +2,8 @@
 
 A blob is *referenced* while a row needs it: the image of a style that is not deleted (or whose job is still
 unfinished), the file of an adapter that is not deleted (or that a waiting generation still names), the checkpoint
-of an unfinished job, a generation's images/init image/mask, and a job's preview images. Everything else —
+of an unfinished job, a generation's images/init image/mask, and a job's preview images and an automatic round's
+picks. Everything else —
 uploads whose request was refused after the write, deleted styles' and adapters' files, checkpoints of cancelled
 and failed jobs — is deleted once it is older than a grace period.
 
@@ -55,6 +56,8 @@ def referenced_keys(session: Session) -> set[str]:
     ):
         keys.update(image_keys or [])
         keys.update(k for k in (init_key, mask_key) if k)
+    for picks in session.scalars(select(TrainingJob.picks).where(TrainingJob.picks.is_not(None))):
+        keys.update(p["image_key"] for p in picks or [] if isinstance(p, dict) and isinstance(p.get("image_key"), str))
     for payload in session.scalars(select(JobEvent.payload).where(JobEvent.kind == "preview")):
         if isinstance(payload, dict) and isinstance(payload.get("image_key"), str):
             keys.add(payload["image_key"])

@@ -21,8 +21,9 @@ from typing_extensions import TypeVar  # a TypeVar with a default (PEP 696) befo
 
 from storage.models import Adapter, Generation, TrainingJob, utcnow
 from storage.queue_order import generation_queue_positions, queue_positions
-from storage.states import GENERATION_FINAL, GenerationState, JobState
+from storage.states import GENERATION_FINAL, JOB_ACTIVE, GenerationState, JobState
 from storage.urls import absolute
+from trainer.contracts.phases import Phase
 
 RECENT_GENERATIONS = 20  # finished generations the queue estimate is taken from
 
@@ -67,6 +68,39 @@ class WithError(FromRow):
         return ErrorInfo(code=self.error_code or "error", message=self.error_message or "")
 
 
+class JobPhase(BaseModel):
+    """What a running job does now, with its own count and estimate."""
+
+    name: Phase = Field(description="rendering_candidates and scoring (an automatic round's images, before any "
+                        "step), training (steps), rendering_previews (after the last step).")
+    done: int = Field(description="Units of this phase done: images, or steps while training.")
+    total: int = Field(description="Units of this phase in all.")
+    eta_seconds: float | None = Field(default=None, description="Seconds until this phase ends at its pace so far; "
+                                      "null before its first unit.")
+
+
+class JobPick(BaseModel):
+    """An image an automatic round kept to train on, with its CLIP scores (score = text + 0.25 · style)."""
+
+    n: int = Field(description="Its index in /v1/jobs/{id}/picks/{n}.")
+    prompt: str
+    candidate: int = Field(description="Its position among the round's rendered candidates.")
+    text_score: float
+    style_score: float
+    score: float
+    image_url: str
+
+
+def pick_url(job_id: str, n: int) -> str:
+    return f"/v1/jobs/{job_id}/picks/{n}"
+
+
+def pick_views(job_id: str, rows: Sequence[dict[str, Any]] | None) -> list[JobPick]:
+    """A job's `picks` column as the API shows it: the store's keys replaced by URLs."""
+    return [JobPick(n=n, image_url=pick_url(job_id, n), **{k: v for k, v in row.items() if k != "image_key"})
+            for n, row in enumerate(rows or [])]
+
+
 class JobPublic(WithError):
     id: str
     style_id: str
@@ -91,6 +125,24 @@ class JobPublic(WithError):
     adapter_id: str | None = None
     webhook: WebhookUrl = None
     webhook_events_filter: WebhookEventsFilter = None
+    phase_row: dict[str, Any] | None = Field(default=None, exclude=True, validation_alias="phase")
+    pick_rows: list[dict[str, Any]] | None = Field(default=None, exclude=True, validation_alias="picks")
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description="What the job does now while it runs (null otherwise): an automatic round renders and scores "
+        "its candidates before its first step; `phase` events report each change.")
+    @property
+    def phase(self) -> JobPhase | None:
+        if self.state not in JOB_ACTIVE or not self.phase_row:
+            return None
+        return JobPhase.model_validate(self.phase_row)
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description="The images an automatic round kept to train on, once chosen (null for other jobs), each with "
+        "its scores and image URL.")
+    @property
+    def picks(self) -> list[JobPick] | None:
+        return None if self.pick_rows is None else pick_views(self.id, self.pick_rows)
 
     @computed_field(description="step / total_steps, 0..1")  # type: ignore[prop-decorator]
     @property

@@ -16,7 +16,11 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from trainer.contracts.limits import DEFAULT_STEPS, DEFAULT_TRAIN_STEPS
+from trainer.contracts.limits import DEFAULT_STEPS, DEFAULT_TRAIN_STEPS, MIN_IMAGE_SIDE
+
+# Default training steps on the random-weight demo model: about a minute on a small CPU (the recipe's 1500 steps take
+# about 11 minutes there), so a first try shows the whole flow; real weights keep the recipe.
+DEMO_TRAIN_STEPS = 100
 
 
 class Settings(BaseSettings):
@@ -62,8 +66,8 @@ class Settings(BaseSettings):
     clip_revision: str | None = None
 
     # --- training ----------------------------------------------------------------------------------------------
-    train_steps: int | None = Field(default=None,
-                                    description=f"Default steps; None = the recipe's {DEFAULT_TRAIN_STEPS}.")
+    train_steps: int | None = Field(default=None, description=(
+        f"Default steps; None = the recipe's {DEFAULT_TRAIN_STEPS}, or {DEMO_TRAIN_STEPS} on the demo model."))
     max_train_steps: int = 4000
     checkpoint_every: int = 100
     progress_every: int = 5
@@ -117,7 +121,7 @@ class Settings(BaseSettings):
                                                  "once per API process (429 too_many_uploads beyond).")
     max_concurrent_uploads_total: int = Field(default=2, ge=1, description="Style uploads read at once per API "
                                               "process, all users together (429 too_many_uploads beyond).")
-    min_image_side: int = 64
+    min_image_side: int = MIN_IMAGE_SIDE
     max_json_bytes: int = Field(default=64 * 1024, description="Largest JSON request body (413 beyond).")
     max_storage_bytes_per_user: int = Field(default=2 * 1024**3, description="Styles' images, adapters' files "
                                             "and generated images one user may keep, counting what their waiting "
@@ -223,6 +227,13 @@ class Settings(BaseSettings):
         """The largest request body (413 beyond it, while it streams): every file a request may carry at
         max_upload_bytes (a style's images, or an init image + mask), plus 1 MiB of form fields and part headers."""
         return max(2, self.max_style_images) * self.max_upload_bytes + 1024 * 1024
+
+    @property
+    def default_train_steps(self) -> int:
+        """The steps of a job that names none: `train_steps`, else the recipe's on real weights and a short run on
+        the random demo model (its images are noise however long it trains), within `max_train_steps`."""
+        default = DEMO_TRAIN_STEPS if self.is_demo_model else DEFAULT_TRAIN_STEPS
+        return min(self.train_steps or default, self.max_train_steps)
 
     @property
     def is_demo_model(self) -> bool:

@@ -34,6 +34,8 @@ class EventKind(StrEnum):
     LOG = "log"
     PREVIEW = "preview"
     WEBHOOK = "webhook"  # one webhook delivery attempt
+    PHASE = "phase"  # a phase began or moved on: {phase, done, total, eta_seconds} (trainer/contracts/phases.py)
+    PICKS = "picks"  # the images an automatic round kept, with their scores and image URLs
 
 
 class WebhookEvent(StrEnum):

@@ -8,10 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-
 from storage.db import upgrade_to_head
-from testkit.stack import Stack, free_port, service_env, wait_http
+from testkit.stack import Stack, service_env
 
 
 class ApiProcess:
@@ -45,14 +43,11 @@ def start_api(tmp_path: Path, **env: str) -> Iterator[ApiProcess]:
     data.mkdir()
     upgrade_to_head(f"sqlite:///{data / 'styledrop.db'}")  # as `styledrop migrate` does before the API starts
     stack = Stack(tmp_path, service_env(data, **env))
-    port = free_port()
-    stack.spawn("api", "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port),
-                "--log-level", "warning")
-    base = f"http://127.0.0.1:{port}"
     try:
-        with httpx.Client(base_url=base, timeout=60) as probe:
-            wait_http(probe, stack)
-        yield ApiProcess(stack, base, f"sqlite:///{data / 'styledrop.db'}", port)
+        probe = stack.api("api")
+        probe.close()
+        base = str(probe.base_url).rstrip("/")
+        yield ApiProcess(stack, base, f"sqlite:///{data / 'styledrop.db'}", probe.base_url.port or 0)
     finally:
         stack.stop()
 

@@ -72,6 +72,15 @@ class Stack:
         self.procs.append((proc, log))
         return proc
 
+    def api(self, name: str) -> httpx.Client:
+        """An API process (`uvicorn api.main:create_app`) on a free port; its client once /healthz answers."""
+        port = free_port()
+        self.spawn(name, "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port),
+                   "--log-level", "warning")
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+        wait_http(client, self)
+        return client
+
     def cli(self, *args: str) -> str:
         out = subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=self.tmp, env=self.env,
                              capture_output=True, text=True, timeout=120)

@@ -9,9 +9,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-import httpx
-
-from testkit.stack import Stack, free_port, service_env, wait_http
+from testkit.stack import Stack, service_env
 
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "S3_REGION": "us-east-1"}
 
@@ -44,15 +42,6 @@ class Topology(Stack):
 
     def data_dirs(self) -> list[Path]:
         return [self.tmp / log.stem / "data" for _, log in self.procs]
-
-    def api(self, name: str) -> httpx.Client:
-        """An API process; its client once /healthz answers."""
-        port = free_port()
-        self.spawn(name, "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port),
-                   "--log-level", "warning")
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
-        wait_http(client, self)
-        return client
 
     def worker(self, queue: str, n: int) -> subprocess.Popen[bytes]:
         return self.spawn(f"{queue}{n}", "-m", "worker.cli", "worker", "--queue", queue)

@@ -91,14 +91,14 @@ def test_samples_are_generations_over_the_feedback_prompts(api_client: Any, api_
     resp = api_client.post(f"/v1/styles/{style}/samples", headers=alice,
                            json={"prompts": 3, "images_per_prompt": 2, "seed": 10, "steps": 4, "version": 1})
     assert resp.status_code == 202, resp.text
-    gens = resp.json()
+    gens = resp.json()["items"]
     assert [g["prompt"] for g in gens] == feedback_prompts("ink")[:3]
     assert {g["adapter_id"] for g in gens} == {v1} and [g["seed"] for g in gens] == [10, 12, 14]
     assert all(g["num_images"] == 2 and g["steps"] == 4 for g in gens)
     default = api_client.post(f"/v1/styles/{style}/samples", headers=alice, json={"prompts": 2, "seed": 2**31 - 2})
     assert default.status_code == 202, default.text
-    assert [g["adapter_id"] for g in default.json()] == [v2, v2]
-    assert [g["seed"] for g in default.json()] == [2**31 - 2, 0]  # seeds wrap instead of leaving the range
+    assert [g["adapter_id"] for g in default.json()["items"]] == [v2, v2]
+    assert [g["seed"] for g in default.json()["items"]] == [2**31 - 2, 0]  # seeds wrap instead of leaving the range
     fresh = api_client.post("/v1/styles", headers=alice, data={"descriptor": "new"},
                             files={"image": ("s.png", png_bytes(), "image/png")}).json()["style"]["id"]
     for body, status in (({}, 422), ({"images_per_prompt": 99}, 422), ({"prompts": 31}, 422)):
@@ -119,3 +119,81 @@ def test_a_subject_has_no_rounds_and_is_not_named_as_a_style(api_client: Any, ap
                        ("/v1/generations", {"prompt": "a dog", "style_id": subject})):
         resp = api_client.post(path, headers=alice, json=body)
         assert (resp.status_code, resp.json()["code"]) == (422, "not_a_style"), (path, resp.text)
+
+
+def test_a_samples_set_reports_done_of_total_as_its_generations_finish(api_client: Any,
+                                                                       api_keys: dict[str, str]) -> None:
+    alice, bob = bearer(api_keys["alice"]), bearer(api_keys["bob"])
+    style, (v1, v2) = style_with_versions(api_client, api_keys["alice"], 2)
+    empty = api_client.get(f"/v1/styles/{style}/samples", headers=alice)
+    assert empty.status_code == 200 and empty.json() == {"version": 2, "total": 0, "done": 0, "progress": 0.0,
+                                                         "eta_seconds": None, "items": [], "next": None}
+    made = api_client.post(f"/v1/styles/{style}/samples", headers=alice,
+                           json={"prompts": 4, "images_per_prompt": 1, "steps": 10, "version": 1}).json()
+    assert (made["version"], made["total"], made["done"], made["progress"], made["next"]) == (1, 4, 0, 0.0, None)
+    ids = [g["id"] for g in made["items"]]
+    with api_client.app.state.sessionmaker() as s:  # as the generate worker leaves them: two done, one halfway
+        for gen_id, state, step in zip(ids, ("succeeded", "failed", "running", "queued"), (10, 3, 5, 0),
+                                       strict=True):
+            gen = s.get(Generation, gen_id)
+            gen.state, gen.step = state, step
+            if state != "queued":
+                gen.started_at = gen.queued_at
+            if state in ("succeeded", "failed"):
+                gen.finished_at = gen.queued_at
+        s.commit()
+    now = api_client.get(f"/v1/styles/{style}/samples", headers=alice).json()
+    assert (now["version"], now["total"], now["done"]) == (1, 4, 2)
+    assert now["progress"] == (1 + 1 + 0.5 + 0) / 4 and [g["id"] for g in now["items"]] == ids
+    assert [g["prompt"] for g in now["items"]] == feedback_prompts("ink")[:4]
+    # The newest set wins; a version names its own newest; another user's style is unknown.
+    newer = api_client.post(f"/v1/styles/{style}/samples", headers=alice, json={"prompts": 1}).json()
+    latest = api_client.get(f"/v1/styles/{style}/samples", headers=alice).json()
+    assert (latest["version"], latest["total"], [g["id"] for g in latest["items"]]) == (
+        2, 1, [g["id"] for g in newer["items"]])
+    assert [g["id"] for g in api_client.get(f"/v1/styles/{style}/samples", headers=alice,
+                                            params={"version": 1}).json()["items"]] == ids
+    missing = api_client.get(f"/v1/styles/{style}/samples", headers=alice, params={"version": 9})
+    assert (missing.status_code, missing.json()["code"]) == (404, "version_not_found")
+    assert api_client.get(f"/v1/styles/{style}/samples", headers=bob).status_code == 404
+    assert {g["adapter_id"] for g in now["items"]} == {v1} and {g["adapter_id"] for g in newer["items"]} == {v2}
+
+
+def test_a_rounds_phase_and_picks_show_on_the_job_and_picks_are_served_to_their_owner_only(
+    api_client: Any, api_keys: dict[str, str]
+) -> None:
+    alice, bob = bearer(api_keys["alice"]), bearer(api_keys["bob"])
+    style, _ = style_with_versions(api_client, api_keys["alice"], 1)
+    job_id = api_client.post(f"/v1/styles/{style}/rounds", headers=alice,
+                             json={"mode": "automatic", "prompts": 2, "per_prompt": 2}).json()["id"]
+    queued = api_client.get(f"/v1/jobs/{job_id}", headers=alice).json()
+    assert queued["phase"] is None and queued["picks"] is None
+    blobs = api_client.app.state.blobs
+    keys = [f"picks/aa/{n}.png" for n in range(2)]
+    for n, key in enumerate(keys):
+        blobs.put_bytes(key, png_bytes(color=(n, 0, 0)))
+    with api_client.app.state.sessionmaker() as s:  # as the train worker leaves it while it renders candidates
+        job = s.get(TrainingJob, job_id)
+        job.state, job.phase = JobState.RUNNING, {"name": "rendering_candidates", "done": 2, "total": 4,
+                                                  "eta_seconds": 12.5}
+        prompts = feedback_prompts("ink")[:2]
+        job.picks = [{"prompt": p, "candidate": 2 * n, "text_score": 0.3, "style_score": 0.6, "score": 0.45,
+                      "image_key": key} for n, (p, key) in enumerate(zip(prompts, keys, strict=True))]
+        s.commit()
+    running = api_client.get(f"/v1/jobs/{job_id}", headers=alice).json()
+    assert running["phase"] == {"name": "rendering_candidates", "done": 2, "total": 4, "eta_seconds": 12.5}
+    assert [p["image_url"] for p in running["picks"]] == [f"/v1/jobs/{job_id}/picks/{n}" for n in range(2)]
+    assert running["picks"][1] == {"n": 1, "prompt": feedback_prompts("ink")[1], "candidate": 2, "text_score": 0.3,
+                                   "style_score": 0.6, "score": 0.45, "image_url": f"/v1/jobs/{job_id}/picks/1"}
+    for n, key in enumerate(keys):
+        image = api_client.get(f"/v1/jobs/{job_id}/picks/{n}", headers=alice)
+        assert (image.status_code, image.headers["content-type"]) == (200, "image/png")
+        assert image.content == blobs.get_bytes(key)
+        other = api_client.get(f"/v1/jobs/{job_id}/picks/{n}", headers=bob)  # as unknown as a missing job
+        unknown = api_client.get(f"/v1/jobs/{'0' * 32}/picks/{n}", headers=bob)
+        assert other.status_code == unknown.status_code == 404 and other.json()["code"] == unknown.json()["code"]
+    assert api_client.get(f"/v1/jobs/{job_id}/picks/2", headers=alice).status_code == 404
+    with api_client.app.state.sessionmaker() as s:
+        s.get(TrainingJob, job_id).state = JobState.SUCCEEDED  # type: ignore[union-attr]
+        s.commit()
+    assert api_client.get(f"/v1/jobs/{job_id}", headers=alice).json()["phase"] is None  # only while it runs

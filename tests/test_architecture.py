@@ -102,6 +102,32 @@ def test_imports_flow_one_way(package: str) -> None:
     assert not problems, "\n".join(problems)
 
 
+# The Python client (styledrop/) talks to the service over HTTP only: a user installs it without the service's
+# packages, so it imports httpx and the standard library, nothing else of ours or of anyone's.
+CLIENT = "styledrop"
+CLIENT_THIRD_PARTY = {"httpx"}
+
+
+def test_the_client_imports_only_httpx_and_the_standard_library() -> None:
+    problems = []
+    for path in package_files(CLIENT):
+        for name in sorted(imported_modules(path)):
+            root = name.split(".")[0]
+            if root not in sys.stdlib_module_names and root not in CLIENT_THIRD_PARTY | {CLIENT, "__future__"}:
+                problems.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert package_files(CLIENT), "styledrop/ has no modules"
+    assert not problems, "\n".join(problems)
+
+
+def test_the_client_imports_nothing_of_the_service_at_run_time() -> None:
+    """A fresh interpreter: importing the client loads none of the service's packages, nor pydantic or torch."""
+    code = ("import sys, styledrop, styledrop.client; "
+            "print(','.join(sorted(m for m in ('api', 'storage', 'trainer', 'worker', 'pydantic', 'torch', "
+            "'sqlalchemy') if m in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "", f"importing the client loaded {out.stdout.strip()}"
+
+
 def test_the_migrations_are_checked_with_storage() -> None:
     checked = {module_name(p) for p in package_files("storage")}
     assert "storage.migrations.env" in checked
@@ -230,7 +256,8 @@ def test_code_and_docs_point_at_code_papers_or_docs_not_at_issues_or_commits() -
                 re.compile(r"\bnot_drawn\b"), re.compile(r"\b(this|other) sessions?'? (load|work)\b|this session\b")]
     upstream = re.compile(r"(diffusers|peft|transformers|torch|pytorch|celery|starlette)[ /]?(issue|#)", re.I)
     problems = []
-    folders = ["trainer", "storage", "api", "worker", "tests", "bench", "testkit", "docs", "scripts", "alembic"]
+    folders = ["trainer", "storage", "api", "worker", "styledrop", "tests", "bench", "testkit", "docs", "scripts",
+               "alembic"]
     paths = [ROOT / "README.md"] + [p for f in folders for p in sorted((ROOT / f).rglob("*")) if p.is_file()]
     for path in paths:
         if (path.suffix not in {".py", ".md", ".sh", ".html", ".js", ""} or "__pycache__" in path.parts

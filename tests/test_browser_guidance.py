@@ -53,7 +53,8 @@ def test_the_form_sends_no_style_text_guidance_and_a_subject(browser: Any, brows
     for _ in range(10):
         page.keyboard.press("ArrowRight")
     assert page.locator("#style_strength_out").inner_text() == "0.0"  # the adapter as trained
-    page.locator("#gen_adapter").select_option(value=style)
+    page.locator("#gen_style").select_option(label="blue poster")  # each style once; its default version follows
+    assert page.locator("#gen_version").input_value() == style
     page.locator("#gen_subject").select_option(value=subject)
     page.locator("#subject_weight").focus()
     for _ in range(4):

@@ -57,9 +57,9 @@ def test_a_upload_watch_training_generate_and_download(
     page.set_input_files("#image", str(image_file))
     # Arrow functions, not expression strings: Playwright polls an expression with eval(), which the pages' CSP
     # (rightly) forbids; a function is compiled once through the DevTools protocol.
-    page.wait_for_function("() => document.querySelector('#file-info').textContent.includes('256×256 px')")
-    assert page.locator("#preview-img").is_visible()
-    assert re.search(r"stripes\.png · \d+(\.\d)? K?B · 256×256 px", page.locator("#file-info").inner_text())
+    page.wait_for_function("() => document.querySelector('#file-list .file-meta').textContent.includes('256×256 px')")
+    assert page.locator("#file-list img").is_visible()
+    assert re.search(r"stripes\.png · \d+(\.\d)? K?B · 256×256 px", page.locator("#file-list .file-meta").inner_text())
     page.get_by_label("Style descriptor").fill("blue stripes poster")
     page.get_by_label("Content caption").fill("vertical stripes")
     page.get_by_text("Advanced options").click()
@@ -115,7 +115,7 @@ def test_a_upload_watch_training_generate_and_download(
     assert navigations == []
 
     with page.expect_download() as download_info:
-        page.get_by_role("link", name="Download adapter (.safetensors)").click()
+        page.get_by_role("link", name="Download adapter v1 (.safetensors)").click()
     download = download_info.value
     assert download.suggested_filename.startswith("blue-stripes-poster-")
     assert download.suggested_filename.endswith(".safetensors")
@@ -143,7 +143,8 @@ def test_b_refused_upload_shows_the_reason(browser: Any, browser_stack: BrowserS
     page.goto(browser_stack.url + "/styles/new")
     page.set_input_files("#image", files=[{"name": "notes.png", "mimeType": "image/png",
                                            "buffer": b"these are my notes, not a picture\n"}])
-    page.wait_for_function("() => document.querySelector('#file-info').textContent.includes('cannot preview')")
+    page.wait_for_function(
+        "() => document.querySelector('#file-list .file-meta').textContent.includes('cannot preview')")
     page.get_by_label("Style descriptor").fill("anything")
     page.get_by_role("button", name="Upload and train").click()
     error = page.locator("#form-error")
@@ -372,7 +373,7 @@ def test_g_queue_position_stays_live_cancel_is_confirmed_and_a_cancelled_style_t
         page.get_by_text("The adapter of this training was deleted.").wait_for()
         assert page.get_by_role("button", name="Train again").is_visible()
         assert page.get_by_label("Prompt", exact=True).is_disabled()  # inside the disabled fieldset
-        assert page.get_by_role("link", name="Download adapter (.safetensors)").is_hidden()
+        assert page.get_by_role("link", name=re.compile("Download adapter")).is_hidden()
         screenshots(page, "g-dead-end")
         page.context.close()
 
@@ -399,9 +400,11 @@ def test_h_gallery_download_reuse_generate_without_adapter_and_curl(
     assert page.get_by_label("Prompt", exact=True).input_value() == "a lighthouse"
     assert page.get_by_label("Seed").input_value() == "7"
     assert page.locator("#style_strength_out").inner_text() == "2.5"
-    assert page.locator("#gen_adapter option:checked").inner_text() == "blue stripes poster · v1"
+    assert page.locator("#gen_style option:checked").inner_text() == "blue stripes poster"
+    assert page.locator("#gen_version option:checked").inner_text() == "v1 (default)"
 
-    page.locator("#gen_adapter").select_option(label="Base model (no style)")
+    page.locator("#gen_style").select_option(label="Base model (no style)")
+    assert page.locator("#gen_version").is_disabled()
     page.get_by_label("Negative prompt").fill("blurry")
     page.get_by_label("Steps").fill("4")
     with page.expect_response(lambda r: r.url.endswith("/v1/generations") and r.request.method == "POST") as posted:
@@ -459,6 +462,14 @@ def test_i_admin_at_phone_width_and_own_api_keys(browser: Any, browser_stack: Br
     for row in page.locator('#admin-jobs tr[data-state="succeeded"]').all():
         error = row.locator("td").nth(11)  # Job, User, State, ..., Attempts, Worker, Run, Error
         assert error.inner_text() == "" and "err" not in (error.get_attribute("class") or "")
+    # Every admin table fits 390 px: rows become labelled blocks, nothing scrolls sideways
+    page.locator("#admin-users tbody tr").first.wait_for()
+    for table in ("#workers", "#admin-jobs", "#admin-users", "#admin-keys"):
+        assert page.evaluate(f"() => document.querySelector('{table}').scrollWidth") <= 390, table
+    assert page.evaluate("() => document.querySelector('#admin-jobs').closest('.table-wrap').scrollWidth <= "
+                         "document.querySelector('#admin-jobs').closest('.table-wrap').clientWidth")
+    no_sideways_scroll(page)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", page.locator("#admin-updated").inner_text())
     screenshots(page, "i-admin-phone")
     page.context.close()
 
@@ -478,6 +489,8 @@ def test_i_admin_at_phone_width_and_own_api_keys(browser: Any, browser_stack: Br
     new_key = shown.inner_text().strip()
     assert new_key.startswith("sd_") and new_key != browser_keys["alice"]
     page.wait_for_function(f"() => document.querySelectorAll('#own-keys tbody tr').length === {before + 1}")
+    page.get_by_role("button", name="Copy").click()  # the clipboard, or (no permission) the key selected
+    page.wait_for_function("() => document.querySelector('#new-key-copied').textContent !== ''")
     with api(browser_stack, new_key) as client:
         assert client.get("/v1/styles").status_code == 200
         page.get_by_role("button", name=f"Revoke key sd_{new_key[3:11]}…").click()
@@ -487,3 +500,66 @@ def test_i_admin_at_phone_width_and_own_api_keys(browser: Any, browser_stack: Br
     no_sideways_scroll(page)
     screenshots(page, "i-keys-phone")
     page.context.close()
+
+
+def test_j_several_captioned_images_a_subject_a_webhook_and_an_html_404(
+    browser: Any, browser_stack: BrowserStack, browser_keys: dict[str, str], tmp_path: Path
+) -> None:
+    files = []
+    for n, color in enumerate([(200, 40, 40), (40, 40, 200)]):
+        files.append(tmp_path / f"ref{n}.png")
+        files[-1].write_bytes(style_png(color))
+    with api(browser_stack, browser_keys["alice"]) as alice:
+        # 1280 px: a style from two images, the first captioned; a webhook the service refuses says why
+        page = new_page(browser)
+        sign_in(page, browser_stack, browser_keys["alice"], path="/signin?next=/styles/new")
+        page.set_input_files("#image", [str(f) for f in files])
+        assert page.locator("#file-list .file-item").count() == 2
+        assert page.locator("#file-info").inner_text().startswith("2 of at most 5 images")
+        page.get_by_label("Caption of image 1 (optional)").fill("a red fox")
+        page.get_by_label("Style descriptor").fill("two tone print")
+        page.get_by_text("Advanced options").click()
+        page.get_by_label("Training steps").fill("4")
+        page.get_by_label("Webhook URL").fill("http://127.0.0.1:9/hook")
+        page.get_by_role("button", name="Upload and train").click()
+        error = page.locator("#form-error")
+        error.wait_for(state="visible")
+        assert "webhook" in error.inner_text() and page.url.endswith("/styles/new")  # sent, refused, nothing made
+        page.get_by_label("Webhook URL").fill("")
+        page.get_by_role("button", name="Upload and train").click()
+        page.wait_for_url(re.compile(r"/styles/[0-9a-f]{32}$"))
+        style = alice.get(f"/v1/styles/{page.url.rsplit('/', 1)[1]}").json()
+        assert style["captions"] == ["a red fox", None] and style["kind"] == "style"
+        assert page.get_by_role("heading", name="Reference (2 images)").is_visible()
+        assert page.get_by_text("a red fox").is_visible()
+        assert page.locator("#job-title").inner_text().startswith("Training v1 · first training")
+
+        # 390 px: a subject from one photo (no captions: it trains on "a photo of sks dog")
+        phone = new_page(browser, "phone")
+        sign_in(phone, browser_stack, browser_keys["alice"], path="/signin?next=/styles/new")
+        phone.get_by_label("A subject").check()
+        assert phone.get_by_label("Style descriptor").is_hidden()
+        phone.set_input_files("#image", str(files[0]))
+        assert phone.locator("#file-list input.caption").count() == 0
+        phone.get_by_label("Class word").fill("dog")
+        no_sideways_scroll(phone)
+        phone.get_by_text("Advanced options").click()
+        phone.get_by_label("Training steps").fill("4")
+        phone.get_by_role("button", name="Upload and train").click()
+        phone.wait_for_url(re.compile(r"/styles/[0-9a-f]{32}$"))
+        subject = alice.get(f"/v1/styles/{phone.url.rsplit('/', 1)[1]}").json()
+        assert (subject["kind"], subject["class_word"]) == ("subject", "dog")
+        assert phone.get_by_role("heading", name="Subject photos").is_visible()
+        no_sideways_scroll(phone)
+
+    # A mistyped path is a page at both widths, with the site's links; the API keeps its JSON
+    for p in (page, phone):
+        response = p.goto(browser_stack.url + "/stlyes")
+        assert response.status == 404 and response.headers["content-type"].startswith("text/html")
+        assert p.get_by_role("heading", name="Page not found").is_visible()
+        assert p.get_by_role("link", name="Gallery").is_visible() or p.viewport_size["width"] < 720
+        no_sideways_scroll(p)
+    assert httpx.get(browser_stack.url + "/stlyes").headers["content-type"] == "application/problem+json"
+    screenshots(phone, "j-not-found")
+    page.context.close()
+    phone.context.close()

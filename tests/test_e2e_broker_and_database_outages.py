@@ -28,15 +28,13 @@ from testkit.stack import wait_http
 from tests.helpers.faults import (
     FINAL,
     Db,
-    RedisServer,
     TcpProxy,
     assert_all_final_one_adapter_each,
-    fault_env,
+    fault_stack,
     kill,
     make_user,
     post_style,
     progress_steps,
-    running_stack,
     spawn_reconciler,
     spawn_worker,
     unfinished,
@@ -62,67 +60,60 @@ def _assert_generations_once(db: Db) -> None:
 
 
 def test_redis_outage_loses_nothing_and_runs_nothing_twice(tmp_path: Path, pg_url: str) -> None:
-    redis = RedisServer(tmp_path)
-    redis.start()
-    db = Db(pg_url)
-    env = fault_env(tmp_path, pg_url, redis.url, STYLEDROP_CHECKPOINT_EVERY="4", STYLEDROP_PROGRESS_EVERY="2")
-    try:
-        with running_stack(tmp_path, env) as (stack, client):
-            key = make_user(stack, "alice")
-            auth = {"Authorization": f"Bearer {key}"}
-            spawn_reconciler(stack)
-            train = spawn_worker(stack, "train")
-            generate = spawn_worker(stack, "generate")
-            jobs = [post_style(client, key, steps=40, color=c).json()["job"]["id"]
-                    for c in ((200, 40, 40), (40, 200, 40))]
-            gens = [client.post("/v1/generations", headers=auth, json={
-                "prompt": f"a cat {i}", "steps": 6, "num_images": 2, "seed": i}).json()["id"] for i in range(3)]
-            wait_for("job 1 past its first checkpoint", lambda: (db.job(jobs[0]).checkpoint_step or 0) >= 4,
-                     stack, timeout=180)
-            assert db.job(jobs[1]).state == "queued"
+    with fault_stack(tmp_path, pg_url, STYLEDROP_CHECKPOINT_EVERY="4", STYLEDROP_PROGRESS_EVERY="2") as (
+            stack, client, db, redis):
+        key = make_user(stack, "alice")
+        auth = {"Authorization": f"Bearer {key}"}
+        spawn_reconciler(stack)
+        train = spawn_worker(stack, "train")
+        generate = spawn_worker(stack, "generate")
+        jobs = [post_style(client, key, steps=40, color=c).json()["job"]["id"]
+                for c in ((200, 40, 40), (40, 200, 40))]
+        gens = [client.post("/v1/generations", headers=auth, json={
+            "prompt": f"a cat {i}", "steps": 6, "num_images": 2, "seed": i}).json()["id"] for i in range(3)]
+        wait_for("job 1 past its first checkpoint", lambda: (db.job(jobs[0]).checkpoint_step or 0) >= 4,
+                 stack, timeout=180)
+        assert db.job(jobs[1]).state == "queued"
 
-            redis.stop(graceful=True)
-            down_at = time.monotonic()
-            # accepted while the broker is down: committed, not sent (the reconciler sends it later)
-            late = client.post("/v1/generations", headers=auth, json={
-                "prompt": "a late cat", "steps": 6, "num_images": 1, "seed": 9})
-            assert late.status_code == 202, late.text
-            gens.append(late.json()["id"])
-            late_job = post_style(client, key, steps=8, color=(40, 40, 200))
-            assert late_job.status_code == 202, late_job.text
-            jobs.append(late_job.json()["job"]["id"])
-            time.sleep(max(0.0, 11 - (time.monotonic() - down_at)))
-            assert train.poll() is None and generate.poll() is None, stack.logs()
-            redis.start()  # empty: every message queued before the outage is gone
+        redis.stop(graceful=True)
+        down_at = time.monotonic()
+        # accepted while the broker is down: committed, not sent (the reconciler sends it later)
+        late = client.post("/v1/generations", headers=auth, json={
+            "prompt": "a late cat", "steps": 6, "num_images": 1, "seed": 9})
+        assert late.status_code == 202, late.text
+        gens.append(late.json()["id"])
+        late_job = post_style(client, key, steps=8, color=(40, 40, 200))
+        assert late_job.status_code == 202, late_job.text
+        jobs.append(late_job.json()["job"]["id"])
+        time.sleep(max(0.0, 11 - (time.monotonic() - down_at)))
+        assert train.poll() is None and generate.poll() is None, stack.logs()
+        redis.start()  # empty: every message queued before the outage is gone
 
-            wait_for("every job and generation final", lambda: _all_final(db), stack, timeout=240, every=0.5)
-            assert train.poll() is None and generate.poll() is None, stack.logs()
-            for job_id in jobs:
-                job = db.job(job_id)
-                assert job.state == "succeeded" and job.attempts == 1 and job.step == job.total_steps, job
-                runs = [e for _, e in progress_steps(db, job_id) if e == "state:running"]
-                assert len(runs) == 1, (job_id, runs)
-            _assert_generations_once(db)
-            assert_all_final_one_adapter_each(db)
-            # the late rows were never sent: only the reconciler can have sent them
-            log = (tmp_path / "reconcile0.log").read_text()
-            reconciled = [line.split("sent_jobs=")[1].split("requeued_jobs")[0] for line in log.splitlines()
-                          if "reconciled:" in line]
+        wait_for("every job and generation final", lambda: _all_final(db), stack, timeout=240, every=0.5)
+        assert train.poll() is None and generate.poll() is None, stack.logs()
+        for job_id in jobs:
+            job = db.job(job_id)
+            assert job.state == "succeeded" and job.attempts == 1 and job.step == job.total_steps, job
+            runs = [e for _, e in progress_steps(db, job_id) if e == "state:running"]
+            assert len(runs) == 1, (job_id, runs)
+        _assert_generations_once(db)
+        assert_all_final_one_adapter_each(db)
+        # the late rows were never sent: only the reconciler can have sent them
+        log = (tmp_path / "reconcile0.log").read_text()
+        reconciled = [line.split("sent_jobs=")[1].split("requeued_jobs")[0] for line in log.splitlines()
+                      if "reconciled:" in line]
 
-            def sent(row_id: str) -> bool:
-                return any(row_id in line for line in reconciled)
+        def sent(row_id: str) -> bool:
+            return any(row_id in line for line in reconciled)
 
-            for row_id in (jobs[2], gens[-1]):
-                assert sent(row_id), (row_id, reconciled)
-            # the queued job's message died with the old server: the reconciler re-sends it when the queue holds
-            # fewer messages than sent rows wait on it, unless a worker took it first on a later row's message
-            # (the database, not the message, decides which queued job a worker runs: the oldest). Either way it
-            # ran exactly once (checked above).
-            if sent(jobs[1]):
-                assert "re-sending them" in log
-    finally:
-        db.close()
-        redis.stop()
+        for row_id in (jobs[2], gens[-1]):
+            assert sent(row_id), (row_id, reconciled)
+        # the queued job's message died with the old server: the reconciler re-sends it when the queue holds
+        # fewer messages than sent rows wait on it, unless a worker took it first on a later row's message
+        # (the database, not the message, decides which queued job a worker runs: the oldest). Either way it
+        # ran exactly once (checked above).
+        if sent(jobs[1]):
+            assert "re-sending them" in log
 
 
 # ==============================================================================================================
@@ -193,72 +184,65 @@ def _check_blob_dir(blob_dir: Path) -> int:
 
 
 def test_api_killed_during_uploads(tmp_path: Path, pg_url: str) -> None:
-    redis = RedisServer(tmp_path)
-    redis.start()
-    db = Db(pg_url)
-    env = fault_env(tmp_path, pg_url, redis.url, STYLEDROP_MAX_ATTEMPTS="2",  # every upload reaches its kill
-                    STYLEDROP_MAX_CONCURRENT_UPLOADS_PER_USER="16", STYLEDROP_MAX_CONCURRENT_UPLOADS_TOTAL="16")
     blob_dir = tmp_path / "data" / "blobs"
-    try:
-        with running_stack(tmp_path, env) as (stack, client):
-            key = make_user(stack, "alice")
-            auth = {"Authorization": f"Bearer {key}"}
-            base_url = str(client.base_url).rstrip("/")
-            port = int(base_url.rsplit(":", 1)[1])
-            api = stack.procs[0][0]
-            results: list[Any] = []
-            stop = threading.Event()
-            slow = [threading.Thread(target=_slow_upload, args=(port, key, style_png((i * 50, 20, 200)),
-                                                                results), daemon=True) for i in range(4)]
-            fast = [threading.Thread(target=_fast_uploads, args=(base_url, key, i, results, stop), daemon=True)
-                    for i in range(2)]
-            for t in slow + fast:
-                t.start()
-            # The fast uploads complete (and a few more start) while the slow ones are still sending their
-            # bodies (40 chunks, 0.25 s apart); the kill lands in the middle of those.
-            time.sleep(1.5)
-            stop.set()
-            for t in fast:
-                t.join(timeout=30)
-            assert all(t.is_alive() for t in slow), results
-            kill(api)
-            for t in slow:
-                t.join(timeout=30)
-            assert [r for r in results if r[0] == "slow" and r[1].startswith("error")], results
-            assert len([r for r in results if r[0] == "slow"]) == 4, results
-            assert [r for r in results if r[0] == "fast" and r[1] == 202], results
-            # what the kill left behind
-            n_blobs = _check_blob_dir(blob_dir)
-            assert db.rows("SELECT s.id FROM styles s LEFT JOIN training_jobs j ON j.style_id = s.id "
-                           "WHERE j.id IS NULL") == []
-            for style in db.rows("SELECT id, image_key, image_sha256 FROM styles"):
-                assert (blob_dir / style.image_key).is_file(), style
-                assert style.image_key.endswith(f"{style.image_sha256}.png"), style
-            states = db.rows("SELECT id, state FROM training_jobs")
-            assert {s for _, s in states} <= {"queued"} | FINAL, states
-            fast_accepted = [r[2]["job"]["id"] for r in results if r[0] == "fast" and r[1] == 202]
-            assert set(fast_accepted) <= {i for i, _ in states}, (fast_accepted, states)
-            assert n_blobs >= len(states), (n_blobs, states)  # (a blob may have no row: killed before commit)
+    with fault_stack(tmp_path, pg_url, STYLEDROP_MAX_ATTEMPTS="2",  # every upload reaches its kill
+                     STYLEDROP_MAX_CONCURRENT_UPLOADS_PER_USER="16", STYLEDROP_MAX_CONCURRENT_UPLOADS_TOTAL="16",
+                     ) as (stack, client, db, _redis):
+        key = make_user(stack, "alice")
+        auth = {"Authorization": f"Bearer {key}"}
+        base_url = str(client.base_url).rstrip("/")
+        port = int(base_url.rsplit(":", 1)[1])
+        api = stack.procs[0][0]
+        results: list[Any] = []
+        stop = threading.Event()
+        slow = [threading.Thread(target=_slow_upload, args=(port, key, style_png((i * 50, 20, 200)),
+                                                            results), daemon=True) for i in range(4)]
+        fast = [threading.Thread(target=_fast_uploads, args=(base_url, key, i, results, stop), daemon=True)
+                for i in range(2)]
+        for t in slow + fast:
+            t.start()
+        # The fast uploads complete (and a few more start) while the slow ones are still sending their
+        # bodies (40 chunks, 0.25 s apart); the kill lands in the middle of those.
+        time.sleep(1.5)
+        stop.set()
+        for t in fast:
+            t.join(timeout=30)
+        assert all(t.is_alive() for t in slow), results
+        kill(api)
+        for t in slow:
+            t.join(timeout=30)
+        assert [r for r in results if r[0] == "slow" and r[1].startswith("error")], results
+        assert len([r for r in results if r[0] == "slow"]) == 4, results
+        assert [r for r in results if r[0] == "fast" and r[1] == 202], results
+        # what the kill left behind
+        n_blobs = _check_blob_dir(blob_dir)
+        assert db.rows("SELECT s.id FROM styles s LEFT JOIN training_jobs j ON j.style_id = s.id "
+                       "WHERE j.id IS NULL") == []
+        for style in db.rows("SELECT id, image_key, image_sha256 FROM styles"):
+            assert (blob_dir / style.image_key).is_file(), style
+            assert style.image_key.endswith(f"{style.image_sha256}.png"), style
+        states = db.rows("SELECT id, state FROM training_jobs")
+        assert {s for _, s in states} <= {"queued"} | FINAL, states
+        fast_accepted = [r[2]["job"]["id"] for r in results if r[0] == "fast" and r[1] == 202]
+        assert set(fast_accepted) <= {i for i, _ in states}, (fast_accepted, states)
+        assert n_blobs >= len(states), (n_blobs, states)  # (a blob may have no row: killed before commit)
 
-            # restart the API on the same port; it serves; a worker and the reconciler finish every job
-            stack.spawn("api2", "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port))
-            stack.procs.insert(0, stack.procs.pop())  # keep the live API first
-            wait_http(client, _Live(stack))  # type: ignore[arg-type]
-            assert client.get("/readyz").status_code == 200
-            listed = client.get("/v1/jobs", headers=auth)
-            assert listed.status_code == 200, listed.text
-            spawn_reconciler(stack)
-            spawn_worker(stack, "train")
-            wait_for("every job final", lambda: _all_final(db), stack, timeout=180, every=0.5)
-            for job in db.rows("SELECT id, state, attempts FROM training_jobs"):
-                assert job.state == "succeeded" and job.attempts == 1, job
-            assert_all_final_one_adapter_each(db)
-            _check_blob_dir(blob_dir)
-            body = client.get("/v1/jobs", headers=auth).json()
-            assert body["items"], body
-    finally:
-        db.close()
-        redis.stop()
+        # restart the API on the same port; it serves; a worker and the reconciler finish every job
+        stack.spawn("api2", "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port))
+        stack.procs.insert(0, stack.procs.pop())  # keep the live API first
+        wait_http(client, _Live(stack))  # type: ignore[arg-type]
+        assert client.get("/readyz").status_code == 200
+        listed = client.get("/v1/jobs", headers=auth)
+        assert listed.status_code == 200, listed.text
+        spawn_reconciler(stack)
+        spawn_worker(stack, "train")
+        wait_for("every job final", lambda: _all_final(db), stack, timeout=180, every=0.5)
+        for job in db.rows("SELECT id, state, attempts FROM training_jobs"):
+            assert job.state == "succeeded" and job.attempts == 1, job
+        assert_all_final_one_adapter_each(db)
+        _check_blob_dir(blob_dir)
+        body = client.get("/v1/jobs", headers=auth).json()
+        assert body["items"], body
 
 
 class _Live:
@@ -275,16 +259,13 @@ class _Live:
 
 
 def test_database_cut_under_a_running_job(tmp_path: Path, pg_url: str) -> None:
-    redis = RedisServer(tmp_path)
-    redis.start()
-    db = Db(pg_url)  # direct, not through the proxy
     proxy = TcpProxy(("127.0.0.1", 5432))
     proxy.start()
     proxied = pg_url.replace("@127.0.0.1:5432/", f"@127.0.0.1:{proxy.port}/")
     assert proxied != pg_url
-    env = fault_env(tmp_path, proxied, redis.url, STYLEDROP_CHECKPOINT_EVERY="4", STYLEDROP_PROGRESS_EVERY="2")
     try:
-        with running_stack(tmp_path, env) as (stack, client):
+        with fault_stack(tmp_path, proxied, direct_db_url=pg_url,  # reads go direct, not through the proxy
+                         STYLEDROP_CHECKPOINT_EVERY="4", STYLEDROP_PROGRESS_EVERY="2") as (stack, client, db, _redis):
             key = make_user(stack, "alice")
             auth = {"Authorization": f"Bearer {key}"}
             spawn_reconciler(stack)
@@ -327,6 +308,4 @@ def test_database_cut_under_a_running_job(tmp_path: Path, pg_url: str) -> None:
             assert client.get("/v1/adapters", headers=auth).json()["items"][0]["job_id"] == job_id
     finally:
         proxy.cut()
-        db.close()
-        redis.stop()
 

@@ -66,7 +66,14 @@ def test_human_then_automatic_round_through_the_api(client: tuple[Stack, httpx.C
     # Round-1 samples over the feedback prompts; the user picks two images.
     samples = c.post(f"/v1/styles/{style}/samples", json={"prompts": 2, "images_per_prompt": 2, "steps": 3})
     assert samples.status_code == 202, samples.text
-    gens = [_wait(c, stack, f"/v1/generations/{g['id']}", {"succeeded", "failed"}) for g in samples.json()]
+    assert (samples.json()["version"], samples.json()["total"], samples.json()["next"]) == (1, 2, None)
+    deadline = time.monotonic() + 180  # the set's progress is what a page polls
+    while (now := c.get(f"/v1/styles/{style}/samples").json())["done"] < 2 and time.monotonic() < deadline:
+        assert 0 <= now["done"] <= now["total"] == 2
+        time.sleep(0.5)
+    assert (now["done"], now["progress"], now["eta_seconds"]) == (2, 1.0, 0.0), f"{now}\n{stack.logs()}"
+    assert [g["id"] for g in now["items"]] == [g["id"] for g in samples.json()["items"]]
+    gens = now["items"]
     assert all(g["state"] == "succeeded" and g["adapter_id"] == v1["id"] for g in gens), gens
     assert all(len(g["text_scores"]) == 2 and len(g["style_scores"]) == 2 for g in gens)
     selection = [{"generation_id": gens[0]["id"], "index": 1}, {"generation_id": gens[1]["id"], "index": 0}]
@@ -91,8 +98,11 @@ def test_human_then_automatic_round_through_the_api(client: tuple[Stack, httpx.C
                                                     "steps": 4})
     assert r.status_code == 202 and r.json()["params"]["round"]["adapter_id"] == v2["id"], r.text
     job = _job_done(c, stack, r.json()["id"])
-    (log,) = [e for e in c.get(f"/v1/jobs/{job['id']}/events").json()["items"] if e["kind"] == "log"]
-    assert len(log["payload"]["picks"]) == 2
+    events = c.get(f"/v1/jobs/{job['id']}/events").json()["items"]
+    (picks,) = [e["payload"]["picks"] for e in events if e["kind"] == "picks"]
+    assert picks == job["picks"] and len(picks) == 2 and job["phase"] is None  # a phase only while it runs
+    assert all(c.get(p["image_url"]).content.startswith(b"\x89PNG") for p in picks)
+    assert next(e["payload"]["phase"] for e in events if e["kind"] == "phase") == "rendering_candidates"
     versions = c.get(f"/v1/styles/{style}/versions").json()["items"]
     assert [v["version"] for v in versions] == [1, 2, 3] and _scored(versions[2])
 

@@ -110,7 +110,7 @@ def test_bad_arguments_name_the_bad_value_before_any_model_loads(
         raise AssertionError("a model was loaded before the arguments were checked")
 
     monkeypatch.setattr("trainer.model.load_base", no_load)
-    monkeypatch.setattr("trainer.cli_eval.load_clip", no_load)
+    monkeypatch.setattr("trainer.clip.load_clip", no_load)  # cli_eval imports it when it runs
     (tmp_path / "prompts.txt").write_text("a cat\n")
     (tmp_path / "empty.txt").write_text("# only a comment\n\n")
     fill = {"missing": str(tmp_path / "missing.txt"), "empty": str(tmp_path / "empty.txt"),

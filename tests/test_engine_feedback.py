@@ -11,12 +11,15 @@ import pytest
 from PIL import Image
 
 from trainer.clip import clip_style_score, clip_text_score, load_clip
+from trainer.contracts.phases import Phase
 from trainer.examples import TrainingExample
 from trainer.feedback import (
     FEEDBACK_CONTENTS,
     STYLE_WEIGHT,
     Candidate,
     ClipScorer,
+    PhaseClock,
+    PhaseProgress,
     feedback_prompts,
     select_best,
 )
@@ -140,3 +143,20 @@ def test_feedback_prompt_set_has_the_papers_pattern() -> None:
     assert feedback_prompts("watercolor painting style") == prompts  # a trailing "style" is not doubled
     with pytest.raises(ValueError, match="descriptor must not be empty"):
         feedback_prompts(" ")
+
+
+def test_phase_clock_reports_done_of_total_with_an_eta_from_its_own_pace() -> None:
+    """0 without an ETA at start; then seconds left = elapsed / done × (total − done); scoring reports 0 and all."""
+    seen: list[PhaseProgress] = []
+    now = iter([100.0, 100.0, 104.0, 110.0]).__next__  # start; the 0 report; 1 done after 4 s; 3 done after 10 s
+    clock = PhaseClock(Phase.RENDERING_CANDIDATES, seen.append, clock=now)
+    clock.start(4)
+    clock(1, 4)
+    clock(3, 4)
+    assert seen == [PhaseProgress(Phase.RENDERING_CANDIDATES, 0, 4, None),
+                    PhaseProgress(Phase.RENDERING_CANDIDATES, 1, 4, 12.0),
+                    PhaseProgress(Phase.RENDERING_CANDIDATES, 3, 4, round(10 / 3, 1))]
+    scoring: list[PhaseProgress] = []
+    select_best(CANDIDATES, KnownScorer(TEXT, STYLE), on_phase=scoring.append)
+    assert [(p.phase, p.done, p.total) for p in scoring] == [(Phase.SCORING, 0, 8), (Phase.SCORING, 8, 8)]
+    assert scoring[0].eta_seconds is None and scoring[1].eta_seconds == 0.0

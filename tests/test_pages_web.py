@@ -185,7 +185,9 @@ def test_style_page_offers_a_way_on_after_a_cancel_and_after_a_deleted_adapter(p
     cancelled = pages_client.get(f"/styles/{style_id}").text
     assert "The generate form opens when training has finished." not in cancelled
     assert "Training was cancelled, so there is no adapter to generate with." in cancelled
-    assert re.search(r'<button type="button" id="train-again" data-steps="20"\s*>Train again</button>', cancelled)
+    # Train again, with the last job's steps to change
+    assert re.search(r'<input id="train-steps" type="number" min="1" max="\d+"\s+value="20"', cancelled)
+    assert '<button type="button" id="train-again">Train again</button>' in cancelled
 
     again = pages_client.post(f"/v1/styles/{style_id}/jobs", json={}, headers={"X-CSRF-Token": token})
     assert again.status_code == 202, again.text
@@ -232,6 +234,11 @@ def test_gallery_groups_by_style_and_version_pages_and_names_downloads(pages_cli
     finished_generations(pages_client, pages_keys["alice"], None, ["plain <b>one</b>"], start_minutes_ago=60)
     finished_generations(pages_client, pages_keys["alice"], v2, [f"new {i}" for i in range(10)], start_minutes_ago=30)
     finished_generations(pages_client, pages_keys["admin"], None, ["not alice's"], start_minutes_ago=5)
+    dog = pages_client.post("/v1/styles", headers=alice, data={"kind": "subject", "class_word": "dog",
+                                                               "descriptor": "sks dog", "steps": "5"},
+                            files={"image": ("d.png", style_png(), "image/png")})
+    assert dog.status_code == 202, dog.text
+    dog_v1 = trained(pages_client, dog.json()["job"]["id"], minutes_ago=300)
     sign_in(pages_client, pages_keys["alice"])
 
     first = pages_client.get("/gallery")
@@ -254,12 +261,19 @@ def test_gallery_groups_by_style_and_version_pages_and_names_downloads(pages_cli
     assert settings == {"adapter_id": v2, "prompt": "new 9", "negative_prompt": "blurry", "style_strength": 1.5,
                         "guidance_scale": 8.0, "text_guidance": None, "subject_adapter_id": None,
                         "subject_weight": None, "steps": 6, "seed": 109, "num_images": 2, "strength": None}
-    # the form offers what the API takes, adapters by style and version
+    # the form offers what the API takes: each style once, its versions (newest first, the default marked) in a
+    # second menu; subjects only in the subject menu
     for needle in ('<label for="negative_prompt">', '<label for="gen_steps">Steps</label>', 'id="curl-box"',
-                   f'<option value="{v2}">Ink &lt;wash&gt; / Poster! · v2</option>',
-                   '<option value="">Base model (no style)</option>'):
+                   '<option value="" data-versions="[]">Base model (no style)</option>',
+                   '<select id="gen_version" name="adapter_id" disabled>'):
         assert needle in html, needle
-    assert f'<option value="{v1}">' in html
+    menu = html[html.index('<select id="gen_style">'):html.index("</select>", html.index('<select id="gen_style">'))]
+    options = re.findall(r"<option value=\"(\w*)\" data-versions='([^']*)'>([^<]*)</option>", menu)
+    assert [(sid, label) for sid, _, label in options] == [(style_id, "Ink &lt;wash&gt; / Poster!")]
+    assert json.loads(options[0][1].replace("&#34;", '"')) == [[v2, "v2 (default)"], [v1, "v1"]]
+    subject_menu = html[html.index('<select id="gen_subject"'):]
+    assert f'<option value="{dog_v1}">sks dog (dog)</option>' in subject_menu[:subject_menu.index("</select>")]
+    assert "sks dog" not in menu
 
     second = pages_client.get("/gallery?page=2").text
     assert second.count('class="shot"') == 14 and ">old 6<" in second and ">old 0<" in second
@@ -269,7 +283,7 @@ def test_gallery_groups_by_style_and_version_pages_and_names_downloads(pages_cli
     assert "No images on" in pages_client.get("/gallery?page=3").text
 
     style_page = pages_client.get(f"/styles/{style_id}").text
-    assert style_page.count('class="shot"') == 48 and "Base model" not in style_page  # this style's only
+    assert style_page.count('class="shot"') == 24 and "Base model" not in style_page  # this style's newest 12
     assert '<a href="/gallery">All your images →</a>' in style_page
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -14,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from storage import claims, jobs, queue_order
 from storage.db import make_engine, make_sessionmaker
 from storage.job_params import JobParams
-from storage.models import Generation, JobEvent, Style, TrainingJob, User, utcnow
+from storage.models import Generation, JobEvent, Style, TrainingJob, User, WebhookDelivery, utcnow
 from storage.states import JOB_ACTIVE, JobState
 from storage.users import authenticate_key, create_api_key, create_user
 
@@ -108,6 +109,20 @@ def test_events_after_is_a_cursor(db: sessionmaker[Session]) -> None:
         assert [e.payload["step"] for e in page] == [2, 3]
         with pytest.raises(ValueError):
             jobs.add_event(s, job.id, "nonsense", {})
+
+
+def test_a_phase_event_sends_a_progress_webhook_with_the_phase(db: sessionmaker[Session]) -> None:
+    """A job waiting in a phase before its steps is progress to a webhook too; the body is the job as GET shows it,
+    its phase included (and every event kind, `phase` and `picks` too, is one the table's constraint takes)."""
+    phase = {"name": "rendering_candidates", "done": 4, "total": 40, "eta_seconds": 27.0}
+    with db() as s:
+        job = _job(s, _user(s), state=JobState.RUNNING, webhook="https://hooks.example/h", phase=phase)
+        jobs.add_event(s, job.id, "phase", {"phase": "rendering_candidates", "done": 4, "total": 40,
+                                            "eta_seconds": 27.0})
+        jobs.add_event(s, job.id, "picks", {"picks": []})
+        s.commit()
+        (delivery,) = s.scalars(select(WebhookDelivery).where(WebhookDelivery.resource_id == job.id)).all()
+    assert delivery.event == "progress" and json.loads(delivery.body)["phase"] == phase
 
 
 def test_queue_position_and_reconciler_queries(db: sessionmaker[Session]) -> None:

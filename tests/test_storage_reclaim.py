@@ -60,6 +60,7 @@ def test_reclaim_deletes_only_unreferenced_blobs_past_the_grace_period(
     ckpt_failed = _put(store, "checkpoints/cc/failed.safetensors", 7000)
     gen_img, init_img, mask = (_put(store, f"{k}/aa/g.png", 10) for k in ("images", "inits", "masks"))
     preview = _put(store, "previews/aa/p.png", 20)
+    pick = _put(store, "picks/aa/k.png", 30)  # an automatic round's kept image, listed on its job
     orphan = _put(store, "styles/dd/refused-upload.png", 8000)
     with db() as s:
         user = create_user(s, "alice")
@@ -94,6 +95,8 @@ def test_reclaim_deletes_only_unreferenced_blobs_past_the_grace_period(
         s.add(Generation(owner_id=user.id, prompt="p", guidance_scale=1.0, steps=1, seed=0, state="succeeded",
                          image_keys=[gen_img], init_image_key=init_img, mask_key=mask))
         jobs.add_event(s, ok.id, "preview", {"image_key": preview, "prompt": "p"})
+        ok.picks = [{"prompt": "p", "candidate": 0, "text_score": 0.1, "style_score": 0.2, "score": 0.15,
+                     "image_key": pick}]
         s.commit()
         cancelled_id, failed_id = cancelled.id, failed.id
 

@@ -1,4 +1,5 @@
-"""The `styledrop` command line, in-process: migrate, users create/list, and the parser."""
+"""The `styledrop` command line, in-process: migrate, users create/list, the parser, and the expected failures
+(no database, no schema, an unreachable database, a bad setting) as one line each."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from storage.settings import get_settings
+from testkit.stack import free_port
 from worker.cli import commands as cli
 
 
@@ -99,3 +101,40 @@ def test_users_create_refuses_names_the_api_refuses(data_dir: Path, name: str,
     assert f"user name {name!r} is not allowed" in capsys.readouterr().err
     assert cli.main(["users", "list"]) == 0
     assert capsys.readouterr().out == ""
+
+
+def test_users_outside_the_data_dir_name_the_missing_database_and_create_nothing(
+        data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Run where no service keeps its data: one line naming the database it looked for and what to set or run,
+    exit status 1, no traceback, and no empty database file left behind."""
+    assert cli.main(["users", "list"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"styledrop users list: error: no database at '{data_dir / 'styledrop.db'}': ")
+    assert "STYLEDROP_DATA_DIR" in err and "styledrop migrate" in err and len(err.splitlines()) == 1
+    assert not data_dir.exists()
+
+    data_dir.mkdir()
+    (data_dir / "styledrop.db").touch()  # a file, but no schema
+    assert cli.main(["users", "create", "erin"]) == 1
+    err = capsys.readouterr().err
+    assert "has no (or an older) Styledrop schema (no such table: users)" in err and "styledrop migrate" in err
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("env,argv,message", [
+    ({"DATABASE_URL": "postgresql+psycopg://me:s3cret@127.0.0.1:{port}/nothing"}, ["users", "list"],
+     "styledrop users list: error: cannot use the database at postgresql+psycopg://me:***@127.0.0.1:{port}/nothing: "),
+    ({"DATABASE_URL": "nosuchdb://x"}, ["migrate"], "styledrop migrate: error: bad database URL"),
+    ({"STYLEDROP_PORT": "eighty"}, ["users", "list"],
+     "styledrop users list: error: bad setting: STYLEDROP_PORT: Input should be a valid integer"),
+])
+def test_service_commands_fail_in_one_line_without_a_traceback(
+        data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        env: dict[str, str], argv: list[str], message: str) -> None:
+    port = str(free_port())  # nothing listens there
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(port=port))
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(message.format(port=port)) and len(err.splitlines()) == 1, err
+    assert "s3cret" not in err and "Traceback" not in err

@@ -91,15 +91,44 @@ def test_automatic_round_trains_on_the_clip_best_render_per_prompt(worker_runtim
     prompts = trainer.feedback_prompts("striped poster")[:2]
     assert [e.caption for e in examples] == prompts
     with rt.session_factory() as s:
-        (log,) = s.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == "log"))
-    picks = log.payload["picks"]
+        events = s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)).all()
+        job = s.get(TrainingJob, job_id)
+        assert job is not None
+        stored = job.picks or []
+    (pick_event,) = [e for e in events if e.kind == "picks"]
+    picks = pick_event.payload["picks"]
     assert [p["prompt"] for p in picks] == prompts and {p["candidate"] // 3 for p in picks} == {0, 1}
-    # One pick from each prompt's 3 candidates, and the logged scores are those of the images trained on.
+    assert [p["image_url"] for p in picks] == [f"/v1/jobs/{job_id}/picks/{n}" for n in range(2)]
+    assert all("image_key" not in p for p in picks)
+    # One pick from each prompt's 3 candidates, and the scores are those of the images trained on, which are the
+    # stored PNGs the picks' URLs serve.
     clip = rt.clip()
     assert clip is not None
     text = trainer.clip_text_score(clip, [e.image for e in examples], prompts)
     assert text.tolist() == pytest.approx([p["text_score"] for p in picks], abs=1e-6)
+    for row, example in zip(stored, examples, strict=True):
+        data = rt.store.get_bytes(row["image_key"])
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        assert open_image(data).convert("RGB").tobytes() == example.image.tobytes()
     assert _adapter_of(rt, job_id).version == 2
+
+    # Every phase the user waits on, in order, before the first training step: candidates rendered (done rising
+    # to 6 of 6, with an ETA once one batch is done), then scored, then training; previews after the last step.
+    phases = [(e.payload["phase"], e.payload["done"], e.payload["total"], e.payload["eta_seconds"])
+              for e in events if e.kind == "phase"]
+    rendering = [p for p in phases if p[0] == "rendering_candidates"]
+    assert [d for _, d, _, _ in rendering] == sorted({d for _, d, _, _ in rendering}) and rendering[0][1:3] == (0, 6)
+    assert rendering[-1][1:3] == (6, 6) and len(rendering) >= 2 and rendering[0][3] is None
+    assert all(eta is not None for _, done, _, eta in rendering if done)
+    assert [p[0] for p in phases] == (["rendering_candidates"] * len(rendering) + ["scoring"] * 2
+                                      + ["training"] + ["rendering_previews"] * 2)
+    assert phases[len(rendering):len(rendering) + 3] == [("scoring", 0, 6, None), ("scoring", 6, 6, phases[
+        len(rendering) + 1][3]), ("training", 0, 3, None)]
+    first_progress = next(i for i, e in enumerate(events) if e.kind == "progress")
+    last_render = max(i for i, e in enumerate(events) if e.kind == "phase" and e.payload["phase"] != "training"
+                      and e.payload["phase"] != "rendering_previews")
+    assert last_render < first_progress
+    assert [e.kind for e in events].index("picks") < first_progress
 
 
 def test_rounds_that_cannot_get_their_images_fail_with_a_reason(worker_runtime: Runtime, tmp_path: Path) -> None:
@@ -167,3 +196,38 @@ def test_an_automatic_round_resumed_after_a_crash_equals_one_run_through(
     for k, v in a.tensors.items():
         torch.testing.assert_close(b.tensors[k], v)
     assert [_adapter_of(rt, j).version for j in (straight, crashed)] == [2, 3]
+
+
+def test_an_automatic_round_cancelled_while_rendering_candidates_stops_there(
+    worker_runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel reaches a round before its first step: the rendered batch's phase report stops it, and it ends
+    cancelled without scoring, training or a version."""
+    rt = worker_runtime
+    v1 = _v1(rt)
+    job_id = _round_job(rt, v1, {"mode": "automatic", "adapter_id": v1.id, "version": 1, "prompts": 3,
+                                 "per_prompt": 4})
+    real = trainer.render_candidates
+
+    def cancelled_after_first_batch(*a: Any, on_batch: Any, **kw: Any) -> Any:
+        def batch(done: int, total: int) -> None:
+            with rt.session_factory() as s:  # what POST /v1/jobs/{id}/cancel does to a running job
+                s.execute(update(TrainingJob).where(TrainingJob.id == job_id)
+                          .values(state="cancelling", cancel_requested_at=utcnow()))
+                s.commit()
+            on_batch(done, total)
+
+        return real(*a, on_batch=batch, **kw)
+
+    monkeypatch.setattr(trainer, "render_candidates", cancelled_after_first_batch)
+    assert tasks.run_train(rt, job_id) == "cancelled"
+    with rt.session_factory() as s:
+        kinds = [e.kind for e in s.scalars(select(JobEvent).where(JobEvent.job_id == job_id))]
+        phases = [e.payload for e in s.scalars(select(JobEvent).where(JobEvent.job_id == job_id,
+                                                                     JobEvent.kind == "phase"))]
+        assert s.scalars(select(Adapter).where(Adapter.job_id == job_id)).first() is None
+    # Recorded up to the first batch of 4 (the batch it was cancelled in), and stopped there.
+    assert [(p["phase"], p["done"], p["total"]) for p in phases] == [("rendering_candidates", 0, 12),
+                                                                      ("rendering_candidates", 4, 12)]
+    assert "picks" not in kinds and "progress" not in kinds
+    assert get_row(rt, TrainingJob, job_id).state == "cancelled"

@@ -22,13 +22,11 @@ import torch
 from PIL import Image
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
 
-from .model import HUB_ID, ModelLoadError, tiny_tokenizer
+from .contracts.models import CLIP_PRESETS, DEFAULT_CLIP, HUB_ID, TINY_CLIP
+from .model import ModelLoadError, tiny_tokenizer
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CLIP = "openai/clip-vit-large-patch14"
-CLIP_PRESETS = {"clip-vit-large-patch14": DEFAULT_CLIP, "vit-l-14": DEFAULT_CLIP}
-TINY_CLIP = "tiny"
 TINY_CLIP_VERSION = "1"  # bump when build_tiny_clip changes, so cached copies are rebuilt
 TINY_CLIP_IMAGE_SIZE = 64
 # The normalisation every OpenAI CLIP checkpoint uses (its preprocessor_config.json).

@@ -16,23 +16,65 @@ Under CLIP feedback the style score moved twice as far as the text score (−0.0
 differences between candidates are about twice the text differences; weighting style by 0.25 makes its spread about
 half the text term's, so the text score still decides and the style score breaks near-ties and vetoes images that
 lost the style. The weight is our choice, not the paper's. Ties go to the earlier candidate.
+
+Progress. A round renders and scores its candidates before any training step, which takes minutes at full size;
+`PhaseClock` turns the counts those steps report (`evaluate.render_candidates`' `on_batch`, `select_best`'s
+`on_phase`) into `PhaseProgress` (phase, done, total, ETA from the phase's own pace) for the caller's callback.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from PIL import Image
 
 from .clip import ClipParts, image_embeddings, style_score_from_embeddings, text_embeddings
+from .contracts.phases import Phase
 from .contracts.prompts import FEEDBACK_CONTENTS as FEEDBACK_CONTENTS  # the prompt set lives with the prompt rule
 from .contracts.prompts import feedback_prompts as feedback_prompts
 from .examples import TrainingExample
 
 STYLE_WEIGHT = 0.25
+
+
+@dataclass(frozen=True)
+class PhaseProgress:
+    """Where a phase stands: `done` of `total` units, and the seconds left at its pace so far (None before the
+    first unit is done)."""
+
+    phase: Phase
+    done: int
+    total: int
+    eta_seconds: float | None
+
+
+OnPhase = Callable[[PhaseProgress], None]
+
+
+class PhaseClock:
+    """Reports one phase to `on_phase`: `start(total)` at 0, then each `(done, total)` it is called with (the
+    `on_batch` signature of `evaluate.render_candidates`) with an ETA from the time since `start`."""
+
+    def __init__(self, phase: Phase, on_phase: OnPhase | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.phase, self.on_phase, self.clock = phase, on_phase, clock
+        self.t0: float | None = None
+
+    def start(self, total: int) -> None:
+        self.t0 = self.clock()
+        self(0, total)
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.t0 is None:
+            self.t0 = self.clock()
+        if self.on_phase is None:
+            return
+        elapsed = self.clock() - self.t0
+        eta = round(elapsed / done * max(total - done, 0), 1) if done > 0 else None
+        self.on_phase(PhaseProgress(self.phase, done, total, eta))
 
 
 @dataclass(frozen=True)
@@ -112,10 +154,11 @@ def select_best(
     per_prompt: int = 1,
     k: int | None = None,
     style_weight: float = STYLE_WEIGHT,
+    on_phase: OnPhase | None = None,
 ) -> list[ScoredCandidate]:
     """Keep the `per_prompt` best candidates of each prompt by the combined score; with `k`, then only the `k` best
     of those overall (the paper's human round keeps ≈10). Returned grouped by prompt in first-seen order, best
-    first within a prompt."""
+    first within a prompt. `on_phase` hears `Phase.SCORING` at 0 and at every candidate scored."""
     if not candidates:
         raise ValueError("no candidates to select from")
     if per_prompt < 1:
@@ -124,8 +167,12 @@ def select_best(
         raise ValueError(f"k must be at least 1, got {k}")
     if not math.isfinite(style_weight) or style_weight < 0:
         raise ValueError(f"style_weight must be a finite number >= 0, got {style_weight}")
+    clock = PhaseClock(Phase.SCORING, on_phase)
+    clock.start(len(candidates))
+    scored = score_candidates(candidates, scorer, style_weight=style_weight)
+    clock(len(scored), len(candidates))
     groups: dict[str, list[ScoredCandidate]] = {}
-    for s in score_candidates(candidates, scorer, style_weight=style_weight):
+    for s in scored:
         groups.setdefault(s.candidate.prompt, []).append(s)
     kept = [s for group in groups.values() for s in _rank(group)[:per_prompt]]
     if k is not None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,14 +18,11 @@ import torch
 from diffusers import AmusedScheduler, UVit2DModel, VQModel
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
 
+from .contracts.models import HUB_ID, PRESETS, TINY, TINY_512
 from .lora import weights_hash
 
 logger = logging.getLogger(__name__)
 
-# Preset name -> hub id. Anything else is a hub id or a local directory.
-PRESETS = {"amused-256": "amused/amused-256", "amused-512": "amused/amused-512"}
-TINY = "tiny"
-TINY_512 = "tiny-512"  # the tiny preset with amused-512's layout: 512 px -> 32x32 tokens, U-ViT down/up-samples
 TINY_VERSION = "2"  # bump when build_tiny changes, so cached copies are rebuilt
 
 
@@ -113,9 +109,6 @@ def resolve_mixed_precision(name: str, device: str) -> str:
     if name == "auto":
         return "bf16" if device.startswith("cuda") else "no"
     return name
-
-
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # `org/name`, the only shape a hub repository id has
 
 
 def resolve_source(model: str, *, tiny_dir: str | os.PathLike[str] | None = None) -> str:

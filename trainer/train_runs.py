@@ -34,10 +34,14 @@ logger = logging.getLogger(__name__)
 class Progress:
     step: int  # steps done
     total: int
-    loss: float
+    loss: float  # the last step's loss (one random mask: noisy)
     learning_rate: float
     steps_per_second: float
     eta_seconds: float
+    # The mean loss of the steps since the previous report (steps interval_start..step): the steadier figure
+    # `styledrop train` prints, during the run and as its final loss.
+    interval_loss: float = float("nan")
+    interval_start: int = 0
 
 
 @dataclass
@@ -68,6 +72,7 @@ class StyleRun:
     running: bool = True
     created: float = field(default_factory=time.perf_counter)  # when the run took it (its result's seconds)
     t0: float = field(default_factory=time.perf_counter)  # when it started training (its steps per second)
+    reported: int = 0  # len(result.losses) at the last report: where the next report's interval starts
 
     @classmethod
     def of(cls, index: int, slot: int, spec: StyleSpec, cfg: TrainConfig, device: torch.device) -> StyleRun:
@@ -86,7 +91,11 @@ class StyleRun:
         elapsed = time.perf_counter() - self.t0
         sps = (self.step - self.first) / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.step) / sps if sps > 0 else float("inf")
-        return Progress(self.step, self.total, self.result.losses[-1], self.lr, sps, eta)
+        losses = self.result.losses
+        recent = losses[self.reported:] or losses[-1:]
+        start = self.step - len(recent) + 1
+        self.reported = len(losses)
+        return Progress(self.step, self.total, losses[-1], self.lr, sps, eta, sum(recent) / len(recent), start)
 
 
 def read_losses(pending: list[tuple[list[StyleRun], torch.Tensor]]) -> None:

@@ -6,7 +6,8 @@ their own captions, a subject's photos under its prompt, or a feedback round's (
 - automatic: the style's default version (as it was when the round was asked for) rendered over the feedback
   prompts, `per_prompt` candidates each, scored with CLIP against the style's reference images and the best of
   each prompt kept (`trainer.select_best`). The candidates' seeds follow from the job's seed, so a resumed round
-  trains on the same picks as the run it resumes.
+  trains on the same picks as the run it resumes. Its candidates rendered and scored are `phase` events, and the
+  kept images are stored and listed on the job (`picks`) with a `picks` event.
 """
 
 from __future__ import annotations
@@ -14,19 +15,23 @@ from __future__ import annotations
 import logging
 
 from PIL import Image, UnidentifiedImageError
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 import trainer
 from storage import jobs
-from storage.blobs import BlobNotFound
+from storage.blobs import BlobNotFound, new_key
 from storage.error_codes import FailureCode
 from storage.job_params import AutomaticRound, HumanRound, JobParams, Pick
 from storage.models import Generation, TrainingJob
+from storage.resources import pick_views
 from storage.states import EventKind
 from trainer import TrainingExample
+from trainer.contracts.phases import Phase
 from trainer.contracts.prompts import training_prompt
+from trainer.feedback import PhaseClock, ScoredCandidate
+from worker.progress import PhaseRecorder, PhaseStopped
 from worker.runtime import Runtime
-from worker.shared import TRANSIENT, open_image
+from worker.shared import TRANSIENT, open_image, png
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +91,8 @@ def picked_examples(rt: Runtime, selection: list[Pick]) -> list[TrainingExample]
 
 def automatic_examples(rt: Runtime, job: TrainingJob, feedback: AutomaticRound, references: list[Image.Image],
                        descriptor: str, seed: int) -> list[TrainingExample]:
+    """Render, score and keep; each phase is reported on the job (`phase` events, worker/progress.py) and the kept
+    images are stored as the job's `picks` with a `picks` event. `PhaseStopped` (cancelled meanwhile) passes up."""
     clip = rt.clip()
     if clip is None:
         raise RoundError(FailureCode.CLIP_UNAVAILABLE, "An automatic round scores images with CLIP, which this "
@@ -93,8 +100,11 @@ def automatic_examples(rt: Runtime, job: TrainingJob, feedback: AutomaticRound, 
                          "without it).")
     adapter_id = feedback.adapter_id
     prompts = trainer.feedback_prompts(descriptor)[: feedback.prompts]
+    on_phase = PhaseRecorder(rt, job.id, job.worker_host)
+    rendering = PhaseClock(Phase.RENDERING_CANDIDATES, on_phase)
     errors: dict[str, Exception] = {}
     try:
+        rendering.start(len(prompts) * feedback.per_prompt)
         with rt.cache().batch([adapter_id], errors) as slots:
             if adapter_id in errors:
                 raise RoundError(FailureCode.ADAPTER_MISSING, f"Version {feedback.version} could not be "
@@ -102,19 +112,32 @@ def automatic_examples(rt: Runtime, job: TrainingJob, feedback: AutomaticRound, 
                                  "again.")
             settings = trainer.EvalSettings(adapter=slots[adapter_id], seed=seed, steps=rt.settings.preview_steps)
             candidates = trainer.render_candidates(rt.parts(), prompts, per_prompt=feedback.per_prompt,
-                                                   settings=settings)
-        picked = trainer.select_best(candidates, trainer.ClipScorer(clip, references), per_prompt=1)
-    except RoundError:
+                                                   settings=settings, on_batch=rendering)
+        picked = trainer.select_best(candidates, trainer.ClipScorer(clip, references), per_prompt=1,
+                                     on_phase=on_phase)
+    except (RoundError, PhaseStopped):
         raise
     except TRANSIENT:
         raise
     except Exception as exc:  # a sampling or scoring failure ends this round's job, not the worker
         logger.exception("automatic round of job %s failed", job.id)
         raise RoundError(FailureCode.ROUND_ERROR, f"The round's samples could not be made: {exc}") from exc
-    with rt.session_factory() as s:  # what was kept and why, on the job's event stream
-        jobs.add_event(s, job.id, EventKind.LOG, {
-            "message": f"automatic round: kept {len(picked)} of {len(candidates)} images by CLIP score",
-            "picks": [{"prompt": p.candidate.prompt, "candidate": p.index, "text_score": p.text_score,
-                       "style_score": p.style_score} for p in picked]})
-        s.commit()
+    store_picks(rt, job.id, picked, len(candidates))
     return [p.example() for p in picked]
+
+
+def store_picks(rt: Runtime, job_id: str, picked: list[ScoredCandidate], candidates: int) -> None:
+    """The kept images as PNG blobs, listed on the job (`picks`, served at /v1/jobs/{id}/picks/{n}) and announced
+    with their scores and URLs by a `picks` event. A resumed round renders the same picks and lists them anew."""
+    rows = []
+    for p in picked:
+        key = new_key("picks", "png")
+        rt.store.put_bytes(key, png(p.candidate.image))
+        rows.append({"prompt": p.candidate.prompt, "candidate": p.index, "text_score": p.text_score,
+                     "style_score": p.style_score, "score": p.score, "image_key": key})
+    with rt.session_factory() as s:
+        s.execute(update(TrainingJob).where(TrainingJob.id == job_id).values(picks=rows))
+        jobs.add_event(s, job_id, EventKind.LOG, {
+            "message": f"automatic round: kept {len(picked)} of {candidates} images by CLIP score"})
+        jobs.add_event(s, job_id, EventKind.PICKS, {"picks": [pick.model_dump() for pick in pick_views(job_id, rows)]})
+        s.commit()

@@ -31,7 +31,10 @@ from storage.models import Adapter as AdapterRow
 from storage.models import Style, TrainingJob, utcnow
 from storage.states import JOB_ACTIVE, EventKind, JobState
 from trainer import Checkpoint, CheckpointError, GenerationRequest, subject_prompt, training_prompt
+from trainer.contracts.phases import Phase
+from trainer.feedback import PhaseClock, PhaseProgress
 from trainer.train import Callbacks, Progress, StyleSpec, TrainResult, train_styles
+from worker.progress import PhaseRecorder, PhaseStopped, phase_value
 from worker.rounds import RoundError, job_examples
 from worker.runtime import SHUTDOWN, Runtime
 from worker.scoring import record_adapter_scores
@@ -154,8 +157,15 @@ class TrainingRun:
         except RoundError as exc:
             outcomes[j.id] = self.fail(j, exc.code, exc.message)
             return False
+        except PhaseStopped as exc:  # cancelled (or taken over) while the round rendered its candidates
+            j.log.info("%s", exc)
+            outcomes[j.id] = self.stopped(j, resume.step if resume else j.job.step)
+            return False
         j.spec = StyleSpec([] if examples else images, descriptor, content, steps=j.job.total_steps, seed=j.seed,
                            resume=resume, examples=examples, prompt=j.subject)
+        # The steps from here on; `progress` events say how far they got.
+        PhaseRecorder(self.rt, j.id, j.job.worker_host, stops=False)(
+            PhaseProgress(Phase.TRAINING, resume.step if resume else 0, j.job.total_steps, None))
         return True
 
     def report(self, j: JobRun, p: Progress) -> None:
@@ -164,6 +174,7 @@ class TrainingRun:
             s.execute(update(TrainingJob).where(*j.mine()).values(
                 step=p.step, last_loss=p.loss, eta_seconds=eta, steps_per_second=p.steps_per_second,
                 heartbeat_at=utcnow(), device_seconds=j.device_seconds(),
+                phase=phase_value(PhaseProgress(Phase.TRAINING, p.step, p.total, eta)),
             ))
             jobs.add_event(s, j.id, EventKind.PROGRESS, {
                 "step": p.step, "total": p.total, "loss": p.loss, "lr": p.learning_rate,
@@ -222,16 +233,7 @@ class TrainingRun:
         if result.stopped and j.stop == "shutdown":
             return self.requeue(j, count_attempt=False)
         if result.stopped or result.adapter is None:
-            with self.rt.session_factory() as s:
-                row = s.execute(select(TrainingJob.cancel_requested_at, TrainingJob.state)
-                                .where(TrainingJob.id == j.id)).one()
-                ok = False
-                if row.cancel_requested_at is not None or row.state == JobState.CANCELLING:
-                    ok = jobs.transition(s, j.id, expected=JOB_ACTIVE, new=JobState.CANCELLED,
-                                         finished_at=utcnow(), eta_seconds=None, device_seconds=j.device_seconds())
-                s.commit()
-            j.log.info("stopped at step %d (%s)", result.step, JobState.CANCELLED if ok else "no longer ours")
-            return JobState.CANCELLED if ok else "stopped"
+            return self.stopped(j, result.step)
 
         # Stored in fp16 (10.5 MB instead of 21 MB at amused-256 size); previews use the stored copy, so they
         # show exactly what later generations with this adapter will produce.
@@ -258,6 +260,19 @@ class TrainingRun:
         return JobState.SUCCEEDED if ok else "lost"
 
     # --- helpers of the steps --------------------------------------------------------------------------------
+
+    def stopped(self, j: JobRun, step: int) -> str:
+        """The job stopped before its end: cancelled when that was asked for, else it is no longer ours."""
+        with self.rt.session_factory() as s:
+            row = s.execute(select(TrainingJob.cancel_requested_at, TrainingJob.state)
+                            .where(TrainingJob.id == j.id)).one()
+            ok = False
+            if row.cancel_requested_at is not None or row.state == JobState.CANCELLING:
+                ok = jobs.transition(s, j.id, expected=JOB_ACTIVE, new=JobState.CANCELLED,
+                                     finished_at=utcnow(), eta_seconds=None, device_seconds=j.device_seconds())
+            s.commit()
+        j.log.info("stopped at step %d (%s)", step, JobState.CANCELLED if ok else "no longer ours")
+        return JobState.CANCELLED if ok else "stopped"
 
     def fail(self, j: JobRun, code: FailureCode, message: str) -> str:
         with self.rt.session_factory() as s:
@@ -306,10 +321,14 @@ class TrainingRun:
             return
         cache = self.rt.cache()
         cache.put(adapter_id, adapter)
+        recorder = PhaseRecorder(self.rt, j.id, j.job.worker_host, stops=False)
+        clock = PhaseClock(Phase.RENDERING_PREVIEWS, recorder)
+        clock.start(len(prompts))
         with cache.batch([adapter_id]) as slots:
             requests = [GenerationRequest(prompt=p, seed=j.seed + i, adapter=slots[adapter_id],
                                           steps=self.rt.settings.preview_steps) for i, p in enumerate(prompts)]
             results = trainer.sample(self.rt.parts(), requests)
+        clock(len(results), len(prompts))
         made = [(p, res.image) for p, res in zip(prompts, results, strict=True) if res.image is not None]
         record_adapter_scores(self.rt, adapter_id, made, j.references)
         for prompt, res in zip(prompts, results, strict=True):

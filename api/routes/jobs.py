@@ -13,7 +13,7 @@ from api.http.pagination import cursor_page
 from api.http.problems import problem_responses
 from api.http.streams import EventStreamRoute, StreamHub
 from api.schemas import MAX_OFFSET, JobEventPage, JobEventPublic, JobPage, JobPublic
-from api.services import jobs, lookup
+from api.services import jobs, lookup, rounds
 from storage import urls
 from storage.error_codes import ErrorCode
 from storage.models import JobEvent
@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(401, 403, 404, 409, 410, 429))
 
 StateFilter = Annotated[JobState | None, Query(description="Only jobs in this state.")]
-PreviewIndex = Annotated[int, Path(ge=0, le=MAX_OFFSET, description="0-based preview number.")]
+PreviewIndex = Annotated[int, Path(ge=0, le=MAX_OFFSET, description="0-based image number.")]
 
 
 def event_public(event: JobEvent, preview_n: int | None = None) -> JobEventPublic:
@@ -137,3 +137,11 @@ def job_preview(job_id: str, n: PreviewIndex, user: CurrentUser, session: Sessio
     jobs.get_job(session=session, owner=user, job_id=job_id)
     key = jobs.preview_key(session=session, job_id=job_id, n=n)
     return Response(lookup.read_blob(blobs, key, what="preview"), media_type="image/png")
+
+
+@router.get("/{job_id}/picks/{n}", response_class=Response,
+            responses={200: {"content": {"image/png": {}}, "description": "A picked image, PNG."}})
+def job_pick(job_id: str, n: PreviewIndex, user: CurrentUser, session: SessionDep, blobs: BlobsDep) -> Response:
+    """The n-th (0-based) image an automatic round kept to train on (the job's `picks`)."""
+    job = jobs.get_job(session=session, owner=user, job_id=job_id)
+    return Response(lookup.read_blob(blobs, rounds.pick_key(job, n), what="pick"), media_type="image/png")

@@ -7,6 +7,7 @@ Sign-in and sign-out are the only page forms that change state here.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
@@ -14,20 +15,23 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
 
-from fastapi import APIRouter, Depends, Form, Query, Request, status
+from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.http.deps import SessionDep, current_user_from_cookie
 from api.http.errors import NotFound
 from api.http.security import CSRF_FIELD, SESSION_COOKIE, check_csrf, csrf_token
-from api.services import gallery, rounds, styles, versions
+from api.schemas import RoundCreate, SamplesCreate
+from api.services import gallery, history, styles
 from storage.generation_settings import MAX_SEED, SETTING_NAMES
 from storage.models import User
 from storage.sessions import close_session, open_session
 from storage.users import find_key
 from trainer.contracts import limits
+from trainer.contracts.prompts import FEEDBACK_CONTENTS, training_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +70,22 @@ SignedInUser = Annotated[User, Depends(_signed_in)]
 router = APIRouter(include_in_schema=False, route_class=PageRoute)
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
 # The generate form's bounds and defaults, and the settings "use these settings again" restores
-templates.env.globals.update(limits=limits, setting_names=list(SETTING_NAMES), max_seed=MAX_SEED)
+templates.env.globals.update(limits=limits, setting_names=list(SETTING_NAMES), max_seed=MAX_SEED,
+                             training_prompt=training_prompt)  # what an uncaptioned reference trains on
 templates.env.filters["g"] = lambda number: f"{number:g}"  # 1.0 → 1, as the API's docs write the numbers
+# One time format on every page, the same as styledrop.js's fmtTime: "2026-05-01 14:03 UTC"
+templates.env.filters["when"] = lambda t: t.strftime("%Y-%m-%d %H:%M UTC") if t else "—"
 
 STYLES_PAGE_LIMIT = 200
-GALLERY_LIMIT = 24  # the style page shows the newest; the gallery pages through the rest
+# The round settings' bounds and defaults, as the API's schemas define them
+ROUND_LIMITS = {
+    "prompts": SamplesCreate.model_fields["prompts"].default,
+    "max_prompts": len(FEEDBACK_CONTENTS),
+    "images_per_prompt": SamplesCreate.model_fields["images_per_prompt"].default,
+    "per_prompt": RoundCreate.model_fields["per_prompt"].default,
+    "max_per_prompt": max(m.le for m in RoundCreate.model_fields["per_prompt"].metadata if hasattr(m, "le")),
+}
+GALLERY_LIMIT = 12  # the style page shows the newest; the gallery pages through the rest
 
 
 def _safe_next(target: str | None, default: str = "/styles") -> str:
@@ -159,7 +174,9 @@ def signout(request: Request, session: SessionDep, csrf: Annotated[str, Form(ali
 @router.get("/styles")
 def styles_page(request: Request, session: SessionDep, user: SignedInUser) -> Response:
     listed = styles.list_styles(session=session, owner=user, limit=STYLES_PAGE_LIMIT, offset=0)
-    return _render(request, "styles.html", user, items=styles.styles_with_jobs(session, listed))
+    items = styles.styles_with_jobs(session, listed)
+    titles = history.job_titles(session, [job for _, job in items if job is not None])
+    return _render(request, "styles.html", user, items=items, titles=titles)
 
 
 @router.get("/styles/new")
@@ -175,11 +192,15 @@ def style_page(style_id: str, request: Request, session: SessionDep, user: Signe
         return _render(request, "error.html", user, status_code=404, title="Style not found",
                        message="This style does not exist, was deleted, or belongs to someone else.")
     ((style_view, job),) = styles.styles_with_jobs(session, [styles.style_public(session, style)])
+    past = history.style_history(session, style)
     shots = gallery.gallery_page(session=session, owner=user, page=1, per_page=GALLERY_LIMIT,
                                  adapter_ids=gallery.style_adapter_ids(session=session, style_id=style.id))
-    return _render(request, "style.html", user, style=style_view, job=job, gallery=shots,
-                   versions=versions.list_versions(session=session, owner=user, style_id=style.id),
-                   samples=rounds.sample_images(session=session, owner=user, style=style))
+    versions = [(e.adapter_id, f"v{e.version} (default)" if e.is_default else f"v{e.version}") for e in past.live]
+    subjects = gallery.choices(session=session, owner=user, kind="subject") if style.kind == "style" else []
+    return _render(request, "style.html", user, style=style_view, job=job, gallery=shots, history=past,
+                   current=next((e for e in past.entries if job and e.job.id == job.id), None),
+                   version_choices=versions, round_limits=ROUND_LIMITS,
+                   subjects=subjects)
 
 
 @router.get("/gallery")
@@ -191,8 +212,8 @@ def gallery_page(request: Request, session: SessionDep, user: SignedInUser,
                        message=f"Gallery pages are numbered from 1; there is no page {page[:20]!r}.")
     result = gallery.gallery_page(session=session, owner=user, page=number)
     return _render(request, "gallery.html", user, gallery=result,
-                   adapters=gallery.adapter_choices(session=session, owner=user),
-                   subjects=gallery.adapter_choices(session=session, owner=user, kind="subject"))
+                   styles=gallery.choices(session=session, owner=user, kind="style"),
+                   subjects=gallery.choices(session=session, owner=user, kind="subject"))
 
 
 @router.get("/keys")
@@ -206,3 +227,29 @@ def admin_page(request: Request, user: SignedInUser) -> Response:
         return _render(request, "error.html", user, status_code=403, title="Admins only",
                        message="The admin pages need an admin account. Sign in with an admin API key to see them.")
     return _render(request, "admin.html", user)
+
+
+def _wants_html(request: Request) -> bool:
+    """A browser asking for a page: not an API path, and an Accept that names HTML but not JSON."""
+    if request.url.path.startswith("/v1/"):
+        return False
+    accept = request.headers.get("accept", "")
+    return "text/html" in accept and "json" not in accept
+
+
+def install_not_found_page(app: FastAPI) -> None:
+    """A mistyped page path gets an HTML page with the site's header and a way back; API paths and clients that
+    accept JSON keep the problem document (api/http/errors.py). Call after install_handlers."""
+    problem_handler = app.exception_handlers[StarletteHTTPException]
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, StarletteHTTPException) and exc.status_code == 404 and _wants_html(request):
+            with request.app.state.sessionmaker() as session:
+                user = current_user_from_cookie(request, session)
+                return _render(request, "error.html", user, status_code=404, title="Page not found",
+                               message=f"There is no page at {request.url.path[:200]}. Check the address, or go on "
+                                       "from one of the links above.")
+        response = problem_handler(request, exc)
+        return await response if inspect.isawaitable(response) else response
+
+    app.add_exception_handler(StarletteHTTPException, not_found)

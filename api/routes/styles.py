@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Header, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile, status
 
 from api.http.deps import BlobsDep, CurrentUser, PagingDep, RateLimitedUser, SessionDep, SettingsDep
 from api.http.forms import StrictFormRoute
@@ -10,10 +10,10 @@ from api.http.problems import problem_responses
 from api.schemas import (
     WEBHOOK_DOC,
     WEBHOOK_EVENTS_DOC,
-    GenerationPublic,
     JobPublic,
     RoundCreate,
     SamplesCreate,
+    SamplesPublic,
     StyleCreatedPublic,
     StyleJobCreate,
     StylePage,
@@ -22,7 +22,6 @@ from api.schemas import (
     VersionPage,
 )
 from api.services import jobs, lookup, rounds, styles, uploads, versions
-from storage.resources import generation_views
 
 router = APIRouter(prefix="/v1/styles", tags=["styles"], route_class=StrictFormRoute,
                    responses=problem_responses(400, 401, 403, 404, 409, 410, 413, 415, 429))
@@ -139,14 +138,23 @@ def create_style_job(
     return jobs.job_public(session, job)
 
 
-@router.post("/{style_id}/samples", status_code=status.HTTP_202_ACCEPTED, response_model=list[GenerationPublic])
+@router.post("/{style_id}/samples", status_code=status.HTTP_202_ACCEPTED, response_model=SamplesPublic)
 def create_samples(style_id: str, user: RateLimitedUser, session: SessionDep, blobs: BlobsDep,
-                   settings: SettingsDep, body: SamplesCreate | None = None) -> list[GenerationPublic]:
+                   settings: SettingsDep, body: SamplesCreate | None = None) -> SamplesPublic:
     """Queue one generation per feedback prompt ("A chihuahua in <descriptor> style", ...) with the style's default
-    version (or `version`): the images a human feedback round is picked from."""
-    gens = rounds.create_samples(session=session, blobs=blobs, settings=settings, owner=user, style_id=style_id,
+    version (or `version`): the images a human feedback round is picked from. Answers the set (`items`, in prompt
+    order) with its progress; GET /v1/styles/{id}/samples shows it as it goes."""
+    return rounds.create_samples(session=session, blobs=blobs, settings=settings, owner=user, style_id=style_id,
                                  body=body or SamplesCreate())
-    return generation_views(session, gens)
+
+
+@router.get("/{style_id}/samples", response_model=SamplesPublic)
+def get_samples(style_id: str, user: CurrentUser, session: SessionDep,
+                version: Annotated[int | None, Query(ge=1, description="Default: the newest set of any version.")]
+                = None) -> SamplesPublic:
+    """The newest samples set of the style (of `version` when given): its generations and how many are done
+    (`done` of `total`, `progress`, `eta_seconds`); an empty set before the first."""
+    return rounds.get_samples(session=session, owner=user, style_id=style_id, version=version)
 
 
 @router.post("/{style_id}/rounds", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)

@@ -2,6 +2,8 @@
 and adapter version, with the file name each image downloads as.
 
 Page-only reads (the JSON API lists generations flat); a fixed number of queries per page whatever its size.
+A style's feedback samples (its generations over the feedback prompts, api/services/rounds.py) are not gallery
+images: the style page shows them with the rounds (api/services/history.py).
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from api.schemas import GenerationPublic
+from api.services.versions import default_of
 from storage.generation_settings import SETTING_NAMES
 from storage.models import Adapter, Generation, Style, User
+from trainer.contracts.prompts import feedback_prompts
 
 PER_PAGE = 24
 MAX_PAGE = 10_000  # deeper offsets are refused by the page route (a 404 page), not sent to the database
@@ -86,6 +90,11 @@ def gallery_page(*, session: Session, owner: User, page: int, per_page: int = PE
     )
     if adapter_ids is not None:
         query = query.where(Generation.adapter_id.in_(adapter_ids))
+    descriptors = session.scalars(select(Style.descriptor).distinct().where(
+        Style.owner_id == owner.id, Style.kind == "style", Style.deleted_at.is_(None))).all()
+    samples = [(d, p) for d in descriptors for p in feedback_prompts(d)]
+    if samples:  # a style's samples: its own descriptor's feedback prompts (base-model images have no style)
+        query = query.where(or_(Style.descriptor.is_(None), ~tuple_(Style.descriptor, Generation.prompt).in_(samples)))
     rows = session.execute(
         query.order_by(Generation.queued_at.desc(), Generation.id.desc())
         .limit(per_page + 1).offset((page - 1) * per_page)
@@ -104,16 +113,40 @@ def gallery_page(*, session: Session, owner: User, page: int, per_page: int = PE
     return GalleryPage(groups=groups, page=page, has_next=has_next)
 
 
-def adapter_choices(*, session: Session, owner: User, kind: str | None = None) -> list[tuple[str, str]]:
-    """(adapter id, label) for the gallery's generate form: the owner's live adapters, newest first; `kind`
-    narrows them to those of styles or of subjects."""
-    query = (select(Adapter.id, Adapter.version, Style.descriptor)
-             .join(Style, Style.id == Adapter.style_id)
-             .where(Adapter.owner_id == owner.id, Adapter.deleted_at.is_(None), Style.deleted_at.is_(None)))
-    if kind is not None:
-        query = query.where(Style.kind == kind)
-    rows = session.execute(query.order_by(Adapter.created_at.desc(), Adapter.id.desc()).limit(200)).all()
-    return [(a_id, f"{descriptor} · v{version}") for a_id, version, descriptor in rows]
+@dataclass(frozen=True)
+class Choice:
+    """A style or subject in the generate form's menus, once, with its live versions (newest first)."""
+
+    style_id: str
+    label: str
+    versions: list[tuple[str, str]]  # (adapter id, "v2 (default)")
+
+    @property
+    def default_adapter_id(self) -> str:
+        return next(a_id for a_id, label in self.versions if label.endswith("(default)"))
+
+
+def choices(*, session: Session, owner: User, kind: str) -> list[Choice]:
+    """The owner's styles (`kind` "style") or subjects ("subject") that have a live version, newest first, each once
+    with its versions; the default version (api/services/versions.py) is marked."""
+    rows = session.execute(
+        select(Adapter, Style)
+        .join(Style, Style.id == Adapter.style_id)
+        .where(Adapter.owner_id == owner.id, Adapter.deleted_at.is_(None), Style.deleted_at.is_(None),
+               Style.kind == kind)
+        .order_by(Style.created_at.desc(), Style.id.desc(), Adapter.version)
+    ).all()
+    grouped: dict[str, tuple[Style, list[Adapter]]] = {}
+    for adapter, style in rows:
+        grouped.setdefault(style.id, (style, []))[1].append(adapter)
+    out = []
+    for style, adapters in list(grouped.values())[:200]:
+        default = default_of(style, adapters)
+        word = style.class_word if kind == "subject" and style.class_word not in (None, style.descriptor) else None
+        label = f"{style.descriptor} ({word})" if word else style.descriptor
+        out.append(Choice(style_id=style.id, label=label, versions=[
+            (a.id, f"v{a.version} (default)" if a is default else f"v{a.version}") for a in reversed(adapters)]))
+    return out
 
 
 def style_adapter_ids(*, session: Session, style_id: str) -> list[str]:

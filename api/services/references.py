@@ -22,10 +22,9 @@ from storage.blobs import BlobStore, content_key
 from storage.error_codes import ErrorCode
 from storage.images import NormalizedImage
 from storage.settings import Settings
+from trainer.contracts.limits import MAX_CAPTION, MAX_CLASS_WORD
 
 StyleKind = Literal["style", "subject"]
-MAX_CAPTION = 500
-MAX_CLASS_WORD = 64
 
 
 class ImageSource(Protocol):

@@ -50,7 +50,6 @@ from storage.models import (
 from storage.resources import job_views
 from storage.settings import Settings
 from storage.states import JOB_UNFINISHED, EventKind, JobState, WorkKind
-from trainer.contracts.limits import DEFAULT_TRAIN_STEPS
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +165,7 @@ def create_style(
         close_all(normalized)
     first = references[0]
 
-    total = steps or min(settings.train_steps or DEFAULT_TRAIN_STEPS, settings.max_train_steps)
+    total = steps or settings.default_train_steps
     style = Style(  # image_bytes: every reference together (what the storage cap counts)
         owner_id=owner.id, image_key=first["key"], image_sha256=first["sha256"],
         image_bytes=sum(r["bytes"] for r in references), width=first["width"], height=first["height"],
@@ -305,7 +304,7 @@ def create_style_job(
     check_storage(session, settings, owner, adapter_bytes(session, settings), "this training job's adapter")
     if steps is None:
         previous = JobParams.of(last).steps if last is not None else None
-        default = min(settings.train_steps or DEFAULT_TRAIN_STEPS, settings.max_train_steps)
+        default = settings.default_train_steps
         steps = previous if isinstance(previous, int) and 1 <= previous <= settings.max_train_steps else default
     job = TrainingJob(
         style_id=style.id, owner_id=owner.id, state=JobState.QUEUED, total_steps=steps,

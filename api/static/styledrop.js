@@ -63,6 +63,9 @@
     return data;
   }
 
+  // A JSON listing's rows: a bare array, or the envelope {"items": [...], "next": url | null}.
+  function items(data) { return Array.isArray(data) ? data : (data && Array.isArray(data.items) ? data.items : []); }
+
   function showError(el, message) {
     if (!el) return;
     el.textContent = message || "";
@@ -84,10 +87,35 @@
     return `${(n / 1048576).toFixed(2)} MB`;
   }
 
+  // One time format on every page, the same as the server's (api/routes/pages.py, the `when` filter).
   function fmtTime(iso) {
     if (!iso) return "—";
     const d = new Date(iso);
-    return d.toLocaleString(undefined, { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit" });
+    return isNaN(d) ? "—" : `${d.toISOString().slice(0, 16).replace("T", " ")} UTC`;
+  }
+
+  // A Copy button for the text of `source`; without clipboard permission it selects the text for Ctrl+C.
+  function copyButton(button, source, done) {
+    button.addEventListener("click", async () => {
+      try {
+        await navigator.clipboard.writeText(source.textContent.trim());
+        done.textContent = "Copied.";
+      } catch (err) {
+        const range = document.createRange();
+        range.selectNodeContents(source);
+        window.getSelection().removeAllRanges();
+        window.getSelection().addRange(range);
+        done.textContent = "Selected: press Ctrl+C (⌘C) to copy.";
+      }
+    });
+  }
+
+  // Narrow screens show a table's rows as blocks, each cell labelled with its column's heading (styledrop.css).
+  function labelCells(table) {
+    const heads = $all("thead th", table).map((th) => th.textContent.trim());
+    for (const tr of $all("tbody tr", table)) {
+      Array.from(tr.children).forEach((td, n) => { if (heads[n] && td.colSpan === 1) td.dataset.label = heads[n]; });
+    }
   }
 
   // --- one training job: progress bar, ETA, loss curve, previews, error, cancel ---------------------------
@@ -151,6 +179,7 @@
       if (!cancellable) this.confirmBox.hidden = true;
       if (state === "succeeded") this.setProgress(this.total, this.total);
       if (FINAL.has(state)) this.part("eta").textContent = "—";
+      if (FINAL.has(state) || state === "queued") this.setPhase(null);
       if (state === "queued" && this.source) this.pollQueue();
     }
 
@@ -183,6 +212,35 @@
       this.part("pct").textContent = `${Math.round(frac * 100)}%`;
       this.part("step").textContent = String(step);
       this.part("total").textContent = String(this.total);
+    }
+
+    // The phase before or after the steps (an automatic round's candidates, the previews); training itself is
+    // the Step line, so a `training` phase (or none) hides this line. Words: data-words of _job.html.
+    setPhase(p) {
+      const line = this.part("phase-line");
+      const words = JSON.parse(line.dataset.words || "{}");
+      if (!p || !words[p.phase]) { line.hidden = true; return; }
+      this.part("phase").textContent = words[p.phase];
+      this.part("phase-count").textContent = `${p.done}/${p.total}`;
+      this.part("phase-eta").textContent = fmtSeconds(p.eta_seconds);
+      line.hidden = false;
+    }
+
+    addPicks(picks) {
+      const box = this.part("picks");
+      box.replaceChildren();
+      for (const p of picks || []) {
+        const img = document.createElement("img");
+        img.src = p.image_url;
+        img.alt = `Picked: ${p.prompt}`;
+        img.loading = "lazy";
+        const fig = document.createElement("figure");
+        const cap = document.createElement("figcaption");
+        cap.textContent = `picked · score ${Number(p.score).toFixed(3)}: ${p.prompt}`;
+        fig.append(img, cap);
+        box.append(fig);
+      }
+      box.hidden = !box.children.length;
     }
 
     setTook(job) {
@@ -258,6 +316,7 @@
     apply(event) {
       const p = event.payload || {};
       if (event.kind === "progress") {
+        this.setPhase(null);
         this.setProgress(p.step, p.total);
         this.part("eta").textContent = fmtSeconds(p.eta_seconds);
         this.addLoss(p.step, p.loss);
@@ -265,12 +324,16 @@
         this.setState(p.to);
       } else if (event.kind === "preview") {
         this.addPreview(p);
+      } else if (event.kind === "phase") {
+        if (!FINAL.has(this.state)) this.setPhase(p);
+      } else if (event.kind === "picks") {
+        this.addPicks(p.picks);
       }
     }
 
     async loadHistory() {
       try {
-        const events = (await api("GET", `/v1/jobs/${this.id}/events?limit=1000`)).items;
+        const events = items(await api("GET", `/v1/jobs/${this.id}/events?limit=1000`));
         const state = this.state;
         for (const ev of events) this.apply(ev);
         this.setState(state);
@@ -281,7 +344,7 @@
 
     listen() {
       this.source = new EventSource(`/v1/jobs/${this.id}/events`);
-      for (const kind of ["progress", "state", "preview"]) {
+      for (const kind of ["progress", "state", "preview", "phase", "picks"]) {
         this.source.addEventListener(kind, (msg) => this.apply(JSON.parse(msg.data)));
       }
       this.source.addEventListener("end", () => { this.source.close(); this.refresh(); });
@@ -324,61 +387,114 @@
     const form = $("#style-form");
     const input = $("#image");
     const zone = $("#dropzone");
+    const list = $("#file-list");
     const errorEl = $("#form-error");
     const maxBytes = Number(form.dataset.maxBytes);
-    let file = null;
+    const maxImages = Number(form.dataset.maxImages) || 1;
+    let files = [];  // [{file, caption input}], in upload order
 
-    function choose(f) {
-      file = f || null;
+    const kind = () => (form.querySelector('input[name="kind"]:checked') || {}).value || "style";
+
+    function render() {
+      list.replaceChildren();
+      list.hidden = !files.length;
+      const subject = kind() === "subject";
+      files.forEach((entry, n) => {
+        const { file } = entry;
+        const li = document.createElement("li");
+        li.className = "file-item";
+        const img = document.createElement("img");
+        img.alt = `Preview of image ${n + 1}`;
+        const info = document.createElement("p");
+        info.className = "small file-meta";
+        info.textContent = `${file.name} · ${fmtBytes(file.size)}`;
+        img.onload = () => { info.textContent = `${file.name} · ${fmtBytes(file.size)} · ${img.naturalWidth}×${img.naturalHeight} px`; };
+        img.onerror = () => { img.hidden = true; info.textContent = `${file.name} · ${fmtBytes(file.size)} · this browser cannot preview it`; };
+        img.src = entry.url;
+        const body = document.createElement("div");
+        body.className = "file-body";
+        body.append(info);
+        if (!subject) {
+          const id = `caption-${n}`;
+          const label = document.createElement("label");
+          label.htmlFor = id; label.className = "small"; label.textContent = `Caption of image ${n + 1} (optional)`;
+          const cap = document.createElement("input");
+          cap.id = id; cap.className = "caption"; cap.maxLength = 200; cap.value = entry.caption;
+          cap.placeholder = "empty = “<content> in <descriptor> style”";
+          cap.addEventListener("input", () => { entry.caption = cap.value; });
+          body.append(label, cap);
+        }
+        const remove = smallButton("Remove", "remove-image", "secondary");
+        remove.setAttribute("aria-label", `Remove image ${n + 1} (${file.name})`);
+        remove.addEventListener("click", () => { URL.revokeObjectURL(entry.url); files.splice(n, 1); render(); });
+        body.append(remove);
+        li.append(img, body);
+        list.append(li);
+      });
+      const total = files.reduce((sum, e) => sum + e.file.size, 0);
+      $("#file-info").textContent = files.length
+        ? `${files.length} of at most ${maxImages} image${maxImages === 1 ? "" : "s"} · ${fmtBytes(total)}` : "";
+    }
+
+    function add(chosen) {
       showError(errorEl, "");
-      const box = $("#file-preview");
-      const img = $("#preview-img");
-      const info = $("#file-info");
-      if (!file) { box.hidden = true; return; }
-      box.hidden = false;
-      info.textContent = `${file.name} · ${fmtBytes(file.size)}`;
-      if (file.size > maxBytes) {
-        showError(errorEl, `This file is ${fmtBytes(file.size)}; the limit is ${fmtBytes(maxBytes)}. Choose a smaller image.`);
+      for (const file of chosen) {
+        if (files.length >= maxImages) {
+          showError(errorEl, `At most ${maxImages} images; ${file.name} and any after it were left out.`);
+          break;
+        }
+        if (file.size > maxBytes) {
+          showError(errorEl, `${file.name} is ${fmtBytes(file.size)}; the limit is ${fmtBytes(maxBytes)} an image. Choose a smaller one.`);
+        }
+        files.push({ file, caption: "", url: URL.createObjectURL(file) });
       }
-      const url = URL.createObjectURL(file);
-      img.hidden = false;
-      img.onload = () => {
-        info.textContent = `${file.name} · ${fmtBytes(file.size)} · ${img.naturalWidth}×${img.naturalHeight} px`;
-      };
-      img.onerror = () => {
-        img.hidden = true;
-        info.textContent = `${file.name} · ${fmtBytes(file.size)} · this browser cannot preview it`;
-      };
-      img.src = url;
+      render();
     }
 
-    input.addEventListener("change", () => choose(input.files[0]));
-    for (const kind of ["dragenter", "dragover"]) {
-      zone.addEventListener(kind, (e) => { e.preventDefault(); zone.classList.add("over"); });
+    function showKind() {
+      const subject = kind() === "subject";
+      $("#style-fields").hidden = subject;
+      $("#subject-fields").hidden = !subject;
+      render();
     }
-    for (const kind of ["dragleave", "drop"]) {
-      zone.addEventListener(kind, () => zone.classList.remove("over"));
+    for (const radio of $all('input[name="kind"]', form)) radio.addEventListener("change", showKind);
+
+    input.addEventListener("change", () => { add(Array.from(input.files)); input.value = ""; });
+    for (const name of ["dragenter", "dragover"]) {
+      zone.addEventListener(name, (e) => { e.preventDefault(); zone.classList.add("over"); });
+    }
+    for (const name of ["dragleave", "drop"]) {
+      zone.addEventListener(name, () => zone.classList.remove("over"));
     }
     zone.addEventListener("drop", (e) => {
       e.preventDefault();
-      const files = e.dataTransfer && e.dataTransfer.files;
-      if (!files || !files.length) return;
-      choose(files[0]);
-      if (files.length > 1) showError(errorEl, "Drop one image only; the first one is used.");
+      const dropped = e.dataTransfer && e.dataTransfer.files;
+      if (dropped && dropped.length) add(Array.from(dropped));
     });
 
     form.addEventListener("submit", async (e) => {
       e.preventDefault();
       showError(errorEl, "");
-      if (!file) { showError(errorEl, "Choose a style image first."); input.focus(); return; }
-      const descriptor = $("#descriptor").value.trim();
-      if (!descriptor) { showError(errorEl, "Describe the style in a few words, e.g. “watercolor painting”."); $("#descriptor").focus(); return; }
+      if (!files.length) { showError(errorEl, "Choose at least one image first."); input.focus(); return; }
       const data = new FormData();
-      data.append("image", file, file.name);
-      data.append("descriptor", descriptor);
-      const content = $("#content").value.trim();
-      if (content) data.append("content", content);
-      for (const name of ["steps", "seed"]) {
+      data.append("kind", kind());
+      if (kind() === "subject") {
+        const word = $("#class_word").value.trim();
+        if (!word) { showError(errorEl, "Say what the subject is in one word, e.g. “dog”."); $("#class_word").focus(); return; }
+        data.append("class_word", word);
+      } else {
+        const descriptor = $("#descriptor").value.trim();
+        if (!descriptor) { showError(errorEl, "Describe the style in a few words, e.g. “watercolor painting”."); $("#descriptor").focus(); return; }
+        data.append("descriptor", descriptor);
+        const content = $("#content").value.trim();
+        if (content) data.append("content", content);
+      }
+      const captioned = kind() === "style" && files.some((entry) => entry.caption.trim());
+      for (const entry of files) {
+        data.append("image", entry.file, entry.file.name);
+        if (captioned) data.append("caption", entry.caption.trim());  // one per image, in order; empty = default
+      }
+      for (const name of ["steps", "seed", "webhook"]) {
         const v = $(`#${name}`).value.trim();
         if (v) data.append(name, v);
       }
@@ -389,7 +505,7 @@
         const created = await api("POST", "/v1/styles", data);
         window.location.assign(`/styles/${created.style.id}`);
       } catch (err) {
-        showError(errorEl, `The image was refused: ${err.message}`);
+        showError(errorEl, `The upload was refused: ${err.message}`);
         button.disabled = false;
         button.textContent = "Upload and train";
       }
@@ -477,7 +593,29 @@
     if (!form) return;
     const gallery = $("#gallery");
     const genError = $("#gen-error");
-    const adapterSelect = $("#gen_adapter");
+    const adapterSelect = $("#gen_version");  // its value is the chosen version's adapter id
+    const styleSelect = $("#gen_style");  // the gallery: each style once, its versions fill adapterSelect
+
+    // The chosen style's versions, the default selected (or `adapterId` when it is one of them).
+    function fillVersions(adapterId) {
+      const opt = styleSelect.selectedOptions[0];
+      const versions = JSON.parse((opt && opt.dataset.versions) || "[]");
+      adapterSelect.replaceChildren();
+      if (!versions.length) adapterSelect.append(new Option("—", ""));
+      for (const [id, label] of versions) {
+        adapterSelect.append(new Option(label, id, false, adapterId ? id === adapterId : label.endsWith("(default)")));
+      }
+      adapterSelect.disabled = !versions.length;
+    }
+    if (styleSelect) styleSelect.addEventListener("change", () => fillVersions(null));
+
+    // "Use these settings again" on the gallery: the style whose versions hold the image's adapter.
+    function chooseStyleOf(adapterId) {
+      const opt = [...styleSelect.options].find((o) => JSON.parse(o.dataset.versions || "[]").some(([id]) => id === adapterId));
+      styleSelect.value = opt ? opt.value : "";
+      fillVersions(opt ? adapterId : null);
+      return Boolean(opt) || !adapterId;
+    }
     for (const [id, out] of [["style_strength", "style_strength_out"], ["strength", "strength_out"],
       ["subject_weight", "subject_weight_out"]]) {
       const input = $(`#${id}`);
@@ -488,9 +626,9 @@
     }
 
     function styleNameFor(adapterId) {
-      if (adapterSelect) {
-        const opt = adapterSelect.selectedOptions[0];
-        return adapterId && opt ? opt.textContent.replace(/ · v\d+$/, "") : "";
+      if (styleSelect) {
+        const opt = styleSelect.selectedOptions[0];
+        return adapterId && opt ? opt.textContent : "";
       }
       return ctx.styleName;
     }
@@ -590,19 +728,7 @@
       }
     });
 
-    $("#copy-curl").addEventListener("click", async () => {
-      const text = $("#curl-snippet").textContent;
-      try {
-        await navigator.clipboard.writeText(text);
-        $("#copy-done").textContent = "Copied.";
-      } catch (err) {  // no clipboard permission: select it for Ctrl+C instead
-        const range = document.createRange();
-        range.selectNodeContents($("#curl-snippet"));
-        window.getSelection().removeAllRanges();
-        window.getSelection().addRange(range);
-        $("#copy-done").textContent = "Selected: press Ctrl+C (⌘C) to copy.";
-      }
-    });
+    copyButton($("#copy-curl"), $("#curl-snippet"), $("#copy-done"));
 
     document.addEventListener("click", async (e) => {
       const target = e.target.closest("[data-action]");
@@ -612,9 +738,17 @@
         showError(genError, "");
         for (const [name, value] of Object.entries(s)) {
           const input = form.elements.namedItem(name);
-          if (!input) continue;  // the style page has no adapter choice: its adapter is the page's
+          if (!input) continue;
           const text = value === null || value === undefined ? "" : String(value);
-          if (input.tagName === "SELECT") {
+          if (input === adapterSelect && styleSelect) {
+            if (!chooseStyleOf(text)) showError(genError, "The adapter of that image was deleted; the base model is selected instead.");
+          } else if (input === adapterSelect) {  // the style page: one of this style's versions
+            if (![...input.options].some((o) => o.value === text)) {
+              const fallback = [...input.options].find((o) => o.textContent.endsWith("(default)"));
+              if (fallback) input.value = fallback.value;
+              showError(genError, "That image's version was deleted or belongs to another style; the default version is selected instead.");
+            } else input.value = text;
+          } else if (input.tagName === "SELECT") {
             const known = [...input.options].some((o) => o.value === text);
             input.value = known ? text : "";
             if (!known) showError(genError, name === "adapter_id"
@@ -660,8 +794,18 @@
 
     root.addEventListener("job-final", (e) => {
       const job = e.detail;
+      const title = $("#job-title");
+      const version = title ? title.dataset.version : "";
+      if (title) {  // "Training v1 · first training" -> "Trained v1 · ..." / "No version (failed) · ..."
+        const rest = title.textContent.replace(/^Training v\d+ · /, "");
+        title.textContent = job.state === "succeeded" ? `Trained v${version} · ${rest}` : `No version (${job.state}) · ${rest}`;
+      }
       if (job.state === "succeeded" && job.adapter_id) {
         form.dataset.adapterId = job.adapter_id;
+        const select = $("#gen_version");
+        if (select && ![...select.options].some((o) => o.value === job.adapter_id)) {
+          select.prepend(new Option(`v${version} (default)`, job.adapter_id, true, true));
+        }
         fieldset.disabled = false;
         $("#gen-wait").hidden = true;
         const dl = $("#download-adapter");
@@ -669,19 +813,20 @@
         dl.hidden = false;
         $("#delete-adapter").dataset.adapterId = job.adapter_id;
         $("#delete-adapter").hidden = false;
+        for (const el of $all('[data-role="version"]', root)) el.textContent = `v${version}`;
       } else if (WHY[job.state]) {
         $('#gen-wait [data-role="why"]').textContent = WHY[job.state];
-        $("#train-again").hidden = false;
-        $("#train-again-help").hidden = false;
+        $("#train-again-box").hidden = false;
       }
     });
 
     $("#train-again").addEventListener("click", async (e) => {
       const button = e.currentTarget;
+      const steps = $("#train-steps").value.trim();
       button.disabled = true;
       button.textContent = "Starting…";
       try {
-        await api("POST", `/v1/styles/${root.dataset.styleId}/jobs`, {});
+        await api("POST", `/v1/styles/${root.dataset.styleId}/jobs`, steps ? { steps: Number(steps) } : {});
         window.location.reload();
       } catch (err) {
         showError($("#train-error"), err.message);
@@ -691,8 +836,10 @@
     });
 
     $("#delete-adapter").addEventListener("click", async (e) => {
-      const id = e.currentTarget.dataset.adapterId;
-      if (!window.confirm("Delete this adapter? You can no longer generate with it or download it; your images stay.")) return;
+      const button = e.currentTarget;
+      const id = button.dataset.adapterId;
+      const which = $('[data-role="version"]', button).textContent;
+      if (!window.confirm(`Delete adapter ${which}? You can no longer generate with it or download it; your images and the other versions stay.`)) return;
       try {
         await api("DELETE", `/v1/adapters/${id}`);
         window.location.reload();
@@ -720,18 +867,16 @@
     if (!section || !errorEl) return;
     const url = `/v1/styles/${styleId}`;
 
-    // A round that finishes made a new version: reload, so the versions, their scores and the default the
-    // generate form uses are the server's (the first training updates the page in place instead).
-    if ($("table.versions", section)) {
-      $(".style-layout").addEventListener("job-final", (e) => {
-        if (e.detail.state === "succeeded") window.location.reload();
-      });
+    // A job that finishes made a new version (or failed): reload, so the history, the scores, the samples and
+    // the default the generate form uses are the server's. The first training updates the page in place instead.
+    if ($("table.history tr[data-version]", section)) {
+      $(".style-layout").addEventListener("job-final", () => window.location.reload());
     }
 
     // Every control here starts server work and then shows its result by reloading the page.
     async function run(button, busyText, work) {
       const label = button.textContent;
-      button.disabled = true;
+      for (const b of $all("button", section)) b.disabled = true;  // one action at a time
       button.textContent = busyText;
       showError(errorEl, "");
       try {
@@ -739,9 +884,16 @@
         window.location.reload();
       } catch (err) {
         showError(errorEl, err.message);
-        button.disabled = false;
+        for (const b of $all("button", section)) b.disabled = false;
         button.textContent = label;
       }
+    }
+
+    // The round settings: only what the user filled in is sent (the API's defaults otherwise).
+    function setting(id) {
+      const el = $(`#${id}`);
+      const v = el ? el.value.trim() : "";
+      return v ? Number(v) : undefined;
     }
 
     for (const b of $all(".make-default", section)) {
@@ -749,35 +901,61 @@
         () => api("PATCH", url, { default_version: Number(b.dataset.version) })));
     }
 
+    // A samples set reports done/total and an ETA (GET /v1/styles/{id}/samples): shown until every sample is
+    // final, so the reloaded grid shows them all; a set still running when the page loads is followed the same way.
     const samples = $("#make-samples");
-    samples.addEventListener("click", () => run(samples, "Queueing…", async () => {
-      const gens = await api("POST", `${url}/samples`, { prompts: 10, images_per_prompt: 2 });
-      let done = 0;
-      for (const gen of gens) {  // wait for every sample, so the reloaded grid shows them all
-        let g = gen;
-        while (g.state !== "succeeded" && g.state !== "failed") {
-          await new Promise((resolve) => setTimeout(resolve, 700));
-          g = await api("GET", `/v1/generations/${gen.id}`);
-        }
-        done += 1;
-        samples.textContent = `Making samples… ${done}/${gens.length}`;
+    const samplesLine = $("#samples-progress");
+    async function followSamples(set) {
+      while (set.done < set.total) {
+        samplesLine.textContent = `Samples ${set.done}/${set.total} · ${Math.round(set.progress * 100)}% · ETA ${fmtSeconds(set.eta_seconds)}`;
+        samplesLine.hidden = false;
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+        set = await api("GET", `${url}/samples`);
       }
-    }));
+      samplesLine.textContent = `Samples ${set.done}/${set.total}`;
+    }
+    if (samples && samplesLine) {
+      samples.addEventListener("click", () => run(samples, "Queueing…", async () => {
+        const body = { prompts: setting("round-prompts"), images_per_prompt: setting("round-per-prompt") };
+        const set = await api("POST", `${url}/samples`, body);
+        samples.textContent = "Making samples…";
+        await followSamples(set);
+      }));
+      api("GET", `${url}/samples`).then((set) => {
+        if (set.done < set.total) {
+          run(samples, "Making samples…", () => followSamples(set));
+        }
+      }).catch(() => { /* the button still works; a failed look only misses a running set */ });
+    }
+
+    const picks = () => $all("#samples .pick", section).filter((c) => c.checked);
+    const count = $("#picked-count");
+    if (count) {
+      section.addEventListener("change", () => {
+        const n = picks().length;
+        count.textContent = `${n} picked`;
+      });
+    }
 
     const start = $("#start-round");
-    start.addEventListener("click", () => {
-      const selection = $all(".pick", section).filter((c) => c.checked)
-        .map((c) => ({ generation_id: c.dataset.generationId, index: Number(c.dataset.index) }));
-      if (!selection.length) {
-        showError(errorEl, "Tick the images that look right first.");
-        return;
-      }
-      run(start, "Starting…", () => api("POST", `${url}/rounds`, { mode: "human", selection }));
-    });
+    if (start) {
+      start.addEventListener("click", () => {
+        const selection = picks().map((c) => ({ generation_id: c.dataset.generationId, index: Number(c.dataset.index) }));
+        if (!selection.length) {
+          showError(errorEl, "Tick the images that look right first.");
+          return;
+        }
+        run(start, "Starting…", () => api("POST", `${url}/rounds`, { mode: "human", selection, steps: setting("round-steps") }));
+      });
+    }
 
     const auto = $("#automatic-round");
-    auto.addEventListener("click", () => run(auto, "Starting…",
-      () => api("POST", `${url}/rounds`, { mode: "automatic" })));
+    if (auto) {
+      auto.addEventListener("click", () => run(auto, "Starting…", () => api("POST", `${url}/rounds`, {
+        mode: "automatic", steps: setting("round-steps"), prompts: setting("round-prompts"),
+        per_prompt: setting("round-per-prompt"),
+      })));
+    }
   }
 
   // --- your own API keys: list, create (shown once), revoke ------------------------------------------------------
@@ -788,7 +966,7 @@
 
     async function load() {
       try {
-        const keys = (await api("GET", "/v1/keys?limit=200")).items;
+        const keys = items(await api("GET", "/v1/keys?limit=200"));
         body.replaceChildren();
         for (const k of keys) {
           const tr = document.createElement("tr");
@@ -816,6 +994,7 @@
           }
           body.append(tr);
         }
+        labelCells($("#own-keys"));
       } catch (err) {
         if (err.status === 401) { window.location.assign("/signin?next=/keys"); return; }
         showError(errorEl, err.message);
@@ -828,12 +1007,14 @@
       try {
         const created = await api("POST", "/v1/keys");
         $("#new-key-value").textContent = created.key;
+        $("#new-key-copied").textContent = "";
         $("#new-key").hidden = false;
         showError(errorEl, "");
       } catch (err) { showError(errorEl, err.message); }
       button.disabled = false;
       load();
     });
+    copyButton($("#copy-key"), $("#new-key-value"), $("#new-key-copied"));
     load();
   }
 
@@ -883,7 +1064,7 @@
 
     async function loadUsers() {
       try {
-        const users = (await api("GET", "/v1/admin/users?limit=500")).items;
+        const users = items(await api("GET", "/v1/admin/users?limit=500"));
         for (const u of users) {
           const opt = document.createElement("option");
           opt.value = u.name; opt.textContent = u.name + (u.is_admin ? " (admin)" : "");
@@ -994,9 +1175,10 @@
         const [jobs, ov] = await Promise.all([
           api("GET", `/v1/admin/jobs?${params}`), api("GET", "/v1/admin/overview"),
         ]);
-        renderJobs(jobs.items);
+        renderJobs(items(jobs));
         renderOverview(ov);
-        $("#admin-updated").textContent = new Date().toLocaleTimeString();
+        $("#admin-updated").textContent = fmtTime(new Date().toISOString());
+        for (const table of $all("table", $("main"))) labelCells(table);
       } catch (err) {
         showError(errorEl, err.message);
       }
@@ -1021,8 +1203,10 @@
     function showKey(created, what) {
       $("#new-key-label").textContent = `${what} It is shown only now; copy it:`;
       $("#new-key-value").textContent = created.key;
+      $("#new-key-copied").textContent = "";
       $("#new-key").hidden = false;
     }
+    copyButton($("#copy-key"), $("#new-key-value"), $("#new-key-copied"));
 
     async function act(button, question, run) {
       if (question && !window.confirm(question)) return;
@@ -1097,7 +1281,8 @@
       try {
         const [users, keys] = await Promise.all([api("GET", "/v1/admin/users?limit=500"),
                                                  api("GET", "/v1/admin/keys?limit=500")]);
-        render(users.items, keys.items);
+        render(items(users), items(keys));
+        for (const table of [$("#admin-users"), $("#admin-keys")]) labelCells(table);
       } catch (err) { showError(errorEl, err.message); }
     }
 

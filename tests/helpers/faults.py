@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 from sqlalchemy import create_engine, text
@@ -146,6 +146,28 @@ def fault_env(tmp: Path, db_url: str, broker_url: str, **extra: str) -> dict[str
         "STYLEDROP_PREVIEW_PROMPTS": '["a cat"]',
     }
     return service_env(tmp / "data", **{**settings, **extra})
+
+
+class FaultStack(NamedTuple):
+    stack: Stack
+    client: httpx.Client
+    db: Db
+    redis: RedisServer
+
+
+@contextmanager
+def fault_stack(tmp: Path, db_url: str, *, direct_db_url: str | None = None, **extra: str) -> Iterator[FaultStack]:
+    """A private redis-server, the API on `fault_env` settings (plus `extra`), and direct reads of the database
+    (`direct_db_url` when the service's own URL goes through a proxy); all stopped when the block ends."""
+    redis = RedisServer(tmp)
+    redis.start()
+    db = Db(direct_db_url or db_url)
+    try:
+        with running_stack(tmp, fault_env(tmp, db_url, redis.url, **extra)) as (stack, client):
+            yield FaultStack(stack, client, db, redis)
+    finally:
+        db.close()
+        redis.stop()
 
 
 @contextmanager

@@ -25,7 +25,10 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["ALPHA_BACKGROUND", "MASK_ALPHA_BACKGROUND", "ImageModeError", "to_mask", "to_rgb", "upright_size"]
+from .limits import MIN_IMAGE_SIDE
+
+__all__ = ["ALPHA_BACKGROUND", "MASK_ALPHA_BACKGROUND", "ImageModeError", "to_mask", "to_rgb", "too_small",
+           "upright_size"]
 
 ALPHA_BACKGROUND = (255, 255, 255)  # what shows through a transparent pixel of an image
 MASK_ALPHA_BACKGROUND = (0, 0, 0)  # ... and of a mask: black, "keep"
@@ -84,3 +87,11 @@ def upright_size(image: Image.Image) -> tuple[int, int]:
     """(width, height) the image has once EXIF-upright (as `to_rgb` returns it), read without converting it."""
     w, h = image.size
     return (h, w) if image.getexif().get(_EXIF_ORIENTATION) in _SWAPS_SIDES else (w, h)
+
+
+def too_small(width: int, height: int, min_side: int = MIN_IMAGE_SIDE) -> str | None:
+    """Why an upright `width` x `height` image is refused for training or as an init image, or None: the size rule
+    of the service's uploads (storage/images.py) and of `styledrop train/generate`."""
+    if min(width, height) < min_side:
+        return f"the image is too small ({width}x{height}); the shorter side must be ≥ {min_side}"
+    return None

@@ -35,3 +35,12 @@ MAX_IMAGE_SIDE = 1024
 # (docs/benchmarks.md §7) is stated for this many rows.
 MAX_SAMPLE_ROWS = 64
 MAX_RANK = 256  # LoRA rank: the CLI's and the engine's bound (the recipe uses 16)
+
+# Training and init images: the shorter side (once EXIF-upright) at least this many pixels. The service's default
+# (storage/settings.py `min_image_side`, which a deployment may raise) and `styledrop train/generate`'s rule; the
+# message is `contracts.images.too_small`'s. A smaller image is upscaled ~8x to the model's 256 px: mostly blur.
+MIN_IMAGE_SIDE = 64
+# A style image's own caption (the service's upload field `caption`, `styledrop train --caption`) and a subject's
+# class word (`class_word`, `--class-word`): at most this many characters once stripped.
+MAX_CAPTION = 500
+MAX_CLASS_WORD = 64

@@ -28,15 +28,21 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from storage.db import make_engine, make_sessionmaker, upgrade_to_head
-from storage.settings import get_settings
-from trainer.cli import add_engine_commands, run
+from trainer.cli import ENGINE_COMMANDS, add_engine_commands, run
+from trainer.cli_args import Parser
+from worker.cli.failures import existing_database, expected_failure
 from worker.cli.users import add_users_commands
 from worker.devices import device_arg, gpus_arg, is_worker, node_name, worker_commands
-from worker.ops import reconciler, webhook_pool
-from worker.ops.supervisor import Supervisor
+from worker.ops.supervisor import Supervisor  # stdlib only
+
+if TYPE_CHECKING:
+    from storage.settings import Settings
+
+# Parsing a command line imports none of the service (SQLAlchemy, Celery, pydantic settings) nor the engine
+# (torch): each command imports what it runs, so `--help` and argument errors answer at once
+# (tests/test_engine_cli.py checks `sys.modules`).
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +57,9 @@ def _setup_logging(stream: TextIO = sys.stdout, level: int = logging.INFO) -> No
     )
 
 
-def _settings():  # type: ignore[no-untyped-def]
+def _settings() -> Settings:
+    from storage.settings import get_settings
+
     get_settings.cache_clear()
     return get_settings()
 
@@ -72,6 +80,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.model:
         os.environ["STYLEDROP_MODEL"] = args.model
     settings = _settings()
+    from storage.db import make_engine, make_sessionmaker, upgrade_to_head
+    from worker.ops import reconciler
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     url = settings.resolved_database_url
@@ -139,6 +149,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_migrate(_args: argparse.Namespace) -> int:
     settings = _settings()
+    from storage.db import upgrade_to_head
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade_to_head(settings.resolved_database_url)
@@ -147,8 +158,10 @@ def cmd_migrate(_args: argparse.Namespace) -> int:
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
     settings = _settings()
+    from storage.db import make_engine, make_sessionmaker
+    from worker.ops import reconciler
 
-    factory = make_sessionmaker(make_engine(settings.resolved_database_url))
+    factory = make_sessionmaker(make_engine(existing_database(settings)))
     if args.once:
         report = reconciler.reconcile_once(factory, settings, reconciler.celery_sender(),
                                            depths=reconciler.broker_depths(settings))
@@ -163,7 +176,10 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 def cmd_webhooks(_args: argparse.Namespace) -> int:
     settings = _settings()
-    factory = make_sessionmaker(make_engine(settings.resolved_database_url))
+    from storage.db import make_engine, make_sessionmaker
+    from worker.ops import webhook_pool
+
+    factory = make_sessionmaker(make_engine(existing_database(settings)))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with contextlib.suppress(KeyboardInterrupt):
@@ -175,7 +191,7 @@ def cmd_webhooks(_args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="styledrop", description="StyleDrop adapters for aMUSEd, as a service.")
+    parser = Parser(prog="styledrop", description="StyleDrop adapters for aMUSEd, as a service.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run migrations, the API, a train and a generate worker, and the reconciler")
@@ -211,14 +227,33 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in {"up", "worker", "reconcile", "webhooks"}:
-        _setup_logging(sys.stdout)
-    elif args.command in {"train", "generate"}:  # the engine's progress lines and its user-facing errors
+    if args.command in ENGINE_COMMANDS:  # the engine's progress lines and its user-facing errors (trainer/cli.py)
         _setup_logging(sys.stderr)
         return run(args, parser)
+    if args.command in {"up", "worker", "reconcile", "webhooks"}:
+        _setup_logging(sys.stdout)
     else:
         _setup_logging(sys.stderr, logging.WARNING)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"styledrop {args.command}: interrupted\n")
+        return 130
+    except Exception as exc:
+        message = expected_failure(exc, _database_url())
+        if message is None:
+            raise
+        sub = getattr(args, "users_command", None)
+        sys.stderr.write(f"styledrop {args.command}{' ' + sub if sub else ''}: error: {message}\n")
+        return 1
+
+
+def _database_url() -> str | None:
+    """The database the settings name, for an error message (None when the settings themselves are bad)."""
+    try:
+        return _settings().resolved_database_url
+    except Exception:  # the settings' own error is the one reported
+        return None
 
 
 if __name__ == "__main__":

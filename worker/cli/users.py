@@ -9,7 +9,8 @@ and validation as the admin API), so a leaked key can be revoked without SQL.
     styledrop users rotate-key KEY_ID         prints a new key for the same user; the old one is revoked
     styledrop users disable USER / enable USER
 
-USER is a name or an id. Errors go to stderr with the bad value, exit status 1.
+USER is a name or an id. Errors go to stderr with the bad value, exit status 1: a refused name or key here, no
+database where the settings point (nothing is created) or a database without the schema in worker/cli/failures.py.
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.orm import Session
+from worker.cli.failures import existing_database
 
-from storage import accounts
-from storage.db import make_engine, make_sessionmaker
-from storage.settings import get_settings
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 def _when(value: datetime | None) -> str:
@@ -31,6 +31,8 @@ def _when(value: datetime | None) -> str:
 
 
 def _run(session: Session, args: argparse.Namespace) -> int:
+    from storage import accounts
+
     command = args.users_command
     if command == "create":
         user, _, plaintext = accounts.add_user(session, name=args.name, is_admin=args.admin)
@@ -65,8 +67,12 @@ def _run(session: Session, args: argparse.Namespace) -> int:
 
 
 def cmd_users(args: argparse.Namespace) -> int:
+    from storage import accounts
+    from storage.db import make_engine, make_sessionmaker
+    from storage.settings import get_settings
+
     get_settings.cache_clear()
-    engine = make_engine(get_settings().resolved_database_url)
+    engine = make_engine(existing_database(get_settings()))
     try:
         with make_sessionmaker(engine)() as session:
             try:
