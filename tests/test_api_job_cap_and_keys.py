@@ -39,7 +39,8 @@ def test_unfinished_job_cap_is_429_with_retry_after(api_client, api_keys) -> Non
     post(api_client, alice, (2, 0, 0))
     over = post(api_client, alice, (3, 0, 0))
     assert over.status_code == 429 and over.json()["code"] == "too_many_jobs"
-    assert int(over.headers["Retry-After"]) >= 5 and "limit is 2" in over.json()["detail"]
+    assert int(over.headers["Retry-After"]) >= 5
+    assert "at most 2 (STYLEDROP_MAX_CONCURRENT_JOBS_PER_USER)" in over.json()["detail"]
     assert count(api_client, TrainingJob) == 2 and count(api_client, Style) == 2
     # a replay of an earlier request is not a new job: still answered
     replay = post(api_client, alice, (1, 0, 0), **{"Idempotency-Key": "first"})

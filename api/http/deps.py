@@ -16,6 +16,7 @@ from api.http.pagination import Paging
 from api.http.ratelimit import Limiter
 from api.http.security import CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE, check_csrf
 from api.schemas import MAX_OFFSET
+from api.services import limits
 from storage.blobs import BlobStore
 from storage.error_codes import ErrorCode
 from storage.models import User
@@ -165,7 +166,8 @@ def get_rate_limited_user(request: Request, user: CurrentUser) -> User:
     if wait is not None:
         retry = max(1, math.ceil(wait))
         raise RateLimited(
-            f"more than {limiter.limit} requests per minute; retry in {retry} s", headers={"Retry-After": str(retry)}
+            f"more than {limiter.limit} requests per minute ({limits.setting_env('rate_limit_per_minute')}); "
+            f"retry in {retry} s", headers={"Retry-After": str(retry)}
         )
     return user
 

@@ -28,6 +28,7 @@ from starlette.routing import Match
 from starlette.types import Scope
 
 from api.http.errors import RateLimited
+from api.services import limits
 from storage import jobs as jobstore
 from storage.error_codes import ErrorCode
 from storage.models import JobEvent, TrainingJob
@@ -85,12 +86,12 @@ class StreamHub:
         """Hold one stream's place for `user_id` while the block runs; 429 `too_many_streams` when there is none."""
         with self._lock:
             if self._open >= self.total:
-                raise _full(f"the server has {self.total} event streams open, its limit; poll "
-                            "GET /v1/jobs/{id} or retry shortly")
+                raise _full(f"the server has {self.total} event streams open, its limit "
+                            f"({limits.setting_env('max_streams_total')}); poll GET /v1/jobs/{{id}} or retry shortly")
             mine = self._by_user.get(user_id, 0)
             if mine >= self.per_user:
-                raise _full(f"you have {mine} event streams open (the limit is {self.per_user}); "
-                            "close one first")
+                raise _full(f"you have {mine} event streams open; the limit is {self.per_user} "
+                            f"({limits.setting_env('max_streams_per_user')}): close one first")
             self._by_user[user_id] = mine + 1
             self._open += 1
         try:

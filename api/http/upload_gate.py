@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.http.problems import problem
 from api.http.security import SESSION_COOKIE
+from api.services import limits
 from storage import quotas
 from storage.error_codes import ErrorCode
 from storage.models import TrainingJob
@@ -109,8 +110,8 @@ def _check(scope: Scope, headers: Headers) -> tuple[str | None, Refusal | None]:
             TrainingJob.owner_id == user.id, TrainingJob.state.in_(JOB_UNFINISHED))) or 0
         cap = settings.max_concurrent_jobs_per_user
         if active >= cap:
-            return user.id, Refusal(429, ErrorCode.TOO_MANY_JOBS, f"you already have {active} unfinished training jobs "
-                                    f"(the limit is {cap}); retry when one finishes, or cancel one",
+            return user.id, Refusal(429, ErrorCode.TOO_MANY_JOBS,
+                                    limits.too_many_jobs(settings, active, JOB_RETRY_AFTER),
                                     {"Retry-After": JOB_RETRY_AFTER})
         declared = _content_length(headers)
         if declared is not None:
@@ -142,8 +143,9 @@ class UploadGate:
         settings: Settings = scope["app"].state.settings
         per_user, total = settings.max_concurrent_uploads_per_user, settings.max_concurrent_uploads_total
         if refusal is None and user_id is not None and not self.places.take(user_id, per_user=per_user, total=total):
-            refusal = Refusal(429, ErrorCode.TOO_MANY_UPLOADS, "too many uploads are being read right now (at most "
-                              f"{per_user} of yours and {total} in all); retry shortly",
+            refusal = Refusal(429, ErrorCode.TOO_MANY_UPLOADS, "too many uploads are being read right now: at most "
+                              f"{limits.limit(settings, 'max_concurrent_uploads_per_user')} of yours and "
+                              f"{limits.limit(settings, 'max_concurrent_uploads_total')} in all; retry shortly",
                               {"Retry-After": UPLOAD_RETRY_AFTER})
         if refusal is not None:
             logger.info("upload refused before its body was read: %s", refusal.code)

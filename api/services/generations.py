@@ -22,7 +22,7 @@ from api.schemas import (
     GenerationCreate,
     GenerationPublic,
 )
-from api.services import queue
+from api.services import limits, queue
 from api.services.adapters import get_adapter
 from api.services.decoding import decode_slot
 from api.services.lookup import get_owned
@@ -78,8 +78,8 @@ def create_generation(
         if replay is not None:
             return GenerationCreated(replay, created=False)
     if request.num_images > settings.max_images_per_request:
-        raise Invalid(f"num_images must be at most {settings.max_images_per_request}", code=ErrorCode.BAD_NUM_IMAGES,
-                      field="body.num_images")
+        raise Invalid(f"num_images must be at most {limits.limit(settings, 'max_images_per_request')}",
+                      code=ErrorCode.BAD_NUM_IMAGES, field="body.num_images")
     for name, text in (("prompt", request.prompt), ("negative_prompt", request.negative_prompt)):
         if bad := unsafe_character(text or ""):
             raise Invalid(f"{name} contains {bad}", code=ErrorCode.BAD_PROMPT, field=f"body.{name}")

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from api.http.errors import Conflict, NotFound
 from api.schemas import ApiKeyCreatedPublic, ApiKeyPublic
+from api.services import limits
 from api.services.accounts import key_public
 from api.services.uploads import lock_owner
 from storage import accounts
@@ -27,7 +28,8 @@ def create_own_key(*, session: Session, settings: Settings, owner: User) -> ApiK
     active = accounts.active_keys(session, owner.id)
     if active >= settings.max_active_keys_per_user:
         session.rollback()
-        raise Conflict(f"you have {active} active API keys, the limit; revoke one you no longer use first",
+        raise Conflict(f"you have {active} active API keys; the limit is "
+                       f"{limits.limit(settings, 'max_active_keys_per_user')}: revoke one you no longer use first",
                        code=ErrorCode.TOO_MANY_KEYS)
     key, plaintext = accounts.add_key(session, user_id=owner.id)
     return ApiKeyCreatedPublic(id=key.id, user_id=key.user_id, key=plaintext, created_at=key.created_at)

@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.http.errors import RateLimited, TooLarge
+from api.services import limits
 from storage import quotas
 from storage.error_codes import ErrorCode
 from storage.models import Generation, User
@@ -36,7 +37,8 @@ def check_image_cap(session: Session, settings: Settings, owner: User, adding: i
     if waiting + adding > cap:
         retry = IMAGES_RETRY_AFTER
         raise RateLimited(
-            f"you have {waiting} images queued or rendering and this request adds {adding} (the limit is {cap}); "
+            f"you have {waiting} images queued or rendering and this request adds {adding}; the limit is "
+            f"{limits.limit(settings, 'max_unfinished_images_per_user')}: "
             f"retry when some finish (about {retry} s), or cancel generations you no longer need",
             code=ErrorCode.TOO_MANY_QUEUED_IMAGES, headers={"Retry-After": str(retry)},
         )
@@ -49,7 +51,8 @@ def check_storage(session: Session, settings: Settings, owner: User, adding: int
     if over is not None:
         used, allowed = over
         raise TooLarge(f"storage limit reached: you use {used} bytes (styles, adapters, generated images and what "
-                       f"your waiting work will write) and {what} adds {adding} (the limit is {allowed}); delete "
+                       f"your waiting work will write) and {what} adds {adding}; the limit is {allowed} "
+                       f"({limits.setting_env('max_storage_bytes_per_user')}): delete "
                        "styles, adapters or generations you no longer need", code=ErrorCode.STORAGE_QUOTA_EXCEEDED,
                        extensions={"used": used, "allowed": allowed, "adding": adding})
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Literal, Protocol
 
 from api.http.errors import Invalid
+from api.services import limits
 from api.services.text import is_invisible, unsafe_character
 from api.services.uploads import normalize_image
 from storage.blobs import BlobStore, content_key
@@ -59,12 +60,11 @@ def check_references(*, settings: Settings, kind: str, images: Sequence[ImageSou
                      class_word: str | None) -> ReferenceInput:
     if kind not in ("style", "subject"):
         raise Invalid("kind must be 'style' or 'subject'", code=ErrorCode.BAD_KIND, field="body.kind")
-    cap = settings.max_style_images
     if not images:
         raise Invalid("at least one image is needed", code=ErrorCode.NO_IMAGE, field="body.image")
-    if len(images) > cap:
-        raise Invalid(f"{len(images)} images sent; a {kind} takes at most {cap}", code=ErrorCode.TOO_MANY_IMAGES,
-                      field="body.image")
+    if len(images) > settings.max_style_images:
+        raise Invalid(f"{len(images)} images sent; a {kind} takes at most {limits.limit(settings, 'max_style_images')}",
+                      code=ErrorCode.TOO_MANY_IMAGES, field="body.image")
     given = list(captions or [])
     if len(given) > len(images):
         raise Invalid(f"{len(given)} captions for {len(images)} images: send at most one caption per image, in "

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from api.http.errors import Conflict, Invalid, NotFound
 from api.schemas import MAX_SEED, GenerationCreate, RoundCreate, RoundPick, SamplesCreate, SamplesPublic
 from api.services.generations import create_generation
+from api.services.limits import limit
 from api.services.lookup import get_owned
 from api.services.quotas import check_image_cap, check_storage
 from api.services.styles import create_style_job
@@ -40,7 +41,7 @@ def create_samples(*, session: Session, blobs: BlobStore, settings: Settings, ow
     adapter_id = generation_adapter(session=session, owner=owner, adapter_id=None, style_id=style.id,
                                     version=body.version)
     if body.images_per_prompt > settings.max_images_per_request:
-        raise Invalid(f"images_per_prompt must be at most {settings.max_images_per_request}",
+        raise Invalid(f"images_per_prompt must be at most {limit(settings, 'max_images_per_request')}",
                       code=ErrorCode.BAD_NUM_IMAGES, field="body.images_per_prompt")
     prompts = feedback_prompts(style.descriptor)[: body.prompts]
     images = len(prompts) * body.images_per_prompt

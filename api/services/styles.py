@@ -21,7 +21,7 @@ from api.schemas import (
     JobPublic,
     StylePublic,
 )
-from api.services import queue
+from api.services import limits, queue
 from api.services.jobs import request_cancel
 from api.services.lookup import get_owned
 from api.services.quotas import adapter_bytes, check_storage
@@ -80,16 +80,15 @@ def _check_job_cap(session: Session, settings: Settings, owner: User, *, lock: b
         eta = active[1]
         retry = int(min(max(eta if eta is not None else DEFAULT_JOB_RETRY_AFTER, 5), 3600))
         raise RateLimited(
-            f"you already have {int(active[0])} unfinished training jobs (the limit is {cap}); "
-            f"retry when one finishes (about {retry} s), or cancel one",
+            limits.too_many_jobs(settings, int(active[0]), retry),
             code=ErrorCode.TOO_MANY_JOBS, headers={"Retry-After": str(retry)},
         )
 
 
 def _check_steps_seed(settings: Settings, steps: int | None, seed: int | None) -> None:
     if steps is not None and not 1 <= steps <= settings.max_train_steps:
-        raise Invalid(f"steps must be between 1 and {settings.max_train_steps}", code=ErrorCode.BAD_STEPS,
-                      field="body.steps")
+        raise Invalid(f"steps must be between 1 and {limits.limit(settings, 'max_train_steps')}",
+                      code=ErrorCode.BAD_STEPS, field="body.steps")
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise Invalid(f"seed must be between 0 and {MAX_SEED}", code=ErrorCode.BAD_SEED, field="body.seed")
 
