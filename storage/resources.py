@@ -102,6 +102,10 @@ class GenerationPublic(WithError):
     id: str
     state: str
     adapter_id: str | None
+    style_id: str | None = Field(default=None, description=(
+        "The style (or subject) whose adapter it uses: the `style_id` it was made with, or its adapter's style."))
+    version: int | None = Field(default=None, description=(
+        "That adapter's version: the `version` it was made with, else the one the style's default was then."))
     prompt: str
     negative_prompt: str | None
     style_strength: float
@@ -173,12 +177,17 @@ def job_views(session: Session, jobs: Sequence[TrainingJob],
 
 def generation_views(session: Session, gens: Sequence[Generation]) -> list[GenerationPublic]:
     """`gens` as the API shows them, in a fixed number of queries whatever their number (positions at once, the
-    service's recent pace read once)."""
+    service's recent pace read once, the style and version of every adapter at once)."""
     positions = generation_queue_positions(session, gens)
     pace = recent_pace(session) if needs_pace(gens) else None
+    adapter_ids = {g.adapter_id for g in gens if g.adapter_id is not None}
+    rows = session.execute(select(Adapter.id, Adapter.style_id, Adapter.version)
+                           .where(Adapter.id.in_(adapter_ids))).all() if adapter_ids else []
+    named: dict[str, dict[str, Any]] = {a: {"style_id": style, "version": version} for a, style, version in rows}
     return [GenerationPublic.model_validate(g).model_copy(update={
         "queue_position": positions.get(g.id, 0),
-        "eta_seconds": generation_eta(g, positions.get(g.id, 0), pace)}) for g in gens]
+        "eta_seconds": generation_eta(g, positions.get(g.id, 0), pace),
+        **named.get(g.adapter_id or "", {})}) for g in gens]
 
 
 def recent_pace(session: Session) -> tuple[float, float] | None:

@@ -7,12 +7,13 @@ import math
 from collections.abc import Callable, Iterator
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Header, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.http.errors import Forbidden, RateLimited, Unauthorized
 from api.http.pagination import Paging
+from api.http.polling import Wait, prefer_wait
 from api.http.ratelimit import Limiter
 from api.http.security import CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE, check_csrf
 from api.schemas import MAX_OFFSET
@@ -181,3 +182,25 @@ def get_metrics_access(request: Request, session: SessionDep, bearer: BearerDep,
 
 
 MetricsAccess = Annotated[None, Depends(get_metrics_access)]
+
+
+def get_wait(
+    request: Request,
+    settings: SettingsDep,
+    wait: Annotated[float | None, Query(ge=0, description=(
+        "Block up to this many seconds for the result; larger values than STYLEDROP_MAX_WAIT_SECONDS (60 by "
+        "default) wait that long. The same as `Prefer: wait=N`; this parameter wins when both are given."))] = None,
+    prefer: Annotated[str | None, Header(alias="Prefer", description=(
+        "RFC 7240 preferences: `wait=N` blocks up to N seconds, as `?wait=N` (answered with `Preference-Applied: "
+        "wait=N`, N as clamped); other preferences are ignored."))] = None,
+) -> Wait:
+    """How long the request may block: `?wait=`, else `Prefer: wait=`, clamped to `max_wait_seconds`."""
+    if wait is not None:
+        return Wait(min(wait, settings.max_wait_seconds))
+    preferred = prefer_wait(request.headers.getlist("prefer")) if prefer is not None else None
+    if preferred is None:
+        return Wait(0.0)
+    return Wait(min(float(preferred), settings.max_wait_seconds), preferred=True)
+
+
+WaitDep = Annotated[Wait, Depends(get_wait)]

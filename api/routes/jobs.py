@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
@@ -10,6 +10,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from api.http.deps import BlobsDep, CurrentUser, PagingDep, SessionDep, credential_check
 from api.http.errors import Invalid
 from api.http.pagination import cursor_page
+from api.http.polling import RETRY_AFTER_HEADER, polled
 from api.http.problems import problem_responses
 from api.http.streams import EventStreamRoute, StreamHub
 from api.schemas import MAX_OFFSET, JobEventPage, JobEventPublic, JobPage, JobPublic
@@ -77,16 +78,22 @@ def list_jobs(user: CurrentUser, session: SessionDep, paging: PagingDep, state: 
                                                offset=paging.offset))
 
 
-@router.get("/{job_id}", response_model=JobPublic)
-def get_job(job_id: str, user: CurrentUser, session: SessionDep) -> JobPublic:
-    return jobs.job_public(session, jobs.get_job(session=session, owner=user, job_id=job_id))
+_POLL: dict[int | str, dict[str, Any]] = {200: {"description": "The job.", "headers": RETRY_AFTER_HEADER}}
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic)
-def cancel_job(job_id: str, user: CurrentUser, session: SessionDep) -> JobPublic:
+@router.get("/{job_id}", response_model=JobPublic, responses=_POLL)
+def get_job(job_id: str, user: CurrentUser, session: SessionDep, response: Response) -> JobPublic:
+    """One of your training jobs: state, step, loss, ETA, queue position, its adapter once trained. While it is
+    unfinished the answer has `Retry-After` (from `eta_seconds`)."""
+    return polled(response, jobs.job_public(session, jobs.get_job(session=session, owner=user, job_id=job_id)))
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic,
+             responses={202: {"description": "Cancelled, or stopping.", "headers": RETRY_AFTER_HEADER}})
+def cancel_job(job_id: str, user: CurrentUser, session: SessionDep, response: Response) -> JobPublic:
     """queued → cancelled at once; running → cancelling until the worker stops it; final → 409."""
     job = jobs.get_job(session=session, owner=user, job_id=job_id)
-    return jobs.job_public(session, jobs.cancel_job(session=session, job=job))
+    return polled(response, jobs.job_public(session, jobs.cancel_job(session=session, job=job)))
 
 
 async def job_event_stream(

@@ -6,6 +6,7 @@ from fastapi import APIRouter, File, Form, Header, Response, UploadFile, status
 
 from api.http.deps import BlobsDep, CurrentUser, PagingDep, RateLimitedUser, SessionDep, SettingsDep
 from api.http.forms import StrictFormRoute
+from api.http.polling import RETRY_AFTER_HEADER, polled
 from api.http.problems import problem_responses
 from api.schemas import (
     WEBHOOK_DOC,
@@ -30,7 +31,10 @@ router = APIRouter(prefix="/v1/styles", tags=["styles"], route_class=StrictFormR
 PNG: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}, "description": "A PNG image."}}
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=StyleCreatedPublic)
+_QUEUED: dict[int | str, dict[str, Any]] = {202: {"description": "Queued: poll it.", "headers": RETRY_AFTER_HEADER}}
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=StyleCreatedPublic, responses=_QUEUED)
 def create_style(
     user: RateLimitedUser,
     session: SessionDep,
@@ -73,9 +77,8 @@ def create_style(
     )
     if not created.created:
         response.status_code = status.HTTP_200_OK
-    return StyleCreatedPublic(
-        style=styles.style_public(session, created.style), job=jobs.job_public(session, created.job)
-    )
+    return StyleCreatedPublic(style=styles.style_public(session, created.style),
+                              job=polled(response, jobs.job_public(session, created.job)))
 
 
 @router.get("", response_model=StylePage)
@@ -126,9 +129,9 @@ def delete_style(style_id: str, user: CurrentUser, session: SessionDep) -> None:
     styles.delete_style(session=session, owner=user, style_id=style_id)
 
 
-@router.post("/{style_id}/jobs", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
+@router.post("/{style_id}/jobs", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic, responses=_QUEUED)
 def create_style_job(
-    style_id: str, user: RateLimitedUser, session: SessionDep, settings: SettingsDep,
+    style_id: str, user: RateLimitedUser, session: SessionDep, settings: SettingsDep, response: Response,
     body: StyleJobCreate | None = None,
 ) -> JobPublic:
     """Train the style again from its stored image (after a cancelled or failed job, or a deleted adapter).
@@ -136,7 +139,7 @@ def create_style_job(
     body = body or StyleJobCreate()
     job = styles.create_style_job(session=session, settings=settings, owner=user, style_id=style_id,
                                   steps=body.steps, seed=body.seed)
-    return jobs.job_public(session, job)
+    return polled(response, jobs.job_public(session, job))
 
 
 @router.post("/{style_id}/samples", status_code=status.HTTP_202_ACCEPTED, response_model=list[GenerationPublic])
@@ -149,9 +152,9 @@ def create_samples(style_id: str, user: RateLimitedUser, session: SessionDep, bl
     return generation_views(session, gens)
 
 
-@router.post("/{style_id}/rounds", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
+@router.post("/{style_id}/rounds", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic, responses=_QUEUED)
 def create_round(style_id: str, body: RoundCreate, user: RateLimitedUser, session: SessionDep,
-                 settings: SettingsDep) -> JobPublic:
+                 settings: SettingsDep, response: Response) -> JobPublic:
     """Start a feedback round: a training job whose adapter becomes the style's next version. `human` trains on the
     picked images (`selection`: generation id and image index, each captioned with its generation's prompt);
     `automatic` lets the worker render the default version over the feedback prompts and keep the best image per
@@ -159,4 +162,4 @@ def create_round(style_id: str, body: RoundCreate, user: RateLimitedUser, sessio
     have, a generation of another style, none at all) is refused and creates nothing. 409 while the style has an
     unfinished job."""
     job = rounds.create_round(session=session, settings=settings, owner=user, style_id=style_id, body=body)
-    return jobs.job_public(session, job)
+    return polled(response, jobs.job_public(session, job))
