@@ -67,7 +67,33 @@ class WithError(FromRow):
         return ErrorInfo(code=self.error_code or "error", message=self.error_message or "")
 
 
+# Example payloads for the OpenAPI document (api/schemas.py builds its other examples from these).
+EXAMPLE_BASE = "https://styledrop.example.com"
+JOB_EXAMPLE: dict[str, Any] = {
+    "id": "5b0f6c2d9e8a4f1b8c3d2e1f0a9b8c7d", "style_id": "0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f", "state": "running",
+    "step": 30, "total_steps": 60, "last_loss": 6.41, "eta_seconds": 12.5, "steps_per_second": 2.4,
+    "queue_position": 0, "attempts": 1, "max_attempts": 3,
+    "params": {"steps": 60, "seed": 7, "descriptor": "watercolor painting"},
+    "queued_at": "2026-01-05T10:00:00Z", "started_at": "2026-01-05T10:00:02Z", "finished_at": None,
+    "cancel_requested_at": None, "device_seconds": 12.4, "adapter_id": None, "webhook": None,
+    "webhook_events_filter": None, "progress": 0.5, "error": None,
+}
+GENERATION_EXAMPLE: dict[str, Any] = {
+    "id": "9a8b7c6d5e4f4a3b2c1d0e9f8a7b6c5d", "state": "succeeded", "adapter_id": "3e4f5a6b7c8d4e9f0a1b2c3d4e5f6a7b",
+    "style_id": "0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f", "version": 1, "prompt": "a cat in watercolor painting style",
+    "negative_prompt": None, "style_strength": 0.0, "guidance_scale": 10.0, "text_guidance": None,
+    "subject_adapter_id": None, "subject_weight": None, "steps": 12, "seed": 42, "num_images": 1, "strength": None,
+    "attempts": 1, "queued_at": "2026-01-05T10:02:00Z", "started_at": "2026-01-05T10:02:01Z",
+    "finished_at": "2026-01-05T10:02:04Z", "text_scores": [0.31], "style_scores": [0.72], "mode": "text",
+    "image_urls": [f"{EXAMPLE_BASE}/v1/generations/9a8b7c6d5e4f4a3b2c1d0e9f8a7b6c5d/images/0"], "step": 12,
+    "queue_position": 0, "eta_seconds": 0.0, "webhook": None, "webhook_events_filter": None, "progress": 1.0,
+    "error": None,
+}
+
+
 class JobPublic(WithError):
+    model_config = ConfigDict(json_schema_extra={"examples": [JOB_EXAMPLE]})
+
     id: str
     style_id: str
     state: str
@@ -99,6 +125,8 @@ class JobPublic(WithError):
 
 
 class GenerationPublic(WithError):
+    model_config = ConfigDict(json_schema_extra={"examples": [GENERATION_EXAMPLE]})
+
     id: str
     state: str
     adapter_id: str | None

@@ -22,6 +22,7 @@ from api.http.deps import (
 )
 from api.http.errors import Invalid, UnsupportedMedia
 from api.http.forms import StrictFormRoute
+from api.http.openapi import binary_response
 from api.http.polling import RETRY_AFTER_HEADER, set_retry_after
 from api.http.problems import problem_responses
 from api.http.waiters import GenerationWaiters
@@ -49,6 +50,8 @@ _multipart_schema: dict[str, Any] = {
         "init_image": {"type": "string", "format": "binary", "description": "Image-to-image / inpainting source."},
         "mask": {"type": "string", "format": "binary", "description": "Inpainting mask (white = repaint)."},
     },
+    "examples": [{"prompt": "a cat in watercolor painting style", "style_id": _create_schema["examples"][0]["style_id"],
+                  "init_image": "photo.png", "strength": 0.6}],
 }
 _OPENAPI_BODY: dict[str, Any] = {
     "requestBody": {
@@ -184,7 +187,7 @@ def get_generation(generation_id: str, user: CurrentUser, session: SessionDep, r
 
 
 @router.get("/{generation_id}/images/{n}", response_class=Response,
-            responses={200: {"content": {"image/png": {}}, "description": "A generated PNG."}})
+            responses=binary_response("image/png", "A generated PNG."))
 def get_generation_image(
     generation_id: str, n: int, user: CurrentUser, session: SessionDep, blobs: BlobsDep
 ) -> Response:

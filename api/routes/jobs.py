@@ -9,6 +9,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from api.http.deps import BlobsDep, CurrentUser, PagingDep, SessionDep, credential_check
 from api.http.errors import Invalid
+from api.http.openapi import binary_response
 from api.http.pagination import cursor_page
 from api.http.polling import RETRY_AFTER_HEADER, polled
 from api.http.problems import problem_responses
@@ -114,7 +115,7 @@ router.add_api_route("/{job_id}/events", job_event_stream, methods=["GET"], resp
     response_model=JobEventPage,
     responses={200: {"content": {"text/event-stream": {}}, "description": "A page of events, or SSE when asked."}},
 )
-def job_events(
+def list_job_events(
     job_id: str,
     request: Request,
     user: CurrentUser,
@@ -137,9 +138,8 @@ def job_events(
                        cursor="id")
 
 
-@router.get("/{job_id}/previews/{n}", response_class=Response,
-            responses={200: {"content": {"image/png": {}}, "description": "A preview PNG."}})
-def job_preview(job_id: str, n: PreviewIndex, user: CurrentUser, session: SessionDep, blobs: BlobsDep) -> Response:
+@router.get("/{job_id}/previews/{n}", response_class=Response, responses=binary_response("image/png", "A preview PNG."))
+def get_job_preview(job_id: str, n: PreviewIndex, user: CurrentUser, session: SessionDep, blobs: BlobsDep) -> Response:
     """The n-th (0-based) preview image the training job rendered."""
     jobs.get_job(session=session, owner=user, job_id=job_id)
     key = jobs.preview_key(session=session, job_id=job_id, n=n)

@@ -20,7 +20,7 @@ def list_keys(user: CurrentUser, session: SessionDep, paging: PagingDep) -> ApiK
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreatedPublic)
 def create_key(user: CurrentUser, session: SessionDep, settings: SettingsDep) -> ApiKeyCreatedPublic:
     """A new key for the caller; its secret is in this response only. 409 `too_many_keys` past
-    max_active_keys_per_user active keys."""
+    STYLEDROP_MAX_ACTIVE_KEYS_PER_USER (20 by default) active keys."""
     return own_keys.create_own_key(session=session, settings=settings, owner=user)
 
 

@@ -6,6 +6,7 @@ from fastapi import APIRouter, File, Form, Header, Response, UploadFile, status
 
 from api.http.deps import BlobsDep, CurrentUser, PagingDep, RateLimitedUser, SessionDep, SettingsDep
 from api.http.forms import StrictFormRoute
+from api.http.openapi import binary_response
 from api.http.polling import RETRY_AFTER_HEADER, polled
 from api.http.problems import problem_responses
 from api.schemas import (
@@ -28,13 +29,17 @@ from storage.resources import generation_views
 router = APIRouter(prefix="/v1/styles", tags=["styles"], route_class=StrictFormRoute,
                    responses=problem_responses(400, 401, 403, 404, 409, 410, 413, 415, 429))
 
-PNG: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}, "description": "A PNG image."}}
+PNG = binary_response("image/png", "A PNG image.")
+# the multipart body's example (its schema is StyleCreateForm; files appear as their names)
+_FORM_EXAMPLE: dict[str, Any] = {"requestBody": {"content": {"multipart/form-data": {"example": {
+    "image": ["house.png"], "descriptor": "watercolor painting", "content": "a house", "steps": 60}}}}}
 
 
 _QUEUED: dict[int | str, dict[str, Any]] = {202: {"description": "Queued: poll it.", "headers": RETRY_AFTER_HEADER}}
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=StyleCreatedPublic, responses=_QUEUED)
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=StyleCreatedPublic, responses=_QUEUED,
+             openapi_extra=_FORM_EXAMPLE)
 def create_style(
     user: RateLimitedUser,
     session: SessionDep,
@@ -43,7 +48,7 @@ def create_style(
     response: Response,
     image: Annotated[list[UploadFile], File(description=(
         "The style's reference image(s), or the subject's photos: PNG, JPEG, WebP or GIF. Repeat the field for "
-        "several, up to settings.max_style_images (default 5)."))],
+        "several, up to STYLEDROP_MAX_STYLE_IMAGES (5 by default)."))],
     descriptor: Annotated[str | None, Form(description=(
         'The style in words, e.g. "watercolor painting" (1..200). Required for kind "style"; a subject '
         "defaults to its class word."))] = None,
@@ -52,11 +57,13 @@ def create_style(
         "One caption per image, in the images' order (repeat the field); empty or missing = the StyleDrop "
         'prompt "<content> in <descriptor> style". Not for subjects.'))] = None,
     kind: Annotated[Literal["style", "subject"], Form(description=(
-        '"style" (StyleDrop) or "subject": 1..max_style_images photos of one subject, trained DreamBooth-style on '
-        '"a photo of sks <class_word>"; mix it with a style at generation time (subject_adapter_id).'))] = "style",
+        '"style" (StyleDrop) or "subject": 1..STYLEDROP_MAX_STYLE_IMAGES photos of one subject, trained '
+        'DreamBooth-style on "a photo of sks <class_word>"; mix it with a style at generation time '
+        "(subject_adapter_id)."))] = "style",
     class_word: Annotated[str | None, Form(description=(
         'What the subject is, e.g. "dog" (1..64): required for kind "subject".'))] = None,
-    steps: Annotated[int | None, Form(description="Training steps (1..max_train_steps).")] = None,
+    steps: Annotated[int | None, Form(description=(
+        "Training steps (1..STYLEDROP_MAX_TRAIN_STEPS, 4000 by default)."))] = None,
     seed: Annotated[int | None, Form()] = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
     webhook: Annotated[str | None, Form(description=WEBHOOK_DOC)] = None,
@@ -90,6 +97,7 @@ def list_styles(user: CurrentUser, session: SessionDep, paging: PagingDep) -> St
 
 @router.get("/{style_id}", response_model=StylePublic)
 def get_style(style_id: str, user: CurrentUser, session: SessionDep) -> StylePublic:
+    """One of your styles or subjects: its descriptor, images, captions and default version."""
     return styles.style_public(session, styles.get_style(session=session, owner=user, style_id=style_id))
 
 
@@ -111,6 +119,7 @@ def list_versions(style_id: str, user: CurrentUser, session: SessionDep, paging:
 
 @router.get("/{style_id}/image", response_class=Response, responses=PNG)
 def get_style_image(style_id: str, user: CurrentUser, session: SessionDep, blobs: BlobsDep) -> Response:
+    """The style's first reference image (as stored: PNG)."""
     style = styles.get_style(session=session, owner=user, style_id=style_id)
     return Response(lookup.read_blob(blobs, style.image_key, what="style image"), media_type="image/png")
 
