@@ -84,16 +84,19 @@ def test_every_operation_has_a_summary_a_description_and_examples(openapi: dict[
         summaries.append(op["summary"])
         for media_type, media in op.get("requestBody", {}).get("content", {}).items():
             assert _has_example(openapi, media), (where, "request", media_type)
-        payloads = 0
+        shown = bool(op.get("requestBody"))
         for status, response in op["responses"].items():
             for media_type, media in response.get("content", {}).items() if status.startswith("2") else ():
                 if media_type.startswith(BINARY_TYPES):  # files: declared as binary, nothing to exemplify
                     assert media["schema"] == {"type": "string", "format": "binary"}, (where, media_type)
                 elif media_type != "text/event-stream":
                     assert _has_example(openapi, media), (where, status, media_type)
-                payloads += 1
-        # an operation without any JSON payload is a delete (204) or a download: nothing to show an example of
-        assert payloads or method == "delete", where
+                    shown = True
+        for parameter in op.get("parameters", []):
+            if parameter["in"] == "path":  # every id in a path comes with one
+                assert parameter["schema"].get("examples"), (where, parameter["name"])
+                shown = True
+        assert shown, f"{where}: no example anywhere"
     assert len(set(summaries)) == len(summaries), sorted(s for s in summaries if summaries.count(s) > 1)
     by_path = {(path, method): op["summary"] for path, method, op in _operations(openapi)}
     assert by_path[("/v1/admin/keys", "get")] != by_path[("/v1/keys", "get")]  # user and admin operations differ

@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable, Iterator
 from typing import Annotated
 
-from fastapi import Depends, Header, Query, Request
+from fastapi import Depends, Header, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -16,7 +16,7 @@ from api.http.pagination import Paging
 from api.http.polling import Wait, prefer_wait
 from api.http.ratelimit import Limiter
 from api.http.security import CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE, check_csrf
-from api.schemas import MAX_OFFSET
+from api.schemas import ADAPTER_ID, GENERATION_EXAMPLE, JOB_EXAMPLE, KEY_EXAMPLE, MAX_OFFSET, STYLE_ID, USER_ID
 from storage.blobs import BlobStore
 from storage.error_codes import ErrorCode
 from storage.models import User
@@ -54,6 +54,15 @@ SessionDep = Annotated[Session, Depends(get_session)]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_sessionmaker)]
 BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+# Path parameters, each with an example for the OpenAPI document.
+StyleId = Annotated[str, Path(description="A style's (or subject's) id.", examples=[STYLE_ID])]
+AdapterId = Annotated[str, Path(description="An adapter's id.", examples=[ADAPTER_ID])]
+GenerationId = Annotated[str, Path(description="A generation's id.", examples=[GENERATION_EXAMPLE["id"]])]
+JobId = Annotated[str, Path(description="A training job's id.", examples=[JOB_EXAMPLE["id"]])]
+KeyId = Annotated[str, Path(description="An API key's id (not the key).", examples=[KEY_EXAMPLE["id"]])]
+UserId = Annotated[str, Path(description="A user's id.", examples=[USER_ID])]
+ImageIndex = Annotated[int, Path(ge=0, le=MAX_OFFSET, description="0-based image number.", examples=[0])]
+
 # A page of a listing (api/http/pagination.py); an offset past a database integer is a 422.
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.http.deps import AdminPagingDep, AdminUser, SessionDep, SettingsDep
+from api.http.deps import AdminPagingDep, AdminUser, JobId, KeyId, SessionDep, SettingsDep, UserId
 from api.http.problems import problem_responses
 from api.routes.jobs import StateFilter
 from api.schemas import (
@@ -46,14 +46,14 @@ def admin_get_overview(_: AdminUser, session: SessionDep, settings: SettingsDep)
 
 
 @router.post("/jobs/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=AdminJobPublic)
-def admin_cancel_job(job_id: str, _: AdminUser, session: SessionDep) -> AdminJobPublic:
+def admin_cancel_job(job_id: JobId, _: AdminUser, session: SessionDep) -> AdminJobPublic:
     """Cancel any user's job: queued → cancelled at once; running → cancelling until its worker stops it."""
     job = jobs.cancel_job(session=session, job=admin_views.get_job(session=session, job_id=job_id))
     return admin_views.admin_job(session=session, job=job)
 
 
 @router.post("/jobs/{job_id}/retry", status_code=status.HTTP_202_ACCEPTED, response_model=AdminJobPublic)
-def admin_retry_job(job_id: str, _: AdminUser, session: SessionDep, settings: SettingsDep) -> AdminJobPublic:
+def admin_retry_job(job_id: JobId, _: AdminUser, session: SessionDep, settings: SettingsDep) -> AdminJobPublic:
     """failed or cancelled → queued (error cleared, attempts reset, resumes from its checkpoint), sent again."""
     job = jobs.retry_job(session=session, settings=settings, job_id=job_id)
     return admin_views.admin_job(session=session, job=job)
@@ -73,13 +73,13 @@ def admin_create_user(body: UserCreate, _: AdminUser, session: SessionDep) -> Us
 
 
 @router.post("/users/{user_id}/keys", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreatedPublic)
-def admin_create_key(user_id: str, _: AdminUser, session: SessionDep) -> ApiKeyCreatedPublic:
+def admin_create_key(user_id: UserId, _: AdminUser, session: SessionDep) -> ApiKeyCreatedPublic:
     """A new API key for any user (shown only in this response); admins are not held to the per-user key limit."""
     return accounts.add_key(session=session, user_id=user_id)
 
 
 @router.post("/users/{user_id}/disable", response_model=UserPublic)
-def admin_disable_user(user_id: str, _: AdminUser, session: SessionDep) -> UserPublic:
+def admin_disable_user(user_id: UserId, _: AdminUser, session: SessionDep) -> UserPublic:
     """Its keys stop working and its browser sessions end at once; its data stays."""
     return accounts.set_disabled(session=session, user_id=user_id, disabled=True)
 
@@ -92,14 +92,14 @@ class CancelledWorkPublic(BaseModel):
 
 
 @router.post("/users/{user_id}/cancel-work", response_model=CancelledWorkPublic)
-def admin_cancel_user_work(user_id: str, _: AdminUser, session: SessionDep) -> CancelledWorkPublic:
+def admin_cancel_user_work(user_id: UserId, _: AdminUser, session: SessionDep) -> CancelledWorkPublic:
     """Cancel everything of this user that is queued or running (generations and training jobs)."""
     done = accounts.cancel_all_work(session=session, user_id=user_id)
     return CancelledWorkPublic(generations=done.generations, jobs=done.jobs)
 
 
 @router.post("/users/{user_id}/enable", response_model=UserPublic)
-def admin_enable_user(user_id: str, _: AdminUser, session: SessionDep) -> UserPublic:
+def admin_enable_user(user_id: UserId, _: AdminUser, session: SessionDep) -> UserPublic:
     """A disabled user's keys work again (browser sessions ended by disabling stay ended)."""
     return accounts.set_disabled(session=session, user_id=user_id, disabled=False)
 
@@ -115,12 +115,12 @@ def admin_list_keys(
 
 
 @router.delete("/keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
-def admin_revoke_key(key_id: str, _: AdminUser, session: SessionDep) -> None:
+def admin_revoke_key(key_id: KeyId, _: AdminUser, session: SessionDep) -> None:
     """The key stops working, and so do the browser sessions signed in with it."""
     accounts.revoke_key(session=session, key_id=key_id)
 
 
 @router.post("/keys/{key_id}/rotate", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreatedPublic)
-def admin_rotate_key(key_id: str, _: AdminUser, session: SessionDep) -> ApiKeyCreatedPublic:
+def admin_rotate_key(key_id: KeyId, _: AdminUser, session: SessionDep) -> ApiKeyCreatedPublic:
     """A new key for the same user (shown only in this response); the old one is revoked."""
     return accounts.rotate_key(session=session, key_id=key_id)

@@ -13,6 +13,8 @@ from starlette.datastructures import UploadFile
 from api.http.deps import (
     BlobsDep,
     CurrentUser,
+    GenerationId,
+    ImageIndex,
     PagingDep,
     RateLimitedUser,
     SessionDep,
@@ -178,7 +180,8 @@ def list_generations(user: CurrentUser, session: SessionDep, paging: PagingDep) 
 
 @router.get("/{generation_id}", response_model=GenerationPublic,
             responses={200: {"description": "The generation.", "headers": RETRY_AFTER_HEADER}})
-def get_generation(generation_id: str, user: CurrentUser, session: SessionDep, response: Response) -> GenerationPublic:
+def get_generation(generation_id: GenerationId, user: CurrentUser, session: SessionDep,
+                   response: Response) -> GenerationPublic:
     """One of your generations; while it is unfinished the answer has `Retry-After` (from `eta_seconds`)."""
     gen = generations.generation_view(
         session, generations.get_generation(session=session, owner=user, generation_id=generation_id))
@@ -189,7 +192,7 @@ def get_generation(generation_id: str, user: CurrentUser, session: SessionDep, r
 @router.get("/{generation_id}/images/{n}", response_class=Response,
             responses=binary_response("image/png", "A generated PNG."))
 def get_generation_image(
-    generation_id: str, n: int, user: CurrentUser, session: SessionDep, blobs: BlobsDep
+    generation_id: GenerationId, n: ImageIndex, user: CurrentUser, session: SessionDep, blobs: BlobsDep
 ) -> Response:
     """The n-th (0-based) image of a generation."""
     gen = generations.get_generation(session=session, owner=user, generation_id=generation_id)
@@ -198,7 +201,7 @@ def get_generation_image(
 
 
 @router.post("/{generation_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=GenerationPublic)
-def cancel_generation(generation_id: str, user: CurrentUser, session: SessionDep) -> GenerationPublic:
+def cancel_generation(generation_id: GenerationId, user: CurrentUser, session: SessionDep) -> GenerationPublic:
     """Cancel a queued or running generation: it ends `failed` with `error_code` `cancelled_on_request` at once (a
     running one's worker drops its images and stops sampling at its next step when nothing of its batch is left); 409
     `generation_final` when it has already finished."""
@@ -207,6 +210,6 @@ def cancel_generation(generation_id: str, user: CurrentUser, session: SessionDep
 
 
 @router.delete("/{generation_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_generation(generation_id: str, user: CurrentUser, session: SessionDep, blobs: BlobsDep) -> None:
+def delete_generation(generation_id: GenerationId, user: CurrentUser, session: SessionDep, blobs: BlobsDep) -> None:
     """Delete a finished generation and its images (409 while it is queued or running; 404 for others' ids)."""
     generation_ops.delete_generation(session=session, blobs=blobs, owner=user, generation_id=generation_id)

@@ -4,10 +4,10 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from api.http.deps import BlobsDep, CurrentUser, PagingDep, SessionDep, credential_check
+from api.http.deps import BlobsDep, CurrentUser, ImageIndex, JobId, PagingDep, SessionDep, credential_check
 from api.http.errors import Invalid
 from api.http.openapi import binary_response
 from api.http.pagination import cursor_page
@@ -26,7 +26,6 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(401, 403, 404, 409, 410, 429))
 
 StateFilter = Annotated[JobState | None, Query(description="Only jobs in this state.")]
-PreviewIndex = Annotated[int, Path(ge=0, le=MAX_OFFSET, description="0-based preview number.")]
 
 
 def event_public(event: JobEvent, preview_n: int | None = None) -> JobEventPublic:
@@ -83,7 +82,7 @@ _POLL: dict[int | str, dict[str, Any]] = {200: {"description": "The job.", "head
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=_POLL)
-def get_job(job_id: str, user: CurrentUser, session: SessionDep, response: Response) -> JobPublic:
+def get_job(job_id: JobId, user: CurrentUser, session: SessionDep, response: Response) -> JobPublic:
     """One of your training jobs: state, step, loss, ETA, queue position, its adapter once trained. While it is
     unfinished the answer has `Retry-After` (from `eta_seconds`)."""
     return polled(response, jobs.job_public(session, jobs.get_job(session=session, owner=user, job_id=job_id)))
@@ -91,7 +90,7 @@ def get_job(job_id: str, user: CurrentUser, session: SessionDep, response: Respo
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic,
              responses={202: {"description": "Cancelled, or stopping.", "headers": RETRY_AFTER_HEADER}})
-def cancel_job(job_id: str, user: CurrentUser, session: SessionDep, response: Response) -> JobPublic:
+def cancel_job(job_id: JobId, user: CurrentUser, session: SessionDep, response: Response) -> JobPublic:
     """queued → cancelled at once; running → cancelling until the worker stops it; final → 409."""
     job = jobs.get_job(session=session, owner=user, job_id=job_id)
     return polled(response, jobs.job_public(session, jobs.cancel_job(session=session, job=job)))
@@ -116,7 +115,7 @@ router.add_api_route("/{job_id}/events", job_event_stream, methods=["GET"], resp
     responses={200: {"content": {"text/event-stream": {}}, "description": "A page of events, or SSE when asked."}},
 )
 def list_job_events(
-    job_id: str,
+    job_id: JobId,
     request: Request,
     user: CurrentUser,
     session: SessionDep,
@@ -139,7 +138,7 @@ def list_job_events(
 
 
 @router.get("/{job_id}/previews/{n}", response_class=Response, responses=binary_response("image/png", "A preview PNG."))
-def get_job_preview(job_id: str, n: PreviewIndex, user: CurrentUser, session: SessionDep, blobs: BlobsDep) -> Response:
+def get_job_preview(job_id: JobId, n: ImageIndex, user: CurrentUser, session: SessionDep, blobs: BlobsDep) -> Response:
     """The n-th (0-based) preview image the training job rendered."""
     jobs.get_job(session=session, owner=user, job_id=job_id)
     key = jobs.preview_key(session=session, job_id=job_id, n=n)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from api.http.deps import CurrentUser, PagingDep, SessionDep, SettingsDep
+from api.http.deps import CurrentUser, KeyId, PagingDep, SessionDep, SettingsDep
 from api.http.problems import problem_responses
 from api.schemas import ApiKeyCreatedPublic, ApiKeyPage
 from api.services import own_keys
@@ -25,6 +25,6 @@ def create_key(user: CurrentUser, session: SessionDep, settings: SettingsDep) ->
 
 
 @router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
-def revoke_key(key_id: str, user: CurrentUser, session: SessionDep) -> None:
+def revoke_key(key_id: KeyId, user: CurrentUser, session: SessionDep) -> None:
     """Revoke one of the caller's keys (404 for another user's); sessions signed in with it end too."""
     own_keys.revoke_own_key(session=session, owner=user, key_id=key_id)

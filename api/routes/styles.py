@@ -4,7 +4,16 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Header, Response, UploadFile, status
 
-from api.http.deps import BlobsDep, CurrentUser, PagingDep, RateLimitedUser, SessionDep, SettingsDep
+from api.http.deps import (
+    BlobsDep,
+    CurrentUser,
+    ImageIndex,
+    PagingDep,
+    RateLimitedUser,
+    SessionDep,
+    SettingsDep,
+    StyleId,
+)
 from api.http.forms import StrictFormRoute
 from api.http.openapi import binary_response
 from api.http.polling import RETRY_AFTER_HEADER, polled
@@ -96,13 +105,13 @@ def list_styles(user: CurrentUser, session: SessionDep, paging: PagingDep) -> St
 
 
 @router.get("/{style_id}", response_model=StylePublic)
-def get_style(style_id: str, user: CurrentUser, session: SessionDep) -> StylePublic:
+def get_style(style_id: StyleId, user: CurrentUser, session: SessionDep) -> StylePublic:
     """One of your styles or subjects: its descriptor, images, captions and default version."""
     return styles.style_public(session, styles.get_style(session=session, owner=user, style_id=style_id))
 
 
 @router.patch("/{style_id}", response_model=StylePublic)
-def update_style(style_id: str, body: StyleUpdate, user: CurrentUser, session: SessionDep) -> StylePublic:
+def update_style(style_id: StyleId, body: StyleUpdate, user: CurrentUser, session: SessionDep) -> StylePublic:
     """Choose the style's default version: the adapter a generation naming only `style_id` uses. Until one is
     chosen the newest version is the default; once chosen, new rounds do not change it."""
     style = versions.set_default(session=session, owner=user, style_id=style_id, version=body.default_version)
@@ -110,7 +119,7 @@ def update_style(style_id: str, body: StyleUpdate, user: CurrentUser, session: S
 
 
 @router.get("/{style_id}/versions", response_model=VersionPage)
-def list_versions(style_id: str, user: CurrentUser, session: SessionDep, paging: PagingDep) -> VersionPage:
+def list_versions(style_id: StyleId, user: CurrentUser, session: SessionDep, paging: PagingDep) -> VersionPage:
     """The style's adapter versions, v1 first, each with its CLIP text and style scores and whether it is the
     default."""
     found = versions.list_versions(session=session, owner=user, style_id=style_id)
@@ -118,14 +127,15 @@ def list_versions(style_id: str, user: CurrentUser, session: SessionDep, paging:
 
 
 @router.get("/{style_id}/image", response_class=Response, responses=PNG)
-def get_style_image(style_id: str, user: CurrentUser, session: SessionDep, blobs: BlobsDep) -> Response:
+def get_style_image(style_id: StyleId, user: CurrentUser, session: SessionDep, blobs: BlobsDep) -> Response:
     """The style's first reference image (as stored: PNG)."""
     style = styles.get_style(session=session, owner=user, style_id=style_id)
     return Response(lookup.read_blob(blobs, style.image_key, what="style image"), media_type="image/png")
 
 
 @router.get("/{style_id}/images/{n}", response_class=Response, responses=PNG)
-def get_style_reference(style_id: str, n: int, user: CurrentUser, session: SessionDep, blobs: BlobsDep) -> Response:
+def get_style_reference(style_id: StyleId, n: ImageIndex, user: CurrentUser, session: SessionDep,
+                        blobs: BlobsDep) -> Response:
     """Reference image `n` (0-based, upload order) of a style or subject; `captions[n]` is its caption."""
     style = styles.get_style(session=session, owner=user, style_id=style_id)
     return Response(lookup.read_blob(blobs, styles.reference_key(style, n), what="style image"),
@@ -133,14 +143,14 @@ def get_style_reference(style_id: str, n: int, user: CurrentUser, session: Sessi
 
 
 @router.delete("/{style_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_style(style_id: str, user: CurrentUser, session: SessionDep) -> None:
+def delete_style(style_id: StyleId, user: CurrentUser, session: SessionDep) -> None:
     """Soft-delete the style; its queued or running job is cancelled."""
     styles.delete_style(session=session, owner=user, style_id=style_id)
 
 
 @router.post("/{style_id}/jobs", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic, responses=_QUEUED)
 def create_style_job(
-    style_id: str, user: RateLimitedUser, session: SessionDep, settings: SettingsDep, response: Response,
+    style_id: StyleId, user: RateLimitedUser, session: SessionDep, settings: SettingsDep, response: Response,
     body: StyleJobCreate | None = None,
 ) -> JobPublic:
     """Train the style again from its stored image (after a cancelled or failed job, or a deleted adapter).
@@ -152,7 +162,7 @@ def create_style_job(
 
 
 @router.post("/{style_id}/samples", status_code=status.HTTP_202_ACCEPTED, response_model=list[GenerationPublic])
-def create_samples(style_id: str, user: RateLimitedUser, session: SessionDep, blobs: BlobsDep,
+def create_samples(style_id: StyleId, user: RateLimitedUser, session: SessionDep, blobs: BlobsDep,
                    settings: SettingsDep, body: SamplesCreate | None = None) -> list[GenerationPublic]:
     """Queue one generation per feedback prompt ("A chihuahua in <descriptor> style", ...) with the style's default
     version (or `version`): the images a human feedback round is picked from."""
@@ -162,7 +172,7 @@ def create_samples(style_id: str, user: RateLimitedUser, session: SessionDep, bl
 
 
 @router.post("/{style_id}/rounds", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic, responses=_QUEUED)
-def create_round(style_id: str, body: RoundCreate, user: RateLimitedUser, session: SessionDep,
+def create_round(style_id: StyleId, body: RoundCreate, user: RateLimitedUser, session: SessionDep,
                  settings: SettingsDep, response: Response) -> JobPublic:
     """Start a feedback round: a training job whose adapter becomes the style's next version. `human` trains on the
     picked images (`selection`: generation id and image index, each captioned with its generation's prompt);
