@@ -170,6 +170,9 @@ def test_prefer_wait_blocks_like_query_wait_and_says_so(tmp_path: Path) -> None:
         assert "Preference-Applied" not in resp.headers and took < 1.0
         resp, took = post(Prefer="wait=soon")  # not understood: ignored (RFC 7240 §2)
         assert "Preference-Applied" not in resp.headers and took < 1.0
+        client.app.state.waiters.per_user = 0  # no waiting place left for alice: answered at once, not honoured
+        resp, took = post(Prefer="wait=1")
+        assert "Preference-Applied" not in resp.headers and took < 1.0
 
 
 def test_retry_after_follows_the_estimate(tmp_path: Path) -> None:

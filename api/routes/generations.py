@@ -153,19 +153,22 @@ async def create_generation(
     generation when it ends in time, else 202 with `Location` (poll it) and `Retry-After` (from the estimate), and
     the generation's `queue_position`, `progress` and `eta_seconds`. A repeated `Idempotency-Key` with the same
     request answers the same generation (200); with another request, 409."""
-    wait.applied(response)
     parsed, init, mask = await _parse(request, settings)
     gen, created = await run_in_threadpool(_create, factory, blobs, settings, user, parsed, init, mask, idempotency_key)
     if not created:
         response.status_code = status.HTTP_200_OK
+    waited: bool | None = True  # None: the caller's waiting places were all taken, so no wait was honoured
     if wait.seconds > 0 and gen.state not in GENERATION_FINAL:  # the process's one poller watches it (api/waiters.py)
         waiters: GenerationWaiters = request.app.state.waiters
-        if await waiters.wait(user.id, gen.id, wait.seconds, request.is_disconnected):
+        waited = await waiters.wait(user.id, gen.id, wait.seconds, request.is_disconnected)
+        if waited:
             current = await run_in_threadpool(_load, factory, gen.id)
             if current is not None:
                 gen = current
         if gen.state in GENERATION_FINAL:
             response.status_code = status.HTTP_200_OK
+    if waited is not None:
+        wait.applied(response)
     response.headers["Location"] = urls.absolute(f"/v1/generations/{gen.id}")
     set_retry_after(response, gen.eta_seconds, final=gen.state in GENERATION_FINAL)
     return gen
