@@ -15,6 +15,7 @@ from api.http.docs import install_docs
 from api.http.errors import install_handlers
 from api.http.headers import SecurityHeadersMiddleware
 from api.http.metrics import make_registry
+from api.http.openapi import install_openapi_names, operation_id
 from api.http.problems import install_problem_schema
 from api.http.ratelimit import make_rate_limiter
 from api.http.request_guard import RequestGuard
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # /docs and /redoc are served with local assets by install_docs (no CDN)
         redoc_url=None,
+        generate_unique_id_function=operation_id,
     )
     engine = make_engine(url, **_pool_args(settings))
     app.state.settings = settings
@@ -94,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     install_docs(app)
     install_problem_schema(app)
+    install_openapi_names(app)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(BaseUrlMiddleware)  # absolute URLs in answers
     return app

@@ -16,7 +16,17 @@ from pydantic import AliasPath, BaseModel, ConfigDict, Field, computed_field, fi
 
 from storage.generation_settings import MAX_SEED as MAX_SEED  # re-exported: the seed bound of every request
 from storage.generation_settings import GenerationSettings
-from storage.resources import WEBHOOK_DOC, WEBHOOK_EVENTS_DOC, FromRow, JobPublic, WebhookEvent, WithError
+from storage.resources import (
+    EXAMPLE_BASE,
+    GENERATION_EXAMPLE,
+    JOB_EXAMPLE,
+    WEBHOOK_DOC,
+    WEBHOOK_EVENTS_DOC,
+    FromRow,
+    JobPublic,
+    WebhookEvent,
+    WithError,
+)
 from storage.resources import GenerationPublic as GenerationPublic  # re-exported: the API's name for it
 from storage.urls import absolute
 from storage.users import BadUserName, validate_user_name
@@ -25,6 +35,47 @@ from trainer.contracts import limits
 MAX_OFFSET = 2**31 - 1  # list offsets and event cursors: larger ones overflow SQLite/PostgreSQL integers
 
 Item = TypeVar("Item")
+
+# Example payloads (the OpenAPI document shows them; each lives on its schema's `json_schema_extra`).
+STYLE_ID = "0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f"
+ADAPTER_ID = "3e4f5a6b7c8d4e9f0a1b2c3d4e5f6a7b"
+USER_ID = "7d6c5b4a39284f1e8d7c6b5a49382716"
+STYLE_EXAMPLE: dict[str, Any] = {
+    "id": STYLE_ID, "descriptor": "watercolor painting", "content": "a house", "width": 512, "height": 512,
+    "image_bytes": 183204, "image_sha256": "9f2c" + "0" * 60, "created_at": "2026-01-05T10:00:00Z",
+    "latest_job_id": JOB_EXAMPLE["id"], "kind": "style", "class_word": None, "default_version": 1,
+    "image_url": f"{EXAMPLE_BASE}/v1/styles/{STYLE_ID}/image", "captions": [None],
+}
+ADAPTER_EXAMPLE: dict[str, Any] = {
+    "id": ADAPTER_ID, "style_id": STYLE_ID, "job_id": JOB_EXAMPLE["id"], "descriptor": "watercolor painting",
+    "train_prompt": "a house in watercolor painting style", "sha256": "4be1" + "0" * 60, "bytes": 1835008,
+    "base_model": "amused/amused-256", "base_revision": None, "rank": 4, "alpha": 4.0,
+    "targets": ["to_q", "to_k", "to_v", "to_out.0"], "steps": 60, "seed": 7, "engine_version": "1",
+    "created_at": "2026-01-05T10:01:00Z", "version": 1, "text_score": 0.31, "style_score": 0.72,
+    "file_url": f"{EXAMPLE_BASE}/v1/adapters/{ADAPTER_ID}/file",
+}
+KEY_EXAMPLE: dict[str, Any] = {"id": "1a2b3c4d5e6f4a7b8c9d0e1f2a3b4c5d", "user_id": USER_ID, "prefix": "Xk3vQ9aB",
+                               "created_at": "2026-01-05T09:00:00Z", "last_used_at": "2026-01-05T10:00:00Z",
+                               "revoked_at": None}
+KEY_CREATED_EXAMPLE: dict[str, Any] = {"id": KEY_EXAMPLE["id"], "user_id": USER_ID,
+                                       "key": "sd_Xk3vQ9aB" + "p" * 32, "created_at": "2026-01-05T09:00:00Z"}
+USER_EXAMPLE: dict[str, Any] = {"id": USER_ID, "name": "alice", "is_admin": False, "disabled": False,
+                                "created_at": "2026-01-05T09:00:00Z"}
+ADMIN_JOB_EXAMPLE: dict[str, Any] = {**JOB_EXAMPLE, "owner_id": USER_ID, "owner_name": "alice", "worker_host": "gpu-1",
+                                     "heartbeat_at": "2026-01-05T10:00:14Z", "run_id": None}
+EVENT_EXAMPLE: dict[str, Any] = {"id": 12, "job_id": JOB_EXAMPLE["id"], "kind": "progress",
+                                 "created_at": "2026-01-05T10:00:14Z",
+                                 "payload": {"step": 30, "total": 60, "loss": 6.41, "eta_seconds": 12.5}}
+
+
+def examples(*payloads: dict[str, Any]) -> ConfigDict:
+    """A schema's example payloads, as its `model_config`."""
+    return ConfigDict(json_schema_extra={"examples": list(payloads)})
+
+
+def page_examples(item: dict[str, Any], path: str) -> ConfigDict:
+    """A listing page's example: one item, and the URL of the next page."""
+    return examples({"items": [item], "next": f"{EXAMPLE_BASE}{path}?offset=50&limit=50"})
 
 
 class Page(BaseModel, Generic[Item]):
@@ -36,6 +87,8 @@ class Page(BaseModel, Generic[Item]):
 
 
 class StylePublic(FromRow):
+    model_config = examples(STYLE_EXAMPLE)
+
     id: str
     descriptor: str
     content: str | None
@@ -69,7 +122,7 @@ class StylePublic(FromRow):
 class StyleJobCreate(BaseModel):
     """Train an existing style again (POST /v1/styles/{id}/jobs); the stored image is used."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"steps": 120, "seed": 3}]})
 
     steps: int | None = Field(default=None, ge=1, description="Default: the steps of the style's last job.")
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Default: random.")
@@ -85,7 +138,9 @@ class RoundPick(BaseModel):
 class RoundCreate(BaseModel):
     """POST /v1/styles/{id}/rounds: train the style's next version from feedback (StyleDrop's round 2)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"mode": "human", "selection": [{"generation_id": GENERATION_EXAMPLE["id"], "index": 0}], "steps": 60},
+        {"mode": "automatic", "prompts": 10, "per_prompt": 4}]})
 
     mode: Literal["human", "automatic"] = Field(description=(
         "human: train on the images in `selection`, each with its generation's prompt as caption. automatic: the "
@@ -103,11 +158,12 @@ class RoundCreate(BaseModel):
 class SamplesCreate(BaseModel):
     """POST /v1/styles/{id}/samples: generations over the feedback prompts, to pick a round's images from."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"prompts": 10, "images_per_prompt": 2}]})
 
     version: int | None = Field(default=None, ge=1, description="Default: the style's default version.")
     prompts: int = Field(default=10, ge=1, le=30, description="How many of the 30 feedback prompts, in order.")
-    images_per_prompt: int = Field(default=2, ge=1, description="At most settings.max_images_per_request.")
+    images_per_prompt: int = Field(default=2, ge=1, description="At most STYLEDROP_MAX_IMAGES_PER_REQUEST (4 by "
+                                   "default).")
     steps: int = Field(default=limits.DEFAULT_STEPS, ge=limits.MIN_STEPS, le=limits.MAX_STEPS)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Default: random.")
 
@@ -115,6 +171,9 @@ class SamplesCreate(BaseModel):
 class SamplesPublic(BaseModel):
     """A samples request's generations (POST /v1/styles/{id}/samples) and how far they got: poll GET
     /v1/styles/{id}/samples until `done` equals `total`."""
+
+    model_config = examples({"version": 1, "total": 2, "done": 1, "progress": 0.75, "eta_seconds": 3.0,
+                             "items": [GENERATION_EXAMPLE, {**GENERATION_EXAMPLE, "state": "running"}], "next": None})
 
     version: int | None = Field(description="The version they were made with; null while the style has none.")
     total: int = Field(description="Generations in the set (one per feedback prompt).")
@@ -127,11 +186,16 @@ class SamplesPublic(BaseModel):
 
 
 class StyleCreatedPublic(BaseModel):
+    model_config = examples({"style": STYLE_EXAMPLE, "job": {**JOB_EXAMPLE, "state": "queued", "step": 0,
+                                                            "queue_position": 1, "started_at": None}})
+
     style: StylePublic
     job: JobPublic
 
 
 class JobEventPublic(FromRow):
+    model_config = examples(EVENT_EXAMPLE)
+
     id: int
     job_id: str
     kind: str
@@ -140,7 +204,8 @@ class JobEventPublic(FromRow):
 
 
 class AdapterPublic(FromRow):
-    model_config = ConfigDict(from_attributes=True, protected_namespaces=())
+    model_config = ConfigDict(from_attributes=True, protected_namespaces=(),
+                              json_schema_extra={"examples": [ADAPTER_EXAMPLE]})
 
     id: str
     style_id: str
@@ -173,19 +238,26 @@ class AdapterPublic(FromRow):
 class VersionPublic(AdapterPublic):
     """One adapter version of a style (GET /v1/styles/{id}/versions)."""
 
+    model_config = examples({**ADAPTER_EXAMPLE, "is_default": True})
+
     is_default: bool = False
 
 
 class StyleUpdate(BaseModel):
     """PATCH /v1/styles/{id}: choose the version generations naming only the style use."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"default_version": 2}]})
 
     default_version: int = Field(ge=1, description="An existing, not deleted version of this style.")
 
 
 class GenerationCreate(GenerationSettings):
-    """The settings (storage/generation_settings.py), how to name the adapter, and the webhook."""
+    """What to generate, with which adapter (`adapter_id`, or `style_id` and `version`), and the webhook."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"prompt": "a cat in watercolor painting style", "style_id": STYLE_ID, "version": 1, "seed": 42},
+        {"prompt": "a dog", "adapter_id": ADAPTER_ID, "num_images": 2, "webhook": "https://example.com/hooks",
+         "webhook_events_filter": ["completed"]}]})
 
     style_id: str | None = Field(default=None, description="Use this style's adapter: `version`, else its "
                                  "default version. Not together with adapter_id.")
@@ -203,6 +275,8 @@ class GenerationCreate(GenerationSettings):
 
 
 class WebhookSecretPublic(BaseModel):
+    model_config = examples({"secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"})
+
     secret: str = Field(description="`whsec_` + base64 key; signs every webhook delivery of this user.")
 
 
@@ -210,6 +284,8 @@ class WebhookSecretPublic(BaseModel):
 
 
 class AdminJobPublic(JobPublic):
+    model_config = examples(ADMIN_JOB_EXAMPLE)
+
     owner_id: str
     owner_name: str = Field(validation_alias=AliasPath("owner", "name"))  # joined in the listing's one query
     worker_host: str | None
@@ -236,6 +312,14 @@ class FailurePublic(WithError):
 
 
 class OverviewPublic(BaseModel):
+    model_config = examples({
+        "queue_depths": {"train": 1, "generate": 0}, "queue_error": None,
+        "workers_online": [{"id": "w1", "host": "gpu-1", "pid": 4242, "kind": "train",
+                            "started_at": "2026-01-05T08:00:00Z", "heartbeat_at": "2026-01-05T10:00:14Z",
+                            "current_id": JOB_EXAMPLE["id"], "stats": {"adapter_cache_hits": 10}}],
+        "running_jobs": [ADMIN_JOB_EXAMPLE], "failures_24h": [], "job_counts": {"running": 1, "succeeded": 12},
+        "generation_counts": {"succeeded": 40}})
+
     queue_depths: dict[str, int] | None
     queue_error: str | None = None
     workers_online: list[WorkerPublic]
@@ -246,6 +330,8 @@ class OverviewPublic(BaseModel):
 
 
 class UserCreate(BaseModel):
+    model_config = examples({"name": "alice", "is_admin": False})
+
     name: str = Field(description="1..64 ASCII letters, digits and _ . @ - (the CLI applies the same rule).")
     is_admin: bool = False
 
@@ -259,6 +345,8 @@ class UserCreate(BaseModel):
 
 
 class UserPublic(FromRow):
+    model_config = examples(USER_EXAMPLE)
+
     id: str
     name: str
     is_admin: bool
@@ -267,6 +355,8 @@ class UserPublic(FromRow):
 
 
 class ApiKeyCreatedPublic(BaseModel):
+    model_config = examples(KEY_CREATED_EXAMPLE)
+
     id: str
     user_id: str
     key: str = Field(description="The plaintext key; shown only in this response.")
@@ -275,6 +365,8 @@ class ApiKeyCreatedPublic(BaseModel):
 
 class ApiKeyPublic(FromRow):
     """A key without its secret: `prefix` is the 8 characters after `sd_` (enough to recognise it)."""
+
+    model_config = examples(KEY_EXAMPLE)
 
     id: str
     user_id: str
@@ -285,6 +377,8 @@ class ApiKeyPublic(FromRow):
 
 
 class UserCreatedPublic(BaseModel):
+    model_config = examples({"user": USER_EXAMPLE, "key": KEY_CREATED_EXAMPLE})
+
     user: UserPublic
     key: ApiKeyCreatedPublic
 
@@ -295,34 +389,53 @@ class UserCreatedPublic(BaseModel):
 class JobPage(Page[JobPublic]):
     """Jobs, newest first."""
 
+    model_config = page_examples(JOB_EXAMPLE, "/v1/jobs")
+
 
 class JobEventPage(Page[JobEventPublic]):
     """A job's events, oldest first."""
+
+    model_config = examples({"items": [EVENT_EXAMPLE],
+                             "next": f"{EXAMPLE_BASE}/v1/jobs/{JOB_EXAMPLE['id']}/events?after=12&limit=200"})
 
 
 class StylePage(Page[StylePublic]):
     """Styles and subjects, newest first."""
 
+    model_config = page_examples(STYLE_EXAMPLE, "/v1/styles")
+
 
 class VersionPage(Page[VersionPublic]):
     """A style's adapter versions, v1 first."""
+
+    model_config = examples({"items": [{**ADAPTER_EXAMPLE, "is_default": True}], "next": None})
 
 
 class GenerationPage(Page[GenerationPublic]):
     """Generations, newest first."""
 
+    model_config = page_examples(GENERATION_EXAMPLE, "/v1/generations")
+
 
 class AdapterPage(Page[AdapterPublic]):
     """Adapters, newest first."""
+
+    model_config = page_examples(ADAPTER_EXAMPLE, "/v1/adapters")
 
 
 class ApiKeyPage(Page[ApiKeyPublic]):
     """API keys (never their secrets), oldest first."""
 
+    model_config = page_examples(KEY_EXAMPLE, "/v1/keys")
+
 
 class AdminJobPage(Page[AdminJobPublic]):
     """Every user's jobs, newest first."""
 
+    model_config = page_examples(ADMIN_JOB_EXAMPLE, "/v1/admin/jobs")
+
 
 class UserPage(Page[UserPublic]):
     """Users, oldest first."""
+
+    model_config = page_examples(USER_EXAMPLE, "/v1/admin/users")

@@ -45,7 +45,7 @@ class GenerationSettings(BaseModel):
         f"Default {limits.DEFAULT_SUBJECT_WEIGHT:g} when subject_adapter_id is given; only with it."))
     steps: int = Field(default=limits.DEFAULT_STEPS, ge=limits.MIN_STEPS, le=limits.MAX_STEPS)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Default: random.")
-    num_images: int = Field(default=1, ge=1, description="At most settings.max_images_per_request.")
+    num_images: int = Field(default=1, ge=1, description="At most STYLEDROP_MAX_IMAGES_PER_REQUEST (4 by default).")
     strength: float | None = Field(
         default=None, gt=0.0, le=1.0, description="Image-to-image only (multipart with init_image); default "
         f"{limits.DEFAULT_IMG2IMG_STRENGTH:g}."

@@ -97,11 +97,37 @@ def pick_url(job_id: str, n: int) -> str:
 
 def pick_views(job_id: str, rows: Sequence[dict[str, Any]] | None) -> list[JobPick]:
     """A job's `picks` column as the API shows it: the store's keys replaced by URLs."""
-    return [JobPick(n=n, image_url=pick_url(job_id, n), **{k: v for k, v in row.items() if k != "image_key"})
+    return [JobPick(n=n, image_url=absolute(pick_url(job_id, n)), **{k: v for k, v in row.items() if k != "image_key"})
             for n, row in enumerate(rows or [])]
 
 
+# Example payloads for the OpenAPI document (api/schemas.py builds its other examples from these).
+EXAMPLE_BASE = "https://styledrop.example.com"
+JOB_EXAMPLE: dict[str, Any] = {
+    "id": "5b0f6c2d9e8a4f1b8c3d2e1f0a9b8c7d", "style_id": "0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f", "state": "running",
+    "step": 30, "total_steps": 60, "last_loss": 6.41, "eta_seconds": 12.5, "steps_per_second": 2.4,
+    "queue_position": 0, "attempts": 1, "max_attempts": 3,
+    "params": {"steps": 60, "seed": 7, "descriptor": "watercolor painting"},
+    "queued_at": "2026-01-05T10:00:00Z", "started_at": "2026-01-05T10:00:02Z", "finished_at": None,
+    "cancel_requested_at": None, "device_seconds": 12.4, "adapter_id": None, "webhook": None,
+    "webhook_events_filter": None, "progress": 0.5, "error": None,
+}
+GENERATION_EXAMPLE: dict[str, Any] = {
+    "id": "9a8b7c6d5e4f4a3b2c1d0e9f8a7b6c5d", "state": "succeeded", "adapter_id": "3e4f5a6b7c8d4e9f0a1b2c3d4e5f6a7b",
+    "style_id": "0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f", "version": 1, "prompt": "a cat in watercolor painting style",
+    "negative_prompt": None, "style_strength": 0.0, "guidance_scale": 10.0, "text_guidance": None,
+    "subject_adapter_id": None, "subject_weight": None, "steps": 12, "seed": 42, "num_images": 1, "strength": None,
+    "attempts": 1, "queued_at": "2026-01-05T10:02:00Z", "started_at": "2026-01-05T10:02:01Z",
+    "finished_at": "2026-01-05T10:02:04Z", "text_scores": [0.31], "style_scores": [0.72], "mode": "text",
+    "image_urls": [f"{EXAMPLE_BASE}/v1/generations/9a8b7c6d5e4f4a3b2c1d0e9f8a7b6c5d/images/0"], "step": 12,
+    "queue_position": 0, "eta_seconds": 0.0, "webhook": None, "webhook_events_filter": None, "progress": 1.0,
+    "error": None,
+}
+
+
 class JobPublic(WithError):
+    model_config = ConfigDict(json_schema_extra={"examples": [JOB_EXAMPLE]})
+
     id: str
     style_id: str
     state: str
@@ -151,9 +177,15 @@ class JobPublic(WithError):
 
 
 class GenerationPublic(WithError):
+    model_config = ConfigDict(json_schema_extra={"examples": [GENERATION_EXAMPLE]})
+
     id: str
     state: str
     adapter_id: str | None
+    style_id: str | None = Field(default=None, description=(
+        "The style (or subject) whose adapter it uses: the `style_id` it was made with, or its adapter's style."))
+    version: int | None = Field(default=None, description=(
+        "That adapter's version: the `version` it was made with, else the one the style's default was then."))
     prompt: str
     negative_prompt: str | None
     style_strength: float
@@ -225,12 +257,17 @@ def job_views(session: Session, jobs: Sequence[TrainingJob],
 
 def generation_views(session: Session, gens: Sequence[Generation]) -> list[GenerationPublic]:
     """`gens` as the API shows them, in a fixed number of queries whatever their number (positions at once, the
-    service's recent pace read once)."""
+    service's recent pace read once, the style and version of every adapter at once)."""
     positions = generation_queue_positions(session, gens)
     pace = recent_pace(session) if needs_pace(gens) else None
+    adapter_ids = {g.adapter_id for g in gens if g.adapter_id is not None}
+    rows = session.execute(select(Adapter.id, Adapter.style_id, Adapter.version)
+                           .where(Adapter.id.in_(adapter_ids))).all() if adapter_ids else []
+    named: dict[str, dict[str, Any]] = {a: {"style_id": style, "version": version} for a, style, version in rows}
     return [GenerationPublic.model_validate(g).model_copy(update={
         "queue_position": positions.get(g.id, 0),
-        "eta_seconds": generation_eta(g, positions.get(g.id, 0), pace)}) for g in gens]
+        "eta_seconds": generation_eta(g, positions.get(g.id, 0), pace),
+        **named.get(g.adapter_id or "", {})}) for g in gens]
 
 
 def recent_pace(session: Session) -> tuple[float, float] | None:

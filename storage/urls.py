@@ -50,6 +50,12 @@ def _rebase(value: Any, base: str, *, is_url: bool = False) -> Any:
     return value
 
 
+def absolute_urls(value: Any) -> Any:
+    """A stored payload (an event's, say an automatic round's `picks`) with its root-relative URLs under the
+    current answer's base URL."""
+    return _rebase(value, _BASE.get())
+
+
 def absolute_body(body: str, base: str) -> str:
     """A stored JSON body (root-relative URLs) with its URLs under `base`; compact, as pydantic writes it."""
     return json.dumps(_rebase(json.loads(body), base), separators=(",", ":"), ensure_ascii=False)

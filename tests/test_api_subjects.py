@@ -169,6 +169,6 @@ def test_openapi_documents_the_new_fields(api_client) -> None:  # type: ignore[n
     assert "0 = the adapter as trained" in props["style_strength"]["description"]
     assert "λB = 5" in props["text_guidance"]["description"]
     assert "γ" in props["subject_weight"]["description"] and "subject_adapter_id" in props
-    form = next(v for k, v in spec["components"]["schemas"].items() if k.startswith("Body_create_style"))
+    form = spec["components"]["schemas"]["StyleCreateForm"]
     assert {"image", "caption", "kind", "class_word"} <= set(form["properties"])
     assert form["properties"]["image"]["type"] == "array"

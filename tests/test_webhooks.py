@@ -195,3 +195,31 @@ def test_attempts_give_up_after_the_maximum(hooks_client, api_keys, receiver) ->
             select(JobEvent).where(JobEvent.job_id == job["id"], JobEvent.kind == "webhook").order_by(JobEvent.id))]
     assert outcomes == ["retrying", "retrying", "failed"]
     assert delivery.retry_delay(client.app.state.settings, 3) == pytest.approx(0.05 * 16)
+
+
+def test_webhook_body_has_public_urls_and_the_style_and_version(hooks_client, api_keys, receiver) -> None:
+    """With STYLEDROP_PUBLIC_URL the body's URLs start with it, as the API's answers do, and a generation made with
+    style_id + version names them."""
+    from tests.helpers.versions import style_with_versions
+
+    client = hooks_client
+    client.app.state.settings = client.app.state.settings.model_copy(
+        update={"public_url": "https://styledrop.example.com"})
+    style_id, (v1, _) = style_with_versions(client, api_keys["bob"], 2)
+    gen = client.post("/v1/generations", headers=bearer(api_keys["bob"]), json={
+        "prompt": "a cat", "style_id": style_id, "version": 1, "webhook": receiver.url,
+        "webhook_events_filter": ["completed"]})
+    assert gen.status_code == 202, gen.text
+    assert gen.headers["Location"] == f"https://styledrop.example.com/v1/generations/{gen.json()['id']}"
+    with client.app.state.sessionmaker() as s:
+        claims.claim_generations(s, limit=1, worker_host="w")
+        jobstore.transition_generation(s, gen.json()["id"], expected="running", new="succeeded",
+                                       image_keys=["images/x.png", "images/y.png"], finished_at=utcnow())
+        s.commit()
+    deliver_until_settled(client)
+    ((_, raw),) = receiver.requests
+    body = json.loads(raw)
+    assert body["image_urls"] == [f"https://styledrop.example.com/v1/generations/{gen.json()['id']}/images/{n}"
+                                  for n in (0, 1)]
+    assert (body["style_id"], body["version"], body["adapter_id"]) == (style_id, 1, v1)
+    assert body == client.get(f"/v1/generations/{gen.json()['id']}", headers=bearer(api_keys["bob"])).json()

@@ -7,15 +7,16 @@ import math
 from collections.abc import Callable, Iterator
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Header, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.http.errors import Forbidden, RateLimited, Unauthorized
 from api.http.pagination import Paging
+from api.http.polling import Wait, prefer_wait
 from api.http.ratelimit import Limiter
 from api.http.security import CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE, check_csrf
-from api.schemas import MAX_OFFSET
+from api.schemas import ADAPTER_ID, GENERATION_EXAMPLE, JOB_EXAMPLE, KEY_EXAMPLE, MAX_OFFSET, STYLE_ID, USER_ID
 from api.services import limits
 from storage.blobs import BlobStore
 from storage.error_codes import ErrorCode
@@ -54,6 +55,15 @@ SessionDep = Annotated[Session, Depends(get_session)]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_sessionmaker)]
 BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+# Path parameters, each with an example for the OpenAPI document.
+StyleId = Annotated[str, Path(description="A style's (or subject's) id.", examples=[STYLE_ID])]
+AdapterId = Annotated[str, Path(description="An adapter's id.", examples=[ADAPTER_ID])]
+GenerationId = Annotated[str, Path(description="A generation's id.", examples=[GENERATION_EXAMPLE["id"]])]
+JobId = Annotated[str, Path(description="A training job's id.", examples=[JOB_EXAMPLE["id"]])]
+KeyId = Annotated[str, Path(description="An API key's id (not the key).", examples=[KEY_EXAMPLE["id"]])]
+UserId = Annotated[str, Path(description="A user's id.", examples=[USER_ID])]
+ImageIndex = Annotated[int, Path(ge=0, le=MAX_OFFSET, description="0-based image number.", examples=[0])]
+
 # A page of a listing (api/http/pagination.py); an offset past a database integer is a 422.
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
@@ -183,3 +193,25 @@ def get_metrics_access(request: Request, session: SessionDep, bearer: BearerDep,
 
 
 MetricsAccess = Annotated[None, Depends(get_metrics_access)]
+
+
+def get_wait(
+    request: Request,
+    settings: SettingsDep,
+    wait: Annotated[float | None, Query(ge=0, description=(
+        "Block up to this many seconds for the result; larger values than STYLEDROP_MAX_WAIT_SECONDS (60 by "
+        "default) wait that long. The same as `Prefer: wait=N`; this parameter wins when both are given."))] = None,
+    prefer: Annotated[str | None, Header(alias="Prefer", description=(
+        "RFC 7240 preferences: `wait=N` blocks up to N seconds, as `?wait=N` (answered with `Preference-Applied: "
+        "wait=N`, N as clamped); other preferences are ignored."))] = None,
+) -> Wait:
+    """How long the request may block: `?wait=`, else `Prefer: wait=`, clamped to `max_wait_seconds`."""
+    if wait is not None:
+        return Wait(min(wait, settings.max_wait_seconds))
+    preferred = prefer_wait(request.headers.getlist("prefer")) if prefer is not None else None
+    if preferred is None:
+        return Wait(0.0)
+    return Wait(min(float(preferred), settings.max_wait_seconds), preferred=True)
+
+
+WaitDep = Annotated[Wait, Depends(get_wait)]

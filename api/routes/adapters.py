@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from api.http.deps import BlobsDep, CurrentUser, PagingDep, SessionDep
+from api.http.deps import AdapterId, BlobsDep, CurrentUser, PagingDep, SessionDep
+from api.http.openapi import binary_response
 from api.http.problems import problem_responses
 from api.schemas import AdapterPage, AdapterPublic
 from api.services import adapters
@@ -18,16 +19,17 @@ def list_adapters(user: CurrentUser, session: SessionDep, paging: PagingDep) -> 
 
 
 @router.get("/{adapter_id}", response_model=AdapterPublic)
-def get_adapter(adapter_id: str, user: CurrentUser, session: SessionDep) -> AdapterPublic:
+def get_adapter(adapter_id: AdapterId, user: CurrentUser, session: SessionDep) -> AdapterPublic:
+    """One of your adapters: its style, version, training settings, CLIP scores and file checksum."""
     return AdapterPublic.model_validate(adapters.get_adapter(session=session, owner=user, adapter_id=adapter_id))
 
 
 @router.get(
     "/{adapter_id}/file",
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {}}, "description": "The safetensors file."}},
+    responses=binary_response("application/octet-stream", "The safetensors file."),
 )
-def download_adapter(adapter_id: str, user: CurrentUser, session: SessionDep, blobs: BlobsDep) -> Response:
+def download_adapter(adapter_id: AdapterId, user: CurrentUser, session: SessionDep, blobs: BlobsDep) -> Response:
     """The adapter's safetensors file, verified against its recorded sha256 before it is sent."""
     adapter = adapters.get_adapter(session=session, owner=user, adapter_id=adapter_id)
     data = adapters.adapter_bytes(blobs=blobs, adapter=adapter)
@@ -42,5 +44,7 @@ def download_adapter(adapter_id: str, user: CurrentUser, session: SessionDep, bl
 
 
 @router.delete("/{adapter_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_adapter(adapter_id: str, user: CurrentUser, session: SessionDep) -> None:
+def delete_adapter(adapter_id: AdapterId, user: CurrentUser, session: SessionDep) -> None:
+    """Delete one of your adapters (a style's version): it can no longer be downloaded or generated with;
+    generations made with it stay."""
     adapters.delete_adapter(session=session, owner=user, adapter_id=adapter_id)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Header, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
@@ -13,14 +13,19 @@ from starlette.datastructures import UploadFile
 from api.http.deps import (
     BlobsDep,
     CurrentUser,
+    GenerationId,
+    ImageIndex,
     PagingDep,
     RateLimitedUser,
     SessionDep,
     SessionFactoryDep,
     SettingsDep,
+    WaitDep,
 )
 from api.http.errors import Invalid, UnsupportedMedia
 from api.http.forms import StrictFormRoute
+from api.http.openapi import binary_response
+from api.http.polling import RETRY_AFTER_HEADER, set_retry_after
 from api.http.problems import problem_responses
 from api.http.waiters import GenerationWaiters
 from api.schemas import GenerationCreate, GenerationPage, GenerationPublic
@@ -37,12 +42,6 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/generations", tags=["generations"], route_class=StrictFormRoute,
                    responses=problem_responses(400, 401, 403, 404, 409, 410, 413, 415, 429))
 
-RETRY_AFTER_MAX = 30
-
-
-def retry_after(eta: float | None) -> int:
-    """Seconds a client should wait before polling an unfinished generation: its estimate, within 1..30."""
-    return int(min(max(eta if eta is not None else 2.0, 1.0), RETRY_AFTER_MAX))
 
 _create_schema = GenerationCreate.model_json_schema()
 _multipart_schema: dict[str, Any] = {
@@ -53,6 +52,8 @@ _multipart_schema: dict[str, Any] = {
         "init_image": {"type": "string", "format": "binary", "description": "Image-to-image / inpainting source."},
         "mask": {"type": "string", "format": "binary", "description": "Inpainting mask (white = repaint)."},
     },
+    "examples": [{"prompt": "a cat in watercolor painting style", "style_id": _create_schema["examples"][0]["style_id"],
+                  "init_image": "photo.png", "strength": 0.6}],
 }
 _OPENAPI_BODY: dict[str, Any] = {
     "requestBody": {
@@ -129,9 +130,8 @@ def _load(factory: sessionmaker[Session], generation_id: str) -> GenerationPubli
 
 _PENDING_HEADERS: dict[int | str, dict[str, Any]] = {202: {"description": "Queued or running: poll `Location`.",
                                                            "headers": {
-    "Location": {"description": "/v1/generations/{id}", "schema": {"type": "string"}},
-    "Retry-After": {"description": "Seconds before polling again (1..30, from eta_seconds).",
-                    "schema": {"type": "integer"}},
+    "Location": {"description": "The generation's absolute URL.", "schema": {"type": "string"}},
+    **RETRY_AFTER_HEADER,
 }}}
 
 
@@ -144,32 +144,33 @@ async def create_generation(
     settings: SettingsDep,
     blobs: BlobsDep,
     factory: SessionFactoryDep,
-    wait: Annotated[float, Query(ge=0, description="Block up to this many seconds for the result; more than "
-                                 "max_wait_seconds (60 by default) waits that long.")] = 0,
+    wait: WaitDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> GenerationPublic:
     """Queue a generation: JSON `GenerationCreate`, or multipart with the same fields plus `init_image` (and
-    `strength`) for image-to-image, or `init_image` + `mask` for inpainting. `?wait=SECONDS` (at most
-    max_wait_seconds; larger values are clamped, as Replicate's `Prefer: wait`) answers 200 with the finished
-    generation when it ends in time, else 202 with `Location` (poll it) and `Retry-After`, and the generation's
-    `queue_position`, `progress` and `eta_seconds`. A repeated `Idempotency-Key` with the same request answers the
-    same generation (200); with another request, 409."""
-    wait = min(wait, settings.max_wait_seconds)
+    `strength`) for image-to-image, or `init_image` + `mask` for inpainting. `?wait=SECONDS` or `Prefer:
+    wait=SECONDS` (at most STYLEDROP_MAX_WAIT_SECONDS; larger values are clamped) answers 200 with the finished
+    generation when it ends in time, else 202 with `Location` (poll it) and `Retry-After` (from the estimate), and
+    the generation's `queue_position`, `progress` and `eta_seconds`. A repeated `Idempotency-Key` with the same
+    request answers the same generation (200); with another request, 409."""
     parsed, init, mask = await _parse(request, settings)
     gen, created = await run_in_threadpool(_create, factory, blobs, settings, user, parsed, init, mask, idempotency_key)
     if not created:
         response.status_code = status.HTTP_200_OK
-    if wait > 0 and gen.state not in GENERATION_FINAL:  # the process's one poller watches it (api/waiters.py)
+    waited: bool | None = True  # None: the caller's waiting places were all taken, so no wait was honoured
+    if wait.seconds > 0 and gen.state not in GENERATION_FINAL:  # the process's one poller watches it (api/waiters.py)
         waiters: GenerationWaiters = request.app.state.waiters
-        if await waiters.wait(user.id, gen.id, wait, request.is_disconnected):
+        waited = await waiters.wait(user.id, gen.id, wait.seconds, request.is_disconnected)
+        if waited:
             current = await run_in_threadpool(_load, factory, gen.id)
             if current is not None:
                 gen = current
         if gen.state in GENERATION_FINAL:
             response.status_code = status.HTTP_200_OK
+    if waited is not None:
+        wait.applied(response)
     response.headers["Location"] = urls.absolute(f"/v1/generations/{gen.id}")
-    if gen.state not in GENERATION_FINAL:
-        response.headers["Retry-After"] = str(retry_after(gen.eta_seconds))
+    set_retry_after(response, gen.eta_seconds, final=gen.state in GENERATION_FINAL)
     return gen
 
 
@@ -180,16 +181,21 @@ def list_generations(user: CurrentUser, session: SessionDep, paging: PagingDep) 
     return paging.page(GenerationPage, generations.generation_views(session, gens))
 
 
-@router.get("/{generation_id}", response_model=GenerationPublic)
-def get_generation(generation_id: str, user: CurrentUser, session: SessionDep) -> GenerationPublic:
-    gen = generations.get_generation(session=session, owner=user, generation_id=generation_id)
-    return generations.generation_view(session, gen)
+@router.get("/{generation_id}", response_model=GenerationPublic,
+            responses={200: {"description": "The generation.", "headers": RETRY_AFTER_HEADER}})
+def get_generation(generation_id: GenerationId, user: CurrentUser, session: SessionDep,
+                   response: Response) -> GenerationPublic:
+    """One of your generations; while it is unfinished the answer has `Retry-After` (from `eta_seconds`)."""
+    gen = generations.generation_view(
+        session, generations.get_generation(session=session, owner=user, generation_id=generation_id))
+    set_retry_after(response, gen.eta_seconds, final=gen.state in GENERATION_FINAL)
+    return gen
 
 
 @router.get("/{generation_id}/images/{n}", response_class=Response,
-            responses={200: {"content": {"image/png": {}}, "description": "A generated PNG."}})
+            responses=binary_response("image/png", "A generated PNG."))
 def get_generation_image(
-    generation_id: str, n: int, user: CurrentUser, session: SessionDep, blobs: BlobsDep
+    generation_id: GenerationId, n: ImageIndex, user: CurrentUser, session: SessionDep, blobs: BlobsDep
 ) -> Response:
     """The n-th (0-based) image of a generation."""
     gen = generations.get_generation(session=session, owner=user, generation_id=generation_id)
@@ -198,7 +204,7 @@ def get_generation_image(
 
 
 @router.post("/{generation_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=GenerationPublic)
-def cancel_generation(generation_id: str, user: CurrentUser, session: SessionDep) -> GenerationPublic:
+def cancel_generation(generation_id: GenerationId, user: CurrentUser, session: SessionDep) -> GenerationPublic:
     """Cancel a queued or running generation: it ends `failed` with `error_code` `cancelled_on_request` at once (a
     running one's worker drops its images and stops sampling at its next step when nothing of its batch is left); 409
     `generation_final` when it has already finished."""
@@ -207,6 +213,6 @@ def cancel_generation(generation_id: str, user: CurrentUser, session: SessionDep
 
 
 @router.delete("/{generation_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_generation(generation_id: str, user: CurrentUser, session: SessionDep, blobs: BlobsDep) -> None:
+def delete_generation(generation_id: GenerationId, user: CurrentUser, session: SessionDep, blobs: BlobsDep) -> None:
     """Delete a finished generation and its images (409 while it is queued or running; 404 for others' ids)."""
     generation_ops.delete_generation(session=session, blobs=blobs, owner=user, generation_id=generation_id)

@@ -19,8 +19,9 @@ router = APIRouter(tags=["ops"], responses=problem_responses())
 READY_RETRY_AFTER = "5"
 
 
-@router.get("/healthz")
-def healthz() -> dict[str, str]:
+@router.get("/healthz", responses={200: {"description": "Up.",
+                                         "content": {"application/json": {"example": {"status": "ok"}}}}})
+def get_health() -> dict[str, str]:
     """The process is up."""
     return {"status": "ok"}
 
@@ -30,9 +31,11 @@ def _check_db(request: Request) -> str:
     return schema_problem(request.app.state.engine) or "ok"
 
 
-@router.get("/readyz", responses=problem_responses(s503="Not ready (`not_ready`, with Retry-After): `checks` has "
-                                                        "the reason."))
-async def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
+@router.get("/readyz", responses={
+    200: {"description": "Ready.", "content": {"application/json": {
+        "schema": {"type": "object"}, "example": {"status": "ready", "checks": {"database": "ok", "broker": "ok"}}}}},
+    **problem_responses(s503="Not ready (`not_ready`, with Retry-After): `checks` has the reason.")})
+async def get_readiness(request: Request, settings: SettingsDep) -> JSONResponse:
     """The database answers and its schema is at the newest migration (never migrated here), and the broker is
     reachable."""
     checks: dict[str, str] = {}
@@ -54,8 +57,15 @@ async def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
     return JSONResponse({"status": "ready", "checks": checks})
 
 
-@router.get("/metrics", response_class=Response, responses=problem_responses(401, 403))
-async def metrics(request: Request, _: MetricsAccess) -> Response:
+_METRICS_EXAMPLE = ("# HELP styledrop_jobs Training jobs by state\n# TYPE styledrop_jobs gauge\n"
+                    'styledrop_jobs{state="queued"} 2.0\n')
+
+
+@router.get("/metrics", response_class=Response, responses={
+    200: {"description": "Prometheus text format.",
+          "content": {"text/plain": {"schema": {"type": "string"}, "example": _METRICS_EXAMPLE}}},
+    **problem_responses(401, 403)})
+async def get_metrics(request: Request, _: MetricsAccess) -> Response:
     """Prometheus metrics (computed from the database at scrape time). Needs an admin key unless
     `STYLEDROP_METRICS_PUBLIC=true`."""
     body = await run_in_threadpool(generate_latest, request.app.state.metrics_registry)

@@ -2,14 +2,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from api.http.deps import BlobsDep, CurrentUser, PagingDep, SessionDep, credential_check
+from api.http.deps import BlobsDep, CurrentUser, ImageIndex, JobId, PagingDep, SessionDep, credential_check
 from api.http.errors import Invalid
+from api.http.openapi import binary_response
 from api.http.pagination import cursor_page
+from api.http.polling import RETRY_AFTER_HEADER, polled
 from api.http.problems import problem_responses
 from api.http.streams import EventStreamRoute, StreamHub
 from api.schemas import MAX_OFFSET, JobEventPage, JobEventPublic, JobPage, JobPublic
@@ -24,12 +26,11 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(401, 403, 404, 409, 410, 429))
 
 StateFilter = Annotated[JobState | None, Query(description="Only jobs in this state.")]
-PreviewIndex = Annotated[int, Path(ge=0, le=MAX_OFFSET, description="0-based image number.")]
 
 
 def event_public(event: JobEvent, preview_n: int | None = None) -> JobEventPublic:
     """A preview event shows the preview's URL instead of the store's internal key (`preview_n`: its index, for
-    events written before the worker recorded it)."""
+    events written before the worker recorded it); URLs stored in a payload (a `picks` event's) become absolute."""
     payload = dict(event.payload or {})
     if event.kind == "preview":
         payload.pop("image_key", None)
@@ -37,6 +38,7 @@ def event_public(event: JobEvent, preview_n: int | None = None) -> JobEventPubli
         if isinstance(n, int):
             payload["n"] = n
             payload["url"] = urls.absolute(f"/v1/jobs/{event.job_id}/previews/{n}")
+    payload = urls.absolute_urls(payload)
     return JobEventPublic.model_validate(event).model_copy(update={"payload": payload})
 
 
@@ -77,16 +79,22 @@ def list_jobs(user: CurrentUser, session: SessionDep, paging: PagingDep, state: 
                                                offset=paging.offset))
 
 
-@router.get("/{job_id}", response_model=JobPublic)
-def get_job(job_id: str, user: CurrentUser, session: SessionDep) -> JobPublic:
-    return jobs.job_public(session, jobs.get_job(session=session, owner=user, job_id=job_id))
+_POLL: dict[int | str, dict[str, Any]] = {200: {"description": "The job.", "headers": RETRY_AFTER_HEADER}}
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic)
-def cancel_job(job_id: str, user: CurrentUser, session: SessionDep) -> JobPublic:
+@router.get("/{job_id}", response_model=JobPublic, responses=_POLL)
+def get_job(job_id: JobId, user: CurrentUser, session: SessionDep, response: Response) -> JobPublic:
+    """One of your training jobs: state, step, loss, ETA, queue position, its adapter once trained. While it is
+    unfinished the answer has `Retry-After` (from `eta_seconds`)."""
+    return polled(response, jobs.job_public(session, jobs.get_job(session=session, owner=user, job_id=job_id)))
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic,
+             responses={202: {"description": "Cancelled, or stopping.", "headers": RETRY_AFTER_HEADER}})
+def cancel_job(job_id: JobId, user: CurrentUser, session: SessionDep, response: Response) -> JobPublic:
     """queued → cancelled at once; running → cancelling until the worker stops it; final → 409."""
     job = jobs.get_job(session=session, owner=user, job_id=job_id)
-    return jobs.job_public(session, jobs.cancel_job(session=session, job=job))
+    return polled(response, jobs.job_public(session, jobs.cancel_job(session=session, job=job)))
 
 
 async def job_event_stream(
@@ -107,8 +115,8 @@ router.add_api_route("/{job_id}/events", job_event_stream, methods=["GET"], resp
     response_model=JobEventPage,
     responses={200: {"content": {"text/event-stream": {}}, "description": "A page of events, or SSE when asked."}},
 )
-def job_events(
-    job_id: str,
+def list_job_events(
+    job_id: JobId,
     request: Request,
     user: CurrentUser,
     session: SessionDep,
@@ -130,18 +138,16 @@ def job_events(
                        cursor="id")
 
 
-@router.get("/{job_id}/previews/{n}", response_class=Response,
-            responses={200: {"content": {"image/png": {}}, "description": "A preview PNG."}})
-def job_preview(job_id: str, n: PreviewIndex, user: CurrentUser, session: SessionDep, blobs: BlobsDep) -> Response:
+@router.get("/{job_id}/previews/{n}", response_class=Response, responses=binary_response("image/png", "A preview PNG."))
+def get_job_preview(job_id: JobId, n: ImageIndex, user: CurrentUser, session: SessionDep, blobs: BlobsDep) -> Response:
     """The n-th (0-based) preview image the training job rendered."""
     jobs.get_job(session=session, owner=user, job_id=job_id)
     key = jobs.preview_key(session=session, job_id=job_id, n=n)
     return Response(lookup.read_blob(blobs, key, what="preview"), media_type="image/png")
 
 
-@router.get("/{job_id}/picks/{n}", response_class=Response,
-            responses={200: {"content": {"image/png": {}}, "description": "A picked image, PNG."}})
-def job_pick(job_id: str, n: PreviewIndex, user: CurrentUser, session: SessionDep, blobs: BlobsDep) -> Response:
+@router.get("/{job_id}/picks/{n}", response_class=Response, responses=binary_response("image/png", "A picked image, PNG."))
+def get_job_pick(job_id: JobId, n: ImageIndex, user: CurrentUser, session: SessionDep, blobs: BlobsDep) -> Response:
     """The n-th (0-based) image an automatic round kept to train on (the job's `picks`)."""
     job = jobs.get_job(session=session, owner=user, job_id=job_id)
     return Response(lookup.read_blob(blobs, rounds.pick_key(job, n), what="pick"), media_type="image/png")

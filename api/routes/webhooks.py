@@ -17,11 +17,11 @@ VERIFY = (
 
 
 @router.get("/secret", response_model=WebhookSecretPublic, description="Your webhook signing secret. " + VERIFY)
-def get_secret(user: CurrentUser, session: SessionDep) -> WebhookSecretPublic:
+def get_webhook_secret(user: CurrentUser, session: SessionDep) -> WebhookSecretPublic:
     return WebhookSecretPublic(secret=webhooks.signing_secret(session=session, owner=user))
 
 
 @router.post("/secret/rotate", response_model=WebhookSecretPublic,
              description="Replace your signing secret; deliveries from now on (retries included) use the new one.")
-def rotate_secret(user: CurrentUser, session: SessionDep) -> WebhookSecretPublic:
+def rotate_webhook_secret(user: CurrentUser, session: SessionDep) -> WebhookSecretPublic:
     return WebhookSecretPublic(secret=webhooks.signing_secret(session=session, owner=user, rotate=True))

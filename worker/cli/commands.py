@@ -79,6 +79,9 @@ def _child_env(settings_data_dir: Path) -> dict[str, str]:
 def cmd_up(args: argparse.Namespace) -> int:
     if args.model:
         os.environ["STYLEDROP_MODEL"] = args.model
+    for name, value in (("STYLEDROP_HOST", args.host), ("STYLEDROP_PORT", args.port)):
+        if value:  # the children too: webhook bodies name this address when STYLEDROP_PUBLIC_URL is unset
+            os.environ[name] = str(value)
     settings = _settings()
     from storage.db import make_engine, make_sessionmaker, upgrade_to_head
     from worker.ops import reconciler
