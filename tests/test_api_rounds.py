@@ -182,9 +182,11 @@ def test_a_rounds_phase_and_picks_show_on_the_job_and_picks_are_served_to_their_
         s.commit()
     running = api_client.get(f"/v1/jobs/{job_id}", headers=alice).json()
     assert running["phase"] == {"name": "rendering_candidates", "done": 2, "total": 4, "eta_seconds": 12.5}
-    assert [p["image_url"] for p in running["picks"]] == [f"/v1/jobs/{job_id}/picks/{n}" for n in range(2)]
+    assert [p["image_url"] for p in running["picks"]] == [f"http://testserver/v1/jobs/{job_id}/picks/{n}"
+                                                          for n in range(2)]
     assert running["picks"][1] == {"n": 1, "prompt": feedback_prompts("ink")[1], "candidate": 2, "text_score": 0.3,
-                                   "style_score": 0.6, "score": 0.45, "image_url": f"/v1/jobs/{job_id}/picks/1"}
+                                   "style_score": 0.6, "score": 0.45,
+                                   "image_url": f"http://testserver/v1/jobs/{job_id}/picks/1"}
     for n, key in enumerate(keys):
         image = api_client.get(f"/v1/jobs/{job_id}/picks/{n}", headers=alice)
         assert (image.status_code, image.headers["content-type"]) == (200, "image/png")

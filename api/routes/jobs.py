@@ -146,7 +146,8 @@ def get_job_preview(job_id: JobId, n: ImageIndex, user: CurrentUser, session: Se
     return Response(lookup.read_blob(blobs, key, what="preview"), media_type="image/png")
 
 
-@router.get("/{job_id}/picks/{n}", response_class=Response, responses=binary_response("image/png", "A picked image, PNG."))
+@router.get("/{job_id}/picks/{n}", response_class=Response,
+            responses=binary_response("image/png", "A picked image, PNG."))
 def get_job_pick(job_id: JobId, n: ImageIndex, user: CurrentUser, session: SessionDep, blobs: BlobsDep) -> Response:
     """The n-th (0-based) image an automatic round kept to train on (the job's `picks`)."""
     job = jobs.get_job(session=session, owner=user, job_id=job_id)
