@@ -207,25 +207,17 @@ class Client:
 
     def page(self, path: str, parse: Callable[[Mapping[str, Any]], T],
              params: Mapping[str, Any] | None = None) -> Page[T]:
-        """One page of a listing, iterable over every later page. Reads the `{"items", "next"}` envelope; a bare
-        list is one page, continued by its `Link: <...>; rel="next"` header when there is one."""
+        """One page of a listing (the `{"items", "next"}` envelope every listing answers), iterable over every
+        later page."""
         query = {k: v for k, v in (params or {}).items() if v is not None}
         # None, not {}: httpx replaces a URL's own query (a `next` link's) with any params given, even empty ones
         response = self.request("GET", path, params=query or None)
         body = response.json()
-        if isinstance(body, dict):
-            items, next_url = body.get("items") or [], body.get("next")
-        else:
-            items, next_url = body, response.links.get("next", {}).get("url")
+        items, next_url = body["items"], body.get("next")
         if next_url:
             next_url = urljoin(str(response.request.url), next_url)
         return Page(items=[parse(i) for i in items], next=next_url,
                     fetch_next=lambda url: self.page(url, parse))
-
-
-def _items(body: Any) -> list[Any]:
-    """The items of an answer that is a list or a `{"items": [...]}` envelope."""
-    return list(body.get("items") or []) if isinstance(body, dict) else list(body)
 
 
 def _clean(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -476,7 +468,7 @@ class Rounds(_Resource):
         body = _clean({"version": version, "prompts": prompts, "images_per_prompt": images_per_prompt,
                        "steps": steps, "seed": seed})
         response = self._client.request("POST", f"/v1/styles/{style_id}/samples", json_body=body)
-        return [Generation.parse(g) for g in _items(response.json())]
+        return [Generation.parse(g) for g in response.json()["items"]]  # the set, in feedback-prompt order
 
     def human(self, style_id: str, selection: Sequence[tuple[str, int]], *, steps: int | None = None,
               seed: int | None = None) -> Job:

@@ -201,13 +201,13 @@ def test_listings_follow_next_and_keep_the_key_on_the_clients_own_origin(make, s
     assert [r.url.params.get("offset") for r in seen] == [None, "2", "4"]
 
 
-def test_a_bare_list_is_one_page_continued_by_its_link_header(make, sleeps) -> None:  # type: ignore[no-untyped-def]
+def test_event_pages_follow_their_cursor_in_next(make, sleeps) -> None:  # type: ignore[no-untyped-def]
     def handler(request: httpx.Request) -> httpx.Response:
         after = int(request.url.params.get("after", "0"))
         events = [{"id": after + 1, "job_id": "J", "kind": "log", "payload": {"n": after + 1},
                    "created_at": "2026-01-01T00:00:00+00:00"}]
-        headers = {"Link": f'</v1/jobs/J/events?after={after + 1}&limit=1>; rel="next"'} if after < 2 else {}
-        return httpx.Response(200, json=events, headers=headers)
+        nxt = f"/v1/jobs/J/events?after={after + 1}&limit=1" if after < 2 else None
+        return httpx.Response(200, json={"items": events, "next": nxt})
 
     client, _ = make(handler)
     assert [e.id for e in client.jobs.events("J", limit=1)] == [1, 2, 3]

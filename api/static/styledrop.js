@@ -63,8 +63,8 @@
     return data;
   }
 
-  // A JSON listing's rows: a bare array, or the envelope {"items": [...], "next": url | null}.
-  function items(data) { return Array.isArray(data) ? data : (data && Array.isArray(data.items) ? data.items : []); }
+  // A JSON listing's rows: every listing answers the envelope {"items": [...], "next": url | null}.
+  function items(page) { return page.items; }
 
   function showError(el, message) {
     if (!el) return;
