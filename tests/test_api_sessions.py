@@ -98,7 +98,7 @@ def test_revoking_or_rotating_a_key_ends_its_sessions(api_client, api_keys) -> N
 
     listed = api_client.get("/v1/admin/keys", params={"user": "bob"}, headers=admin)
     assert listed.status_code == 200
-    rows = listed.json()
+    rows = listed.json()["items"]
     assert [r["revoked_at"] is not None for r in rows] == [True, False]
     assert all("key" not in r and "key_hash" not in r for r in rows)
     assert rows[1]["prefix"] == new_key[3:11]
