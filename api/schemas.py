@@ -28,6 +28,7 @@ from storage.resources import (
     WithError,
 )
 from storage.resources import GenerationPublic as GenerationPublic  # re-exported: the API's name for it
+from storage.states import GenerationState, JobState
 from storage.urls import absolute
 from storage.users import BadUserName, validate_user_name
 from trainer.contracts import limits
@@ -173,7 +174,8 @@ class SamplesPublic(BaseModel):
     /v1/styles/{id}/samples until `done` equals `total`."""
 
     model_config = examples({"version": 1, "total": 2, "done": 1, "progress": 0.75, "eta_seconds": 3.0,
-                             "items": [GENERATION_EXAMPLE, {**GENERATION_EXAMPLE, "state": "running"}], "next": None})
+                             "items": [GENERATION_EXAMPLE, {**GENERATION_EXAMPLE, "state": GenerationState.RUNNING}],
+                             "next": None})
 
     version: int | None = Field(description="The version they were made with; null while the style has none.")
     total: int = Field(description="Generations in the set (one per feedback prompt).")
@@ -186,7 +188,7 @@ class SamplesPublic(BaseModel):
 
 
 class StyleCreatedPublic(BaseModel):
-    model_config = examples({"style": STYLE_EXAMPLE, "job": {**JOB_EXAMPLE, "state": "queued", "step": 0,
+    model_config = examples({"style": STYLE_EXAMPLE, "job": {**JOB_EXAMPLE, "state": JobState.QUEUED, "step": 0,
                                                             "queue_position": 1, "started_at": None}})
 
     style: StylePublic
@@ -317,8 +319,9 @@ class OverviewPublic(BaseModel):
         "workers_online": [{"id": "w1", "host": "gpu-1", "pid": 4242, "kind": "train",
                             "started_at": "2026-01-05T08:00:00Z", "heartbeat_at": "2026-01-05T10:00:14Z",
                             "current_id": JOB_EXAMPLE["id"], "stats": {"adapter_cache_hits": 10}}],
-        "running_jobs": [ADMIN_JOB_EXAMPLE], "failures_24h": [], "job_counts": {"running": 1, "succeeded": 12},
-        "generation_counts": {"succeeded": 40}})
+        "running_jobs": [ADMIN_JOB_EXAMPLE], "failures_24h": [],
+        "job_counts": {JobState.RUNNING: 1, JobState.SUCCEEDED: 12},
+        "generation_counts": {GenerationState.SUCCEEDED: 40}})
 
     queue_depths: dict[str, int] | None
     queue_error: str | None = None

@@ -104,7 +104,7 @@ def pick_views(job_id: str, rows: Sequence[dict[str, Any]] | None) -> list[JobPi
 # Example payloads for the OpenAPI document (api/schemas.py builds its other examples from these).
 EXAMPLE_BASE = "https://styledrop.example.com"
 JOB_EXAMPLE: dict[str, Any] = {
-    "id": "5b0f6c2d9e8a4f1b8c3d2e1f0a9b8c7d", "style_id": "0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f", "state": "running",
+    "id": "5b0f6c2d9e8a4f1b8c3d2e1f0a9b8c7d", "style_id": "0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f", "state": JobState.RUNNING,
     "step": 30, "total_steps": 60, "last_loss": 6.41, "eta_seconds": 12.5, "steps_per_second": 2.4,
     "queue_position": 0, "attempts": 1, "max_attempts": 3,
     "params": {"steps": 60, "seed": 7, "descriptor": "watercolor painting"},
@@ -113,7 +113,8 @@ JOB_EXAMPLE: dict[str, Any] = {
     "webhook_events_filter": None, "progress": 0.5, "error": None,
 }
 GENERATION_EXAMPLE: dict[str, Any] = {
-    "id": "9a8b7c6d5e4f4a3b2c1d0e9f8a7b6c5d", "state": "succeeded", "adapter_id": "3e4f5a6b7c8d4e9f0a1b2c3d4e5f6a7b",
+    "id": "9a8b7c6d5e4f4a3b2c1d0e9f8a7b6c5d", "state": GenerationState.SUCCEEDED,
+    "adapter_id": "3e4f5a6b7c8d4e9f0a1b2c3d4e5f6a7b",
     "style_id": "0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f", "version": 1, "prompt": "a cat in watercolor painting style",
     "negative_prompt": None, "style_strength": 0.0, "guidance_scale": 10.0, "text_guidance": None,
     "subject_adapter_id": None, "subject_weight": None, "steps": 12, "seed": 42, "num_images": 1, "strength": None,
