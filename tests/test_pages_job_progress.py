@@ -45,7 +45,8 @@ def test_the_job_panel_renders_the_phase_its_eta_and_the_picks(pages_client: Tes
     assert _phase_shown(page) == "Rendering candidates 12/40 · ETA 1 min 5 s"
     words = re.search(r'data-words="([^"]*)"', page)  # what styledrop.js names the phases with
     assert words and '"rendering_candidates": "Rendering candidates"' in html.unescape(words.group(1))
-    assert f'<img src="/v1/jobs/{job_id}/picks/0" alt="Picked: A cat &lt;b&gt; in pencil sketch style"' in page
+    assert (f'<img src="http://testserver/v1/jobs/{job_id}/picks/0" '
+            'alt="Picked: A cat &lt;b&gt; in pencil sketch style"') in page
     assert "score 0.425" in page
 
     for phase, shown in (({"name": "scoring", "done": 0, "total": 40, "eta_seconds": None},

@@ -45,5 +45,5 @@ def test_round_samples_say_style_once(api_client: Any, api_keys: dict[str, str])
     resp = api_client.post(f"/v1/styles/{style}/samples", headers=bearer(api_keys["alice"]),
                            json={"prompts": 2, "steps": 4})
     assert resp.status_code == 202, resp.text
-    assert [g["prompt"] for g in resp.json()] == ["A chihuahua in ink style",
+    assert [g["prompt"] for g in resp.json()["items"]] == ["A chihuahua in ink style",
                                                   "A tabby cat walking on the street in ink style"]
