@@ -6,6 +6,7 @@ delivers another user's event while a trickling receiver holds its own. Receiver
 from __future__ import annotations
 
 import ipaddress
+import os
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -159,9 +160,12 @@ def test_styledrop_up_delivers_webhooks_in_a_child_process_not_in_the_supervisor
     children: dict[str, list[str]] = {}
     loops: list[bool] = []
 
+    child_env: dict[str, str] = {}
+
     class Recorder:
-        def __init__(self, commands: dict[str, list[str]], **_kw: object) -> None:
+        def __init__(self, commands: dict[str, list[str]], *, env: dict[str, str], **_kw: object) -> None:
             children.update(commands)
+            child_env.update(env)
 
         def run(self, _stop: object) -> int:
             return 0
@@ -171,5 +175,8 @@ def test_styledrop_up_delivers_webhooks_in_a_child_process_not_in_the_supervisor
     monkeypatch.setattr(commands.signal, "signal", lambda *_a: None)
     monkeypatch.setenv("STYLEDROP_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("STYLEDROP_PORT", raising=False)
     assert commands.main(["up", "--port", "1"]) == 0
     assert children["webhooks"][-3:] == ["-m", "worker.cli", "webhooks"] and loops == [False]
+    # the children name the address webhook bodies link to; this process's environment is left as it was
+    assert child_env["STYLEDROP_PORT"] == "1" and "STYLEDROP_PORT" not in os.environ

@@ -79,9 +79,10 @@ def _child_env(settings_data_dir: Path) -> dict[str, str]:
 def cmd_up(args: argparse.Namespace) -> int:
     if args.model:
         os.environ["STYLEDROP_MODEL"] = args.model
-    for name, value in (("STYLEDROP_HOST", args.host), ("STYLEDROP_PORT", args.port)):
-        if value:  # the children too: webhook bodies name this address when STYLEDROP_PUBLIC_URL is unset
-            os.environ[name] = str(value)
+    # The children get the address too (webhook bodies name it when STYLEDROP_PUBLIC_URL is unset); through their
+    # environment, not this process's, which `up` run in-process (a test) would otherwise leave changed.
+    address = {name: str(value) for name, value in (("STYLEDROP_HOST", args.host), ("STYLEDROP_PORT", args.port))
+               if value}
     settings = _settings()
     from storage.db import make_engine, make_sessionmaker, upgrade_to_head
     from worker.ops import reconciler
@@ -119,7 +120,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         if is_worker(name):  # we saw it die: no need to wait for its heartbeat to go stale
             reconciler.requeue_dead_worker(factory, settings, f"{socket.gethostname()}:{pid}", send)
 
-    supervisor = Supervisor(commands, env=_child_env(settings.data_dir), on_exit=on_exit,
+    supervisor = Supervisor(commands, env={**_child_env(settings.data_dir), **address}, on_exit=on_exit,
                             max_crashes=settings.restart_max_crashes, window=settings.restart_window_seconds,
                             stop_grace=STOP_GRACE_SECONDS)
     reconciler.start_thread(factory, settings, send=send, stop=rec_stop, deliver_webhooks=False)
