@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from storage.blobs import sha256_hex
-from trainer.contracts.images import ImageModeError, to_mask, to_rgb, too_small
+from trainer.contracts.images import ALLOWED_FORMATS, NOT_AN_ALLOWED_FORMAT, ImageModeError, to_mask, to_rgb, too_small
 
 logger = logging.getLogger(__name__)
 
-ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF")
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 # Pillow warns past this many header pixels and refuses past twice it; `_decode` turns the warning into a
 # refusal. Above the largest `max_image_pixels` a deployment should need, far below Pillow's 89 M default.
@@ -79,7 +78,7 @@ def _decode(data: bytes, *, max_bytes: int, max_pixels: int, max_decode_pixels: 
         try:
             opened = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
         except UnidentifiedImageError as exc:
-            raise ImageRejected("not a PNG, JPEG, WebP or GIF image") from exc
+            raise ImageRejected(NOT_AN_ALLOWED_FORMAT) from exc
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ImageRejected("the image has more pixels than can be decoded safely") from exc
         except (OSError, SyntaxError, ValueError) as exc:

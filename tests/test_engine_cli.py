@@ -177,6 +177,20 @@ def test_the_cli_refuses_a_small_image_as_the_service_does(tmp_path: Path,
     assert normalize_upload(small.read_bytes(), max_pixels=10**6, min_side=Settings().min_image_side).width == 64
 
 
+def test_the_cli_reads_only_the_formats_the_service_accepts(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A BMP (or TIFF, ...) that Pillow could open is refused by the upload, so the CLI refuses it too, alike."""
+    bmp = tmp_path / "style.bmp"
+    Image.new("RGB", (96, 96), (10, 200, 10)).save(bmp, format="BMP")
+    with pytest.raises(ImageRejected) as refused:
+        normalize_upload(bmp.read_bytes(), max_pixels=10**6, min_side=Settings().min_image_side)
+    with pytest.raises(SystemExit):
+        main(["train", str(bmp), "--descriptor", "x", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert err.endswith(f"cannot use style image '{bmp}': {refused.value.reason}\n"), err
+    assert "BMP" not in refused.value.reason and "PNG" in refused.value.reason and "Traceback" not in err
+
+
 def test_a_mistyped_model_fails_at_once_listing_the_presets(tmp_path: Path, style_png: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "never"

@@ -67,10 +67,10 @@ def read_image(path: str, what: str = "image", *, mask: bool = False, min_side: 
     images (`contracts.images.too_small`)."""
     from PIL import Image, UnidentifiedImageError
 
-    from .contracts.images import ImageModeError, to_mask, to_rgb, too_small
+    from .contracts.images import ALLOWED_FORMATS, NOT_AN_ALLOWED_FORMAT, ImageModeError, to_mask, to_rgb, too_small
 
     try:
-        with Image.open(path) as im:
+        with Image.open(path, formats=list(ALLOWED_FORMATS)) as im:
             im.load()
             image = to_mask(im) if mask else to_rgb(im)
     except FileNotFoundError:
@@ -79,7 +79,9 @@ def read_image(path: str, what: str = "image", *, mask: bool = False, min_side: 
         raise CliError(f"cannot read {what} '{path}': a directory, not an image file") from None
     except ImageModeError as exc:
         raise CliError(f"cannot use {what} '{path}': {exc}") from None
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+    except UnidentifiedImageError:
+        raise CliError(f"cannot use {what} '{path}': {NOT_AN_ALLOWED_FORMAT}") from None
+    except (OSError, Image.DecompressionBombError) as exc:
         raise CliError(f"cannot read {what} '{path}': not a readable image ({exc})") from None
     if min_side is not None and (problem := too_small(*image.size, min_side)) is not None:
         raise CliError(f"cannot use {what} '{path}': {problem}")

@@ -42,6 +42,12 @@ class ImageModeError(ValueError):
     """An image the models cannot take (no pixels, or a mode Pillow cannot turn into RGB); names the mode."""
 
 
+# The file formats an image may come in: the service opens uploads with only these (storage/images.py) and the
+# CLI reads its files the same way (trainer/cli_args.py), so a file one refuses the other refuses too.
+ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF")
+NOT_AN_ALLOWED_FORMAT = "not a PNG, JPEG, WebP or GIF image"
+
+
 def _grey_to_8bit(image: Image.Image) -> Image.Image:
     """16/32-bit integer grey (0..65535) and float grey (0..1) -> "L" (see the module's policy)."""
     if image.mode == "F":
