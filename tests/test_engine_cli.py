@@ -23,6 +23,7 @@ from testkit.stack import free_port
 from trainer.checkpoint import Checkpoint
 from trainer.cli import CHECKPOINT_FILENAME, main
 from trainer.contracts import limits
+from trainer.contracts.images import NOT_AN_ALLOWED_FORMAT
 from trainer.contracts.models import DEFAULT_CLIP, PRESETS
 from trainer.lora import load_adapter
 from trainer.model import load_base
@@ -126,7 +127,7 @@ def test_resume_continues_from_the_checkpoint(tmp_path: Path, style_png: Path, e
     (["generate", "a cat", "--steps", "abc", "--out", "o"], "--steps: expected an integer, got 'abc'"),
     (["generate", "a cat", "--text-guidance", "50", "--out", "o"], "--text-guidance: must be between -1 and 49"),
     (["generate", "a cat", "--mask", "{png}", "--out", "o"], "--mask needs --init-image"),
-    (["train", "{txt}", "--descriptor", "x", "--out", "o"], "cannot read style image '{txt}'"),
+    (["train", "{txt}", "--descriptor", "x", "--out", "o"], "cannot use style image '{txt}': " + NOT_AN_ALLOWED_FORMAT),
     (["train", "missing.png", "--descriptor", "x", "--out", "o"], "cannot read style image 'missing.png': no such"),
     (["generate", "a cat", "--adapter", "{txt}", "--out", "o"], "--adapter {txt}"),
     (["train", "{small}", "--descriptor", "x", "--out", "o"],
