@@ -13,6 +13,7 @@ from PIL import Image
 
 from trainer.cli import main
 from trainer.clip import clip_style_score, clip_text_score, load_clip
+from trainer.contracts.images import NOT_AN_ALLOWED_FORMAT
 
 PROMPTS_FILE = "# feedback prompts\nA chihuahua in stripes style\n\nA cabin on the beach in stripes style\n" \
                "  An apple on the table in stripes style  \n"
@@ -98,7 +99,8 @@ def test_eval_table_without_references_has_no_style_score(
 @pytest.mark.parametrize("argv,message", [
     (["--prompts", "{missing}"], "cannot read --prompts '{missing}': no such file"),
     (["--prompts", "{empty}"], "--prompts {empty}: no prompts"),
-    (["--prompts", "{prompts}", "--reference", "{prompts}"], "cannot read reference image '{prompts}'"),
+    (["--prompts", "{prompts}", "--reference", "{prompts}"],
+     "cannot use reference image '{prompts}': " + NOT_AN_ALLOWED_FORMAT),
     (["--prompts", "{prompts}", "--clip", "nonsense"], "--clip nonsense: CLIP model 'nonsense' is neither a preset"),
     (["--prompts", "{prompts}", "--steps", "0"], "--steps: must be between 1 and 100, got 0"),
 ])
