@@ -23,10 +23,13 @@ def _time(value: Any) -> datetime | None:
 
 
 def _build(cls: type[T], data: Mapping[str, Any], **converted: Any) -> T:
-    """`cls` from the JSON object `data`: its dataclass fields by name (absent ones keep their defaults), values in
-    `converted` instead of the raw ones, and the object itself as `raw`."""
+    """`cls` from the JSON object `data`: its dataclass fields by name (absent ones keep their defaults; every
+    `*_at` a datetime, `error` an ErrorInfo), values in `converted` instead of the raw ones, and the object itself
+    as `raw`."""
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    kwargs = {k: v for k, v in data.items() if k in names and k != "raw"}
+    kwargs = {k: _time(v) if k.endswith("_at") else v for k, v in data.items() if k in names and k != "raw"}
+    if "error" in kwargs:
+        kwargs["error"] = ErrorInfo.parse(kwargs["error"])
     kwargs.update(converted)
     kwargs["raw"] = dict(data)
     return cls(**kwargs)
@@ -65,7 +68,7 @@ class Style:
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> Style:
-        return _build(cls, data, created_at=_time(data.get("created_at")), captions=list(data.get("captions") or []))
+        return _build(cls, data, captions=list(data.get("captions") or []))
 
 
 @dataclass(frozen=True)
@@ -107,9 +110,7 @@ class Job:
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> Job:
-        return _build(cls, data, error=ErrorInfo.parse(data.get("error")), queued_at=_time(data.get("queued_at")),
-                      started_at=_time(data.get("started_at")), finished_at=_time(data.get("finished_at")),
-                      cancel_requested_at=_time(data.get("cancel_requested_at")))
+        return _build(cls, data)
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ class JobEvent:
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> JobEvent:
-        return _build(cls, data, payload=dict(data.get("payload") or {}), created_at=_time(data.get("created_at")))
+        return _build(cls, data, payload=dict(data.get("payload") or {}))
 
 
 @dataclass(frozen=True)
@@ -185,9 +186,7 @@ class Generation:
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> Generation:
-        return _build(cls, data, error=ErrorInfo.parse(data.get("error")), queued_at=_time(data.get("queued_at")),
-                      started_at=_time(data.get("started_at")), finished_at=_time(data.get("finished_at")),
-                      image_urls=list(data.get("image_urls") or []))
+        return _build(cls, data, image_urls=list(data.get("image_urls") or []))
 
 
 @dataclass(frozen=True)
@@ -218,7 +217,7 @@ class Adapter:
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> Adapter:
-        return _build(cls, data, created_at=_time(data.get("created_at")), targets=list(data.get("targets") or []))
+        return _build(cls, data, targets=list(data.get("targets") or []))
 
 
 @dataclass(frozen=True)
@@ -229,7 +228,7 @@ class Version(Adapter):
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> Version:
-        return _build(cls, data, created_at=_time(data.get("created_at")), targets=list(data.get("targets") or []))
+        return _build(cls, data, targets=list(data.get("targets") or []))
 
 
 @dataclass(frozen=True)
