@@ -41,9 +41,8 @@ def _vqvae(channels: tuple[int, ...], *, layers_per_block: int, latent: int, cod
 
 def build_mid(seed: int = 0) -> AmusedParts:
     """Mid-size random aMUSEd: real token grid (256 px -> 16x16), real layer types, widths cut ~4x."""
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with torch.random.fork_rng(devices=[]):  # random weights from `seed`; the caller's RNG stream is left as it was
+        torch.manual_seed(seed)
         tok = tiny_tokenizer()
         text = _text_encoder(tok, vocab=len(tok), hidden=256, layers=4, heads=4, intermediate=1024, projection=256)
         vq = _vqvae((32, 32, 64, 64, 128), layers_per_block=2, latent=64, codes=1024, groups=16)
@@ -55,8 +54,6 @@ def build_mid(seed: int = 0) -> AmusedParts:
             block_num_heads=4, num_hidden_layers=4, num_attention_heads=4, attention_dropout=0.0,
             intermediate_size=1024, layer_norm_eps=1e-6, ln_elementwise_affine=True, sample_size=16,
         )
-    finally:
-        torch.random.set_rng_state(state)
     return _finish(transformer, vq, text, tok, mask_token_id=codebook + 64 - 1, name="bench-mid")
 
 
@@ -75,16 +72,13 @@ def _full_structure(*, hidden: int, cond: int, micro_encode: int, micro_embed: i
 
 def build_full(seed: int = 0) -> AmusedParts:
     """The amused-256 architecture (hub configs of amused/amused-256), random weights."""
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with torch.random.fork_rng(devices=[]):  # random weights from `seed`; the caller's RNG stream is left as it was
+        torch.manual_seed(seed)
         tok = tiny_tokenizer()
         text = _text_encoder(tok, vocab=49408, hidden=768, layers=12, heads=12, intermediate=3072, projection=768)
         vq = _vqvae((128, 256, 256, 512, 768), layers_per_block=2, latent=64, codes=8192, groups=32)
         transformer = _full_structure(hidden=1024, cond=768, micro_encode=256, micro_embed=1280, codebook=8192,
                                       channels=768, intermediate=2816)
-    finally:
-        torch.random.set_rng_state(state)
     return _finish(transformer, vq, text, tok, mask_token_id=8255, name="bench-full-256")
 
 
@@ -95,18 +89,16 @@ def _finish(transformer, vq, text, tok, *, mask_token_id: int, name: str) -> Amu
     return AmusedParts(transformer=transformer, vqvae=vq, text_encoder=text, tokenizer=tok,
                        mask_token_id=mask_token_id, model_id=name)
 
+
 def build_full_narrow(seed: int = 0) -> AmusedParts:
     """The amused-256 layer structure at narrow widths: the same op counts as `build_full`, fast."""
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with torch.random.fork_rng(devices=[]):  # random weights from `seed`; the caller's RNG stream is left as it was
+        torch.manual_seed(seed)
         tok = tiny_tokenizer()
         text = _text_encoder(tok, vocab=len(tok), hidden=64, layers=2, heads=4, intermediate=128, projection=64)
         vq = _vqvae((32, 32, 64, 64, 128), layers_per_block=2, latent=64, codes=1024, groups=16)
         transformer = _full_structure(hidden=64, cond=64, micro_encode=16, micro_embed=80, codebook=1024,
                                       channels=48, intermediate=128)
-    finally:
-        torch.random.set_rng_state(state)
     return _finish(transformer, vq, text, tok, mask_token_id=1087, name="bench-full-256-narrow")
 
 
