@@ -10,7 +10,6 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -92,23 +91,6 @@ def _samples_view(session: Session, style: Style, gens: Sequence[Generation]) ->
         progress=round(sum(1.0 if g.state in GENERATION_FINAL else g.progress for g in items) / max(len(items), 1), 3),
         eta_seconds=0.0 if not waiting else (None if None in waiting else max(w for w in waiting if w is not None)),
         items=items)
-
-
-def sample_images(*, session: Session, owner: User, style: Style, limit: int = 60) -> list[dict[str, Any]]:
-    """The newest succeeded images of `style`'s versions over its feedback prompts (the style page's grid to pick a
-    human round from), each with what a pick names and its scores."""
-    versions = {a.id: a.version for a in live_versions(session, [style.id])[style.id]}
-    if not versions:
-        return []
-    gens = session.scalars(select(Generation).where(
-        Generation.owner_id == owner.id, Generation.adapter_id.in_(list(versions)),
-        Generation.state == GenerationState.SUCCEEDED, Generation.prompt.in_(feedback_prompts(style.descriptor)),
-    ).order_by(Generation.queued_at.desc(), Generation.id.desc()).limit(limit)).all()[::-1]  # newest, in order
-    return [{"generation_id": g.id, "index": i, "prompt": g.prompt, "version": versions[g.adapter_id or ""],
-             "url": f"/v1/generations/{g.id}/images/{i}",
-             "text_score": g.text_scores[i] if g.text_scores else None,
-             "style_score": g.style_scores[i] if g.style_scores else None}
-            for g in gens for i in range(len(g.image_keys or []))]
 
 
 def create_round(*, session: Session, settings: Settings, owner: User, style_id: str,
