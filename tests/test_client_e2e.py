@@ -26,13 +26,9 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserStack]:
-    s = BrowserStack(tmp_path_factory.mktemp("client-stack"))
-    s.start()
-    try:
-        yield s
-    finally:
-        s.stop()
+def stack(browser_stack: BrowserStack) -> BrowserStack:
+    """The real service (tests/conftest.py), one for this module."""
+    return browser_stack
 
 
 @pytest.fixture
